@@ -1,0 +1,1 @@
+"""HTTP doors: each module translates one wire format to jobs and back."""

@@ -1,0 +1,64 @@
+"""The app factory: wires settings, store, runner, queue and doors into one ASGI app."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from fastapi import FastAPI
+
+from ccgate import __version__
+from ccgate.api import health, native
+from ccgate.api.errors import install_error_handlers
+from ccgate.api.middleware import RequestContextMiddleware
+from ccgate.config import Settings
+from ccgate.jobs import JobService, QueueLimits
+from ccgate.models import ModelPolicy
+from ccgate.runners.base import Runner
+from ccgate.runners.cli import cli_runner
+from ccgate.runners.cli_status import CliStatus
+from ccgate.security.keyring import Keyring
+from ccgate.store import Store
+
+log = structlog.get_logger("ccgate")
+
+
+def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
+    """Build the ccgate app; the store opens and the queue starts with the app's lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await Store.open(settings.database_url)
+        cli_status = await CliStatus(settings).refresh()
+        if cli_status.problem:
+            log.warning("claude_cli_missing", problem=cli_status.problem)
+        else:
+            log.info("claude_cli_found", path=cli_status.path, version=cli_status.version)
+        if settings.allow_tools:
+            log.warning("tools_enabled", detail="CCGATE_ALLOW_TOOLS=true: the model may run "
+                        "shell commands and touch files on this machine")
+        jobs = JobService(store, runner or cli_runner(settings, cli_status.path), QueueLimits(
+            concurrency=settings.concurrency, queue_size=settings.queue_size,
+            max_attempts=settings.max_attempts, lease_secs=settings.lease_secs))
+        app.state.store = store
+        app.state.cli_status = cli_status
+        app.state.keyring = Keyring(store)
+        app.state.jobs = jobs
+        await jobs.start()
+        try:
+            yield
+        finally:
+            await jobs.stop()
+            await store.close()
+
+    app = FastAPI(title="ccgate", version=__version__, lifespan=lifespan,
+                  description="A self-hosted gateway for the Claude Code CLI.")
+    app.state.settings = settings
+    app.state.requires_cli = runner is None
+    app.state.models = ModelPolicy(settings.allowed_models, settings.default_model)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(native.router)
+    return app

@@ -1,0 +1,32 @@
+"""Who is calling: the key from ``Authorization: Bearer`` or ``X-API-Key``."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from ccgate.errors import ApiError
+from ccgate.store import KeyRecord
+
+
+def presented_secret(request: Request) -> str | None:
+    """The key the client sent, from either header; None when it sent neither."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    api_key = request.headers.get("x-api-key")
+    return api_key.strip() if api_key and api_key.strip() else None
+
+
+async def require_key(request: Request) -> KeyRecord:
+    """FastAPI dependency: the caller's active key, or a 401 in the door's error shape."""
+    secret = presented_secret(request)
+    if secret is None:
+        raise ApiError("authentication_error", "missing API key: send 'Authorization: Bearer "
+                       "<key>' or 'X-API-Key: <key>'")
+    record = await request.app.state.keyring.verify(secret)
+    if record is None:
+        raise ApiError("authentication_error", "invalid or revoked API key")
+    request.scope["ccgate.key_name"] = record.name
+    return record  # type: ignore[no-any-return]

@@ -1,0 +1,187 @@
+"""The native door: ``POST /api/v1/run`` runs one prompt and answers with the finished job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ccgate.api.auth import require_key
+from ccgate.api.views import render_job
+from ccgate.errors import ERROR_KINDS, ApiError
+from ccgate.jobs import JobService, NotAccepting, QueueFull, request_to_json
+from ccgate.models import ModelNotAllowed
+from ccgate.runners.base import RunRequest
+from ccgate.store import JobRecord, JobStatus, KeyRecord
+
+router = APIRouter(prefix="/api/v1", tags=["native"])
+BodyT = TypeVar("BodyT", bound=BaseModel)
+CallerKey = Annotated[KeyRecord, Depends(require_key)]
+
+JSON_ONLY_INSTRUCTION = ("Answer with one JSON value only: no prose before or after it and no "
+                         "code fences.")
+_MAX_METADATA_BYTES = 16 * 1024
+
+
+class RunBody(BaseModel):
+    """The body of ``POST /api/v1/run``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="The user's prompt.")
+    model: str | None = Field(None, description="Model name or alias; default "
+                              "CCGATE_DEFAULT_MODEL.")
+    system_prompt: str | None = Field(None, description="Replaces the CLI's system prompt.")
+    append_system_prompt: str | None = Field(None, description="Appended to the system prompt.")
+    response_format: Literal["text", "json"] = Field(
+        "text", description="`json`: the answer is parsed and `result` holds the value.")
+    timeout_secs: float | None = Field(None, gt=0, description="Wall-clock limit, capped by "
+                                       "CCGATE_JOB_TIMEOUT_SECS.")
+    metadata: dict[str, Any] | None = Field(None, description="Returned as-is with the job.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value)) > _MAX_METADATA_BYTES:
+            raise ValueError(f"must serialise to at most {_MAX_METADATA_BYTES} bytes")
+        return value
+
+
+async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
+    """Read a JSON body whatever its Content-Type and validate it, naming the bad field."""
+    raw = await request.body()
+    if not raw.strip():
+        raise ApiError("invalid_request", "request body must be a JSON object")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError("invalid_request", f"malformed JSON body: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError("invalid_request", "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        raise ApiError("invalid_request", f"{field}: {message}", param=field) from None
+
+
+def build_run_request(request: Request, body: RunBody) -> RunRequest:
+    """Check the body against the limits and turn it into a RunRequest."""
+    settings = request.app.state.settings
+    size = sum(len(s.encode("utf-8")) for s in
+               (body.prompt, body.system_prompt or "", body.append_system_prompt or ""))
+    if size > settings.max_prompt_bytes:
+        raise ApiError("request_too_large", f"prompt is {size} bytes; the limit is "
+                       f"{settings.max_prompt_bytes} (CCGATE_MAX_PROMPT_BYTES)")
+    try:
+        model = request.app.state.models.resolve(body.model)
+    except ModelNotAllowed as exc:
+        raise ApiError("invalid_request", str(exc), param="model") from None
+    append = body.append_system_prompt
+    if body.response_format == "json":
+        append = f"{append}\n\n{JSON_ONLY_INSTRUCTION}" if append else JSON_ONLY_INSTRUCTION
+    timeout = min(body.timeout_secs or settings.job_timeout_secs, settings.job_timeout_secs)
+    return RunRequest.from_text(
+        body.prompt, model, system_prompt=body.system_prompt, append_system_prompt=append,
+        timeout_secs=timeout, idle_timeout_secs=settings.idle_timeout_secs)
+
+
+async def submit_job(request: Request, key: KeyRecord, door: str, run: RunRequest,
+                     extra: dict[str, Any], metadata: dict[str, Any] | None) -> JobRecord:
+    """Queue a job for ``key``, mapping a full or stopping queue to 503."""
+    jobs: JobService = request.app.state.jobs
+    if request.app.state.requires_cli:
+        cli = await request.app.state.cli_status.refresh()
+        if cli.problem:
+            raise ApiError("cli_unavailable", cli.problem)
+    try:
+        job = await jobs.submit(key_id=key.id, door=door,
+                                request={**request_to_json(run), **extra}, metadata=metadata)
+    except QueueFull as exc:
+        raise ApiError("queue_full", "the job queue is full; retry later",
+                       retry_after=exc.retry_after) from None
+    except NotAccepting:
+        raise ApiError("shutting_down", "the server is shutting down; retry on another node",
+                       retry_after=5) from None
+    request.scope["ccgate.audit"] = {"job_id": job.id, "model": run.model}
+    return job
+
+
+async def wait_unless_disconnected(request: Request, job_id: str) -> JobRecord | None:
+    """Wait for the job; if the client goes away first, cancel it and return None."""
+    jobs: JobService = request.app.state.jobs
+    waiter = asyncio.create_task(jobs.wait(job_id))
+    watcher = asyncio.create_task(_client_gone(request))
+    try:
+        await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if waiter.done():
+        return waiter.result()
+    waiter.cancel()
+    await jobs.cancel(job_id)
+    return None
+
+
+async def _client_gone(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def record_outcome(request: Request, job: JobRecord, prompt: str) -> None:
+    """Add the finished job's facts to this request's audit row."""
+    usage = job.usage or {}
+    facts = request.scope.setdefault("ccgate.audit", {})
+    facts.update(
+        job_status=job.status.value, model=job.model, prompt_bytes=len(prompt.encode("utf-8")),
+        response_bytes=len(job.result.encode("utf-8")) if job.result else 0,
+        input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"),
+        cost_usd=job.cost_usd, error_type=job.error_type)
+    if request.app.state.settings.audit_prompts:
+        facts["prompt_text"] = prompt
+
+
+def job_error(job: JobRecord) -> ApiError:
+    """The ApiError a failed or cancelled job answers a synchronous caller with."""
+    error_type = job.error_type if job.error_type in ERROR_KINDS else None
+    error_type = error_type or "cli_error"
+    if job.status is JobStatus.CANCELLED:
+        error_type = "cancelled"
+    return ApiError(error_type, job.error_message or "the job failed",
+                    extra={"job_id": job.id})
+
+
+@router.post("/run", summary="Run one prompt and wait for the answer",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": RunBody.model_json_schema()}}}})
+async def run(request: Request, key: CallerKey) -> Response:
+    """Run a prompt synchronously; a client that disconnects cancels the run."""
+    body = await parse_body(request, RunBody)
+    run_request = build_run_request(request, body)
+    job = await submit_job(request, key, "native", run_request,
+                           {"response_format": body.response_format}, body.metadata)
+    finished = await wait_unless_disconnected(request, job.id)
+    if finished is None:
+        request.scope["ccgate.audit"]["job_status"] = "cancelled"
+        return Response(status_code=499)
+    record_outcome(request, finished, body.prompt)
+    if finished.status is not JobStatus.COMPLETED:
+        raise job_error(finished)
+    return JSONResponse(render_job(finished))

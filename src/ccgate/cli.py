@@ -1,0 +1,212 @@
+"""The ``ccgate`` command: serve, keys, doctor, run, migrate, version."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ccgate import __version__
+from ccgate.config import ConfigError, Settings, load_settings
+from ccgate.logs import configure_logging
+
+app = typer.Typer(help="ccgate: a self-hosted gateway for the Claude Code CLI.",
+                  no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Create, list and revoke per-app API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+T = TypeVar("T")
+EnvFile = Annotated[str | None, typer.Option("--env-file", help="Read settings from this "
+                                             "KEY=VALUE file (real env vars win).")]
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _run(coro: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(coro())  # type: ignore[arg-type]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"ccgate: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main_options(ctx: typer.Context, env_file: EnvFile = None) -> None:
+    """Load and validate the configuration before any command runs."""
+    if ctx.resilient_parsing:
+        return
+    try:
+        ctx.obj = load_settings(env_file=env_file)
+    except ConfigError as exc:
+        _fail(f"configuration error: {exc}", 2)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Override CCGATE_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override CCGATE_PORT.")] = None,
+) -> None:
+    """Serve the HTTP API (SQLite in ./ccgate.db unless CCGATE_DATABASE_URL says otherwise)."""
+    import uvicorn
+
+    from ccgate.api.app import create_app
+
+    settings = _settings(ctx)
+    configure_logging(settings.log_level)
+    import structlog
+
+    log = structlog.get_logger("ccgate")
+    for key in settings.unknown_keys:
+        log.warning("unknown_setting", key=key, detail="not a ccgate setting; check for typos")
+    log.info("starting", version=__version__, host=host or settings.host,
+             port=port or settings.port, database=settings.database_url.split("://")[0])
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+                log_config=None, access_log=False, timeout_graceful_shutdown=60)
+
+
+@app.command()
+def version() -> None:
+    """Print ccgate's version."""
+    typer.echo(f"ccgate {__version__}")
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Create or upgrade the database schema (serve does this on start too)."""
+    from ccgate.store import Store
+
+    async def go() -> None:
+        store = await Store.open(_settings(ctx).database_url)
+        await store.close()
+
+    _run(go)
+    typer.echo("database schema is up to date")
+
+
+def _with_keyring(ctx: typer.Context, action: Callable[[Any], Awaitable[T]]) -> T:
+    from ccgate.security.keyring import Keyring
+    from ccgate.store import Store
+
+    async def go() -> T:
+        store = await Store.open(_settings(ctx).database_url)
+        try:
+            return await action(Keyring(store))
+        finally:
+            await store.close()
+
+    return _run(go)
+
+
+@keys_app.command("create")
+def keys_create(ctx: typer.Context, name: str) -> None:
+    """Create a key; its secret is printed once on stdout and never stored."""
+    from ccgate.security.keyring import KeyNameError
+
+    try:
+        _, secret = _with_keyring(ctx, lambda ring: ring.create(name))
+    except KeyNameError as exc:
+        _fail(str(exc))
+    typer.echo(f"Created key {name!r}. Its secret is shown only now; store it safely:",
+               err=True)
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context) -> None:
+    """List keys: name, prefix, created, last used, status (never secrets)."""
+    records = _with_keyring(ctx, lambda ring: ring.list())
+    if not records:
+        typer.echo("no keys yet: create one with 'ccgate keys create NAME'")
+        return
+    rows = [("NAME", "PREFIX", "CREATED", "LAST USED", "STATUS")]
+    for r in records:
+        rows.append((r.name, r.prefix + "…", _short(r.created_at), _short(r.last_used_at),
+                     "active" if r.active else f"revoked {_short(r.revoked_at)}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@keys_app.command("revoke")
+def keys_revoke(ctx: typer.Context, name: str) -> None:
+    """Revoke a key; its very next request is refused, no restart needed."""
+    if not _with_keyring(ctx, lambda ring: ring.revoke(name)):
+        _fail(f"no active key named {name!r}")
+    typer.echo(f"revoked key {name!r}")
+
+
+def _short(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+@app.command()
+def doctor(
+    ctx: typer.Context,
+    probe: Annotated[bool, typer.Option(help="Also make one tiny real call through the CLI.")]
+    = False,
+) -> None:
+    """Check the configuration, the store and the claude CLI; exit 1 if anything is wrong."""
+    from ccgate.doctor import run_doctor
+
+    ok = _run(lambda: run_doctor(_settings(ctx), probe=probe, echo=typer.echo))
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command("run")
+def run_prompt(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads it from stdin.")],
+    model: Annotated[str | None, typer.Option(help="Model name or alias.")] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="Replace the system prompt.")]
+    = None,
+) -> None:
+    """Run one prompt through the same locked-down runner the server uses, without a server."""
+    from ccgate.models import ModelNotAllowed, ModelPolicy
+    from ccgate.runners.base import RunError, RunRequest, RunResult, TextDelta
+    from ccgate.runners.cli import cli_runner
+
+    settings = _settings(ctx)
+    text = sys.stdin.read() if prompt == "-" else prompt
+    try:
+        chosen = ModelPolicy(settings.allowed_models, settings.default_model).resolve(model)
+    except ModelNotAllowed as exc:
+        _fail(str(exc), 2)
+        return
+    runner = cli_runner(settings, settings.resolve_claude())
+    request = RunRequest.from_text(text, chosen, system_prompt=system_prompt,
+                                   timeout_secs=settings.job_timeout_secs,
+                                   idle_timeout_secs=settings.idle_timeout_secs)
+
+    async def go() -> None:
+        streamed = False
+        async for event in runner.run(request):
+            if isinstance(event, TextDelta):
+                streamed = True
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, RunResult) and not streamed:
+                sys.stdout.write(event.text)
+        sys.stdout.write("\n")
+
+    try:
+        _run(go)
+    except RunError as exc:
+        _fail(f"{exc.error_type}: {exc.message}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="ccgate")
+
+
+if __name__ == "__main__":
+    main()

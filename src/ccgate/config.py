@@ -1,0 +1,326 @@
+"""Every ccgate setting, read once from ``CCGATE_*`` variables (and an optional env file).
+
+This is the only module that reads ``os.environ``. A bad value stops start-up with a
+``ConfigError`` that names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_FILE_KEY = "CCGATE_ENV_FILE"
+
+# Variables that pass from ccgate's own environment to the claude CLI; everything else is
+# dropped so app secrets, cloud credentials and shell state never reach the subprocess.
+CLI_ENV_ALLOWLIST: tuple[str, ...] = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "CLAUDE_CONFIG_DIR",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_MODEL",
+    "ANTHROPIC_SMALL_FAST_MODEL",
+    "ANTHROPIC_DEFAULT_OPUS_MODEL",
+    "ANTHROPIC_DEFAULT_SONNET_MODEL",
+    "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+    "CLAUDE_CODE_SUBAGENT_MODEL",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
+
+
+class ConfigError(ValueError):
+    """A setting has a value ccgate cannot use; the message names key, value and what is allowed."""
+
+    def __init__(self, key: str, value: str, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        shown = "<hidden>" if _is_secret(key) else repr(value)
+        super().__init__(f"{key}={shown} is not valid: expected {allowed}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One documented setting: its variable, default (as text) and the parser that checks it."""
+
+    key: str
+    default: str
+    allowed: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _is_secret(key: str) -> bool:
+    return key.endswith(("_TOKEN", "_SECRET", "_KEY"))
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if value < low or (high is not None and value > high):
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _float(low: float, high: float | None = None) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if value != value or value < low or (high is not None and value > high):
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _database_url(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("sqlite", "postgresql", "postgres://")):
+        raise ValueError
+    return value
+
+
+def _env_names(raw: str) -> tuple[str, ...]:
+    names = _names(raw)
+    for name in names:
+        if not name.replace("_", "").isalnum():
+            raise ValueError
+    return names
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("CCGATE_HOST", "127.0.0.1", "an address to bind", _text,
+            "Address the HTTP server binds. Keep loopback unless a proxy or firewall fronts it."),
+    Setting("CCGATE_PORT", "8787", "an integer between 1 and 65535", _int(1, 65535),
+            "TCP port of the HTTP server."),
+    Setting("CCGATE_DATABASE_URL", "sqlite:///./ccgate.db",
+            "a sqlite:/// or postgresql:// URL", _database_url,
+            "Where jobs, keys and audit rows live. SQLite (embedded, WAL) by default; "
+            "`postgresql://user@host/db` needs the `[postgres]` extra."),
+    Setting("CCGATE_CLAUDE_PATH", "", "a path to the claude executable, or empty", _optional_text,
+            "The `claude` CLI to run. Empty: looked up on `PATH`."),
+    Setting("CCGATE_DEFAULT_MODEL", "sonnet", "a model name", _text,
+            "Model used when a request names none."),
+    Setting("CCGATE_ALLOWED_MODELS", "haiku,sonnet,opus,claude-*",
+            "comma-separated names; `*` matches any run of characters", _names,
+            "Models a request may ask for; anything else is a 400 that lists these."),
+    Setting("CCGATE_CONCURRENCY", "2", "an integer between 1 and 256", _int(1, 256),
+            "How many CLI processes run at once; further jobs wait in the queue."),
+    Setting("CCGATE_QUEUE_SIZE", "100", "an integer of at least 1", _int(1),
+            "How many jobs may wait; past that, submits get 503 with Retry-After."),
+    Setting("CCGATE_JOB_TIMEOUT_SECS", "600", "a number of seconds between 1 and 86400",
+            _float(1, 86400),
+            "Wall-clock limit of one run, and the ceiling for a request's `timeout_secs`."),
+    Setting("CCGATE_IDLE_TIMEOUT_SECS", "120", "a number of seconds (0 turns it off)", _float(0),
+            "A run that prints nothing for this long is stopped as a timeout."),
+    Setting("CCGATE_MAX_BODY_BYTES", "16777216", "an integer of at least 1024", _int(1024),
+            "Largest request body accepted; larger bodies get 413."),
+    Setting("CCGATE_MAX_PROMPT_BYTES", "4194304", "an integer of at least 1", _int(1),
+            "Largest prompt (UTF-8 bytes, system prompts included); larger get 413."),
+    Setting("CCGATE_ALLOW_TOOLS", "false", "true or false", _bool,
+            "DANGER: let the model use Claude Code's built-in tools (shell, files, web) on "
+            "this machine. Off by default: every run gets an empty tool list."),
+    Setting("CCGATE_ADMIN_TOKEN", "", "a secret string, or empty", _optional_text,
+            "Token for the admin API. Empty: the admin API is off."),
+    Setting("CCGATE_UPSTREAM_RETRIES", "1", "an integer between 0 and 10", _int(0, 10),
+            "Retries the CLI makes on upstream errors (`CLAUDE_CODE_MAX_RETRIES`). The CLI's "
+            "own default retries for minutes; keep this small."),
+    Setting("CCGATE_UPSTREAM_TIMEOUT_SECS", "300", "a number of seconds between 1 and 3600",
+            _float(1, 3600),
+            "Per-request upstream timeout the CLI applies (`API_TIMEOUT_MS`)."),
+    Setting("CCGATE_KILL_GRACE_SECS", "2", "a number of seconds between 0 and 60", _float(0, 60),
+            "On cancel or timeout: time between SIGTERM and SIGKILL to the run's process group."),
+    Setting("CCGATE_MAX_ATTEMPTS", "2", "an integer between 1 and 10", _int(1, 10),
+            "How often a job interrupted by a crashed node is started before it fails."),
+    Setting("CCGATE_LEASE_SECS", "30", "a number of seconds between 5 and 3600", _float(5, 3600),
+            "A running job's lease; a node that stops renewing it is presumed dead."),
+    Setting("CCGATE_WORK_DIR", "", "a directory path, or empty", _optional_text,
+            "Parent of the throwaway per-run directories. Empty: the system temp directory."),
+    Setting("CCGATE_CLI_ENV_PASSTHROUGH", "", "comma-separated variable names", _env_names,
+            "Extra variables passed from ccgate's environment to the CLI, beyond the built-in "
+            "allowlist."),
+    Setting("CCGATE_AUDIT_PROMPTS", "false", "true or false", _bool,
+            "Store prompt text in audit rows. Off: audit rows hold sizes, never text."),
+    Setting("CCGATE_LOG_LEVEL", "info", "debug, info, warning or error",
+            _choice("debug", "info", "warning", "error"), "Log verbosity (JSON lines on stderr)."),
+    Setting(ENV_FILE_KEY, "", "a path to a KEY=VALUE file, or empty", _optional_text,
+            "Env file read at start; real environment variables win over it."),
+)
+
+SETTING_KEYS = frozenset(s.key for s in SETTINGS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one ccgate process."""
+
+    host: str
+    port: int
+    database_url: str
+    claude_path: str | None
+    default_model: str
+    allowed_models: tuple[str, ...]
+    concurrency: int
+    queue_size: int
+    job_timeout_secs: float
+    idle_timeout_secs: float
+    max_body_bytes: int
+    max_prompt_bytes: int
+    allow_tools: bool
+    admin_token: str | None
+    upstream_retries: int
+    upstream_timeout_secs: float
+    kill_grace_secs: float
+    max_attempts: int
+    lease_secs: float
+    work_dir: str | None
+    cli_env_passthrough: tuple[str, ...]
+    audit_prompts: bool
+    log_level: str
+    env_file: str | None
+    cli_base_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    unknown_keys: tuple[str, ...] = ()
+
+    def resolve_claude(self) -> str | None:
+        """Return the claude executable to run, or None when it cannot be found."""
+        if self.claude_path:
+            path = Path(self.claude_path).expanduser()
+            return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+        return shutil.which("claude", path=self.cli_base_env.get("PATH"))
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """Parse a ``KEY=VALUE`` file: ``#`` comments, blank lines, optional ``export`` and quotes."""
+    values: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(ENV_FILE_KEY, str(path), f"a readable file ({exc.strerror})") from exc
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(ENV_FILE_KEY, str(path), f"KEY=VALUE lines (line {number} is not)")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | None = None
+) -> Settings:
+    """Read and validate every setting; raise ConfigError on the first bad value."""
+    env = dict(os.environ if environ is None else environ)
+    file_path = env_file or env.get(ENV_FILE_KEY) or None
+    merged: dict[str, str] = {}
+    if file_path:
+        merged.update(read_env_file(file_path))
+    merged.update(env)
+    if file_path:
+        merged[ENV_FILE_KEY] = file_path
+
+    parsed: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = merged.get(setting.key, setting.default)
+        try:
+            parsed[setting.key] = setting.parse(raw)
+        except (ValueError, TypeError):
+            raise ConfigError(setting.key, raw, setting.allowed) from None
+
+    passthrough = parsed["CCGATE_CLI_ENV_PASSTHROUGH"]
+    cli_env = {
+        name: merged[name]
+        for name in (*CLI_ENV_ALLOWLIST, *passthrough)
+        if name in merged and not name.startswith("CCGATE_")
+    }
+    unknown = tuple(
+        sorted(k for k in merged if k.startswith("CCGATE_") and k not in SETTING_KEYS
+               and not k.startswith("CCGATE_TEST_"))
+    )
+    return Settings(
+        host=parsed["CCGATE_HOST"],
+        port=parsed["CCGATE_PORT"],
+        database_url=parsed["CCGATE_DATABASE_URL"],
+        claude_path=parsed["CCGATE_CLAUDE_PATH"],
+        default_model=parsed["CCGATE_DEFAULT_MODEL"],
+        allowed_models=parsed["CCGATE_ALLOWED_MODELS"],
+        concurrency=parsed["CCGATE_CONCURRENCY"],
+        queue_size=parsed["CCGATE_QUEUE_SIZE"],
+        job_timeout_secs=parsed["CCGATE_JOB_TIMEOUT_SECS"],
+        idle_timeout_secs=parsed["CCGATE_IDLE_TIMEOUT_SECS"],
+        max_body_bytes=parsed["CCGATE_MAX_BODY_BYTES"],
+        max_prompt_bytes=parsed["CCGATE_MAX_PROMPT_BYTES"],
+        allow_tools=parsed["CCGATE_ALLOW_TOOLS"],
+        admin_token=parsed["CCGATE_ADMIN_TOKEN"],
+        upstream_retries=parsed["CCGATE_UPSTREAM_RETRIES"],
+        upstream_timeout_secs=parsed["CCGATE_UPSTREAM_TIMEOUT_SECS"],
+        kill_grace_secs=parsed["CCGATE_KILL_GRACE_SECS"],
+        max_attempts=parsed["CCGATE_MAX_ATTEMPTS"],
+        lease_secs=parsed["CCGATE_LEASE_SECS"],
+        work_dir=parsed["CCGATE_WORK_DIR"],
+        cli_env_passthrough=passthrough,
+        audit_prompts=parsed["CCGATE_AUDIT_PROMPTS"],
+        log_level=parsed["CCGATE_LOG_LEVEL"],
+        env_file=parsed[ENV_FILE_KEY],
+        cli_base_env=cli_env,
+        unknown_keys=unknown,
+    )

@@ -1,0 +1,58 @@
+"""``ccgate doctor``: is this machine ready to serve, and if not, what to fix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ccgate import __version__
+from ccgate.config import Settings
+from ccgate.runners.base import RunError, RunRequest, collect
+from ccgate.runners.cli_status import CliStatus
+from ccgate.store import Store
+
+PROBE_PROMPT = "Reply with the single word: pong"
+
+
+async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], None]) -> bool:
+    """Print one line per check; return True when every check passed."""
+    ok = True
+
+    def report(passed: bool, what: str) -> None:
+        nonlocal ok
+        ok = ok and passed
+        echo(f"[{'ok' if passed else 'FAIL'}] {what}")
+
+    echo(f"ccgate {__version__}")
+    report(True, "configuration is valid")
+    for key in settings.unknown_keys:
+        echo(f"[warn] {key} is not a ccgate setting (typo?)")
+    try:
+        store = await Store.open(settings.database_url)
+        try:
+            await store.db.ping()
+        finally:
+            await store.close()
+        report(True, f"store is reachable and writable ({settings.database_url.split('://')[0]})")
+    except Exception as exc:
+        report(False, f"store at {settings.database_url}: {type(exc).__name__}: {exc}")
+    cli = await CliStatus(settings).refresh()
+    if cli.problem:
+        report(False, cli.problem)
+    else:
+        report(True, f"claude CLI {cli.version} at {cli.path}")
+    if settings.allow_tools:
+        echo("[warn] CCGATE_ALLOW_TOOLS=true: the model may run commands on this machine")
+    if settings.admin_token is None:
+        echo("[info] CCGATE_ADMIN_TOKEN is unset: the admin API is off")
+    if probe and cli.path and not cli.problem:
+        from ccgate.runners.cli import cli_runner
+
+        request = RunRequest.from_text(PROBE_PROMPT, settings.default_model, timeout_secs=120,
+                                       idle_timeout_secs=60)
+        try:
+            result = await collect(cli_runner(settings, cli.path), request)
+            report(True, f"probe call answered: {result.text.strip()[:60]!r}")
+        except RunError as exc:
+            report(False, f"probe call failed: {exc.error_type}: {exc.message}")
+    return ok
+

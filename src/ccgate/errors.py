@@ -1,0 +1,65 @@
+"""Every error type a client can see, with its HTTP status; one catalogue for all doors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """A documented error type: its status and when it happens."""
+
+    status: int
+    meaning: str
+
+
+ERROR_KINDS: Mapping[str, ErrorKind] = {
+    "invalid_request": ErrorKind(400, "Malformed JSON, a missing or invalid field (named in the "
+                                 "message), or a model that is not allowed."),
+    "authentication_error": ErrorKind(401, "No key, an unknown key or a revoked key."),
+    "not_found": ErrorKind(404, "No such route or job (or the job belongs to another key)."),
+    "method_not_allowed": ErrorKind(405, "The route exists but not for this HTTP method."),
+    "cancelled": ErrorKind(409, "The job was cancelled before it finished."),
+    "request_too_large": ErrorKind(413, "The body exceeds CCGATE_MAX_BODY_BYTES or the prompt "
+                                   "exceeds CCGATE_MAX_PROMPT_BYTES."),
+    "upstream_request_too_large": ErrorKind(413, "The upstream API refused the prompt as too "
+                                            "large."),
+    "upstream_bad_request": ErrorKind(400, "The upstream API refused the request (for example "
+                                      "a prompt over the model's context)."),
+    "upstream_rate_limited": ErrorKind(429, "The account behind the CLI is rate-limited "
+                                       "upstream; Retry-After when known."),
+    "upstream_auth_error": ErrorKind(502, "The claude CLI is not logged in or its API key is "
+                                     "invalid (upstream 401/403). Fix on the server."),
+    "cli_error": ErrorKind(502, "The claude CLI crashed or ended without a result; the message "
+                           "holds the last lines of its stderr."),
+    "upstream_overloaded": ErrorKind(503, "The upstream API is overloaded or unavailable "
+                                     "(500/529)."),
+    "queue_full": ErrorKind(503, "CCGATE_QUEUE_SIZE jobs are already waiting; Retry-After "
+                            "says when to try again."),
+    "shutting_down": ErrorKind(503, "The server is stopping and takes no new jobs."),
+    "cli_unavailable": ErrorKind(503, "The claude CLI is not installed or cannot be started."),
+    "interrupted": ErrorKind(503, "The node running the job died more often than "
+                             "CCGATE_MAX_ATTEMPTS allows."),
+    "timeout": ErrorKind(504, "The run hit its wall-clock (timeout_secs) or idle "
+                         "(CCGATE_IDLE_TIMEOUT_SECS) limit; the message says which."),
+    "internal_error": ErrorKind(500, "A bug in ccgate; the request id finds it in the logs."),
+}
+
+
+class ApiError(Exception):
+    """An error to send to the client in the door's error shape."""
+
+    def __init__(self, error_type: str, message: str, *, retry_after: float | None = None,
+                 param: str | None = None, extra: Mapping[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.retry_after = retry_after
+        self.param = param
+        self.extra = dict(extra or {})
+
+    @property
+    def status(self) -> int:
+        """The HTTP status of this error's type."""
+        return ERROR_KINDS[self.error_type].status

@@ -1,0 +1,92 @@
+"""What a runner takes (RunRequest), what it yields (RunEvent) and how it fails (RunError)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One prompt to run: content blocks for the user turn plus the settings argv fixes."""
+
+    content: list[dict[str, Any]]
+    model: str
+    system_prompt: str | None = None
+    append_system_prompt: str | None = None
+    timeout_secs: float = 600.0
+    idle_timeout_secs: float = 0.0
+    stream: bool = True
+
+    @classmethod
+    def from_text(cls, prompt: str, model: str, **kwargs: Any) -> RunRequest:
+        """Build a request whose user turn is one text block."""
+        return cls(content=[{"type": "text", "text": prompt}], model=model, **kwargs)
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """The backend accepted the run; carries its session id and resolved model when known."""
+
+    session_id: str | None
+    model: str | None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the answer, in order; the deltas concatenate to the final text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The finished run: final text, usage, cost and timings."""
+
+    text: str
+    session_id: str | None = None
+    model: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    cost_usd: float | None = None
+    duration_ms: int | None = None
+    stop_reason: str | None = None
+
+
+RunEvent = RunStarted | TextDelta | RunResult
+
+
+class RunError(Exception):
+    """A run that failed in a way a client can act on; ``error_type`` is the documented type."""
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.retry_after = retry_after
+        self.upstream_status = upstream_status
+
+
+class Runner(Protocol):
+    """Anything that turns a RunRequest into RunEvents, ending with one RunResult."""
+
+    def run(self, request: RunRequest) -> AsyncGenerator[RunEvent, None]:
+        """Yield events for ``request``; raise RunError on failure. Cancelling stops the run."""
+        ...
+
+
+async def collect(runner: Runner, request: RunRequest) -> RunResult:
+    """Run ``request`` to the end and return its RunResult; the run is closed either way."""
+    async with contextlib.aclosing(runner.run(request)) as events:
+        async for event in events:
+            if isinstance(event, RunResult):
+                return event
+    raise RunError("cli_error", "the run ended without a result")

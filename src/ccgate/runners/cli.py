@@ -1,0 +1,136 @@
+"""The claude CLI back end: one locked-down subprocess per run, stream-json in and out."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from ccgate.config import Settings
+from ccgate.runners.base import RunError, RunEvent, RunRequest
+from ccgate.runners.cli_command import CliOptions, build_argv, build_env, user_message
+from ccgate.runners.process import GroupProcess
+from ccgate.runners.stream_json import StreamParser
+
+# Secrets that must not leak through a stderr tail into an error message.
+_SECRET_PATTERN = re.compile(r"(sk-ant-[A-Za-z0-9_-]+|ccg_[A-Za-z0-9_-]+|Bearer\s+\S+)")
+_EXIT_WAIT_SECS = 5.0
+
+
+def redact(text: str) -> str:
+    """Replace anything shaped like a key or bearer token with ``[redacted]``."""
+    return _SECRET_PATTERN.sub("[redacted]", text)
+
+
+class ClaudeCliRunner:
+    """Runs each RunRequest as ``claude -p`` in a throwaway directory and its own process group."""
+
+    def __init__(self, options: CliOptions) -> None:
+        self.options = options
+
+    async def run(self, request: RunRequest) -> AsyncGenerator[RunEvent, None]:
+        """Yield the run's events; raise RunError on failure; cancelling kills the group."""
+        run_dir = tempfile.mkdtemp(prefix="ccgate-run-", dir=self.options.work_dir)
+        process: GroupProcess | None = None
+        try:
+            try:
+                process = await GroupProcess.start(
+                    build_argv(self.options, request),
+                    cwd=run_dir,
+                    env=build_env(self.options, run_dir),
+                )
+            except OSError as exc:
+                raise RunError(
+                    "cli_unavailable",
+                    f"Could not start the claude CLI at {self.options.executable}: "
+                    f"{exc.strerror or exc}. Install it (npm install -g "
+                    "@anthropic-ai/claude-code) or set CCGATE_CLAUDE_PATH.",
+                ) from None
+            await process.write_and_close(user_message(request.content))
+            async for event in self._events(process, request):
+                yield event
+        finally:
+            if process is not None:
+                await asyncio.shield(process.stop(self.options.kill_grace_secs))
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    async def _events(
+        self, process: GroupProcess, request: RunRequest
+    ) -> AsyncIterator[RunEvent]:
+        parser = StreamParser(partial=request.stream)
+        deadline = time.monotonic() + request.timeout_secs
+        while True:
+            line = await self._next_line(process, request, deadline)
+            if line is None:
+                break
+            for event in parser.feed(line):
+                yield event
+            if parser.result is not None:
+                return
+        code = await process.wait(_EXIT_WAIT_SECS)
+        tail = redact(await process.stderr_tail())
+        detail = f": {tail}" if tail else " and printed nothing on stderr"
+        if code not in (0, None):
+            raise RunError("cli_error", f"The claude CLI exited with code {code} before "
+                           f"finishing{detail}")
+        raise RunError("cli_error", f"The claude CLI ended without a result{detail}")
+
+    async def _next_line(
+        self, process: GroupProcess, request: RunRequest, deadline: float
+    ) -> bytes | None:
+        remaining = deadline - time.monotonic()
+        idle = request.idle_timeout_secs
+        wait = min(remaining, idle) if idle > 0 else remaining
+        if wait <= 0:
+            raise _timeout("wall", request.timeout_secs)
+        try:
+            return await asyncio.wait_for(process.readline(), wait)
+        except TimeoutError:
+            if idle > 0 and time.monotonic() < deadline:
+                raise _timeout("idle", idle) from None
+            raise _timeout("wall", request.timeout_secs) from None
+
+
+def _timeout(kind: str, secs: float) -> RunError:
+    if kind == "idle":
+        return RunError("timeout", f"idle timeout: the run produced no output for {secs:g} s")
+    return RunError("timeout", f"wall-clock timeout: the run did not finish within {secs:g} s")
+
+
+async def probe_version(executable: str, timeout: float = 15.0) -> str | None:
+    """Return what ``claude --version`` prints (e.g. ``2.1.330 (Claude Code)``), or None."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            executable, "--version",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None
+    text = out.decode("utf-8", "replace").strip()
+    return text.splitlines()[0] if proc.returncode == 0 and text else None
+
+
+def cli_runner(settings: Settings, executable: str | None) -> ClaudeCliRunner:
+    """The CLI runner for ``settings``; with no executable found, ``claude`` is looked up on
+    PATH again at each run, so installing the CLI later needs no restart."""
+    return ClaudeCliRunner(CliOptions(
+        executable=executable or settings.claude_path or "claude",
+        base_env=settings.cli_base_env,
+        allow_tools=settings.allow_tools,
+        upstream_retries=settings.upstream_retries,
+        upstream_timeout_secs=settings.upstream_timeout_secs,
+        kill_grace_secs=settings.kill_grace_secs,
+        work_dir=settings.work_dir,
+    ))

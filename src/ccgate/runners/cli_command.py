@@ -1,0 +1,80 @@
+"""The argv and environment of one locked-down ``claude -p`` run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ccgate.runners.base import RunRequest
+
+EMPTY_MCP_CONFIG = json.dumps({"mcpServers": {}})
+
+# Switches that keep the CLI from phoning home or updating itself under a running gateway.
+QUIET_ENV: Mapping[str, str] = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "DISABLE_BUG_COMMAND": "1",
+    "CLAUDE_CODE_DISABLE_TERMINAL_TITLE": "1",
+}
+
+
+@dataclass(frozen=True)
+class CliOptions:
+    """What every run of one gateway shares: the executable, lockdown and upstream limits."""
+
+    executable: str
+    base_env: Mapping[str, str]
+    allow_tools: bool = False
+    upstream_retries: int = 1
+    upstream_timeout_secs: float = 300.0
+    kill_grace_secs: float = 2.0
+    work_dir: str | None = None
+
+
+def build_argv(options: CliOptions, request: RunRequest) -> list[str]:
+    """Return the argv list for ``request``; the prompt itself goes on stdin, never here."""
+    argv = [
+        options.executable,
+        "-p",
+        "--input-format", "stream-json",
+        "--output-format", "stream-json",
+        "--verbose",
+        "--model", request.model,
+    ]
+    if request.stream:
+        argv.append("--include-partial-messages")
+    if request.system_prompt is not None:
+        argv += ["--system-prompt", request.system_prompt]
+    if request.append_system_prompt is not None:
+        argv += ["--append-system-prompt", request.append_system_prompt]
+    if not options.allow_tools:
+        # An empty tool list is the only switch that removes tools from the upstream request;
+        # permission modes and disallow lists still let read-only Bash run in -p mode.
+        argv += ["--tools", ""]
+    argv += [
+        "--strict-mcp-config", "--mcp-config", EMPTY_MCP_CONFIG,
+        "--setting-sources", "",
+        "--disable-slash-commands",
+        "--no-session-persistence",
+    ]
+    return argv
+
+
+def build_env(options: CliOptions, run_dir: str) -> dict[str, str]:
+    """Return the scrubbed environment: the allowlist, quiet switches, limits, private TMPDIR."""
+    env = dict(options.base_env)
+    env.update(QUIET_ENV)
+    env["CLAUDE_CODE_MAX_RETRIES"] = str(options.upstream_retries)
+    env["API_TIMEOUT_MS"] = str(int(options.upstream_timeout_secs * 1000))
+    env["TMPDIR"] = run_dir
+    return env
+
+
+def user_message(content: list[dict[str, Any]]) -> bytes:
+    """Encode the user turn as the one stream-json line the CLI reads from stdin."""
+    line = {"type": "user", "message": {"role": "user", "content": content}}
+    return json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n"

@@ -1,0 +1,1 @@
+"""Secrets: minting and checking keys."""

@@ -1,0 +1,67 @@
+"""Creating, listing, revoking and verifying per-app keys against the store."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from sqlalchemy.exc import IntegrityError
+
+from ccgate.clock import utcnow as _now
+from ccgate.security.keys import hash_secret, mint_key, new_id
+from ccgate.store import KeyRecord, Store
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# last_used_at is refreshed at most this often per key, so auth stays a read, not a write.
+_TOUCH_EVERY_SECS = 60.0
+
+
+class KeyNameError(ValueError):
+    """A key name that is malformed or already taken."""
+
+
+class Keyring:
+    """Per-app keys: secrets are shown once at creation and only their hashes are kept."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._touched: dict[str, float] = {}
+
+    async def create(self, name: str) -> tuple[KeyRecord, str]:
+        """Mint a key named ``name``; return its record and the secret (never stored)."""
+        if not NAME_PATTERN.fullmatch(name):
+            raise KeyNameError(f"key name {name!r} must be 1-100 letters, digits, '.', '_' or "
+                               "'-', starting with a letter or digit")
+        minted = mint_key()
+        try:
+            record = await self.store.keys.insert(
+                key_id=new_id("key"), name=name, prefix=minted.prefix,
+                secret_hash=minted.secret_hash, now=_now())
+        except IntegrityError:
+            raise KeyNameError(f"a key named {name!r} already exists") from None
+        return record, minted.secret
+
+    async def list(self) -> list[KeyRecord]:
+        """Every key, revoked ones included, without secrets."""
+        return await self.store.keys.list()
+
+    async def revoke(self, name: str) -> bool:
+        """Revoke a key; the very next request with it fails. False if no active key matched."""
+        return await self.store.keys.revoke(name, _now())
+
+    async def verify(self, secret: str) -> KeyRecord | None:
+        """Return the active key whose secret this is, or None.
+
+        The lookup is by SHA-256 of a high-entropy secret, so the index comparison leaks
+        nothing useful about any stored key.
+        """
+        if not secret:
+            return None
+        record = await self.store.keys.by_hash(hash_secret(secret))
+        if record is None or not record.active:
+            return None
+        now = time.monotonic()
+        if now - self._touched.get(record.id, -_TOUCH_EVERY_SECS) >= _TOUCH_EVERY_SECS:
+            self._touched[record.id] = now
+            await self.store.keys.touch(record.id, _now())
+        return record

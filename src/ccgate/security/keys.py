@@ -1,0 +1,36 @@
+"""Per-app API keys: ``ccg_`` plus 32 random bytes, stored only as a SHA-256 hash."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+KEY_PREFIX = "ccg_"
+_SECRET_BYTES = 32
+_SHOWN_PREFIX_CHARS = 12
+
+
+@dataclass(frozen=True)
+class MintedKey:
+    """A freshly minted key: the secret (shown once), its visible prefix and its hash."""
+
+    secret: str
+    prefix: str
+    secret_hash: str
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of a key; what the store keeps and looks keys up by."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def mint_key() -> MintedKey:
+    """Create a new random key."""
+    secret = KEY_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+    return MintedKey(secret, secret[:_SHOWN_PREFIX_CHARS], hash_secret(secret))
+
+
+def new_id(prefix: str) -> str:
+    """A random, URL-safe identifier such as ``job_3f9a...``."""
+    return f"{prefix}_{secrets.token_hex(12)}"

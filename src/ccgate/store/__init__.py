@@ -1,0 +1,37 @@
+"""The store: jobs, keys and audit rows in SQLite (default) or PostgreSQL."""
+
+from __future__ import annotations
+
+from ccgate.store.audit import AuditEntry, AuditTable
+from ccgate.store.engine import Database
+from ccgate.store.jobs import JobRecord, JobStatus, JobTable
+from ccgate.store.keys import KeyRecord, KeyTable
+
+
+class Store:
+    """One database and the tables ccgate keeps in it."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.jobs = JobTable(db)
+        self.keys = KeyTable(db)
+        self.audit = AuditTable(db)
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect to ``url`` and, by default, bring its schema up to date."""
+        store = cls(Database.connect(url))
+        if migrate:
+            try:
+                await store.db.migrate()
+            except BaseException:
+                await store.close()
+                raise
+        return store
+
+    async def close(self) -> None:
+        """Close every connection."""
+        await self.db.close()
+
+
+__all__ = ["AuditEntry", "Database", "JobRecord", "JobStatus", "KeyRecord", "Store"]

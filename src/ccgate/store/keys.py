@@ -1,0 +1,91 @@
+"""SQL for API keys: only hashes are stored, never secrets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from ccgate.store.engine import Database
+from ccgate.store.schema import api_keys
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One app's key as stored: its name, visible prefix and lifecycle timestamps."""
+
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        """True until the key is revoked."""
+        return self.revoked_at is None
+
+
+def _record(row: Any) -> KeyRecord:
+    m = row._mapping
+    return KeyRecord(
+        id=m["id"], name=m["name"], prefix=m["prefix"], created_at=m["created_at"],
+        last_used_at=m["last_used_at"], revoked_at=m["revoked_at"],
+    )
+
+
+_COLUMNS = (api_keys.c.id, api_keys.c.name, api_keys.c.prefix, api_keys.c.created_at,
+            api_keys.c.last_used_at, api_keys.c.revoked_at)
+
+
+class KeyTable:
+    """Inserts, finds and revokes keys."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert(self, *, key_id: str, name: str, prefix: str, secret_hash: str,
+                     now: datetime) -> KeyRecord:
+        """Store a new key; raise sqlalchemy IntegrityError if the name is taken."""
+        async with self.db.write() as conn:
+            await conn.execute(api_keys.insert().values(
+                id=key_id, name=name, prefix=prefix, secret_hash=secret_hash, created_at=now))
+        return KeyRecord(key_id, name, prefix, now, None, None)
+
+    async def by_hash(self, secret_hash: str) -> KeyRecord | None:
+        """Find the key whose secret hashes to ``secret_hash``, revoked or not."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(
+                sa.select(*_COLUMNS).where(api_keys.c.secret_hash == secret_hash))).first()
+        return _record(row) if row else None
+
+    async def by_name(self, name: str) -> KeyRecord | None:
+        """Find a key by its name."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(
+                sa.select(*_COLUMNS).where(api_keys.c.name == name))).first()
+        return _record(row) if row else None
+
+    async def list(self) -> list[KeyRecord]:
+        """Every key, oldest first."""
+        async with self.db.read() as conn:
+            rows = (await conn.execute(sa.select(*_COLUMNS).order_by(api_keys.c.created_at)))
+            return [_record(r) for r in rows]
+
+    async def revoke(self, name: str, now: datetime) -> bool:
+        """Mark a key revoked; False when no active key has that name."""
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                api_keys.update()
+                .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now))
+        return result.rowcount > 0
+
+    async def touch(self, key_id: str, now: datetime) -> None:
+        """Record that a key was just used."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                api_keys.update().where(api_keys.c.id == key_id).values(last_used_at=now))

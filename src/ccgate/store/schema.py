@@ -1,0 +1,97 @@
+"""The one schema ccgate keeps, for SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that always comes back timezone-aware in UTC, on SQLite too."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("last_used_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("key_id", sa.String(40), sa.ForeignKey("api_keys.id"), nullable=True),
+    sa.Column("door", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("request", sa.JSON(), nullable=False),
+    sa.Column("metadata", sa.JSON(), nullable=True),
+    sa.Column("result", sa.Text(), nullable=True),
+    sa.Column("error_type", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.Text(), nullable=True),
+    sa.Column("usage", sa.JSON(), nullable=True),
+    sa.Column("cost_usd", sa.Float(), nullable=True),
+    sa.Column("session_id", sa.String(100), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("duration_ms", sa.Integer(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_jobs_status_created", "status", "created_at"),
+    sa.Index("ix_jobs_key_created", "key_id", "created_at"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("request_id", sa.String(40), nullable=False),
+    sa.Column("key_name", sa.String(100), nullable=True),
+    sa.Column("door", sa.String(20), nullable=False),
+    sa.Column("route", sa.String(200), nullable=False),
+    sa.Column("client_ip", sa.String(64), nullable=True),
+    sa.Column("job_id", sa.String(40), nullable=True),
+    sa.Column("model", sa.String(200), nullable=True),
+    sa.Column("http_status", sa.Integer(), nullable=False),
+    sa.Column("job_status", sa.String(20), nullable=True),
+    sa.Column("duration_ms", sa.Integer(), nullable=False),
+    sa.Column("prompt_bytes", sa.Integer(), nullable=True),
+    sa.Column("response_bytes", sa.Integer(), nullable=True),
+    sa.Column("input_tokens", sa.Integer(), nullable=True),
+    sa.Column("output_tokens", sa.Integer(), nullable=True),
+    sa.Column("cost_usd", sa.Float(), nullable=True),
+    sa.Column("error_type", sa.String(64), nullable=True),
+    sa.Column("prompt_text", sa.Text(), nullable=True),
+    sa.Index("ix_audit_at", "at"),
+)

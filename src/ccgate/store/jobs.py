@@ -164,18 +164,3 @@ class JobTable:
                 sa.select(jobs).where(jobs.c.status == JobStatus.PROCESSING.value,
                                       jobs.c.lease_expires_at < now))
             return [_record(r) for r in rows]
-
-    async def release_owner(self, owner: str) -> list[str]:
-        """Put every job ``owner`` is processing back in the queue (its own restart)."""
-        async with self.db.write() as conn:
-            rows = await conn.execute(
-                sa.select(jobs.c.id).where(jobs.c.status == JobStatus.PROCESSING.value,
-                                           jobs.c.lease_owner == owner))
-            ids = [r[0] for r in rows]
-            if ids:
-                await conn.execute(
-                    jobs.update()
-                    .where(jobs.c.id.in_(ids), jobs.c.status == JobStatus.PROCESSING.value)
-                    .values(status=JobStatus.QUEUED.value, lease_owner=None,
-                            lease_expires_at=None, started_at=None))
-        return ids

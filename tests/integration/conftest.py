@@ -1,0 +1,63 @@
+"""An in-process ccgate app (lifespan running) with an httpx client and a key."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from ccgate.api.app import create_app
+from ccgate.config import Settings
+from ccgate.runners.base import Runner
+from tests.support.fake_runner import FakeRunner
+
+
+@dataclass
+class Gateway:
+    """A running app, a client for it and one valid key."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    key: str
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        """Authorization header for ``key`` (default: the gateway's own key)."""
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    async def run(self, body: Any, **kwargs: Any) -> httpx.Response:
+        """POST ``body`` as JSON to /api/v1/run with the key."""
+        return await self.client.post("/api/v1/run", json=body, headers=self.auth(), **kwargs)
+
+
+@pytest.fixture
+async def gateway_factory(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Any]]:
+    """Start gateways on demand (runner and settings overridable); all stop at the end."""
+    stack: list[tuple[FastAPI, httpx.AsyncClient, Any]] = []
+
+    async def start(runner: Runner | None = None, **env: Any) -> Gateway:
+        app = create_app(make_settings(**env),
+                         runner=runner if runner is not None else FakeRunner())
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                   base_url="http://ccgate.test")
+        stack.append((app, client, lifespan))
+        _, secret = await app.state.keyring.create("app")
+        return Gateway(app, client, secret)
+
+    yield start
+    for _, client, lifespan in reversed(stack):
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def gateway(gateway_factory: Callable[..., Any]) -> Gateway:
+    """A gateway with a FakeRunner and default settings."""
+    return await gateway_factory()  # type: ignore[no-any-return]

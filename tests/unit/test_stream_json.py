@@ -1,0 +1,85 @@
+"""Parsing the CLI's stream-json output into events and errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ccgate.runners.base import RunError, RunResult, RunStarted, TextDelta
+from ccgate.runners.stream_json import StreamParser
+
+
+def _line(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def _delta(text: str, parent: str | None = None) -> bytes:
+    return _line(type="stream_event", parent_tool_use_id=parent, event={
+        "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+
+
+def _result(**fields: Any) -> bytes:
+    base = {"type": "result", "subtype": "success", "is_error": False, "result": "hi",
+            "session_id": "s1", "usage": {"input_tokens": 3, "output_tokens": 2, "junk": "x"},
+            "total_cost_usd": 0.5, "duration_ms": 12, "modelUsage": {"claude-x": {}}}
+    base.update(fields)
+    return _line(**base)
+
+
+def test_parser_init_line_starts_the_run() -> None:
+    """The init line yields RunStarted with the session id and model."""
+    events = StreamParser(partial=True).feed(
+        _line(type="system", subtype="init", session_id="s1", model="claude-x"))
+    assert events == [RunStarted("s1", "claude-x")]
+
+
+def test_parser_text_deltas_come_from_partial_messages() -> None:
+    """Token deltas of the top-level message become TextDelta; sub-agent deltas do not."""
+    parser = StreamParser(partial=True)
+    assert parser.feed(_delta("Hel")) == [TextDelta("Hel")]
+    assert parser.feed(_delta("zzz", parent="toolu_1")) == []
+
+
+def test_parser_result_carries_usage_cost_and_model() -> None:
+    """The result line becomes a RunResult with known usage keys only."""
+    parser = StreamParser(partial=True)
+    [result] = parser.feed(_result())
+    assert isinstance(result, RunResult)
+    assert result.text == "hi"
+    assert result.usage == {"input_tokens": 3, "output_tokens": 2}
+    assert (result.cost_usd, result.duration_ms, result.model) == (0.5, 12, "claude-x")
+
+
+@pytest.mark.parametrize(("status", "error_type"), [
+    (401, "upstream_auth_error"), (403, "upstream_auth_error"), (429, "upstream_rate_limited"),
+    (529, "upstream_overloaded"), (500, "upstream_overloaded"), (400, "upstream_bad_request"),
+    (413, "upstream_request_too_large"), (None, "cli_error"),
+])
+def test_parser_upstream_error_is_classified_despite_success_subtype(
+    status: int | None, error_type: str
+) -> None:
+    """``subtype: success`` with ``is_error`` is a failure, typed by api_error_status."""
+    with pytest.raises(RunError) as info:
+        StreamParser(partial=True).feed(_result(is_error=True, api_error_status=status,
+                                                result="API Error: boom"))
+    assert info.value.error_type == error_type
+    assert "boom" in info.value.message
+
+
+def test_parser_skips_garbage_and_unknown_lines() -> None:
+    """Non-JSON, non-object and unknown-type lines are counted and skipped."""
+    parser = StreamParser(partial=True)
+    for line in (b"not json", b"[1,2]", _line(type="mystery"), b"\xff\xfe"):
+        assert parser.feed(line) == []
+    assert parser.unparsed_lines == 3
+
+
+def test_parser_without_partial_uses_the_assistant_message() -> None:
+    """Without partial messages the assistant line's text arrives as one delta."""
+    parser = StreamParser(partial=False)
+    line = _line(type="assistant", parent_tool_use_id=None, message={
+        "content": [{"type": "text", "text": "a"}, {"type": "tool_use"}, {"type": "text",
+                                                                          "text": "b"}]})
+    assert parser.feed(line) == [TextDelta("ab")]

@@ -69,7 +69,8 @@ def serve(
     log.info("starting", version=__version__, host=host or settings.host,
              port=port or settings.port, database=settings.database_url.split("://")[0])
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                log_config=None, access_log=False, timeout_graceful_shutdown=60)
+                log_config=None, access_log=False,
+                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_secs)))
 
 
 @app.command()

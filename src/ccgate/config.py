@@ -174,7 +174,8 @@ SETTINGS: tuple[Setting, ...] = (
             "DANGER: let the model use Claude Code's built-in tools (shell, files, web) on "
             "this machine. Off by default: every run gets an empty tool list."),
     Setting("CCGATE_ADMIN_TOKEN", "", "a secret string, or empty", _optional_text,
-            "Token for the admin API. Empty: the admin API is off."),
+            "Token for the admin API (`/admin/*`, arriving in a later release). Empty: the "
+            "admin API is off."),
     Setting("CCGATE_UPSTREAM_RETRIES", "1", "an integer between 0 and 10", _int(0, 10),
             "Retries the CLI makes on upstream errors (`CLAUDE_CODE_MAX_RETRIES`). The CLI's "
             "own default retries for minutes; keep this small."),
@@ -185,6 +186,10 @@ SETTINGS: tuple[Setting, ...] = (
             "On cancel or timeout: time between SIGTERM and SIGKILL to the run's process group."),
     Setting("CCGATE_MAX_ATTEMPTS", "2", "an integer between 1 and 10", _int(1, 10),
             "How often a job interrupted by a crashed node is started before it fails."),
+    Setting("CCGATE_SHUTDOWN_GRACE_SECS", "30", "a number of seconds between 0 and 3600",
+            _float(0, 3600),
+            "On SIGTERM/SIGINT: how long running jobs may finish before they are stopped and "
+            "put back in the queue."),
     Setting("CCGATE_LEASE_SECS", "30", "a number of seconds between 5 and 3600", _float(5, 3600),
             "A running job's lease; a node that stops renewing it is presumed dead."),
     Setting("CCGATE_WORK_DIR", "", "a directory path, or empty", _optional_text,
@@ -226,6 +231,7 @@ class Settings:
     kill_grace_secs: float
     max_attempts: int
     lease_secs: float
+    shutdown_grace_secs: float
     work_dir: str | None
     cli_env_passthrough: tuple[str, ...]
     audit_prompts: bool
@@ -316,6 +322,7 @@ def load_settings(
         kill_grace_secs=parsed["CCGATE_KILL_GRACE_SECS"],
         max_attempts=parsed["CCGATE_MAX_ATTEMPTS"],
         lease_secs=parsed["CCGATE_LEASE_SECS"],
+        shutdown_grace_secs=parsed["CCGATE_SHUTDOWN_GRACE_SECS"],
         work_dir=parsed["CCGATE_WORK_DIR"],
         cli_env_passthrough=passthrough,
         audit_prompts=parsed["CCGATE_AUDIT_PROMPTS"],

@@ -23,7 +23,14 @@ from typing import IO
 
 import httpx
 
-__all__ = ["STOP_TIMEOUT_SECS", "ServerProcess", "ServerStartError", "free_port"]
+__all__ = [
+    "STOP_TIMEOUT_SECS",
+    "ServerProcess",
+    "ServerStartError",
+    "base_path_without",
+    "free_port",
+    "processes_under",
+]
 
 START_TIMEOUT_SECS = 20.0
 STOP_TIMEOUT_SECS = 15.0
@@ -167,3 +174,46 @@ def base_path_without(executable_name: str, path: str | None = None) -> str:
         entry for entry in entries
         if entry and not (Path(entry) / executable_name).exists()
     )
+
+
+def _live(pid: str) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "pid (comm) STATE ...": comm may hold spaces and parentheses.
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _environ_tmpdir(pid: str) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for item in raw.split(b"\0"):
+        if item.startswith(b"TMPDIR="):
+            return item[len(b"TMPDIR="):].decode("utf-8", "replace")
+    return None
+
+
+def processes_under(work_dir: Path) -> list[int]:
+    """Pids of live (non-zombie) processes whose cwd or TMPDIR lies under `work_dir`.
+
+    ccgate starts every CLI run in its own directory below CCGATE_WORK_DIR and sets TMPDIR
+    to it, so with a per-test work dir this finds exactly the runs a test's server started,
+    even after their directory was deleted or the server died and they were reparented.
+    """
+    root = str(Path(work_dir).resolve()) + os.sep
+    found = []
+    for entry in Path("/proc").iterdir():
+        pid = entry.name
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            cwd = ""
+        tmpdir = _environ_tmpdir(pid) or ""
+        if (cwd.startswith(root) or (tmpdir + os.sep).startswith(root)) and _live(pid):
+            found.append(int(pid))
+    return sorted(found)

@@ -40,7 +40,8 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
                         "shell commands and touch files on this machine")
         jobs = JobService(store, runner or cli_runner(settings, cli_status.path), QueueLimits(
             concurrency=settings.concurrency, queue_size=settings.queue_size,
-            max_attempts=settings.max_attempts, lease_secs=settings.lease_secs))
+            max_attempts=settings.max_attempts, lease_secs=settings.lease_secs,
+            shutdown_grace_secs=settings.shutdown_grace_secs))
         app.state.store = store
         app.state.cli_status = cli_status
         app.state.keyring = Keyring(store)

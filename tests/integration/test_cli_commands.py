@@ -1,0 +1,87 @@
+"""The ``ccgate`` command: keys, config errors, version, migrate, doctor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+Ccgate = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def ccgate(tmp_path: Path) -> Ccgate:
+    """Run ``python -m ccgate ...`` with a database in tmp_path and a clean environment."""
+
+    def run(*args: str, env: dict[str, str] | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+                "CCGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+        return subprocess.run([sys.executable, "-m", "ccgate", *args], env={**base, **(env or {})},
+                              capture_output=True, text=True, timeout=60, input=stdin,
+                              cwd=tmp_path, check=False)
+
+    return run
+
+
+def test_cli_keys_create_prints_secret_once(ccgate: Ccgate) -> None:
+    """``keys create`` prints the secret alone on stdout; ``keys list`` never shows it."""
+    created = ccgate("keys", "create", "my-app")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("ccg_") and "shown only now" in created.stderr
+    listed = ccgate("keys", "list")
+    assert "my-app" in listed.stdout and "active" in listed.stdout
+    assert secret not in listed.stdout and secret[:12] in listed.stdout
+
+
+def test_cli_keys_duplicate_and_bad_names_fail(ccgate: Ccgate) -> None:
+    """A taken or malformed name exits 1 with a clear message."""
+    assert ccgate("keys", "create", "app").returncode == 0
+    again = ccgate("keys", "create", "app")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad = ccgate("keys", "create", "-bad name")
+    assert bad.returncode != 0
+
+
+def test_cli_keys_revoke(ccgate: Ccgate) -> None:
+    """``keys revoke`` marks the key revoked; revoking an unknown key exits 1."""
+    ccgate("keys", "create", "app")
+    assert ccgate("keys", "revoke", "app").returncode == 0
+    assert "revoked" in ccgate("keys", "list").stdout
+    missing = ccgate("keys", "revoke", "nope")
+    assert missing.returncode == 1 and "no active key" in missing.stderr
+
+
+def test_cli_config_error_exits_2_naming_the_key(ccgate: Ccgate) -> None:
+    """A bad setting stops any command with exit 2 and names key, value and allowed."""
+    result = ccgate("serve", env={"CCGATE_PORT": "99999"})
+    assert result.returncode == 2
+    assert "CCGATE_PORT='99999'" in result.stderr and "between 1 and 65535" in result.stderr
+
+
+def test_cli_env_file_option(ccgate: Ccgate, tmp_path: Path) -> None:
+    """``--env-file`` supplies settings; a bad value in it is reported like any other."""
+    env_file = tmp_path / "bad.env"
+    env_file.write_text("CCGATE_CONCURRENCY=lots\n")
+    result = ccgate("--env-file", str(env_file), "version")
+    assert result.returncode == 2 and "CCGATE_CONCURRENCY" in result.stderr
+
+
+def test_cli_version_and_migrate(ccgate: Ccgate) -> None:
+    """``version`` prints the version; ``migrate`` creates the schema."""
+    assert ccgate("version").stdout.startswith("ccgate ")
+    migrated = ccgate("migrate")
+    assert migrated.returncode == 0 and "up to date" in migrated.stdout
+
+
+def test_cli_doctor_flags_missing_cli(ccgate: Ccgate, tmp_path: Path) -> None:
+    """``doctor`` exits 1 and says how to install the CLI when it is missing."""
+    result = ccgate("doctor", env={"CCGATE_CLAUDE_PATH": str(tmp_path / "none")})
+    assert result.returncode == 1
+    assert "[ok] store is reachable" in result.stdout
+    assert "[FAIL] claude CLI not found" in result.stdout

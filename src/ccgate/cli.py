@@ -197,6 +197,7 @@ def run_prompt(
             elif isinstance(event, RunResult) and not streamed:
                 sys.stdout.write(event.text)
         sys.stdout.write("\n")
+        await runner.aclose()
 
     try:
         _run(go)

@@ -49,10 +49,13 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
 
         request = RunRequest.from_text(PROBE_PROMPT, settings.default_model, timeout_secs=120,
                                        idle_timeout_secs=60)
+        runner = cli_runner(settings, cli.path)
         try:
-            result = await collect(cli_runner(settings, cli.path), request)
+            result = await collect(runner, request)
             report(True, f"probe call answered: {result.text.strip()[:60]!r}")
         except RunError as exc:
             report(False, f"probe call failed: {exc.error_type}: {exc.message}")
+        finally:
+            await runner.aclose()
     return ok
 

@@ -25,8 +25,7 @@ async def test_store_migrated_schema_matches_the_models(store: Store) -> None:
     def diff(sync_conn: sa.Connection) -> list[object]:
         return list(compare_metadata(MigrationContext.configure(sync_conn), metadata))
 
-    async with store.db.read() as conn:
-        assert await conn.run_sync(diff) == []
+    assert await store.db.read(diff) == []
 
 
 async def test_store_keys_round_trip_and_revoke(store: Store) -> None:

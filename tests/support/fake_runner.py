@@ -33,15 +33,26 @@ class FakeRunner:
                 await self.released.wait()
             if self.error is not None:
                 raise self.error
-            text = self.reply if self.reply is not None else (
-                "reply: " + "".join(b.get("text", "") for b in request.content))
+            text = (
+                self.reply
+                if self.reply is not None
+                else ("reply: " + "".join(b.get("text", "") for b in request.content))
+            )
             yield TextDelta(text[:3])
             yield TextDelta(text[3:])
-            yield RunResult(text=text, session_id="sess-1", model=request.model,
-                            usage={"input_tokens": 5, "output_tokens": 7}, cost_usd=0.001,
-                            duration_ms=3)
+            yield RunResult(
+                text=text,
+                session_id="sess-1",
+                model=request.model,
+                usage={"input_tokens": 5, "output_tokens": 7},
+                cost_usd=0.001,
+                duration_ms=3,
+            )
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
         finally:
             self.running -= 1
+
+    async def aclose(self) -> None:
+        """Nothing to release: the fake holds no processes."""

@@ -61,26 +61,26 @@ class JobService:
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{new_id('n')[2:10]}"
         self.accepting = False
         self._wake = asyncio.Event()
-        self._done: dict[str, asyncio.Event] = {}
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._cancel_requested: set[str] = set()
+        self._slots_taken = 0
+        self._done: dict[str, asyncio.Future[JobRecord | None]] = {}
+        self._running: dict[str, asyncio.Task[JobRecord | None]] = {}
         self._requeue_requested: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover interrupted jobs, then start the workers and the lease keeper."""
+        """Recover interrupted jobs, then start the dispatcher and the lease keeper."""
         if self.limits.recover_on_start:
             await self.recover(orphans_of_any_node=self.store.db.dialect == "sqlite")
         self.accepting = True
-        self._tasks = [asyncio.create_task(self._worker(), name=f"ccgate-worker-{n}")
-                       for n in range(self.limits.concurrency)]
-        self._tasks.append(asyncio.create_task(self._keep_leases(), name="ccgate-leases"))
+        self._tasks = [asyncio.create_task(self._dispatch(), name="ccgate-dispatch"),
+                       asyncio.create_task(self._keep_leases(), name="ccgate-leases")]
 
     async def stop(self) -> None:
         """Stop taking jobs, let running ones finish within the grace, requeue the rest."""
         self.accepting = False
+        self._wake.set()
         running = list(self._running.values())
         if running:
             await asyncio.wait(running, timeout=self.limits.shutdown_grace_secs)
@@ -95,71 +95,112 @@ class JobService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.runner.aclose()
 
     # -- the API doors use -------------------------------------------------------------
 
     async def submit(self, *, key_id: str | None, door: str, request: dict[str, Any],
                      metadata: dict[str, Any] | None = None) -> JobRecord:
-        """Queue a job; raise QueueFull or NotAccepting when it cannot be taken now."""
+        """Queue a job; raise QueueFull or NotAccepting when it cannot be taken now.
+
+        When this node has a free slot and nothing is waiting, the job is stored already
+        claimed and starts at once: the same record and lease, one round trip fewer.
+        """
         if not self.accepting:
             raise NotAccepting
-        if await self.store.jobs.count(JobStatus.QUEUED) >= self.limits.queue_size:
+        queued = await self.store.jobs.count(JobStatus.QUEUED)
+        if queued >= self.limits.queue_size:
             raise QueueFull(retry_after=self._retry_after_hint())
-        job = await self.store.jobs.insert(
-            job_id=new_id("job"), key_id=key_id, door=door, model=str(request["model"]),
-            request=request, metadata=metadata, now=self.clock())
-        self._wake.set()
+        start_now = queued == 0 and self._slots_taken < self.limits.concurrency
+        if start_now:
+            self._slots_taken += 1
+        now = self.clock()
+        try:
+            job = await self.store.jobs.insert(
+                job_id=new_id("job"), key_id=key_id, door=door, model=str(request["model"]),
+                request=request, metadata=metadata, now=now,
+                claim_for=self.node_id if start_now else None,
+                lease_until=now + timedelta(seconds=self.limits.lease_secs))
+        except BaseException:
+            if start_now:
+                self._slots_taken -= 1
+            raise
+        if start_now:
+            self._launch(job)
+        else:
+            self._wake.set()
         return job
 
     async def wait(self, job_id: str) -> JobRecord:
         """Return the job once it is terminal, whichever node ran it."""
         while True:
-            event = self._done.setdefault(job_id, asyncio.Event())
-            job = await self.store.jobs.get(job_id)
-            if job is None or job.status.terminal:
-                assert job is not None, f"job {job_id} vanished while waited on"
-                return job
+            done = self._done_future(job_id)
+            if job_id not in self._running:
+                job = await self.store.jobs.get(job_id)
+                if job is None or job.status.terminal:
+                    assert job is not None, f"job {job_id} vanished while waited on"
+                    return job
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), _POLL_SECS)
+                final = await asyncio.wait_for(asyncio.shield(done), _POLL_SECS)
+                if final is not None:
+                    return final
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or processing job; False if it had already ended."""
-        self._cancel_requested.add(job_id)
         changed = await self.store.jobs.transition(
             job_id, JobStatus.CANCELLED, finished_at=self.clock(),
             error_type="cancelled", error_message="the job was cancelled")
         task = self._running.get(job_id)
         if task is not None:
             task.cancel()
-        else:
-            self._cancel_requested.discard(job_id)
-        if changed:
-            self._signal_done(job_id)
+        elif changed:
+            self._finish(job_id, None)
         return changed
 
     def _retry_after_hint(self) -> int:
         return max(1, min(60, self.limits.queue_size // max(1, self.limits.concurrency)))
 
+    def _done_future(self, job_id: str) -> asyncio.Future[JobRecord | None]:
+        future = self._done.get(job_id)
+        if future is None:
+            future = self._done[job_id] = asyncio.get_running_loop().create_future()
+        return future
+
+    def _finish(self, job_id: str, record: JobRecord | None) -> None:
+        """Hand the final record (None: look it up) to whoever waits on the job."""
+        future = self._done.pop(job_id, None)
+        if future is not None and not future.done():
+            future.set_result(record)
+
     # -- running -----------------------------------------------------------------------
 
-    async def _worker(self) -> None:
-        while True:
-            if not self.accepting:
-                return
+    async def _dispatch(self) -> None:
+        """Claim queued jobs while slots are free; sleep until woken or the poll interval."""
+        while self.accepting:
             self._wake.clear()
-            job = await self._claim()
-            if job is None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), _POLL_SECS)
-                continue
-            self._wake.set()  # there may be more; let an idle sibling look too
-            task = asyncio.create_task(self._run(job), name=f"ccgate-run-{job.id}")
-            self._running[job.id] = task
-            try:
-                await asyncio.wait({task})
-            finally:
-                self._running.pop(job.id, None)
-                self._signal_done(job.id)
+            while self.accepting and self._slots_taken < self.limits.concurrency:
+                self._slots_taken += 1
+                job = await self._claim()
+                if job is None:
+                    self._slots_taken -= 1
+                    break
+                self._launch(job)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _POLL_SECS)
+
+    def _launch(self, job: JobRecord) -> None:
+        """Run a claimed job in its own task; its slot is already taken."""
+        task = asyncio.create_task(self._run(job), name=f"ccgate-run-{job.id}")
+        self._running[job.id] = task
+
+        def finished(done: asyncio.Task[JobRecord | None]) -> None:
+            self._running.pop(job.id, None)
+            self._slots_taken -= 1
+            self._wake.set()
+            record = None if done.cancelled() or done.exception() else done.result()
+            self._finish(job.id, record)
+
+        task.add_done_callback(finished)
 
     async def _claim(self) -> JobRecord | None:
         now = self.clock()
@@ -172,49 +213,43 @@ class JobService:
             await asyncio.sleep(_POLL_SECS)
             return None
 
-    async def _run(self, job: JobRecord) -> None:
+    async def _run(self, job: JobRecord) -> JobRecord | None:
+        """Run the job and store its outcome; return the final record when this run set it."""
         started = time.monotonic()
         try:
             request = request_from_json(job.request)
             result = await collect(self.runner, request)
         except asyncio.CancelledError:
             await self._after_cancel(job)
-            return
+            return None
         except RunError as exc:
-            await self._finish_failed(job, exc, started)
-            return
+            return await self._finish_failed(job, exc, started)
         except Exception as exc:
             log.exception("run_crashed", job_id=job.id)
-            await self._finish_failed(job, RunError("internal_error", f"ccgate failed to run the "
-                                                    f"job: {type(exc).__name__}"), started)
-            return
-        await self.store.jobs.transition(
+            return await self._finish_failed(job, RunError(
+                "internal_error", f"ccgate failed to run the job: {type(exc).__name__}"), started)
+        return await self.store.jobs.finish(
             job.id, JobStatus.COMPLETED, finished_at=self.clock(), result=result.text,
             usage=result.usage, cost_usd=result.cost_usd, session_id=result.session_id,
             duration_ms=_elapsed_ms(started), model=result.model or job.model,
             lease_owner=None, lease_expires_at=None)
 
-    async def _finish_failed(self, job: JobRecord, exc: RunError, started: float) -> None:
+    async def _finish_failed(self, job: JobRecord, exc: RunError,
+                             started: float) -> JobRecord | None:
         log.info("job_failed", job_id=job.id, error_type=exc.error_type)
-        await self.store.jobs.transition(
+        return await self.store.jobs.finish(
             job.id, JobStatus.FAILED, finished_at=self.clock(), error_type=exc.error_type,
             error_message=exc.message, duration_ms=_elapsed_ms(started),
             lease_owner=None, lease_expires_at=None)
 
     async def _after_cancel(self, job: JobRecord) -> None:
-        self._cancel_requested.discard(job.id)
         if job.id in self._requeue_requested:
             self._requeue_requested.discard(job.id)
             # A shutdown is not the job's fault: do not count it as an attempt.
-            await self.store.jobs.transition(
+            await asyncio.shield(self.store.jobs.transition(
                 job.id, JobStatus.QUEUED, attempts=max(0, job.attempts - 1), started_at=None,
-                lease_owner=None, lease_expires_at=None)
+                lease_owner=None, lease_expires_at=None))
             log.info("job_requeued_on_shutdown", job_id=job.id)
-
-    def _signal_done(self, job_id: str) -> None:
-        event = self._done.pop(job_id, None)
-        if event is not None:
-            event.set()
 
     # -- leases and recovery -----------------------------------------------------------
 
@@ -255,7 +290,7 @@ class JobService:
             if moved:
                 recovered += 1
                 log.warning("job_recovered", job_id=job.id, attempts=job.attempts)
-                self._signal_done(job.id)
+                self._finish(job.id, None)
         if recovered:
             self._wake.set()
         return recovered

@@ -82,6 +82,10 @@ class Runner(Protocol):
         """Yield events for ``request``; raise RunError on failure. Cancelling stops the run."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what finished runs still hold (processes exiting, temp directories)."""
+        ...
+
 
 async def collect(runner: Runner, request: RunRequest) -> RunResult:
     """Run ``request`` to the end and return its RunResult; the run is closed either way."""

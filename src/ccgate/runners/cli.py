@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from ccgate.config import Settings
-from ccgate.runners.base import RunError, RunEvent, RunRequest
+from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult
 from ccgate.runners.cli_command import CliOptions, build_argv, build_env, user_message
 from ccgate.runners.process import GroupProcess
 from ccgate.runners.stream_json import StreamParser
@@ -18,6 +18,7 @@ from ccgate.runners.stream_json import StreamParser
 # Secrets that must not leak through a stderr tail into an error message.
 _SECRET_PATTERN = re.compile(r"(sk-ant-[A-Za-z0-9_-]+|ccg_[A-Za-z0-9_-]+|Bearer\s+\S+)")
 _EXIT_WAIT_SECS = 5.0
+_EXIT_WAIT_AFTER_RESULT_SECS = 2.0
 
 
 def redact(text: str) -> str:
@@ -30,11 +31,13 @@ class ClaudeCliRunner:
 
     def __init__(self, options: CliOptions) -> None:
         self.options = options
+        self._reaping: set[asyncio.Task[None]] = set()
 
     async def run(self, request: RunRequest) -> AsyncGenerator[RunEvent, None]:
         """Yield the run's events; raise RunError on failure; cancelling kills the group."""
         run_dir = tempfile.mkdtemp(prefix="ccgate-run-", dir=self.options.work_dir)
         process: GroupProcess | None = None
+        finished = False
         try:
             try:
                 process = await GroupProcess.start(
@@ -49,13 +52,40 @@ class ClaudeCliRunner:
                     f"{exc.strerror or exc}. Install it (npm install -g "
                     "@anthropic-ai/claude-code) or set CCGATE_CLAUDE_PATH.",
                 ) from None
-            await process.write_and_close(user_message(request.content))
-            async for event in self._events(process, request):
-                yield event
+            # Written concurrently with reading: a CLI that stops reading stdin must not hold
+            # the run past its deadline, nor deadlock against a full stdout pipe.
+            writer = asyncio.create_task(process.write_and_close(user_message(request.content)))
+            try:
+                async for event in self._events(process, request):
+                    finished = isinstance(event, RunResult)
+                    yield event
+            finally:
+                writer.cancel()
         finally:
-            if process is not None:
-                await asyncio.shield(process.stop(self.options.kill_grace_secs))
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if finished and process is not None:
+                # The answer is out: let the CLI exit on its own (~50 ms) off the caller's path.
+                self._reap_later(process, run_dir)
+            else:
+                if process is not None:
+                    await asyncio.shield(process.stop(self.options.kill_grace_secs))
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+    def _reap_later(self, process: GroupProcess, run_dir: str) -> None:
+        async def reap() -> None:
+            try:
+                await process.wait(_EXIT_WAIT_AFTER_RESULT_SECS)
+                await process.stop(self.options.kill_grace_secs)
+            finally:
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+        task = asyncio.create_task(reap(), name="ccgate-reap")
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    async def aclose(self) -> None:
+        """Wait until every finished run's process has exited and its directory is gone."""
+        while self._reaping:
+            await asyncio.gather(*self._reaping, return_exceptions=True)
 
     async def _events(
         self, process: GroupProcess, request: RunRequest

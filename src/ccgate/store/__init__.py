@@ -20,7 +20,7 @@ class Store:
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
         """Connect to ``url`` and, by default, bring its schema up to date."""
-        store = cls(Database.connect(url))
+        store = cls(Database(url))
         if migrate:
             try:
                 await store.db.migrate()

@@ -44,12 +44,10 @@ class AuditTable:
 
     async def append(self, entry: AuditEntry) -> None:
         """Add one row."""
-        async with self.db.write() as conn:
-            await conn.execute(audit_log.insert().values(**asdict(entry)))
+        query = audit_log.insert().values(**asdict(entry))
+        await self.db.write(lambda conn: conn.execute(query))
 
     async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest rows first."""
-        async with self.db.read() as conn:
-            rows = await conn.execute(
-                sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit))
-            return [dict(r._mapping) for r in rows]
+        query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        return await self.db.read(lambda conn: [dict(r._mapping) for r in conn.execute(query)])

@@ -1,30 +1,42 @@
-"""Connections to the store: one async engine, and a single writer on SQLite."""
+"""Connections to the store. Each store operation is one plain function over a SQLAlchemy
+``Connection``; ``Database`` decides where it runs:
+
+- SQLite: on a dedicated writer thread (every write of the process, one at a time, as
+  datasette does) or on a small reader pool. One thread hop per operation, instead of the
+  several hops per statement an async SQLite driver makes.
+- PostgreSQL: on asyncpg through SQLAlchemy's ``run_sync``, without threads.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+T = TypeVar("T")
+Operation = Callable[[sa.Connection], T]
+
+_SQLITE_READERS = 2
 
 
-def async_url(url: str) -> str:
-    """Return ``url`` with the async driver ccgate uses for its dialect."""
+def engine_url(url: str) -> str:
+    """Return ``url`` with the driver ccgate uses for its dialect."""
     parsed = make_url(url.replace("postgres://", "postgresql://", 1))
-    if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
-    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    driver = "sqlite+pysqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+asyncpg"
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the driver, open transactions, so BEGIN really starts one.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -33,66 +45,80 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # IMMEDIATE takes the write lock at BEGIN: other processes wait on busy_timeout rather
+    # than failing mid-transaction when a read turns into a write.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("ccgate.write") else "BEGIN")
+
+
 class Database:
-    """Runs SQL and nothing else: read connections, and write transactions.
+    """Runs store operations: ``read`` for queries, ``write`` for transactions that commit."""
 
-    On SQLite every write goes through one lock so the process never fights itself for the
-    file; other processes (the ``ccgate keys`` CLI) wait on SQLite's busy timeout.
-    """
+    def __init__(self, url: str) -> None:
+        self.url = engine_url(url)
+        self.dialect = make_url(self.url).get_backend_name()
+        self._async: AsyncEngine | None = None
+        self._sync: sa.Engine | None = None
+        if self.dialect == "sqlite":
+            self._sync = sa.create_engine(self.url, pool_size=_SQLITE_READERS + 1,
+                                          max_overflow=0)
+            event.listen(self._sync, "connect", _sqlite_pragmas)
+            event.listen(self._sync, "begin", _sqlite_begin)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="ccgate-sqlite-writer")
+            self._readers = ThreadPoolExecutor(_SQLITE_READERS,
+                                               thread_name_prefix="ccgate-sqlite-reader")
+        else:
+            self._async = create_async_engine(self.url, pool_size=10, max_overflow=10,
+                                              pool_pre_ping=True)
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.dialect = engine.dialect.name
-        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+    async def read(self, operation: Operation[T]) -> T:
+        """Run ``operation`` on a connection for queries that change nothing."""
+        if self._sync is not None:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._readers, self._run_sync, operation, False)
+        assert self._async is not None
+        async with self._async.connect() as conn:
+            return await conn.run_sync(operation)
 
-    @classmethod
-    def connect(cls, url: str) -> Database:
-        """Create the engine for ``url`` (SQLite file created on first use)."""
-        engine_url = async_url(url)
-        kwargs: dict[str, Any] = {}
-        if engine_url.startswith("postgresql"):
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
-        engine = create_async_engine(engine_url, **kwargs)
-        if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return cls(engine)
+    async def write(self, operation: Operation[T]) -> T:
+        """Run ``operation`` in a transaction that commits when it returns."""
+        if self._sync is not None:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._writer, self._run_sync, operation, True)
+        assert self._async is not None
+        async with self._async.begin() as conn:
+            return await conn.run_sync(operation)
 
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction that commits on success; serialised on SQLite."""
-        if self._write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
-
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for queries that change nothing."""
-        async with self.engine.connect() as conn:
-            yield conn
+    def _run_sync(self, operation: Operation[T], write: bool) -> T:
+        assert self._sync is not None
+        with self._sync.connect() as conn:
+            conn.info["ccgate.write"] = write
+            with conn.begin():
+                return operation(conn)
 
     async def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""
-        async with self.read() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+        await self.read(lambda conn: conn.execute(sa.text("SELECT 1")).scalar())
 
     async def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
-        async with self.write() as conn:
-            await conn.run_sync(_upgrade_to_head)
+        await self.write(_upgrade_to_head)
 
     async def close(self) -> None:
-        """Release every pooled connection."""
-        await self.engine.dispose()
+        """Release every connection and thread."""
+        if self._sync is not None:
+            self._writer.shutdown(wait=True)
+            self._readers.shutdown(wait=True)
+            self._sync.dispose()
+        if self._async is not None:
+            await self._async.dispose()
 
 
-def _upgrade_to_head(sync_conn: sa.Connection) -> None:
+def _upgrade_to_head(conn: sa.Connection) -> None:
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["connection"] = sync_conn
+    config.attributes["connection"] = conn
     command.upgrade(config, "head")

@@ -80,35 +80,42 @@ class JobTable:
 
     async def insert(self, *, job_id: str, key_id: str | None, door: str, model: str,
                      request: dict[str, Any], metadata: dict[str, Any] | None,
-                     now: datetime) -> JobRecord:
-        """Store a new queued job."""
-        values = {"id": job_id, "key_id": key_id, "door": door, "status": JobStatus.QUEUED.value,
-                      "model": model, "request": request, "metadata": metadata, "created_at": now,
-                      "attempts": 0}
-        async with self.db.write() as conn:
-            await conn.execute(jobs.insert().values(**values))
-        return await self._must_get(job_id)
+                     now: datetime, claim_for: str | None = None,
+                     lease_until: datetime | None = None) -> JobRecord:
+        """Store a new job and return it: queued, or already claimed by ``claim_for``."""
+        claimed = claim_for is not None
+        record = JobRecord(
+            id=job_id, key_id=key_id, door=door,
+            status=JobStatus.PROCESSING if claimed else JobStatus.QUEUED, model=model,
+            request=request, metadata=metadata, result=None, error_type=None,
+            error_message=None, usage=None, cost_usd=None, session_id=None,
+            attempts=1 if claimed else 0, duration_ms=None, created_at=now,
+            started_at=now if claimed else None, finished_at=None, lease_owner=claim_for,
+            lease_expires_at=lease_until if claimed else None)
+        values = {**record.__dict__, "status": record.status.value}
+        await self.db.write(lambda conn: conn.execute(jobs.insert().values(**values)))
+        return record
 
     async def get(self, job_id: str, key_id: str | None = None) -> JobRecord | None:
         """Return a job; with ``key_id``, only if that key owns it."""
         query = sa.select(jobs).where(jobs.c.id == job_id)
         if key_id is not None:
             query = query.where(jobs.c.key_id == key_id)
-        async with self.db.read() as conn:
-            row = (await conn.execute(query)).first()
-        return _record(row) if row else None
 
-    async def _must_get(self, job_id: str) -> JobRecord:
-        record = await self.get(job_id)
-        assert record is not None, job_id
-        return record
+        def op(conn: sa.Connection) -> JobRecord | None:
+            row = conn.execute(query).first()
+            return _record(row) if row else None
+
+        return await self.db.read(op)
 
     async def count(self, status: JobStatus) -> int:
         """How many jobs are in ``status``."""
-        async with self.db.read() as conn:
-            value = await conn.scalar(
-                sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == status.value))
-        return int(value or 0)
+        query = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == status.value)
+
+        def op(conn: sa.Connection) -> int:
+            return int(conn.execute(query).scalar() or 0)
+
+        return await self.db.read(op)
 
     async def transition(self, job_id: str, to: JobStatus, *,
                          lease_expired_before: datetime | None = None, **values: Any) -> bool:
@@ -117,13 +124,21 @@ class JobTable:
         With ``lease_expired_before``, only a job whose lease ran out before then moves, so a
         node that renewed its lease in the meantime keeps its job.
         """
-        sources = [s.value for s in ALLOWED_FROM[to]]
-        query = jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(sources))
+        query = _guarded_update(job_id, to)
         if lease_expired_before is not None:
             query = query.where(jobs.c.lease_expires_at < lease_expired_before)
-        async with self.db.write() as conn:
-            result = await conn.execute(query.values(status=to.value, **values))
-        return result.rowcount > 0
+        query = query.values(status=to.value, **values)
+        return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
+
+    async def finish(self, job_id: str, to: JobStatus, **values: Any) -> JobRecord | None:
+        """Like ``transition``, returning the updated job, or None if it did not apply."""
+        query = _guarded_update(job_id, to).values(status=to.value, **values).returning(*jobs.c)
+
+        def op(conn: sa.Connection) -> JobRecord | None:
+            row = conn.execute(query).first()
+            return _record(row) if row is not None else None
+
+        return await self.db.write(op)
 
     async def claim_next(self, *, owner: str, now: datetime,
                          lease_until: datetime) -> JobRecord | None:
@@ -132,35 +147,39 @@ class JobTable:
                 .order_by(jobs.c.created_at, jobs.c.id).limit(1))
         if self.db.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
-        async with self.db.write() as conn:
-            job_id = await conn.scalar(pick)
+
+        def op(conn: sa.Connection) -> JobRecord | None:
+            job_id = conn.execute(pick).scalar()
             if job_id is None:
                 return None
-            result = await conn.execute(
+            row = conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
                 .values(status=JobStatus.PROCESSING.value, started_at=now, lease_owner=owner,
-                        lease_expires_at=lease_until, attempts=jobs.c.attempts + 1))
-            if result.rowcount == 0:
-                return None
-        return await self._must_get(job_id)
+                        lease_expires_at=lease_until, attempts=jobs.c.attempts + 1)
+                .returning(*jobs.c)).first()
+            return _record(row) if row is not None else None
+
+        return await self.db.write(op)
 
     async def renew_leases(self, owner: str, job_ids: Iterable[str], until: datetime) -> None:
         """Extend the lease of jobs ``owner`` is still running."""
         ids = list(job_ids)
         if not ids:
             return
-        async with self.db.write() as conn:
-            await conn.execute(
-                jobs.update()
-                .where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
-                       jobs.c.status == JobStatus.PROCESSING.value)
-                .values(lease_expires_at=until))
+        query = (jobs.update()
+                 .where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
+                        jobs.c.status == JobStatus.PROCESSING.value)
+                 .values(lease_expires_at=until))
+        await self.db.write(lambda conn: conn.execute(query))
 
     async def expired_leases(self, now: datetime) -> list[JobRecord]:
         """Processing jobs whose lease ran out: their node died or lost the database."""
-        async with self.db.read() as conn:
-            rows = await conn.execute(
-                sa.select(jobs).where(jobs.c.status == JobStatus.PROCESSING.value,
-                                      jobs.c.lease_expires_at < now))
-            return [_record(r) for r in rows]
+        query = sa.select(jobs).where(jobs.c.status == JobStatus.PROCESSING.value,
+                                      jobs.c.lease_expires_at < now)
+        return await self.db.read(lambda conn: [_record(r) for r in conn.execute(query)])
+
+
+def _guarded_update(job_id: str, to: JobStatus) -> sa.Update:
+    sources = [s.value for s in ALLOWED_FROM[to]]
+    return jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(sources))

@@ -50,42 +50,41 @@ class KeyTable:
     async def insert(self, *, key_id: str, name: str, prefix: str, secret_hash: str,
                      now: datetime) -> KeyRecord:
         """Store a new key; raise sqlalchemy IntegrityError if the name is taken."""
-        async with self.db.write() as conn:
-            await conn.execute(api_keys.insert().values(
-                id=key_id, name=name, prefix=prefix, secret_hash=secret_hash, created_at=now))
+        query = api_keys.insert().values(id=key_id, name=name, prefix=prefix,
+                                         secret_hash=secret_hash, created_at=now)
+        await self.db.write(lambda conn: conn.execute(query))
         return KeyRecord(key_id, name, prefix, now, None, None)
+
+    async def _one(self, where: sa.ColumnElement[bool]) -> KeyRecord | None:
+        query = sa.select(*_COLUMNS).where(where)
+
+        def op(conn: sa.Connection) -> KeyRecord | None:
+            row = conn.execute(query).first()
+            return _record(row) if row else None
+
+        return await self.db.read(op)
 
     async def by_hash(self, secret_hash: str) -> KeyRecord | None:
         """Find the key whose secret hashes to ``secret_hash``, revoked or not."""
-        async with self.db.read() as conn:
-            row = (await conn.execute(
-                sa.select(*_COLUMNS).where(api_keys.c.secret_hash == secret_hash))).first()
-        return _record(row) if row else None
+        return await self._one(api_keys.c.secret_hash == secret_hash)
 
     async def by_name(self, name: str) -> KeyRecord | None:
         """Find a key by its name."""
-        async with self.db.read() as conn:
-            row = (await conn.execute(
-                sa.select(*_COLUMNS).where(api_keys.c.name == name))).first()
-        return _record(row) if row else None
+        return await self._one(api_keys.c.name == name)
 
     async def list(self) -> list[KeyRecord]:
         """Every key, oldest first."""
-        async with self.db.read() as conn:
-            rows = (await conn.execute(sa.select(*_COLUMNS).order_by(api_keys.c.created_at)))
-            return [_record(r) for r in rows]
+        query = sa.select(*_COLUMNS).order_by(api_keys.c.created_at)
+        return await self.db.read(lambda conn: [_record(r) for r in conn.execute(query)])
 
     async def revoke(self, name: str, now: datetime) -> bool:
         """Mark a key revoked; False when no active key has that name."""
-        async with self.db.write() as conn:
-            result = await conn.execute(
-                api_keys.update()
-                .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=now))
-        return result.rowcount > 0
+        query = (api_keys.update()
+                 .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+                 .values(revoked_at=now))
+        return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
     async def touch(self, key_id: str, now: datetime) -> None:
         """Record that a key was just used."""
-        async with self.db.write() as conn:
-            await conn.execute(
-                api_keys.update().where(api_keys.c.id == key_id).values(last_used_at=now))
+        query = api_keys.update().where(api_keys.c.id == key_id).values(last_used_at=now)
+        await self.db.write(lambda conn: conn.execute(query))

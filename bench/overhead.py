@@ -1,0 +1,140 @@
+"""Gateway overhead of the CLI path: /api/v1/run through ccgate versus the same fake CLI run
+directly, p50 and p99 at several concurrencies.
+
+Run by hand (not part of the test suite):
+
+    .venv/bin/python -m bench.overhead --requests 400 --concurrency 1 16
+
+Both sides run the project's fast fake ``claude`` (tests/support/fake_claude.py) with the same
+argv ccgate builds, so the difference is what ccgate adds: HTTP, auth, the queue round trip
+through the store, the audit row, and process management.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from ccgate.runners.base import RunRequest
+from ccgate.runners.cli_command import CliOptions, build_argv, build_env, user_message
+from tests.support.fake_claude_factory import make_fake_claude
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def _bounded(concurrency: int, total: int, one: object) -> list[float]:
+    latencies: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(total):
+        queue.put_nowait(n)
+
+    async def worker() -> None:
+        while not queue.empty():
+            n = queue.get_nowait()
+            started = time.perf_counter()
+            await one(n)  # type: ignore[operator]
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+async def direct(fake: Path, concurrency: int, total: int, work: Path) -> list[float]:
+    """Run the fake CLI directly, as a bare client of it would."""
+    options = CliOptions(executable=str(fake), base_env={"PATH": os.environ["PATH"]})
+
+    async def one(n: int) -> None:
+        request = RunRequest.from_text(f"ping {n}", "sonnet")
+        run_dir = tempfile.mkdtemp(dir=work)
+        proc = await asyncio.create_subprocess_exec(
+            *build_argv(options, request), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=run_dir,
+            env=build_env(options, run_dir))
+        out, _ = await proc.communicate(user_message(request.content))
+        assert b'"type":"result"' in out or b'"type": "result"' in out
+
+    return await _bounded(concurrency, total, one)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def through_ccgate(fake: Path, concurrency: int, total: int, work: Path) -> list[float]:
+    """Send /api/v1/run to a real ccgate serve process running the same fake CLI."""
+    port = _free_port()
+    env = {"PATH": os.environ["PATH"], "HOME": str(work), "CCGATE_CLAUDE_PATH": str(fake),
+           "CCGATE_DATABASE_URL": f"sqlite:///{work / f'bench-{concurrency}.db'}",
+           "CCGATE_CONCURRENCY": str(concurrency), "CCGATE_QUEUE_SIZE": "10000",
+           "CCGATE_WORK_DIR": str(work), "CCGATE_LOG_LEVEL": "warning"}
+    key = subprocess.run([sys.executable, "-m", "ccgate", "keys", "create", "bench"], env=env,
+                         capture_output=True, text=True, check=True, cwd=work).stdout.strip()
+    server = subprocess.Popen([sys.executable, "-m", "ccgate", "serve", "--port", str(port)],
+                              env=env, cwd=work, stderr=subprocess.DEVNULL)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                                     headers={"Authorization": f"Bearer {key}"},
+                                     limits=httpx.Limits(max_connections=concurrency)) as client:
+            for _ in range(100):
+                try:
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+
+            async def one(n: int) -> None:
+                response = await client.post("/api/v1/run", json={"prompt": f"ping {n}"})
+                assert response.status_code == 200, response.text
+
+            await _bounded(concurrency, min(20, total), one)  # warm-up
+            return await _bounded(concurrency, total, one)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+async def main() -> None:
+    """Measure both paths at each concurrency and print a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ccgate-bench-") as tmp:
+        work = Path(tmp)
+        fake = make_fake_claude(work / "fake", "text", text="pong")
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+              f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+        print(f"command: python -m bench.overhead --requests {args.requests} --concurrency "
+              + " ".join(map(str, args.concurrency)))
+        print()
+        print("| concurrency | direct p50 ms | direct p99 ms | ccgate p50 ms | ccgate p99 ms "
+              "| overhead p50 ms | overhead p99 ms |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for concurrency in args.concurrency:
+            bare = await direct(fake, concurrency, args.requests, work)
+            gated = await through_ccgate(fake, concurrency, args.requests, work)
+            d50, d99 = statistics.median(bare), _percentile(bare, 99)
+            g50, g99 = statistics.median(gated), _percentile(gated, 99)
+            print(f"| {concurrency} | {d50:.1f} | {d99:.1f} | {g50:.1f} | {g99:.1f} "
+                  f"| {g50 - d50:.1f} | {g99 - d99:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import httpx
+from tests.support.fake_claude_factory import make_fake_claude
 
 from ccgate.runners.base import RunRequest
 from ccgate.runners.cli_command import CliOptions, build_argv, build_env, user_message
-from tests.support.fake_claude_factory import make_fake_claude
 
 
 def _percentile(values: list[float], pct: float) -> float:

@@ -19,7 +19,7 @@ REQUIRE_SERVICES = os.environ.get("CCGATE_TEST_REQUIRE_SERVICES") == "1"
 
 
 def service_missing(reason: str) -> None:
-    """Skip with ``reason``, or fail when CI demands every service (CCGATE_TEST_REQUIRE_SERVICES)."""
+    """Skip with ``reason``, or fail when CCGATE_TEST_REQUIRE_SERVICES=1 demands every service."""
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason} (CCGATE_TEST_REQUIRE_SERVICES=1 forbids skipping)")
     pytest.skip(reason)

@@ -108,9 +108,13 @@ async def test_run_invalid_field_is_400_naming_it(gateway: Gateway, body: dict[s
     assert error["param"] == field and field in error["message"]
 
 
-@pytest.mark.parametrize("raw", [b"", b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe"])
+@pytest.mark.parametrize("raw", [
+    b"", b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe", b"[" * 100_000,
+    b'{"prompt": "\\ud800 lone surrogate"}', b'{"prompt": "x", "timeout_secs": NaN}',
+])
 async def test_run_malformed_body_is_400(gateway: Gateway, raw: bytes) -> None:
-    """Empty, malformed, non-UTF-8 or non-object bodies get 400, never 500."""
+    """Empty, malformed, deeply nested, non-UTF-8, non-object or invalid-Unicode bodies get 400,
+    never 500."""
     response = await gateway.client.post("/api/v1/run", content=raw, headers=gateway.auth())
     assert response.status_code == 400
     assert _error(response)["type"] == "invalid_request"

@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -451,15 +452,24 @@ class FakeAnthropic:
             return self._queue.popleft() if self._queue else self.default
 
 
-def cli_env(fake: FakeAnthropic, home: Path) -> dict[str, str]:
-    """Return the environment that runs the real `claude` CLI offline against `fake`."""
+def cli_env(fake: FakeAnthropic, home: Path, *, max_retries: int = 0) -> dict[str, str]:
+    """Return the environment that runs the real `claude` CLI offline against `fake`.
+
+    Beyond the basics, two settings keep tests fast and tidy: the real CLI
+    retries every upstream error (401 included) up to 10 times with backoff
+    unless CLAUDE_CODE_MAX_RETRIES says otherwise, and it drops scratch
+    directories (claude-<uid>/, cc-socks/) into $TMPDIR, which is pointed
+    into `home` here.
+    """
     return {
         "ANTHROPIC_BASE_URL": fake.url,
         "ANTHROPIC_API_KEY": FAKE_API_KEY,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_TELEMETRY": "1",
         "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_MAX_RETRIES": str(max_retries),
         "HOME": str(home),
+        "TMPDIR": str(home),
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
     }
 
@@ -577,10 +587,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     fake = FakeAnthropic(args.host, args.port)
     fake.default = Text(args.text, chunks=args.chunks, delay=args.delay)
+    done = threading.Event()
+    # Explicit handlers: a backgrounded process (`cmd &` in a script) starts with
+    # SIGINT ignored, and SIGTERM should also stop cleanly for benchmarks.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
     with fake:
         print(f"fake Anthropic API listening on {fake.url}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+        while not done.wait(0.5):
+            pass
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +30,7 @@ __all__ = [
     "base_path_without",
     "free_port",
     "processes_under",
+    "run_ccgate",
 ]
 
 START_TIMEOUT_SECS = 20.0
@@ -43,6 +44,22 @@ class ServerStartError(RuntimeError):
     """`ccgate serve` exited or never answered /health; the message holds its log."""
 
 
+def run_ccgate(
+    args: Sequence[str], *, env: Mapping[str, str], cwd: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m ccgate ARGS` with exactly `env`, in `cwd`; never raises on failure."""
+    return subprocess.run(
+        [sys.executable, "-m", "ccgate", *args],
+        cwd=cwd,
+        env=dict(env),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=_CLI_TIMEOUT_SECS,
+        check=False,
+    )
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -53,8 +70,9 @@ def free_port() -> int:
 class ServerProcess:
     """One `python -m ccgate serve` process on a free port, with its log captured to a file."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path, *,
-                 start_timeout: float = START_TIMEOUT_SECS) -> None:
+    def __init__(
+        self, env: Mapping[str, str], cwd: Path, *, start_timeout: float = START_TIMEOUT_SECS
+    ) -> None:
         """Remember how to start the server; nothing runs until `start()`."""
         self.env = {"PYTHONUNBUFFERED": "1", **env}
         self.cwd = Path(cwd)
@@ -83,8 +101,10 @@ class ServerProcess:
             except ServerStartError:
                 self.stop()
                 # Another process may have taken the port between probe and bind: retry.
-                if "address already in use" not in self.log_text().lower() \
-                        or attempt == _PORT_ATTEMPTS - 1:
+                if (
+                    "address already in use" not in self.log_text().lower()
+                    or attempt == _PORT_ATTEMPTS - 1
+                ):
                     raise
         raise AssertionError("unreachable")
 
@@ -95,8 +115,11 @@ class ServerProcess:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ccgate", "serve", "--port", str(port)],
-            cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def _wait_healthy(self) -> None:
@@ -106,14 +129,18 @@ class ServerProcess:
             while time.monotonic() < deadline:
                 code = self.proc.poll()
                 if code is not None:
-                    raise ServerStartError(f"ccgate serve exited with {code} before it was "
-                                           f"healthy; its log:\n{self.log_text()}")
+                    raise ServerStartError(
+                        f"ccgate serve exited with {code} before it was "
+                        f"healthy; its log:\n{self.log_text()}"
+                    )
                 with contextlib.suppress(httpx.TransportError):
                     if client.get(f"{self.url}/health").status_code == 200:
                         return
                 time.sleep(_POLL_SECS)
-        raise ServerStartError(f"ccgate serve did not answer GET /health within "
-                               f"{self.start_timeout:g} s; its log:\n{self.log_text()}")
+        raise ServerStartError(
+            f"ccgate serve did not answer GET /health within "
+            f"{self.start_timeout:g} s; its log:\n{self.log_text()}"
+        )
 
     def log_text(self) -> str:
         """Everything the server wrote to stdout and stderr so far."""
@@ -124,18 +151,15 @@ class ServerProcess:
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run `python -m ccgate ARGS` with the server's environment and directory."""
-        return subprocess.run(
-            [sys.executable, "-m", "ccgate", *args], cwd=self.cwd, env=self.env,
-            input=stdin, capture_output=True, text=True, timeout=_CLI_TIMEOUT_SECS,
-            check=False,
-        )
+        return run_ccgate(args, env=self.env, cwd=self.cwd, stdin=stdin)
 
     def create_key(self, name: str) -> str:
         """Create an API key with `ccgate keys create NAME` and return its secret."""
         done = self.cli("keys", "create", name)
         if done.returncode != 0 or not done.stdout.strip():
-            raise AssertionError(f"ccgate keys create {name} failed ({done.returncode}): "
-                                 f"{done.stderr}")
+            raise AssertionError(
+                f"ccgate keys create {name} failed ({done.returncode}): {done.stderr}"
+            )
         return done.stdout.strip().splitlines()[-1]
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECS) -> int | None:
@@ -171,8 +195,7 @@ def base_path_without(executable_name: str, path: str | None = None) -> str:
     """`path` (default: this process's PATH) minus every directory holding `executable_name`."""
     entries = (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep)
     return os.pathsep.join(
-        entry for entry in entries
-        if entry and not (Path(entry) / executable_name).exists()
+        entry for entry in entries if entry and not (Path(entry) / executable_name).exists()
     )
 
 
@@ -192,7 +215,7 @@ def _environ_tmpdir(pid: str) -> str | None:
         return None
     for item in raw.split(b"\0"):
         if item.startswith(b"TMPDIR="):
-            return item[len(b"TMPDIR="):].decode("utf-8", "replace")
+            return item[len(b"TMPDIR=") :].decode("utf-8", "replace")
     return None
 
 

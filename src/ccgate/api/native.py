@@ -50,6 +50,17 @@ class RunBody(BaseModel):
             raise ValueError("must not be blank")
         return value
 
+    @field_validator("prompt", "model", "system_prompt", "append_system_prompt")
+    @classmethod
+    def _valid_unicode(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (it holds a lone surrogate)") \
+                    from None
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -67,6 +78,8 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError("invalid_request", f"malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise ApiError("invalid_request", "malformed JSON body: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError("invalid_request", "request body must be a JSON object")
     try:

@@ -21,6 +21,7 @@ class GroupProcess:
         self._buffer = bytearray()
         self._eof = False
         self._stderr_tail = bytearray()
+        self._stderr_trimmed = False
         self._stderr_task = asyncio.create_task(self._drain_stderr())
 
     @classmethod
@@ -79,12 +80,17 @@ class GroupProcess:
             self._stderr_tail += chunk
             if len(self._stderr_tail) > STDERR_KEEP_BYTES:
                 del self._stderr_tail[: len(self._stderr_tail) - STDERR_KEEP_BYTES]
+                self._stderr_trimmed = True
 
     async def stderr_tail(self, lines: int = 10) -> str:
         """Return the last ``lines`` lines the child wrote to stderr (bounded in memory)."""
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._stderr_task), 0.5)
         text = self._stderr_tail.decode("utf-8", "replace")
+        if self._stderr_trimmed:
+            # The first kept line was cut mid-way: drop it, it may hold half a secret that
+            # no longer looks like one.
+            text = text.partition("\n")[2]
         return "\n".join(text.strip().splitlines()[-lines:])
 
     async def wait(self, timeout: float) -> int | None:

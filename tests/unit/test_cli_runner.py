@@ -1,0 +1,177 @@
+"""The claude CLI runner against the fake CLI: streaming, stdin, argv, env, run dir, probing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ccgate.runners.base import (
+    RunError,
+    RunEvent,
+    RunRequest,
+    RunResult,
+    RunStarted,
+    TextDelta,
+    collect,
+)
+from ccgate.runners.cli import ClaudeCliRunner, probe_version
+from ccgate.runners.cli_command import QUIET_ENV, CliOptions
+
+if TYPE_CHECKING:
+    from tests.unit.conftest import FakeCli
+
+# Added inside the fake, not by the runner: dash exports PWD when the wrapper starts, and
+# Python's PEP 538 locale coercion sets LC_CTYPE when the environment names no locale.
+WRAPPER_ADDED = {"PWD", "LC_CTYPE"}
+# About 1 MB of multi-line, non-ASCII text whose first line looks like a CLI option.
+BIG_PROMPT = "--help\n" + "".join(f"ligne {i}: é✓ {'x' * 980}\n" for i in range(1000))
+
+
+async def _all_events(cli: FakeCli, request: RunRequest) -> list[RunEvent]:
+    async with contextlib.aclosing(cli.runner.run(request)) as events:
+        return [event async for event in events]
+
+
+async def test_runner_text_deltas_concatenate_to_the_result(
+    fake_cli: Callable[..., FakeCli],
+) -> None:
+    """Text deltas arrive in order, join to the result text, and usage/cost/session are set."""
+    cli = fake_cli("text", text="alpha beta gamma delta")
+    events = await _all_events(cli, RunRequest.from_text("hi", "sonnet"))
+    started, *middle, result = events
+    assert isinstance(started, RunStarted)
+    assert isinstance(result, RunResult)
+    deltas = [event.text for event in middle if isinstance(event, TextDelta)]
+    assert deltas == ["alpha", " beta", " gamma", " delta"]
+    assert "".join(deltas) == result.text == "alpha beta gamma delta"
+    assert result.usage["input_tokens"] > 0
+    assert result.usage["output_tokens"] > 0
+    assert result.cost_usd is not None
+    assert result.cost_usd > 0
+    assert result.session_id is not None
+    assert result.session_id == started.session_id
+
+
+@pytest.mark.parametrize("prompt", ["--help -p", BIG_PROMPT], ids=["dash", "1MB"])
+async def test_runner_prompt_goes_on_stdin_not_argv(
+    fake_cli: Callable[..., FakeCli], prompt: str
+) -> None:
+    """The prompt reaches the CLI intact as one stream-json user line on stdin, never argv."""
+    cli = fake_cli("echo", chunks=4)
+    result = await collect(cli.runner, RunRequest.from_text(prompt, "sonnet"))
+    assert result.text == prompt
+    [run] = cli.runs()
+    assert run["stdin"].count("\n") == 1
+    assert json.loads(run["stdin"]) == {
+        "type": "user",
+        "message": {"role": "user", "content": [{"type": "text", "text": prompt}]},
+    }
+    assert not any(prompt in arg or "--help" in arg for arg in run["argv"])
+
+
+async def test_runner_argv_is_locked_down(fake_cli: Callable[..., FakeCli]) -> None:
+    """The CLI gets no tools, no MCP, no settings, no persistence and never skips permissions."""
+    cli = fake_cli("text")
+    await collect(cli.runner, RunRequest.from_text("hi", "sonnet"))
+    [run] = cli.runs()
+    argv = run["argv"]
+    assert argv[argv.index("--tools") + 1] == ""
+    assert "--strict-mcp-config" in argv
+    assert argv[argv.index("--setting-sources") + 1] == ""
+    assert "--no-session-persistence" in argv
+    assert "--dangerously-skip-permissions" not in argv
+    assert "--allow-dangerously-skip-permissions" not in argv
+
+
+async def test_runner_child_env_is_only_the_allowlist(
+    fake_cli: Callable[..., FakeCli], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child sees base_env, the quiet switches, retries, API timeout and TMPDIR only."""
+    monkeypatch.setenv("CCGATE_TEST_LEAK_CANARY", "leaked")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-must-not-leak")
+    cli = fake_cli("text")
+    await collect(cli.runner, RunRequest.from_text("hi", "sonnet"))
+    [run] = cli.runs()
+    env = {k: v for k, v in run["env"].items() if k not in WRAPPER_ADDED}
+    assert env == {
+        **cli.options.base_env,
+        **QUIET_ENV,
+        "CLAUDE_CODE_MAX_RETRIES": "1",
+        "API_TIMEOUT_MS": "300000",
+        "TMPDIR": run["cwd"],
+    }
+    assert "CCGATE_TEST_LEAK_CANARY" not in run["env"]
+    assert "ANTHROPIC_API_KEY" not in run["env"]
+
+
+async def test_runner_child_runs_in_a_fresh_dir_removed_after(
+    fake_cli: Callable[..., FakeCli],
+) -> None:
+    """Each run's cwd and TMPDIR are a new dir under work_dir, deleted once the run is over."""
+    cli = fake_cli("text")
+    await collect(cli.runner, RunRequest.from_text("hi", "sonnet"))
+    for _ in range(60):  # reaped in the background after the result, without aclose()
+        if not list(cli.work_dir.iterdir()):
+            break
+        await asyncio.sleep(0.05)
+    assert list(cli.work_dir.iterdir()) == []
+    await collect(cli.runner, RunRequest.from_text("hi", "sonnet"))
+    await cli.runner.aclose()  # waits for the background reaping
+    assert list(cli.work_dir.iterdir()) == []
+    first, second = cli.runs()
+    assert first["cwd"] != second["cwd"]
+    for run in (first, second):
+        assert Path(run["cwd"]).parent == cli.work_dir
+        assert Path(run["cwd"]).name.startswith("ccgate-run-")
+        assert run["env"]["TMPDIR"] == run["cwd"]
+
+
+async def test_runner_big_line_result_arrives_whole(fake_cli: Callable[..., FakeCli]) -> None:
+    """A 10 MB result line (and 10 MB assistant line) is read whole, not truncated."""
+    cli = fake_cli("big_line", size=10_000_000)
+    events = await _all_events(cli, RunRequest.from_text("hi", "sonnet"))
+    result = events[-1]
+    assert isinstance(result, RunResult)
+    assert len(result.text) == 10_000_000
+    assert result.text.startswith("0123456789abcdefghijklmnopqrstuvwxyz 0123")
+    deltas = "".join(event.text for event in events if isinstance(event, TextDelta))
+    assert deltas == result.text
+
+
+async def test_runner_missing_executable_is_cli_unavailable(tmp_path: Path) -> None:
+    """A CLI path that does not exist fails as cli_unavailable with an install hint."""
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    runner = ClaudeCliRunner(CliOptions(
+        executable=str(tmp_path / "missing" / "claude"),
+        base_env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        kill_grace_secs=0.5,
+        work_dir=str(work_dir),
+    ))
+    with pytest.raises(RunError) as caught:
+        await collect(runner, RunRequest.from_text("hi", "sonnet"))
+    await runner.aclose()
+    assert caught.value.error_type == "cli_unavailable"
+    assert str(tmp_path / "missing" / "claude") in caught.value.message
+    assert "npm install -g @anthropic-ai/claude-code" in caught.value.message
+    assert list(work_dir.iterdir()) == []
+
+
+async def test_runner_probe_version_reads_the_cli_version(
+    fake_cli: Callable[..., FakeCli],
+) -> None:
+    """probe_version returns the first line of ``claude --version``."""
+    cli = fake_cli("text")
+    assert await probe_version(str(cli.executable)) == "2.1.330 (Claude Code)"
+
+
+async def test_runner_probe_version_of_a_missing_cli_is_none(tmp_path: Path) -> None:
+    """probe_version returns None when the executable does not exist."""
+    assert await probe_version(str(tmp_path / "missing" / "claude")) is None

@@ -192,6 +192,24 @@ SETTINGS: tuple[Setting, ...] = (
             "put back in the queue."),
     Setting("CCGATE_LEASE_SECS", "30", "a number of seconds between 5 and 3600", _float(5, 3600),
             "A running job's lease; a node that stops renewing it is presumed dead."),
+    Setting("CCGATE_JOB_TTL_HOURS", "168", "a number of hours (0 keeps jobs forever)", _float(0),
+            "Finished jobs older than this are deleted with their events and deliveries."),
+    Setting("CCGATE_CLEANUP_INTERVAL_SECS", "300", "a number of seconds between 1 and 86400",
+            _float(1, 86400), "How often expired jobs are looked for."),
+    Setting("CCGATE_SSE_HEARTBEAT_SECS", "15", "a number of seconds between 1 and 300",
+            _float(1, 300), "Interval of the comment heartbeat on idle SSE streams."),
+    Setting("CCGATE_WEBHOOK_SECRET", "", "a secret string, or empty", _optional_text,
+            "Signs webhooks of keys that have no webhook secret of their own."),
+    Setting("CCGATE_WEBHOOK_TIMEOUT_SECS", "10", "a number of seconds between 1 and 120",
+            _float(1, 120), "Time a webhook receiver has to answer one delivery attempt."),
+    Setting("CCGATE_WEBHOOK_MAX_ATTEMPTS", "8", "an integer between 1 and 50", _int(1, 50),
+            "Delivery attempts before a webhook is given up as failed."),
+    Setting("CCGATE_WEBHOOK_RETRY_SPAN_SECS", "3600", "a number of seconds between 1 and 604800",
+            _float(1, 604800),
+            "No retry is scheduled later than this after the first attempt."),
+    Setting("CCGATE_OUTBOUND_ALLOW", "", "comma-separated hosts, IPs or CIDRs", _names,
+            "Private or loopback destinations webhooks (and fetch) may reach anyway, for LAN "
+            "receivers. Empty: only public addresses."),
     Setting("CCGATE_WORK_DIR", "", "a directory path, or empty", _optional_text,
             "Parent of the throwaway per-run directories. Empty: the system temp directory."),
     Setting("CCGATE_CLI_ENV_PASSTHROUGH", "", "comma-separated variable names", _env_names,
@@ -232,6 +250,14 @@ class Settings:
     max_attempts: int
     lease_secs: float
     shutdown_grace_secs: float
+    job_ttl_hours: float
+    cleanup_interval_secs: float
+    sse_heartbeat_secs: float
+    webhook_secret: str | None
+    webhook_timeout_secs: float
+    webhook_max_attempts: int
+    webhook_retry_span_secs: float
+    outbound_allow: tuple[str, ...]
     work_dir: str | None
     cli_env_passthrough: tuple[str, ...]
     audit_prompts: bool
@@ -323,6 +349,14 @@ def load_settings(
         max_attempts=parsed["CCGATE_MAX_ATTEMPTS"],
         lease_secs=parsed["CCGATE_LEASE_SECS"],
         shutdown_grace_secs=parsed["CCGATE_SHUTDOWN_GRACE_SECS"],
+        job_ttl_hours=parsed["CCGATE_JOB_TTL_HOURS"],
+        cleanup_interval_secs=parsed["CCGATE_CLEANUP_INTERVAL_SECS"],
+        sse_heartbeat_secs=parsed["CCGATE_SSE_HEARTBEAT_SECS"],
+        webhook_secret=parsed["CCGATE_WEBHOOK_SECRET"],
+        webhook_timeout_secs=parsed["CCGATE_WEBHOOK_TIMEOUT_SECS"],
+        webhook_max_attempts=parsed["CCGATE_WEBHOOK_MAX_ATTEMPTS"],
+        webhook_retry_span_secs=parsed["CCGATE_WEBHOOK_RETRY_SPAN_SECS"],
+        outbound_allow=parsed["CCGATE_OUTBOUND_ALLOW"],
         work_dir=parsed["CCGATE_WORK_DIR"],
         cli_env_passthrough=passthrough,
         audit_prompts=parsed["CCGATE_AUDIT_PROMPTS"],

@@ -21,6 +21,9 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
     "not_found": ErrorKind(404, "No such route or job (or the job belongs to another key)."),
     "method_not_allowed": ErrorKind(405, "The route exists but not for this HTTP method."),
     "cancelled": ErrorKind(409, "The job was cancelled before it finished."),
+    "conflict": ErrorKind(409, "The job is already finished (cancel of an ended job)."),
+    "idempotency_conflict": ErrorKind(409, "An Idempotency-Key was reused with a different "
+                                      "request body."),
     "request_too_large": ErrorKind(413, "The body exceeds CCGATE_MAX_BODY_BYTES or the prompt "
                                    "exceeds CCGATE_MAX_PROMPT_BYTES."),
     "upstream_request_too_large": ErrorKind(413, "The upstream API refused the prompt as too "

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ccgate.clock import utcnow
-from ccgate.jobs import JobService, QueueFull, QueueLimits, request_to_json
+from ccgate.jobs import JobService, QueueFull, QueueLimits, Submission, request_to_json
 from ccgate.runners.base import RunError, RunRequest
 from ccgate.store import JobStatus, Store
 from tests.support.fake_runner import FakeRunner
@@ -39,6 +39,11 @@ async def services(store: Store) -> AsyncIterator[Callable[..., Any]]:
         await service.stop()
 
 
+async def _submit(service: JobService, prompt: str = "hi") -> Any:
+    job, _ = await service.submit(Submission(None, "native", _request(prompt)))
+    return job
+
+
 async def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
@@ -48,7 +53,7 @@ async def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None
 async def test_jobs_submitted_job_completes_with_result(services: Any) -> None:
     """A queued job runs and lands completed with its text, usage and cost."""
     service = await services(FakeRunner())
-    job = await service.submit(key_id=None, door="native", request=_request("hello"))
+    job = await _submit(service, "hello")
     done = await asyncio.wait_for(service.wait(job.id), 5)
     assert done.status is JobStatus.COMPLETED
     assert done.result == "reply: hello"
@@ -60,7 +65,7 @@ async def test_jobs_concurrency_cap_holds(services: Any) -> None:
     """With concurrency 2, five jobs never run more than two at once, and all finish."""
     runner = FakeRunner(block=True)
     service = await services(runner, concurrency=2)
-    jobs = [await service.submit(key_id=None, door="native", request=_request(str(n)))
+    jobs = [await _submit(service, str(n))
             for n in range(5)]
     await _wait_for(lambda: runner.running == 2)
     await asyncio.sleep(0.1)
@@ -74,12 +79,12 @@ async def test_jobs_full_queue_refuses_with_retry_after(services: Any) -> None:
     """Once queue_size jobs wait, the next submit raises QueueFull with a retry hint."""
     runner = FakeRunner(block=True)
     service = await services(runner, concurrency=1, queue_size=2)
-    await service.submit(key_id=None, door="native", request=_request())
+    await _submit(service)
     await _wait_for(lambda: runner.running == 1)
     for _ in range(2):
-        await service.submit(key_id=None, door="native", request=_request())
+        await _submit(service)
     with pytest.raises(QueueFull) as info:
-        await service.submit(key_id=None, door="native", request=_request())
+        await _submit(service)
     assert info.value.retry_after >= 1
     runner.released.set()
 
@@ -88,10 +93,10 @@ async def test_jobs_cancel_queued_job_never_starts(services: Any) -> None:
     """A job cancelled while queued ends cancelled and the runner never sees it."""
     runner = FakeRunner(block=True)
     service = await services(runner, concurrency=1)
-    await service.submit(key_id=None, door="native", request=_request("first"))
+    await _submit(service, "first")
     await _wait_for(lambda: runner.running == 1)
-    second = await service.submit(key_id=None, door="native", request=_request("second"))
-    assert await service.cancel(second.id)
+    second = await _submit(service, "second")
+    assert await service.cancel(second.id) is not None
     runner.released.set()
     assert (await service.wait(second.id)).status is JobStatus.CANCELLED
     await asyncio.sleep(0.1)
@@ -102,20 +107,20 @@ async def test_jobs_cancel_running_job_stops_the_run(services: Any) -> None:
     """Cancelling a processing job cancels its run; a second cancel reports it already ended."""
     runner = FakeRunner(block=True)
     service = await services(runner)
-    job = await service.submit(key_id=None, door="native", request=_request())
+    job = await _submit(service)
     await _wait_for(lambda: runner.running == 1)
-    assert await service.cancel(job.id)
+    assert await service.cancel(job.id) is not None
     await _wait_for(lambda: runner.cancelled == 1)
     done = await service.wait(job.id)
     assert done.status is JobStatus.CANCELLED and done.error_type == "cancelled"
-    assert not await service.cancel(job.id)
+    assert await service.cancel(job.id) is None
 
 
 async def test_jobs_run_error_fails_job_with_its_type(services: Any) -> None:
     """A RunError lands as a failed job carrying the error type and message."""
     error = RunError("upstream_rate_limited", "slow down")
     service = await services(FakeRunner(error=error))
-    job = await service.submit(key_id=None, door="native", request=_request())
+    job = await _submit(service)
     done = await asyncio.wait_for(service.wait(job.id), 5)
     assert done.status is JobStatus.FAILED
     assert (done.error_type, done.error_message) == ("upstream_rate_limited", "slow down")
@@ -153,7 +158,7 @@ async def test_jobs_shutdown_requeues_running_job(store: Store, services: Any) -
     """A job still running after the grace goes back to the queue, its attempt not counted."""
     runner = FakeRunner(block=True)
     service = await services(runner, shutdown_grace_secs=0.1)
-    job = await service.submit(key_id=None, door="native", request=_request())
+    job = await _submit(service)
     await _wait_for(lambda: runner.running == 1)
     await service.stop()
     assert not service.accepting

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ccgate.jobs import Submission
 from ccgate.runners.base import RunError
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
@@ -172,11 +173,12 @@ async def test_run_full_queue_is_503_with_retry_after(gateway_factory: Any) -> N
     """When the queue is full the submit is refused with 503 queue_full and Retry-After."""
     runner = FakeRunner(block=True)
     gw = await gateway_factory(runner, CCGATE_QUEUE_SIZE=1, CCGATE_CONCURRENCY=1)
-    request = {"model": "sonnet", "content": [{"type": "text", "text": "a"}]}
-    await gw.app.state.jobs.submit(key_id=None, door="native", request=request)
+    submission = Submission(None, "native", {"model": "sonnet",
+                                             "content": [{"type": "text", "text": "a"}]})
+    await gw.app.state.jobs.submit(submission)
     while runner.running == 0:
         await asyncio.sleep(0.01)
-    await gw.app.state.jobs.submit(key_id=None, door="native", request=request)
+    await gw.app.state.jobs.submit(submission)
     response = await gw.run({"prompt": "x"})
     assert response.status_code == 503
     assert _error(response)["type"] == "queue_full"

@@ -66,9 +66,10 @@ async def test_store_job_is_invisible_to_other_keys(store: Store) -> None:
 async def test_store_transitions_are_guarded(store: Store) -> None:
     """A cancelled job cannot be completed afterwards, and a queued one cannot complete."""
     await _job(store)
-    assert not await store.jobs.transition("job_1", JobStatus.COMPLETED, result="x")
-    assert await store.jobs.transition("job_1", JobStatus.CANCELLED)
-    assert not await store.jobs.transition("job_1", JobStatus.COMPLETED, result="late")
+    assert await store.jobs.finish("job_1", JobStatus.COMPLETED, now=utcnow(), result="x") is None
+    assert await store.jobs.finish("job_1", JobStatus.CANCELLED, now=utcnow()) is not None
+    assert await store.jobs.finish("job_1", JobStatus.COMPLETED, now=utcnow(),
+                                   result="late") is None
     job = await store.jobs.get("job_1")
     assert job is not None and job.status is JobStatus.CANCELLED and job.result is None
 

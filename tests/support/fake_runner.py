@@ -15,6 +15,7 @@ class FakeRunner:
 
     error: RunError | None = None
     reply: str | None = None
+    delay: float = 0.0
     block: bool = False
     released: asyncio.Event = field(default_factory=asyncio.Event)
     started: list[RunRequest] = field(default_factory=list)
@@ -38,8 +39,10 @@ class FakeRunner:
                 if self.reply is not None
                 else ("reply: " + "".join(b.get("text", "") for b in request.content))
             )
-            yield TextDelta(text[:3])
-            yield TextDelta(text[3:])
+            for start in range(0, len(text), 3):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                yield TextDelta(text[start:start + 3])
             yield RunResult(
                 text=text,
                 session_id="sess-1",

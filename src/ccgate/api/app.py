@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
 
 from ccgate import __version__
-from ccgate.api import health, native
+from ccgate.api import health, jobs as jobs_door, native
 from ccgate.api.errors import install_error_handlers
 from ccgate.api.middleware import RequestContextMiddleware
+from ccgate.api.views import render_job
 from ccgate.config import Settings
+from ccgate.errors import ApiError
 from ccgate.jobs import JobService, QueueLimits
 from ccgate.models import ModelPolicy
 from ccgate.runners.base import Runner
 from ccgate.runners.cli import cli_runner
 from ccgate.runners.cli_status import CliStatus
 from ccgate.security.keyring import Keyring
+from ccgate.security.netguard import BlockedDestination, OutboundGuard
 from ccgate.store import Store
+from ccgate.store.webhooks import DeliveryTable
+from ccgate.webhooks import WebhookDispatcher, delivery_view
 
 log = structlog.get_logger("ccgate")
 
@@ -41,16 +47,38 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         jobs = JobService(store, runner or cli_runner(settings, cli_status.path), QueueLimits(
             concurrency=settings.concurrency, queue_size=settings.queue_size,
             max_attempts=settings.max_attempts, lease_secs=settings.lease_secs,
-            shutdown_grace_secs=settings.shutdown_grace_secs))
+            shutdown_grace_secs=settings.shutdown_grace_secs,
+            job_ttl_hours=settings.job_ttl_hours,
+            cleanup_interval_secs=settings.cleanup_interval_secs))
+        guard = OutboundGuard(settings.outbound_allow)
+        deliveries = DeliveryTable(store.db)
+        dispatcher = WebhookDispatcher(store, guard, settings, render_job, jobs.node_id)
+        jobs.on_finished.append(lambda job: dispatcher.wake() if job.callback_url else None)
+
+        async def webhook_state(job_id: str) -> dict[str, Any] | None:
+            return delivery_view(await deliveries.for_job(job_id))
+
+        def check_callback(url: str) -> None:
+            try:
+                guard.check_url(url)
+            except BlockedDestination as exc:
+                raise ApiError("invalid_request", f"callback_url is not allowed: {exc}",
+                               param="callback_url") from None
+
         app.state.store = store
         app.state.cli_status = cli_status
         app.state.keyring = Keyring(store)
         app.state.jobs = jobs
+        app.state.webhook_state = webhook_state
+        app.state.check_callback = check_callback
+        app.state.shutdown = jobs.begin_shutdown
         await jobs.start()
+        await dispatcher.start()
         try:
             yield
         finally:
             await jobs.stop()
+            await dispatcher.stop()
             await store.close()
 
     app = FastAPI(title="ccgate", version=__version__, lifespan=lifespan,
@@ -62,4 +90,5 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(native.router)
+    app.include_router(jobs_door.router)
     return app

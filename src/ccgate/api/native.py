@@ -13,7 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ccgate.api.auth import require_key
 from ccgate.api.views import render_job
 from ccgate.errors import ERROR_KINDS, ApiError
-from ccgate.jobs import JobService, NotAccepting, QueueFull, request_to_json
+from ccgate.jobs import (
+    IdempotencyConflict,
+    JobService,
+    NotAccepting,
+    QueueFull,
+    Submission,
+    request_to_json,
+)
 from ccgate.models import ModelNotAllowed
 from ccgate.runners.base import RunRequest
 from ccgate.store import JobRecord, JobStatus, KeyRecord
@@ -114,24 +121,25 @@ def build_run_request(request: Request, body: RunBody) -> RunRequest:
         timeout_secs=timeout, idle_timeout_secs=settings.idle_timeout_secs)
 
 
-async def submit_job(request: Request, key: KeyRecord, door: str, run: RunRequest,
-                     extra: dict[str, Any], metadata: dict[str, Any] | None) -> JobRecord:
-    """Queue a job for ``key``, mapping a full or stopping queue to 503."""
+async def submit_job(request: Request, submission: Submission) -> JobRecord:
+    """Queue a job, mapping a full or stopping queue to 503 and a reused key to 409."""
     jobs: JobService = request.app.state.jobs
     if request.app.state.requires_cli:
         cli = await request.app.state.cli_status.refresh()
         if cli.problem:
             raise ApiError("cli_unavailable", cli.problem)
     try:
-        job = await jobs.submit(key_id=key.id, door=door,
-                                request={**request_to_json(run), **extra}, metadata=metadata)
+        job, _ = await jobs.submit(submission)
     except QueueFull as exc:
         raise ApiError("queue_full", "the job queue is full; retry later",
                        retry_after=exc.retry_after) from None
     except NotAccepting:
         raise ApiError("shutting_down", "the server is shutting down; retry on another node",
                        retry_after=5) from None
-    request.scope["ccgate.audit"] = {"job_id": job.id, "model": run.model}
+    except IdempotencyConflict:
+        raise ApiError("idempotency_conflict", "this Idempotency-Key was already used with a "
+                       "different request body") from None
+    request.scope["ccgate.audit"] = {"job_id": job.id, "model": job.model}
     return job
 
 
@@ -188,8 +196,10 @@ async def run(request: Request, key: CallerKey) -> Response:
     """Run a prompt synchronously; a client that disconnects cancels the run."""
     body = await parse_body(request, RunBody)
     run_request = build_run_request(request, body)
-    job = await submit_job(request, key, "native", run_request,
-                           {"response_format": body.response_format}, body.metadata)
+    job = await submit_job(request, Submission(
+        key_id=key.id, door="native",
+        request={**request_to_json(run_request), "response_format": body.response_format},
+        metadata=body.metadata))
     finished = await wait_unless_disconnected(request, job.id)
     if finished is None:
         request.scope["ccgate.audit"]["job_status"] = "cancelled"

@@ -1,7 +1,14 @@
 """Jobs: one model and one queue for every door."""
 
 from ccgate.jobs.requests import request_from_json, request_to_json
-from ccgate.jobs.service import JobService, NotAccepting, QueueFull, QueueLimits
+from ccgate.jobs.service import (
+    IdempotencyConflict,
+    JobService,
+    NotAccepting,
+    QueueFull,
+    QueueLimits,
+    Submission,
+)
 
-__all__ = ["JobService", "NotAccepting", "QueueFull", "QueueLimits", "request_from_json",
-           "request_to_json"]
+__all__ = ["IdempotencyConflict", "JobService", "NotAccepting", "QueueFull", "QueueLimits",
+           "Submission", "request_from_json", "request_to_json"]

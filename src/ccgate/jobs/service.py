@@ -1,4 +1,4 @@
-"""The job queue: submit, run under a concurrency cap, wait, cancel, recover, shut down."""
+"""The job queue: submit, run under a concurrency cap, stream, wait, cancel, shut down."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from typing import Any
 import structlog
 
 from ccgate.clock import utcnow
+from ccgate.events import JobEventHub
 from ccgate.jobs.requests import request_from_json
-from ccgate.runners.base import RunError, Runner, collect
+from ccgate.runners.base import RunError, Runner, RunResult, TextDelta
 from ccgate.security.keys import new_id
 from ccgate.store import JobRecord, JobStatus, Store
 
@@ -37,6 +38,10 @@ class NotAccepting(Exception):
     """The node is shutting down and takes no new jobs."""
 
 
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key was reused with a different request body."""
+
+
 @dataclass(frozen=True)
 class QueueLimits:
     """The knobs of one queue."""
@@ -46,20 +51,37 @@ class QueueLimits:
     max_attempts: int = 2
     lease_secs: float = 30.0
     shutdown_grace_secs: float = 30.0
-    recover_on_start: bool = True
+    job_ttl_hours: float = 0.0
+    cleanup_interval_secs: float = 300.0
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a door asks to run, as the queue stores it."""
+
+    key_id: str | None
+    door: str
+    request: dict[str, Any]
+    metadata: dict[str, Any] | None = None
+    callback_url: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
 
 
 class JobService:
     """Owns the life of every job this node runs; any door submits through it."""
 
     def __init__(self, store: Store, runner: Runner, limits: QueueLimits,
+                 hub: JobEventHub | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.store = store
         self.runner = runner
         self.limits = limits
+        self.hub = hub or JobEventHub(store)
         self.clock = clock
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{new_id('n')[2:10]}"
         self.accepting = False
+        self.on_finished: list[Callable[[JobRecord], None]] = []
         self._wake = asyncio.Event()
         self._slots_taken = 0
         self._done: dict[str, asyncio.Future[JobRecord | None]] = {}
@@ -70,17 +92,22 @@ class JobService:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover interrupted jobs, then start the dispatcher and the lease keeper."""
-        if self.limits.recover_on_start:
-            await self.recover(orphans_of_any_node=self.store.db.dialect == "sqlite")
+        """Recover interrupted jobs, then start dispatching, lease upkeep and cleanup."""
+        await self.recover(orphans_of_any_node=self.store.db.dialect == "sqlite")
+        await self.hub.start()
         self.accepting = True
         self._tasks = [asyncio.create_task(self._dispatch(), name="ccgate-dispatch"),
-                       asyncio.create_task(self._keep_leases(), name="ccgate-leases")]
+                       asyncio.create_task(self._keep_leases(), name="ccgate-leases"),
+                       asyncio.create_task(self._clean_up(), name="ccgate-cleanup")]
+
+    def begin_shutdown(self) -> None:
+        """Refuse new jobs from now on (503), without stopping the running ones yet."""
+        self.accepting = False
+        self._wake.set()
 
     async def stop(self) -> None:
         """Stop taking jobs, let running ones finish within the grace, requeue the rest."""
-        self.accepting = False
-        self._wake.set()
+        self.begin_shutdown()
         running = list(self._running.values())
         if running:
             await asyncio.wait(running, timeout=self.limits.shutdown_grace_secs)
@@ -95,19 +122,26 @@ class JobService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.hub.stop()
         await self.runner.aclose()
 
     # -- the API doors use -------------------------------------------------------------
 
-    async def submit(self, *, key_id: str | None, door: str, request: dict[str, Any],
-                     metadata: dict[str, Any] | None = None) -> JobRecord:
-        """Queue a job; raise QueueFull or NotAccepting when it cannot be taken now.
+    async def submit(self, submission: Submission) -> tuple[JobRecord, bool]:
+        """Queue a job; return it and whether it is new (False: an idempotent replay).
 
-        When this node has a free slot and nothing is waiting, the job is stored already
-        claimed and starts at once: the same record and lease, one round trip fewer.
+        Raises QueueFull, NotAccepting or IdempotencyConflict. When this node has a free
+        slot and nothing waits, the job is stored already claimed and starts at once.
         """
         if not self.accepting:
             raise NotAccepting
+        if submission.idempotency_key is not None and submission.key_id is not None:
+            earlier = await self.store.jobs.by_idempotency_key(submission.key_id,
+                                                               submission.idempotency_key)
+            if earlier is not None:
+                if earlier.request_hash != submission.request_hash:
+                    raise IdempotencyConflict
+                return earlier, False
         queued = await self.store.jobs.count(JobStatus.QUEUED)
         if queued >= self.limits.queue_size:
             raise QueueFull(retry_after=self._retry_after_hint())
@@ -117,19 +151,37 @@ class JobService:
         now = self.clock()
         try:
             job = await self.store.jobs.insert(
-                job_id=new_id("job"), key_id=key_id, door=door, model=str(request["model"]),
-                request=request, metadata=metadata, now=now,
+                job_id=new_id("job"), key_id=submission.key_id, door=submission.door,
+                model=str(submission.request["model"]), request=submission.request,
+                metadata=submission.metadata, now=now,
+                callback_url=submission.callback_url,
+                idempotency_key=submission.idempotency_key,
+                request_hash=submission.request_hash,
                 claim_for=self.node_id if start_now else None,
                 lease_until=now + timedelta(seconds=self.limits.lease_secs))
         except BaseException:
             if start_now:
                 self._slots_taken -= 1
             raise
+        if job is None:  # lost an idempotency race to a concurrent twin
+            if start_now:
+                self._slots_taken -= 1
+            assert submission.key_id is not None and submission.idempotency_key is not None
+            return await self._idempotent_twin(submission), False
         if start_now:
             self._launch(job)
         else:
             self._wake.set()
-        return job
+        return job, True
+
+    async def _idempotent_twin(self, submission: Submission) -> JobRecord:
+        assert submission.key_id is not None and submission.idempotency_key is not None
+        twin = await self.store.jobs.by_idempotency_key(submission.key_id,
+                                                        submission.idempotency_key)
+        assert twin is not None
+        if twin.request_hash != submission.request_hash:
+            raise IdempotencyConflict
+        return twin
 
     async def wait(self, job_id: str) -> JobRecord:
         """Return the job once it is terminal, whichever node ran it."""
@@ -145,17 +197,17 @@ class JobService:
                 if final is not None:
                     return final
 
-    async def cancel(self, job_id: str) -> bool:
-        """Cancel a queued or processing job; False if it had already ended."""
-        changed = await self.store.jobs.transition(
-            job_id, JobStatus.CANCELLED, finished_at=self.clock(),
-            error_type="cancelled", error_message="the job was cancelled")
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued or processing job: return it cancelled, or None if it had ended.
+
+        A queued job never starts; a running one has its process group stopped.
+        """
+        ended = await self._end(job_id, JobStatus.CANCELLED, error_type="cancelled",
+                                error_message="the job was cancelled")
         task = self._running.get(job_id)
-        if task is not None:
+        if ended is not None and task is not None:
             task.cancel()
-        elif changed:
-            self._finish(job_id, None)
-        return changed
+        return ended
 
     def _retry_after_hint(self) -> int:
         return max(1, min(60, self.limits.queue_size // max(1, self.limits.concurrency)))
@@ -166,11 +218,31 @@ class JobService:
             future = self._done[job_id] = asyncio.get_running_loop().create_future()
         return future
 
-    def _finish(self, job_id: str, record: JobRecord | None) -> None:
+    def _announce(self, job_id: str, record: JobRecord | None) -> None:
         """Hand the final record (None: look it up) to whoever waits on the job."""
         future = self._done.pop(job_id, None)
         if future is not None and not future.done():
             future.set_result(record)
+
+    async def _end(self, job_id: str, to: JobStatus, *,
+                   lease_expired_before: datetime | None = None,
+                   **values: Any) -> JobRecord | None:
+        """End a job with its last events and closing event in one transaction."""
+        pending, closing_seq = self.hub.seal(job_id)
+        ended = await self.store.jobs.finish(
+            job_id, to, now=self.clock(), pending=pending, closing_seq=closing_seq,
+            lease_expired_before=lease_expired_before, **values)
+        if ended is None:
+            # Someone else ended it first; keep the text our subscribers already saw.
+            await self.store.events.append(pending)
+            self.hub.notify(job_id)
+            return None
+        record, closing = ended
+        self.hub.end(job_id, closing)
+        self._announce(job_id, record)
+        for callback in self.on_finished:
+            callback(record)
+        return record
 
     # -- running -----------------------------------------------------------------------
 
@@ -198,7 +270,7 @@ class JobService:
             self._slots_taken -= 1
             self._wake.set()
             record = None if done.cancelled() or done.exception() else done.result()
-            self._finish(job.id, record)
+            self._announce(job.id, record)
 
         task.add_done_callback(finished)
 
@@ -214,35 +286,48 @@ class JobService:
             return None
 
     async def _run(self, job: JobRecord) -> JobRecord | None:
-        """Run the job and store its outcome; return the final record when this run set it."""
+        """Run the job, streaming its events; store its outcome and return the final job."""
         started = time.monotonic()
         try:
-            request = request_from_json(job.request)
-            result = await collect(self.runner, request)
+            if job.attempts > 1:
+                await self.store.events.drop_chunks(job.id)
+            await self.hub.begin(job.id, fresh=job.attempts <= 1)
+            self.hub.publish(job.id, "status", {"status": "processing",
+                                                "attempt": job.attempts,
+                                                "restarted": job.attempts > 1})
+            result = await self._stream(job)
         except asyncio.CancelledError:
             await self._after_cancel(job)
             return None
         except RunError as exc:
-            return await self._finish_failed(job, exc, started)
+            log.info("job_failed", job_id=job.id, error_type=exc.error_type)
+            return await self._end(job.id, JobStatus.FAILED, error_type=exc.error_type,
+                                   error_message=exc.message, duration_ms=_elapsed_ms(started))
         except Exception as exc:
             log.exception("run_crashed", job_id=job.id)
-            return await self._finish_failed(job, RunError(
-                "internal_error", f"ccgate failed to run the job: {type(exc).__name__}"), started)
-        return await self.store.jobs.finish(
-            job.id, JobStatus.COMPLETED, finished_at=self.clock(), result=result.text,
-            usage=result.usage, cost_usd=result.cost_usd, session_id=result.session_id,
-            duration_ms=_elapsed_ms(started), model=result.model or job.model,
-            lease_owner=None, lease_expires_at=None)
+            return await self._end(
+                job.id, JobStatus.FAILED, error_type="internal_error",
+                error_message=f"ccgate failed to run the job: {type(exc).__name__}",
+                duration_ms=_elapsed_ms(started))
+        return await self._end(
+            job.id, JobStatus.COMPLETED, result=result.text, usage=result.usage,
+            cost_usd=result.cost_usd, session_id=result.session_id,
+            duration_ms=_elapsed_ms(started), model=result.model or job.model)
 
-    async def _finish_failed(self, job: JobRecord, exc: RunError,
-                             started: float) -> JobRecord | None:
-        log.info("job_failed", job_id=job.id, error_type=exc.error_type)
-        return await self.store.jobs.finish(
-            job.id, JobStatus.FAILED, finished_at=self.clock(), error_type=exc.error_type,
-            error_message=exc.message, duration_ms=_elapsed_ms(started),
-            lease_owner=None, lease_expires_at=None)
+    async def _stream(self, job: JobRecord) -> RunResult:
+        request = request_from_json(job.request)
+        async with contextlib.aclosing(self.runner.run(request)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    self.hub.publish(job.id, "chunk", {"text": event.text})
+                elif isinstance(event, RunResult):
+                    return event
+        raise RunError("cli_error", "the run ended without a result")
 
     async def _after_cancel(self, job: JobRecord) -> None:
+        pending, _ = self.hub.seal(job.id)
+        await asyncio.shield(self.store.events.append(pending))
+        self.hub.end(job.id, None)
         if job.id in self._requeue_requested:
             self._requeue_requested.discard(job.id)
             # A shutdown is not the job's fault: do not count it as an attempt.
@@ -251,7 +336,7 @@ class JobService:
                 lease_owner=None, lease_expires_at=None))
             log.info("job_requeued_on_shutdown", job_id=job.id)
 
-    # -- leases and recovery -----------------------------------------------------------
+    # -- leases, recovery, cleanup -----------------------------------------------------
 
     async def _keep_leases(self) -> None:
         interval = self.limits.lease_secs / 3
@@ -259,7 +344,14 @@ class JobService:
             await asyncio.sleep(interval)
             try:
                 until = self.clock() + timedelta(seconds=self.limits.lease_secs)
-                await self.store.jobs.renew_leases(self.node_id, self._running, until)
+                running = list(self._running)
+                held = await self.store.jobs.renew_leases(self.node_id, running, until)
+                for job_id in set(running) - held:
+                    # Ended elsewhere (a cancel on another node): stop our copy of the run.
+                    task = self._running.get(job_id)
+                    if task is not None:
+                        log.info("job_ended_elsewhere", job_id=job_id)
+                        task.cancel()
                 await self.recover()
             except Exception:
                 log.exception("lease_upkeep_failed")
@@ -282,18 +374,31 @@ class JobService:
                     job.id, JobStatus.QUEUED, lease_expired_before=cutoff, started_at=None,
                     lease_owner=None, lease_expires_at=None)
             else:
-                moved = await self.store.jobs.transition(
-                    job.id, JobStatus.FAILED, lease_expired_before=cutoff, finished_at=now,
+                moved = await self._end(
+                    job.id, JobStatus.FAILED, lease_expired_before=cutoff,
                     error_type="interrupted",
                     error_message=f"the job was interrupted {job.attempts} time(s) by a node "
-                    "that stopped; no attempts left", lease_owner=None, lease_expires_at=None)
+                    "that stopped; no attempts left") is not None
             if moved:
                 recovered += 1
                 log.warning("job_recovered", job_id=job.id, attempts=job.attempts)
-                self._finish(job.id, None)
         if recovered:
             self._wake.set()
         return recovered
+
+    async def _clean_up(self) -> None:
+        """Delete finished jobs older than the TTL, with their events and deliveries."""
+        if self.limits.job_ttl_hours <= 0:
+            return
+        while True:
+            try:
+                cutoff = self.clock() - timedelta(hours=self.limits.job_ttl_hours)
+                deleted = await self.store.jobs.delete_finished_before(cutoff)
+                if deleted:
+                    log.info("jobs_expired", count=deleted)
+            except Exception:
+                log.exception("cleanup_failed")
+            await asyncio.sleep(self.limits.cleanup_interval_secs)
 
 
 def _elapsed_ms(started: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ccgate.store.audit import AuditEntry, AuditTable
 from ccgate.store.engine import Database
+from ccgate.store.events import EventTable, JobEvent
 from ccgate.store.jobs import JobRecord, JobStatus, JobTable
 from ccgate.store.keys import KeyRecord, KeyTable
 
@@ -16,6 +17,7 @@ class Store:
         self.jobs = JobTable(db)
         self.keys = KeyTable(db)
         self.audit = AuditTable(db)
+        self.events = EventTable(db)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -34,4 +36,4 @@ class Store:
         await self.db.close()
 
 
-__all__ = ["AuditEntry", "Database", "JobRecord", "JobStatus", "KeyRecord", "Store"]
+__all__ = ["AuditEntry", "Database", "JobEvent", "JobRecord", "JobStatus", "KeyRecord", "Store"]

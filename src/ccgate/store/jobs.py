@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from ccgate.store.engine import Database
-from ccgate.store.schema import jobs
+from ccgate.store.events import JobEvent, append_terminal_event, insert_events
+from ccgate.store.schema import job_events, jobs, webhook_deliveries
+from ccgate.store.webhooks import insert_delivery
 
 
 class JobStatus(enum.StrEnum):
@@ -64,6 +67,9 @@ class JobRecord:
     finished_at: datetime | None
     lease_owner: str | None
     lease_expires_at: datetime | None
+    callback_url: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
 
 
 def _record(row: sa.Row[Any]) -> JobRecord:
@@ -80,9 +86,14 @@ class JobTable:
 
     async def insert(self, *, job_id: str, key_id: str | None, door: str, model: str,
                      request: dict[str, Any], metadata: dict[str, Any] | None,
-                     now: datetime, claim_for: str | None = None,
-                     lease_until: datetime | None = None) -> JobRecord:
-        """Store a new job and return it: queued, or already claimed by ``claim_for``."""
+                     now: datetime, callback_url: str | None = None,
+                     idempotency_key: str | None = None, request_hash: str | None = None,
+                     claim_for: str | None = None,
+                     lease_until: datetime | None = None) -> JobRecord | None:
+        """Store a new job and return it: queued, or already claimed by ``claim_for``.
+
+        Returns None when the key already has a job under ``idempotency_key``.
+        """
         claimed = claim_for is not None
         record = JobRecord(
             id=job_id, key_id=key_id, door=door,
@@ -91,10 +102,64 @@ class JobTable:
             error_message=None, usage=None, cost_usd=None, session_id=None,
             attempts=1 if claimed else 0, duration_ms=None, created_at=now,
             started_at=now if claimed else None, finished_at=None, lease_owner=claim_for,
-            lease_expires_at=lease_until if claimed else None)
+            lease_expires_at=lease_until if claimed else None, callback_url=callback_url,
+            idempotency_key=idempotency_key, request_hash=request_hash)
         values = {**record.__dict__, "status": record.status.value}
-        await self.db.write(lambda conn: conn.execute(jobs.insert().values(**values)))
+        try:
+            await self.db.write(lambda conn: conn.execute(jobs.insert().values(**values)))
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            return None
         return record
+
+    async def by_idempotency_key(self, key_id: str, idempotency_key: str) -> JobRecord | None:
+        """The key's job submitted under ``idempotency_key``, if any."""
+        query = sa.select(jobs).where(jobs.c.key_id == key_id,
+                                      jobs.c.idempotency_key == idempotency_key)
+
+        def op(conn: sa.Connection) -> JobRecord | None:
+            row = conn.execute(query).first()
+            return _record(row) if row else None
+
+        return await self.db.read(op)
+
+    async def page(self, key_id: str, *, status: JobStatus | None, limit: int,
+                   offset: int) -> tuple[list[JobRecord], int]:
+        """One page of a key's jobs, newest first, and how many there are in all."""
+        where = [jobs.c.key_id == key_id]
+        if status is not None:
+            where.append(jobs.c.status == status.value)
+        rows_query = (sa.select(jobs).where(*where)
+                      .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+                      .limit(limit).offset(offset))
+        count_query = sa.select(sa.func.count()).select_from(jobs).where(*where)
+
+        def op(conn: sa.Connection) -> tuple[list[JobRecord], int]:
+            return ([_record(r) for r in conn.execute(rows_query)],
+                    int(conn.execute(count_query).scalar() or 0))
+
+        return await self.db.read(op)
+
+    async def delete(self, job_id: str) -> bool:
+        """Remove a job with its events and deliveries."""
+        return await self.db.write(lambda conn: _delete_jobs(conn, [job_id]) > 0)
+
+    async def delete_finished_before(self, cutoff: datetime, batch: int = 500) -> int:
+        """Remove jobs that ended before ``cutoff``; return how many went."""
+        query = (sa.select(jobs.c.id)
+                 .where(jobs.c.finished_at < cutoff,
+                        jobs.c.status.in_([s.value for s in JobStatus if s.terminal]))
+                 .limit(batch))
+        total = 0
+        while True:
+            def op(conn: sa.Connection) -> int:
+                return _delete_jobs(conn, [r[0] for r in conn.execute(query)])
+
+            deleted = await self.db.write(op)
+            total += deleted
+            if deleted < batch:
+                return total
 
     async def get(self, job_id: str, key_id: str | None = None) -> JobRecord | None:
         """Return a job; with ``key_id``, only if that key owns it."""
@@ -119,59 +184,95 @@ class JobTable:
 
     async def transition(self, job_id: str, to: JobStatus, *,
                          lease_expired_before: datetime | None = None, **values: Any) -> bool:
-        """Move a job to ``to`` if its current status allows it; False if it did not apply.
+        """Move a job to a non-terminal ``to`` if its status allows; False if it did not apply.
 
         With ``lease_expired_before``, only a job whose lease ran out before then moves, so a
         node that renewed its lease in the meantime keeps its job.
         """
-        query = _guarded_update(job_id, to)
-        if lease_expired_before is not None:
-            query = query.where(jobs.c.lease_expires_at < lease_expired_before)
-        query = query.values(status=to.value, **values)
+        assert not to.terminal, "terminal states go through finish()"
+        query = _guarded_update(job_id, to, lease_expired_before).values(status=to.value,
+                                                                         **values)
         return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
-    async def finish(self, job_id: str, to: JobStatus, **values: Any) -> JobRecord | None:
-        """Like ``transition``, returning the updated job, or None if it did not apply."""
-        query = _guarded_update(job_id, to).values(status=to.value, **values).returning(*jobs.c)
+    async def finish(self, job_id: str, to: JobStatus, *, now: datetime,
+                     pending: Sequence[JobEvent] = (), closing_seq: int | None = None,
+                     lease_expired_before: datetime | None = None,
+                     **values: Any) -> tuple[JobRecord, JobEvent] | None:
+        """End a job in one transaction: its last chunks, the status change, the closing
+        ``result`` event and, when it asked for one, its webhook delivery.
 
-        def op(conn: sa.Connection) -> JobRecord | None:
+        Returns the ended job and its closing event, or None if the job had already ended
+        (the guard keeps the first ending: a late completion never overwrites a cancel).
+        """
+        assert to.terminal
+        query = (_guarded_update(job_id, to, lease_expired_before)
+                 .values(status=to.value, finished_at=now, lease_owner=None,
+                         lease_expires_at=None, **values)
+                 .returning(*jobs.c))
+
+        def op(conn: sa.Connection) -> tuple[JobRecord, JobEvent] | None:
             row = conn.execute(query).first()
-            return _record(row) if row is not None else None
+            if row is None:
+                return None
+            record = _record(row)
+            insert_events(conn, pending)
+            event = append_terminal_event(conn, job_id, "result", {"status": to.value}, now,
+                                          seq=closing_seq)
+            if record.callback_url:
+                insert_delivery(conn, job_id=job_id, url=record.callback_url, now=now)
+            return record, event
 
         return await self.db.write(op)
 
     async def claim_next(self, *, owner: str, now: datetime,
                          lease_until: datetime) -> JobRecord | None:
         """Move the oldest queued job to processing under ``owner``'s lease and return it."""
-        pick = (sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value)
-                .order_by(jobs.c.created_at, jobs.c.id).limit(1))
-        if self.db.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
+        # Fair between keys: the key served least recently goes first (never served: first
+        # of all), then its oldest job, so one key's flood cannot starve another key's job.
+        served = sa.alias(jobs, "served")
+        last_served = (sa.select(sa.func.max(served.c.started_at))
+                       .where(served.c.key_id == jobs.c.key_id).scalar_subquery())
+        candidates = (sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value)
+                      .order_by(last_served.asc().nulls_first(), jobs.c.created_at, jobs.c.id)
+                      .limit(8))
+        postgres = self.db.dialect == "postgresql"
 
         def op(conn: sa.Connection) -> JobRecord | None:
-            job_id = conn.execute(pick).scalar()
-            if job_id is None:
-                return None
-            row = conn.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
-                .values(status=JobStatus.PROCESSING.value, started_at=now, lease_owner=owner,
-                        lease_expires_at=lease_until, attempts=jobs.c.attempts + 1)
-                .returning(*jobs.c)).first()
-            return _record(row) if row is not None else None
+            ids = [r[0] for r in conn.execute(candidates)]
+            if postgres and ids:
+                # Skip rows another node is claiming right now instead of queueing behind it.
+                free = {r[0] for r in conn.execute(
+                    sa.select(jobs.c.id).where(jobs.c.id.in_(ids),
+                                               jobs.c.status == JobStatus.QUEUED.value)
+                    .with_for_update(skip_locked=True))}
+                ids = [i for i in ids if i in free]
+            for job_id in ids:
+                row = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
+                    .values(status=JobStatus.PROCESSING.value, started_at=now,
+                            lease_owner=owner, lease_expires_at=lease_until,
+                            attempts=jobs.c.attempts + 1)
+                    .returning(*jobs.c)).first()
+                if row is not None:
+                    return _record(row)
+            return None
 
         return await self.db.write(op)
 
-    async def renew_leases(self, owner: str, job_ids: Iterable[str], until: datetime) -> None:
-        """Extend the lease of jobs ``owner`` is still running."""
+    async def renew_leases(self, owner: str, job_ids: Iterable[str],
+                           until: datetime) -> set[str]:
+        """Extend the lease of jobs ``owner`` is still running; return those it still holds
+        (a job missing from the answer was cancelled or taken over elsewhere)."""
         ids = list(job_ids)
         if not ids:
-            return
+            return set()
         query = (jobs.update()
                  .where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
                         jobs.c.status == JobStatus.PROCESSING.value)
-                 .values(lease_expires_at=until))
-        await self.db.write(lambda conn: conn.execute(query))
+                 .values(lease_expires_at=until)
+                 .returning(jobs.c.id))
+        return await self.db.write(lambda conn: {r[0] for r in conn.execute(query)})
 
     async def expired_leases(self, now: datetime) -> list[JobRecord]:
         """Processing jobs whose lease ran out: their node died or lost the database."""
@@ -180,6 +281,18 @@ class JobTable:
         return await self.db.read(lambda conn: [_record(r) for r in conn.execute(query)])
 
 
-def _guarded_update(job_id: str, to: JobStatus) -> sa.Update:
+def _delete_jobs(conn: sa.Connection, job_ids: list[str]) -> int:
+    if not job_ids:
+        return 0
+    conn.execute(job_events.delete().where(job_events.c.job_id.in_(job_ids)))
+    conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.job_id.in_(job_ids)))
+    return conn.execute(jobs.delete().where(jobs.c.id.in_(job_ids))).rowcount
+
+
+def _guarded_update(job_id: str, to: JobStatus,
+                    lease_expired_before: datetime | None = None) -> sa.Update:
     sources = [s.value for s in ALLOWED_FROM[to]]
-    return jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(sources))
+    query = jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(sources))
+    if lease_expired_before is not None:
+        query = query.where(jobs.c.lease_expires_at < lease_expired_before)
+    return query

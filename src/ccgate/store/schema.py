@@ -42,6 +42,8 @@ api_keys = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("last_used_at", UTCDateTime(), nullable=True),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    # Needed in clear to sign webhooks, so it is kept, unlike the key's own secret.
+    sa.Column("webhook_secret", sa.String(100), nullable=True),
 )
 
 jobs = sa.Table(
@@ -67,8 +69,46 @@ jobs = sa.Table(
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("lease_owner", sa.String(64), nullable=True),
     sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("callback_url", sa.Text(), nullable=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Column("request_hash", sa.String(64), nullable=True),
     sa.Index("ix_jobs_status_created", "status", "created_at"),
     sa.Index("ix_jobs_key_created", "key_id", "created_at"),
+    sa.Index("ix_jobs_finished", "finished_at"),
+    sa.Index("ix_jobs_key_started", "key_id", "started_at"),
+    sa.Index("ux_jobs_key_idempotency", "key_id", "idempotency_key", unique=True),
+)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("job_id", sa.String(40), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("type", sa.String(20), nullable=False),
+    sa.Column("data", sa.JSON(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("job_id", sa.String(40), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("delivered_at", UTCDateTime(), nullable=True),
+    sa.Column("last_status_code", sa.Integer(), nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("history", sa.JSON(), nullable=False),
+    sa.Index("ix_webhook_due", "status", "next_attempt_at"),
+    sa.Index("ix_webhook_job", "job_id"),
 )
 
 audit_log = sa.Table(

@@ -1,0 +1,166 @@
+"""Async jobs on the native door: submit, poll, list, cancel, delete, and stream with SSE."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import Field
+
+from ccgate.api.auth import require_key
+from ccgate.api.native import RunBody, build_run_request, parse_body, submit_job
+from ccgate.api.views import render_job
+from ccgate.errors import ApiError
+from ccgate.jobs import JobService, Submission, request_to_json
+from ccgate.store import JobRecord, JobStatus, KeyRecord
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+CallerKey = Annotated[KeyRecord, Depends(require_key)]
+
+_MAX_PAGE = 100
+_MAX_IDEMPOTENCY_KEY = 200
+
+
+class JobBody(RunBody):
+    """The body of ``POST /api/v1/jobs``: a run, plus where to send the webhook."""
+
+    callback_url: str | None = Field(None, description="POSTed the job object, signed, when "
+                                     "the job ends.")
+
+
+def _request_hash(body: JobBody) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+async def job_view(request: Request, job: JobRecord) -> dict[str, Any]:
+    """The job object with its webhook delivery state."""
+    view = render_job(job)
+    if job.callback_url is not None:
+        view["webhook"] = await request.app.state.webhook_state(job.id)
+    return view
+
+
+async def owned_job(request: Request, key: KeyRecord, job_id: str) -> JobRecord:
+    """The caller's job, or 404: another key's job is indistinguishable from none."""
+    job = await request.app.state.store.jobs.get(job_id, key_id=key.id)
+    if job is None:
+        raise ApiError("not_found", f"no job {job_id!r}")
+    request.scope["ccgate.audit"] = {"job_id": job.id, "model": job.model}
+    return job  # type: ignore[no-any-return]
+
+
+@router.post("", status_code=202, summary="Submit a job and return at once",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": JobBody.model_json_schema()}}}})
+async def submit(request: Request, key: CallerKey,
+                 idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
+    """Queue a job; the same Idempotency-Key and body return the original job."""
+    body = await parse_body(request, JobBody)
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY:
+        raise ApiError("invalid_request", f"Idempotency-Key must be 1-{_MAX_IDEMPOTENCY_KEY} "
+                       "characters", param="Idempotency-Key")
+    if body.callback_url is not None:
+        request.app.state.check_callback(body.callback_url)
+    run_request = build_run_request(request, body)
+    job = await submit_job(request, Submission(
+        key_id=key.id, door="native",
+        request={**request_to_json(run_request), "response_format": body.response_format},
+        metadata=body.metadata, callback_url=body.callback_url,
+        idempotency_key=idempotency_key, request_hash=_request_hash(body)))
+    return JSONResponse(await job_view(request, job), status_code=202,
+                        headers={"Location": f"/api/v1/jobs/{job.id}"})
+
+
+@router.get("", summary="List the caller's jobs, newest first")
+async def list_jobs(
+    request: Request, key: CallerKey,
+    limit: Annotated[int, Query()] = 20,
+    offset: Annotated[int, Query()] = 0,
+    status: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
+    """One page of jobs: ``{jobs, total, limit, offset}``."""
+    if not 1 <= limit <= _MAX_PAGE:
+        raise ApiError("invalid_request", f"limit must be between 1 and {_MAX_PAGE}",
+                       param="limit")
+    if offset < 0:
+        raise ApiError("invalid_request", "offset must not be negative", param="offset")
+    wanted: JobStatus | None = None
+    if status is not None:
+        try:
+            wanted = JobStatus(status)
+        except ValueError:
+            raise ApiError("invalid_request", f"status must be one of "
+                           f"{', '.join(s.value for s in JobStatus)}", param="status") from None
+    jobs, total = await request.app.state.store.jobs.page(key.id, status=wanted, limit=limit,
+                                                          offset=offset)
+    return {"jobs": [render_job(j) for j in jobs], "total": total, "limit": limit,
+            "offset": offset}
+
+
+@router.get("/{job_id}", summary="Poll one job")
+async def get_job(request: Request, key: CallerKey, job_id: str) -> dict[str, Any]:
+    """The job object, with its webhook delivery state when it has a callback."""
+    return await job_view(request, await owned_job(request, key, job_id))
+
+
+@router.post("/{job_id}/cancel", summary="Cancel a queued or running job")
+async def cancel_job(request: Request, key: CallerKey, job_id: str) -> dict[str, Any]:
+    """A queued job never starts; a running one is stopped. 409 once it has ended."""
+    job = await owned_job(request, key, job_id)
+    cancelled = await request.app.state.jobs.cancel(job.id)
+    if cancelled is None:
+        current = await owned_job(request, key, job_id)
+        raise ApiError("conflict", f"job {job_id} already ended as {current.status.value}",
+                       extra={"job_id": job_id, "status": current.status.value})
+    return await job_view(request, cancelled)
+
+
+@router.delete("/{job_id}", status_code=204, summary="Delete a job (cancelling it first)")
+async def delete_job(request: Request, key: CallerKey, job_id: str) -> Response:
+    """Remove the job and its events; a running job is cancelled first."""
+    job = await owned_job(request, key, job_id)
+    jobs: JobService = request.app.state.jobs
+    if not job.status.terminal:
+        await jobs.cancel(job.id)
+    await request.app.state.store.jobs.delete(job.id)
+    return Response(status_code=204)
+
+
+@router.get("/{job_id}/sse", summary="Stream a job's events (Server-Sent Events)")
+async def stream_job(
+    request: Request, key: CallerKey, job_id: str,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """``status``, ``chunk`` and ``result`` events, each with an ``id:``; resumable."""
+    job = await owned_job(request, key, job_id)
+    after = 0
+    if last_event_id is not None:
+        try:
+            after = max(0, int(last_event_id))
+        except ValueError:
+            raise ApiError("invalid_request", "Last-Event-ID must be an event id from this "
+                           "stream", param="Last-Event-ID") from None
+    return StreamingResponse(
+        _sse(request, job, after), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _sse(request: Request, job: JobRecord, after: int) -> AsyncIterator[str]:
+    hub = request.app.state.jobs.hub
+    heartbeat = request.app.state.settings.sse_heartbeat_secs
+    yield ": ccgate job stream\n\n"
+    async for event in hub.subscribe(job.id, after, heartbeat):
+        if event is None:
+            yield ": heartbeat\n\n"
+            continue
+        data = event.data
+        if event.type == "result":
+            final = await request.app.state.store.jobs.get(job.id)
+            data = await job_view(request, final) if final is not None else event.data
+        yield (f"id: {event.seq}\nevent: {event.type}\n"
+               f"data: {json.dumps(data, ensure_ascii=False)}\n\n")

@@ -1,0 +1,199 @@
+"""Fan-out of job events to live subscribers, with replay from the store.
+
+Each event gets the next id of its job (the SSE ``id:``). Events of jobs running on this node
+are kept in memory while the job runs and written to the store in batches (every ~100 ms and
+when the job ends), so a subscriber who arrives late, reconnects with ``Last-Event-ID``, or
+sits on another node replays exactly what it missed. Subscribers on jobs running elsewhere are
+woken by one shared poller, not one query per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ccgate.clock import utcnow
+from ccgate.store import Store
+from ccgate.store.events import JobEvent
+
+log = structlog.get_logger("ccgate.events")
+
+_FLUSH_SECS = 0.1
+_POLL_SECS = 1.0
+_KEEP_ENDED_SECS = 30.0
+
+
+@dataclass
+class _LiveJob:
+    """The in-memory stream of a job running here."""
+
+    job_id: str
+    next_seq: int
+    events: list[JobEvent] = field(default_factory=list)
+    unflushed: list[JobEvent] = field(default_factory=list)
+    sealed: bool = False
+    ended: bool = False
+
+    @property
+    def first_seq(self) -> int:
+        return self.events[0].seq if self.events else self.next_seq
+
+
+class JobEventHub:
+    """Publishes job events and serves subscriptions to them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._live: dict[str, _LiveJob] = {}
+        self._signals: dict[str, asyncio.Event] = {}
+        self._watch_counts: dict[str, int] = {}
+        self._known_seq: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start the batch writer and the poller for jobs running on other nodes."""
+        self._tasks = [asyncio.create_task(self._flush_loop(), name="ccgate-events-flush"),
+                       asyncio.create_task(self._poll_loop(), name="ccgate-events-poll")]
+
+    async def stop(self) -> None:
+        """Write what is pending and stop the background tasks."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._flush_all()
+
+    # -- publishing (the job service) --------------------------------------------------
+
+    async def begin(self, job_id: str, *, fresh: bool) -> None:
+        """Open the live stream of a job that starts running here."""
+        last = 0 if fresh else (await self.store.events.last_seq([job_id])).get(job_id, 0)
+        self._live[job_id] = _LiveJob(job_id, next_seq=last + 1)
+
+    def publish(self, job_id: str, type_: str, data: dict[str, Any]) -> JobEvent | None:
+        """Add an event to a running job's stream; None once the stream is sealed."""
+        live = self._live.get(job_id)
+        if live is None or live.sealed:
+            return None
+        event = JobEvent(job_id, live.next_seq, type_, data, utcnow())
+        live.next_seq += 1
+        live.events.append(event)
+        live.unflushed.append(event)
+        self._signal(job_id)
+        return event
+
+    def seal(self, job_id: str) -> tuple[list[JobEvent], int | None]:
+        """Stop accepting events for the job. Return those not yet written, for the caller to
+        store in the transaction that ends the job, and the id its closing event must take
+        (None when the job does not run here: the store picks the next free id)."""
+        live = self._live.get(job_id)
+        if live is None:
+            return [], None
+        live.sealed = True
+        pending, live.unflushed = live.unflushed, []
+        return pending, live.next_seq
+
+    def end(self, job_id: str, closing: JobEvent | None) -> None:
+        """Record the job's closing event (already stored) and let subscribers finish."""
+        live = self._live.get(job_id)
+        if live is not None:
+            if closing is not None:
+                live.events.append(closing)
+            live.ended = True
+            asyncio.get_running_loop().call_later(_KEEP_ENDED_SECS, self._drop, job_id, live)
+        self._signal(job_id)
+
+    def _drop(self, job_id: str, live: _LiveJob) -> None:
+        if self._live.get(job_id) is live:
+            del self._live[job_id]
+
+    def notify(self, job_id: str) -> None:
+        """Wake subscribers of a job whose events changed in the store (e.g. a cancel)."""
+        self._signal(job_id)
+
+    def _signal(self, job_id: str) -> None:
+        signal = self._signals.pop(job_id, None)
+        if signal is not None:
+            signal.set()
+
+    # -- subscribing (the SSE door) ----------------------------------------------------
+
+    async def subscribe(self, job_id: str, after: int = 0,
+                        heartbeat_secs: float = 15.0) -> AsyncIterator[JobEvent | None]:
+        """Yield the job's events with ids above ``after`` until its ``result`` event;
+        yield None whenever ``heartbeat_secs`` pass without one."""
+        last = after
+        self._watch_counts[job_id] = self._watch_counts.get(job_id, 0) + 1
+        try:
+            while True:
+                signal = self._signals.setdefault(job_id, asyncio.Event())
+                batch = await self._events_after(job_id, last)
+                for event in batch:
+                    yield event
+                    last = event.seq
+                    if event.type == "result":
+                        return
+                if batch:
+                    continue
+                # Nothing new: sleep until a publish, a store change seen by the poller, or
+                # the heartbeat. Heartbeats alone do not touch the store.
+                while True:
+                    try:
+                        await asyncio.wait_for(signal.wait(), heartbeat_secs)
+                        break
+                    except asyncio.TimeoutError:
+                        yield None
+        finally:
+            count = self._watch_counts.pop(job_id, 1) - 1
+            if count > 0:
+                self._watch_counts[job_id] = count
+            else:
+                self._known_seq.pop(job_id, None)
+
+    async def _events_after(self, job_id: str, last: int) -> list[JobEvent]:
+        live = self._live.get(job_id)
+        if live is not None and live.first_seq <= last + 1:
+            return live.events[last + 1 - live.first_seq:]
+        return await self.store.events.after(job_id, last)
+
+    # -- background ----------------------------------------------------------------------
+
+    async def _flush_all(self) -> None:
+        batch: list[JobEvent] = []
+        for live in self._live.values():
+            batch.extend(live.unflushed)
+            live.unflushed = []
+        if batch:
+            await self.store.events.append(batch)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_SECS)
+            try:
+                await self._flush_all()
+            except Exception:
+                log.exception("event_flush_failed")
+
+    async def _poll_loop(self) -> None:
+        """Wake subscribers of jobs not running here when the store shows new events."""
+        while True:
+            await asyncio.sleep(_POLL_SECS)
+            watched = [j for j in self._watch_counts if j not in self._live]
+            if not watched:
+                continue
+            try:
+                latest = await self.store.events.last_seq(watched)
+            except Exception:
+                log.exception("event_poll_failed")
+                continue
+            for job_id, seq in latest.items():
+                if seq != self._known_seq.get(job_id):
+                    self._known_seq[job_id] = seq
+                    self._signal(job_id)

@@ -68,9 +68,19 @@ def serve(
         log.warning("unknown_setting", key=key, detail="not a ccgate setting; check for typos")
     log.info("starting", version=__version__, host=host or settings.host,
              port=port or settings.port, database=settings.database_url.split("://")[0])
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                log_config=None, access_log=False,
-                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_secs)))
+    from ccgate.server import GatewayServer
+
+    gateway = create_app(settings)
+
+    def stop_taking_jobs() -> None:
+        shutdown = getattr(gateway.state, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+    config = uvicorn.Config(gateway, host=host or settings.host, port=port or settings.port,
+                            log_config=None, access_log=False,
+                            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_secs)))
+    GatewayServer(config, stop_taking_jobs).run()
 
 
 @app.command()
@@ -112,12 +122,15 @@ def keys_create(ctx: typer.Context, name: str) -> None:
     from ccgate.security.keyring import KeyNameError
 
     try:
-        _, secret = _with_keyring(ctx, lambda ring: ring.create(name))
+        created = _with_keyring(ctx, lambda ring: ring.create(name))
     except KeyNameError as exc:
         _fail(str(exc))
+        return
     typer.echo(f"Created key {name!r}. Its secret is shown only now; store it safely:",
                err=True)
-    typer.echo(secret)
+    typer.echo(created.secret)
+    typer.echo(f"Webhook signing secret (also shown only now): {created.webhook_secret}",
+               err=True)
 
 
 @keys_app.command("list")
@@ -134,6 +147,17 @@ def keys_list(ctx: typer.Context) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@keys_app.command("webhook-secret")
+def keys_webhook_secret(ctx: typer.Context, name: str) -> None:
+    """Give a key a new webhook signing secret, printed once; the old one stops working."""
+    secret = _with_keyring(ctx, lambda ring: ring.rotate_webhook_secret(name))
+    if secret is None:
+        _fail(f"no active key named {name!r}")
+    typer.echo(f"New webhook signing secret for {name!r}; receivers must switch to it now:",
+               err=True)
+    typer.echo(secret)
 
 
 @keys_app.command("revoke")

@@ -54,6 +54,13 @@ class JobEventHub:
         self._watch_counts: dict[str, int] = {}
         self._known_seq: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.closing = False
+
+    def close_streams(self) -> None:
+        """End every subscription (shutdown): clients resume elsewhere with Last-Event-ID."""
+        self.closing = True
+        for job_id in list(self._signals):
+            self._signal(job_id)
 
     async def start(self) -> None:
         """Start the batch writer and the poller for jobs running on other nodes."""
@@ -132,7 +139,7 @@ class JobEventHub:
         last = after
         self._watch_counts[job_id] = self._watch_counts.get(job_id, 0) + 1
         try:
-            while True:
+            while not self.closing:
                 signal = self._signals.setdefault(job_id, asyncio.Event())
                 batch = await self._events_after(job_id, last)
                 for event in batch:
@@ -144,11 +151,11 @@ class JobEventHub:
                     continue
                 # Nothing new: sleep until a publish, a store change seen by the poller, or
                 # the heartbeat. Heartbeats alone do not touch the store.
-                while True:
+                while not self.closing:
                     try:
                         await asyncio.wait_for(signal.wait(), heartbeat_secs)
                         break
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         yield None
         finally:
             count = self._watch_counts.pop(job_id, 1) - 1

@@ -10,7 +10,8 @@ import structlog
 from fastapi import FastAPI
 
 from ccgate import __version__
-from ccgate.api import health, jobs as jobs_door, native
+from ccgate.api import health, native
+from ccgate.api import jobs as jobs_door
 from ccgate.api.errors import install_error_handlers
 from ccgate.api.middleware import RequestContextMiddleware
 from ccgate.api.views import render_job

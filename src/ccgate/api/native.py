@@ -200,7 +200,13 @@ async def run(request: Request, key: CallerKey) -> Response:
         key_id=key.id, door="native",
         request={**request_to_json(run_request), "response_format": body.response_format},
         metadata=body.metadata))
-    finished = await wait_unless_disconnected(request, job.id)
+    try:
+        finished = await wait_unless_disconnected(request, job.id)
+    except NotAccepting:
+        # The node stops before this run could finish; nobody would collect a later answer.
+        await request.app.state.jobs.cancel(job.id)
+        raise ApiError("shutting_down", "the server is shutting down; retry on another node",
+                       retry_after=5) from None
     if finished is None:
         request.scope["ccgate.audit"]["job_status"] = "cancelled"
         return Response(status_code=499)

@@ -88,6 +88,7 @@ class JobService:
         self._running: dict[str, asyncio.Task[JobRecord | None]] = {}
         self._requeue_requested: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._draining: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -101,13 +102,16 @@ class JobService:
                        asyncio.create_task(self._clean_up(), name="ccgate-cleanup")]
 
     def begin_shutdown(self) -> None:
-        """Refuse new jobs from now on (503), without stopping the running ones yet."""
+        """Refuse new jobs from now on (503), end event streams, and start the grace period
+        after which running jobs are stopped and put back in the queue."""
+        if self._draining is not None:
+            return
         self.accepting = False
         self._wake.set()
+        self.hub.close_streams()
+        self._draining = asyncio.create_task(self._drain(), name="ccgate-drain")
 
-    async def stop(self) -> None:
-        """Stop taking jobs, let running ones finish within the grace, requeue the rest."""
-        self.begin_shutdown()
+    async def _drain(self) -> None:
         running = list(self._running.values())
         if running:
             await asyncio.wait(running, timeout=self.limits.shutdown_grace_secs)
@@ -116,6 +120,12 @@ class JobService:
             task.cancel()
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=10)
+
+    async def stop(self) -> None:
+        """Stop taking jobs, let running ones finish within the grace, requeue the rest."""
+        self.begin_shutdown()
+        assert self._draining is not None
+        await self._draining
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -166,7 +176,6 @@ class JobService:
         if job is None:  # lost an idempotency race to a concurrent twin
             if start_now:
                 self._slots_taken -= 1
-            assert submission.key_id is not None and submission.idempotency_key is not None
             return await self._idempotent_twin(submission), False
         if start_now:
             self._launch(job)
@@ -175,7 +184,8 @@ class JobService:
         return job, True
 
     async def _idempotent_twin(self, submission: Submission) -> JobRecord:
-        assert submission.key_id is not None and submission.idempotency_key is not None
+        assert submission.key_id is not None
+        assert submission.idempotency_key is not None
         twin = await self.store.jobs.by_idempotency_key(submission.key_id,
                                                         submission.idempotency_key)
         assert twin is not None
@@ -184,7 +194,11 @@ class JobService:
         return twin
 
     async def wait(self, job_id: str) -> JobRecord:
-        """Return the job once it is terminal, whichever node ran it."""
+        """Return the job once it is terminal, whichever node ran it.
+
+        Raises NotAccepting when this node is shutting down and the job is not running
+        here: it would only end after the restart.
+        """
         while True:
             done = self._done_future(job_id)
             if job_id not in self._running:
@@ -192,6 +206,8 @@ class JobService:
                 if job is None or job.status.terminal:
                     assert job is not None, f"job {job_id} vanished while waited on"
                     return job
+                if not self.accepting:
+                    raise NotAccepting
             with contextlib.suppress(asyncio.TimeoutError):
                 final = await asyncio.wait_for(asyncio.shield(done), _POLL_SECS)
                 if final is not None:

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
 from ccgate.clock import utcnow as _now
-from ccgate.security.keys import hash_secret, mint_key, new_id
+from ccgate.security.keys import hash_secret, mint_key, mint_webhook_secret, new_id
 from ccgate.store import KeyRecord, Store
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # last_used_at is refreshed at most this often per key, so auth stays a read, not a write.
 _TOUCH_EVERY_SECS = 60.0
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A new key: its record, its secret and its webhook signing secret (each shown once)."""
+
+    record: KeyRecord
+    secret: str
+    webhook_secret: str
 
 
 class KeyNameError(ValueError):
@@ -27,23 +37,33 @@ class Keyring:
         self.store = store
         self._touched: dict[str, float] = {}
 
-    async def create(self, name: str) -> tuple[KeyRecord, str]:
-        """Mint a key named ``name``; return its record and the secret (never stored)."""
+    async def create(self, name: str) -> CreatedKey:
+        """Mint a key named ``name``; return its record and the secret (never stored).
+
+        The key also gets its own webhook signing secret; ``webhook_secret`` shows a new one.
+        """
         if not NAME_PATTERN.fullmatch(name):
             raise KeyNameError(f"key name {name!r} must be 1-100 letters, digits, '.', '_' or "
                                "'-', starting with a letter or digit")
         minted = mint_key()
+        webhook_secret = mint_webhook_secret()
         try:
             record = await self.store.keys.insert(
                 key_id=new_id("key"), name=name, prefix=minted.prefix,
-                secret_hash=minted.secret_hash, now=_now())
+                secret_hash=minted.secret_hash, now=_now(),
+                webhook_secret=webhook_secret)
         except IntegrityError:
             raise KeyNameError(f"a key named {name!r} already exists") from None
-        return record, minted.secret
+        return CreatedKey(record, minted.secret, webhook_secret)
 
     async def list(self) -> list[KeyRecord]:
         """Every key, revoked ones included, without secrets."""
         return await self.store.keys.list()
+
+    async def rotate_webhook_secret(self, name: str) -> str | None:
+        """Give a key a new webhook signing secret and return it (None: no such active key)."""
+        secret = mint_webhook_secret()
+        return secret if await self.store.keys.set_webhook_secret(name, secret) else None
 
     async def revoke(self, name: str) -> bool:
         """Revoke a key; the very next request with it fails. False if no active key matched."""

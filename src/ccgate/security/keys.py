@@ -34,3 +34,11 @@ def mint_key() -> MintedKey:
 def new_id(prefix: str) -> str:
     """A random, URL-safe identifier such as ``job_3f9a...``."""
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a visible prefix, not a secret)
+
+
+def mint_webhook_secret() -> str:
+    """A new secret for signing one key's webhooks."""
+    return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)

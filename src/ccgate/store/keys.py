@@ -48,10 +48,11 @@ class KeyTable:
         self.db = db
 
     async def insert(self, *, key_id: str, name: str, prefix: str, secret_hash: str,
-                     now: datetime) -> KeyRecord:
+                     now: datetime, webhook_secret: str | None = None) -> KeyRecord:
         """Store a new key; raise sqlalchemy IntegrityError if the name is taken."""
         query = api_keys.insert().values(id=key_id, name=name, prefix=prefix,
-                                         secret_hash=secret_hash, created_at=now)
+                                         secret_hash=secret_hash, created_at=now,
+                                         webhook_secret=webhook_secret)
         await self.db.write(lambda conn: conn.execute(query))
         return KeyRecord(key_id, name, prefix, now, None, None)
 
@@ -82,6 +83,13 @@ class KeyTable:
         query = (api_keys.update()
                  .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
                  .values(revoked_at=now))
+        return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
+
+    async def set_webhook_secret(self, name: str, secret: str) -> bool:
+        """Replace an active key's webhook secret; False when no active key has that name."""
+        query = (api_keys.update()
+                 .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+                 .values(webhook_secret=secret))
         return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
     async def touch(self, key_id: str, now: datetime) -> None:

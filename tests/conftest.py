@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -38,14 +40,27 @@ async def _postgres_reachable(url: str) -> str | None:
     return None
 
 
-async def _reset_postgres(url: str) -> None:
+@contextlib.asynccontextmanager
+async def fresh_postgres_database(base_url: str) -> AsyncIterator[str]:
+    """Create an empty database next to ``base_url``'s, yield its URL, drop it afterwards;
+    tests running at the same time never share tables."""
     import asyncpg
+    from sqlalchemy.engine import make_url
 
-    conn = await asyncpg.connect(url)
+    name = f"ccgate_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(base_url)
     try:
-        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
-        await conn.close()
+        await admin.close()
+    try:
+        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin = await asyncpg.connect(base_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 @pytest.fixture
@@ -67,19 +82,19 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """A freshly migrated, empty store on each backend (the contract suite runs on both)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        problem = await _postgres_reachable(POSTGRES_URL)
-        if problem:
-            service_missing(problem)
-        await _reset_postgres(POSTGRES_URL)
-        url = POSTGRES_URL
-    opened = await Store.open(url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'store.db'}"
+        else:
+            problem = await _postgres_reachable(POSTGRES_URL)
+            if problem:
+                service_missing(problem)
+            url = await stack.enter_async_context(fresh_postgres_database(POSTGRES_URL))
+        opened = await Store.open(url)
+        try:
+            yield opened
+        finally:
+            await opened.close()
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ async def gateway_factory(
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                    base_url="http://ccgate.test")
         stack.append((app, client, lifespan))
-        _, secret = await app.state.keyring.create("app")
+        secret = (await app.state.keyring.create("app")).secret
         return Gateway(app, client, secret)
 
     yield start

@@ -39,7 +39,7 @@ async def test_jobs_submit_returns_202_then_polls_to_completed(gateway: Gateway)
 async def test_jobs_other_keys_job_is_404(gateway: Gateway) -> None:
     """Key B cannot see, cancel, stream or delete key A's job: 404 each time."""
     job_id = (await _submit(gateway, {"prompt": "mine"})).json()["job_id"]
-    _, other = await gateway.app.state.keyring.create("other")
+    other = (await gateway.app.state.keyring.create("other")).secret
     for method, path in [("GET", ""), ("POST", "/cancel"), ("GET", "/sse"), ("DELETE", "")]:
         response = await gateway.client.request(method, f"/api/v1/jobs/{job_id}{path}",
                                                 headers=gateway.auth(other))
@@ -81,7 +81,7 @@ async def test_jobs_idempotency_key_returns_the_original(gateway: Gateway) -> No
 
 async def test_jobs_idempotency_keys_are_per_api_key(gateway: Gateway) -> None:
     """Another API key using the same Idempotency-Key gets its own job."""
-    _, other = await gateway.app.state.keyring.create("other")
+    other = (await gateway.app.state.keyring.create("other")).secret
     first = await _submit(gateway, {"prompt": "x"}, **{"Idempotency-Key": "shared"})
     second = await _submit(gateway, {"prompt": "x"}, other, **{"Idempotency-Key": "shared"})
     assert first.json()["job_id"] != second.json()["job_id"]
@@ -139,7 +139,7 @@ async def test_jobs_fairness_between_keys(gateway_factory: Any) -> None:
     """With one key's flood queued, another key's single job starts within the next slots."""
     runner = FakeRunner(block=True)
     gw = await gateway_factory(runner, CCGATE_CONCURRENCY=1)
-    _, other = await gw.app.state.keyring.create("other")
+    other = (await gw.app.state.keyring.create("other")).secret
     for n in range(20):
         await _submit(gw, {"prompt": f"flood {n}"})
     lone = (await _submit(gw, {"prompt": "lone"}, other)).json()["job_id"]

@@ -197,6 +197,7 @@ async def test_run_unknown_route_and_method_use_error_shape(gateway: Gateway) ->
 async def test_run_writes_audit_row_without_prompt_text(gateway: Gateway) -> None:
     """Each request leaves an audit row with sizes and tokens but no prompt text."""
     await gateway.run({"prompt": "top secret plan"})
+    await gateway.app.state.audit.flush()
     [row] = await gateway.app.state.store.audit.recent()
     assert (row["key_name"], row["door"], row["http_status"]) == ("app", "native", 200)
     assert row["job_status"] == "completed" and row["model"] == "sonnet"
@@ -209,6 +210,7 @@ async def test_run_audit_keeps_prompt_only_when_enabled(gateway_factory: Any) ->
     """CCGATE_AUDIT_PROMPTS=true stores the prompt text in the audit row."""
     gw = await gateway_factory(CCGATE_AUDIT_PROMPTS="true")
     await gw.run({"prompt": "keep me"})
+    await gw.app.state.audit.flush()
     [row] = await gw.app.state.store.audit.recent()
     assert row["prompt_text"] == "keep me"
 
@@ -216,5 +218,6 @@ async def test_run_audit_keeps_prompt_only_when_enabled(gateway_factory: Any) ->
 async def test_run_rejected_request_is_audited(gateway: Gateway) -> None:
     """A 401 also leaves an audit row, with no key name."""
     await gateway.client.post("/api/v1/run", json={"prompt": "x"})
+    await gateway.app.state.audit.flush()
     [row] = await gateway.app.state.store.audit.recent()
     assert (row["http_status"], row["key_name"]) == (401, None)

@@ -113,8 +113,8 @@ async def test_store_audit_rows_append(store: Store) -> None:
     """Audit rows are kept newest first."""
     from ccgate.store import AuditEntry
 
-    for n in range(3):
-        await store.audit.append(AuditEntry(at=utcnow(), request_id=f"req_{n}", door="native",
-                                            route="/api/v1/run", http_status=200, duration_ms=n))
+    await store.audit.append_many([
+        AuditEntry(at=utcnow(), request_id=f"req_{n}", door="native", route="/api/v1/run",
+                   http_status=200, duration_ms=n) for n in range(3)])
     rows = await store.audit.recent(2)
     assert [r["request_id"] for r in rows] == ["req_2", "req_1"]

@@ -15,6 +15,7 @@ from ccgate.api import jobs as jobs_door
 from ccgate.api.errors import install_error_handlers
 from ccgate.api.middleware import RequestContextMiddleware
 from ccgate.api.views import render_job
+from ccgate.audit import AuditLog
 from ccgate.config import Settings
 from ccgate.errors import ApiError
 from ccgate.jobs import JobService, QueueLimits
@@ -66,13 +67,16 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
                 raise ApiError("invalid_request", f"callback_url is not allowed: {exc}",
                                param="callback_url") from None
 
+        audit = AuditLog(store)
         app.state.store = store
+        app.state.audit = audit
         app.state.cli_status = cli_status
         app.state.keyring = Keyring(store)
         app.state.jobs = jobs
         app.state.webhook_state = webhook_state
         app.state.check_callback = check_callback
         app.state.shutdown = jobs.begin_shutdown
+        await audit.start()
         await jobs.start()
         await dispatcher.start()
         try:
@@ -80,6 +84,7 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         finally:
             await jobs.stop()
             await dispatcher.stop()
+            await audit.stop()
             await store.close()
 
     app = FastAPI(title="ccgate", version=__version__, lifespan=lifespan,

@@ -10,9 +10,10 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ccgate.api.errors import error_response
+from ccgate.audit import AuditLog
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
-from ccgate.store import AuditEntry, Store
+from ccgate.store import AuditEntry
 
 log = structlog.get_logger("ccgate.http")
 
@@ -85,7 +86,7 @@ class RequestContextMiddleware:
             await self.app(scope, capped_receive, send_with_id)
         finally:
             self._log(scope, request_id, status, started)
-            await self._audit(scope, request_id, status, started)
+            self._audit(scope, request_id, status, started)
 
     def _log(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         client = scope.get("client")
@@ -93,25 +94,21 @@ class RequestContextMiddleware:
                  status=status, duration_ms=round((time.monotonic() - started) * 1000, 2),
                  key=scope.get("ccgate.key_name"), client=client[0] if client else None)
 
-    async def _audit(self, scope: Scope, request_id: str, status: int, started: float) -> None:
+    def _audit(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         path: str = scope["path"]
         if not path.startswith(AUDITED_PREFIXES):
             return
         app = scope.get("app")
-        store: Store | None = getattr(getattr(app, "state", None), "store", None)
-        if store is None:
+        audit: AuditLog | None = getattr(getattr(app, "state", None), "audit", None)
+        if audit is None:
             return
         facts: dict[str, Any] = scope.get("ccgate.audit", {})
         client = scope.get("client")
-        entry = AuditEntry(
+        audit.record(AuditEntry(
             at=utcnow(), request_id=request_id, door=door_of(path), route=path,
             http_status=status, duration_ms=int((time.monotonic() - started) * 1000),
             key_name=scope.get("ccgate.key_name"), client_ip=client[0] if client else None,
-            **facts)
-        try:
-            await store.audit.append(entry)
-        except Exception:
-            log.exception("audit_write_failed", request_id=request_id)
+            **facts))
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -20,6 +20,7 @@ from ccgate.jobs.requests import request_from_json
 from ccgate.runners.base import RunError, Runner, RunResult, TextDelta
 from ccgate.security.keys import new_id
 from ccgate.store import JobRecord, JobStatus, Store
+from ccgate.store.jobs import QueueAtCapacity
 
 log = structlog.get_logger("ccgate.jobs")
 
@@ -152,13 +153,11 @@ class JobService:
                 if earlier.request_hash != submission.request_hash:
                     raise IdempotencyConflict
                 return earlier, False
-        queued = await self.store.jobs.count(JobStatus.QUEUED)
-        if queued >= self.limits.queue_size:
-            raise QueueFull(retry_after=self._retry_after_hint())
-        start_now = queued == 0 and self._slots_taken < self.limits.concurrency
-        if start_now:
+        reserve = self._slots_taken < self.limits.concurrency
+        if reserve:
             self._slots_taken += 1
         now = self.clock()
+        job: JobRecord | None = None
         try:
             job = await self.store.jobs.insert(
                 job_id=new_id("job"), key_id=submission.key_id, door=submission.door,
@@ -166,18 +165,17 @@ class JobService:
                 metadata=submission.metadata, now=now,
                 callback_url=submission.callback_url,
                 idempotency_key=submission.idempotency_key,
-                request_hash=submission.request_hash,
-                claim_for=self.node_id if start_now else None,
+                request_hash=submission.request_hash, max_queued=self.limits.queue_size,
+                claim_for=self.node_id if reserve else None,
                 lease_until=now + timedelta(seconds=self.limits.lease_secs))
-        except BaseException:
-            if start_now:
+        except QueueAtCapacity:
+            raise QueueFull(retry_after=self._retry_after_hint()) from None
+        finally:
+            if reserve and not job_started(job):
                 self._slots_taken -= 1
-            raise
         if job is None:  # lost an idempotency race to a concurrent twin
-            if start_now:
-                self._slots_taken -= 1
             return await self._idempotent_twin(submission), False
-        if start_now:
+        if job_started(job):
             self._launch(job)
         else:
             self._wake.set()
@@ -415,6 +413,11 @@ class JobService:
             except Exception:
                 log.exception("cleanup_failed")
             await asyncio.sleep(self.limits.cleanup_interval_secs)
+
+
+def job_started(job: JobRecord | None) -> bool:
+    """True for a job the store handed back already claimed (it runs at once)."""
+    return job is not None and job.status is JobStatus.PROCESSING
 
 
 def _elapsed_ms(started: float) -> int:

@@ -42,10 +42,11 @@ class AuditTable:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def append(self, entry: AuditEntry) -> None:
-        """Add one row."""
-        query = audit_log.insert().values(**asdict(entry))
-        await self.db.write(lambda conn: conn.execute(query))
+    async def append_many(self, entries: list[AuditEntry]) -> None:
+        """Add rows in one transaction."""
+        rows = [asdict(e) for e in entries]
+        if rows:
+            await self.db.write(lambda conn: conn.execute(audit_log.insert(), rows))
 
     async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest rows first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ ALLOWED_FROM: Mapping[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset({JobStatus.QUEUED, JobStatus.PROCESSING}),
     JobStatus.CANCELLED: frozenset({JobStatus.QUEUED, JobStatus.PROCESSING}),
 }
+
+
+class QueueAtCapacity(Exception):
+    """The queue already holds the most jobs it may."""
 
 
 @dataclass(frozen=True)
@@ -88,30 +93,46 @@ class JobTable:
                      request: dict[str, Any], metadata: dict[str, Any] | None,
                      now: datetime, callback_url: str | None = None,
                      idempotency_key: str | None = None, request_hash: str | None = None,
-                     claim_for: str | None = None,
+                     max_queued: int | None = None, claim_for: str | None = None,
                      lease_until: datetime | None = None) -> JobRecord | None:
-        """Store a new job and return it: queued, or already claimed by ``claim_for``.
+        """Store a new job and return it, in one transaction that also checks capacity.
 
-        Returns None when the key already has a job under ``idempotency_key``.
+        Raises QueueAtCapacity when ``max_queued`` jobs already wait. With ``claim_for``, a
+        job submitted while nothing waits is stored already claimed by that node (status
+        processing), saving the round trip of a later claim. Returns None when the key
+        already has a job under ``idempotency_key``.
         """
-        claimed = claim_for is not None
-        record = JobRecord(
-            id=job_id, key_id=key_id, door=door,
-            status=JobStatus.PROCESSING if claimed else JobStatus.QUEUED, model=model,
+        base = JobRecord(
+            id=job_id, key_id=key_id, door=door, status=JobStatus.QUEUED, model=model,
             request=request, metadata=metadata, result=None, error_type=None,
-            error_message=None, usage=None, cost_usd=None, session_id=None,
-            attempts=1 if claimed else 0, duration_ms=None, created_at=now,
-            started_at=now if claimed else None, finished_at=None, lease_owner=claim_for,
-            lease_expires_at=lease_until if claimed else None, callback_url=callback_url,
+            error_message=None, usage=None, cost_usd=None, session_id=None, attempts=0,
+            duration_ms=None, created_at=now, started_at=None, finished_at=None,
+            lease_owner=None, lease_expires_at=None, callback_url=callback_url,
             idempotency_key=idempotency_key, request_hash=request_hash)
-        values = {**record.__dict__, "status": record.status.value}
+        claimed = dataclasses.replace(
+            base, status=JobStatus.PROCESSING, attempts=1, started_at=now,
+            lease_owner=claim_for, lease_expires_at=lease_until)
+        count_queued = (sa.select(sa.func.count()).select_from(jobs)
+                        .where(jobs.c.status == JobStatus.QUEUED.value))
+
+        def op(conn: sa.Connection) -> JobRecord:
+            record = base
+            if max_queued is not None or claim_for is not None:
+                waiting = int(conn.execute(count_queued).scalar() or 0)
+                if max_queued is not None and waiting >= max_queued:
+                    raise QueueAtCapacity(waiting)
+                if claim_for is not None and waiting == 0:
+                    record = claimed
+            conn.execute(jobs.insert().values(**{**record.__dict__,
+                                                 "status": record.status.value}))
+            return record
+
         try:
-            await self.db.write(lambda conn: conn.execute(jobs.insert().values(**values)))
+            return await self.db.write(op)
         except IntegrityError:
             if idempotency_key is None:
                 raise
             return None
-        return record
 
     async def by_idempotency_key(self, key_id: str, idempotency_key: str) -> JobRecord | None:
         """The key's job submitted under ``idempotency_key``, if any."""

@@ -1,0 +1,292 @@
+"""Signed webhook delivery: the outbox rows in ``webhook_deliveries``, sent through the guard.
+
+Each finished job that asked for a callback has a delivery row (written in the transaction
+that ended the job). The dispatcher leases due rows, POSTs the job object signed with
+HMAC-SHA256, and records every attempt; failures are retried with capped exponential backoff
+and full jitter. Delivery is at least once: receivers dedupe on the event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import hmac
+import json
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+
+from ccgate import __version__
+from ccgate.clock import utcnow
+from ccgate.config import Settings
+from ccgate.security.netguard import BlockedDestination, OutboundGuard, ResponseTooLarge
+from ccgate.store import JobRecord, Store
+from ccgate.store.webhooks import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    Attempt,
+    DeliveryRecord,
+    DeliveryTable,
+)
+
+log = structlog.get_logger("ccgate.webhooks")
+
+EVENT_ID_HEADER = "X-Ccgate-Event-Id"
+TIMESTAMP_HEADER = "X-Ccgate-Timestamp"
+SIGNATURE_HEADER = "X-Ccgate-Signature"
+USER_AGENT = f"ccgate-webhooks/{__version__}"
+# Receivers are expected to answer with little or nothing; only the status matters.
+_MAX_RESPONSE_BYTES = 65_536
+
+Render = Callable[[JobRecord], dict[str, Any]]
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """Hex HMAC-SHA256 of ``"<timestamp>." + body`` under ``secret``."""
+    message = f"{timestamp}.".encode() + body
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def backoff_ceiling(attempts_done: int, base: float, cap: float) -> float:
+    """The largest wait before the next attempt: ``base`` doubling per attempt, up to ``cap``."""
+    return float(min(cap, base * 2 ** max(0, attempts_done - 1)))
+
+
+def full_jitter(ceiling: float) -> float:
+    """A wait drawn uniformly from ``[0, ceiling]`` ("full jitter")."""
+    # Spreads the retries of many receivers; it needs no cryptographic randomness.
+    return random.uniform(0, ceiling)  # noqa: S311
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def delivery_view(record: DeliveryRecord | None) -> dict[str, Any] | None:
+    """The public state of a job's webhook delivery, for the job object (None: no callback)."""
+    if record is None:
+        return None
+    return {
+        "event_id": record.id,
+        "url": record.url,
+        "status": record.status,
+        "attempts": record.attempts,
+        "last_status_code": record.last_status_code,
+        "last_error": record.last_error,
+        "next_attempt_at": _iso(record.next_attempt_at) if record.status == PENDING else None,
+        "delivered_at": _iso(record.delivered_at),
+    }
+
+
+class WebhookDispatcher:
+    """Sends due webhook deliveries from this node, each attempt under a lease."""
+
+    def __init__(self, store: Store, guard: OutboundGuard, settings: Settings,
+                 render: Render, node_id: str, http: httpx.AsyncClient | None = None, *,
+                 clock: Callable[[], datetime] = utcnow, base_delay: float = 2.0,
+                 max_delay: float = 300.0, jitter: Callable[[float], float] = full_jitter,
+                 poll_secs: float = 1.0, max_in_flight: int = 16,
+                 stop_grace_secs: float = 5.0) -> None:
+        """``http`` is borrowed (the caller closes it); without one the dispatcher owns one.
+
+        ``base_delay``/``max_delay`` shape the backoff and ``jitter`` picks a wait up to its
+        ceiling; tests shrink or pin them.
+        """
+        self.store = store
+        self.guard = guard
+        self.settings = settings
+        self.render = render
+        self.node_id = node_id
+        self.clock = clock
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.jitter = jitter
+        self.poll_secs = poll_secs
+        self.max_in_flight = max_in_flight
+        self.stop_grace_secs = stop_grace_secs
+        self.deliveries = DeliveryTable(store.db)
+        self._http = http
+        self._owns_http = http is None
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._warned_unsigned: set[str | None] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the delivery loop."""
+        if self._http is None:
+            # trust_env=False: proxies and CA paths come from Settings, never os.environ.
+            self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        self._loop_task = asyncio.create_task(self._loop(), name="ccgate-webhooks")
+
+    async def stop(self) -> None:
+        """Stop claiming; let attempts in flight finish within the grace, then cancel them."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        pending = list(self._in_flight.values())
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.stop_grace_secs)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        if self._owns_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def wake(self) -> None:
+        """Look for due deliveries now rather than at the next poll."""
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._claim_and_launch()
+            except Exception:
+                log.exception("webhook_claim_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_secs)
+
+    async def _claim_and_launch(self) -> int:
+        free = self.max_in_flight - len(self._in_flight)
+        if free <= 0:
+            return 0
+        now = self.clock()
+        lease = timedelta(seconds=self.settings.webhook_timeout_secs + 30)
+        due = await self.deliveries.claim_due(self.node_id, now, now + lease, free)
+        for delivery in due:
+            task = asyncio.create_task(self._attempt(delivery), name=f"ccgate-hook-{delivery.id}")
+            self._in_flight[delivery.id] = task
+            task.add_done_callback(functools.partial(self._landed, delivery.id))
+        return len(due)
+
+    def _landed(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(delivery_id, None)
+        self._wake.set()
+
+    # -- one attempt -------------------------------------------------------------------
+
+    async def _attempt(self, delivery: DeliveryRecord) -> None:
+        """Send ``delivery`` once and record the outcome; never raises except on cancel."""
+        try:
+            outcome, terminal = await self._send(delivery)
+            await self._record(delivery, outcome, terminal=terminal)
+        except asyncio.CancelledError:
+            # Shutting down mid-attempt: hand the row back so the next node retries it soon.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.deliveries.release(delivery.id, self.node_id))
+            raise
+        except Exception:
+            log.exception("webhook_attempt_crashed", event_id=delivery.id)
+
+    async def _send(self, delivery: DeliveryRecord) -> tuple[Attempt, bool]:
+        """POST the job once; return the attempt and whether its failure is final."""
+        started_at = self.clock()
+        started = time.monotonic()
+
+        def outcome(status_code: int | None, error: str | None) -> Attempt:
+            return Attempt(at=started_at, status_code=status_code, error=error,
+                           duration_ms=int((time.monotonic() - started) * 1000))
+
+        job = await self.store.jobs.get(delivery.job_id)
+        if job is None:
+            return outcome(None, "the job no longer exists"), True
+        body = json.dumps(self.render(job), separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+        headers = await self._headers(delivery, job, body, int(started_at.timestamp()))
+        assert self._http is not None, "start() the dispatcher before sending"
+        timeout = self.settings.webhook_timeout_secs
+        try:
+            response = await self.guard.send(self._http, "POST", delivery.url, headers=headers,
+                                             content=body, timeout=timeout,
+                                             max_response_bytes=_MAX_RESPONSE_BYTES)
+            code = response.status_code
+        except ResponseTooLarge as exc:
+            code = exc.status_code
+        except BlockedDestination as exc:
+            log.warning("webhook_blocked", event_id=delivery.id, reason=exc.reason)
+            return outcome(None, f"blocked: {exc.reason}"), True
+        except (TimeoutError, httpx.TimeoutException):
+            return outcome(None, f"timed out after {timeout:g}s"), False
+        except OSError:
+            return outcome(None, "the receiver's host name did not resolve"), False
+        except httpx.HTTPError as exc:
+            return outcome(None, f"request failed: {type(exc).__name__}"), False
+        if 200 <= code < 300:
+            return outcome(code, None), False
+        return outcome(code, f"receiver answered HTTP {code}"), False
+
+    async def _headers(self, delivery: DeliveryRecord, job: JobRecord, body: bytes,
+                       timestamp: int) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            EVENT_ID_HEADER: delivery.id,
+            TIMESTAMP_HEADER: str(timestamp),
+        }
+        secret = None
+        if job.key_id is not None:
+            secret = await self.deliveries.signing_secret(job.key_id)
+        secret = secret or self.settings.webhook_secret
+        if secret:
+            headers[SIGNATURE_HEADER] = f"sha256={sign(secret, timestamp, body)}"
+        elif job.key_id not in self._warned_unsigned:
+            self._warned_unsigned.add(job.key_id)
+            log.warning("webhook_unsigned", key_id=job.key_id,
+                        hint="set CCGATE_WEBHOOK_SECRET or a key webhook secret")
+        return headers
+
+    async def _record(self, delivery: DeliveryRecord, attempt: Attempt, *,
+                      terminal: bool) -> None:
+        if attempt.error is None:
+            status, next_at = DELIVERED, None
+        elif terminal:
+            status, next_at = FAILED, None
+        else:
+            status, next_at = self._retry_or_fail(delivery, attempt)
+        saved = await self.deliveries.record(delivery.id, owner=self.node_id, attempt=attempt,
+                                             status=status, next_attempt_at=next_at)
+        if saved is None:
+            log.warning("webhook_lease_lost", event_id=delivery.id)
+            return
+        if next_at is not None:
+            delay = (next_at - self.clock()).total_seconds()
+            asyncio.get_running_loop().call_later(max(0.0, delay), self._wake.set)
+        level = log.info if status != FAILED else log.warning
+        level("webhook_attempt", event_id=delivery.id, job_id=delivery.job_id,
+              status=status, attempts=saved.attempts, status_code=attempt.status_code,
+              error=attempt.error)
+
+    def _retry_or_fail(self, delivery: DeliveryRecord,
+                       attempt: Attempt) -> tuple[str, datetime | None]:
+        done = delivery.attempts + 1
+        if done >= self.settings.webhook_max_attempts:
+            return FAILED, None
+        ceiling = backoff_ceiling(done, self.base_delay, self.max_delay)
+        next_at = attempt.at + timedelta(seconds=self.jitter(ceiling))
+        first = _first_attempt_at(delivery) or attempt.at
+        if next_at > first + timedelta(seconds=self.settings.webhook_retry_span_secs):
+            return FAILED, None
+        return PENDING, next_at
+
+
+def _first_attempt_at(delivery: DeliveryRecord) -> datetime | None:
+    if not delivery.history:
+        return None
+    return datetime.fromisoformat(str(delivery.history[0]["at"]).replace("Z", "+00:00"))

@@ -1,0 +1,261 @@
+"""Webhook delivery end to end: a real receiver on loopback, the store on each backend."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from ccgate.clock import utcnow
+from ccgate.config import Settings
+from ccgate.security.keys import new_id
+from ccgate.security.netguard import OutboundGuard
+from ccgate.store import JobRecord, Store
+from ccgate.store.schema import api_keys
+from ccgate.store.webhooks import Attempt, DeliveryRecord, DeliveryTable, insert_delivery
+from ccgate.webhooks import (
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookDispatcher,
+    sign,
+)
+from tests.support.webhook_receiver import WebhookReceiver
+
+Dispatchers = Callable[..., Any]
+
+
+def _render(job: JobRecord) -> dict[str, Any]:
+    return {"job_id": job.id, "status": job.status.value}
+
+
+async def _ended_job(store: Store, url: str, key_id: str | None = None) -> str:
+    """Store a job and queue its delivery; return the event id."""
+    now, job_id = utcnow(), new_id("job")
+    await store.jobs.insert(job_id=job_id, key_id=key_id, door="native", model="sonnet",
+                            request={"prompt": "hi"}, metadata=None, now=now)
+    event_id: str = await store.db.write(
+        lambda conn: insert_delivery(conn, job_id=job_id, url=url, now=now))
+    return event_id
+
+
+async def _settled(store: Store, event_id: str, timeout: float = 10) -> DeliveryRecord:
+    """The delivery once it is no longer pending."""
+    table, deadline = DeliveryTable(store.db), time.monotonic() + timeout
+    while True:
+        record = await table.get(event_id)
+        assert record is not None
+        if record.status != "pending" or time.monotonic() > deadline:
+            return record
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[Callable[..., Any]]:
+    """Start loopback receivers answering a status script; all closed at the end."""
+    started: list[WebhookReceiver] = []
+
+    async def start(statuses: tuple[int, ...] = (), default: int = 200) -> WebhookReceiver:
+        started.append(await WebhookReceiver(statuses, default).start())
+        return started[-1]
+
+    yield start
+    for receiver in started:
+        await receiver.close()
+
+
+@pytest.fixture
+async def dispatchers(make_settings: Callable[..., Settings]) -> AsyncIterator[Dispatchers]:
+    """Start dispatchers with millisecond backoff and 127.0.0.1 allowed; all stopped at the end."""
+    started: list[WebhookDispatcher] = []
+
+    async def start(store: Store, *, http: httpx.AsyncClient | None = None,
+                    env: dict[str, Any] | None = None, **options: Any) -> WebhookDispatcher:
+        settings = make_settings(**{"CCGATE_WEBHOOK_SECRET": "global-secret", **(env or {})})
+        options = {"base_delay": 0.01, "max_delay": 0.05, "poll_secs": 0.05, **options}
+        dispatcher = WebhookDispatcher(store, OutboundGuard(allow=["127.0.0.1"]), settings,
+                                       _render, node_id=new_id("node"), http=http, **options)
+        await dispatcher.start()
+        started.append(dispatcher)
+        return dispatcher
+
+    yield start
+    for dispatcher in started:
+        await dispatcher.stop()
+
+
+async def test_webhook_dispatcher_signs_with_the_keys_secret(
+        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """The receiver gets the rendered job, signed with the key's own webhook secret."""
+    receiver = await receivers()
+    await store.keys.insert(key_id="key_1", name="app", prefix="p", secret_hash="h" * 64,
+                            now=utcnow())
+    await store.db.write(lambda conn: conn.execute(
+        api_keys.update().where(api_keys.c.id == "key_1").values(webhook_secret="key-secret")))
+    event_id = await _ended_job(store, receiver.url, key_id="key_1")
+    await dispatchers(store)
+    assert (await _settled(store, event_id)).status == "delivered"
+    [got] = receiver.received
+    expected = sign("key-secret", int(got.headers[TIMESTAMP_HEADER.lower()]), got.body)
+    assert got.headers[SIGNATURE_HEADER.lower()] == f"sha256={expected}"
+    assert got.headers[EVENT_ID_HEADER.lower()] == event_id
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers["user-agent"].startswith("ccgate-webhooks/")
+    assert got.body.startswith(b'{"job_id":"job_')
+
+
+async def test_webhook_dispatcher_retries_with_the_same_event_id(
+        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """Two 500s then a 200 make three attempts of one event, ending delivered."""
+    receiver = await receivers(statuses=(500, 500))
+    event_id = await _ended_job(store, receiver.url)
+    await dispatchers(store)
+    record = await _settled(store, event_id)
+    assert record.status == "delivered"
+    assert record.attempts == 3
+    assert record.delivered_at is not None and record.next_attempt_at is None
+    assert [h["status_code"] for h in record.history] == [500, 500, 200]
+    assert {r.headers[EVENT_ID_HEADER.lower()] for r in receiver.received} == {event_id}
+    assert len(receiver.received) == 3
+
+
+async def test_webhook_dispatcher_fails_after_max_attempts(
+        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """A receiver that always fails gets exactly the allowed attempts; each is in the history."""
+    receiver = await receivers(default=500)
+    event_id = await _ended_job(store, receiver.url)
+    await dispatchers(store, env={"CCGATE_WEBHOOK_MAX_ATTEMPTS": 3})
+    record = await _settled(store, event_id)
+    assert record.status == "failed"
+    assert record.attempts == 3 and len(receiver.received) == 3
+    assert record.last_status_code == 500
+    assert record.last_error == "receiver answered HTTP 500"
+    assert [h["error"] for h in record.history] == ["receiver answered HTTP 500"] * 3
+    assert all(h["duration_ms"] >= 0 and h["at"].endswith("Z") for h in record.history)
+
+
+async def test_webhook_dispatcher_gives_up_past_the_retry_span(
+        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """A retry that would fall after the retry span is not scheduled: the delivery fails."""
+    receiver = await receivers(default=503)
+    event_id = await _ended_job(store, receiver.url)
+    await dispatchers(store, env={"CCGATE_WEBHOOK_RETRY_SPAN_SECS": 1}, base_delay=5.0,
+                      max_delay=300.0, jitter=lambda ceiling: ceiling)
+    record = await _settled(store, event_id)
+    assert record.status == "failed"
+    assert record.attempts == 1 and len(receiver.received) == 1
+    assert record.last_status_code == 503
+
+
+async def test_webhook_dispatcher_blocks_private_callbacks_without_connecting(
+        store: Store, dispatchers: Dispatchers) -> None:
+    """A callback to 10.x fails at once as blocked, and no request leaves the process."""
+    sent: list[httpx.Request] = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200)
+
+    event_id = await _ended_job(store, "http://10.1.2.3/hook")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(transport)) as http:
+        await dispatchers(store, http=http)
+        record = await _settled(store, event_id)
+    assert record.status == "failed" and record.attempts == 1
+    assert record.last_error is not None and record.last_error.startswith("blocked:")
+    assert "private" in record.last_error
+    assert sent == []
+
+
+async def test_webhook_dispatcher_resumes_pending_deliveries_after_restart(
+        tmp_path: Path, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """A delivery still pending when its dispatcher stops is sent by the next one."""
+    url = f"sqlite:///{tmp_path}/x.db"
+    receiver = await receivers(statuses=(500,))
+    first_store = await Store.open(url)
+    event_id = await _ended_job(first_store, receiver.url)
+    first = await dispatchers(first_store, base_delay=1.0, max_delay=1.0,
+                              jitter=lambda ceiling: ceiling)
+    while not receiver.received:
+        await asyncio.sleep(0.02)
+    await first.stop()
+    paused = await DeliveryTable(first_store.db).get(event_id)
+    assert paused is not None and paused.status == "pending" and paused.attempts == 1
+    await first_store.close()
+    second_store = await Store.open(url)
+    try:
+        await dispatchers(second_store)
+        record = await _settled(second_store, event_id)
+    finally:
+        await second_store.close()
+    assert record.status == "delivered" and record.attempts == 2
+    assert len(receiver.received) == 2
+
+
+async def test_webhook_deliveries_claim_leases_each_row_once(store: Store) -> None:
+    """A claimed delivery is not claimable again until its lease runs out, and not before due."""
+    table = DeliveryTable(store.db)
+    event_id = await _ended_job(store, "https://example.com/hook")
+    now = utcnow()
+    [claimed] = await table.claim_due("node-a", now, now + timedelta(seconds=30), 10)
+    assert claimed.id == event_id and claimed.lease_owner == "node-a"
+    assert await table.claim_due("node-b", now, now + timedelta(seconds=30), 10) == []
+    later = now + timedelta(seconds=31)
+    [again] = await table.claim_due("node-b", later, later + timedelta(seconds=30), 10)
+    assert again.lease_owner == "node-b"
+    attempt = Attempt(at=later, status_code=500, error="x", duration_ms=1)
+    assert await table.record(event_id, owner="node-a", attempt=attempt, status="pending",
+                              next_attempt_at=later) is None
+    saved = await table.record(event_id, owner="node-b", attempt=attempt, status="pending",
+                               next_attempt_at=later + timedelta(seconds=60))
+    assert saved is not None and saved.attempts == 1 and saved.lease_owner is None
+    assert await table.claim_due("node-c", later, later + timedelta(seconds=30), 10) == []
+    assert (await table.for_job(saved.job_id)) == saved
+
+
+async def test_webhook_dispatchers_on_two_nodes_send_each_event_once(
+        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """Two dispatchers sharing a store deliver every event exactly once between them."""
+    receiver = await receivers()
+    events = {await _ended_job(store, receiver.url) for _ in range(12)}
+    await asyncio.gather(dispatchers(store, max_in_flight=3),
+                         dispatchers(store, max_in_flight=3))
+    for event_id in events:
+        assert (await _settled(store, event_id)).status == "delivered"
+    sent = [r.headers[EVENT_ID_HEADER.lower()] for r in receiver.received]
+    assert sorted(sent) == sorted(events)
+
+
+async def test_webhook_dispatcher_retries_refused_connections(
+        store: Store, dispatchers: Dispatchers) -> None:
+    """A receiver that refuses connections is retried, then failed with a neutral error."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    event_id = await _ended_job(store, f"http://127.0.0.1:{port}/hook?token=secret-token")
+    await dispatchers(store, env={"CCGATE_WEBHOOK_MAX_ATTEMPTS": 2})
+    record = await _settled(store, event_id)
+    assert record.status == "failed" and record.attempts == 2
+    assert record.last_status_code is None
+    assert record.last_error == "request failed: ConnectError"
+
+
+async def test_webhook_dispatcher_sends_unsigned_and_warns_once_without_a_secret(
+        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """With no secret anywhere, webhooks go out unsigned and the warning is logged once."""
+    receiver = await receivers()
+    events = [await _ended_job(store, receiver.url) for _ in range(2)]
+    with structlog.testing.capture_logs() as logs:
+        await dispatchers(store, env={"CCGATE_WEBHOOK_SECRET": ""})
+        for event_id in events:
+            assert (await _settled(store, event_id)).status == "delivered"
+    assert len(receiver.received) == 2
+    assert all(SIGNATURE_HEADER.lower() not in r.headers for r in receiver.received)
+    assert [e["event"] for e in logs].count("webhook_unsigned") == 1

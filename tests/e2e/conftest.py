@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +41,77 @@ def wait_for_no_runs(work_dir: Path, timeout: float = 5.0) -> list[int]:
     return processes_under(work_dir)
 
 
+def _texts(blocks: Any) -> list[str]:
+    if isinstance(blocks, str):
+        return [blocks]
+    if not isinstance(blocks, list):
+        return []
+    return [b["text"] for b in blocks if isinstance(b, dict) and isinstance(b.get("text"), str)]
+
+
+def system_texts(body: Any) -> list[str]:
+    """The text of every `system` block of an upstream Messages request."""
+    return _texts(body.get("system")) if isinstance(body, dict) else []
+
+
+def user_texts(body: Any) -> list[str]:
+    """The text of every text block in the user turns of an upstream Messages request."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    return [
+        text
+        for message in messages or []
+        if isinstance(message, dict) and message.get("role") == "user"
+        for text in _texts(message.get("content"))
+    ]
+
+
+def raw_run_request(key: str, body: Mapping[str, Any]) -> bytes:
+    """The bytes of one `POST /api/v1/run`, for tests that must drop the connection."""
+    data = json.dumps(body).encode()
+    head = (
+        "POST /api/v1/run HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    return head.encode() + data
+
+
+def wait_for_run_started(fake: FakeAnthropic, work_dir: Path, timeout: float = 20.0) -> list[int]:
+    """Wait until the upstream got a request and a CLI run is alive; return the runs' pids."""
+    started = wait_until(
+        lambda: bool(fake.message_requests() and processes_under(work_dir)), timeout
+    )
+    assert started, "no CLI run reached the upstream"
+    return processes_under(work_dir)
+
+
+def keyed_client(server: ServerProcess, key_name: str = "e2e") -> httpx.Client:
+    """A client for `server` sending a freshly created key; close it (or use `with`)."""
+    key = server.create_key(key_name)
+    return httpx.Client(
+        base_url=server.url,
+        timeout=HTTP_TIMEOUT_SECS,
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+@contextlib.contextmanager
+def run_in_background(
+    client: httpx.Client, body: Mapping[str, Any]
+) -> Iterator[Future[httpx.Response]]:
+    """Send `POST /api/v1/run` on a thread; the block waits for the answer when it ends."""
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(client.post, "/api/v1/run", json=body)
+
+
 @pytest.fixture
 def claude_path() -> Path:
     """The real pinned claude CLI; skips (or fails in CI) when it is not installed."""
     path = find_real_claude()
     if path is None:
-        service_missing("the real claude CLI is not installed: run scripts/test.sh or set "
-                        "CCGATE_TEST_CLAUDE")
+        service_missing(
+            "the real claude CLI is not installed: run scripts/test.sh or set CCGATE_TEST_CLAUDE"
+        )
     assert path is not None
     return path
 
@@ -73,8 +140,9 @@ def work_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server_env(fake: FakeAnthropic, home: Path, work_dir: Path,
-               claude_path: Path) -> dict[str, str]:
+def server_env(
+    fake: FakeAnthropic, home: Path, work_dir: Path, claude_path: Path
+) -> dict[str, str]:
     """A fresh environment for `ccgate serve` running the real CLI against the fake."""
     return {
         **cli_env(fake, home),
@@ -91,17 +159,21 @@ def start_server(tmp_path: Path, work_dir: Path) -> Iterator[StartServer]:
     started: list[ServerProcess] = []
 
     def start(env: Mapping[str, str], **overrides: Any) -> ServerProcess:
-        server = ServerProcess({**env, **{k: str(v) for k, v in overrides.items()}},
-                               tmp_path / f"server{len(started)}")
+        server = ServerProcess(
+            {**env, **{k: str(v) for k, v in overrides.items()}}, tmp_path / f"server{len(started)}"
+        )
         started.append(server)
         return server.start()
 
     yield start
     for server in reversed(started):
         server.stop()
+        # pytest shows this only when the test failed.
+        print(f"--- log of ccgate serve in {server.cwd} ---\n{server.log_text()}")
     # A server that failed its test may have left runs behind: end them, by pid.
     for pid in processes_under(work_dir):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -119,6 +191,22 @@ def api_key(gateway: ServerProcess) -> str:
 @pytest.fixture
 def client(gateway: ServerProcess, api_key: str) -> Iterator[httpx.Client]:
     """An HTTP client for `gateway` that sends `api_key`."""
-    with httpx.Client(base_url=gateway.url, timeout=HTTP_TIMEOUT_SECS,
-                      headers={"Authorization": f"Bearer {api_key}"}) as http:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=gateway.url, timeout=HTTP_TIMEOUT_SECS, headers=headers) as http:
         yield http
+
+
+@pytest.fixture
+def make_client(
+    start_server: StartServer, server_env: dict[str, str]
+) -> Iterator[Callable[..., httpx.Client]]:
+    """Factory: `make_client(**CCGATE_overrides)` starts a server and returns a keyed client."""
+    clients: list[httpx.Client] = []
+
+    def make(**overrides: Any) -> httpx.Client:
+        clients.append(keyed_client(start_server(server_env, **overrides)))
+        return clients[-1]
+
+    yield make
+    for http in clients:
+        http.close()

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import httpx
+from tests.support.fake_claude_factory import make_fake_claude
 
 from bench.harness import machine_line, serve
-from tests.support.fake_claude_factory import make_fake_claude
 
 _BODY = json.dumps({"prompt": "Name 3 colors"})
 

@@ -79,10 +79,11 @@ class JobEventHub:
 
     # -- publishing (the job service) --------------------------------------------------
 
-    async def begin(self, job_id: str, *, fresh: bool) -> None:
-        """Open the live stream of a job that starts running here."""
-        last = 0 if fresh else (await self.store.events.last_seq([job_id])).get(job_id, 0)
-        self._live[job_id] = _LiveJob(job_id, next_seq=last + 1)
+    def begin(self, job_id: str, *, next_seq: int) -> None:
+        """Open the live stream of a job that starts running here, its first event taking
+        ``next_seq`` (ids stay increasing across attempts, so a resuming client never meets
+        an id twice)."""
+        self._live[job_id] = _LiveJob(job_id, next_seq=next_seq)
 
     def publish(self, job_id: str, type_: str, data: dict[str, Any]) -> JobEvent | None:
         """Add an event to a running job's stream; None once the stream is sealed."""

@@ -93,7 +93,7 @@ async def test_hub_many_live_subscribers_get_the_same_events(sqlite_store: Store
     await sqlite_store.jobs.insert(job_id="job_1", key_id=None, door="native", model="m",
                                    request={}, metadata=None, now=utcnow(), claim_for="n",
                                    lease_until=utcnow())
-    await hub.begin("job_1", fresh=True)
+    hub.begin("job_1", next_seq=1)
     early = [asyncio.create_task(_collect(hub, "job_1")) for _ in range(3)]
     hub.publish("job_1", "status", {"status": "processing"})
     await asyncio.sleep(0.05)

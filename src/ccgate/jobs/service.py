@@ -203,8 +203,10 @@ class JobService:
                 job = await self.store.jobs.get(job_id)
                 if job is None or job.status.terminal:
                     assert job is not None, f"job {job_id} vanished while waited on"
+                    self._forget_waiter(job_id, done)
                     return job
                 if not self.accepting:
+                    self._forget_waiter(job_id, done)
                     raise NotAccepting
             with contextlib.suppress(asyncio.TimeoutError):
                 final = await asyncio.wait_for(asyncio.shield(done), _POLL_SECS)
@@ -231,6 +233,11 @@ class JobService:
         if future is None:
             future = self._done[job_id] = asyncio.get_running_loop().create_future()
         return future
+
+    def _forget_waiter(self, job_id: str, future: asyncio.Future[JobRecord | None]) -> None:
+        # A job that ended on another node is never announced here: drop its future.
+        if self._done.get(job_id) is future and not future.done():
+            del self._done[job_id]
 
     def _announce(self, job_id: str, record: JobRecord | None) -> None:
         """Hand the final record (None: look it up) to whoever waits on the job."""
@@ -303,12 +310,17 @@ class JobService:
         """Run the job, streaming its events; store its outcome and return the final job."""
         started = time.monotonic()
         try:
-            if job.attempts > 1:
-                await self.store.events.drop_chunks(job.id)
-            await self.hub.begin(job.id, fresh=job.attempts <= 1)
+            # A job that ran before (a crash, a shutdown) has events already: continue after
+            # their ids and drop their text, so a replay holds only this attempt's answer.
+            earlier = 0
+            if not _fresh(job):
+                earlier = (await self.store.events.last_seq([job.id])).get(job.id, 0)
+                if earlier:
+                    await self.store.events.drop_chunks(job.id)
+            self.hub.begin(job.id, next_seq=earlier + 1)
             self.hub.publish(job.id, "status", {"status": "processing",
                                                 "attempt": job.attempts,
-                                                "restarted": job.attempts > 1})
+                                                "restarted": earlier > 0})
             result = await self._stream(job)
         except asyncio.CancelledError:
             await self._after_cancel(job)
@@ -413,6 +425,11 @@ class JobService:
             except Exception:
                 log.exception("cleanup_failed")
             await asyncio.sleep(self.limits.cleanup_interval_secs)
+
+
+def _fresh(job: JobRecord) -> bool:
+    """True for a job claimed straight from its submit: it cannot have events yet."""
+    return job.attempts == 1 and job.started_at == job.created_at
 
 
 def job_started(job: JobRecord | None) -> bool:

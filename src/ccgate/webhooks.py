@@ -117,6 +117,7 @@ class WebhookDispatcher:
         self._owns_http = http is None
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._warned_unsigned: set[str | None] = set()
 
@@ -124,13 +125,18 @@ class WebhookDispatcher:
 
     async def start(self) -> None:
         """Start the delivery loop."""
+        self._stopping = False
         if self._http is None:
-            # trust_env=False: proxies and CA paths come from Settings, never os.environ.
+            # trust_env=False: only config.py reads os.environ, so no proxy/CA variables.
             self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self._loop_task = asyncio.create_task(self._loop(), name="ccgate-webhooks")
 
     async def stop(self) -> None:
-        """Stop claiming; let attempts in flight finish within the grace, then cancel them."""
+        """Stop claiming; let attempts in flight finish within the grace, then cancel them.
+
+        Call it before closing the store: attempts in flight still record their outcome.
+        """
+        self._stopping = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -154,14 +160,16 @@ class WebhookDispatcher:
     # -- the loop ----------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 await self._claim_and_launch()
             except Exception:
                 log.exception("webhook_claim_failed")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel from stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_secs)
+                async with asyncio.timeout(self.poll_secs):
+                    await self._wake.wait()
 
     async def _claim_and_launch(self) -> int:
         free = self.max_in_flight - len(self._in_flight)

@@ -191,8 +191,9 @@ async def test_webhook_dispatcher_resumes_pending_deliveries_after_restart(
     await first_store.close()
     second_store = await Store.open(url)
     try:
-        await dispatchers(second_store)
+        second = await dispatchers(second_store)
         record = await _settled(second_store, event_id)
+        await second.stop()
     finally:
         await second_store.close()
     assert record.status == "delivered" and record.attempts == 2

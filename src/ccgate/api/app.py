@@ -26,7 +26,6 @@ from ccgate.runners.cli_status import CliStatus
 from ccgate.security.keyring import Keyring
 from ccgate.security.netguard import BlockedDestination, OutboundGuard
 from ccgate.store import Store
-from ccgate.store.webhooks import DeliveryTable
 from ccgate.webhooks import WebhookDispatcher, delivery_view
 
 log = structlog.get_logger("ccgate")
@@ -53,12 +52,11 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
             job_ttl_hours=settings.job_ttl_hours,
             cleanup_interval_secs=settings.cleanup_interval_secs))
         guard = OutboundGuard(settings.outbound_allow)
-        deliveries = DeliveryTable(store.db)
         dispatcher = WebhookDispatcher(store, guard, settings, render_job, jobs.node_id)
         jobs.on_finished.append(lambda job: dispatcher.wake() if job.callback_url else None)
 
         async def webhook_state(job_id: str) -> dict[str, Any] | None:
-            return delivery_view(await deliveries.for_job(job_id))
+            return delivery_view(await store.webhooks.for_job(job_id))
 
         def check_callback(url: str) -> None:
             try:

@@ -7,6 +7,7 @@ from ccgate.store.engine import Database
 from ccgate.store.events import EventTable, JobEvent
 from ccgate.store.jobs import JobRecord, JobStatus, JobTable
 from ccgate.store.keys import KeyRecord, KeyTable
+from ccgate.store.webhooks import DeliveryTable
 
 
 class Store:
@@ -18,6 +19,7 @@ class Store:
         self.keys = KeyTable(db)
         self.audit = AuditTable(db)
         self.events = EventTable(db)
+        self.webhooks = DeliveryTable(db)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:

@@ -113,15 +113,15 @@ class ClaudeCliRunner:
     ) -> bytes | None:
         remaining = deadline - time.monotonic()
         idle = request.idle_timeout_secs
-        wait = min(remaining, idle) if idle > 0 else remaining
-        if wait <= 0:
+        idle_binds = 0 < idle < remaining
+        if remaining <= 0:
             raise _timeout("wall", request.timeout_secs)
         try:
-            return await asyncio.wait_for(process.readline(), wait)
+            return await asyncio.wait_for(process.readline(), idle if idle_binds else remaining)
         except TimeoutError:
-            if idle > 0 and time.monotonic() < deadline:
-                raise _timeout("idle", idle) from None
-            raise _timeout("wall", request.timeout_secs) from None
+            # Name the limit that was actually waited on: timers may fire a hair early.
+            raise _timeout("idle" if idle_binds else "wall",
+                           idle if idle_binds else request.timeout_secs) from None
 
 
 def _timeout(kind: str, secs: float) -> RunError:

@@ -1,17 +1,20 @@
 """Connections to the store. Each store operation is one plain function over a SQLAlchemy
 ``Connection``; ``Database`` decides where it runs:
 
-- SQLite: on a dedicated writer thread (every write of the process, one at a time, as
-  datasette does) or on a small reader pool. One thread hop per operation, instead of the
-  several hops per statement an async SQLite driver makes.
-- PostgreSQL: on asyncpg through SQLAlchemy's ``run_sync``, without threads.
+- SQLite: right on the event loop, one operation at a time, so every write of the process
+  goes through a single writer by construction. SQLite answers these small operations in tens
+  of microseconds; handing them to a thread costs more than that, and a writer thread
+  contending for the GIL with the event loop costs milliseconds. When another process holds
+  the write lock (``ccgate keys`` while ``serve`` runs), the operation gives the loop back and
+  retries instead of blocking it.
+- PostgreSQL: on asyncpg through SQLAlchemy's ``run_sync``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +27,9 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 T = TypeVar("T")
 Operation = Callable[[sa.Connection], T]
 
-_SQLITE_READERS = 2
+# How long one attempt may wait for another process's write lock before yielding the loop.
+_SQLITE_BUSY_MS = 20
+_SQLITE_LOCK_PATIENCE_SECS = 30.0
 
 
 def engine_url(url: str) -> str:
@@ -40,7 +45,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -60,13 +65,9 @@ class Database:
         self._async: AsyncEngine | None = None
         self._sync: sa.Engine | None = None
         if self.dialect == "sqlite":
-            self._sync = sa.create_engine(self.url, pool_size=_SQLITE_READERS + 1,
-                                          max_overflow=0)
+            self._sync = sa.create_engine(self.url, poolclass=sa.pool.StaticPool)
             event.listen(self._sync, "connect", _sqlite_pragmas)
             event.listen(self._sync, "begin", _sqlite_begin)
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="ccgate-sqlite-writer")
-            self._readers = ThreadPoolExecutor(_SQLITE_READERS,
-                                               thread_name_prefix="ccgate-sqlite-reader")
         else:
             self._async = create_async_engine(self.url, pool_size=10, max_overflow=10,
                                               pool_pre_ping=True)
@@ -74,9 +75,7 @@ class Database:
     async def read(self, operation: Operation[T]) -> T:
         """Run ``operation`` on a connection for queries that change nothing."""
         if self._sync is not None:
-            # A WAL read never waits for a lock and takes well under a millisecond: running
-            # it on the event loop costs less than the thread hand-off it would need.
-            return self._run_sync(operation, False)
+            return await self._run_sqlite(operation, write=False)
         assert self._async is not None
         async with self._async.connect() as conn:
             return await conn.run_sync(operation)
@@ -84,11 +83,22 @@ class Database:
     async def write(self, operation: Operation[T]) -> T:
         """Run ``operation`` in a transaction that commits when it returns."""
         if self._sync is not None:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._run_sync, operation, True)
+            return await self._run_sqlite(operation, write=True)
         assert self._async is not None
         async with self._async.begin() as conn:
             return await conn.run_sync(operation)
+
+    async def _run_sqlite(self, operation: Operation[T], *, write: bool) -> T:
+        deadline = time.monotonic() + _SQLITE_LOCK_PATIENCE_SECS
+        pause = 0.005
+        while True:
+            try:
+                return self._run_sync(operation, write)
+            except sa.exc.OperationalError as exc:
+                if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
     def _run_sync(self, operation: Operation[T], write: bool) -> T:
         assert self._sync is not None
@@ -108,8 +118,6 @@ class Database:
     async def close(self) -> None:
         """Release every connection and thread."""
         if self._sync is not None:
-            self._writer.shutdown(wait=True)
-            self._readers.shutdown(wait=True)
             self._sync.dispose()
         if self._async is not None:
             await self._async.dispose()

@@ -123,8 +123,8 @@ class JobTable:
                     raise QueueAtCapacity(waiting)
                 if claim_for is not None and waiting == 0:
                     record = claimed
-            conn.execute(jobs.insert().values(**{**record.__dict__,
-                                                 "status": record.status.value}))
+            # Parameters rather than .values(): the compiled INSERT is cached and reused.
+            conn.execute(jobs.insert(), {**record.__dict__, "status": record.status.value})
             return record
 
         try:

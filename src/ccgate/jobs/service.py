@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -341,7 +342,7 @@ class JobService:
             duration_ms=_elapsed_ms(started), model=result.model or job.model)
 
     async def _stream(self, job: JobRecord) -> RunResult:
-        request = request_from_json(job.request)
+        request = dataclasses.replace(request_from_json(job.request), owner=job.key_id)
         async with contextlib.aclosing(self.runner.run(request)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):

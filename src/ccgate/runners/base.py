@@ -19,6 +19,8 @@ class RunRequest:
     timeout_secs: float = 600.0
     idle_timeout_secs: float = 0.0
     stream: bool = True
+    # Who the run is for (the API key's id): a warm process never serves two owners.
+    owner: str | None = None
 
     @classmethod
     def from_text(cls, prompt: str, model: str, **kwargs: Any) -> RunRequest:

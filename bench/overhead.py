@@ -63,12 +63,20 @@ async def direct(fake: Path, concurrency: int, total: int, work: Path) -> list[f
         run_dir = tempfile.mkdtemp(dir=work)
         proc = await asyncio.create_subprocess_exec(
             *build_argv(options, request), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=run_dir,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=run_dir,
             env=build_env(options, run_dir))
-        out, _ = await proc.communicate(user_message(request.content))
-        assert b'"type":"result"' in out or b'"type": "result"' in out
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(user_message(request.content))
+        proc.stdin.close()
+        # Like ccgate, count until the result line; the process exits on its own after.
+        while b'"type":"result"' not in (line := await proc.stdout.readline()):
+            assert line, "the fake CLI ended without a result"
+        exiting.append(asyncio.create_task(proc.wait()))
 
-    return await _bounded(concurrency, total, one)
+    exiting: list[asyncio.Task[int]] = []
+    latencies = await _bounded(concurrency, total, one)
+    await asyncio.gather(*exiting)
+    return latencies
 
 
 def _free_port() -> int:

@@ -212,6 +212,18 @@ SETTINGS: tuple[Setting, ...] = (
             "receivers. Empty: only public addresses."),
     Setting("CCGATE_WORK_DIR", "", "a directory path, or empty", _optional_text,
             "Parent of the throwaway per-run directories. Empty: the system temp directory."),
+    Setting("CCGATE_POOL_MODE", "off", "off, fresh or reuse", _choice("off", "fresh", "reuse"),
+            "Warm pool of pre-started CLI processes (docs/pool.md). `fresh`: one request per "
+            "process; `reuse`: reset with /clear and reused. `off`: every run starts cold."),
+    Setting("CCGATE_POOL_MAX_PROCESSES", "4", "an integer between 1 and 256", _int(1, 256),
+            "Most pooled CLI processes alive at once, idle and busy (~200 MiB RSS each)."),
+    Setting("CCGATE_POOL_MIN_IDLE", "1", "an integer between 1 and 16", _int(1, 16),
+            "Idle processes kept ready per recently active (key, model, system prompt)."),
+    Setting("CCGATE_POOL_IDLE_SECS", "300", "a number of seconds between 1 and 86400",
+            _float(1, 86400),
+            "An idle pooled process older than this is stopped, and its owner no longer warmed."),
+    Setting("CCGATE_POOL_MAX_REQUESTS", "50", "an integer between 1 and 10000", _int(1, 10000),
+            "In `reuse` mode: requests one process serves before it is retired."),
     Setting("CCGATE_CLI_ENV_PASSTHROUGH", "", "comma-separated variable names", _env_names,
             "Extra variables passed from ccgate's environment to the CLI, beyond the built-in "
             "allowlist."),
@@ -260,6 +272,11 @@ class Settings:
     outbound_allow: tuple[str, ...]
     work_dir: str | None
     cli_env_passthrough: tuple[str, ...]
+    pool_mode: str
+    pool_max_processes: int
+    pool_min_idle: int
+    pool_idle_secs: float
+    pool_max_requests: int
     audit_prompts: bool
     log_level: str
     env_file: str | None
@@ -359,6 +376,11 @@ def load_settings(
         outbound_allow=parsed["CCGATE_OUTBOUND_ALLOW"],
         work_dir=parsed["CCGATE_WORK_DIR"],
         cli_env_passthrough=passthrough,
+        pool_mode=parsed["CCGATE_POOL_MODE"],
+        pool_max_processes=parsed["CCGATE_POOL_MAX_PROCESSES"],
+        pool_min_idle=parsed["CCGATE_POOL_MIN_IDLE"],
+        pool_idle_secs=parsed["CCGATE_POOL_IDLE_SECS"],
+        pool_max_requests=parsed["CCGATE_POOL_MAX_REQUESTS"],
         audit_prompts=parsed["CCGATE_AUDIT_PROMPTS"],
         log_level=parsed["CCGATE_LOG_LEVEL"],
         env_file=parsed[ENV_FILE_KEY],

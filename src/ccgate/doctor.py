@@ -8,6 +8,7 @@ from ccgate import __version__
 from ccgate.config import Settings
 from ccgate.runners.base import RunError, RunRequest, collect
 from ccgate.runners.cli_status import CliStatus
+from ccgate.runners.pool import APPROX_RSS_MIB
 from ccgate.store import Store
 
 PROBE_PROMPT = "Reply with the single word: pong"
@@ -42,6 +43,7 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
         report(True, f"claude CLI {cli.version} at {cli.path}")
     if settings.allow_tools:
         echo("[warn] CCGATE_ALLOW_TOOLS=true: the model may run commands on this machine")
+    echo(pool_line(settings))
     if settings.admin_token is None:
         echo("[info] CCGATE_ADMIN_TOKEN is unset: the admin API is off")
     if probe and cli.path and not cli.problem:
@@ -59,3 +61,13 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
             await runner.aclose()
     return ok
 
+
+def pool_line(settings: Settings) -> str:
+    """One line on the warm pool's settings and the memory they allow (docs/pool.md)."""
+    if settings.pool_mode == "off":
+        return "[info] warm pool: off (CCGATE_POOL_MODE=off): every run starts the CLI cold"
+    budget = settings.pool_max_processes * APPROX_RSS_MIB
+    return (f"[info] warm pool: mode={settings.pool_mode}, up to "
+            f"{settings.pool_max_processes} processes (~{budget} MiB), "
+            f"{settings.pool_min_idle} idle per active key, idle expiry "
+            f"{settings.pool_idle_secs:g} s, max {settings.pool_max_requests} requests each")

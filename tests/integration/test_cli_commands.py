@@ -85,3 +85,11 @@ def test_cli_doctor_flags_missing_cli(ccgate: Ccgate, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "[ok] store is reachable" in result.stdout
     assert "[FAIL] claude CLI not found" in result.stdout
+
+
+def test_cli_doctor_shows_pool_settings_and_memory_bound(ccgate: Ccgate, tmp_path: Path) -> None:
+    """``doctor`` prints the pool mode, its process cap and the memory that cap allows."""
+    result = ccgate("doctor", env={"CCGATE_CLAUDE_PATH": str(tmp_path / "none"),
+                                   "CCGATE_POOL_MODE": "reuse",
+                                   "CCGATE_POOL_MAX_PROCESSES": "3"})
+    assert "[info] warm pool: mode=reuse, up to 3 processes (~600 MiB)" in result.stdout

@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from ccgate.config import Settings
-from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult
+from ccgate.runners.base import RunError, RunEvent, Runner, RunRequest, RunResult
 from ccgate.runners.cli_command import CliOptions, build_argv, build_env, user_message
 from ccgate.runners.process import GroupProcess
 from ccgate.runners.stream_json import StreamParser
@@ -93,35 +93,42 @@ class ClaudeCliRunner:
         parser = StreamParser(partial=request.stream)
         deadline = time.monotonic() + request.timeout_secs
         while True:
-            line = await self._next_line(process, request, deadline)
+            line = await next_line(process, request, deadline)
             if line is None:
                 break
             for event in parser.feed(line):
                 yield event
             if parser.result is not None:
                 return
-        code = await process.wait(_EXIT_WAIT_SECS)
-        tail = redact(await process.stderr_tail())
-        detail = f": {tail}" if tail else " and printed nothing on stderr"
-        if code not in (0, None):
-            raise RunError("cli_error", f"The claude CLI exited with code {code} before "
-                           f"finishing{detail}")
-        raise RunError("cli_error", f"The claude CLI ended without a result{detail}")
+        raise await ended_early(process)
 
-    async def _next_line(
-        self, process: GroupProcess, request: RunRequest, deadline: float
-    ) -> bytes | None:
-        remaining = deadline - time.monotonic()
-        idle = request.idle_timeout_secs
-        idle_binds = 0 < idle < remaining
-        if remaining <= 0:
-            raise _timeout("wall", request.timeout_secs)
-        try:
-            return await asyncio.wait_for(process.readline(), idle if idle_binds else remaining)
-        except TimeoutError:
-            # Name the limit that was actually waited on: timers may fire a hair early.
-            raise _timeout("idle" if idle_binds else "wall",
-                           idle if idle_binds else request.timeout_secs) from None
+
+async def ended_early(process: GroupProcess) -> RunError:
+    """The RunError for a CLI whose output ended before a result: exit code and stderr tail."""
+    code = await process.wait(_EXIT_WAIT_SECS)
+    tail = redact(await process.stderr_tail())
+    detail = f": {tail}" if tail else " and printed nothing on stderr"
+    if code not in (0, None):
+        return RunError("cli_error", f"The claude CLI exited with code {code} before "
+                        f"finishing{detail}")
+    return RunError("cli_error", f"The claude CLI ended without a result{detail}")
+
+
+async def next_line(
+    process: GroupProcess, request: RunRequest, deadline: float
+) -> bytes | None:
+    """Read the next stdout line under the request's wall and idle limits; raise RunError."""
+    remaining = deadline - time.monotonic()
+    idle = request.idle_timeout_secs
+    idle_binds = 0 < idle < remaining
+    if remaining <= 0:
+        raise _timeout("wall", request.timeout_secs)
+    try:
+        return await asyncio.wait_for(process.readline(), idle if idle_binds else remaining)
+    except TimeoutError:
+        # Name the limit that was actually waited on: timers may fire a hair early.
+        raise _timeout("idle" if idle_binds else "wall",
+                       idle if idle_binds else request.timeout_secs) from None
 
 
 def _timeout(kind: str, secs: float) -> RunError:
@@ -152,10 +159,10 @@ async def probe_version(executable: str, timeout: float = 15.0) -> str | None:
     return text.splitlines()[0] if proc.returncode == 0 and text else None
 
 
-def cli_runner(settings: Settings, executable: str | None) -> ClaudeCliRunner:
-    """The CLI runner for ``settings``; with no executable found, ``claude`` is looked up on
-    PATH again at each run, so installing the CLI later needs no restart."""
-    return ClaudeCliRunner(CliOptions(
+def cli_runner(settings: Settings, executable: str | None) -> Runner:
+    """The CLI runner for ``settings`` (pooled unless CCGATE_POOL_MODE=off); with no executable
+    found, ``claude`` is looked up on PATH again at each run, so installing it needs no restart."""
+    options = CliOptions(
         executable=executable or settings.claude_path or "claude",
         base_env=settings.cli_base_env,
         allow_tools=settings.allow_tools,
@@ -163,4 +170,18 @@ def cli_runner(settings: Settings, executable: str | None) -> ClaudeCliRunner:
         upstream_timeout_secs=settings.upstream_timeout_secs,
         kill_grace_secs=settings.kill_grace_secs,
         work_dir=settings.work_dir,
+    )
+    if settings.pool_mode == "off":
+        return ClaudeCliRunner(options)
+    # Imported here: pooled_cli imports this module.
+    from ccgate.runners.pool import PoolConfig
+    from ccgate.runners.pooled_cli import PooledCliRunner
+
+    return PooledCliRunner(options, PoolConfig(
+        mode=settings.pool_mode,
+        max_processes=settings.pool_max_processes,
+        min_idle=settings.pool_min_idle,
+        idle_secs=settings.pool_idle_secs,
+        max_requests=settings.pool_max_requests,
+        concurrency=settings.concurrency,
     ))

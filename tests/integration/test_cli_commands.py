@@ -93,3 +93,17 @@ def test_cli_doctor_shows_pool_settings_and_memory_bound(ccgate: Ccgate, tmp_pat
                                    "CCGATE_POOL_MODE": "reuse",
                                    "CCGATE_POOL_MAX_PROCESSES": "3"})
     assert "[info] warm pool: mode=reuse, up to 3 processes (~600 MiB)" in result.stdout
+
+
+def test_cli_keys_webhook_secret_is_shown_once_and_rotates(ccgate: Ccgate) -> None:
+    """A new key's webhook secret goes to stderr once; ``keys webhook-secret`` prints a new one."""
+    created = ccgate("keys", "create", "app")
+    first = created.stderr.rsplit(": ", 1)[1].strip()
+    assert first.startswith("whsec_")
+    rotated = ccgate("keys", "webhook-secret", "app")
+    assert rotated.returncode == 0
+    second = rotated.stdout.strip()
+    assert second.startswith("whsec_") and second != first
+    assert first not in ccgate("keys", "list").stdout
+    missing = ccgate("keys", "webhook-secret", "nope")
+    assert missing.returncode == 1

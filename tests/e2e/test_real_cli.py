@@ -157,3 +157,17 @@ def test_run_uses_server_started_with_claude_on_path(
     assert response.status_code == 200, response.text
     assert response.json()["result"] == "found on PATH"
     assert ready.status_code == 200, ready.text
+
+
+def test_doctor_probe_makes_one_real_call(
+    fake: FakeAnthropic, server_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`ccgate doctor --probe` checks store, CLI and version, then makes one tiny real call."""
+    fake.reply(Text("pong"))
+
+    done = run_ccgate(["doctor", "--probe"], env=server_env, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[ok] claude CLI 2.1.330" in done.stdout
+    assert "[ok] probe call answered: 'pong'" in done.stdout
+    assert len(fake.message_requests()) == 1

@@ -65,7 +65,8 @@ async def direct(fake: Path, concurrency: int, total: int, work: Path) -> list[f
             *build_argv(options, request), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=run_dir,
             env=build_env(options, run_dir))
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         proc.stdin.write(user_message(request.content))
         proc.stdin.close()
         # Like ccgate, count until the result line; the process exits on its own after.

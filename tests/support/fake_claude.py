@@ -12,6 +12,10 @@ The scenario comes from, in order of precedence:
      passes it, so callers never add arguments);
   3. ``fake-claude.json`` next to ``sys.argv[0]``.
 
+With stream-json input it serves one turn per user message and answers ``/clear``
+(unless ``--disable-slash-commands``) with a conversation_reset and a new session, as the
+real CLI does; interrupt control requests are ignored.
+
 It never reads configuration from the environment: the gateway scrubs the
 environment it hands to the CLI, and the fake has to work under that.
 """
@@ -506,6 +510,15 @@ class Session:
         self.stream_event({"type": "message_delta", "delta": delta, "usage": usage}, message_id)
         self.stream_event({"type": "message_stop"}, message_id)
 
+    def clear(self) -> None:
+        """Answer ``/clear`` like the real CLI: conversation_reset, a new session, a result."""
+        new_session = _new_id()
+        self.emit({"type": "conversation_reset", "new_conversation_id": new_session,
+                   "uuid": new_session, "trigger": "clear", "session_id": self.session_id})
+        self.session_id = new_session
+        self.init()
+        self.result({"num_turns": 0, "stop_reason": None}, {}, 0.0)
+
     # -- result lines ---------------------------------------------------------
 
     def result(self, fields: dict[str, Any], usage: dict[str, Any], cost: float) -> dict[str, Any]:
@@ -926,6 +939,11 @@ def main(argv: list[str]) -> int:
             turns = iter([(text_prompt(positional, recorder.stdin), recorder.stdin)])
         last_was_error = False
         for prompt, raw in turns:
+            recorder.stdin = raw
+            if prompt.strip() == "/clear" and not opts.get("disable-slash-commands"):
+                recorder.write(scenario="clear")
+                session.clear()
+                continue
             directive, prompt = parse_directive(prompt)
             params = {k: v for k, v in config.items() if k != "record"} | directive
             scenario = params.get("scenario", "text")

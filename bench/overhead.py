@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import socket
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -54,8 +56,9 @@ async def _bounded(concurrency: int, total: int, one: object) -> list[float]:
     return latencies
 
 
-async def direct(fake: Path, concurrency: int, total: int, work: Path) -> list[float]:
-    """Run the fake CLI directly, as a bare client of it would."""
+def _direct_call(fake: Path, work: Path) -> Callable[[int], Awaitable[None]]:
+    """One run of the fake CLI as a bare client of it would do it: spawn, prompt on stdin,
+    read until the result line (the process then exits on its own, off the clock)."""
     options = CliOptions(executable=str(fake), base_env={"PATH": os.environ["PATH"]})
 
     async def one(n: int) -> None:
@@ -69,25 +72,20 @@ async def direct(fake: Path, concurrency: int, total: int, work: Path) -> list[f
         assert proc.stdout is not None
         proc.stdin.write(user_message(request.content))
         proc.stdin.close()
-        # Like ccgate, count until the result line; the process exits on its own after.
         while b'"type":"result"' not in (line := await proc.stdout.readline()):
             assert line, "the fake CLI ended without a result"
-        exiting.append(asyncio.create_task(proc.wait()))
+        _exiting.add(asyncio.create_task(proc.wait()))
 
-    exiting: list[asyncio.Task[int]] = []
-    latencies = await _bounded(concurrency, total, one)
-    await asyncio.gather(*exiting)
-    return latencies
+    return one
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_exiting: set[asyncio.Task[int]] = set()
 
 
-async def through_ccgate(fake: Path, concurrency: int, total: int, work: Path) -> list[float]:
-    """Send /api/v1/run to a real ccgate serve process running the same fake CLI."""
+@contextlib.asynccontextmanager
+async def _gateway(fake: Path, concurrency: int, work: Path
+                   ) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+    """A real ccgate serve process running the same fake CLI, and a call of /api/v1/run."""
     port = _free_port()
     env = {"PATH": os.environ["PATH"], "HOME": str(work), "CCGATE_CLAUDE_PATH": str(fake),
            "CCGATE_DATABASE_URL": f"sqlite:///{work / f'bench-{concurrency}.db'}",
@@ -112,11 +110,33 @@ async def through_ccgate(fake: Path, concurrency: int, total: int, work: Path) -
                 response = await client.post("/api/v1/run", json={"prompt": f"ping {n}"})
                 assert response.status_code == 200, response.text
 
-            await _bounded(concurrency, min(20, total), one)  # warm-up
-            return await _bounded(concurrency, total, one)
+            yield one
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def measure(fake: Path, concurrency: int, total: int,
+                  work: Path) -> tuple[list[float], list[float]]:
+    """Latencies of both paths, taken in alternating blocks so machine drift hits both alike."""
+    bare: list[float] = []
+    gated: list[float] = []
+    block = max(10, concurrency * 4)
+    direct = _direct_call(fake, work)
+    async with _gateway(fake, concurrency, work) as via_ccgate:
+        await _bounded(concurrency, block, via_ccgate)  # warm-up
+        await _bounded(concurrency, block, direct)
+        while len(bare) < total:
+            bare += await _bounded(concurrency, block, direct)
+            gated += await _bounded(concurrency, block, via_ccgate)
+    await asyncio.gather(*_exiting)
+    return bare, gated
 
 
 async def main() -> None:
@@ -137,8 +157,7 @@ async def main() -> None:
               "| overhead p50 ms | overhead p99 ms |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for concurrency in args.concurrency:
-            bare = await direct(fake, concurrency, args.requests, work)
-            gated = await through_ccgate(fake, concurrency, args.requests, work)
+            bare, gated = await measure(fake, concurrency, args.requests, work)
             d50, d99 = statistics.median(bare), _percentile(bare, 99)
             g50, g99 = statistics.median(gated), _percentile(gated, 99)
             print(f"| {concurrency} | {d50:.1f} | {d99:.1f} | {g50:.1f} | {g99:.1f} "

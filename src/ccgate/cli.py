@@ -77,8 +77,10 @@ def serve(
         if shutdown is not None:
             shutdown()
 
+    # The stock asyncio loop, even where uvloop is installed: uvloop's subprocess handling
+    # measured ~9 ms slower per CLI run (docs/benchmarks.md).
     config = uvicorn.Config(gateway, host=host or settings.host, port=port or settings.port,
-                            log_config=None, access_log=False,
+                            loop="asyncio", log_config=None, access_log=False,
                             timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_secs)))
     GatewayServer(config, stop_taking_jobs).run()
 

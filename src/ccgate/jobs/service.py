@@ -91,6 +91,7 @@ class JobService:
         self._requeue_requested: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._draining: asyncio.Task[None] | None = None
+        self._queue_seen_empty = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -179,6 +180,7 @@ class JobService:
         if job_started(job):
             self._launch(job)
         else:
+            self._queue_seen_empty = False
             self._wake.set()
         return job, True
 
@@ -269,18 +271,26 @@ class JobService:
     # -- running -----------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        """Claim queued jobs while slots are free; sleep until woken or the poll interval."""
+        """Claim queued jobs while slots are free; sleep until woken or the poll interval.
+
+        A slot freeing up only triggers a claim when the queue was not last seen empty; jobs
+        queued by other nodes are found by the poll.
+        """
         while self.accepting:
             self._wake.clear()
-            while self.accepting and self._slots_taken < self.limits.concurrency:
+            while (self.accepting and self._slots_taken < self.limits.concurrency
+                   and not self._queue_seen_empty):
                 self._slots_taken += 1
                 job = await self._claim()
                 if job is None:
                     self._slots_taken -= 1
+                    self._queue_seen_empty = True
                     break
                 self._launch(job)
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _POLL_SECS)
+                continue
+            self._queue_seen_empty = False  # the poll: look again, whatever we saw
 
     def _launch(self, job: JobRecord) -> None:
         """Run a claimed job in its own task; its slot is already taken."""
@@ -410,6 +420,7 @@ class JobService:
                 recovered += 1
                 log.warning("job_recovered", job_id=job.id, attempts=job.attempts)
         if recovered:
+            self._queue_seen_empty = False
             self._wake.set()
         return recovered
 

@@ -52,8 +52,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(conn: sa.Connection) -> None:
     # IMMEDIATE takes the write lock at BEGIN: other processes wait on busy_timeout rather
-    # than failing mid-transaction when a read turns into a write.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("ccgate.write") else "BEGIN")
+    # than failing mid-transaction when a read turns into a write. Reads open no transaction
+    # of their own: each query reads one consistent WAL snapshot.
+    if conn.info.get("ccgate.write"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:

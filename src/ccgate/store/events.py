@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ccgate.store.engine import Database
 from ccgate.store.schema import job_events
@@ -24,6 +25,10 @@ class JobEvent:
     at: datetime
 
 
+_INSERT_IGNORING_POSTGRES = pg_insert(job_events).on_conflict_do_nothing()
+_INSERT_IGNORING_SQLITE = job_events.insert().prefix_with("OR IGNORE")
+
+
 def insert_events(conn: sa.Connection, events: Iterable[JobEvent]) -> None:
     """Write events inside the caller's transaction; an id already stored is left as it is."""
     rows = [{"job_id": e.job_id, "seq": e.seq, "type": e.type, "data": e.data, "at": e.at}
@@ -31,11 +36,9 @@ def insert_events(conn: sa.Connection, events: Iterable[JobEvent]) -> None:
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        conn.execute(pg_insert(job_events).on_conflict_do_nothing(), rows)
+        conn.execute(_INSERT_IGNORING_POSTGRES, rows)
     else:
-        conn.execute(job_events.insert().prefix_with("OR IGNORE"), rows)
+        conn.execute(_INSERT_IGNORING_SQLITE, rows)
 
 
 def append_terminal_event(conn: sa.Connection, job_id: str, type_: str, data: dict[str, Any],

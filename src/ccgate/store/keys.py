@@ -41,6 +41,10 @@ _COLUMNS = (api_keys.c.id, api_keys.c.name, api_keys.c.prefix, api_keys.c.create
             api_keys.c.last_used_at, api_keys.c.revoked_at)
 
 
+# Built once: every authenticated request runs it.
+_BY_HASH = sa.select(*_COLUMNS).where(api_keys.c.secret_hash == sa.bindparam("secret_hash"))
+
+
 class KeyTable:
     """Inserts, finds and revokes keys."""
 
@@ -67,7 +71,12 @@ class KeyTable:
 
     async def by_hash(self, secret_hash: str) -> KeyRecord | None:
         """Find the key whose secret hashes to ``secret_hash``, revoked or not."""
-        return await self._one(api_keys.c.secret_hash == secret_hash)
+
+        def op(conn: sa.Connection) -> KeyRecord | None:
+            row = conn.execute(_BY_HASH, {"secret_hash": secret_hash}).first()
+            return _record(row) if row else None
+
+        return await self.db.read(op)
 
     async def by_name(self, name: str) -> KeyRecord | None:
         """Find a key by its name."""

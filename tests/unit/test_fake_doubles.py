@@ -13,16 +13,11 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import service_missing
 from tests.support.fake_anthropic import Error, FakeAnthropic, Text, cli_env
 from tests.support.fake_claude_factory import make_fake_claude
 from tests.support.real_claude import find_real_claude
 
-REAL_CLAUDE = find_real_claude()
-needs_real_cli = pytest.mark.skipif(
-    REAL_CLAUDE is None,
-    reason="real claude CLI not found: set CCGATE_TEST_CLAUDE, install it into "
-    ".tools/node_modules or put it on PATH",
-)
 PRINT_ARGS = ["-p", "--output-format", "stream-json", "--verbose", "--tools", ""]
 RESULT_KEYS = {
     "type", "subtype", "is_error", "api_error_status", "terminal_reason", "result",
@@ -30,6 +25,17 @@ RESULT_KEYS = {
     "modelUsage", "permission_denials", "stop_reason", "uuid",
 }  # fmt: skip
 RUN_TIMEOUT = 60
+
+
+@pytest.fixture
+def real_claude() -> Path:
+    """The real pinned CLI; skipped where absent, a failure when CI demands it."""
+    path = find_real_claude()
+    if path is None:
+        service_missing("real claude CLI not found: set CCGATE_TEST_CLAUDE, install it into "
+                        ".tools/node_modules or put it on PATH")
+    assert path is not None
+    return path
 
 
 @pytest.fixture
@@ -57,12 +63,11 @@ def _run(
 
 
 def _run_real_cli(
-    fake: FakeAnthropic, tmp_path: Path, prompt: str
+    claude: Path, fake: FakeAnthropic, tmp_path: Path, prompt: str
 ) -> subprocess.CompletedProcess[str]:
-    assert REAL_CLAUDE is not None
     home = tmp_path / "home"
     home.mkdir()
-    return _run([str(REAL_CLAUDE), *PRINT_ARGS], prompt, tmp_path, cli_env(fake, home))
+    return _run([str(claude), *PRINT_ARGS], prompt, tmp_path, cli_env(fake, home))
 
 
 def _wait_until(check: Callable[[], bool], timeout: float) -> bool:
@@ -82,12 +87,12 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.real_cli
-@needs_real_cli
-def test_real_cli_relays_fake_anthropic_text(fake_api: FakeAnthropic, tmp_path: Path) -> None:
+def test_real_cli_relays_fake_anthropic_text(real_claude: Path, fake_api: FakeAnthropic,
+                                             tmp_path: Path) -> None:
     """The real CLI streams a FakeAnthropic Text reply into its result and sends no tools."""
     fake_api.reply(Text("Hello from the fake upstream"))
 
-    done = _run_real_cli(fake_api, tmp_path, "say hello")
+    done = _run_real_cli(real_claude, fake_api, tmp_path, "say hello")
 
     assert done.returncode == 0, done.stderr
     result = _result(done.stdout)
@@ -100,12 +105,12 @@ def test_real_cli_relays_fake_anthropic_text(fake_api: FakeAnthropic, tmp_path: 
 
 
 @pytest.mark.real_cli
-@needs_real_cli
-def test_real_cli_reports_fake_anthropic_401(fake_api: FakeAnthropic, tmp_path: Path) -> None:
+def test_real_cli_reports_fake_anthropic_401(real_claude: Path, fake_api: FakeAnthropic,
+                                             tmp_path: Path) -> None:
     """The real CLI turns a FakeAnthropic 401 into exit 1 and an is_error result."""
     fake_api.default = Error(401, "authentication_error", "invalid x-api-key")
 
-    done = _run_real_cli(fake_api, tmp_path, "say hello")
+    done = _run_real_cli(real_claude, fake_api, tmp_path, "say hello")
 
     assert done.returncode == 1
     result = _result(done.stdout)

@@ -9,11 +9,15 @@ import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import structlog
+
 from ccgate.config import Settings
 from ccgate.runners.base import RunError, RunEvent, Runner, RunRequest, RunResult
 from ccgate.runners.cli_command import CliOptions, build_argv, build_env, user_message
 from ccgate.runners.process import GroupProcess
 from ccgate.runners.stream_json import StreamParser
+
+log = structlog.get_logger("ccgate.runner")
 
 # Secrets that must not leak through a stderr tail into an error message.
 _SECRET_PATTERN = re.compile(r"(sk-ant-[A-Za-z0-9_-]+|ccg_[A-Za-z0-9_-]+|Bearer\s+\S+)")
@@ -97,6 +101,9 @@ class ClaudeCliRunner:
             if line is None:
                 break
             for event in parser.feed(line):
+                if isinstance(event, RunResult) and parser.unparsed_lines:
+                    # Output the parser did not understand: worth knowing after a CLI upgrade.
+                    log.info("cli_output_skipped", lines=parser.unparsed_lines)
                 yield event
             if parser.result is not None:
                 return

@@ -16,11 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,14 +25,9 @@ from pathlib import Path
 import httpx
 from tests.support.fake_claude_factory import make_fake_claude
 
+from bench.harness import machine_line, percentile, serve
 from ccgate.runners.base import RunRequest
 from ccgate.runners.cli_command import CliOptions, build_argv, build_env, user_message
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def _bounded(concurrency: int, total: int, one: object) -> list[float]:
@@ -86,40 +77,17 @@ _exiting: set[asyncio.Task[int]] = set()
 async def _gateway(fake: Path, concurrency: int, work: Path
                    ) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
     """A real ccgate serve process running the same fake CLI, and a call of /api/v1/run."""
-    port = _free_port()
-    env = {"PATH": os.environ["PATH"], "HOME": str(work), "CCGATE_CLAUDE_PATH": str(fake),
-           "CCGATE_DATABASE_URL": f"sqlite:///{work / f'bench-{concurrency}.db'}",
-           "CCGATE_CONCURRENCY": str(concurrency), "CCGATE_QUEUE_SIZE": "10000",
-           "CCGATE_WORK_DIR": str(work), "CCGATE_LOG_LEVEL": "warning"}
-    key = subprocess.run([sys.executable, "-m", "ccgate", "keys", "create", "bench"], env=env,
-                         capture_output=True, text=True, check=True, cwd=work).stdout.strip()
-    server = subprocess.Popen([sys.executable, "-m", "ccgate", "serve", "--port", str(port)],
-                              env=env, cwd=work, stderr=subprocess.DEVNULL)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60,
-                                     headers={"Authorization": f"Bearer {key}"},
+    with serve(work, fake, CCGATE_CONCURRENCY=str(concurrency),
+               CCGATE_QUEUE_SIZE="10000") as served:
+        async with httpx.AsyncClient(base_url=served.url, timeout=60,
+                                     headers={"Authorization": f"Bearer {served.key}"},
                                      limits=httpx.Limits(max_connections=concurrency)) as client:
-            for _ in range(100):
-                try:
-                    if (await client.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
 
             async def one(n: int) -> None:
                 response = await client.post("/api/v1/run", json={"prompt": f"ping {n}"})
                 assert response.status_code == 200, response.text
 
             yield one
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def measure(fake: Path, concurrency: int, total: int,
@@ -148,8 +116,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ccgate-bench-") as tmp:
         work = Path(tmp)
         fake = make_fake_claude(work / "fake", "text", text="pong")
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-              f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+        print(machine_line())
         print(f"command: python -m bench.overhead --requests {args.requests} --concurrency "
               + " ".join(map(str, args.concurrency)))
         print()
@@ -158,8 +125,8 @@ async def main() -> None:
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for concurrency in args.concurrency:
             bare, gated = await measure(fake, concurrency, args.requests, work)
-            d50, d99 = statistics.median(bare), _percentile(bare, 99)
-            g50, g99 = statistics.median(gated), _percentile(gated, 99)
+            d50, d99 = statistics.median(bare), percentile(bare, 99)
+            g50, g99 = statistics.median(gated), percentile(gated, 99)
             print(f"| {concurrency} | {d50:.1f} | {d99:.1f} | {g50:.1f} | {g99:.1f} "
                   f"| {g50 - d50:.1f} | {g99 - d99:.1f} |", flush=True)
 

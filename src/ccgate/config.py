@@ -6,6 +6,7 @@ This is the only module that reads ``os.environ``. A bad value stops start-up wi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -112,6 +113,16 @@ def _optional_text(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _secret(min_length: int) -> Callable[[str], str | None]:
+    def parse(raw: str) -> str | None:
+        value = raw.strip()
+        if value and len(value) < min_length:
+            raise ValueError
+        return value or None
+
+    return parse
+
+
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -129,6 +140,30 @@ def _choice(*choices: str) -> Callable[[str], str]:
 def _database_url(raw: str) -> str:
     value = raw.strip()
     if not value.startswith(("sqlite", "postgresql", "postgres://")):
+        raise ValueError
+    return value
+
+
+def _aliases(raw: str) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    for part in _names(raw):
+        name, sep, target = part.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise ValueError
+        aliases[name.strip()] = target.strip()
+    return aliases
+
+
+def _cidrs(raw: str) -> tuple[str, ...]:
+    networks = _names(raw)
+    for network in networks:
+        ipaddress.ip_network(network, strict=False)
+    return tuple(str(ipaddress.ip_network(n, strict=False)) for n in networks)
+
+
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
         raise ValueError
     return value
 
@@ -174,8 +209,8 @@ SETTINGS: tuple[Setting, ...] = (
             "DANGER: let the model use Claude Code's built-in tools (shell, files, web) on "
             "this machine. Off by default: every run gets an empty tool list."),
     Setting("CCGATE_ADMIN_TOKEN", "", "a secret string, or empty", _optional_text,
-            "Token for the admin API (`/admin/*`, arriving in a later release). Empty: the "
-            "admin API is off."),
+            "Token for the admin API (`/admin/*`, docs/admin.md). Empty: the admin API is off "
+            "and answers 404 saying so."),
     Setting("CCGATE_UPSTREAM_RETRIES", "1", "an integer between 0 and 10", _int(0, 10),
             "Retries the CLI makes on upstream errors (`CLAUDE_CODE_MAX_RETRIES`). The CLI's "
             "own default retries for minutes; keep this small."),
@@ -224,6 +259,52 @@ SETTINGS: tuple[Setting, ...] = (
             "An idle pooled process older than this is stopped, and its owner no longer warmed."),
     Setting("CCGATE_POOL_MAX_REQUESTS", "50", "an integer between 1 and 10000", _int(1, 10000),
             "In `reuse` mode: requests one process serves before it is retired."),
+    Setting("CCGATE_BACKEND", "cli", "cli or api", _choice("cli", "api"),
+            "What answers requests: `cli` runs the logged-in `claude` CLI; `api` calls the "
+            "Anthropic API with the operator's `ANTHROPIC_API_KEY` (docs/backends.md)."),
+    Setting("ANTHROPIC_API_KEY", "", "an Anthropic API key, or empty", _optional_text,
+            "The operator's own API key. Used by `CCGATE_BACKEND=api`; also passed to the CLI, "
+            "which then bills it instead of the logged-in account. Never sent to clients."),
+    Setting("ANTHROPIC_BASE_URL", "https://api.anthropic.com", "an http(s) URL", _url,
+            "Upstream of the API backend (and of the CLI when set in the environment)."),
+    Setting("CCGATE_API_MAX_CONNECTIONS", "100", "an integer between 1 and 10000",
+            _int(1, 10000), "Keep-alive connection pool size of the API backend."),
+    Setting("CCGATE_CIRCUIT_FAILURES", "5", "an integer between 1 and 1000", _int(1, 1000),
+            "API backend: consecutive upstream failures (5xx, 529, connect errors, timeouts) "
+            "that open the circuit breaker."),
+    Setting("CCGATE_CIRCUIT_COOLDOWN_SECS", "30", "a number of seconds between 0.1 and 3600",
+            _float(0.1, 3600),
+            "How long an open circuit answers 503 at once before one probe is let through."),
+    Setting("CCGATE_MODEL_ALIASES", "", "comma-separated name=model pairs", _aliases,
+            "Extra model names, e.g. `latest=claude-sonnet-4-5,fast=haiku`; they override "
+            "the built-in `haiku`, `sonnet` and `opus` (docs/api-compat.md)."),
+    Setting("CCGATE_SESSION_TTL_HOURS", "168", "a number of hours between 0.01 and 87600",
+            _float(0.01, 87600),
+            "A session not continued for this long is deleted."),
+    Setting("CCGATE_REDIS_URL", "", "a redis:// URL, or empty", _optional_text,
+            "Shared storage for rate limits across ccgate nodes. Empty: limits are kept in "
+            "memory, per process."),
+    Setting("CCGATE_GLOBAL_RPD", "0", "an integer (0 turns it off)", _int(0),
+            "Requests per day across all keys; past it every key gets 429."),
+    Setting("CCGATE_ALLOW_CIDRS", "", "comma-separated IPs or CIDRs, or empty", _cidrs,
+            "Client addresses allowed at all (loopback always is). Empty: any address."),
+    Setting("CCGATE_TRUSTED_PROXIES", "", "comma-separated IPs or CIDRs, or empty", _cidrs,
+            "Peers whose X-Forwarded-For is believed (the right-most untrusted hop is the "
+            "client). Empty: the socket address is the client."),
+    Setting("CCGATE_CORS_ORIGINS", "", "comma-separated origins, `*`, or empty", _names,
+            "Browser origins allowed to call ccgate. `*` allows any origin without "
+            "credentials. Empty: no CORS headers."),
+    Setting("CCGATE_FILES_MAX_BYTES", "10485760", "an integer between 1 and 104857600",
+            _int(1, 104857600), "Largest file `POST /api/v1/files` accepts."),
+    Setting("CCGATE_FETCH_ENABLED", "false", "true or false", _bool,
+            "Turn on `POST /v1/fetch`, the guarded page fetcher."),
+    Setting("CCGATE_FETCH_RPM", "30", "an integer between 1 and 100000", _int(1, 100000),
+            "Page fetches per minute per key (a bucket of its own, apart from model limits)."),
+    Setting("CCGATE_ENROLLMENT_SECRET", "", "a secret of at least 32 characters, or empty",
+            _secret(32),
+            "Signs device tokens (HS256). Empty: device enrollment is off."),
+    Setting("CCGATE_DEVICE_TOKEN_TTL_SECS", "3600", "a number of seconds between 60 and 604800",
+            _int(60, 604800), "Lifetime of a device token; `POST /v1/refresh` renews it."),
     Setting("CCGATE_CLI_ENV_PASSTHROUGH", "", "comma-separated variable names", _env_names,
             "Extra variables passed from ccgate's environment to the CLI, beyond the built-in "
             "allowlist."),
@@ -236,6 +317,11 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 SETTING_KEYS = frozenset(s.key for s in SETTINGS)
+
+
+def _attr(key: str) -> str:
+    """The Settings field of a variable: ``CCGATE_PORT`` is ``port``."""
+    return key.removeprefix("CCGATE_").lower()
 
 
 @dataclass(frozen=True)
@@ -272,6 +358,24 @@ class Settings:
     outbound_allow: tuple[str, ...]
     work_dir: str | None
     cli_env_passthrough: tuple[str, ...]
+    backend: str
+    anthropic_api_key: str | None
+    anthropic_base_url: str
+    api_max_connections: int
+    circuit_failures: int
+    circuit_cooldown_secs: float
+    model_aliases: dict[str, str]
+    session_ttl_hours: float
+    redis_url: str | None
+    global_rpd: int
+    allow_cidrs: tuple[str, ...]
+    trusted_proxies: tuple[str, ...]
+    cors_origins: tuple[str, ...]
+    files_max_bytes: int
+    fetch_enabled: bool
+    fetch_rpm: int
+    enrollment_secret: str | None
+    device_token_ttl_secs: int
     pool_mode: str
     pool_max_processes: int
     pool_min_idle: int
@@ -346,44 +450,7 @@ def load_settings(
                and not k.startswith("CCGATE_TEST_"))
     )
     return Settings(
-        host=parsed["CCGATE_HOST"],
-        port=parsed["CCGATE_PORT"],
-        database_url=parsed["CCGATE_DATABASE_URL"],
-        claude_path=parsed["CCGATE_CLAUDE_PATH"],
-        default_model=parsed["CCGATE_DEFAULT_MODEL"],
-        allowed_models=parsed["CCGATE_ALLOWED_MODELS"],
-        concurrency=parsed["CCGATE_CONCURRENCY"],
-        queue_size=parsed["CCGATE_QUEUE_SIZE"],
-        job_timeout_secs=parsed["CCGATE_JOB_TIMEOUT_SECS"],
-        idle_timeout_secs=parsed["CCGATE_IDLE_TIMEOUT_SECS"],
-        max_body_bytes=parsed["CCGATE_MAX_BODY_BYTES"],
-        max_prompt_bytes=parsed["CCGATE_MAX_PROMPT_BYTES"],
-        allow_tools=parsed["CCGATE_ALLOW_TOOLS"],
-        admin_token=parsed["CCGATE_ADMIN_TOKEN"],
-        upstream_retries=parsed["CCGATE_UPSTREAM_RETRIES"],
-        upstream_timeout_secs=parsed["CCGATE_UPSTREAM_TIMEOUT_SECS"],
-        kill_grace_secs=parsed["CCGATE_KILL_GRACE_SECS"],
-        max_attempts=parsed["CCGATE_MAX_ATTEMPTS"],
-        lease_secs=parsed["CCGATE_LEASE_SECS"],
-        shutdown_grace_secs=parsed["CCGATE_SHUTDOWN_GRACE_SECS"],
-        job_ttl_hours=parsed["CCGATE_JOB_TTL_HOURS"],
-        cleanup_interval_secs=parsed["CCGATE_CLEANUP_INTERVAL_SECS"],
-        sse_heartbeat_secs=parsed["CCGATE_SSE_HEARTBEAT_SECS"],
-        webhook_secret=parsed["CCGATE_WEBHOOK_SECRET"],
-        webhook_timeout_secs=parsed["CCGATE_WEBHOOK_TIMEOUT_SECS"],
-        webhook_max_attempts=parsed["CCGATE_WEBHOOK_MAX_ATTEMPTS"],
-        webhook_retry_span_secs=parsed["CCGATE_WEBHOOK_RETRY_SPAN_SECS"],
-        outbound_allow=parsed["CCGATE_OUTBOUND_ALLOW"],
-        work_dir=parsed["CCGATE_WORK_DIR"],
-        cli_env_passthrough=passthrough,
-        pool_mode=parsed["CCGATE_POOL_MODE"],
-        pool_max_processes=parsed["CCGATE_POOL_MAX_PROCESSES"],
-        pool_min_idle=parsed["CCGATE_POOL_MIN_IDLE"],
-        pool_idle_secs=parsed["CCGATE_POOL_IDLE_SECS"],
-        pool_max_requests=parsed["CCGATE_POOL_MAX_REQUESTS"],
-        audit_prompts=parsed["CCGATE_AUDIT_PROMPTS"],
-        log_level=parsed["CCGATE_LOG_LEVEL"],
-        env_file=parsed[ENV_FILE_KEY],
+        **{_attr(key): value for key, value in parsed.items()},
         cli_base_env=cli_env,
         unknown_keys=unknown,
     )

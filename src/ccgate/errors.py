@@ -18,6 +18,12 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
     "invalid_request": ErrorKind(400, "Malformed JSON, a missing or invalid field (named in the "
                                  "message), or a model that is not allowed."),
     "authentication_error": ErrorKind(401, "No key, an unknown key or a revoked key."),
+    "forbidden": ErrorKind(403, "The client address is not allowed (CCGATE_ALLOW_CIDRS or the "
+                           "key's ip_cidrs)."),
+    "model_not_allowed": ErrorKind(403, "The key may not use this model (its `models` list)."),
+    "admin_disabled": ErrorKind(404, "The admin API is off because CCGATE_ADMIN_TOKEN is unset."),
+    "feature_disabled": ErrorKind(404, "The route belongs to a feature the operator has not "
+                                  "turned on (fetch, device enrollment)."),
     "not_found": ErrorKind(404, "No such route or job (or the job belongs to another key)."),
     "method_not_allowed": ErrorKind(405, "The route exists but not for this HTTP method."),
     "cancelled": ErrorKind(409, "The job was cancelled before it finished."),
@@ -28,6 +34,23 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
                                    "exceeds CCGATE_MAX_PROMPT_BYTES."),
     "upstream_request_too_large": ErrorKind(413, "The upstream API refused the prompt as too "
                                             "large."),
+    "rpm_exceeded": ErrorKind(429, "The key's requests-per-minute limit is spent; Retry-After "
+                              "says when it frees."),
+    "rpd_exceeded": ErrorKind(429, "The key's requests-per-day limit is spent."),
+    "tokens_per_day_exceeded": ErrorKind(429, "The key's tokens-per-day quota is spent."),
+    "budget_exceeded": ErrorKind(429, "The key's monthly budget in USD is spent."),
+    "concurrency_exceeded": ErrorKind(429, "The key already runs as many jobs as its "
+                                      "`concurrency` allows."),
+    "global_rpd_exceeded": ErrorKind(429, "The server-wide requests-per-day limit "
+                                     "(CCGATE_GLOBAL_RPD) is spent."),
+    "fetch_rpm_exceeded": ErrorKind(429, "The key's page-fetch limit (CCGATE_FETCH_RPM) is "
+                                    "spent."),
+    "destination_blocked": ErrorKind(403, "A fetch or redirect led to a private, loopback or "
+                                     "otherwise forbidden address."),
+    "circuit_open": ErrorKind(503, "The API backend's circuit breaker is open after repeated "
+                              "upstream failures; Retry-After says when it probes again."),
+    "upstream_error": ErrorKind(502, "The upstream API answered with something ccgate could "
+                                "not use."),
     "upstream_bad_request": ErrorKind(400, "The upstream API refused the request (for example "
                                       "a prompt over the model's context)."),
     "upstream_rate_limited": ErrorKind(429, "The account behind the CLI is rate-limited "
@@ -54,13 +77,15 @@ class ApiError(Exception):
     """An error to send to the client in the door's error shape."""
 
     def __init__(self, error_type: str, message: str, *, retry_after: float | None = None,
-                 param: str | None = None, extra: Mapping[str, object] | None = None) -> None:
+                 param: str | None = None, extra: Mapping[str, object] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.retry_after = retry_after
         self.param = param
         self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
 
     @property
     def status(self) -> int:

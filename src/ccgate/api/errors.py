@@ -1,9 +1,14 @@
-"""The native error shape and the handlers that make every failure use it."""
+"""The error shape of each door and the handlers that make every failure use it.
+
+One catalogue of error types (``ccgate.errors``) serves every door; the Anthropic and OpenAI
+doors render it in their own documented shapes so their SDKs raise the right exceptions.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 
 import structlog
 from fastapi import FastAPI, Request
@@ -24,22 +29,70 @@ def request_id_of(request: Request) -> str:
     return str(request.scope.get("ccgate.request_id", ""))
 
 
-def error_response(request_id: str, error: ApiError) -> JSONResponse:
-    """Render ``error`` in the native shape with its status and headers."""
+# The Anthropic API's documented error types, by status.
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                    403: "permission_error", 404: "not_found_error",
+                    413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+                    529: "overloaded_error"}
+# OpenAI's error ``type`` values, by status; ccgate's own type goes in ``code``.
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error",
+                 404: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+                 502: "server_error", 503: "server_error", 504: "server_error"}
+
+
+def door_of_request(path: str, headers: Mapping[str, str]) -> str:
+    """Which door's error shape a request gets: ``anthropic``, ``openai`` or ``native``."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith(("/v1/chat/", "/v1/completions", "/v1/embeddings")):
+        return "openai"
+    if path.startswith("/v1/models"):
+        # Both SDKs call this path; the Anthropic SDK always sends anthropic-version.
+        return "anthropic" if "anthropic-version" in headers else "openai"
+    return "native"
+
+
+def error_body(door: str, request_id: str, error: ApiError) -> dict[str, object]:
+    """The JSON body of ``error`` in ``door``'s shape."""
+    if door == "anthropic":
+        return {"type": "error", "error": {
+            "type": _ANTHROPIC_TYPES.get(error.status, "api_error"), "message": error.message},
+            "request_id": request_id}
+    if door == "openai":
+        return {"error": {
+            "message": error.message,
+            "type": _OPENAI_TYPES.get(error.status, "invalid_request_error"),
+            "param": error.param, "code": error.error_type}}
     body: dict[str, object] = {"type": error.error_type, "message": error.message,
                                "request_id": request_id}
     if error.param is not None:
         body["param"] = error.param
     body.update(error.extra)
-    headers = {}
+    return {"error": body}
+
+
+def error_headers(error: ApiError) -> dict[str, str]:
+    """Retry-After (whole seconds, at least 1) plus whatever headers the error carries."""
+    headers = dict(error.headers)
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    return JSONResponse({"error": body}, status_code=error.status, headers=headers)
+    return headers
+
+
+def error_response(request_id: str, error: ApiError, door: str = "native") -> JSONResponse:
+    """Render ``error`` in ``door``'s shape with its status and headers."""
+    return JSONResponse(error_body(door, request_id, error), status_code=error.status,
+                        headers=error_headers(error))
+
+
+def _respond(request: Request, error: ApiError) -> JSONResponse:
+    door = door_of_request(request.url.path, request.headers)
+    return error_response(request_id_of(request), error, door)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(request_id_of(request), exc)
+    return _respond(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -48,7 +101,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     if exc.status_code == 404:
         message = f"no route {request.method} {request.url.path}"
-    response = error_response(request_id_of(request), ApiError(error_type, message))
+    response = _respond(request, ApiError(error_type, message))
     response.status_code = exc.status_code
     return response
 
@@ -58,13 +111,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
     message = f"{field}: {first.get('msg', 'invalid')}" if field else first.get("msg", "invalid")
-    return error_response(request_id_of(request), ApiError("invalid_request", message,
-                                                           param=field))
+    return _respond(request, ApiError("invalid_request", message, param=field))
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled_error", request_id=request_id_of(request), path=request.url.path)
-    return error_response(request_id_of(request), ApiError(
+    return _respond(request, ApiError(
         "internal_error", "ccgate hit an internal error; the request id finds it in the logs"))
 
 

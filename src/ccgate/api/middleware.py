@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ccgate.api.errors import error_response
+from ccgate.api.errors import door_of_request, error_response
 from ccgate.audit import AuditLog
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
@@ -123,7 +123,9 @@ def _content_length(scope: Scope) -> int | None:
 
 async def _send_too_large(scope: Scope, receive: Receive, send: Send, request_id: str,
                           limit: int) -> None:
-    response = error_response(request_id, BodyTooLarge(limit))
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    response = error_response(request_id, BodyTooLarge(limit),
+                              door_of_request(scope["path"], headers))
     response.headers["request-id"] = request_id
     response.headers["connection"] = "close"
     await response(scope, receive, send)

@@ -10,10 +10,16 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One prompt to run: content blocks for the user turn plus the settings argv fixes."""
+    """One prompt to run: content blocks for the user turn plus the settings argv fixes.
+
+    ``history`` holds the earlier turns of the conversation as Anthropic Messages
+    (``{"role": "user"|"assistant", "content": [blocks]}``), oldest first, alternating and
+    ending with an assistant turn; ``content`` is the new user turn that follows them.
+    """
 
     content: list[dict[str, Any]]
     model: str
+    history: list[dict[str, Any]] = field(default_factory=list)
     system_prompt: str | None = None
     append_system_prompt: str | None = None
     timeout_secs: float = 600.0
@@ -21,6 +27,12 @@ class RunRequest:
     stream: bool = True
     # Who the run is for (the API key's id): a warm process never serves two owners.
     owner: str | None = None
+    # Sampling and length controls. The API backend sends them upstream; the CLI backend
+    # has no flags for them and ignores them (documented).
+    max_tokens: int | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
 
     @classmethod
     def from_text(cls, prompt: str, model: str, **kwargs: Any) -> RunRequest:

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from ccgate.clock import utcnow as _now
 from ccgate.security.keys import hash_secret, mint_key, mint_webhook_secret, new_id
 from ccgate.store import KeyRecord, Store
+from ccgate.store.keys import KeyPolicy
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # last_used_at is refreshed at most this often per key, so auth stays a read, not a write.
@@ -37,21 +38,22 @@ class Keyring:
         self.store = store
         self._touched: dict[str, float] = {}
 
-    async def create(self, name: str) -> CreatedKey:
+    async def create(self, name: str, policy: KeyPolicy | None = None, *,
+                     webhook_secret: str | None = None, kind: str = "app") -> CreatedKey:
         """Mint a key named ``name``; return its record and the secret (never stored).
 
-        The key also gets its own webhook signing secret; ``webhook_secret`` shows a new one.
+        The key also gets its own webhook signing secret (minted unless one is given).
         """
         if not NAME_PATTERN.fullmatch(name):
             raise KeyNameError(f"key name {name!r} must be 1-100 letters, digits, '.', '_' or "
                                "'-', starting with a letter or digit")
         minted = mint_key()
-        webhook_secret = mint_webhook_secret()
+        webhook_secret = webhook_secret or mint_webhook_secret()
         try:
             record = await self.store.keys.insert(
                 key_id=new_id("key"), name=name, prefix=minted.prefix,
                 secret_hash=minted.secret_hash, now=_now(),
-                webhook_secret=webhook_secret)
+                webhook_secret=webhook_secret, policy=policy, kind=kind)
         except IntegrityError:
             raise KeyNameError(f"a key named {name!r} already exists") from None
         return CreatedKey(record, minted.secret, webhook_secret)
@@ -78,7 +80,7 @@ class Keyring:
         if not secret:
             return None
         record = await self.store.keys.by_hash(hash_secret(secret))
-        if record is None or not record.active:
+        if record is None or not record.active or record.expired(_now()):
             return None
         now = time.monotonic()
         if now - self._touched.get(record.id, -_TOUCH_EVERY_SECS) >= _TOUCH_EVERY_SECS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -11,10 +11,38 @@ import sqlalchemy as sa
 from ccgate.store.engine import Database
 from ccgate.store.schema import api_keys
 
+POLICY_FIELDS = ("rpm", "rpd", "tokens_per_day", "budget_usd_per_month", "concurrency",
+                 "models", "ip_cidrs", "expires_at")
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What one key may do; None everywhere means no limit of that kind."""
+
+    rpm: int | None = None
+    rpd: int | None = None
+    tokens_per_day: int | None = None
+    budget_usd_per_month: float | None = None
+    concurrency: int | None = None
+    models: tuple[str, ...] | None = None
+    ip_cidrs: tuple[str, ...] | None = None
+    expires_at: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The policy as JSON-ready values (lists, ISO timestamps)."""
+        return {
+            "rpm": self.rpm, "rpd": self.rpd, "tokens_per_day": self.tokens_per_day,
+            "budget_usd_per_month": self.budget_usd_per_month,
+            "concurrency": self.concurrency,
+            "models": list(self.models) if self.models is not None else None,
+            "ip_cidrs": list(self.ip_cidrs) if self.ip_cidrs is not None else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+        }
+
 
 @dataclass(frozen=True)
 class KeyRecord:
-    """One app's key as stored: its name, visible prefix and lifecycle timestamps."""
+    """One app's key as stored: its name, visible prefix, lifecycle timestamps and policy."""
 
     id: str
     name: str
@@ -22,23 +50,45 @@ class KeyRecord:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    policy: KeyPolicy = field(default_factory=KeyPolicy)
+    kind: str = "app"
 
     @property
     def active(self) -> bool:
         """True until the key is revoked."""
         return self.revoked_at is None
 
+    def expired(self, now: datetime) -> bool:
+        """True once the key's ``expires_at`` has passed."""
+        return self.policy.expires_at is not None and now >= self.policy.expires_at
+
+
+def _policy_row(policy: KeyPolicy) -> dict[str, Any]:
+    values = {name: getattr(policy, name) for name in POLICY_FIELDS}
+    for name in ("models", "ip_cidrs"):
+        if values[name] is not None:
+            values[name] = list(values[name])
+    return values
+
 
 def _record(row: Any) -> KeyRecord:
     m = row._mapping
+    models, cidrs = m["models"], m["ip_cidrs"]
+    policy = KeyPolicy(
+        rpm=m["rpm"], rpd=m["rpd"], tokens_per_day=m["tokens_per_day"],
+        budget_usd_per_month=m["budget_usd_per_month"], concurrency=m["concurrency"],
+        models=tuple(models) if models is not None else None,
+        ip_cidrs=tuple(cidrs) if cidrs is not None else None, expires_at=m["expires_at"])
     return KeyRecord(
         id=m["id"], name=m["name"], prefix=m["prefix"], created_at=m["created_at"],
-        last_used_at=m["last_used_at"], revoked_at=m["revoked_at"],
+        last_used_at=m["last_used_at"], revoked_at=m["revoked_at"], policy=policy,
+        kind=m["kind"],
     )
 
 
 _COLUMNS = (api_keys.c.id, api_keys.c.name, api_keys.c.prefix, api_keys.c.created_at,
-            api_keys.c.last_used_at, api_keys.c.revoked_at)
+            api_keys.c.last_used_at, api_keys.c.revoked_at, api_keys.c.kind,
+            *(api_keys.c[name] for name in POLICY_FIELDS))
 
 
 # Built once: every authenticated request runs it.
@@ -52,13 +102,34 @@ class KeyTable:
         self.db = db
 
     async def insert(self, *, key_id: str, name: str, prefix: str, secret_hash: str,
-                     now: datetime, webhook_secret: str | None = None) -> KeyRecord:
+                     now: datetime, webhook_secret: str | None = None,
+                     policy: KeyPolicy | None = None, kind: str = "app") -> KeyRecord:
         """Store a new key; raise sqlalchemy IntegrityError if the name is taken."""
+        policy = policy or KeyPolicy()
         query = api_keys.insert().values(id=key_id, name=name, prefix=prefix,
                                          secret_hash=secret_hash, created_at=now,
-                                         webhook_secret=webhook_secret)
+                                         webhook_secret=webhook_secret, kind=kind,
+                                         **_policy_row(policy))
         await self.db.write(lambda conn: conn.execute(query))
-        return KeyRecord(key_id, name, prefix, now, None, None)
+        return KeyRecord(key_id, name, prefix, now, None, None, policy, kind)
+
+    async def update_policy(self, name: str, policy: KeyPolicy) -> bool:
+        """Replace an active key's policy; False when no active key has that name."""
+        query = (api_keys.update()
+                 .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+                 .values(**_policy_row(policy)))
+        return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
+
+    async def by_id(self, key_id: str) -> KeyRecord | None:
+        """Find a key by its id."""
+        return await self._one(api_keys.c.id == key_id)
+
+    async def revoke_id(self, key_id: str, now: datetime) -> bool:
+        """Revoke a key by id; False when it was not active."""
+        query = (api_keys.update()
+                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                 .values(revoked_at=now))
+        return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
     async def _one(self, where: sa.ColumnElement[bool]) -> KeyRecord | None:
         query = sa.select(*_COLUMNS).where(where)

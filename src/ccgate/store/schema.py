@@ -44,6 +44,17 @@ api_keys = sa.Table(
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
     # Needed in clear to sign webhooks, so it is kept, unlike the key's own secret.
     sa.Column("webhook_secret", sa.String(100), nullable=True),
+    # Policy: NULL means no limit of that kind.
+    sa.Column("rpm", sa.Integer(), nullable=True),
+    sa.Column("rpd", sa.Integer(), nullable=True),
+    sa.Column("tokens_per_day", sa.Integer(), nullable=True),
+    sa.Column("budget_usd_per_month", sa.Float(), nullable=True),
+    sa.Column("concurrency", sa.Integer(), nullable=True),
+    sa.Column("models", sa.JSON(), nullable=True),
+    sa.Column("ip_cidrs", sa.JSON(), nullable=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    # "app" for keys an admin made; "device" for keys minted by device enrollment.
+    sa.Column("kind", sa.String(20), nullable=False, server_default="app"),
 )
 
 jobs = sa.Table(
@@ -134,4 +145,63 @@ audit_log = sa.Table(
     sa.Column("error_type", sa.String(64), nullable=True),
     sa.Column("prompt_text", sa.Text(), nullable=True),
     sa.Index("ix_audit_at", "at"),
+    sa.Index("ix_audit_key_at", "key_name", "at"),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("key_id", sa.String(40), sa.ForeignKey("api_keys.id"), nullable=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("system_prompt", sa.Text(), nullable=True),
+    # The conversation so far, as Anthropic Messages (role + content blocks).
+    sa.Column("messages", sa.JSON(), nullable=False),
+    sa.Column("turns", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_sessions_expires", "expires_at"),
+)
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("key_id", sa.String(40), sa.ForeignKey("api_keys.id"), nullable=True),
+    sa.Column("filename", sa.String(255), nullable=True),
+    sa.Column("media_type", sa.String(100), nullable=False),
+    sa.Column("size", sa.Integer(), nullable=False),
+    sa.Column("content", sa.LargeBinary(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_files_expires", "expires_at"),
+)
+
+enrollments = sa.Table(
+    "enrollments",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("code_hash", sa.String(64), nullable=False, unique=True),
+    # The key policy every enrolled device gets (the same fields as api_keys).
+    sa.Column("policy", sa.JSON(), nullable=False),
+    sa.Column("max_devices", sa.Integer(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("enrollment_id", sa.String(40), sa.ForeignKey("enrollments.id"), nullable=False),
+    sa.Column("device_id", sa.String(200), nullable=False),
+    # The key the device acts as: limits, audit and usage work as for any key.
+    sa.Column("key_id", sa.String(40), sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("last_refresh_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Index("ux_devices_enrollment_device", "enrollment_id", "device_id", unique=True),
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 from fastapi import Request
 
 from ccgate.errors import ApiError
@@ -30,3 +32,15 @@ async def require_key(request: Request) -> KeyRecord:
         raise ApiError("authentication_error", "invalid or revoked API key")
     request.scope["ccgate.key_name"] = record.name
     return record  # type: ignore[no-any-return]
+
+
+async def require_admin(request: Request) -> None:
+    """FastAPI dependency: the admin token, compared in constant time, or 401/404."""
+    token: str | None = request.app.state.settings.admin_token
+    if token is None:
+        raise ApiError("admin_disabled", "the admin API is off: set CCGATE_ADMIN_TOKEN to turn "
+                       "it on")
+    presented = presented_secret(request)
+    if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
+        raise ApiError("authentication_error", "missing or wrong admin token")
+    request.scope["ccgate.key_name"] = "admin"

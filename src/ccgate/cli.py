@@ -197,14 +197,15 @@ def run_prompt(
     = None,
 ) -> None:
     """Run one prompt through the same locked-down runner the server uses, without a server."""
-    from ccgate.models import ModelNotAllowed, ModelPolicy
+    from ccgate.models import ModelNotAllowed, model_policy
     from ccgate.runners.base import RunError, RunRequest, RunResult, TextDelta
     from ccgate.runners.cli import cli_runner
 
     settings = _settings(ctx)
     text = sys.stdin.read() if prompt == "-" else prompt
     try:
-        chosen = ModelPolicy(settings.allowed_models, settings.default_model).resolve(model)
+        chosen = model_policy(settings.allowed_models, settings.default_model,
+                              settings.model_aliases, settings.backend).resolve(model)
     except ModelNotAllowed as exc:
         _fail(str(exc), 2)
         return

@@ -10,8 +10,9 @@ import structlog
 from fastapi import FastAPI
 
 from ccgate import __version__
-from ccgate.api import health, native
+from ccgate.api import admin, health, native, usage
 from ccgate.api import jobs as jobs_door
+from ccgate.api.admission import JobTickets
 from ccgate.api.errors import install_error_handlers
 from ccgate.api.middleware import RequestContextMiddleware
 from ccgate.api.views import render_job
@@ -19,12 +20,13 @@ from ccgate.audit import AuditLog
 from ccgate.config import Settings
 from ccgate.errors import ApiError
 from ccgate.jobs import JobService, QueueLimits
-from ccgate.models import ModelPolicy
+from ccgate.models import model_policy
 from ccgate.runners.base import Runner
 from ccgate.runners.cli import cli_runner
 from ccgate.runners.cli_status import CliStatus
 from ccgate.security.keyring import Keyring
 from ccgate.security.netguard import BlockedDestination, OutboundGuard
+from ccgate.sessions import SessionBook
 from ccgate.store import Store
 from ccgate.webhooks import WebhookDispatcher, delivery_view
 
@@ -65,7 +67,14 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
                 raise ApiError("invalid_request", f"callback_url is not allowed: {exc}",
                                param="callback_url") from None
 
+        sessions = SessionBook(store, settings.session_ttl_hours)
+        jobs.before_announce.append(sessions.record_turn)
+        jobs.cleanups.append(("sessions", sessions.delete_expired))
+        job_tickets = JobTickets()
+        jobs.on_finished.append(job_tickets.job_finished)
         audit = AuditLog(store)
+        app.state.sessions = sessions
+        app.state.job_tickets = job_tickets
         app.state.store = store
         app.state.audit = audit
         app.state.cli_status = cli_status
@@ -89,10 +98,13 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
                   description="A self-hosted gateway for the Claude Code CLI.")
     app.state.settings = settings
     app.state.requires_cli = runner is None
-    app.state.models = ModelPolicy(settings.allowed_models, settings.default_model)
+    app.state.models = model_policy(settings.allowed_models, settings.default_model,
+                                    settings.model_aliases, settings.backend)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(native.router)
     app.include_router(jobs_door.router)
+    app.include_router(usage.router)
+    app.include_router(admin.router)
     return app

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
 from ccgate.api.auth import require_key
-from ccgate.api.native import RunBody, build_run_request, parse_body, submit_job
+from ccgate.api.native import RunBody, parse_body, prepare_native_run, submit_job
 from ccgate.api.views import render_job
 from ccgate.errors import ApiError
 from ccgate.jobs import JobService, Submission, request_to_json
@@ -66,12 +66,19 @@ async def submit(request: Request, key: CallerKey,
                        "characters", param="Idempotency-Key")
     if body.callback_url is not None:
         request.app.state.check_callback(body.callback_url)
-    run_request = build_run_request(request, body)
-    job = await submit_job(request, Submission(
-        key_id=key.id, door="native",
-        request={**request_to_json(run_request), "response_format": body.response_format},
-        metadata=body.metadata, callback_url=body.callback_url,
-        idempotency_key=idempotency_key, request_hash=_request_hash(body)))
+    prepared = await prepare_native_run(request, key, body)
+    try:
+        job = await submit_job(request, Submission(
+            key_id=key.id, door="native",
+            request={**request_to_json(prepared.run_request),
+                     "response_format": body.response_format},
+            metadata=body.metadata, callback_url=body.callback_url,
+            idempotency_key=idempotency_key, request_hash=_request_hash(body),
+            session_id=prepared.session_id))
+    except BaseException:
+        await prepared.ticket.finish()
+        raise
+    request.app.state.job_tickets.hold(job.id, prepared.ticket)
     return JSONResponse(await job_view(request, job), status_code=202,
                         headers={"Location": f"/api/v1/jobs/{job.id}"})
 

@@ -79,6 +79,11 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"request-id", request_id.encode()))
                 headers.append((b"x-request-id", request_id.encode()))
+                # Rate-limit headers of an admitted request, on success and failure alike.
+                present = {name.lower() for name, _ in headers}
+                for name, value in scope.get("ccgate.rate_headers", {}).items():
+                    if name.encode() not in present:
+                        headers.append((name.encode(), value.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ccgate.api.admission import Ticket, admit, resolve_model
 from ccgate.api.auth import require_key
+from ccgate.api.files import MAX_ATTACHMENTS, FileToken, resolve_attachments
 from ccgate.api.views import render_job
 from ccgate.errors import ERROR_KINDS, ApiError
 from ccgate.jobs import (
@@ -21,8 +24,8 @@ from ccgate.jobs import (
     Submission,
     request_to_json,
 )
-from ccgate.models import ModelNotAllowed
 from ccgate.runners.base import RunRequest
+from ccgate.sessions import SessionBook
 from ccgate.store import JobRecord, JobStatus, KeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["native"])
@@ -49,6 +52,12 @@ class RunBody(BaseModel):
     timeout_secs: float | None = Field(None, gt=0, description="Wall-clock limit, capped by "
                                        "CCGATE_JOB_TIMEOUT_SECS.")
     metadata: dict[str, Any] | None = Field(None, description="Returned as-is with the job.")
+    session_id: str | None = Field(None, max_length=100, description="Continue the "
+                                   "conversation of an earlier job of this key (its "
+                                   "`session_id`).")
+    files: list[FileToken] | None = Field(None, max_length=MAX_ATTACHMENTS, description=(
+        "Tokens from `POST /api/v1/files`; each file becomes a content block after the "
+        "prompt's text."))
 
     @field_validator("prompt")
     @classmethod
@@ -100,25 +109,66 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
         raise ApiError("invalid_request", f"{field}: {message}", param=field) from None
 
 
-def build_run_request(request: Request, body: RunBody) -> RunRequest:
-    """Check the body against the limits and turn it into a RunRequest."""
+def build_run_request(request: Request, body: RunBody, model: str, *,
+                      history: list[dict[str, Any]] | None = None,
+                      system_prompt: str | None = None,
+                      attachments: list[dict[str, Any]] | None = None) -> RunRequest:
+    """Check the body against the size limits and turn it into a RunRequest."""
     settings = request.app.state.settings
+    system_prompt = body.system_prompt if body.system_prompt is not None else system_prompt
     size = sum(len(s.encode("utf-8")) for s in
-               (body.prompt, body.system_prompt or "", body.append_system_prompt or ""))
+               (body.prompt, system_prompt or "", body.append_system_prompt or ""))
+    # Text files are inlined into the prompt, so they count against its limit.
+    size += sum(len(b["text"].encode("utf-8")) for b in attachments or () if b["type"] == "text")
     if size > settings.max_prompt_bytes:
         raise ApiError("request_too_large", f"prompt is {size} bytes; the limit is "
                        f"{settings.max_prompt_bytes} (CCGATE_MAX_PROMPT_BYTES)")
-    try:
-        model = request.app.state.models.resolve(body.model)
-    except ModelNotAllowed as exc:
-        raise ApiError("invalid_request", str(exc), param="model") from None
     append = body.append_system_prompt
     if body.response_format == "json":
         append = f"{append}\n\n{JSON_ONLY_INSTRUCTION}" if append else JSON_ONLY_INSTRUCTION
     timeout = min(body.timeout_secs or settings.job_timeout_secs, settings.job_timeout_secs)
-    return RunRequest.from_text(
-        body.prompt, model, system_prompt=body.system_prompt, append_system_prompt=append,
+    content: list[dict[str, Any]] = [{"type": "text", "text": body.prompt},
+                                     *(attachments or [])]
+    return RunRequest(
+        content=content, model=model, history=list(history or []),
+        system_prompt=system_prompt, append_system_prompt=append,
         timeout_secs=timeout, idle_timeout_secs=settings.idle_timeout_secs)
+
+
+@dataclass
+class NativeRun:
+    """A validated native request: what to run, its session and its admission ticket."""
+
+    run_request: RunRequest
+    session_id: str
+    ticket: Ticket
+
+
+async def prepare_native_run(request: Request, key: KeyRecord, body: RunBody) -> NativeRun:
+    """Validate everything (model, session, attachments, sizes), then admit under limits."""
+    model = resolve_model(request, key, body.model)
+    sessions: SessionBook = request.app.state.sessions
+    history: list[dict[str, Any]] = []
+    system_prompt: str | None = None
+    session_id = body.session_id
+    if session_id is not None:
+        session = await sessions.find(session_id, key.id)
+        if session is None:
+            raise ApiError("not_found", f"no session {session_id!r} (unknown, expired or "
+                           "another key's)", param="session_id")
+        history, system_prompt = session.messages, session.system_prompt
+    else:
+        session_id = sessions.new_id()
+    attachments = await attachments_for(request, key, body)
+    run_request = build_run_request(request, body, model, history=history,
+                                    system_prompt=system_prompt, attachments=attachments)
+    ticket = await admit(request, key, "native")
+    return NativeRun(run_request, session_id, ticket)
+
+
+async def attachments_for(request: Request, key: KeyRecord, body: RunBody) -> list[dict[str, Any]]:
+    """Content blocks for the files the body attaches, after checking the key owns them."""
+    return await resolve_attachments(request, key, body.files or [])
 
 
 async def submit_job(request: Request, submission: Submission) -> JobRecord:
@@ -159,6 +209,20 @@ async def wait_unless_disconnected(request: Request, job_id: str) -> JobRecord |
     return None
 
 
+async def wait_for_caller(request: Request, job_id: str) -> JobRecord | None:
+    """Wait for a synchronous caller's job; None when the caller went away (job cancelled).
+
+    A node that stops before the run could finish cancels it (nobody would collect a later
+    answer) and answers 503.
+    """
+    try:
+        return await wait_unless_disconnected(request, job_id)
+    except NotAccepting:
+        await request.app.state.jobs.cancel(job_id)
+        raise ApiError("shutting_down", "the server is shutting down; retry on another node",
+                       retry_after=5) from None
+
+
 async def _client_gone(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -195,18 +259,18 @@ def job_error(job: JobRecord) -> ApiError:
 async def run(request: Request, key: CallerKey) -> Response:
     """Run a prompt synchronously; a client that disconnects cancels the run."""
     body = await parse_body(request, RunBody)
-    run_request = build_run_request(request, body)
-    job = await submit_job(request, Submission(
-        key_id=key.id, door="native",
-        request={**request_to_json(run_request), "response_format": body.response_format},
-        metadata=body.metadata))
+    prepared = await prepare_native_run(request, key, body)
+    finished: JobRecord | None = None
     try:
-        finished = await wait_unless_disconnected(request, job.id)
-    except NotAccepting:
-        # The node stops before this run could finish; nobody would collect a later answer.
-        await request.app.state.jobs.cancel(job.id)
-        raise ApiError("shutting_down", "the server is shutting down; retry on another node",
-                       retry_after=5) from None
+        job = await submit_job(request, Submission(
+            key_id=key.id, door="native",
+            request={**request_to_json(prepared.run_request),
+                     "response_format": body.response_format},
+            metadata=body.metadata, session_id=prepared.session_id))
+        finished = await wait_for_caller(request, job.id)
+    finally:
+        await prepared.ticket.finish(finished.usage if finished else None,
+                                     finished.cost_usd if finished else None)
     if finished is None:
         request.scope["ccgate.audit"]["job_status"] = "cancelled"
         return Response(status_code=499)

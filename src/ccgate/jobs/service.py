@@ -8,7 +8,7 @@ import dataclasses
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,6 +68,7 @@ class Submission:
     callback_url: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    session_id: str | None = None
 
 
 class JobService:
@@ -84,6 +85,11 @@ class JobService:
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{new_id('n')[2:10]}"
         self.accepting = False
         self.on_finished: list[Callable[[JobRecord], None]] = []
+        # Awaited after a job's end is stored and before anyone waiting is told, so a caller
+        # that gets the answer already sees what these did (e.g. its session's new turn).
+        self.before_announce: list[Callable[[JobRecord], Awaitable[None]]] = []
+        # Expiry sweeps run by the cleanup loop: (what, delete everything expired at ``now``).
+        self.cleanups: list[tuple[str, Callable[[datetime], Awaitable[int]]]] = []
         self._wake = asyncio.Event()
         self._slots_taken = 0
         self._done: dict[str, asyncio.Future[JobRecord | None]] = {}
@@ -168,6 +174,7 @@ class JobService:
                 callback_url=submission.callback_url,
                 idempotency_key=submission.idempotency_key,
                 request_hash=submission.request_hash, max_queued=self.limits.queue_size,
+                session_id=submission.session_id,
                 claim_for=self.node_id if reserve else None,
                 lease_until=now + timedelta(seconds=self.limits.lease_secs))
         except QueueAtCapacity:
@@ -262,6 +269,11 @@ class JobService:
             self.hub.notify(job_id)
             return None
         record, closing = ended
+        for hook in self.before_announce:
+            try:
+                await hook(record)
+            except Exception:
+                log.exception("job_end_hook_failed", job_id=job_id)
         self.hub.end(job_id, closing)
         self._announce(job_id, record)
         for callback in self.on_finished:
@@ -348,7 +360,7 @@ class JobService:
                 duration_ms=_elapsed_ms(started))
         return await self._end(
             job.id, JobStatus.COMPLETED, result=result.text, usage=result.usage,
-            cost_usd=result.cost_usd, session_id=result.session_id,
+            cost_usd=result.cost_usd, stop_reason=result.stop_reason,
             duration_ms=_elapsed_ms(started), model=result.model or job.model)
 
     async def _stream(self, job: JobRecord) -> RunResult:
@@ -425,17 +437,22 @@ class JobService:
         return recovered
 
     async def _clean_up(self) -> None:
-        """Delete finished jobs older than the TTL, with their events and deliveries."""
-        if self.limits.job_ttl_hours <= 0:
-            return
+        """Delete finished jobs older than the TTL (with their events and deliveries), then
+        run the other expiry sweeps (sessions, files) registered in ``cleanups``."""
         while True:
-            try:
-                cutoff = self.clock() - timedelta(hours=self.limits.job_ttl_hours)
-                deleted = await self.store.jobs.delete_finished_before(cutoff)
-                if deleted:
-                    log.info("jobs_expired", count=deleted)
-            except Exception:
-                log.exception("cleanup_failed")
+            now = self.clock()
+            sweeps = list(self.cleanups)
+            if self.limits.job_ttl_hours > 0:
+                cutoff = now - timedelta(hours=self.limits.job_ttl_hours)
+                sweeps.insert(0, ("jobs", lambda _: self.store.jobs.delete_finished_before(
+                    cutoff)))
+            for name, sweep in sweeps:
+                try:
+                    deleted = await sweep(now)
+                    if deleted:
+                        log.info("expired_deleted", kind=name, count=deleted)
+                except Exception:
+                    log.exception("cleanup_failed", kind=name)
             await asyncio.sleep(self.limits.cleanup_interval_secs)
 
 

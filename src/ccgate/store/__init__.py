@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from ccgate.store.audit import AuditEntry, AuditTable
 from ccgate.store.engine import Database
+from ccgate.store.enrollments import EnrollmentTable
 from ccgate.store.events import EventTable, JobEvent
+from ccgate.store.files import FileTable
 from ccgate.store.jobs import JobRecord, JobStatus, JobTable
 from ccgate.store.keys import KeyRecord, KeyTable
+from ccgate.store.sessions import SessionRecord, SessionTable
+from ccgate.store.usage import UsageTable
 from ccgate.store.webhooks import DeliveryTable
 
 
@@ -20,6 +24,10 @@ class Store:
         self.audit = AuditTable(db)
         self.events = EventTable(db)
         self.webhooks = DeliveryTable(db)
+        self.sessions = SessionTable(db)
+        self.files = FileTable(db)
+        self.usage = UsageTable(db)
+        self.enrollments = EnrollmentTable(db)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -38,4 +46,4 @@ class Store:
         await self.db.close()
 
 
-__all__ = ["AuditEntry", "Database", "JobEvent", "JobRecord", "JobStatus", "KeyRecord", "Store"]
+__all__ = ["AuditEntry", "Database", "JobEvent", "JobRecord", "JobStatus", "KeyRecord", "SessionRecord", "Store"]

@@ -75,6 +75,7 @@ class JobRecord:
     callback_url: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    stop_reason: str | None = None
 
 
 def _record(row: sa.Row[Any]) -> JobRecord:
@@ -94,7 +95,8 @@ class JobTable:
                      now: datetime, callback_url: str | None = None,
                      idempotency_key: str | None = None, request_hash: str | None = None,
                      max_queued: int | None = None, claim_for: str | None = None,
-                     lease_until: datetime | None = None) -> JobRecord | None:
+                     lease_until: datetime | None = None,
+                     session_id: str | None = None) -> JobRecord | None:
         """Store a new job and return it, in one transaction that also checks capacity.
 
         Raises QueueAtCapacity when ``max_queued`` jobs already wait. With ``claim_for``, a
@@ -105,7 +107,7 @@ class JobTable:
         base = JobRecord(
             id=job_id, key_id=key_id, door=door, status=JobStatus.QUEUED, model=model,
             request=request, metadata=metadata, result=None, error_type=None,
-            error_message=None, usage=None, cost_usd=None, session_id=None, attempts=0,
+            error_message=None, usage=None, cost_usd=None, session_id=session_id, attempts=0,
             duration_ms=None, created_at=now, started_at=None, finished_at=None,
             lease_owner=None, lease_expires_at=None, callback_url=callback_url,
             idempotency_key=idempotency_key, request_hash=request_hash)

@@ -73,6 +73,7 @@ jobs = sa.Table(
     sa.Column("usage", sa.JSON(), nullable=True),
     sa.Column("cost_usd", sa.Float(), nullable=True),
     sa.Column("session_id", sa.String(100), nullable=True),
+    sa.Column("stop_reason", sa.String(40), nullable=True),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("duration_ms", sa.Integer(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),

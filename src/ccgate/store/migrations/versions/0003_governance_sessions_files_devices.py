@@ -27,6 +27,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("kind", sa.String(length=20), server_default="app",
                                    nullable=False))
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("stop_reason", sa.String(length=40), nullable=True))
     op.create_index("ix_audit_key_at", "audit_log", ["key_name", "at"])
     op.create_table(
         "sessions",
@@ -97,6 +99,8 @@ def downgrade() -> None:
     op.drop_index("ix_sessions_expires", table_name="sessions")
     op.drop_table("sessions")
     op.drop_index("ix_audit_key_at", table_name="audit_log")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("stop_reason")
     with op.batch_alter_table("api_keys") as batch:
         for column in ("kind", "expires_at", "ip_cidrs", "models", "concurrency",
                        "budget_usd_per_month", "tokens_per_day", "rpd", "rpm"):

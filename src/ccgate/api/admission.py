@@ -1,0 +1,105 @@
+"""The one gate every door passes after validating a request: model rules, then limits.
+
+A door validates the body first (a bad request spends no quota), then calls ``admit``; it
+gets the model to run and a ``Ticket`` that frees the key's concurrency slot and records the
+run's tokens and cost when the work is done, whichever way it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from fastapi import Request
+
+from ccgate.errors import ApiError
+from ccgate.models import ModelForbidden, ModelNotAllowed, ModelPolicy
+from ccgate.store import JobRecord, KeyRecord
+
+log = structlog.get_logger("ccgate.admission")
+
+
+def resolve_model(request: Request, key: KeyRecord, requested: str | None) -> str:
+    """The model to run, or 400 (server does not serve it) / 403 (key may not use it)."""
+    models: ModelPolicy = request.app.state.models
+    try:
+        return models.resolve(requested, key.policy.models)
+    except ModelNotAllowed as exc:
+        raise ApiError("invalid_request", str(exc), param="model") from None
+    except ModelForbidden as exc:
+        raise ApiError("model_not_allowed", str(exc), param="model") from None
+
+
+@dataclass
+class Ticket:
+    """A request admitted under its key's limits; ``finish`` once, when its work ends."""
+
+    key: KeyRecord
+    admission: Any = None
+    limiter: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    finished: bool = False
+
+    async def finish(self, usage: dict[str, Any] | None = None,
+                     cost_usd: float | None = None) -> None:
+        """Free the concurrency slot and count the run's tokens and cost (idempotent)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.admission is not None:
+            await self.admission.release()
+        if self.limiter is not None and (usage or cost_usd):
+            tokens = sum(int(usage.get(k) or 0) for k in ("input_tokens", "output_tokens")) \
+                if usage else 0
+            try:
+                await self.limiter.record_usage(self.key.id, self.key.policy, tokens=tokens,
+                                                cost_usd=cost_usd)
+            except Exception:
+                log.exception("usage_not_recorded", key=self.key.name)
+
+
+async def admit(request: Request, key: KeyRecord, door: str) -> Ticket:
+    """Spend one request of the key's limits; raise 429 with Retry-After when one is spent.
+
+    The rate-limit headers of the door's convention go on the eventual response (and on the
+    429 itself).
+    """
+    limiter = getattr(request.app.state, "limiter", None)
+    if limiter is None:
+        return Ticket(key)
+    from ccgate.limits import LimitExceeded, rate_headers
+
+    try:
+        admission = await limiter.admit(key.id, key.policy)
+    except LimitExceeded as exc:
+        state = getattr(exc, "state", None)
+        if state is not None:
+            exc.headers.update(rate_headers(door, state))
+        request.scope.setdefault("ccgate.audit", {})["error_type"] = exc.error_type
+        raise
+    ticket = Ticket(key, admission, limiter, rate_headers(door, admission.state))
+    request.scope["ccgate.rate_headers"] = ticket.headers
+    return ticket
+
+
+class JobTickets:
+    """Tickets of queued jobs, finished when the job ends on this node."""
+
+    def __init__(self) -> None:
+        self._by_job: dict[str, Ticket] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def hold(self, job_id: str, ticket: Ticket) -> None:
+        """Keep ``ticket`` until job ``job_id`` ends."""
+        self._by_job[job_id] = ticket
+
+    def job_finished(self, job: JobRecord) -> None:
+        """JobService.on_finished hook: finish the job's ticket with its usage."""
+        ticket = self._by_job.pop(job.id, None)
+        if ticket is None:
+            return
+        task = asyncio.create_task(ticket.finish(job.usage, job.cost_usd))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -7,12 +7,15 @@ import time
 from typing import Any
 
 import structlog
+from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ccgate.api.errors import door_of_request, error_response
 from ccgate.audit import AuditLog
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
+from ccgate.security.netrules import ClientAddressRules
 from ccgate.store import AuditEntry
 
 log = structlog.get_logger("ccgate.http")
@@ -40,9 +43,11 @@ def door_of(path: str) -> str:
 class RequestContextMiddleware:
     """Gives each request an id, caps its body, and logs and audits it when it ends."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int,
+                 rules: ClientAddressRules | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.rules = rules or ClientAddressRules()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,10 +58,22 @@ class RequestContextMiddleware:
         started = time.monotonic()
         status = 500
         limit = self.max_body_bytes
+        peer = scope.get("client")
+        forwarded = [v.decode("latin-1") for k, v in scope.get("headers", [])
+                     if k == b"x-forwarded-for"]
+        address = self.rules.client_address(peer[0] if peer else None, forwarded)
+        scope["ccgate.client_address"] = address
+        scope["ccgate.client_ip"] = str(address) if address is not None else None
+
+        if not self.rules.allowed(address):
+            await _send_error(scope, receive, send, request_id, ApiError(
+                "forbidden", "this address may not call ccgate (CCGATE_ALLOW_CIDRS)"))
+            self._log(scope, request_id, 403, started)
+            return
 
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _send_too_large(scope, receive, send, request_id, limit)
+            await _send_error(scope, receive, send, request_id, BodyTooLarge(limit))
             status = 413
             self._log(scope, request_id, status, started)
             return
@@ -94,10 +111,9 @@ class RequestContextMiddleware:
             self._audit(scope, request_id, status, started)
 
     def _log(self, scope: Scope, request_id: str, status: int, started: float) -> None:
-        client = scope.get("client")
         log.info("request", request_id=request_id, method=scope["method"], path=scope["path"],
                  status=status, duration_ms=round((time.monotonic() - started) * 1000, 2),
-                 key=scope.get("ccgate.key_name"), client=client[0] if client else None)
+                 key=scope.get("ccgate.key_name"), client=scope.get("ccgate.client_ip"))
 
     def _audit(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         path: str = scope["path"]
@@ -108,12 +124,31 @@ class RequestContextMiddleware:
         if audit is None:
             return
         facts: dict[str, Any] = scope.get("ccgate.audit", {})
-        client = scope.get("client")
         audit.record(AuditEntry(
             at=utcnow(), request_id=request_id, door=door_of(path), route=path,
             http_status=status, duration_ms=int((time.monotonic() - started) * 1000),
-            key_name=scope.get("ccgate.key_name"), client_ip=client[0] if client else None,
+            key_name=scope.get("ccgate.key_name"), client_ip=scope.get("ccgate.client_ip"),
             **facts))
+
+
+_EXPOSED_HEADERS = [
+    "request-id", "x-request-id", "retry-after", "location",
+    "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
+    "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset",
+]
+
+
+def add_cors(app: Starlette, origins: tuple[str, ...]) -> None:
+    """Answer browsers from ``origins``; ``*`` allows any origin but never with credentials,
+    so no arbitrary origin is ever reflected together with Allow-Credentials."""
+    wildcard = "*" in origins
+    app.add_middleware(
+        CORSMiddleware, allow_origins=["*"] if wildcard else list(origins),
+        allow_credentials=not wildcard, allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_headers=["*"], expose_headers=_EXPOSED_HEADERS, max_age=600)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -126,11 +161,10 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_too_large(scope: Scope, receive: Receive, send: Send, request_id: str,
-                          limit: int) -> None:
+async def _send_error(scope: Scope, receive: Receive, send: Send, request_id: str,
+                      error: ApiError) -> None:
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-    response = error_response(request_id, BodyTooLarge(limit),
-                              door_of_request(scope["path"], headers))
+    response = error_response(request_id, error, door_of_request(scope["path"], headers))
     response.headers["request-id"] = request_id
     response.headers["connection"] = "close"
     await response(scope, receive, send)

@@ -74,11 +74,8 @@ async def admit(request: Request, key: KeyRecord, door: str) -> Ticket:
     try:
         admission = await limiter.admit(key.id, key.policy)
     except LimitExceeded as exc:
-        state = getattr(exc, "state", None)
-        if state is not None:
-            exc.headers.update(rate_headers(door, state))
         request.scope.setdefault("ccgate.audit", {})["error_type"] = exc.error_type
-        raise
+        raise exc.use_door(door) from None
     ticket = Ticket(key, admission, limiter, rate_headers(door, admission.state))
     request.scope["ccgate.rate_headers"] = ticket.headers
     return ticket

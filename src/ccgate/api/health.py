@@ -30,10 +30,15 @@ async def readyz(request: Request) -> JSONResponse:
     except Exception as exc:
         checks["store"] = "unreachable"
         problems.append(f"store unreachable: {type(exc).__name__}")
-    cli = await state.cli_status.refresh()
-    checks["claude"] = {"path": cli.path, "version": cli.version}
-    if cli.problem:
-        problems.append(cli.problem)
+    checks["backend"] = state.settings.backend
+    if state.settings.backend == "cli":
+        cli = await state.cli_status.refresh()
+        checks["claude"] = {"path": cli.path, "version": cli.version}
+        if cli.problem:
+            problems.append(cli.problem)
+    breaker = getattr(state, "breaker", None)
+    if breaker is not None:
+        checks["circuit"] = breaker.snapshot()["state"]
     if not state.jobs.accepting:
         problems.append("shutting down: no new jobs are accepted")
     checks["status"] = "ready" if not problems else "not_ready"

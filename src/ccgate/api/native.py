@@ -87,6 +87,20 @@ class RunBody(BaseModel):
 
 async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
     """Read a JSON body whatever its Content-Type and validate it, naming the bad field."""
+    data = await read_json_object(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        raise ApiError("invalid_request", f"{field}: {message}", param=field) from None
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, whatever its Content-Type; 400 for anything else."""
     raw = await request.body()
     if not raw.strip():
         raise ApiError("invalid_request", "request body must be a JSON object")
@@ -98,15 +112,7 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
         raise ApiError("invalid_request", "malformed JSON body: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError("invalid_request", "request body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        message = first["msg"]
-        if first["type"] == "extra_forbidden":
-            message = "unknown field"
-        raise ApiError("invalid_request", f"{field}: {message}", param=field) from None
+    return data
 
 
 def build_run_request(request: Request, body: RunBody, model: str, *,

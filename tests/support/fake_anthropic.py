@@ -44,6 +44,7 @@ __all__ = [
     "Hang",
     "RecordedRequest",
     "Slow",
+    "StreamError",
     "Text",
     "ToolUse",
     "cli_env",
@@ -65,6 +66,8 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     method: str = "POST"
+    # The client's source port: equal ports mean a reused keep-alive connection.
+    client_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class Error:
     error_type: str = "api_error"
     message: str = "boom"
     retry_after: int | None = None
+    # Extra response headers, e.g. anthropic-ratelimit-*-reset on a 429.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,16 @@ class Hang:
     """Send headers and message_start, then nothing until the server stops."""
 
 
-Behavior = Text | Slow | Echo | Error | ToolUse | Hang
+@dataclass(frozen=True)
+class StreamError:
+    """A 200 stream that sends ``text``, then an ``event: error`` instead of finishing."""
+
+    text: str = ""
+    error_type: str = "overloaded_error"
+    message: str = "Overloaded"
+
+
+Behavior = Text | Slow | Echo | Error | ToolUse | Hang | StreamError
 
 
 class _ClientGone(Exception):
@@ -204,6 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body=body,
                 method=self.command,
+                client_port=self.client_address[1],
             )
         )
         try:
@@ -253,6 +268,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, _tool_use_json(model, behavior))
             case Hang():
                 self._hang(model, stream)
+            case StreamError() if stream:
+                self._stream_error(model, behavior)
+            case StreamError():
+                self._send_error(Error(500, behavior.error_type, behavior.message))
 
     # -- plain JSON responses -------------------------------------------------
 
@@ -269,6 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_error(self, error: Error) -> None:
         extra = {} if error.retry_after is None else {"retry-after": str(error.retry_after)}
+        extra.update(error.headers)
         payload = {"type": "error", "error": {"type": error.error_type, "message": error.message}}
         self._send_json(error.status, payload, extra)
 
@@ -335,6 +355,16 @@ class _Handler(BaseHTTPRequestHandler):
         usage = {"output_tokens": usage_out}
         self._event({"type": "message_delta", "delta": delta, "usage": usage})
         self._event({"type": "message_stop"})
+        self._end_stream()
+
+    def _stream_error(self, model: str, failure: StreamError) -> None:
+        self._start_stream()
+        self._event(_message_start(model, 12))
+        self._block_start({"type": "text", "text": ""})
+        for piece in _split_text(failure.text, None):
+            self._block_delta({"type": "text_delta", "text": piece})
+        error = {"type": failure.error_type, "message": failure.message}
+        self._event({"type": "error", "error": error})
         self._end_stream()
 
     def _hang(self, model: str, stream: bool) -> None:

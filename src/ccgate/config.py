@@ -286,6 +286,10 @@ SETTINGS: tuple[Setting, ...] = (
             "memory, per process."),
     Setting("CCGATE_GLOBAL_RPD", "0", "an integer (0 turns it off)", _int(0),
             "Requests per day across all keys; past it every key gets 429."),
+    Setting("CCGATE_RPM_WINDOW_SECS", "60", "an integer of seconds between 1 and 86400",
+            _int(1, 86400), "Length of the rpm (and fetch rpm) window; change only for testing."),
+    Setting("CCGATE_RPD_WINDOW_SECS", "86400", "an integer of seconds between 1 and 2678400",
+            _int(1, 2678400), "Length of the rpd window; change only for testing."),
     Setting("CCGATE_ALLOW_CIDRS", "", "comma-separated IPs or CIDRs, or empty", _cidrs,
             "Client addresses allowed at all (loopback always is). Empty: any address."),
     Setting("CCGATE_TRUSTED_PROXIES", "", "comma-separated IPs or CIDRs, or empty", _cidrs,
@@ -368,6 +372,8 @@ class Settings:
     session_ttl_hours: float
     redis_url: str | None
     global_rpd: int
+    rpm_window_secs: int
+    rpd_window_secs: int
     allow_cidrs: tuple[str, ...]
     trusted_proxies: tuple[str, ...]
     cors_origins: tuple[str, ...]

@@ -1,0 +1,277 @@
+"""The in-memory Limiter: each limit refuses at its count, frees on time, and spends nothing
+when it refuses; the rate headers of each door."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ccgate.config import Settings
+from ccgate.limits import Limiter, LimitExceeded, RateState, rate_headers
+from ccgate.limits.headers import openai_duration
+from ccgate.store.keys import KeyPolicy
+
+MakeLimiter = Callable[..., Limiter]
+
+
+@pytest.fixture
+async def make_limiter() -> AsyncIterator[MakeLimiter]:
+    """Build in-memory Limiters; every one is closed at the end of the test."""
+    built: list[Limiter] = []
+
+    def build(**options: Any) -> Limiter:
+        limiter = Limiter(**{"redis_url": None, **options})
+        built.append(limiter)
+        return limiter
+
+    yield build
+    for limiter in built:
+        await limiter.aclose()
+
+
+async def _refused(limiter: Limiter, policy: KeyPolicy, key_id: str = "k1") -> LimitExceeded:
+    with pytest.raises(LimitExceeded) as caught:
+        await limiter.admit(key_id, policy)
+    return caught.value
+
+
+def _secs_to_midnight() -> float:
+    now = datetime.now(UTC)
+    return ((now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+            - now).total_seconds()
+
+
+async def test_limiter_rpm_refuses_the_request_after_the_limit(make_limiter: MakeLimiter) -> None:
+    """With rpm=3, three requests pass and the fourth is a 429 rpm_exceeded."""
+    limiter = make_limiter()
+    policy = KeyPolicy(rpm=3)
+    remaining = [(await limiter.admit("k1", policy)).state.requests_remaining for _ in range(3)]
+    error = await _refused(limiter, policy)
+    assert remaining == [2, 1, 0]
+    assert error.error_type == "rpm_exceeded" and error.status == 429
+    assert (await limiter.admit("other-key", policy)).state.requests_remaining == 2
+
+
+async def test_limiter_rpm_retry_after_is_what_is_left_of_the_window(
+        make_limiter: MakeLimiter) -> None:
+    """The rpm 429's Retry-After is the time until the oldest request leaves the window."""
+    limiter = make_limiter(rpm_window_secs=60)
+    await limiter.admit("k1", KeyPolicy(rpm=1))
+    await asyncio.sleep(0.3)
+    error = await _refused(limiter, KeyPolicy(rpm=1))
+    assert error.retry_after is not None and 55 < error.retry_after <= 59.8
+    assert error.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_limiter_rpm_window_frees_after_its_length(
+        make_limiter: MakeLimiter, make_settings: Callable[..., Settings]) -> None:
+    """With CCGATE_RPM_WINDOW_SECS=1 a spent rpm lets requests in again a second later."""
+    settings = make_settings(CCGATE_RPM_WINDOW_SECS=1)
+    limiter = Limiter.from_settings(settings)
+    try:
+        await limiter.admit("k1", KeyPolicy(rpm=1))
+        assert (await _refused(limiter, KeyPolicy(rpm=1))).retry_after == 1.0
+        await asyncio.sleep(1.1)
+        assert (await limiter.admit("k1", KeyPolicy(rpm=1))).state.requests_remaining == 0
+    finally:
+        await limiter.aclose()
+
+
+async def test_limiter_rpd_refuses_after_the_limit_until_its_window_ends(
+        make_limiter: MakeLimiter) -> None:
+    """With rpd=2 the third request is rpd_exceeded, Retry-After the rest of the day window."""
+    limiter = make_limiter(rpd_window_secs=120)
+    policy = KeyPolicy(rpd=2)
+    for _ in range(2):
+        await limiter.admit("k1", policy)
+    error = await _refused(limiter, policy)
+    assert error.error_type == "rpd_exceeded"
+    assert error.retry_after is not None and 118 <= error.retry_after <= 120
+    assert error.headers["x-ratelimit-limit-requests"] == "2"
+
+
+async def test_limiter_rpd_window_frees_after_its_length(make_limiter: MakeLimiter) -> None:
+    """A spent rpd window with rpd_window_secs=1 lets requests in again after a second."""
+    limiter = make_limiter(rpd_window_secs=1)
+    await limiter.admit("k1", KeyPolicy(rpd=1))
+    await _refused(limiter, KeyPolicy(rpd=1))
+    await asyncio.sleep(1.1)
+    await limiter.admit("k1", KeyPolicy(rpd=1))
+
+
+async def test_limiter_global_rpd_counts_requests_of_every_key(make_limiter: MakeLimiter) -> None:
+    """CCGATE_GLOBAL_RPD=2 admits two requests over all keys, then refuses any key."""
+    limiter = make_limiter(global_rpd=2)
+    await limiter.admit("a", KeyPolicy())
+    await limiter.admit("b", KeyPolicy())
+    error = await _refused(limiter, KeyPolicy(), key_id="c")
+    assert error.error_type == "global_rpd_exceeded"
+    assert "CCGATE_GLOBAL_RPD" in error.message
+
+
+async def test_limiter_concurrency_refuses_while_every_slot_is_taken(
+        make_limiter: MakeLimiter) -> None:
+    """With concurrency=2 a third running request is refused until one is released."""
+    limiter = make_limiter()
+    policy = KeyPolicy(concurrency=2)
+    first = await limiter.admit("k1", policy)
+    await limiter.admit("k1", policy)
+    error = await _refused(limiter, policy)
+    assert error.error_type == "concurrency_exceeded" and error.retry_after == 1.0
+    await first.release()
+    await limiter.admit("k1", policy)
+    assert (await limiter.usage("k1"))["running"] == 2
+
+
+async def test_limiter_double_release_frees_only_one_slot(make_limiter: MakeLimiter) -> None:
+    """Releasing the same admission twice gives back one slot, not two."""
+    limiter = make_limiter()
+    policy = KeyPolicy(concurrency=2)
+    first = await limiter.admit("k1", policy)
+    await limiter.admit("k1", policy)
+    await first.release()
+    await first.release()
+    await limiter.admit("k1", policy)
+    assert (await _refused(limiter, policy)).error_type == "concurrency_exceeded"
+    assert first.released
+
+
+async def test_limiter_refused_request_spends_nothing(make_limiter: MakeLimiter) -> None:
+    """Requests refused for concurrency do not use up the key's rpm or the global rpd."""
+    limiter = make_limiter(global_rpd=2)
+    policy = KeyPolicy(rpm=2, concurrency=1)
+    running = await limiter.admit("k1", policy)
+    for _ in range(5):
+        assert (await _refused(limiter, policy)).error_type == "concurrency_exceeded"
+    await running.release()
+    second = await limiter.admit("k1", policy)
+    assert second.state.requests_remaining == 0
+
+
+async def test_limiter_tokens_per_day_refuses_once_usage_reaches_the_quota(
+        make_limiter: MakeLimiter) -> None:
+    """After runs used 110 of 100 tokens the next request is refused until 00:00 UTC."""
+    limiter = make_limiter()
+    policy = KeyPolicy(tokens_per_day=100)
+    await limiter.record_usage("k1", policy, tokens=60, cost_usd=None)
+    assert (await limiter.admit("k1", policy)).state.tokens_remaining == 40
+    await limiter.record_usage("k1", policy, tokens=50, cost_usd=None)
+    error = await _refused(limiter, policy)
+    assert error.error_type == "tokens_per_day_exceeded"
+    assert error.retry_after is not None
+    assert abs(error.retry_after - max(1.0, _secs_to_midnight())) < 5
+    assert error.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+async def test_limiter_budget_refuses_once_the_month_is_spent(make_limiter: MakeLimiter) -> None:
+    """A $1 monthly budget admits at $0.60 spent and refuses at $1.00 until the 1st (UTC)."""
+    limiter = make_limiter()
+    policy = KeyPolicy(budget_usd_per_month=1.0)
+    await limiter.record_usage("k1", policy, tokens=10, cost_usd=0.6)
+    await limiter.admit("k1", policy)
+    await limiter.record_usage("k1", policy, tokens=10, cost_usd=0.4)
+    error = await _refused(limiter, policy)
+    now = datetime.now(UTC)
+    first = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    assert error.error_type == "budget_exceeded"
+    assert error.retry_after is not None
+    assert abs(error.retry_after - max(1.0, (first - now).total_seconds())) < 5
+
+
+async def test_limiter_names_the_blocking_limit_that_frees_last(
+        make_limiter: MakeLimiter) -> None:
+    """When rpm and the monthly budget both block, the 429 is the budget's, with its wait."""
+    limiter = make_limiter(rpm_window_secs=60)
+    policy = KeyPolicy(rpm=1, budget_usd_per_month=0.5)
+    await limiter.admit("k1", policy)
+    await limiter.record_usage("k1", policy, tokens=1, cost_usd=0.5)
+    error = await _refused(limiter, policy)
+    assert error.error_type == "budget_exceeded"
+    assert error.retry_after is not None and error.retry_after > 60
+
+
+async def test_limiter_fetch_rpm_is_a_bucket_of_its_own(make_limiter: MakeLimiter) -> None:
+    """Page fetches have their own per-key limit that neither spends nor blocks model rpm."""
+    limiter = make_limiter(fetch_rpm=2)
+    await limiter.check_fetch("k1")
+    await limiter.check_fetch("k1")
+    with pytest.raises(LimitExceeded) as caught:
+        await limiter.check_fetch("k1")
+    assert caught.value.error_type == "fetch_rpm_exceeded"
+    assert caught.value.retry_after is not None and caught.value.retry_after > 55
+    assert (await limiter.admit("k1", KeyPolicy(rpm=1))).state.requests_remaining == 0
+    await limiter.check_fetch("k2")
+
+
+async def test_limiter_usage_reports_tokens_cost_and_running(make_limiter: MakeLimiter) -> None:
+    """usage() shows tokens today, dollars this month and running requests, limits or not."""
+    limiter = make_limiter()
+    await limiter.admit("k1", KeyPolicy())
+    await limiter.record_usage("k1", KeyPolicy(), tokens=1200, cost_usd=0.0125)
+    await limiter.record_usage("k1", KeyPolicy(), tokens=300, cost_usd=None)
+    assert await limiter.usage("k1") == {"tokens_today": 1500, "cost_usd_this_month": 0.0125,
+                                         "running": 1}
+    assert await limiter.usage("unused") == {"tokens_today": 0, "cost_usd_this_month": 0.0,
+                                             "running": 0}
+
+
+def test_limiter_refuses_a_redis_url_of_another_scheme_without_echoing_it() -> None:
+    """A non-Redis CCGATE_REDIS_URL is a ValueError that never shows its password."""
+    with pytest.raises(ValueError, match="redis://") as caught:
+        Limiter(redis_url="http://user:hunter2@cache:6379")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_rate_headers_native_and_openai_use_x_ratelimit_names() -> None:
+    """The native and OpenAI doors get OpenAI's header names and duration style."""
+    state = RateState(requests_limit=60, requests_remaining=59, requests_reset_secs=0.4,
+                      tokens_limit=1000, tokens_remaining=250, tokens_reset_secs=360)
+    expected = {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
+                "x-ratelimit-reset-requests": "1s", "x-ratelimit-limit-tokens": "1000",
+                "x-ratelimit-remaining-tokens": "250", "x-ratelimit-reset-tokens": "6m0s"}
+    assert rate_headers("native", state) == expected
+    assert rate_headers("openai", state) == expected
+    assert [openai_duration(s) for s in (0, 59.1, 3605)] == ["0s", "1m0s", "1h0m5s"]
+
+
+def test_rate_headers_anthropic_uses_its_names_and_rfc3339_reset_times() -> None:
+    """The Anthropic door gets anthropic-ratelimit-* headers with UTC timestamps as resets."""
+    state = RateState(requests_limit=5, requests_remaining=4, requests_reset_secs=30,
+                      tokens_limit=100, tokens_remaining=0, tokens_reset_secs=3600)
+    headers = rate_headers("anthropic", state)
+    reset = datetime.strptime(headers["anthropic-ratelimit-requests-reset"],
+                              "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs((reset - datetime.now(UTC)).total_seconds() - 30) < 2
+    assert headers["anthropic-ratelimit-requests-limit"] == "5"
+    assert headers["anthropic-ratelimit-requests-remaining"] == "4"
+    assert headers["anthropic-ratelimit-tokens-remaining"] == "0"
+    assert headers["anthropic-ratelimit-tokens-reset"].endswith("Z")
+    assert not any(name.startswith("x-ratelimit") for name in headers)
+
+
+async def test_rate_headers_leave_out_limits_the_key_does_not_have(
+        make_limiter: MakeLimiter) -> None:
+    """A key without limits gets no headers; one with only rpd reports rpd, no token trio."""
+    limiter = make_limiter()
+    assert rate_headers("openai", (await limiter.admit("k1", KeyPolicy())).state) == {}
+    headers = rate_headers("native", (await limiter.admit("k2", KeyPolicy(rpd=10))).state)
+    assert headers["x-ratelimit-limit-requests"] == "10"
+    assert headers["x-ratelimit-remaining-requests"] == "9"
+    assert not any(name.endswith("-tokens") for name in headers)
+
+
+async def test_limit_exceeded_renders_its_headers_for_the_anthropic_door(
+        make_limiter: MakeLimiter) -> None:
+    """A 429 carries the rate state and can switch its headers to the Anthropic names."""
+    limiter = make_limiter()
+    await limiter.admit("k1", KeyPolicy(rpm=1))
+    error = (await _refused(limiter, KeyPolicy(rpm=1))).use_door("anthropic")
+    assert error.state.requests_limit == 1 and error.state.requests_remaining == 0
+    assert error.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert "x-ratelimit-limit-requests" not in error.headers
+    with pytest.raises(ValueError, match="door"):
+        rate_headers("grpc", error.state)

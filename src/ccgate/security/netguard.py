@@ -9,10 +9,11 @@ the very address that was checked, so a DNS answer that changes between check an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -273,6 +274,31 @@ class OutboundGuard:
                 if k in ("http_version", "reason_phrase")}
         return httpx.Response(response.status_code, headers=kept, content=body,
                               request=request, extensions=meta)
+
+    @contextlib.asynccontextmanager
+    async def open_get(self, client: httpx.AsyncClient, url: str, *,
+                       headers: Mapping[str, str]) -> AsyncIterator[httpx.Response]:
+        """Resolve and check ``url``, then GET it from the checked address, body unread.
+
+        One hop: a redirect comes back as it is, for the caller to check its Location with
+        another ``open_get``. The caller bounds the time (``asyncio.timeout``) and reads the
+        body within the block. Raises BlockedDestination, OSError when the name does not
+        resolve, and httpx errors.
+        """
+        target = await self.resolve(url)
+        request_headers = {**headers, "Host": target.host_header}
+        extensions: dict[str, str] = {}
+        if target.scheme == "https":
+            extensions["sni_hostname"] = target.host
+            # Pooled connections are keyed by IP: never reuse one verified for another name.
+            request_headers["Connection"] = "close"
+        request = client.build_request("GET", target.request_url(), headers=request_headers,
+                                       extensions=extensions)
+        response = await client.send(request, stream=True, follow_redirects=False)
+        try:
+            yield response
+        finally:
+            await response.aclose()
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:

@@ -27,7 +27,8 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
     "not_found": ErrorKind(404, "No such route or job (or the job belongs to another key)."),
     "method_not_allowed": ErrorKind(405, "The route exists but not for this HTTP method."),
     "cancelled": ErrorKind(409, "The job was cancelled before it finished."),
-    "conflict": ErrorKind(409, "The job is already finished (cancel of an ended job)."),
+    "conflict": ErrorKind(409, "The job is already finished (cancel of an ended job), or "
+                          "a key name is already taken (admin API)."),
     "idempotency_conflict": ErrorKind(409, "An Idempotency-Key was reused with a different "
                                       "request body."),
     "request_too_large": ErrorKind(413, "The body exceeds CCGATE_MAX_BODY_BYTES or the prompt "
@@ -47,15 +48,19 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
                                     "spent."),
     "destination_blocked": ErrorKind(403, "A fetch or redirect led to a private, loopback or "
                                      "otherwise forbidden address."),
+    "limits_unavailable": ErrorKind(503, "The rate-limit store (Redis) cannot be reached, so "
+                                    "no request can be checked against its limits."),
     "circuit_open": ErrorKind(503, "The API backend's circuit breaker is open after repeated "
                               "upstream failures; Retry-After says when it probes again."),
     "upstream_error": ErrorKind(502, "The upstream API answered with something ccgate could "
                                 "not use."),
     "upstream_bad_request": ErrorKind(400, "The upstream API refused the request (for example "
                                       "a prompt over the model's context)."),
-    "upstream_rate_limited": ErrorKind(429, "The account behind the CLI is rate-limited "
-                                       "upstream; Retry-After when known."),
-    "upstream_auth_error": ErrorKind(502, "The claude CLI is not logged in or its API key is "
+    "upstream_rate_limited": ErrorKind(429, "The account behind the CLI or the API key is "
+                                       "rate-limited upstream (or its usage limit is "
+                                       "reached); Retry-After from the upstream reset."),
+    "upstream_auth_error": ErrorKind(502, "The claude CLI is not logged in, or the API key "
+                                     "behind it or behind the API backend is "
                                      "invalid (upstream 401/403). Fix on the server."),
     "cli_error": ErrorKind(502, "The claude CLI crashed or ended without a result; the message "
                            "holds the last lines of its stderr."),

@@ -76,6 +76,10 @@ async def admit(request: Request, key: KeyRecord, door: str) -> Ticket:
     except LimitExceeded as exc:
         request.scope.setdefault("ccgate.audit", {})["error_type"] = exc.error_type
         raise exc.use_door(door) from None
+    except Exception as exc:  # e.g. Redis unreachable: refuse rather than run unchecked
+        log.warning("limits_unavailable", error=type(exc).__name__)
+        raise ApiError("limits_unavailable", "the rate-limit store cannot be reached; retry "
+                       "later", retry_after=5) from None
     ticket = Ticket(key, admission, limiter, rate_headers(door, admission.state))
     request.scope["ccgate.rate_headers"] = ticket.headers
     return ticket

@@ -20,7 +20,8 @@ from ccgate.store import AuditEntry
 
 log = structlog.get_logger("ccgate.http")
 
-AUDITED_PREFIXES = ("/api/", "/v1/")
+AUDITED_PREFIXES = ("/api/", "/v1/", "/run", "/files")
+_NOT_AUDITED = ("/api/v1/health",)
 
 
 class BodyTooLarge(ApiError):
@@ -117,7 +118,7 @@ class RequestContextMiddleware:
 
     def _audit(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         path: str = scope["path"]
-        if not path.startswith(AUDITED_PREFIXES):
+        if not path.startswith(AUDITED_PREFIXES) or path in _NOT_AUDITED:
             return
         app = scope.get("app")
         audit: AuditLog | None = getattr(getattr(app, "state", None), "audit", None)

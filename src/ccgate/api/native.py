@@ -256,7 +256,7 @@ def job_error(job: JobRecord) -> ApiError:
     if job.status is JobStatus.CANCELLED:
         error_type = "cancelled"
     return ApiError(error_type, job.error_message or "the job failed",
-                    extra={"job_id": job.id})
+                    retry_after=job.retry_after, extra={"job_id": job.id})
 
 
 @router.post("/run", summary="Run one prompt and wait for the answer",

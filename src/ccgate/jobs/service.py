@@ -351,7 +351,8 @@ class JobService:
         except RunError as exc:
             log.info("job_failed", job_id=job.id, error_type=exc.error_type)
             return await self._end(job.id, JobStatus.FAILED, error_type=exc.error_type,
-                                   error_message=exc.message, duration_ms=_elapsed_ms(started))
+                                   error_message=exc.message, retry_after=exc.retry_after,
+                                   duration_ms=_elapsed_ms(started))
         except Exception as exc:
             log.exception("run_crashed", job_id=job.id)
             return await self._end(
@@ -436,6 +437,10 @@ class JobService:
             self._wake.set()
         return recovered
 
+    async def _delete_expired_jobs(self, now: datetime) -> int:
+        return await self.store.jobs.delete_finished_before(
+            now - timedelta(hours=self.limits.job_ttl_hours))
+
     async def _clean_up(self) -> None:
         """Delete finished jobs older than the TTL (with their events and deliveries), then
         run the other expiry sweeps (sessions, files) registered in ``cleanups``."""
@@ -443,9 +448,7 @@ class JobService:
             now = self.clock()
             sweeps = list(self.cleanups)
             if self.limits.job_ttl_hours > 0:
-                cutoff = now - timedelta(hours=self.limits.job_ttl_hours)
-                sweeps.insert(0, ("jobs", lambda _: self.store.jobs.delete_finished_before(
-                    cutoff)))
+                sweeps.insert(0, ("jobs", self._delete_expired_jobs))
             for name, sweep in sweeps:
                 try:
                     deleted = await sweep(now)

@@ -76,6 +76,7 @@ class JobRecord:
     idempotency_key: str | None = None
     request_hash: str | None = None
     stop_reason: str | None = None
+    retry_after: float | None = None
 
 
 def _record(row: sa.Row[Any]) -> JobRecord:

@@ -74,6 +74,8 @@ jobs = sa.Table(
     sa.Column("cost_usd", sa.Float(), nullable=True),
     sa.Column("session_id", sa.String(100), nullable=True),
     sa.Column("stop_reason", sa.String(40), nullable=True),
+    # Seconds the upstream asked to wait before retrying (a rate-limited run).
+    sa.Column("retry_after", sa.Float(), nullable=True),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("duration_ms", sa.Integer(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),

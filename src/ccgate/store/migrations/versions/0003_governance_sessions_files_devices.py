@@ -29,6 +29,7 @@ def upgrade() -> None:
                                    nullable=False))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("stop_reason", sa.String(length=40), nullable=True))
+        batch.add_column(sa.Column("retry_after", sa.Float(), nullable=True))
     op.create_index("ix_audit_key_at", "audit_log", ["key_name", "at"])
     op.create_table(
         "sessions",
@@ -100,6 +101,7 @@ def downgrade() -> None:
     op.drop_table("sessions")
     op.drop_index("ix_audit_key_at", table_name="audit_log")
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("retry_after")
         batch.drop_column("stop_reason")
     with op.batch_alter_table("api_keys") as batch:
         for column in ("kind", "expires_at", "ip_cidrs", "models", "concurrency",

@@ -1,0 +1,309 @@
+"""The OpenAI door: ``POST /v1/chat/completions``.
+
+OpenAI SDKs and the editors built on them point their base URL at ccgate and keep working.
+The conversation is translated to Anthropic Messages (system messages become the system
+prompt, image parts become image blocks) and runs like any other turn: a job on the CLI
+backend, a direct upstream call on the API backend. Tool calling is refused with a clear 400:
+ccgate runs Claude Code with no tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ccgate.api.admission import admit, resolve_model
+from ccgate.api.auth import require_key
+from ccgate.api.content import bad, conversation_bytes, image_block, split_turns
+from ccgate.api.conversation import Turn, first_event
+from ccgate.api.errors import error_body, request_id_of
+from ccgate.api.native import JSON_ONLY_INSTRUCTION, read_json_object
+from ccgate.errors import ApiError
+from ccgate.runners.base import RunRequest, RunResult, TextDelta
+from ccgate.store import KeyRecord
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+CallerKey = Annotated[KeyRecord, Depends(require_key)]
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                   "refusal": "content_filter", "tool_use": "tool_calls"}
+_TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")
+
+
+@dataclass
+class ChatCall:
+    """A validated chat completion request, as Anthropic Messages."""
+
+    model: str
+    stream: bool
+    include_usage: bool
+    system: str | None
+    history: list[dict[str, Any]]
+    content: list[dict[str, Any]]
+    max_tokens: int | None
+    stop: list[str] | None
+    temperature: float | None
+    top_p: float | None
+    json_only: bool
+
+
+def _text_of_parts(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for index, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" \
+                    or not isinstance(part.get("text"), str):
+                raise bad(f"{where}.{index}: only text parts are allowed here", f"{where}.{index}")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise bad(f"{where}: must be a string or a list of content parts", where)
+
+
+def _data_url_image(url: Any, where: str) -> dict[str, Any]:
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise bad(f"{where}: images must be data URLs (data:image/png;base64,...); ccgate "
+                  "does not fetch image URLs", where)
+    header, _, data = url[5:].partition(",")
+    media_type, _, encoding = header.partition(";")
+    if encoding != "base64":
+        raise bad(f"{where}: data URLs must be base64-encoded", where)
+    return image_block(media_type, data, where)
+
+
+def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list) or not content:
+        raise bad(f"{where}: must be a string or a non-empty list of content parts", where)
+    blocks = []
+    for index, part in enumerate(content):
+        at = f"{where}.{index}"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            blocks.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            blocks.append(_data_url_image(url, f"{at}.image_url.url"))
+        else:
+            raise bad(f"{at}.type: unsupported content part {kind!r}; supported: text, "
+                      "image_url (data URLs)", f"{at}.type")
+    return blocks
+
+
+def _turns(messages: Any) -> tuple[str | None, list[dict[str, Any]]]:
+    if not isinstance(messages, list) or not messages:
+        raise bad("messages: must be a non-empty list", "messages")
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        where = f"messages.{index}"
+        if not isinstance(message, dict):
+            raise bad(f"{where}: must be an object", where)
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            system.append(_text_of_parts(content, f"{where}.content"))
+        elif role == "user":
+            turns.append({"role": "user", "content": _user_blocks(content, f"{where}.content")})
+        elif role == "assistant":
+            if message.get("tool_calls") or message.get("function_call"):
+                raise bad(f"{where}: tool calls need tools, which are off by design "
+                          "(ccgate runs Claude Code with no tools)", where)
+            text = _text_of_parts(content if content is not None else "", f"{where}.content")
+            turns.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
+        elif role in ("tool", "function"):
+            raise bad(f"{where}.role: {role} messages need tools, which are off by design "
+                      "(ccgate runs Claude Code with no tools)", f"{where}.role")
+        else:
+            raise bad(f"{where}.role: must be system, developer, user or assistant",
+                      f"{where}.role")
+    return ("\n\n".join(system) if system else None), turns
+
+
+def _int_field(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad(f"{name}: must be a positive integer", name)
+    return value
+
+
+def _float_field(body: dict[str, Any], name: str, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or not 0 <= value <= high:
+        raise bad(f"{name}: must be a number between 0 and {high:g}", name)
+    return float(value)
+
+
+def parse_chat_call(body: dict[str, Any]) -> ChatCall:
+    """Validate a chat completion body, naming the bad field."""
+    for name in _TOOL_FIELDS:
+        if body.get(name):
+            raise bad(f"{name}: tool and function calling are off by design (ccgate runs "
+                      "Claude Code with no tools)", name)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad("model: field required", "model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad("stream: must be a boolean", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise bad("stream_options: must be an object", "stream_options")
+    n = body.get("n")
+    if n not in (None, 1):
+        raise bad("n: only one choice (n=1) is supported", "n")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list)
+                             or not all(isinstance(s, str) for s in stop)):
+        raise bad("stop: must be a string or a list of strings", "stop")
+    response_format = body.get("response_format") or {}
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind not in (None, "text", "json_object", "json_schema"):
+        raise bad("response_format.type: must be text, json_object or json_schema",
+                  "response_format.type")
+    system, turns = _turns(body.get("messages"))
+    history, content = split_turns(turns)
+    max_tokens = _int_field(body, "max_completion_tokens") or _int_field(body, "max_tokens")
+    temperature = _float_field(body, "temperature", 2)
+    return ChatCall(model=model, stream=stream,
+                    include_usage=bool(options.get("include_usage")), system=system,
+                    history=history, content=content, max_tokens=max_tokens, stop=stop,
+                    temperature=min(temperature, 1.0) if temperature is not None else None,
+                    top_p=_float_field(body, "top_p", 1),
+                    json_only=kind in ("json_object", "json_schema"))
+
+
+@router.post("/chat/completions", summary="OpenAI Chat Completions API")
+async def chat_completions(request: Request, key: CallerKey) -> Response:
+    """Answer like ``POST /v1/chat/completions`` of the OpenAI API, streaming or not."""
+    body = await read_json_object(request)
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad("the body holds a lone surrogate: text must be valid Unicode") from None
+    call = parse_chat_call(body)
+    model = resolve_model(request, key, call.model)
+    settings = request.app.state.settings
+    size = conversation_bytes(call.system, call.history, call.content)
+    if size > settings.max_prompt_bytes:
+        raise ApiError("request_too_large", f"the conversation is {size} bytes of text; the "
+                       f"limit is {settings.max_prompt_bytes} (CCGATE_MAX_PROMPT_BYTES)")
+    facts = request.scope.setdefault("ccgate.audit", {})
+    facts.update(model=model, prompt_bytes=size)
+    if settings.audit_prompts:
+        facts["prompt_text"] = json.dumps(body.get("messages"), ensure_ascii=False)
+    ticket = await admit(request, key, "openai")
+    turn = Turn(request, key, "openai", RunRequest(
+        content=call.content, model=model, history=call.history, system_prompt=call.system,
+        append_system_prompt=JSON_ONLY_INSTRUCTION if call.json_only else None,
+        timeout_secs=settings.job_timeout_secs, idle_timeout_secs=settings.idle_timeout_secs,
+        max_tokens=call.max_tokens, stop_sequences=call.stop, temperature=call.temperature,
+        top_p=call.top_p, owner=key.id), ticket)
+    await turn.start()
+    completion_id = "chatcmpl-" + turn.message_id.removeprefix("msg_")
+    created = int(time.time())
+    if call.stream:
+        events = turn.events()
+        try:
+            first = await first_event(events)
+        except BaseException:
+            await events.aclose()
+            await turn.settle()
+            raise
+        return StreamingResponse(
+            _chunks(turn, call, model, completion_id, created, first, events),
+            media_type="text/event-stream", headers=_SSE_HEADERS)
+    result = await turn.answer()
+    if result is None:
+        return Response(status_code=499)
+    return JSONResponse({
+        "id": completion_id, "object": "chat.completion", "created": created,
+        "model": result.model or model, "system_fingerprint": None,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text,
+                                             "refusal": None},
+                     "logprobs": None, "finish_reason": finish_reason(result)}],
+        "usage": usage_of(result)})
+
+
+def finish_reason(result: RunResult) -> str:
+    """OpenAI's finish_reason for the run's stop reason."""
+    return _FINISH_REASONS.get(result.stop_reason or "end_turn", "stop")
+
+
+def usage_of(result: RunResult) -> dict[str, int]:
+    """OpenAI's usage object: prompt tokens include the cached ones."""
+    usage = result.usage or {}
+    prompt = sum(int(usage.get(k) or 0) for k in (
+        "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+    completion = int(usage.get("output_tokens") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+async def _chunks(turn: Turn, call: ChatCall, model: str, completion_id: str, created: int,
+                  first: Any, events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """Role delta, content deltas, the finish chunk, the usage chunk if asked, [DONE]."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None,
+              choices: bool = True, usage: dict[str, int] | None = None) -> bytes:
+        data: dict[str, Any] = {
+            "id": completion_id, "object": "chat.completion.chunk", "created": created,
+            "model": model, "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}] if choices else []}
+        if call.include_usage:
+            data["usage"] = usage
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+    sent = 0
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        event = first
+        while True:
+            if isinstance(event, TextDelta) and event.text:
+                sent += len(event.text)
+                yield chunk({"content": event.text})
+            elif isinstance(event, RunResult):
+                if len(event.text) > sent:
+                    yield chunk({"content": event.text[sent:]})
+                yield chunk({}, finish_reason(event))
+                if call.include_usage:
+                    yield chunk({}, choices=False, usage=usage_of(event))
+                yield b"data: [DONE]\n\n"
+                return
+            elif event is None:
+                yield b": keep-alive\n\n"
+            event = await anext(events, StopAsyncIteration)
+            if event is StopAsyncIteration:
+                raise ApiError("upstream_error", "the run ended without an answer")
+    except ApiError as exc:
+        payload = error_body("openai", request_id_of(turn.request), exc)
+        yield f"data: {json.dumps(payload)}\n\n".encode()
+    finally:
+        await asyncio.shield(_close(events, turn))
+
+
+async def _close(events: AsyncIterator[Any], turn: Turn) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    await turn.settle()

@@ -16,6 +16,11 @@ With stream-json input it serves one turn per user message and answers ``/clear`
 (unless ``--disable-slash-commands``) with a conversation_reset and a new session, as the
 real CLI does; interrupt control requests are ignored.
 
+With ``--resume <id>`` it reads the session transcript where the real CLI does
+(``$CLAUDE_CONFIG_DIR``, else ``$HOME/.claude``, then ``projects/<sanitized cwd>/<id>.jsonl``),
+follows its ``parentUuid`` chain, records those turns as the run's ``history`` and answers
+scenario ``echo_history`` with them; a missing transcript fails as the real CLI's does.
+
 It never reads configuration from the environment: the gateway scrubs the
 environment it hands to the CLI, and the fake has to work under that.
 """
@@ -388,6 +393,7 @@ class Session:
         self.total_out = 0
         self.result_index = 0
         self.open_message: str | None = None
+        self.history: list[dict[str, Any]] = []
 
     # -- single lines ---------------------------------------------------------
 
@@ -624,6 +630,76 @@ def _full_usage(usage: dict[str, Any]) -> dict[str, Any]:
     return full
 
 
+# -- resumed sessions ---------------------------------------------------------
+
+
+def project_dir_name(cwd: str) -> str:
+    """The real CLI's directory name for ``cwd``: non-alphanumerics (per UTF-16 unit) become
+    ``-``; past 200 characters, cut and suffixed with a base-36 hash of the whole path."""
+    data = cwd.encode("utf-16-le", "surrogatepass")
+    units = [int.from_bytes(data[i : i + 2], "little") for i in range(0, len(data), 2)]
+    name = "".join(chr(u) if chr(u).isascii() and chr(u).isalnum() else "-" for u in units)
+    if len(name) <= 200:
+        return name
+    value = 0
+    for unit in units:
+        value = ((value << 5) - value + unit) & 0xFFFFFFFF
+    value = abs(value - (1 << 32) if value >= 1 << 31 else value)
+    digits = ""
+    while True:
+        value, digit = divmod(value, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+        if not value:
+            return f"{name[:200]}-{digits}"
+
+
+def transcript_path(session_id: str) -> Path:
+    """Where the real CLI looks for the transcript of ``session_id`` when run in this cwd."""
+    cwd = os.getcwd()
+    config = os.environ.get("CLAUDE_CONFIG_DIR") or os.path.join(
+        os.environ.get("HOME") or os.path.expanduser("~"), ".claude")
+    return Path(cwd, config, "projects", project_dir_name(cwd), f"{session_id}.jsonl")
+
+
+def load_transcript(session_id: str) -> list[dict[str, Any]] | None:
+    """The transcript's messages, oldest first along the parentUuid chain; None if absent."""
+    path = transcript_path(session_id)
+    if not path.is_file():
+        return None
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    turns = [e for e in entries if e.get("type") in ("user", "assistant")]
+    by_id = {e.get("uuid"): e for e in turns}
+    chain: list[dict[str, Any]] = []
+    entry = turns[-1] if turns else None
+    while entry is not None:
+        message = entry.get("message") or {}
+        chain.append({"role": message.get("role"), "content": message.get("content")})
+        entry = by_id.get(entry.get("parentUuid"))
+    return chain[::-1]
+
+
+def no_conversation(session: Session, session_id: str) -> int:
+    """Fail like the real CLI when the transcript to resume is missing."""
+    write_stderr(f"No conversation found with session ID: {session_id}\n")
+    fields = {"subtype": "error_during_execution", "is_error": True, "num_turns": 0,
+              "stop_reason": None}
+    session.result(fields, {"input_tokens": 0, "output_tokens": 0}, 0.0)
+    return 1
+
+
+def history_text(history: list[dict[str, Any]], prompt: str) -> str:
+    """One ``role: text`` line per earlier turn and the new prompt (non-text blocks by type)."""
+    lines = []
+    for message in [*history, {"role": "user", "content": prompt}]:
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        parts = [str(b.get("text")) if b.get("type") == "text" else f"[{b.get('type')}]"
+                 for b in blocks or [] if isinstance(b, dict)]
+        lines.append(f"{message.get('role')}: {' '.join(parts)}")
+    return "\n".join(lines)
+
+
 # -- scenarios ----------------------------------------------------------------
 
 
@@ -792,6 +868,8 @@ def run_turn(session: Session, params: dict[str, Any], prompt: str) -> bool:
     handlers: dict[str, Callable[[], bool]] = {
         "text": lambda: reply_text(session, params, reply, prompt),
         "echo": lambda: reply_text(session, params, prompt, prompt),
+        "echo_history": lambda: reply_text(
+            session, params, history_text(session.history, prompt), prompt),
         "slow": lambda: reply_text(session, {"chunks": 20, "delay": 0.25} | params, reply, prompt),
         "upstream_error": lambda: upstream_error(session, params),
         "crash_mid_stream": lambda: crash_mid_stream(session, params, reply),
@@ -932,6 +1010,12 @@ def main(argv: list[str]) -> int:
             return 0
         validate(opts)
         session = Session(opts, config)
+        resume = opts.get("resume")
+        if isinstance(resume, str):
+            history = load_transcript(resume)
+            if history is None:
+                return no_conversation(session, resume)
+            session.history = recorder.base["history"] = history
         if opts.get("input-format") == "stream-json":
             turns = stream_json_turns()
         else:

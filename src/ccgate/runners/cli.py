@@ -16,6 +16,7 @@ from ccgate.runners.base import RunError, RunEvent, Runner, RunRequest, RunResul
 from ccgate.runners.cli_command import CliOptions, build_argv, build_env, user_message
 from ccgate.runners.process import GroupProcess
 from ccgate.runners.stream_json import StreamParser
+from ccgate.runners.transcript import Transcript, remove_transcript, write_transcript
 
 log = structlog.get_logger("ccgate.runner")
 
@@ -40,15 +41,17 @@ class ClaudeCliRunner:
     async def run(self, request: RunRequest) -> AsyncGenerator[RunEvent, None]:
         """Yield the run's events; raise RunError on failure; cancelling kills the group."""
         run_dir = tempfile.mkdtemp(prefix="ccgate-run-", dir=self.options.work_dir)
+        env = build_env(self.options, run_dir)
+        transcript: Transcript | None = None
         process: GroupProcess | None = None
         finished = False
         try:
+            if request.history:
+                transcript = await _write_history(request, env, run_dir)
+            argv = build_argv(self.options, request,
+                              resume=transcript.session_id if transcript else None)
             try:
-                process = await GroupProcess.start(
-                    build_argv(self.options, request),
-                    cwd=run_dir,
-                    env=build_env(self.options, run_dir),
-                )
+                process = await GroupProcess.start(argv, cwd=run_dir, env=env)
             except OSError as exc:
                 raise RunError(
                     "cli_unavailable",
@@ -66,25 +69,31 @@ class ClaudeCliRunner:
             finally:
                 writer.cancel()
         finally:
-            if finished and process is not None:
-                # The answer is out: let the CLI exit on its own (~50 ms) off the caller's path.
-                self._reap_later(process, run_dir)
-            else:
-                if process is not None:
-                    await asyncio.shield(process.stop(self.options.kill_grace_secs))
-                shutil.rmtree(run_dir, ignore_errors=True)
+            # The answer out, the CLI exits on its own (~50 ms) off the caller's path; otherwise
+            # its group is stopped now. Either way a task owns the clean-up, so a second
+            # cancellation cannot leave the run's files behind.
+            cleanup = self._clean_up(process, run_dir, transcript, wait_exit=finished)
+            if not finished:
+                await asyncio.shield(cleanup)
 
-    def _reap_later(self, process: GroupProcess, run_dir: str) -> None:
-        async def reap() -> None:
+    def _clean_up(self, process: GroupProcess | None, run_dir: str,
+                  transcript: Transcript | None, *, wait_exit: bool) -> asyncio.Task[None]:
+        async def clean_up() -> None:
             try:
-                await process.wait(_EXIT_WAIT_AFTER_RESULT_SECS)
-                await process.stop(self.options.kill_grace_secs)
+                if process is not None:
+                    if wait_exit:
+                        await process.wait(_EXIT_WAIT_AFTER_RESULT_SECS)
+                    await process.stop(self.options.kill_grace_secs)
             finally:
+                # Only once the CLI is gone: it may still add files to its project directory.
                 shutil.rmtree(run_dir, ignore_errors=True)
+                if transcript is not None:
+                    remove_transcript(transcript)
 
-        task = asyncio.create_task(reap(), name="ccgate-reap")
+        task = asyncio.create_task(clean_up(), name="ccgate-reap")
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
+        return task
 
     async def aclose(self) -> None:
         """Wait until every finished run's process has exited and its directory is gone."""
@@ -110,6 +119,28 @@ class ClaudeCliRunner:
         raise await ended_early(process)
 
 
+async def _write_history(request: RunRequest, env: dict[str, str], run_dir: str) -> Transcript:
+    """Write the earlier turns as a transcript for this run alone; RunError if unusable."""
+    writing = asyncio.ensure_future(asyncio.to_thread(
+        write_transcript, request.history, env=env, cwd=run_dir, model=request.model))
+    try:
+        return await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        # A thread cannot be stopped: once it is done, remove whatever it wrote.
+        writing.add_done_callback(_remove_written)
+        raise
+    except ValueError as exc:
+        raise RunError("invalid_request", f"Invalid history: {exc}") from None
+    except OSError as exc:
+        raise RunError("cli_error", "Could not write the earlier turns for the claude CLI: "
+                       f"{exc.strerror or exc}") from None
+
+
+def _remove_written(writing: asyncio.Future[Transcript]) -> None:
+    if not writing.cancelled() and writing.exception() is None:
+        remove_transcript(writing.result())
+
+
 async def ended_early(process: GroupProcess) -> RunError:
     """The RunError for a CLI whose output ended before a result: exit code and stderr tail."""
     code = await process.wait(_EXIT_WAIT_SECS)
@@ -131,7 +162,10 @@ async def next_line(
     if remaining <= 0:
         raise _timeout("wall", request.timeout_secs)
     try:
-        return await asyncio.wait_for(process.readline(), idle if idle_binds else remaining)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands just as
+        # a line arrives, and the run would go on for a client that has left.
+        async with asyncio.timeout(idle if idle_binds else remaining):
+            return await process.readline()
     except TimeoutError:
         # Name the limit that was actually waited on: timers may fire a hair early.
         raise _timeout("idle" if idle_binds else "wall",

@@ -35,8 +35,13 @@ class CliOptions:
     work_dir: str | None = None
 
 
-def build_argv(options: CliOptions, request: RunRequest) -> list[str]:
-    """Return the argv list for ``request``; the prompt itself goes on stdin, never here."""
+def build_argv(
+    options: CliOptions, request: RunRequest, *, resume: str | None = None
+) -> list[str]:
+    """Return the argv list for ``request``; the prompt itself goes on stdin, never here.
+
+    ``resume`` is the id of a transcript written for this run alone (its earlier turns).
+    """
     argv = [
         options.executable,
         "-p",
@@ -61,6 +66,8 @@ def build_argv(options: CliOptions, request: RunRequest) -> list[str]:
         "--disable-slash-commands",
         "--no-session-persistence",
     ]
+    if resume is not None:
+        argv += ["--resume", resume]
     return argv
 
 

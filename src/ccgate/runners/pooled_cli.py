@@ -26,7 +26,8 @@ class PooledCliRunner:
 
     async def run(self, request: RunRequest) -> AsyncGenerator[RunEvent, None]:
         """Yield the run's events from a warm process when one fits, else from a cold start."""
-        key = self.pool.key_for(request)
+        # A warm process's argv is fixed, so earlier turns (``--resume``) need a cold start.
+        key = None if request.history else self.pool.key_for(request)
         # Counted before checkout, so a refill it triggers sees this run against the cap.
         self.pool.active_runs += 1
         try:

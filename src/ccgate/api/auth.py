@@ -7,6 +7,8 @@ import hmac
 from fastapi import Request
 
 from ccgate.errors import ApiError
+from ccgate.security.enrollment import looks_like_device_token
+from ccgate.security.netrules import key_allows
 from ccgate.store import KeyRecord
 
 
@@ -27,10 +29,19 @@ async def require_key(request: Request) -> KeyRecord:
     if secret is None:
         raise ApiError("authentication_error", "missing API key: send 'Authorization: Bearer "
                        "<key>' or 'X-API-Key: <key>'")
-    record = await request.app.state.keyring.verify(secret)
-    if record is None:
-        raise ApiError("authentication_error", "invalid or revoked API key")
+    enrollment = getattr(request.app.state, "enrollment", None)
+    if enrollment is not None and looks_like_device_token(secret):
+        record = await enrollment.verify(secret)
+        if record is None:
+            raise ApiError("authentication_error", "invalid, expired or revoked device token")
+    else:
+        record = await request.app.state.keyring.verify(secret)
+        if record is None:
+            raise ApiError("authentication_error", "invalid or revoked API key")
     request.scope["ccgate.key_name"] = record.name
+    if not key_allows(record.policy.ip_cidrs, request.scope.get("ccgate.client_address")):
+        raise ApiError("forbidden", "this key may not be used from this address (its "
+                       "ip_cidrs)")
     return record  # type: ignore[no-any-return]
 
 

@@ -1,0 +1,237 @@
+"""Device enrollment: admin routes for enrollments and devices; bootstrap and refresh."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+from ccgate.api.auth import presented_secret, require_admin
+from ccgate.api.native import parse_body
+from ccgate.clock import utcnow
+from ccgate.errors import ApiError
+from ccgate.security.enrollment import (
+    DeviceKeyConflict,
+    DeviceRevoked,
+    DeviceToken,
+    EnrollmentFull,
+    EnrollmentNameError,
+    EnrollmentNameTaken,
+    EnrollmentService,
+    InvalidEnrollmentCode,
+)
+from ccgate.security.keyring import PolicyError, policy_with
+from ccgate.store.enrollments import DeviceRecord, EnrollmentRecord
+from ccgate.store.keys import POLICY_FIELDS, KeyPolicy
+
+router = APIRouter(tags=["enrollment"])
+admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+_INT_MAX = 2_147_483_647
+_MAX_TTL_SECS = 10 * 366 * 86400
+# The device key policy, minus expires_at: an enrollment's expiry ends enrolment, not devices.
+_POLICY_FIELDS = tuple(f for f in POLICY_FIELDS if f != "expires_at")
+_MAX_CODE_CHARS = 200
+_BAD_CODE = "invalid, expired or revoked enrollment code"
+_BAD_TOKEN = "invalid, expired or revoked device token"  # noqa: S105 (a message)
+
+
+class EnrollmentBody(BaseModel):
+    """The body of ``POST /admin/enrollments``: a name, the device key policy, the limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(description="1-80 letters, digits, '.', '_' or '-'.")
+    rpm: StrictInt | None = Field(None, description="Requests per minute, per device.")
+    rpd: StrictInt | None = Field(None, description="Requests per UTC day, per device.")
+    tokens_per_day: StrictInt | None = Field(None, description="Tokens per day, per device.")
+    budget_usd_per_month: StrictFloat | None = Field(None, description="Spend cap per month, "
+                                                     "per device.")
+    concurrency: StrictInt | None = Field(None, description="Jobs running at once, per device.")
+    models: list[StrictStr] | None = Field(None, description="Allowed models; globs allowed.")
+    ip_cidrs: list[StrictStr] | None = Field(None, description="Client networks allowed.")
+    max_devices: StrictInt = Field(1, ge=1, le=_INT_MAX, description="Active devices at most.")
+    expires_at: datetime | None = Field(None, description="ISO 8601: the code stops enrolling "
+                                        "devices then.")
+    ttl_secs: StrictInt | None = Field(None, ge=1, le=_MAX_TTL_SECS,
+                                       description="Or: the code enrols devices this long.")
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> EnrollmentBody:
+        if self.expires_at is not None and self.ttl_secs is not None:
+            raise ValueError("give expires_at or ttl_secs, not both")
+        return self
+
+    def policy(self) -> KeyPolicy:
+        """The key policy every device enrolled with this enrollment gets."""
+        changes = self.model_dump(exclude_none=True, include=set(_POLICY_FIELDS))
+        try:
+            return policy_with(KeyPolicy(), changes)
+        except PolicyError as exc:
+            raise ApiError("invalid_request", str(exc), param=exc.field) from None
+
+    def expiry(self, now: datetime) -> datetime | None:
+        """When the code stops enrolling devices (naive times are UTC); None: never."""
+        if self.ttl_secs is not None:
+            return now + timedelta(seconds=self.ttl_secs)
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            return self.expires_at.replace(tzinfo=UTC)
+        return self.expires_at
+
+
+class BootstrapBody(BaseModel):
+    """The body of ``POST /v1/bootstrap``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(min_length=1, max_length=200)
+    enrollment_code: str | None = None
+
+    @field_validator("device_id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("must be printable characters only")
+        return value
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _service(request: Request) -> EnrollmentService:
+    service: EnrollmentService | None = request.app.state.enrollment
+    if service is None:
+        raise ApiError("feature_disabled", "device enrollment is off: set "
+                       "CCGATE_ENROLLMENT_SECRET (at least 32 characters) to turn it on")
+    return service
+
+
+def _enrollment_view(record: EnrollmentRecord, now: datetime) -> dict[str, Any]:
+    status = ("revoked" if record.revoked_at else
+              "active" if record.open_at(now) else "expired")
+    return {"name": record.name, "status": status, "max_devices": record.max_devices,
+            "devices_active": record.devices_active,
+            "devices_revoked": record.devices_revoked,
+            "created_at": _iso(record.created_at), "expires_at": _iso(record.expires_at),
+            "revoked_at": _iso(record.revoked_at), "policy": record.policy.as_json()}
+
+
+def _device_view(device: DeviceRecord) -> dict[str, Any]:
+    return {"id": device.id, "device_id": device.device_id,
+            "enrollment": device.enrollment_name, "key_name": device.key_name,
+            "status": "revoked" if device.revoked_at else "active",
+            "created_at": _iso(device.created_at),
+            "last_refresh_at": _iso(device.last_refresh_at),
+            "revoked_at": _iso(device.revoked_at)}
+
+
+def _token_view(request: Request, issued: DeviceToken) -> dict[str, Any]:
+    request.scope["ccgate.key_name"] = issued.device.key_name
+    return {"token": issued.token, "token_type": "Bearer", "expires_in": issued.ttl_secs,
+            "expires_at": _iso(issued.expires_at), "device": _device_view(issued.device)}
+
+
+@admin.post("/enrollments", status_code=201, summary="Create an enrollment code",
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/json": {"schema": EnrollmentBody.model_json_schema()}}}})
+async def create_enrollment(request: Request) -> JSONResponse:
+    """Create an enrollment; the code is in this response only."""
+    service = _service(request)
+    body = await parse_body(request, EnrollmentBody)
+    now = utcnow()
+    expires_at = body.expiry(now)
+    if expires_at is not None and expires_at <= now:
+        raise ApiError("invalid_request", "expires_at: must be in the future",
+                       param="expires_at")
+    try:
+        created = await service.create(body.name, body.policy(), max_devices=body.max_devices,
+                                       expires_at=expires_at)
+    except EnrollmentNameError as exc:
+        error_type = "conflict" if isinstance(exc, EnrollmentNameTaken) else "invalid_request"
+        raise ApiError(error_type, str(exc), param="name") from None
+    view = _enrollment_view(created.record, now)
+    return JSONResponse({**view, "enrollment_code": created.code}, status_code=201)
+
+
+@admin.get("/enrollments", summary="List enrollments (codes are never shown again)")
+async def list_enrollments(request: Request) -> dict[str, Any]:
+    """Every enrollment with its device counts."""
+    now = utcnow()
+    return {"data": [_enrollment_view(r, now) for r in await _service(request).list()]}
+
+
+@admin.delete("/enrollments/{name}", status_code=204,
+              summary="Revoke an enrollment and every device enrolled with it")
+async def revoke_enrollment(request: Request, name: str) -> Response:
+    """Close the code and revoke its devices; their tokens fail from the next request."""
+    if not await _service(request).revoke(name):
+        raise ApiError("not_found", f"no active enrollment named {name!r}")
+    return Response(status_code=204)
+
+
+@admin.get("/devices", summary="List enrolled devices")
+async def list_devices(request: Request,
+                       enrollment: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+    """Every device, or only those of ``?enrollment=<name>``."""
+    return {"data": [_device_view(d) for d in await _service(request).devices(enrollment)]}
+
+
+@admin.delete("/devices/{device_id}", status_code=204,
+              summary="Revoke one device and its key")
+async def revoke_device(request: Request, device_id: str) -> Response:
+    """Revoke a device by its id (``dev_…``); its tokens fail from the next request."""
+    if not await _service(request).revoke_device(device_id):
+        raise ApiError("not_found", f"no active device {device_id!r}")
+    return Response(status_code=204)
+
+
+@router.post("/v1/bootstrap", summary="Exchange an enrollment code for a device token",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": BootstrapBody.model_json_schema()}}}})
+async def bootstrap(request: Request) -> dict[str, Any]:
+    """Enrol a device (or find it again) and return a short-lived token."""
+    service = _service(request)
+    body = await parse_body(request, BootstrapBody)
+    code = body.enrollment_code
+    if not code or len(code) > _MAX_CODE_CHARS:
+        raise ApiError("authentication_error", _BAD_CODE, param="enrollment_code")
+    try:
+        issued = await service.bootstrap(code, body.device_id)
+    except InvalidEnrollmentCode:
+        raise ApiError("authentication_error", _BAD_CODE, param="enrollment_code") from None
+    except DeviceRevoked:
+        raise ApiError("authentication_error", "this device has been revoked",
+                       param="device_id") from None
+    except EnrollmentFull:
+        raise ApiError("forbidden", "this enrollment has no free device slot (max_devices "
+                       "reached)") from None
+    except DeviceKeyConflict as exc:
+        raise ApiError("conflict", str(exc), param="device_id") from None
+    return _token_view(request, issued)
+
+
+@router.post("/v1/refresh", summary="Exchange a valid device token for a fresh one")
+async def refresh(request: Request) -> dict[str, Any]:
+    """A new token with a later expiry; expired, revoked or forged tokens get 401."""
+    service = _service(request)
+    token = presented_secret(request)
+    issued = await service.refresh(token) if token else None
+    if issued is None:
+        raise ApiError("authentication_error", _BAD_TOKEN)
+    return _token_view(request, issued)
+
+
+router.include_router(admin)

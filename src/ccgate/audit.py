@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import structlog
 
-from ccgate.store import AuditEntry, Store
+from ccgate.store import AuditEntry, JobRecord, Store
 
 log = structlog.get_logger("ccgate.audit")
 
 _BATCH_SECS = 0.05
 _MAX_BUFFER = 10_000
+_OUTCOME_TRIES = 40  # x _BATCH_SECS: about two seconds
 
 
 class AuditLog:
@@ -22,6 +24,7 @@ class AuditLog:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._buffer: list[AuditEntry] = []
+        self._outcomes: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -33,14 +36,39 @@ class AuditLog:
         self._buffer.append(entry)
         self._wake.set()
 
+    def record_job_outcome(self, job: JobRecord) -> None:
+        """JobService.on_finished hook: complete the row of the request that queued ``job``
+        with its status, tokens and cost (written after the rows of the same batch)."""
+        usage = job.usage or {}
+        self._outcomes.append({
+            "job_id": job.id, "job_status": job.status.value, "model": job.model,
+            "input_tokens": usage.get("input_tokens"),
+            "output_tokens": usage.get("output_tokens"), "cost_usd": job.cost_usd,
+            "error_type": job.error_type})
+        self._wake.set()
+
     async def flush(self) -> None:
-        """Write every queued row now."""
+        """Write every queued row now, then the job outcomes."""
         batch, self._buffer = self._buffer, []
+        outcomes, self._outcomes = self._outcomes, []
         if batch:
             try:
                 await self.store.audit.append_many(batch)
             except Exception:
                 log.exception("audit_write_failed", rows=len(batch))
+        if outcomes:
+            try:
+                missing = set(await self.store.audit.fill_job_outcomes(
+                    [{k: v for k, v in o.items() if k != "tries"} for o in outcomes]))
+            except Exception:
+                log.exception("audit_outcomes_failed", rows=len(outcomes))
+                return
+            # A job can end before the row of the request that queued it is written: retry
+            # those a few batches later.
+            for outcome in outcomes:
+                if outcome["job_id"] in missing and outcome.get("tries", 0) < _OUTCOME_TRIES:
+                    self._outcomes.append({**outcome, "tries": outcome.get("tries", 0) + 1})
+                    self._wake.set()
 
     async def start(self) -> None:
         """Start the batch writer."""

@@ -15,7 +15,8 @@ from ccgate.logs import configure_logging
 
 app = typer.Typer(help="ccgate: a self-hosted gateway for the Claude Code CLI.",
                   no_args_is_help=True, add_completion=False)
-keys_app = typer.Typer(help="Create, list and revoke per-app API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list, update and revoke per-app API keys.",
+                       no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 T = TypeVar("T")
@@ -118,13 +119,70 @@ def _with_keyring(ctx: typer.Context, action: Callable[[Any], Awaitable[T]]) -> 
     return _run(go)
 
 
+Rpm = Annotated[int | None, typer.Option("--rpm", help="Requests per minute.")]
+Rpd = Annotated[int | None, typer.Option("--rpd", help="Requests per UTC day.")]
+TokensPerDay = Annotated[int | None, typer.Option("--tokens-per-day",
+                                                  help="Input + output tokens per UTC day.")]
+BudgetUsd = Annotated[float | None, typer.Option("--budget-usd",
+                                                 help="Spend cap in USD per calendar month.")]
+Concurrency = Annotated[int | None, typer.Option("--concurrency", help="Jobs running at once.")]
+Models = Annotated[list[str] | None, typer.Option(
+    "--model", help="A model (or glob like 'claude-*') the key may use; repeat for more.")]
+IpCidrs = Annotated[list[str] | None, typer.Option(
+    "--ip-cidr", help="A client network (CIDR) the key may call from; repeat for more.")]
+ExpiresAt = Annotated[str | None, typer.Option(
+    "--expires-at", help="ISO 8601 date or time (UTC unless it names a zone) it stops working.")]
+Clear = Annotated[list[str] | None, typer.Option(
+    "--clear", help="Remove a limit, by option name (rpm, budget-usd, model, ...); repeatable.")]
+
+# Policy field -> the option that sets it, for messages, --clear and the list's POLICY column.
+_OPTION_OF = {"rpm": "rpm", "rpd": "rpd", "tokens_per_day": "tokens-per-day",
+              "budget_usd_per_month": "budget-usd", "concurrency": "concurrency",
+              "models": "model", "ip_cidrs": "ip-cidr", "expires_at": "expires-at"}
+
+
+def _policy_changes(**given: Any) -> dict[str, object]:
+    fields = {"budget_usd": "budget_usd_per_month", "model": "models", "ip_cidr": "ip_cidrs"}
+    return {fields.get(k, k): v for k, v in given.items() if v not in (None, [])}
+
+
+def _policy_error(exc: Any) -> None:
+    _fail(f"--{_OPTION_OF.get(exc.field, exc.field)}: {exc.message}", 2)
+
+
+def _policy_text(policy: Any) -> str:
+    parts = []
+    for field, option in _OPTION_OF.items():
+        value = getattr(policy, field)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        elif field == "expires_at" and value is not None:
+            value = _short(value)
+        if value is not None:
+            parts.append(f"{option}={value}")
+    return " ".join(parts) or "-"
+
+
 @keys_app.command("create")
-def keys_create(ctx: typer.Context, name: str) -> None:
-    """Create a key; its secret is printed once on stdout and never stored."""
-    from ccgate.security.keyring import KeyNameError
+def keys_create(ctx: typer.Context, name: str, rpm: Rpm = None, rpd: Rpd = None,
+                tokens_per_day: TokensPerDay = None, budget_usd: BudgetUsd = None,
+                concurrency: Concurrency = None, model: Models = None, ip_cidr: IpCidrs = None,
+                expires_at: ExpiresAt = None) -> None:
+    """Create a key, with limits if given; its secret is printed once and never stored."""
+    from ccgate.security.keyring import KeyNameError, PolicyError, policy_with
+    from ccgate.store.keys import KeyPolicy
 
     try:
-        created = _with_keyring(ctx, lambda ring: ring.create(name))
+        policy = policy_with(KeyPolicy(), _policy_changes(
+            rpm=rpm, rpd=rpd, tokens_per_day=tokens_per_day, budget_usd=budget_usd,
+            concurrency=concurrency, model=model, ip_cidr=ip_cidr, expires_at=expires_at))
+    except PolicyError as exc:
+        _policy_error(exc)
+        return
+    try:
+        created = _with_keyring(ctx, lambda ring: ring.create(name, policy))
     except KeyNameError as exc:
         _fail(str(exc))
         return
@@ -137,15 +195,19 @@ def keys_create(ctx: typer.Context, name: str) -> None:
 
 @keys_app.command("list")
 def keys_list(ctx: typer.Context) -> None:
-    """List keys: name, prefix, created, last used, status (never secrets)."""
+    """List keys: name, prefix, created, last used, status, policy (never secrets)."""
     records = _with_keyring(ctx, lambda ring: ring.list())
     if not records:
         typer.echo("no keys yet: create one with 'ccgate keys create NAME'")
         return
-    rows = [("NAME", "PREFIX", "CREATED", "LAST USED", "STATUS")]
+    from ccgate.clock import utcnow
+
+    rows = [("NAME", "PREFIX", "CREATED", "LAST USED", "STATUS", "POLICY")]
     for r in records:
+        status = "expired" if r.expired(utcnow()) else "active"
         rows.append((r.name, r.prefix + "…", _short(r.created_at), _short(r.last_used_at),
-                     "active" if r.active else f"revoked {_short(r.revoked_at)}"))
+                     status if r.active else f"revoked {_short(r.revoked_at)}",
+                     _policy_text(r.policy)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -160,6 +222,39 @@ def keys_webhook_secret(ctx: typer.Context, name: str) -> None:
     typer.echo(f"New webhook signing secret for {name!r}; receivers must switch to it now:",
                err=True)
     typer.echo(secret)
+
+
+@keys_app.command("update")
+def keys_update(ctx: typer.Context, name: str, rpm: Rpm = None, rpd: Rpd = None,
+                tokens_per_day: TokensPerDay = None, budget_usd: BudgetUsd = None,
+                concurrency: Concurrency = None, model: Models = None, ip_cidr: IpCidrs = None,
+                expires_at: ExpiresAt = None, clear: Clear = None) -> None:
+    """Change an active key's limits; its very next request obeys them, no restart needed."""
+    from ccgate.security.keyring import PolicyError
+
+    changes = _policy_changes(
+        rpm=rpm, rpd=rpd, tokens_per_day=tokens_per_day, budget_usd=budget_usd,
+        concurrency=concurrency, model=model, ip_cidr=ip_cidr, expires_at=expires_at)
+    fields = {option: field for field, option in _OPTION_OF.items()}
+    for item in clear or []:
+        field = fields.get(item.strip().lstrip("-").replace("_", "-"))
+        if field is None:
+            _fail(f"--clear: {item!r} is not a limit; one of {', '.join(fields)}", 2)
+            return
+        if field in changes:
+            _fail(f"--clear {item} and --{_OPTION_OF[field]} contradict each other", 2)
+            return
+        changes[field] = None
+    if not changes:
+        _fail("nothing to change: give a limit option or --clear", 2)
+    try:
+        record = _with_keyring(ctx, lambda ring: ring.update(name, changes))
+    except PolicyError as exc:
+        _policy_error(exc)
+        return
+    if record is None:
+        _fail(f"no active key named {name!r}")
+    typer.echo(f"updated key {name!r}: {_policy_text(record.policy)}")
 
 
 @keys_app.command("revoke")

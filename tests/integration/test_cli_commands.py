@@ -107,3 +107,41 @@ def test_cli_keys_webhook_secret_is_shown_once_and_rotates(ccgate: Ccgate) -> No
     assert first not in ccgate("keys", "list").stdout
     missing = ccgate("keys", "webhook-secret", "nope")
     assert missing.returncode == 1
+
+
+def test_cli_keys_create_with_policy_shows_it_in_list(ccgate: Ccgate) -> None:
+    """``keys create`` takes every limit option and ``keys list`` shows the policy."""
+    created = ccgate("keys", "create", "app", "--rpm", "60", "--rpd", "1000",
+                     "--tokens-per-day", "5000", "--budget-usd", "2.5", "--concurrency", "2",
+                     "--model", "haiku", "--model", "claude-*", "--ip-cidr", "10.1.2.3/8",
+                     "--expires-at", "2999-01-01")
+    assert created.returncode == 0, created.stderr
+    listed = ccgate("keys", "list").stdout
+    assert ("rpm=60 rpd=1000 tokens-per-day=5000 budget-usd=2.5 concurrency=2 "
+            "model=haiku,claude-* ip-cidr=10.0.0.0/8 expires-at=2999-01-01 00:00") in listed
+    bad = ccgate("keys", "create", "other", "--ip-cidr", "not-a-network")
+    assert bad.returncode == 2 and "--ip-cidr" in bad.stderr
+    assert "other" not in ccgate("keys", "list").stdout
+
+
+def test_cli_keys_update_changes_and_clears_limits(ccgate: Ccgate) -> None:
+    """``keys update`` sets the options given and ``--clear`` removes a limit."""
+    ccgate("keys", "create", "app", "--rpm", "60", "--model", "haiku")
+    updated = ccgate("keys", "update", "app", "--rpd", "10", "--clear", "rpm")
+    assert updated.returncode == 0, updated.stderr
+    assert "rpd=10 model=haiku" in updated.stdout and "rpm=" not in updated.stdout
+    assert "rpd=10 model=haiku" in ccgate("keys", "list").stdout
+
+
+def test_cli_keys_update_refuses_bad_input(ccgate: Ccgate) -> None:
+    """Bad values, unknown --clear fields, no changes and unknown keys each fail clearly."""
+    ccgate("keys", "create", "app")
+    for args, message in ((["--rpm", "0"], "--rpm: must be a whole number"),
+                          (["--expires-at", "2001-01-01"], "must be in the future"),
+                          (["--clear", "colour"], "not a limit"),
+                          (["--rpm", "5", "--clear", "rpm"], "contradict"),
+                          ([], "nothing to change")):
+        result = ccgate("keys", "update", "app", *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    missing = ccgate("keys", "update", "nope", "--rpm", "5")
+    assert missing.returncode == 1 and "no active key" in missing.stderr

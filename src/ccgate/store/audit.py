@@ -48,7 +48,37 @@ class AuditTable:
         if rows:
             await self.db.write(lambda conn: conn.execute(audit_log.insert(), rows))
 
-    async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest rows first."""
+    async def fill_job_outcomes(self, outcomes: list[dict[str, Any]]) -> list[str]:
+        """Write finished jobs' outcomes into the rows of the requests that queued them
+        (``POST /api/v1/jobs`` answers 202 before the run ends); return the job ids whose
+        row was not found (not written yet)."""
+        if not outcomes:
+            return []
+        query = (audit_log.update()
+                 .where(audit_log.c.job_id == sa.bindparam("b_job_id"),
+                        audit_log.c.job_status.is_(None))
+                 .values(job_status=sa.bindparam("b_job_status"),
+                         model=sa.bindparam("b_model"),
+                         input_tokens=sa.bindparam("b_input_tokens"),
+                         output_tokens=sa.bindparam("b_output_tokens"),
+                         cost_usd=sa.bindparam("b_cost_usd"),
+                         error_type=sa.bindparam("b_error_type")))
+        params = [{f"b_{k}": v for k, v in outcome.items()} for outcome in outcomes]
+
+        def op(conn: sa.Connection) -> list[str]:
+            return [p["b_job_id"] for p in params if not conn.execute(query, p).rowcount]
+
+        return await self.db.write(op)
+
+    async def recent(self, limit: int = 100, *, key_name: str | None = None,
+                     http_status: int | None = None,
+                     job_status: str | None = None) -> list[dict[str, Any]]:
+        """The newest rows first, optionally only one key's, one HTTP status or job status."""
         query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        if key_name is not None:
+            query = query.where(audit_log.c.key_name == key_name)
+        if http_status is not None:
+            query = query.where(audit_log.c.http_status == http_status)
+        if job_status is not None:
+            query = query.where(audit_log.c.job_status == job_status)
         return await self.db.read(lambda conn: [dict(r._mapping) for r in conn.execute(query)])

@@ -1,0 +1,266 @@
+"""The admin API: token gate, keys with policies, audit rows and the circuit breaker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from ccgate.circuit import CircuitBreaker
+from ccgate.security.keys import hash_secret
+from ccgate.store.schema import api_keys
+from tests.integration.conftest import Gateway
+
+TOKEN = "admin-token-for-tests"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+StartGateway = Callable[..., Any]
+
+
+@pytest.fixture
+async def gw(gateway_factory: StartGateway) -> Gateway:
+    """A gateway with the admin API turned on."""
+    return await gateway_factory(CCGATE_ADMIN_TOKEN=TOKEN)  # type: ignore[no-any-return]
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    return response.json()["error"]  # type: ignore[no-any-return]
+
+
+async def _create(gw: Gateway, **body: Any) -> dict[str, Any]:
+    response = await gw.client.post("/admin/keys", json={"name": "svc", **body}, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def test_admin_disabled_without_token_names_the_setting(gateway: Gateway) -> None:
+    """With CCGATE_ADMIN_TOKEN unset every admin route answers 404 admin_disabled."""
+    for method, path in (("GET", "/admin/keys"), ("POST", "/admin/keys"),
+                         ("GET", "/admin/usage"), ("POST", "/admin/circuit/reset")):
+        response = await gateway.client.request(method, path, headers=ADMIN)
+        assert response.status_code == 404
+        assert _error(response)["type"] == "admin_disabled"
+        assert "CCGATE_ADMIN_TOKEN" in _error(response)["message"]
+
+
+async def test_admin_wrong_or_missing_token_is_401(gw: Gateway) -> None:
+    """A wrong token, an app key or no token at all gets 401, never the data."""
+    for headers in ({"Authorization": "Bearer nope"}, gw.auth(), {}):
+        response = await gw.client.get("/admin/keys", headers=headers)
+        assert response.status_code == 401
+        assert _error(response)["type"] == "authentication_error"
+    assert (await gw.client.get("/admin/keys", headers={"X-API-Key": TOKEN})).status_code == 200
+
+
+async def test_admin_create_shows_secret_once_and_list_never(gw: Gateway) -> None:
+    """The create answer holds the secret; neither the list nor the key's view ever does."""
+    created = await _create(gw)
+    secret, webhook_secret = created["key"], created["webhook_secret"]
+    assert secret.startswith("ccg_") and webhook_secret.startswith("whsec_")
+    assert created["prefix"] == secret[:12] and created["policy"]["rpm"] is None
+    listed = await gw.client.get("/admin/keys", headers=ADMIN)
+    one = await gw.client.get("/admin/keys/svc", headers=ADMIN)
+    for text in (listed.text, one.text):
+        assert secret not in text and webhook_secret not in text
+        assert hash_secret(secret) not in text
+    entry = next(k for k in listed.json()["data"] if k["name"] == "svc")
+    assert entry == one.json()
+    assert (entry["kind"], entry["active"], entry["expired"]) == ("app", True, False)
+
+
+async def test_admin_created_key_works_and_only_its_hash_is_stored(gw: Gateway) -> None:
+    """The new key runs prompts at once, and the database row holds its hash, not the key."""
+    secret = (await _create(gw))["key"]
+    response = await gw.client.post("/api/v1/run", json={"prompt": "hi"}, headers=gw.auth(secret))
+    assert response.status_code == 200
+    store = gw.app.state.store
+    row = await store.db.read(lambda conn: conn.execute(
+        sa.select(api_keys).where(api_keys.c.name == "svc")).one()._mapping)
+    assert row["secret_hash"] == hash_secret(secret)
+    assert all(secret not in str(value) for value in row.values())
+
+
+async def test_admin_create_stores_a_normalised_policy(gw: Gateway) -> None:
+    """Every policy field round-trips; networks are normalised and times become UTC."""
+    created = await _create(gw, rpm=60, rpd=1000, tokens_per_day=50_000,
+                            budget_usd_per_month=5, concurrency=2,
+                            models=["haiku", "claude-*"], ip_cidrs=["10.1.2.3/8", "::1"],
+                            expires_at="2999-01-01T02:00:00+02:00")
+    assert created["policy"] == {
+        "rpm": 60, "rpd": 1000, "tokens_per_day": 50_000, "budget_usd_per_month": 5.0,
+        "concurrency": 2, "models": ["haiku", "claude-*"],
+        "ip_cidrs": ["10.0.0.0/8", "::1/128"], "expires_at": "2999-01-01T00:00:00+00:00"}
+    fetched = (await gw.client.get("/admin/keys/svc", headers=ADMIN)).json()
+    assert fetched["policy"] == created["policy"]
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"rpm": 0}, "rpm"),
+    ({"rpd": "10"}, "rpd"),
+    ({"concurrency": True}, "concurrency"),
+    ({"tokens_per_day": 2**40}, "tokens_per_day"),
+    ({"budget_usd_per_month": -1}, "budget_usd_per_month"),
+    ({"models": []}, "models"),
+    ({"models": [""]}, "models"),
+    ({"ip_cidrs": ["10.0.0.0/33"]}, "ip_cidrs"),
+    ({"expires_at": "2001-01-01"}, "expires_at"),
+    ({"expires_at": "next week"}, "expires_at"),
+    ({"webhook_secret": "short"}, "webhook_secret"),
+    ({"colour": "blue"}, "colour"),
+    ({"name": "has space"}, "name"),
+])
+async def test_admin_create_rejects_bad_fields(gw: Gateway, body: dict[str, Any],
+                                               param: str) -> None:
+    """Each bad field is a 400 naming it, and no key is created."""
+    response = await gw.client.post("/admin/keys", json={"name": "svc", **body}, headers=ADMIN)
+    assert response.status_code == 400, response.text
+    assert (_error(response)["type"], _error(response)["param"]) == ("invalid_request", param)
+    assert await gw.app.state.store.keys.by_name("svc") is None
+
+
+async def test_admin_create_duplicate_name_is_409(gw: Gateway) -> None:
+    """A name already in use (even by the gateway's own key) is a 409 conflict."""
+    await _create(gw)
+    for name in ("svc", "app"):
+        response = await gw.client.post("/admin/keys", json={"name": name}, headers=ADMIN)
+        assert response.status_code == 409
+        assert _error(response)["type"] == "conflict" and name in _error(response)["message"]
+
+
+async def test_admin_create_accepts_a_chosen_webhook_secret(gw: Gateway) -> None:
+    """A webhook_secret of 16+ characters is used as given instead of a minted one."""
+    created = await _create(gw, webhook_secret="s" * 16)
+    assert created["webhook_secret"] == "s" * 16
+
+
+async def test_admin_patch_changes_and_clears_only_the_fields_sent(gw: Gateway) -> None:
+    """PATCH sets the fields sent, null clears one, and the rest stay as they were."""
+    await _create(gw, rpm=5, models=["haiku"])
+    response = await gw.client.patch("/admin/keys/svc", json={"rpd": 100, "rpm": None},
+                                     headers=ADMIN)
+    assert response.status_code == 200
+    policy = response.json()["policy"]
+    assert (policy["rpm"], policy["rpd"], policy["models"]) == (None, 100, ["haiku"])
+    fetched = (await gw.client.get("/admin/keys/svc", headers=ADMIN)).json()
+    assert fetched["policy"] == policy
+
+
+async def test_admin_patch_models_applies_to_the_next_request(gw: Gateway) -> None:
+    """Narrowing a key's models refuses the very next request for another model with 403."""
+    secret = (await _create(gw))["key"]
+    await gw.client.patch("/admin/keys/svc", json={"models": ["haiku"]}, headers=ADMIN)
+    refused = await gw.client.post("/api/v1/run", json={"prompt": "x", "model": "sonnet"},
+                                   headers=gw.auth(secret))
+    assert refused.status_code == 403
+    assert _error(refused)["type"] == "model_not_allowed"
+    allowed = await gw.client.post("/api/v1/run", json={"prompt": "x", "model": "haiku"},
+                                   headers=gw.auth(secret))
+    assert allowed.status_code == 200
+
+
+async def test_admin_patch_rejects_bad_values_and_unknown_keys(gw: Gateway) -> None:
+    """A bad value is 400 and changes nothing; an unknown or revoked key is 404."""
+    await _create(gw, rpm=5)
+    bad = await gw.client.patch("/admin/keys/svc", json={"rpm": -1}, headers=ADMIN)
+    assert bad.status_code == 400 and _error(bad)["param"] == "rpm"
+    assert (await gw.app.state.store.keys.by_name("svc")).policy.rpm == 5
+    missing = await gw.client.patch("/admin/keys/ghost", json={"rpm": 1}, headers=ADMIN)
+    assert missing.status_code == 404 and _error(missing)["type"] == "not_found"
+    await gw.client.delete("/admin/keys/svc", headers=ADMIN)
+    revoked = await gw.client.patch("/admin/keys/svc", json={"rpm": 1}, headers=ADMIN)
+    assert revoked.status_code == 404
+
+
+async def test_admin_delete_revokes_so_the_next_request_is_401(gw: Gateway) -> None:
+    """DELETE revokes at once; deleting again, or an unknown key, is 404."""
+    secret = (await _create(gw))["key"]
+    assert (await gw.client.post("/api/v1/run", json={"prompt": "x"},
+                                 headers=gw.auth(secret))).status_code == 200
+    deleted = await gw.client.delete("/admin/keys/svc", headers=ADMIN)
+    assert deleted.status_code == 200
+    assert deleted.json()["active"] is False and deleted.json()["revoked_at"] is not None
+    after = await gw.client.post("/api/v1/run", json={"prompt": "x"}, headers=gw.auth(secret))
+    assert after.status_code == 401
+    assert (await gw.client.delete("/admin/keys/svc", headers=ADMIN)).status_code == 404
+    assert (await gw.client.get("/admin/keys/%00", headers=ADMIN)).status_code == 404
+
+
+async def test_admin_expired_key_is_listed_as_expired_and_refused(gw: Gateway) -> None:
+    """A key past its expires_at shows ``expired: true`` and its requests get 401."""
+    secret = (await _create(gw, expires_at="2999-01-01"))["key"]
+    store = gw.app.state.store
+    await store.db.write(lambda conn: conn.execute(
+        api_keys.update().where(api_keys.c.name == "svc").values(expires_at=sa.func.now())))
+    entry = (await gw.client.get("/admin/keys/svc", headers=ADMIN)).json()
+    assert (entry["active"], entry["expired"]) == (True, True)
+    response = await gw.client.post("/api/v1/run", json={"prompt": "x"}, headers=gw.auth(secret))
+    assert response.status_code == 401
+
+
+async def test_admin_audit_filters_by_key_and_status(gw: Gateway) -> None:
+    """Rows come newest first and filter by key, HTTP status, job status and limit."""
+    secret = (await _create(gw))["key"]
+    await gw.run({"prompt": "one"})
+    await gw.run({"prompt": ""})
+    await gw.client.post("/api/v1/run", json={"prompt": "two"}, headers=gw.auth(secret))
+    await gw.app.state.audit.flush()
+    rows = (await gw.client.get("/admin/audit", headers=ADMIN)).json()["data"]
+    assert [r["key_name"] for r in rows] == ["svc", "app", "app"]
+    mine = (await gw.client.get("/admin/audit?key=app", headers=ADMIN)).json()["data"]
+    assert [r["http_status"] for r in mine] == [400, 200]
+    failed = (await gw.client.get("/admin/audit?status=400", headers=ADMIN)).json()["data"]
+    assert [r["key_name"] for r in failed] == ["app"]
+    done = (await gw.client.get("/admin/audit?status=completed", headers=ADMIN)).json()["data"]
+    assert len(done) == 2
+    newest = (await gw.client.get("/admin/audit?limit=1", headers=ADMIN)).json()["data"]
+    assert newest[0]["key_name"] == "svc" and newest[0]["at"].endswith("+00:00")
+
+
+async def test_admin_audit_shows_prompt_text_only_when_stored(
+        gateway_factory: StartGateway, tmp_path: Path) -> None:
+    """By default rows carry no prompt_text at all; with CCGATE_AUDIT_PROMPTS they do."""
+    plain = await gateway_factory(CCGATE_ADMIN_TOKEN=TOKEN)
+    kept = await gateway_factory(CCGATE_ADMIN_TOKEN=TOKEN, CCGATE_AUDIT_PROMPTS="true",
+                                 CCGATE_DATABASE_URL=f"sqlite:///{tmp_path / 'kept.db'}")
+    for gw in (plain, kept):
+        await gw.run({"prompt": "secret plan"})
+        await gw.app.state.audit.flush()
+    [row] = (await plain.client.get("/admin/audit", headers=ADMIN)).json()["data"]
+    assert "prompt_text" not in row and row["input_tokens"] == 5
+    [row] = (await kept.client.get("/admin/audit", headers=ADMIN)).json()["data"]
+    assert row["prompt_text"] == "secret plan"
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=many", "status=weird",
+                                   "status=4000", "key=bad%20name"])
+async def test_admin_audit_rejects_bad_parameters(gw: Gateway, query: str) -> None:
+    """Out-of-range limits, unknown statuses and malformed key names are 400s."""
+    response = await gw.client.get(f"/admin/audit?{query}", headers=ADMIN)
+    assert response.status_code == 400
+    assert _error(response)["type"] == "invalid_request"
+
+
+async def test_admin_circuit_is_disabled_on_the_cli_backend(gw: Gateway) -> None:
+    """Without a breaker the circuit routes say so, and reset is a harmless no-op."""
+    gw.app.state.breaker = None
+    expected = {"backend": "cli", "enabled": False}
+    assert (await gw.client.get("/admin/circuit", headers=ADMIN)).json() == expected
+    reset = await gw.client.post("/admin/circuit/reset", headers=ADMIN)
+    assert reset.status_code == 200 and reset.json() == expected
+
+
+async def test_admin_circuit_reports_and_resets_the_breaker(gw: Gateway) -> None:
+    """An open breaker shows as open with its failures; reset closes it."""
+    breaker = CircuitBreaker(failures=2, cooldown_secs=30)
+    gw.app.state.breaker = breaker
+    breaker.record_failure()
+    breaker.record_failure()
+    state = (await gw.client.get("/admin/circuit", headers=ADMIN)).json()
+    assert (state["enabled"], state["state"], state["consecutive_failures"]) == (True, "open", 2)
+    assert state["retry_after_secs"] > 0
+    reset = (await gw.client.post("/admin/circuit/reset", headers=ADMIN)).json()
+    assert (reset["state"], reset["consecutive_failures"]) == ("closed", 0)
+    breaker.before_call()

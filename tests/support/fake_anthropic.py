@@ -261,6 +261,8 @@ class _Handler(BaseHTTPRequestHandler):
             case Text() if stream:
                 self._stream_text(model, behavior)
             case Text():
+                # A non-streamed answer waits its delay once, as if generating.
+                self._pause(behavior.delay)
                 self._send_json(200, _message_json(model, behavior))
             case ToolUse() if stream:
                 self._stream_tool_use(model, behavior)

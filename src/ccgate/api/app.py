@@ -10,22 +10,30 @@ import structlog
 from fastapi import FastAPI
 
 from ccgate import __version__
-from ccgate.api import admin, health, native, usage
+from ccgate.api import admin, compat, enroll, health, model_list, native, usage
+from ccgate.api import anthropic as anthropic_door
+from ccgate.api import fetch as fetch_door
+from ccgate.api import files as files_door
 from ccgate.api import jobs as jobs_door
+from ccgate.api import openai as openai_door
 from ccgate.api.admission import JobTickets
 from ccgate.api.errors import install_error_handlers
-from ccgate.api.middleware import RequestContextMiddleware
+from ccgate.api.middleware import RequestContextMiddleware, add_cors
 from ccgate.api.views import render_job
 from ccgate.audit import AuditLog
 from ccgate.config import Settings
 from ccgate.errors import ApiError
 from ccgate.jobs import JobService, QueueLimits
+from ccgate.limits import Limiter
 from ccgate.models import model_policy
+from ccgate.runners.anthropic_api import api_runner
 from ccgate.runners.base import Runner
 from ccgate.runners.cli import cli_runner
 from ccgate.runners.cli_status import CliStatus
+from ccgate.security.enrollment import EnrollmentService
 from ccgate.security.keyring import Keyring
 from ccgate.security.netguard import BlockedDestination, OutboundGuard
+from ccgate.security.netrules import ClientAddressRules
 from ccgate.sessions import SessionBook
 from ccgate.store import Store
 from ccgate.webhooks import WebhookDispatcher, delivery_view
@@ -47,7 +55,13 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         if settings.allow_tools:
             log.warning("tools_enabled", detail="CCGATE_ALLOW_TOOLS=true: the model may run "
                         "shell commands and touch files on this machine")
-        jobs = JobService(store, runner or cli_runner(settings, cli_status.path), QueueLimits(
+        backend = runner or (api_runner(settings) if settings.backend == "api"
+                             else cli_runner(settings, cli_status.path))
+        app.state.runner = backend
+        app.state.breaker = getattr(backend, "breaker", None)
+        limiter = Limiter.from_settings(settings)
+        app.state.limiter = limiter
+        jobs = JobService(store, backend, QueueLimits(
             concurrency=settings.concurrency, queue_size=settings.queue_size,
             max_attempts=settings.max_attempts, lease_secs=settings.lease_secs,
             shutdown_grace_secs=settings.shutdown_grace_secs,
@@ -70,15 +84,20 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         sessions = SessionBook(store, settings.session_ttl_hours)
         jobs.before_announce.append(sessions.record_turn)
         jobs.cleanups.append(("sessions", sessions.delete_expired))
+        jobs.cleanups.append(("files", store.files.delete_expired))
         job_tickets = JobTickets()
         jobs.on_finished.append(job_tickets.job_finished)
         audit = AuditLog(store)
+        jobs.on_finished.append(audit.record_job_outcome)
         app.state.sessions = sessions
         app.state.job_tickets = job_tickets
         app.state.store = store
         app.state.audit = audit
         app.state.cli_status = cli_status
         app.state.keyring = Keyring(store)
+        app.state.enrollment = (
+            EnrollmentService(store, settings.enrollment_secret, settings.device_token_ttl_secs)
+            if settings.enrollment_secret else None)
         app.state.jobs = jobs
         app.state.webhook_state = webhook_state
         app.state.check_callback = check_callback
@@ -92,19 +111,30 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
             await jobs.stop()
             await dispatcher.stop()
             await audit.stop()
+            await limiter.aclose()
             await store.close()
 
     app = FastAPI(title="ccgate", version=__version__, lifespan=lifespan,
                   description="A self-hosted gateway for the Claude Code CLI.")
     app.state.settings = settings
-    app.state.requires_cli = runner is None
+    app.state.requires_cli = runner is None and settings.backend == "cli"
     app.state.models = model_policy(settings.allowed_models, settings.default_model,
                                     settings.model_aliases, settings.backend)
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
+                       rules=ClientAddressRules(settings.allow_cidrs, settings.trusted_proxies))
+    if settings.cors_origins:
+        add_cors(app, settings.cors_origins)
     app.include_router(health.router)
     app.include_router(native.router)
     app.include_router(jobs_door.router)
+    app.include_router(files_door.router)
+    app.include_router(compat.router)
     app.include_router(usage.router)
     app.include_router(admin.router)
+    app.include_router(enroll.router)
+    app.include_router(fetch_door.router)
+    app.include_router(anthropic_door.router)
+    app.include_router(openai_door.router)
+    app.include_router(model_list.router)
     return app

@@ -7,7 +7,6 @@ itself talks to the same fake API with the operator's key.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -25,14 +24,14 @@ BACKENDS = ["cli", "api"]
 
 @pytest.fixture(params=BACKENDS)
 def door_server(request: pytest.FixtureRequest, start_server: StartServer,
-                server_env: dict[str, str], fake: FakeAnthropic) -> Iterator[ServerProcess]:
+                server_env: dict[str, str], fake: FakeAnthropic) -> ServerProcess:
     """A running ccgate on the CLI backend (real CLI) or the API backend, both on the fake."""
     # The CLI would retry an upstream error once and then meet the fake's next (good) reply.
     env = {**server_env, "CCGATE_UPSTREAM_RETRIES": "0"}
     if request.param == "api":
         env.update(CCGATE_BACKEND="api", ANTHROPIC_BASE_URL=fake.url,
                    ANTHROPIC_API_KEY=FAKE_API_KEY)
-    yield start_server(env)
+    return start_server(env)
 
 
 def _anthropic(server: ServerProcess, key: str) -> anthropic.Anthropic:

@@ -182,3 +182,18 @@ def test_sdk_upstream_auth_failure_is_never_a_401(door_server: ServerProcess,
             model="sonnet", max_tokens=16, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 502
     assert not isinstance(caught.value, anthropic.AuthenticationError)
+
+
+def test_sdk_count_tokens_on_both_backends(door_server: ServerProcess,
+                                           fake: FakeAnthropic) -> None:
+    """count_tokens answers a positive count: forwarded upstream on the API backend, an
+    estimate that starts no CLI run on the CLI backend."""
+    key = door_server.create_key("sdk")
+    before = len(fake.requests)
+    counted = _anthropic(door_server, key).messages.count_tokens(
+        model="sonnet", messages=[{"role": "user", "content": "count these words " * 20}])
+    assert counted.input_tokens > 20
+    reached_upstream = [r for r in fake.requests[before:] if "count_tokens" in r.path]
+    api_backend = "CCGATE_BACKEND" in door_server.env
+    assert bool(reached_upstream) is api_backend
+    assert not fake.message_requests()

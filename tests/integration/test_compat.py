@@ -38,11 +38,12 @@ async def test_compat_run_returns_text_when_not_json(gateway: Gateway) -> None:
 
 
 async def test_compat_files_and_run_attach_an_image(gateway_factory: Any) -> None:
-    """``POST /files`` answers like ``/api/v1/files``; ``/run`` attaches its token."""
+    """``POST /files`` answers like ``/api/v1/files`` (with 200, as older gateways did);
+    ``/run`` attaches its token."""
     runner = FakeRunner()
     gw = await gateway_factory(runner)
     upload = await gw.client.post("/files", files={"file": ("a.png", PNG)}, headers=gw.auth())
-    assert upload.status_code == 201
+    assert upload.status_code == 200
     assert upload.json()["media_type"] == "image/png"
     token = upload.json()["file_token"]
     response = await gw.client.post("/run", headers=gw.auth(),

@@ -159,9 +159,12 @@ async def compat_complete(request: Request) -> Response:
     return await _answer(request, produce)
 
 
-router.add_api_route("/files", files_door.upload_file, methods=["POST"], status_code=201,
-                     summary="Compat: same as POST /api/v1/files",
-                     openapi_extra=files_door.UPLOAD_OPENAPI)
+@router.post("/files", summary="Compat: same as POST /api/v1/files, answered with 200",
+             openapi_extra=files_door.UPLOAD_OPENAPI)
+async def upload_file(request: Request) -> JSONResponse:
+    """Older gateways answered uploads with 200 (not 201); the body is the native one."""
+    key = await require_key(request)
+    return JSONResponse(await files_door.store_upload(request, key))
 for _path in ("/healthz", "/api/v1/health"):
     router.add_api_route(_path, health.health, methods=["GET"],
                          summary="Compat: same as GET /health")

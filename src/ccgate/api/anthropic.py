@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ccgate.api.admission import admit, resolve_model
 from ccgate.api.auth import require_key
 from ccgate.api.content import anthropic_block, bad, conversation_bytes, split_turns
-from ccgate.api.conversation import Turn, api_error_of, first_event
+from ccgate.api.conversation import Turn, api_error_of
 from ccgate.api.errors import error_body, request_id_of
 from ccgate.api.native import read_json_object
 from ccgate.errors import ApiError
@@ -30,6 +30,7 @@ from ccgate.runners.base import RunError, RunRequest, RunResult, TextDelta
 from ccgate.store import KeyRecord
 
 router = APIRouter(prefix="/v1", tags=["anthropic"])
+T = TypeVar("T")
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -208,19 +209,13 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 async def _stream_turn(turn: Turn, model: str) -> Response:
-    events = turn.events()
-    try:
-        first = await first_event(events)
-    except BaseException:
-        await events.aclose()
-        await turn.settle()
-        raise
+    first, events = await turn.open_stream()
     return StreamingResponse(_turn_events(turn, model, first, events),
                              media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
 async def _turn_events(turn: Turn, model: str, first: Any,
-                       events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+                       events: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
     """message_start, one text block of deltas, message_delta, message_stop."""
     sent = 0
     try:
@@ -254,14 +249,7 @@ async def _turn_events(turn: Turn, model: str, first: Any,
     except ApiError as exc:
         yield sse("error", error_body("anthropic", request_id_of(turn.request), exc))
     finally:
-        await asyncio.shield(_close(events, turn))
-
-
-async def _close(events: AsyncIterator[Any], turn: Turn) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        await aclose()
-    await turn.settle()
+        await asyncio.shield(turn.close_stream(events))
 
 
 def _text_delta(text: str) -> bytes:
@@ -275,25 +263,24 @@ async def _pass_through(request: Request, call: MessagesCall, model: str,
     runner = request.app.state.runner
     body = {**call.raw, "model": model}
     facts = request.scope.setdefault("ccgate.audit", {})
-    if not call.stream:
+
+    async def upstream_call(opening: Awaitable[T]) -> T:
         try:
-            reply = await runner.send(body, request.headers)
+            return await opening
         except RunError as exc:
             await ticket.finish()
             facts["error_type"] = exc.error_type
             raise api_error_of(exc) from None
+
+    if not call.stream:
+        reply = await upstream_call(runner.send(body, request.headers))
         cost = cost_usd(reply.model or model, reply.usage)
         facts.update(input_tokens=reply.usage.get("input_tokens"),
                      output_tokens=reply.usage.get("output_tokens"), cost_usd=cost,
                      job_status="completed")
         await ticket.finish(reply.usage, cost)
         return JSONResponse(reply.json, status_code=reply.status, headers=reply.headers)
-    try:
-        upstream = await runner.open_stream(body, request.headers)
-    except RunError as exc:
-        await ticket.finish()
-        facts["error_type"] = exc.error_type
-        raise api_error_of(exc) from None
+    upstream = await upstream_call(runner.open_stream(body, request.headers))
 
     async def relay() -> AsyncIterator[bytes]:
         try:

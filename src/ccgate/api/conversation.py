@@ -134,6 +134,24 @@ class Turn:
             self.request.scope.setdefault("ccgate.audit", {})["error_type"] = exc.error_type
             raise api_error_of(exc) from None
 
+    async def open_stream(self) -> tuple[RunEvent, AsyncGenerator[RunEvent | None, None]]:
+        """Start the events and wait for the first real one, so a turn that fails at once
+        answers a real HTTP error status instead of an error inside a 200 stream."""
+        events = self.events()
+        try:
+            async for event in events:
+                if event is not None:
+                    return event, events
+            raise ApiError("upstream_error", "the run ended without an answer")
+        except BaseException:
+            await self.close_stream(events)
+            raise
+
+    async def close_stream(self, events: AsyncGenerator[RunEvent | None, None]) -> None:
+        """Stop reading (cancelling the job if it still runs) and settle the ticket."""
+        await events.aclose()
+        await self.settle()
+
     async def settle(self) -> None:
         """Free the ticket with the turn's usage (idempotent)."""
         usage = self.result.usage if self.result else None
@@ -153,15 +171,6 @@ class Turn:
             model=result.model, input_tokens=result.usage.get("input_tokens"),
             output_tokens=result.usage.get("output_tokens"), cost_usd=result.cost_usd,
             job_status="completed", response_bytes=len(result.text.encode("utf-8")))
-
-
-async def first_event(events: AsyncGenerator[RunEvent | None, None]) -> RunEvent:
-    """Wait for the first real event, so a turn that fails at once gets a real HTTP error
-    status instead of an error inside a 200 stream."""
-    async for event in events:
-        if event is not None:
-            return event
-    raise ApiError("upstream_error", "the run ended without an answer")
 
 
 def audit_facts(request: Request) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ccgate.api.admission import admit, resolve_model
 from ccgate.api.auth import require_key
 from ccgate.api.content import bad, conversation_bytes, image_block, split_turns
-from ccgate.api.conversation import Turn, first_event
+from ccgate.api.conversation import Turn
 from ccgate.api.errors import error_body, request_id_of
 from ccgate.api.native import JSON_ONLY_INSTRUCTION, read_json_object
 from ccgate.errors import ApiError
@@ -222,13 +222,7 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
     completion_id = "chatcmpl-" + turn.message_id.removeprefix("msg_")
     created = int(time.time())
     if call.stream:
-        events = turn.events()
-        try:
-            first = await first_event(events)
-        except BaseException:
-            await events.aclose()
-            await turn.settle()
-            raise
+        first, events = await turn.open_stream()
         return StreamingResponse(
             _chunks(turn, call, model, completion_id, created, first, events),
             media_type="text/event-stream", headers=_SSE_HEADERS)
@@ -260,7 +254,7 @@ def usage_of(result: RunResult) -> dict[str, int]:
 
 
 async def _chunks(turn: Turn, call: ChatCall, model: str, completion_id: str, created: int,
-                  first: Any, events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+                  first: Any, events: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
     """Role delta, content deltas, the finish chunk, the usage chunk if asked, [DONE]."""
 
     def chunk(delta: dict[str, Any], finish: str | None = None,
@@ -299,11 +293,4 @@ async def _chunks(turn: Turn, call: ChatCall, model: str, completion_id: str, cr
         payload = error_body("openai", request_id_of(turn.request), exc)
         yield f"data: {json.dumps(payload)}\n\n".encode()
     finally:
-        await asyncio.shield(_close(events, turn))
-
-
-async def _close(events: AsyncIterator[Any], turn: Turn) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        await aclose()
-    await turn.settle()
+        await asyncio.shield(turn.close_stream(events))

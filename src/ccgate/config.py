@@ -230,7 +230,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CCGATE_JOB_TTL_HOURS", "168", "a number of hours (0 keeps jobs forever)", _float(0),
             "Finished jobs older than this are deleted with their events and deliveries."),
     Setting("CCGATE_CLEANUP_INTERVAL_SECS", "300", "a number of seconds between 1 and 86400",
-            _float(1, 86400), "How often expired jobs are looked for."),
+            _float(1, 86400), "How often expired jobs, sessions and files are looked for."),
     Setting("CCGATE_SSE_HEARTBEAT_SECS", "15", "a number of seconds between 1 and 300",
             _float(1, 300), "Interval of the comment heartbeat on idle SSE streams."),
     Setting("CCGATE_WEBHOOK_SECRET", "", "a secret string, or empty", _optional_text,

@@ -51,14 +51,15 @@ async def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None
 
 
 async def test_jobs_submitted_job_completes_with_result(services: Any) -> None:
-    """A queued job runs and lands completed with its text, usage and cost."""
+    """A queued job runs and lands completed with its text, usage, cost and session."""
     service = await services(FakeRunner())
-    job = await _submit(service, "hello")
+    job, _ = await service.submit(Submission(None, "native", _request("hello"),
+                                             session_id="ses_given"))
     done = await asyncio.wait_for(service.wait(job.id), 5)
     assert done.status is JobStatus.COMPLETED
     assert done.result == "reply: hello"
     assert done.usage == {"input_tokens": 5, "output_tokens": 7}
-    assert done.cost_usd == 0.001 and done.session_id == "sess-1"
+    assert done.cost_usd == 0.001 and done.session_id == "ses_given"
 
 
 async def test_jobs_concurrency_cap_holds(services: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -83,3 +84,44 @@ def test_parser_without_partial_uses_the_assistant_message() -> None:
         "content": [{"type": "text", "text": "a"}, {"type": "tool_use"}, {"type": "text",
                                                                           "text": "b"}]})
     assert parser.feed(line) == [TextDelta("ab")]
+
+
+def _result_error(**extra: object) -> bytes:
+    line = {"type": "result", "subtype": "success", "is_error": True,
+            "result": "You've hit your limit", **extra}
+    return json.dumps(line).encode()
+
+
+def test_stream_json_usage_limit_is_a_rate_limit_with_its_reset() -> None:
+    """A subscription usage limit becomes upstream_rate_limited with Retry-After from the
+    reset time the CLI reported, never an auth error."""
+    parser = StreamParser(partial=True)
+    resets = int(time.time()) + 3600
+    parser.feed(json.dumps({"type": "rate_limit_event", "rate_limit_info": {
+        "status": "rejected", "resetsAt": resets, "rateLimitType": "five_hour"}}).encode())
+    with pytest.raises(RunError) as caught:
+        parser.feed(_result_error(api_error_status=403, api_error="usage_limit_reached"))
+    assert caught.value.error_type == "upstream_rate_limited"
+    assert caught.value.retry_after is not None
+    assert 3590 <= caught.value.retry_after <= 3600
+
+
+def test_stream_json_usage_limit_info_in_the_result_line() -> None:
+    """The reset carried in the result's own rate_limit_info is used too."""
+    resets = int(time.time()) + 120
+    with pytest.raises(RunError) as caught:
+        StreamParser(partial=True).feed(_result_error(
+            api_error="usage_limit_reached",
+            api_error_params={"rate_limit_info": {"status": "rejected", "resetsAt": resets}}))
+    assert caught.value.error_type == "upstream_rate_limited"
+    assert caught.value.retry_after is not None and 110 <= caught.value.retry_after <= 120
+
+
+def test_stream_json_allowed_rate_limit_events_change_nothing() -> None:
+    """An 'allowed' rate-limit event before an ordinary failure keeps its own type."""
+    parser = StreamParser(partial=True)
+    parser.feed(json.dumps({"type": "rate_limit_event", "rate_limit_info": {
+        "status": "allowed", "resetsAt": int(time.time()) + 60}}).encode())
+    with pytest.raises(RunError) as caught:
+        parser.feed(_result_error(api_error_status=529))
+    assert caught.value.error_type == "upstream_overloaded"

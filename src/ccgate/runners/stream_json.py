@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from ccgate.runners.base import RunError, RunEvent, RunResult, RunStarted, TextDelta
@@ -23,6 +24,8 @@ class StreamParser:
         self.result: RunResult | None = None
         self.unparsed_lines = 0
         self._model: str | None = None
+        # The last rate-limit state the CLI reported (its ``rate_limit_event`` lines).
+        self._rate_limit: dict[str, Any] | None = None
 
     def feed(self, line: bytes) -> list[RunEvent]:
         """Parse one line; unknown or malformed lines are counted and skipped."""
@@ -42,10 +45,26 @@ class StreamParser:
             return _stream_event_delta(message.get("event"))
         if kind == "assistant" and not self.partial and message.get("parent_tool_use_id") is None:
             return _assistant_text(message.get("message"))
+        if kind == "rate_limit_event" and isinstance(message.get("rate_limit_info"), dict):
+            self._rate_limit = message["rate_limit_info"]
+            return []
         if kind == "result":
-            self.result = result_from_line(message, self._model)
+            self.result = result_from_line(message, self._model, self._rate_limit)
             return [self.result]
         return []
+
+
+def _rate_limit_info(line: dict[str, Any]) -> dict[str, Any] | None:
+    params = line.get("api_error_params")
+    info = params.get("rate_limit_info") if isinstance(params, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+def _seconds_until(epoch: Any) -> float | None:
+    """Seconds from now until ``epoch`` (Unix seconds), at least 1; None when unknown."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int | float):
+        return None
+    return max(1.0, float(epoch) - time.time())
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -75,18 +94,30 @@ def _assistant_text(message: Any) -> list[RunEvent]:
     return [TextDelta("".join(parts))] if parts else []
 
 
-def result_from_line(line: dict[str, Any], model: str | None) -> RunResult:
+def result_from_line(line: dict[str, Any], model: str | None,
+                     rate_limit: dict[str, Any] | None = None) -> RunResult:
     """Build the RunResult of a ``result`` line, or raise the RunError it reports.
 
     The CLI reports upstream failures with ``subtype: "success"`` and ``is_error: true``,
-    so only ``is_error`` and ``api_error_status`` are trusted.
+    so only ``is_error``, ``api_error_status`` and ``api_error`` are trusted. A subscription
+    usage limit (``api_error: usage_limit_reached``, or a rejected ``rate_limit_event``) is a
+    rate limit whatever status came with it, with Retry-After from its reset time.
     """
     text = line.get("result")
     text = text if isinstance(text, str) else ""
     if line.get("is_error"):
         status = line.get("api_error_status")
-        raise classify_upstream_error(status if isinstance(status, int) else None, text,
-                                      _str_or_none(line.get("terminal_reason")))
+        status = status if isinstance(status, int) else None
+        info = _rate_limit_info(line) or rate_limit
+        limited = line.get("api_error") == "usage_limit_reached" or line.get("error") == \
+            "rate_limit" or (info is not None and info.get("status") == "rejected")
+        if limited and (status is None or status < 500):
+            status = 429
+        error = classify_upstream_error(status, text,
+                                        _str_or_none(line.get("terminal_reason")))
+        if error.error_type == "upstream_rate_limited" and info is not None:
+            error.retry_after = _seconds_until(info.get("resetsAt"))
+        raise error
     usage_raw = line.get("usage")
     if not isinstance(usage_raw, dict):
         usage_raw = {}

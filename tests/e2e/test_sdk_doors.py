@@ -7,13 +7,15 @@ itself talks to the same fake API with the operator's key.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import StartServer
+from tests.e2e.conftest import StartServer, wait_for_no_runs
 from tests.support.fake_anthropic import FAKE_API_KEY, Error, FakeAnthropic, Slow, Text
 from tests.support.server import ServerProcess
 
@@ -197,3 +199,24 @@ def test_sdk_count_tokens_on_both_backends(door_server: ServerProcess,
     api_backend = "CCGATE_BACKEND" in door_server.env
     assert bool(reached_upstream) is api_backend
     assert not fake.message_requests()
+
+
+def test_sdk_disconnect_mid_stream_cancels_the_cli_run(start_server: StartServer,
+                                                       server_env: dict[str, str],
+                                                       fake: FakeAnthropic,
+                                                       work_dir: Path) -> None:
+    """A client that drops a /v1/messages stream stops the CLI run and cancels its job."""
+    server = start_server(server_env)
+    key = server.create_key("sdk")
+    fake.reply(Slow("one two three four five six", delay=1.0, chunks=6))
+    body = {"model": "sonnet", "max_tokens": 64, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=server.url, timeout=60, headers={"x-api-key": key}) as http:
+        with http.stream("POST", "/v1/messages", json=body) as response:
+            for line in response.iter_lines():
+                if "text_delta" in line:
+                    break
+        assert wait_for_no_runs(work_dir, timeout=10) == []
+        cancelled = http.get("/api/v1/jobs", params={"status": "cancelled"},
+                             headers={"Authorization": f"Bearer {key}"}).json()
+    assert [job["status"] for job in cancelled["jobs"]] == ["cancelled"]

@@ -451,6 +451,9 @@ def load_settings(
         for name in (*CLI_ENV_ALLOWLIST, *passthrough)
         if name in merged and not name.startswith("CCGATE_")
     }
+    if parsed["CCGATE_BACKEND"] == "api" and not parsed["ANTHROPIC_API_KEY"]:
+        raise ConfigError("ANTHROPIC_API_KEY", "",
+                          "an Anthropic API key, because CCGATE_BACKEND=api needs one")
     unknown = tuple(
         sorted(k for k in merged if k.startswith("CCGATE_") and k not in SETTING_KEYS
                and not k.startswith("CCGATE_TEST_"))

@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 from ccgate import __version__
 from ccgate.config import Settings
-from ccgate.runners.base import RunError, RunRequest, collect
+from ccgate.models import model_policy
+from ccgate.runners.base import RunError, Runner, RunRequest, collect
 from ccgate.runners.cli_status import CliStatus
 from ccgate.runners.pool import APPROX_RSS_MIB
 from ccgate.store import Store
@@ -37,7 +38,12 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
     except Exception as exc:
         report(False, f"store at {settings.database_url}: {type(exc).__name__}: {exc}")
     cli = await CliStatus(settings).refresh()
-    if cli.problem:
+    if settings.backend == "api":
+        echo(f"[info] backend: the Anthropic API at {settings.anthropic_base_url} with the "
+             "operator's ANTHROPIC_API_KEY")
+        echo(f"[info] claude CLI: {cli.problem or f'{cli.version} at {cli.path}'} (not used "
+             "by the API backend)")
+    elif cli.problem:
         report(False, cli.problem)
     else:
         report(True, f"claude CLI {cli.version} at {cli.path}")
@@ -46,12 +52,12 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
     echo(pool_line(settings))
     if settings.admin_token is None:
         echo("[info] CCGATE_ADMIN_TOKEN is unset: the admin API is off")
-    if probe and cli.path and not cli.problem:
-        from ccgate.runners.cli import cli_runner
-
-        request = RunRequest.from_text(PROBE_PROMPT, settings.default_model, timeout_secs=120,
-                                       idle_timeout_secs=60)
-        runner = cli_runner(settings, cli.path)
+    if probe and (settings.backend == "api" or (cli.path and not cli.problem)):
+        request = RunRequest.from_text(
+            PROBE_PROMPT, model_policy(settings.allowed_models, settings.default_model,
+                                       settings.model_aliases, settings.backend).target(
+                settings.default_model), timeout_secs=120, idle_timeout_secs=60)
+        runner = _runner(settings, cli.path)
         try:
             result = await collect(runner, request)
             report(True, f"probe call answered: {result.text.strip()[:60]!r}")
@@ -60,6 +66,16 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
         finally:
             await runner.aclose()
     return ok
+
+
+def _runner(settings: Settings, cli_path: str | None) -> Runner:
+    if settings.backend == "api":
+        from ccgate.runners.anthropic_api import api_runner
+
+        return api_runner(settings)
+    from ccgate.runners.cli import cli_runner
+
+    return cli_runner(settings, cli_path)
 
 
 def pool_line(settings: Settings) -> str:

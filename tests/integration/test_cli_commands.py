@@ -7,8 +7,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.support.fake_anthropic import FAKE_API_KEY, FakeAnthropic, Text
 
 Ccgate = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -145,3 +148,17 @@ def test_cli_keys_update_refuses_bad_input(ccgate: Ccgate) -> None:
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
     missing = ccgate("keys", "update", "nope", "--rpm", "5")
     assert missing.returncode == 1 and "no active key" in missing.stderr
+
+
+def test_doctor_probes_the_api_backend(ccgate: Any) -> None:
+    """On the API backend doctor does not need the CLI and its probe calls the API."""
+    with FakeAnthropic() as fake:
+        fake.reply(Text("pong"))
+        done = ccgate("doctor", "--probe", env={
+            "CCGATE_BACKEND": "api", "ANTHROPIC_BASE_URL": fake.url,
+            "ANTHROPIC_API_KEY": FAKE_API_KEY, "CCGATE_CLAUDE_PATH": "/nonexistent"})
+        sent = fake.message_requests()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "probe call answered: 'pong'" in done.stdout
+    assert "not used by the API backend" in done.stdout
+    assert sent[0].headers.get("x-api-key") == FAKE_API_KEY

@@ -90,3 +90,11 @@ def test_config_unknown_ccgate_keys_are_reported() -> None:
     """A misspelt setting is surfaced instead of silently ignored."""
     settings = load_settings({"CCGATE_CONCURENCY": "4"})
     assert settings.unknown_keys == ("CCGATE_CONCURENCY",)
+
+
+def test_config_api_backend_needs_an_api_key() -> None:
+    """CCGATE_BACKEND=api without ANTHROPIC_API_KEY stops start-up naming the missing key."""
+    with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY") as info:
+        load_settings({"CCGATE_BACKEND": "api"})
+    assert "CCGATE_BACKEND=api" in str(info.value)
+    assert load_settings({"CCGATE_BACKEND": "api", "ANTHROPIC_API_KEY": "sk-x"}).backend == "api"

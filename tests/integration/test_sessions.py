@@ -91,3 +91,22 @@ async def test_sessions_async_jobs_continue_them_too(
     job = (await gateway.client.get(f"/api/v1/jobs/{job_id}", headers=gateway.auth())).json()
     assert job["session_id"] == session
     assert [m["role"] for m in runner.started[-1].history] == ["user", "assistant"]
+
+
+async def test_sessions_can_be_read_and_deleted_by_their_key(
+        gateway_factory: Callable[..., Any]) -> None:
+    """GET shows the turns; DELETE forgets them; another key gets 404 for both."""
+    gateway = await gateway_factory()
+    session = (await gateway.run({"prompt": "remember 7"})).json()["session_id"]
+    other = gateway.auth((await gateway.app.state.keyring.create("other")).secret)
+    shown = await gateway.client.get(f"/api/v1/sessions/{session}", headers=gateway.auth())
+    assert shown.json()["turns"] == 1
+    assert shown.json()["messages"][1]["content"][0]["text"] == "reply: remember 7"
+    assert (await gateway.client.get(f"/api/v1/sessions/{session}",
+                                     headers=other)).status_code == 404
+    assert (await gateway.client.delete(f"/api/v1/sessions/{session}",
+                                        headers=other)).status_code == 404
+    assert (await gateway.client.delete(f"/api/v1/sessions/{session}",
+                                        headers=gateway.auth())).status_code == 204
+    again = await gateway.run({"prompt": "what number?", "session_id": session})
+    assert again.status_code == 404

@@ -16,6 +16,7 @@ from ccgate.api import fetch as fetch_door
 from ccgate.api import files as files_door
 from ccgate.api import jobs as jobs_door
 from ccgate.api import openai as openai_door
+from ccgate.api import sessions as sessions_door
 from ccgate.api.admission import JobTickets
 from ccgate.api.errors import install_error_handlers
 from ccgate.api.middleware import RequestContextMiddleware, add_cors
@@ -137,4 +138,5 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
     app.include_router(anthropic_door.router)
     app.include_router(openai_door.router)
     app.include_router(model_list.router)
+    app.include_router(sessions_door.router)
     return app

@@ -37,7 +37,8 @@ def parse_json_answer(text: str) -> tuple[Any, str | None]:
     return text, first_error
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """A UTC timestamp as ISO 8601 with a ``Z``."""
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -60,9 +61,9 @@ def render_job(job: JobRecord) -> dict[str, Any]:
         "duration_ms": job.duration_ms,
         "attempts": job.attempts,
         "metadata": job.metadata,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
     }
     if parse_error is not None:
         view["result_parse_error"] = parse_error

@@ -154,3 +154,35 @@ async def test_anthropic_door_bad_bodies_are_400_in_the_anthropic_shape(
         assert payload["type"] == "error"
         assert payload["error"]["type"] == "invalid_request_error"
         assert response.headers["request-id"].startswith("req_")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"a\\ud800b"}]}',
+    b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"\\uDC00"}]}',
+    '{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"x"}]}'
+    .encode("utf-16"),
+])
+async def test_anthropic_door_lone_surrogates_are_400(
+        gateway_factory: Callable[..., Any], body: bytes) -> None:
+    """Text holding a lone surrogate is refused as invalid Unicode, never a 500."""
+    gateway = await gateway_factory()
+    response = await gateway.client.post("/v1/messages", content=body,
+                                         headers={"x-api-key": gateway.key})
+    if body.startswith(b"\xff\xfe"):  # valid UTF-16 JSON: accepted like UTF-8
+        assert response.status_code == 200
+        return
+    assert response.status_code == 400
+    assert "surrogate" in response.json()["error"]["message"]
+
+
+async def test_anthropic_door_valid_escaped_pairs_pass(
+        gateway_factory: Callable[..., Any]) -> None:
+    """An emoji written as an escaped surrogate pair is valid text and runs."""
+    runner = FakeRunner()
+    gateway = await gateway_factory(runner)
+    body = (b'{"model":"sonnet","max_tokens":5,'
+            b'"messages":[{"role":"user","content":"\\ud83d\\ude00"}]}')
+    response = await gateway.client.post("/v1/messages", content=body,
+                                         headers={"x-api-key": gateway.key})
+    assert response.status_code == 200
+    assert runner.started[-1].content == [{"type": "text", "text": "\U0001F600"}]

@@ -146,6 +146,7 @@ class _Server(ThreadingHTTPServer):
     """ThreadingHTTPServer that knows its FakeAnthropic and its open connections."""
 
     daemon_threads = True
+    request_queue_size = 256  # the default 5 resets connections when many clients connect
     # Handler threads are joined by FakeAnthropic.stop() with a timeout instead,
     # so a misbehaving client can never wedge a test's teardown.
     block_on_close = False
@@ -166,6 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
     """Dispatches each request to the behaviour FakeAnthropic picks for it."""
 
     protocol_version = "HTTP/1.1"
+    # Without TCP_NODELAY every small answer waits ~40 ms for the client's delayed ACK.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -141,10 +141,16 @@ def parse_messages_call(body: dict[str, Any], *, tools_allowed: bool) -> Message
 
 async def _read_call(request: Request) -> MessagesCall:
     body = await read_json_object(request)
-    try:
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise bad("the body holds a lone surrogate: text must be valid Unicode") from None
+    raw = await request.body()
+    # Parsing yields a lone surrogate only from a \uD800-\uDFFF escape, from UTF-8-coded
+    # surrogates (byte 0xED: json decodes with surrogatepass) or from a UTF-16/32 body; only
+    # then is the whole body encoded again to look for one (that costs ~1 ms per 200 KB).
+    if (json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
+            or b"\\ud" in raw or b"\\uD" in raw or b"\xed" in raw):
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad("the body holds a lone surrogate: text must be valid Unicode") from None
     api = request.app.state.settings.backend == "api"
     return parse_messages_call(body, tools_allowed=api)
 
@@ -279,7 +285,11 @@ async def _pass_through(request: Request, call: MessagesCall, model: str,
                      output_tokens=reply.usage.get("output_tokens"), cost_usd=cost,
                      job_status="completed")
         await ticket.finish(reply.usage, cost)
-        return JSONResponse(reply.json, status_code=reply.status, headers=reply.headers)
+        if not reply.body:
+            return JSONResponse(reply.json, status_code=reply.status, headers=reply.headers)
+        # Upstream's bytes as they came: parsing them again only to re-encode them costs time.
+        return Response(reply.body, status_code=reply.status, headers=reply.headers,
+                        media_type="application/json")
     upstream = await upstream_call(runner.open_stream(body, request.headers))
 
     async def relay() -> AsyncIterator[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -106,6 +107,9 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         await audit.start()
         await jobs.start()
         await dispatcher.start()
+        # Everything built so far lives as long as the server: keep it out of the collector's
+        # full passes, which otherwise pause every request for ~100 ms now and then.
+        gc.freeze()
         try:
             yield
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -141,6 +142,18 @@ class UpstreamReply:
     usage: dict[str, int]
     model: str | None
     stop_reason: str | None
+    body: bytes = b""  # ``json`` as upstream sent it, passed on without re-encoding
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """Keeps no cookies: one caller's upstream Set-Cookie must not ride on another's request
+    (and parsing them costs every response a header scan)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """Ignore the response's cookies."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        """Store nothing."""
 
 
 class AnthropicApiRunner:
@@ -167,7 +180,13 @@ class AnthropicApiRunner:
                                 max_keepalive_connections=max_connections),
             timeout=httpx.Timeout(timeout_secs, connect=min(_CONNECT_TIMEOUT_SECS, timeout_secs)),
             transport=transport,
+            cookies=_NoCookies(),
         )
+        # Absolute URLs built once, as httpx would join them onto base_url, which it otherwise
+        # re-parses for every request.
+        base = self._client.base_url
+        self._urls = {path: base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode())
+                      for path in (MESSAGES_PATH, COUNT_TOKENS_PATH)}
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -228,7 +247,7 @@ class AnthropicApiRunner:
     async def send(self, body: dict[str, Any], client_headers: Mapping[str, str]) -> UpstreamReply:
         """POST a non-streaming ``body`` and return upstream's message; raise RunError."""
         response = await self._open(MESSAGES_PATH, body, client_headers, stream=False)
-        message = await self._read_json(response)
+        message, raw = await self._read_json(response)
         usage: dict[str, int] = {}
         _merge_usage(usage, message.get("usage"))
         model, stop_reason = message.get("model"), message.get("stop_reason")
@@ -239,6 +258,7 @@ class AnthropicApiRunner:
             usage=usage,
             model=model if isinstance(model, str) else None,
             stop_reason=stop_reason if isinstance(stop_reason, str) else None,
+            body=raw,
         )
 
     async def count_tokens(
@@ -246,7 +266,7 @@ class AnthropicApiRunner:
     ) -> dict[str, Any]:
         """Forward ``body`` to ``/v1/messages/count_tokens`` and return upstream's answer."""
         response = await self._open(COUNT_TOKENS_PATH, body, client_headers, stream=False)
-        return await self._read_json(response)
+        return (await self._read_json(response))[0]
 
     # -- one upstream call through the breaker ---------------------------------------------
 
@@ -261,7 +281,7 @@ class AnthropicApiRunner:
     ) -> httpx.Response:
         """POST ``body``; return the 2xx response unread, or settle the breaker and raise."""
         request = self._client.build_request(
-            "POST", path, headers=self._headers(client_headers, stream=stream),
+            "POST", self._urls[path], headers=self._headers(client_headers, stream=stream),
             content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
         )
         try:
@@ -322,7 +342,8 @@ class AnthropicApiRunner:
             headers["anthropic-beta"] = beta
         return headers
 
-    async def _read_json(self, response: httpx.Response) -> dict[str, Any]:
+    async def _read_json(self, response: httpx.Response) -> tuple[dict[str, Any], bytes]:
+        """The 2xx body as a JSON object, and as the bytes it came in."""
         try:
             raw = await response.aread()
         except httpx.TransportError as exc:
@@ -336,7 +357,7 @@ class AnthropicApiRunner:
         if not isinstance(payload, dict):
             raise RunError("upstream_error", "The upstream API answered 2xx with a body that is "
                            "not a JSON object.", upstream_status=response.status_code)
-        return payload
+        return payload, raw
 
     # -- turning failures into RunErrors ---------------------------------------------------
 

@@ -27,11 +27,10 @@ async def api_gateway(make_settings: Callable[..., Settings],
     """ccgate with CCGATE_BACKEND=api pointed at the fake, and one key."""
     app = create_app(make_settings(CCGATE_BACKEND="api", ANTHROPIC_BASE_URL=fake.url,
                                    ANTHROPIC_API_KEY=FAKE_API_KEY))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://ccgate.test") as client:
-            secret = (await app.state.keyring.create("app")).secret
-            yield Gateway(app, client, secret)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test") as client:
+        secret = (await app.state.keyring.create("app")).secret
+        yield Gateway(app, client, secret)
 
 
 async def test_api_backend_native_sessions_send_the_history_upstream(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -136,3 +137,30 @@ async def test_limits_key_model_allowlist_at_every_door(
     path, body = DOORS[door]
     response = await gateway.client.post(path, json={**body, "model": "sonnet"}, headers=auth)
     assert response.status_code == 403
+
+
+async def test_limits_dropped_stream_frees_the_slot_and_cancels_the_job(
+        gateway_factory: Callable[..., Any]) -> None:
+    """A client gone before its stream's body starts still gets its job cancelled and its
+    concurrency slot back."""
+    runner = FakeRunner(reply="x" * 300, delay=0.05)
+    gateway = await gateway_factory(runner)
+    auth = await _key(gateway, "dropper", concurrency=1)
+    body = json.dumps({**DOORS["anthropic"][1], "stream": True}).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/messages", "raw_path": b"",
+             "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+             "server": ("ccgate.test", 80), "client": ("127.0.0.1", 5000),
+             "headers": [(b"authorization", auth["Authorization"].encode()),
+                         (b"content-type", b"application/json")]}
+    await gateway.app(scope, receive, send)
+    assert runner.cancelled == 1
+    again = await gateway.client.post("/api/v1/run", json={"prompt": "next"}, headers=auth)
+    assert again.status_code == 200

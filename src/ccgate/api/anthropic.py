@@ -8,7 +8,6 @@ resolved, headers filtered) and the answer streams back byte for byte.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from ccgate.api.admission import admit, resolve_model
 from ccgate.api.auth import require_key
@@ -24,6 +23,7 @@ from ccgate.api.content import anthropic_block, bad, conversation_bytes, split_t
 from ccgate.api.conversation import Turn, api_error_of
 from ccgate.api.errors import error_body, request_id_of
 from ccgate.api.native import read_json_object
+from ccgate.api.streaming import ClosingStreamingResponse
 from ccgate.errors import ApiError
 from ccgate.pricing import cost_usd
 from ccgate.runners.base import RunError, RunRequest, RunResult, TextDelta
@@ -33,7 +33,6 @@ router = APIRouter(prefix="/v1", tags=["anthropic"])
 T = TypeVar("T")
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Fields the CLI backend accepts but cannot apply (it has no flags for them).
 _IGNORED_ON_CLI = ("temperature", "top_p", "top_k", "stop_sequences", "max_tokens", "thinking",
                    "metadata", "service_tier")
@@ -216,8 +215,8 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 
 async def _stream_turn(turn: Turn, model: str) -> Response:
     first, events = await turn.open_stream()
-    return StreamingResponse(_turn_events(turn, model, first, events),
-                             media_type="text/event-stream", headers=_SSE_HEADERS)
+    return ClosingStreamingResponse(_turn_events(turn, model, first, events),
+                                    on_close=lambda: turn.close_stream(events))
 
 
 async def _turn_events(turn: Turn, model: str, first: Any,
@@ -254,8 +253,6 @@ async def _turn_events(turn: Turn, model: str, first: Any,
                 raise ApiError("upstream_error", "the run ended without an answer")
     except ApiError as exc:
         yield sse("error", error_body("anthropic", request_id_of(turn.request), exc))
-    finally:
-        await asyncio.shield(turn.close_stream(events))
 
 
 def _text_delta(text: str) -> bytes:
@@ -300,18 +297,19 @@ async def _pass_through(request: Request, call: MessagesCall, model: str,
             facts["error_type"] = exc.error_type
             yield sse("error", error_body("anthropic", request_id_of(request),
                                           api_error_of(exc)))
-        finally:
-            await asyncio.shield(upstream.aclose())
-            cost = cost_usd(upstream.model or model, upstream.usage)
-            facts.update(input_tokens=upstream.usage.get("input_tokens"),
-                         output_tokens=upstream.usage.get("output_tokens"), cost_usd=cost,
-                         job_status="completed" if upstream.completed else "failed")
-            await asyncio.shield(ticket.finish(upstream.usage, cost))
 
-    headers = {**upstream.headers, **_SSE_HEADERS}
+    async def close() -> None:
+        await upstream.aclose()
+        cost = cost_usd(upstream.model or model, upstream.usage)
+        facts.update(input_tokens=upstream.usage.get("input_tokens"),
+                     output_tokens=upstream.usage.get("output_tokens"), cost_usd=cost,
+                     job_status="completed" if upstream.completed else "failed")
+        await ticket.finish(upstream.usage, cost)
+
+    headers = dict(upstream.headers)
     headers.pop("content-type", None)
-    return StreamingResponse(relay(), status_code=upstream.status,
-                             media_type="text/event-stream", headers=headers)
+    return ClosingStreamingResponse(relay(), on_close=close, status_code=upstream.status,
+                                    headers=headers)
 
 
 @router.post("/messages/count_tokens", summary="Count the tokens of a Messages request")

@@ -9,7 +9,6 @@ ccgate runs Claude Code with no tools.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from ccgate.api.admission import admit, resolve_model
 from ccgate.api.auth import require_key
@@ -26,6 +25,7 @@ from ccgate.api.content import bad, conversation_bytes, image_block, split_turns
 from ccgate.api.conversation import Turn
 from ccgate.api.errors import error_body, request_id_of
 from ccgate.api.native import JSON_ONLY_INSTRUCTION, read_json_object
+from ccgate.api.streaming import ClosingStreamingResponse
 from ccgate.errors import ApiError
 from ccgate.runners.base import RunRequest, RunResult, TextDelta
 from ccgate.store import KeyRecord
@@ -33,7 +33,6 @@ from ccgate.store import KeyRecord
 router = APIRouter(prefix="/v1", tags=["openai"])
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                    "refusal": "content_filter", "tool_use": "tool_calls"}
 _TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")
@@ -223,9 +222,9 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
     created = int(time.time())
     if call.stream:
         first, events = await turn.open_stream()
-        return StreamingResponse(
+        return ClosingStreamingResponse(
             _chunks(turn, call, model, completion_id, created, first, events),
-            media_type="text/event-stream", headers=_SSE_HEADERS)
+            on_close=lambda: turn.close_stream(events))
     result = await turn.answer()
     if result is None:
         return Response(status_code=499)
@@ -292,5 +291,3 @@ async def _chunks(turn: Turn, call: ChatCall, model: str, completion_id: str, cr
     except ApiError as exc:
         payload = error_body("openai", request_id_of(turn.request), exc)
         yield f"data: {json.dumps(payload)}\n\n".encode()
-    finally:
-        await asyncio.shield(turn.close_stream(events))

@@ -1,0 +1,92 @@
+"""Whatever a client sends to the compatible doors and the JSON routes, never a 500."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.integration.conftest import Gateway
+
+_scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+_json = st.recursive(
+    _scalar,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+_block = st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(["text", "image", "document", "image_url", "tool_use", "x"]) | _json,
+    "text": _json, "source": _json, "image_url": _json,
+})
+_content = st.text() | st.lists(_block | _json, max_size=3) | _json
+_message = st.fixed_dictionaries({}, optional={
+    "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | _json,
+    "content": _content, "tool_calls": _json,
+})
+_conversation = st.fixed_dictionaries({}, optional={
+    "model": st.sampled_from(["sonnet", "haiku"]) | _json,
+    "max_tokens": st.integers(-5, 5) | _json, "messages": st.lists(_message, max_size=4) | _json,
+    "system": _content, "stream": _json, "stop": _json, "stop_sequences": _json,
+    "temperature": _json, "top_p": _json, "n": _json, "tools": _json,
+    "stream_options": _json, "response_format": _json, "metadata": _json,
+})
+_fuzz = settings(max_examples=60, deadline=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+ADMIN_TOKEN = "fuzz-admin-token-0123456789"
+
+
+@pytest.fixture
+async def admin_gateway(gateway_factory: Callable[..., Any]) -> Gateway:
+    """A gateway with the admin API on."""
+    return await gateway_factory(CCGATE_ADMIN_TOKEN=ADMIN_TOKEN)  # type: ignore[no-any-return]
+
+
+async def _post(gateway: Gateway, path: str, body: Any) -> Any:
+    response = await gateway.client.post(path, content=json.dumps(body),
+                                         headers=gateway.auth())
+    assert response.status_code < 500, response.text
+    return response
+
+
+@_fuzz
+@given(body=_conversation | _json)
+async def test_fuzz_messages_never_500(gateway: Gateway, body: Any) -> None:
+    """Random Messages bodies get a 2xx or a 4xx in the Anthropic error shape."""
+    response = await _post(gateway, "/v1/messages", body)
+    if response.status_code >= 400:
+        assert response.json()["type"] == "error"
+
+
+@_fuzz
+@given(body=_conversation | _json)
+async def test_fuzz_chat_completions_never_500(gateway: Gateway, body: Any) -> None:
+    """Random chat completion bodies get a 2xx or a 4xx in the OpenAI error shape."""
+    response = await _post(gateway, "/v1/chat/completions", body)
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@_fuzz
+@given(body=_conversation | _json)
+async def test_fuzz_count_tokens_never_500(gateway: Gateway, body: Any) -> None:
+    """Random count_tokens bodies never crash the estimate."""
+    await _post(gateway, "/v1/messages/count_tokens", body)
+
+
+@_fuzz
+@given(body=st.fixed_dictionaries({}, optional={
+    "name": _json, "rpm": _json, "rpd": _json, "tokens_per_day": _json,
+    "budget_usd_per_month": _json, "concurrency": _json, "models": _json, "ip_cidrs": _json,
+    "expires_at": _json, "webhook_secret": _json}) | _json)
+async def test_fuzz_admin_keys_never_500(admin_gateway: Gateway, body: Any) -> None:
+    """Random key policies are accepted or refused with a 4xx, never a 500."""
+    response = await admin_gateway.client.post(
+        "/admin/keys", content=json.dumps(body),
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code < 500, response.text

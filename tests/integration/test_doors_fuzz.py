@@ -90,3 +90,24 @@ async def test_fuzz_admin_keys_never_500(admin_gateway: Gateway, body: Any) -> N
         "/admin/keys", content=json.dumps(body),
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert response.status_code < 500, response.text
+
+
+@pytest.fixture
+async def enrolling_gateway(gateway_factory: Callable[..., Any]) -> Gateway:
+    """A gateway with device enrollment on."""
+    return await gateway_factory(  # type: ignore[no-any-return]
+        CCGATE_ENROLLMENT_SECRET="fuzz-enrollment-secret-0123456789abcdef")
+
+
+@_fuzz
+@given(body=st.fixed_dictionaries({}, optional={
+    "device_id": _json, "enrollment_code": _json}) | _json, token=st.text(max_size=80))
+async def test_fuzz_bootstrap_and_refresh_never_500(enrolling_gateway: Gateway, body: Any,
+                                                    token: str) -> None:
+    """Random enrollment attempts and bearer tokens are refused with a 4xx, never a 500."""
+    response = await enrolling_gateway.client.post("/v1/bootstrap", content=json.dumps(body))
+    assert 400 <= response.status_code < 500, response.text
+    if token.isascii() and token.isprintable():
+        refresh = await enrolling_gateway.client.post(
+            "/v1/refresh", headers={"Authorization": f"Bearer eyJ{token}"})
+        assert 400 <= refresh.status_code < 500, refresh.text

@@ -223,7 +223,9 @@ class AnthropicApiRunner:
                     raise self._transport_failure(exc) from None
                 if line is None:
                     raise self._broken_off()
-                event = reader.feed(line)
+                if not line.startswith("data:"):
+                    continue
+                event = reader.feed(line[5:])
                 if isinstance(event, RunError):
                     raise self._event_failure(event)
                 if event is not None:
@@ -420,14 +422,31 @@ class UpstreamStream:
     def __init__(self, runner: AnthropicApiRunner, response: httpx.Response) -> None:
         self.status = response.status_code
         self.headers = passable_headers(response.headers)
-        self.usage: dict[str, int] = {}
-        self.model: str | None = None
-        self.stop_reason: str | None = None
         self.error: RunError | None = None
-        self.completed = False
         self._runner = runner
         self._response = response
+        self._reader = _MessageReader(None, runner._redact)
         self._tail = b""
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """The tokens upstream reported so far."""
+        return self._reader.usage
+
+    @property
+    def model(self) -> str | None:
+        """The model upstream named in its message_start."""
+        return self._reader.model
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the message stopped, once message_delta said so."""
+        return self._reader.stop_reason
+
+    @property
+    def completed(self) -> bool:
+        """True once message_stop went by."""
+        return self._reader.stopped
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield upstream's bytes unchanged, as they arrive."""
@@ -464,32 +483,15 @@ class UpstreamStream:
         self._tail = data[start:] if len(data) - start <= _SCAN_TAIL_LIMIT else b""
 
     def _line(self, raw: bytes) -> None:
-        try:
-            event = json.loads(raw)
-        except ValueError:
-            return
-        if not isinstance(event, dict):
-            return
-        kind = event.get("type")
-        if kind == "message_start" and isinstance(event.get("message"), dict):
-            model = event["message"].get("model")
-            self.model = model if isinstance(model, str) else self.model
-            _merge_usage(self.usage, event["message"].get("usage"))
-        elif kind == "message_delta":
-            _merge_usage(self.usage, event.get("usage"))
-            delta = event.get("delta")
-            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
-                self.stop_reason = delta["stop_reason"]
-        elif kind == "message_stop":
-            self.completed = True
-        elif kind == "error":
-            self.error = self._runner._event_failure(_event_error(event, self._runner._redact))
+        event = self._reader.feed(raw)
+        if isinstance(event, RunError):
+            self.error = self._runner._event_failure(event)
 
 
 class _MessageReader:
     """Turns the lines of one Messages SSE stream into RunEvents."""
 
-    def __init__(self, model: str, clean: Callable[[str], str]) -> None:
+    def __init__(self, model: str | None, clean: Callable[[str], str]) -> None:
         self.model = model
         self._clean = clean
         self.usage: dict[str, int] = {}
@@ -497,12 +499,11 @@ class _MessageReader:
         self.stopped = False
         self._parts: list[str] = []
 
-    def feed(self, line: str) -> RunEvent | RunError | None:
-        """The event ``line`` stands for, a RunError for an error event, or None."""
-        if not line.startswith("data:"):
-            return None
+    def feed(self, data: str | bytes) -> RunEvent | RunError | None:
+        """The event an SSE ``data:`` payload stands for, a RunError for an error event, or
+        None."""
         try:
-            event = json.loads(line[5:])
+            event = json.loads(data)
         except ValueError:
             return None
         kind = event.get("type") if isinstance(event, dict) else None
@@ -535,7 +536,7 @@ class _MessageReader:
             text="".join(self._parts),
             model=self.model,
             usage=usage,
-            cost_usd=cost_usd(self.model, usage),
+            cost_usd=cost_usd(self.model, usage) if self.model else None,
             duration_ms=duration_ms,
             stop_reason=self.stop_reason,
         )

@@ -253,16 +253,8 @@ class OutboundGuard:
         ResponseTooLarge. The response comes back fully read.
         """
         async with asyncio.timeout(timeout):
-            target = await self.resolve(url)
-            request_headers = {**headers, "Host": target.host_header}
-            extensions: dict[str, str] = {}
-            if target.scheme == "https":
-                extensions["sni_hostname"] = target.host
-                # Pooled connections are keyed by IP: never reuse one verified for another name.
-                request_headers["Connection"] = "close"
-            request = client.build_request(
-                method, target.request_url(), headers=request_headers, content=content,
-                timeout=timeout, extensions=extensions)
+            request = await self._pinned_request(client, method, url, headers,
+                                                 content=content, timeout=timeout)
             response = await client.send(request, stream=True, follow_redirects=False)
             try:
                 body = await _read_capped(response, max_response_bytes)
@@ -275,6 +267,23 @@ class OutboundGuard:
         return httpx.Response(response.status_code, headers=kept, content=body,
                               request=request, extensions=meta)
 
+    async def _pinned_request(self, client: httpx.AsyncClient, method: str, url: str,
+                              headers: Mapping[str, str], *, content: bytes | None = None,
+                              timeout: float | None = None) -> httpx.Request:
+        """A request to the checked address of ``url``, with its Host header and SNI name."""
+        target = await self.resolve(url)
+        request_headers = {**headers, "Host": target.host_header}
+        extensions: dict[str, str] = {}
+        if target.scheme == "https":
+            extensions["sni_hostname"] = target.host
+            # Pooled connections are keyed by IP: never reuse one verified for another name.
+            request_headers["Connection"] = "close"
+        request = client.build_request(method, target.request_url(), headers=request_headers,
+                                       content=content, extensions=extensions)
+        if timeout is not None:
+            request.extensions["timeout"] = httpx.Timeout(timeout).as_dict()
+        return request
+
     @contextlib.asynccontextmanager
     async def open_get(self, client: httpx.AsyncClient, url: str, *,
                        headers: Mapping[str, str]) -> AsyncIterator[httpx.Response]:
@@ -285,15 +294,7 @@ class OutboundGuard:
         body within the block. Raises BlockedDestination, OSError when the name does not
         resolve, and httpx errors.
         """
-        target = await self.resolve(url)
-        request_headers = {**headers, "Host": target.host_header}
-        extensions: dict[str, str] = {}
-        if target.scheme == "https":
-            extensions["sni_hostname"] = target.host
-            # Pooled connections are keyed by IP: never reuse one verified for another name.
-            request_headers["Connection"] = "close"
-        request = client.build_request("GET", target.request_url(), headers=request_headers,
-                                       extensions=extensions)
+        request = await self._pinned_request(client, "GET", url, headers)
         response = await client.send(request, stream=True, follow_redirects=False)
         try:
             yield response

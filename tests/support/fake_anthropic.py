@@ -46,6 +46,7 @@ __all__ = [
     "Slow",
     "StreamError",
     "Text",
+    "TextAndTools",
     "ToolUse",
     "cli_env",
 ]
@@ -122,6 +123,16 @@ class ToolUse:
 
 
 @dataclass(frozen=True)
+class TextAndTools:
+    """A reply with a text block, then one tool_use block per call (stop_reason tool_use);
+    streamed, each call's input comes as ``parts`` input_json_delta pieces."""
+
+    text: str
+    calls: tuple[ToolUse, ...]
+    parts: int = 3
+
+
+@dataclass(frozen=True)
 class Hang:
     """Send headers and message_start, then nothing until the server stops."""
 
@@ -135,7 +146,7 @@ class StreamError:
     message: str = "Overloaded"
 
 
-Behavior = Text | Slow | Echo | Error | ToolUse | Hang | StreamError
+Behavior = Text | Slow | Echo | Error | ToolUse | TextAndTools | Hang | StreamError
 
 
 class _ClientGone(Exception):
@@ -271,6 +282,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream_tool_use(model, behavior)
             case ToolUse():
                 self._send_json(200, _tool_use_json(model, behavior))
+            case TextAndTools() if stream:
+                self._stream_text_and_tools(model, behavior)
+            case TextAndTools():
+                self._send_json(200, _text_and_tools_json(model, behavior))
             case Hang():
                 self._hang(model, stream)
             case StreamError() if stream:
@@ -353,6 +368,27 @@ class _Handler(BaseHTTPRequestHandler):
             partial = encoded[start : start + step]
             self._block_delta({"type": "input_json_delta", "partial_json": partial})
         self._finish_message("tool_use", 20)
+
+    def _stream_text_and_tools(self, model: str, reply: TextAndTools) -> None:
+        self._start_stream()
+        self._event(_message_start(model, 12))
+        self._event({"type": "content_block_start", "index": 0,
+                     "content_block": {"type": "text", "text": ""}})
+        for piece in _split_text(reply.text, None):
+            self._block_delta({"type": "text_delta", "text": piece})
+        self._event({"type": "content_block_stop", "index": 0})
+        for index, call in enumerate(reply.calls, start=1):
+            block = {"type": "tool_use", "id": _tool_id(), "name": call.name, "input": {}}
+            self._event({"type": "content_block_start", "index": index, "content_block": block})
+            self._event({"type": "ping"})
+            for partial in _split_text(json.dumps(call.input), reply.parts):
+                self._event({"type": "content_block_delta", "index": index,
+                             "delta": {"type": "input_json_delta", "partial_json": partial}})
+            self._event({"type": "content_block_stop", "index": index})
+        delta = {"stop_reason": "tool_use", "stop_sequence": None}
+        self._event({"type": "message_delta", "delta": delta, "usage": {"output_tokens": 30}})
+        self._event({"type": "message_stop"})
+        self._end_stream()
 
     def _finish_message(self, stop_reason: str, usage_out: int) -> None:
         self._event({"type": "content_block_stop", "index": 0})
@@ -560,6 +596,15 @@ def _tool_use_json(model: str, tool: ToolUse) -> dict[str, Any]:
         "stop_sequence": None,
         "usage": {"input_tokens": 12, "output_tokens": 20},
     }
+
+
+def _text_and_tools_json(model: str, reply: TextAndTools) -> dict[str, Any]:
+    calls = [{"type": "tool_use", "id": _tool_id(), "name": call.name, "input": call.input}
+             for call in reply.calls]
+    message: dict[str, Any] = _tool_use_json(model, ToolUse("unused"))
+    message["content"] = [{"type": "text", "text": reply.text}, *calls]
+    message["usage"]["output_tokens"] = 30
+    return message
 
 
 def _split_text(text: str, chunks: int | None) -> list[str]:

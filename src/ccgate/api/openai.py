@@ -3,8 +3,9 @@
 OpenAI SDKs and the editors built on them point their base URL at ccgate and keep working.
 The conversation is translated to Anthropic Messages (system messages become the system
 prompt, image parts become image blocks) and runs like any other turn: a job on the CLI
-backend, a direct upstream call on the API backend. Tool calling is refused with a clear 400:
-ccgate runs Claude Code with no tools.
+backend, a direct upstream call on the API backend. Tool calling is refused with a clear 400
+on the CLI backend (ccgate runs Claude Code with no tools); on the API backend it is
+translated to Anthropic tool use and back (api/openai_tools.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ from ccgate.api.content import bad, conversation_bytes, image_block, split_turns
 from ccgate.api.conversation import Turn
 from ccgate.api.errors import error_body, request_id_of
 from ccgate.api.native import JSON_ONLY_INSTRUCTION, read_json_object
+from ccgate.api.openai_tools import (
+    TOOL_FIELDS,
+    ChunkShape,
+    ToolRequest,
+    openai_finish_reason,
+    openai_usage,
+    tool_bytes,
+    tool_completion,
+    tool_request,
+    tool_result_block,
+    tool_use_blocks,
+    uses_tools,
+)
 from ccgate.api.streaming import ClosingStreamingResponse
 from ccgate.errors import ApiError
 from ccgate.runners.base import RunRequest, RunResult, TextDelta
@@ -32,10 +46,6 @@ from ccgate.store import KeyRecord
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
-
-_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-                   "refusal": "content_filter", "tool_use": "tool_calls"}
-_TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")
 
 
 @dataclass
@@ -53,6 +63,7 @@ class ChatCall:
     temperature: float | None
     top_p: float | None
     json_only: bool
+    tools: ToolRequest | None = None  # set only when tools are allowed and used
 
 
 def _text_of_parts(content: Any, where: str) -> str:
@@ -101,7 +112,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def _turns(messages: Any) -> tuple[str | None, list[dict[str, Any]]]:
+def _turns(messages: Any, tools_allowed: bool) -> tuple[str | None, list[dict[str, Any]]]:
     if not isinstance(messages, list) or not messages:
         raise bad("messages: must be a non-empty list", "messages")
     system: list[str] = []
@@ -117,11 +128,17 @@ def _turns(messages: Any) -> tuple[str | None, list[dict[str, Any]]]:
         elif role == "user":
             turns.append({"role": "user", "content": _user_blocks(content, f"{where}.content")})
         elif role == "assistant":
-            if message.get("tool_calls") or message.get("function_call"):
+            calls = tool_use_blocks(message, where) if tools_allowed else []
+            if not tools_allowed and (message.get("tool_calls") or message.get("function_call")):
                 raise bad(f"{where}: tool calls need tools, which are off by design "
                           "(ccgate runs Claude Code with no tools)", where)
             text = _text_of_parts(content if content is not None else "", f"{where}.content")
-            turns.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
+            blocks = [{"type": "text", "text": text}] if text or not calls else []
+            turns.append({"role": "assistant", "content": [*blocks, *calls]})
+        elif role in ("tool", "function") and tools_allowed:
+            text = _text_of_parts(content if content is not None else "", f"{where}.content")
+            turns.append({"role": "user", "content": [
+                tool_result_block(message, where, text, turns)]})
         elif role in ("tool", "function"):
             raise bad(f"{where}.role: {role} messages need tools, which are off by design "
                       "(ccgate runs Claude Code with no tools)", f"{where}.role")
@@ -150,12 +167,14 @@ def _float_field(body: dict[str, Any], name: str, high: float) -> float | None:
     return float(value)
 
 
-def parse_chat_call(body: dict[str, Any]) -> ChatCall:
-    """Validate a chat completion body, naming the bad field."""
-    for name in _TOOL_FIELDS:
-        if body.get(name):
-            raise bad(f"{name}: tool and function calling are off by design (ccgate runs "
-                      "Claude Code with no tools)", name)
+def parse_chat_call(body: dict[str, Any], *, tools_allowed: bool = False) -> ChatCall:
+    """Validate a chat completion body, naming the bad field; tools only if allowed."""
+    for name in TOOL_FIELDS:
+        if body.get(name) and not tools_allowed:
+            raise bad(f"{name}: tool and function calling are off by design on the CLI "
+                      "backend (ccgate runs Claude Code with no tools); use CCGATE_BACKEND=api "
+                      "for tool calling", name)
+    tools = tool_request(body) if tools_allowed and uses_tools(body) else None
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model: field required", "model")
@@ -179,7 +198,7 @@ def parse_chat_call(body: dict[str, Any]) -> ChatCall:
     if kind not in (None, "text", "json_object", "json_schema"):
         raise bad("response_format.type: must be text, json_object or json_schema",
                   "response_format.type")
-    system, turns = _turns(body.get("messages"))
+    system, turns = _turns(body.get("messages"), tools is not None)
     history, content = split_turns(turns)
     max_tokens = _int_field(body, "max_completion_tokens") or _int_field(body, "max_tokens")
     temperature = _float_field(body, "temperature", 2)
@@ -188,7 +207,7 @@ def parse_chat_call(body: dict[str, Any]) -> ChatCall:
                     history=history, content=content, max_tokens=max_tokens, stop=stop,
                     temperature=min(temperature, 1.0) if temperature is not None else None,
                     top_p=_float_field(body, "top_p", 1),
-                    json_only=kind in ("json_object", "json_schema"))
+                    json_only=kind in ("json_object", "json_schema"), tools=tools)
 
 
 @router.post("/chat/completions", summary="OpenAI Chat Completions API")
@@ -199,10 +218,12 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise bad("the body holds a lone surrogate: text must be valid Unicode") from None
-    call = parse_chat_call(body)
-    model = resolve_model(request, key, call.model)
     settings = request.app.state.settings
+    call = parse_chat_call(body, tools_allowed=settings.backend == "api")
+    model = resolve_model(request, key, call.model)
     size = conversation_bytes(call.system, call.history, call.content)
+    if call.tools is not None:
+        size += tool_bytes([*call.history, {"content": call.content}], call.tools)
     if size > settings.max_prompt_bytes:
         raise ApiError("request_too_large", f"the conversation is {size} bytes of text; the "
                        f"limit is {settings.max_prompt_bytes} (CCGATE_MAX_PROMPT_BYTES)")
@@ -211,12 +232,16 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
     if settings.audit_prompts:
         facts["prompt_text"] = json.dumps(body.get("messages"), ensure_ascii=False)
     ticket = await admit(request, key, "openai")
-    turn = Turn(request, key, "openai", RunRequest(
+    run_request = RunRequest(
         content=call.content, model=model, history=call.history, system_prompt=call.system,
         append_system_prompt=JSON_ONLY_INSTRUCTION if call.json_only else None,
         timeout_secs=settings.job_timeout_secs, idle_timeout_secs=settings.idle_timeout_secs,
         max_tokens=call.max_tokens, stop_sequences=call.stop, temperature=call.temperature,
-        top_p=call.top_p, owner=key.id), ticket)
+        top_p=call.top_p, owner=key.id)
+    if call.tools is not None:
+        return await tool_completion(request, ticket, run_request, call.tools,
+                                     stream=call.stream, include_usage=call.include_usage)
+    turn = Turn(request, key, "openai", run_request, ticket)
     await turn.start()
     completion_id = "chatcmpl-" + turn.message_id.removeprefix("msg_")
     created = int(time.time())
@@ -239,34 +264,18 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
 
 def finish_reason(result: RunResult) -> str:
     """OpenAI's finish_reason for the run's stop reason."""
-    return _FINISH_REASONS.get(result.stop_reason or "end_turn", "stop")
+    return openai_finish_reason(result.stop_reason)
 
 
 def usage_of(result: RunResult) -> dict[str, int]:
     """OpenAI's usage object: prompt tokens include the cached ones."""
-    usage = result.usage or {}
-    prompt = sum(int(usage.get(k) or 0) for k in (
-        "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
-    completion = int(usage.get("output_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return openai_usage(result.usage)
 
 
 async def _chunks(turn: Turn, call: ChatCall, model: str, completion_id: str, created: int,
                   first: Any, events: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
     """Role delta, content deltas, the finish chunk, the usage chunk if asked, [DONE]."""
-
-    def chunk(delta: dict[str, Any], finish: str | None = None,
-              choices: bool = True, usage: dict[str, int] | None = None) -> bytes:
-        data: dict[str, Any] = {
-            "id": completion_id, "object": "chat.completion.chunk", "created": created,
-            "model": model, "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                         "finish_reason": finish}] if choices else []}
-        if call.include_usage:
-            data["usage"] = usage
-        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
+    chunk = ChunkShape(completion_id, created, model, call.include_usage).chunk
     sent = 0
     try:
         yield chunk({"role": "assistant", "content": ""})

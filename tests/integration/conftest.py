@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from ccgate.api.app import create_app
 from ccgate.config import Settings
 from ccgate.runners.base import Runner
+from tests.support.fake_anthropic import FAKE_API_KEY, FakeAnthropic
 from tests.support.fake_runner import FakeRunner
 
 
@@ -61,3 +62,22 @@ async def gateway_factory(
 async def gateway(gateway_factory: Callable[..., Any]) -> Gateway:
     """A gateway with a FakeRunner and default settings."""
     return await gateway_factory()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAnthropic]:
+    """A running fake Anthropic API."""
+    with FakeAnthropic() as server:
+        yield server
+
+
+@pytest.fixture
+async def api_gateway(make_settings: Callable[..., Settings],
+                      fake: FakeAnthropic) -> AsyncIterator[Gateway]:
+    """ccgate with CCGATE_BACKEND=api pointed at the fake, and one key."""
+    app = create_app(make_settings(CCGATE_BACKEND="api", ANTHROPIC_BASE_URL=fake.url,
+                                   ANTHROPIC_API_KEY=FAKE_API_KEY))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test") as client:
+        secret = (await app.state.keyring.create("app")).secret
+        yield Gateway(app, client, secret)

@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import httpx
-import pytest
-
-from ccgate.api.app import create_app
-from ccgate.config import Settings
 from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import FAKE_API_KEY, Echo, FakeAnthropic, Text
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeAnthropic]:
-    """A running fake Anthropic API."""
-    with FakeAnthropic() as server:
-        yield server
-
-
-@pytest.fixture
-async def api_gateway(make_settings: Callable[..., Settings],
-                      fake: FakeAnthropic) -> AsyncIterator[Gateway]:
-    """ccgate with CCGATE_BACKEND=api pointed at the fake, and one key."""
-    app = create_app(make_settings(CCGATE_BACKEND="api", ANTHROPIC_BASE_URL=fake.url,
-                                   ANTHROPIC_API_KEY=FAKE_API_KEY))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test") as client:
-        secret = (await app.state.keyring.create("app")).secret
-        yield Gateway(app, client, secret)
 
 
 async def test_api_backend_native_sessions_send_the_history_upstream(

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import httpx
 import httpx2
 import openai
 import pytest
 
-from ccgate.api.app import create_app
-from ccgate.config import Settings
 from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import (
-    FAKE_API_KEY,
     Error,
     FakeAnthropic,
     StreamError,
@@ -29,25 +24,6 @@ WEATHER: Any = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 ASK: Any = [{"role": "user", "content": "Weather in Paris?"}]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeAnthropic]:
-    """A running fake Anthropic API."""
-    with FakeAnthropic() as server:
-        yield server
-
-
-@pytest.fixture
-async def api_gateway(make_settings: Callable[..., Settings],
-                      fake: FakeAnthropic) -> AsyncIterator[Gateway]:
-    """ccgate with CCGATE_BACKEND=api pointed at the fake, and one key."""
-    app = create_app(make_settings(CCGATE_BACKEND="api", ANTHROPIC_BASE_URL=fake.url,
-                                   ANTHROPIC_API_KEY=FAKE_API_KEY))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test") as client:
-        secret = (await app.state.keyring.create("app")).secret
-        yield Gateway(app, client, secret)
 
 
 def _sdk(gateway: Gateway, key: str | None = None) -> openai.AsyncOpenAI:

@@ -124,13 +124,6 @@ class KeyTable:
         """Find a key by its id."""
         return await self._one(api_keys.c.id == key_id)
 
-    async def revoke_id(self, key_id: str, now: datetime) -> bool:
-        """Revoke a key by id; False when it was not active."""
-        query = (api_keys.update()
-                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                 .values(revoked_at=now))
-        return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
-
     async def _one(self, where: sa.ColumnElement[bool]) -> KeyRecord | None:
         query = sa.select(*_COLUMNS).where(where)
 

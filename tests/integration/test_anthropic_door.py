@@ -186,3 +186,15 @@ async def test_anthropic_door_valid_escaped_pairs_pass(
                                          headers={"x-api-key": gateway.key})
     assert response.status_code == 200
     assert runner.started[-1].content == [{"type": "text", "text": "\U0001F600"}]
+
+
+async def test_anthropic_door_audit_row_keeps_sizes_and_outcome(
+        gateway_factory: Callable[..., Any]) -> None:
+    """The audit row of a /v1/messages job holds its prompt size as well as its tokens."""
+    gateway = await gateway_factory()
+    await _sdk(gateway).messages.create(model="sonnet", max_tokens=10,
+                                        messages=[{"role": "user", "content": "hello"}])
+    await gateway.app.state.audit.flush()
+    [row] = await gateway.app.state.store.audit.recent(1)
+    assert (row["door"], row["prompt_bytes"], row["job_status"]) == ("anthropic", 5, "completed")
+    assert (row["input_tokens"], row["output_tokens"]) == (5, 7)

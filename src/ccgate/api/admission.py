@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from fastapi import Request
 
+from ccgate.api.middleware import audit_facts
 from ccgate.errors import ApiError
 from ccgate.models import ModelForbidden, ModelNotAllowed, ModelPolicy
 from ccgate.store import JobRecord, KeyRecord
@@ -74,7 +75,7 @@ async def admit(request: Request, key: KeyRecord, door: str) -> Ticket:
     try:
         admission = await limiter.admit(key.id, key.policy)
     except LimitExceeded as exc:
-        request.scope.setdefault("ccgate.audit", {})["error_type"] = exc.error_type
+        audit_facts(request)["error_type"] = exc.error_type
         raise exc.use_door(door) from None
     except Exception as exc:  # e.g. Redis unreachable: refuse rather than run unchecked
         log.warning("limits_unavailable", error=type(exc).__name__)

@@ -22,6 +22,7 @@ from ccgate.api.auth import require_key
 from ccgate.api.content import anthropic_block, bad, conversation_bytes, split_turns
 from ccgate.api.conversation import Turn, api_error_of
 from ccgate.api.errors import error_body, request_id_of
+from ccgate.api.middleware import audit_facts
 from ccgate.api.native import read_json_object
 from ccgate.api.streaming import ClosingStreamingResponse
 from ccgate.errors import ApiError
@@ -168,7 +169,7 @@ async def create_message(request: Request, key: CallerKey) -> Response:
     call = await _read_call(request)
     model = resolve_model(request, key, call.model)
     _check_size(request, call)
-    facts = request.scope.setdefault("ccgate.audit", {})
+    facts = audit_facts(request)
     facts.update(model=model, prompt_bytes=conversation_bytes(call.system, call.history,
                                                               call.content))
     if request.app.state.settings.audit_prompts:
@@ -265,7 +266,7 @@ async def _pass_through(request: Request, call: MessagesCall, model: str,
     """The API backend: send the body upstream as the client wrote it, model resolved."""
     runner = request.app.state.runner
     body = {**call.raw, "model": model}
-    facts = request.scope.setdefault("ccgate.audit", {})
+    facts = audit_facts(request)
 
     async def upstream_call(opening: Awaitable[T]) -> T:
         try:

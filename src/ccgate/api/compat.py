@@ -19,6 +19,7 @@ from ccgate.api import health
 from ccgate.api.auth import require_key
 from ccgate.api.errors import error_body, error_headers, request_id_of
 from ccgate.api.files import MAX_ATTACHMENTS, FileToken
+from ccgate.api.middleware import audit_facts
 from ccgate.api.native import (
     RunBody,
     job_error,
@@ -91,7 +92,7 @@ async def _run_to_end(request: Request, key: KeyRecord, body: RunBody) -> JobRec
         await prepared.ticket.finish(finished.usage if finished else None,
                                      finished.cost_usd if finished else None)
     if finished is None:
-        request.scope.setdefault("ccgate.audit", {})["job_status"] = "cancelled"
+        audit_facts(request)["job_status"] = "cancelled"
         raise _ClientGone
     record_outcome(request, finished, body.prompt)
     if finished.status is not JobStatus.COMPLETED:

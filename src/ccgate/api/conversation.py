@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import Request
 
 from ccgate.api.admission import Ticket
+from ccgate.api.middleware import audit_facts
 from ccgate.api.native import job_error, submit_job, wait_for_caller
 from ccgate.errors import ERROR_KINDS, ApiError
 from ccgate.jobs import JobService, Submission, request_to_json
@@ -131,7 +131,7 @@ class Turn:
                         self._audit_result(event)
                     yield event
         except RunError as exc:
-            self.request.scope.setdefault("ccgate.audit", {})["error_type"] = exc.error_type
+            audit_facts(self.request)["error_type"] = exc.error_type
             raise api_error_of(exc) from None
 
     async def open_stream(self) -> tuple[RunEvent, AsyncGenerator[RunEvent | None, None]]:
@@ -160,20 +160,14 @@ class Turn:
 
     def _audit(self, job: JobRecord) -> None:
         usage = job.usage or {}
-        self.request.scope.setdefault("ccgate.audit", {}).update(
+        audit_facts(self.request).update(
             job_id=job.id, job_status=job.status.value, model=job.model,
             input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"),
             cost_usd=job.cost_usd, error_type=job.error_type,
             response_bytes=len((job.result or "").encode("utf-8")))
 
     def _audit_result(self, result: RunResult) -> None:
-        self.request.scope.setdefault("ccgate.audit", {}).update(
+        audit_facts(self.request).update(
             model=result.model, input_tokens=result.usage.get("input_tokens"),
             output_tokens=result.usage.get("output_tokens"), cost_usd=result.cost_usd,
             job_status="completed", response_bytes=len(result.text.encode("utf-8")))
-
-
-def audit_facts(request: Request) -> dict[str, Any]:
-    """This request's audit facts, to add to."""
-    facts: dict[str, Any] = request.scope.setdefault("ccgate.audit", {})
-    return facts

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ccgate.api.auth import require_key
 from ccgate.api.errors import request_id_of
+from ccgate.api.middleware import audit_facts
 from ccgate.api.native import parse_body
 from ccgate.errors import ApiError
 from ccgate.fetcher import (
@@ -73,7 +74,7 @@ async def fetch_page(request: Request, key: CallerKey) -> dict[str, Any]:
     """Fetch ``url`` from the gateway's address, checking every redirect hop."""
     body = await parse_body(request, FetchBody)
     await request.app.state.limiter.check_fetch(key.id)
-    facts = request.scope.setdefault("ccgate.audit", {})
+    facts = audit_facts(request)
     settings = request.app.state.settings
     fetcher = Fetcher(OutboundGuard(settings.outbound_allow))
     host = httpx.URL(body.url).host

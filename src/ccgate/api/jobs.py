@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
 from ccgate.api.auth import require_key
+from ccgate.api.middleware import audit_facts
 from ccgate.api.native import RunBody, parse_body, prepare_native_run, submit_job
 from ccgate.api.views import render_job
 from ccgate.errors import ApiError
@@ -50,7 +51,7 @@ async def owned_job(request: Request, key: KeyRecord, job_id: str) -> JobRecord:
     job = await request.app.state.store.jobs.get(job_id, key_id=key.id)
     if job is None:
         raise ApiError("not_found", f"no job {job_id!r}")
-    request.scope["ccgate.audit"] = {"job_id": job.id, "model": job.model}
+    audit_facts(request).update(job_id=job.id, model=job.model)
     return job  # type: ignore[no-any-return]
 
 

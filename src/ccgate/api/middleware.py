@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ccgate.api.errors import door_of_request, error_response
@@ -30,6 +31,12 @@ class BodyTooLarge(ApiError):
     def __init__(self, limit: int) -> None:
         super().__init__("request_too_large", f"request body exceeds {limit} bytes "
                          "(CCGATE_MAX_BODY_BYTES)")
+
+
+def audit_facts(request: Request) -> dict[str, Any]:
+    """The facts this request's audit row will carry; add to them as they become known."""
+    facts: dict[str, Any] = request.scope.setdefault("ccgate.audit", {})
+    return facts
 
 
 def door_of(path: str) -> str:

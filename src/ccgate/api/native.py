@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ccgate.api.admission import Ticket, admit, resolve_model
 from ccgate.api.auth import require_key
 from ccgate.api.files import MAX_ATTACHMENTS, FileToken, resolve_attachments
+from ccgate.api.middleware import audit_facts
 from ccgate.api.views import render_job
 from ccgate.errors import ERROR_KINDS, ApiError
 from ccgate.jobs import (
@@ -195,7 +196,7 @@ async def submit_job(request: Request, submission: Submission) -> JobRecord:
     except IdempotencyConflict:
         raise ApiError("idempotency_conflict", "this Idempotency-Key was already used with a "
                        "different request body") from None
-    request.scope["ccgate.audit"] = {"job_id": job.id, "model": job.model}
+    audit_facts(request).update(job_id=job.id, model=job.model)
     return job
 
 
@@ -239,7 +240,7 @@ async def _client_gone(request: Request) -> None:
 def record_outcome(request: Request, job: JobRecord, prompt: str) -> None:
     """Add the finished job's facts to this request's audit row."""
     usage = job.usage or {}
-    facts = request.scope.setdefault("ccgate.audit", {})
+    facts = audit_facts(request)
     facts.update(
         job_status=job.status.value, model=job.model, prompt_bytes=len(prompt.encode("utf-8")),
         response_bytes=len(job.result.encode("utf-8")) if job.result else 0,
@@ -278,7 +279,7 @@ async def run(request: Request, key: CallerKey) -> Response:
         await prepared.ticket.finish(finished.usage if finished else None,
                                      finished.cost_usd if finished else None)
     if finished is None:
-        request.scope["ccgate.audit"]["job_status"] = "cancelled"
+        audit_facts(request)["job_status"] = "cancelled"
         return Response(status_code=499)
     record_outcome(request, finished, body.prompt)
     if finished.status is not JobStatus.COMPLETED:

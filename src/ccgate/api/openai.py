@@ -25,6 +25,7 @@ from ccgate.api.auth import require_key
 from ccgate.api.content import bad, conversation_bytes, image_block, split_turns
 from ccgate.api.conversation import Turn
 from ccgate.api.errors import error_body, request_id_of
+from ccgate.api.middleware import audit_facts
 from ccgate.api.native import JSON_ONLY_INSTRUCTION, read_json_object
 from ccgate.api.openai_tools import (
     TOOL_FIELDS,
@@ -227,7 +228,7 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
     if size > settings.max_prompt_bytes:
         raise ApiError("request_too_large", f"the conversation is {size} bytes of text; the "
                        f"limit is {settings.max_prompt_bytes} (CCGATE_MAX_PROMPT_BYTES)")
-    facts = request.scope.setdefault("ccgate.audit", {})
+    facts = audit_facts(request)
     facts.update(model=model, prompt_bytes=size)
     if settings.audit_prompts:
         facts["prompt_text"] = json.dumps(body.get("messages"), ensure_ascii=False)

@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse, Response
 
 from ccgate.api.admission import Ticket
 from ccgate.api.content import bad
-from ccgate.api.conversation import api_error_of, audit_facts
+from ccgate.api.conversation import api_error_of
 from ccgate.api.errors import error_body, request_id_of
+from ccgate.api.middleware import audit_facts
 from ccgate.api.streaming import ClosingStreamingResponse
 from ccgate.errors import ApiError
 from ccgate.pricing import cost_usd

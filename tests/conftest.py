@@ -17,6 +17,7 @@ from ccgate.store import Store
 
 POSTGRES_URL = os.environ.get("CCGATE_TEST_POSTGRES_URL",
                               "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("CCGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("CCGATE_TEST_REQUIRE_SERVICES") == "1"
 
 
@@ -25,6 +26,22 @@ def service_missing(reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason} (CCGATE_TEST_REQUIRE_SERVICES=1 forbids skipping)")
     pytest.skip(reason)
+
+
+async def redis_problem(url: str = REDIS_URL) -> str | None:
+    """Why Redis at ``url`` cannot be used, as a skip reason; None when it answers a ping."""
+    try:
+        from redis.asyncio import Redis
+    except ImportError:
+        return "redis is not installed (pip install '.[redis]')"
+    client = Redis.from_url(url)
+    try:
+        await asyncio.wait_for(client.ping(), 3)
+    except Exception as exc:
+        return f"Redis not reachable at {url}: {type(exc).__name__}"
+    finally:
+        await client.aclose()
+    return None
 
 
 async def _postgres_reachable(url: str) -> str | None:

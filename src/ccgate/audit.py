@@ -51,17 +51,23 @@ class AuditLog:
         """Write every queued row now, then the job outcomes."""
         batch, self._buffer = self._buffer, []
         outcomes, self._outcomes = self._outcomes, []
+        # Failures are logged by type and request id only: a database error's text quotes
+        # the statement's parameters, which hold key names, addresses and prompt text.
         if batch:
             try:
-                await self.store.audit.append_many(batch)
-            except Exception:
-                log.exception("audit_write_failed", rows=len(batch))
+                refused = await self.store.audit.append_many(batch)
+            except Exception as exc:
+                log.error("audit_write_failed", rows=len(batch), error=type(exc).__name__)
+            else:
+                for request_id in refused:
+                    log.error("audit_row_refused", request_id=request_id)
         if outcomes:
             try:
                 missing = set(await self.store.audit.fill_job_outcomes(
                     [{k: v for k, v in o.items() if k != "tries"} for o in outcomes]))
-            except Exception:
-                log.exception("audit_outcomes_failed", rows=len(outcomes))
+            except Exception as exc:
+                log.error("audit_outcomes_failed", rows=len(outcomes),
+                          error=type(exc).__name__)
                 return
             # A job can end before the row of the request that queued it is written: retry
             # those a few batches later.

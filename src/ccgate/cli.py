@@ -69,6 +69,13 @@ def serve(
         log.warning("unknown_setting", key=key, detail="not a ccgate setting; check for typos")
     log.info("starting", version=__version__, host=host or settings.host,
              port=port or settings.port, database=settings.database_url.split("://")[0])
+    if settings.backend == "cli":
+        from ccgate.runners.sandbox import sandbox_problem
+
+        # Never run the CLI unconfined when a sandbox was asked for.
+        problem = _run(lambda: sandbox_problem(settings))
+        if problem is not None:
+            _fail(problem)
     from ccgate.server import GatewayServer
 
     gateway = create_app(settings)
@@ -80,8 +87,12 @@ def serve(
 
     # The stock asyncio loop, even where uvloop is installed: uvloop's subprocess handling
     # measured ~9 ms slower per CLI run (docs/benchmarks.md).
+    # proxy_headers off and no forwarded_allow_ips (so FORWARDED_ALLOW_IPS is never read):
+    # uvicorn would otherwise rewrite the client address from X-Forwarded-For before
+    # CCGATE_TRUSTED_PROXIES is consulted; security/netrules.py is the only reader of it.
     config = uvicorn.Config(gateway, host=host or settings.host, port=port or settings.port,
                             loop="asyncio", log_config=None, access_log=False,
+                            proxy_headers=False, forwarded_allow_ips=[],
                             timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_secs)))
     GatewayServer(config, stop_taking_jobs).run()
 
@@ -259,10 +270,20 @@ def keys_update(ctx: typer.Context, name: str, rpm: Rpm = None, rpd: Rpd = None,
 
 @keys_app.command("revoke")
 def keys_revoke(ctx: typer.Context, name: str) -> None:
-    """Revoke a key; its very next request is refused, no restart needed."""
-    if not _with_keyring(ctx, lambda ring: ring.revoke(name)):
+    """Revoke a key; its very next request is refused, its queued and running jobs are
+    cancelled and its pending webhooks dropped, no restart needed."""
+    from ccgate.jobs.revocation import end_work_of
+
+    async def revoke(ring: Any) -> int | None:
+        if not await ring.revoke(name):
+            return None
+        record = await ring.store.keys.by_name(name)
+        return await end_work_of(ring.store, [record.id])
+
+    cancelled = _with_keyring(ctx, revoke)
+    if cancelled is None:
         _fail(f"no active key named {name!r}")
-    typer.echo(f"revoked key {name!r}")
+    typer.echo(f"revoked key {name!r}" + (f"; cancelled {cancelled} job(s)" if cancelled else ""))
 
 
 def _short(value: Any) -> str:

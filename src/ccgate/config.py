@@ -96,6 +96,15 @@ def _float(low: float, high: float | None = None) -> Callable[[str], float]:
     return parse
 
 
+def _off_or_float(low: float, high: float) -> Callable[[str], float]:
+    within = _float(low, high)
+
+    def parse(raw: str) -> float:
+        return 0.0 if float(raw.strip()) == 0 else within(raw)
+
+    return parse
+
+
 def _bool(raw: str) -> bool:
     text = raw.strip().lower()
     if text in {"1", "true", "yes", "on"}:
@@ -199,7 +208,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CCGATE_JOB_TIMEOUT_SECS", "600", "a number of seconds between 1 and 86400",
             _float(1, 86400),
             "Wall-clock limit of one run, and the ceiling for a request's `timeout_secs`."),
-    Setting("CCGATE_IDLE_TIMEOUT_SECS", "120", "a number of seconds (0 turns it off)", _float(0),
+    Setting("CCGATE_IDLE_TIMEOUT_SECS", "120",
+            "0 (off) or a number of seconds between 1 and 86400", _off_or_float(1, 86400),
             "A run that prints nothing for this long is stopped as a timeout."),
     Setting("CCGATE_MAX_BODY_BYTES", "16777216", "an integer of at least 1024", _int(1024),
             "Largest request body accepted; larger bodies get 413."),
@@ -208,9 +218,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CCGATE_ALLOW_TOOLS", "false", "true or false", _bool,
             "DANGER: let the model use Claude Code's built-in tools (shell, files, web) on "
             "this machine. Off by default: every run gets an empty tool list."),
-    Setting("CCGATE_ADMIN_TOKEN", "", "a secret string, or empty", _optional_text,
-            "Token for the admin API (`/admin/*`, docs/admin.md). Empty: the admin API is off "
-            "and answers 404 saying so."),
+    Setting("CCGATE_ADMIN_TOKEN", "", "a secret of at least 32 characters, or empty",
+            _secret(32),
+            "Token for the admin API (`/admin/*`, docs/admin.md), at least 32 characters "
+            "(`openssl rand -hex 32`). Empty: the admin API is off and answers 404 saying so."),
     Setting("CCGATE_UPSTREAM_RETRIES", "1", "an integer between 0 and 10", _int(0, 10),
             "Retries the CLI makes on upstream errors (`CLAUDE_CODE_MAX_RETRIES`). The CLI's "
             "own default retries for minutes; keep this small."),
@@ -234,7 +245,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CCGATE_SSE_HEARTBEAT_SECS", "15", "a number of seconds between 1 and 300",
             _float(1, 300), "Interval of the comment heartbeat on idle SSE streams."),
     Setting("CCGATE_WEBHOOK_SECRET", "", "a secret string, or empty", _optional_text,
-            "Signs webhooks of keys that have no webhook secret of their own."),
+            "Signs webhooks of app keys made before keys had a webhook secret of their own; "
+            "never a device's (docs/webhooks.md)."),
     Setting("CCGATE_WEBHOOK_TIMEOUT_SECS", "10", "a number of seconds between 1 and 120",
             _float(1, 120), "Time a webhook receiver has to answer one delivery attempt."),
     Setting("CCGATE_WEBHOOK_MAX_ATTEMPTS", "8", "an integer between 1 and 50", _int(1, 50),
@@ -259,6 +271,10 @@ SETTINGS: tuple[Setting, ...] = (
             "An idle pooled process older than this is stopped, and its owner no longer warmed."),
     Setting("CCGATE_POOL_MAX_REQUESTS", "50", "an integer between 1 and 10000", _int(1, 10000),
             "In `reuse` mode: requests one process serves before it is retired."),
+    Setting("CCGATE_SANDBOX", "off", "off or bwrap", _choice("off", "bwrap"),
+            "Confine every CLI process with bubblewrap (`bwrap`): it then sees only its run "
+            "directory, its own config directory and what it needs to start (docs/security.md). "
+            "`off`: no sandbox."),
     Setting("CCGATE_BACKEND", "cli", "cli or api", _choice("cli", "api"),
             "What answers requests: `cli` runs the logged-in `claude` CLI; `api` calls the "
             "Anthropic API with the operator's `ANTHROPIC_API_KEY` (docs/backends.md)."),
@@ -294,7 +310,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Client addresses allowed at all (loopback always is). Empty: any address."),
     Setting("CCGATE_TRUSTED_PROXIES", "", "comma-separated IPs or CIDRs, or empty", _cidrs,
             "Peers whose X-Forwarded-For is believed (the right-most untrusted hop is the "
-            "client). Empty: the socket address is the client."),
+            "client). Empty: the socket address is the client. The only setting that makes "
+            "ccgate read X-Forwarded-For (uvicorn's FORWARDED_ALLOW_IPS is ignored)."),
     Setting("CCGATE_CORS_ORIGINS", "", "comma-separated origins, `*`, or empty", _names,
             "Browser origins allowed to call ccgate. `*` allows any origin without "
             "credentials. Empty: no CORS headers."),
@@ -387,6 +404,7 @@ class Settings:
     pool_min_idle: int
     pool_idle_secs: float
     pool_max_requests: int
+    sandbox: str
     audit_prompts: bool
     log_level: str
     env_file: str | None

@@ -10,6 +10,7 @@ from ccgate.models import model_policy
 from ccgate.runners.base import RunError, Runner, RunRequest, collect
 from ccgate.runners.cli_status import CliStatus
 from ccgate.runners.pool import APPROX_RSS_MIB
+from ccgate.runners.sandbox import bwrap_sandbox
 from ccgate.store import Store
 
 PROBE_PROMPT = "Reply with the single word: pong"
@@ -49,6 +50,8 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
         report(True, f"claude CLI {cli.version} at {cli.path}")
     if settings.allow_tools:
         echo("[warn] CCGATE_ALLOW_TOOLS=true: the model may run commands on this machine")
+    if settings.backend == "cli":
+        await _check_sandbox(settings, cli.path if not cli.problem else None, report, echo)
     echo(pool_line(settings))
     if settings.admin_token is None:
         echo("[info] CCGATE_ADMIN_TOKEN is unset: the admin API is off")
@@ -66,6 +69,27 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
         finally:
             await runner.aclose()
     return ok
+
+
+async def _check_sandbox(settings: Settings, cli_path: str | None,
+                         report: Callable[[bool, str], None], echo: Callable[[str], None]) -> None:
+    """Whether the sandbox is on, works here (a ``bwrap ... true`` probe) and lets the CLI
+    start; with it off, whether turning it on would work."""
+    sandbox = bwrap_sandbox(settings)
+    problem = await sandbox.problem(settings.cli_base_env)
+    if settings.sandbox == "off":
+        verdict = ("bwrap works here: CCGATE_SANDBOX=bwrap would confine the CLI"
+                   if problem is None else f"CCGATE_SANDBOX=bwrap would not work: {problem}")
+        echo(f"[info] sandbox: off (CCGATE_SANDBOX=off); {verdict}")
+        return
+    if problem is not None:
+        report(False, f"sandbox: {problem}; serve refuses to start")
+        return
+    report(True, f"sandbox: bwrap works on this machine ({sandbox.bwrap})")
+    if cli_path is not None:
+        cli_problem = await sandbox.cli_problem(cli_path, settings.cli_base_env,
+                                                settings.work_dir)
+        report(cli_problem is None, f"sandbox: {cli_problem or 'the claude CLI starts in it'}")
 
 
 def _runner(settings: Settings, cli_path: str | None) -> Runner:

@@ -46,6 +46,8 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
                                      "(CCGATE_GLOBAL_RPD) is spent."),
     "fetch_rpm_exceeded": ErrorKind(429, "The key's page-fetch limit (CCGATE_FETCH_RPM) is "
                                     "spent."),
+    "signin_throttled": ErrorKind(429, "Too many wrong admin tokens came from this client "
+                                  "address; Retry-After says when it may try again."),
     "destination_blocked": ErrorKind(403, "A fetch or redirect led to a private, loopback or "
                                      "otherwise forbidden address."),
     "limits_unavailable": ErrorKind(503, "The rate-limit store (Redis) cannot be reached, so "

@@ -12,18 +12,21 @@ import codecs
 import functools
 import re
 import ssl
+import time
 from dataclasses import dataclass
 
 import httpx
 
 from ccgate import __version__
-from ccgate.htmlstrip import strip_html
+from ccgate.htmlstrip import StripAborted, strip_html
 from ccgate.security.netguard import BlockedDestination, OutboundGuard
 
 DEFAULT_MAX_BYTES = 512_000
 MAX_BYTES_LIMIT = 2_097_152
 MAX_REDIRECTS = 5
 FETCH_TIMEOUT_SECS = 10.0
+# Stripping a page (in a worker thread) stops after this; a fair 2 MB page takes well under.
+STRIP_TIME_LIMIT_SECS = 3.0
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _HTML_TYPES = frozenset({"", "text/html", "application/xhtml+xml"})
 _HEADERS = {
@@ -32,7 +35,9 @@ _HEADERS = {
     # Compressed bodies could inflate far past max_bytes before the cap sees them.
     "Accept-Encoding": "identity",
 }
-_META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([a-z0-9_.:-]+)""", re.I)
+# Possessive and stopping at the next tag, so hostile bytes cost linear time.
+_META_CHARSET = re.compile(rb"""<meta[^<>]*?charset\s*+=\s*+["']?+\s*+([a-z0-9_.:-]++)""",
+                           re.I)
 _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
          (codecs.BOM_UTF16_BE, "utf-16"))
 # Labels browsers read differently from Python's codec of the same name.
@@ -45,13 +50,21 @@ class FetchError(Exception):
 
 
 class HopBlocked(FetchError):
-    """A URL, or the Location of a redirect, that the outbound guard refused."""
+    """A URL, or the Location of a redirect, that the outbound guard refused.
 
-    def __init__(self, url: str, hop: int, reason: str) -> None:
+    ``str()`` never names the address a host resolved to; ``detail`` does, for the log.
+    """
+
+    def __init__(self, url: str, hop: int, reason: str, detail: str | None = None) -> None:
         where = "the URL" if hop == 0 else f"redirect {hop}"
         super().__init__(f"{where} ({url}) is blocked: {reason}")
         self.url = url
         self.hop = hop
+        self.detail = detail or reason
+
+
+class PageNotStripped(FetchError):
+    """The page was fetched, but could not be stripped within its time limit."""
 
 
 class UpstreamFailed(FetchError):
@@ -106,7 +119,7 @@ class Fetcher:
                     if response.status_code not in _REDIRECT_STATUSES or not location:
                         return await _read_page(response, url, hop, max_bytes)
             except BlockedDestination as exc:
-                raise HopBlocked(url, hop, exc.reason) from None
+                raise HopBlocked(url, hop, exc.reason, exc.detail) from None
             except (TimeoutError, httpx.TimeoutException):
                 raise
             except OSError as exc:
@@ -133,11 +146,24 @@ async def _read_page(response: httpx.Response, url: str, hops: int, max_bytes: i
     return Page(response.status_code, url, media_type, text, truncated, hops, len(body))
 
 
-def render_page(page: Page, *, strip: bool) -> str:
-    """The page's text for the caller: HTML stripped when asked, other text unchanged."""
+async def render_page(page: Page, *, strip: bool) -> str:
+    """The page's text for the caller: HTML stripped when asked, other text unchanged.
+
+    Stripping runs in a worker thread and stops itself after ``STRIP_TIME_LIMIT_SECS``
+    (PageNotStripped), so a page built to be slow to parse never holds the event loop.
+    """
     if page.text is None:
         return ""
-    return strip_html(page.text) if strip and page.is_html else page.text
+    if not (strip and page.is_html):
+        return page.text
+    time_limit = STRIP_TIME_LIMIT_SECS
+    deadline = time.monotonic() + time_limit
+    try:
+        return await asyncio.to_thread(strip_html, page.text, deadline=deadline)
+    except StripAborted as exc:
+        why = f"within {time_limit:g} s" if exc.timed_out else f"({exc})"
+        raise PageNotStripped(f"the page could not be stripped {why}; fetch it with "
+                              "\"strip\": false or a smaller max_bytes") from None
 
 
 def _is_text(media_type: str) -> bool:

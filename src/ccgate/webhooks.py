@@ -228,7 +228,7 @@ class WebhookDispatcher:
         except ResponseTooLarge as exc:
             code = exc.status_code
         except BlockedDestination as exc:
-            log.warning("webhook_blocked", event_id=delivery.id, reason=exc.reason)
+            log.warning("webhook_blocked", event_id=delivery.id, reason=exc.detail)
             return outcome(None, f"blocked: {exc.reason}"), True
         except (TimeoutError, httpx.TimeoutException):
             return outcome(None, f"timed out after {timeout:g}s"), False
@@ -248,10 +248,13 @@ class WebhookDispatcher:
             EVENT_ID_HEADER: delivery.id,
             TIMESTAMP_HEADER: str(timestamp),
         }
-        secret = None
+        secret, kind = None, None
         if job.key_id is not None:
-            secret = await self.deliveries.signing_secret(job.key_id)
-        secret = secret or self.settings.webhook_secret
+            secret, kind = await self.deliveries.signing_secret(job.key_id)
+        # The shared secret never signs a device's webhooks: any device could then get
+        # payloads of its own making signed with what other receivers trust.
+        if not secret and kind != "device":
+            secret = self.settings.webhook_secret
         if secret:
             headers[SIGNATURE_HEADER] = f"sha256={sign(secret, timestamp, body)}"
         elif job.key_id not in self._warned_unsigned:

@@ -15,6 +15,7 @@ from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.server import ServerProcess, base_path_without
 
 INSTALL_COMMAND = "npm install -g @anthropic-ai/claude-code"
+ADMIN_TOKEN = "e2e-operations-admin-token-0123456789"
 
 
 @pytest.mark.real_cli
@@ -38,7 +39,8 @@ def cliless_server(start_server: StartServer, home: Path, work_dir: Path) -> Ser
     """A server with no claude on its PATH and CCGATE_CLAUDE_PATH unset."""
     path = base_path_without("claude")
     assert shutil.which("claude", path=path) is None
-    return start_server({"PATH": path, "HOME": str(home), "CCGATE_WORK_DIR": str(work_dir)})
+    return start_server({"PATH": path, "HOME": str(home), "CCGATE_WORK_DIR": str(work_dir),
+                         "CCGATE_ADMIN_TOKEN": ADMIN_TOKEN})
 
 
 def cli_problem_lines(server: ServerProcess) -> list[dict[str, Any]]:
@@ -58,10 +60,13 @@ def test_serve_without_cli_logs_one_fix_line(cliless_server: ServerProcess) -> N
 
 
 def test_serve_without_cli_readyz_reports_problem(cliless_server: ServerProcess) -> None:
-    """Without the CLI /readyz is 503 and names the same problem the log does."""
+    """Without the CLI /readyz is 503; with the admin token it names the same problem the
+    log does, without it it says only "not_ready"."""
     with httpx.Client(base_url=cliless_server.url, timeout=30) as http:
-        response = http.get("/readyz")
+        plain = http.get("/readyz")
+        response = http.get("/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
 
+    assert (plain.status_code, plain.json()) == (503, {"status": "not_ready"})
     assert response.status_code == 503, response.text
     [logged] = cli_problem_lines(cliless_server)
     assert logged["problem"] in response.json()["problems"]

@@ -11,7 +11,7 @@ import httpx
 from tests.e2e.conftest import HTTP_TIMEOUT_SECS, StartServer
 from tests.support.fake_anthropic import FAKE_API_KEY, Error, FakeAnthropic, Slow, Text
 
-ADMIN = "e2e-admin-token-0123456789"
+ADMIN = "e2e-admin-token-0123456789abcdefghijk"
 
 
 def _texts(body: dict[str, object]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +14,12 @@ from fastapi import FastAPI
 from ccgate.api.app import create_app
 from ccgate.config import Settings
 from ccgate.runners.base import Runner
+from tests.conftest import (
+    POSTGRES_URL,
+    _postgres_reachable,
+    fresh_postgres_database,
+    service_missing,
+)
 from tests.support.fake_anthropic import FAKE_API_KEY, FakeAnthropic
 from tests.support.fake_runner import FakeRunner
 
@@ -81,3 +88,29 @@ async def api_gateway(make_settings: Callable[..., Settings],
             transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test") as client:
         secret = (await app.state.keyring.create("app")).secret
         yield Gateway(app, client, secret)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database on each backend: SQLite in tmp_path, or a fresh PostgreSQL database
+    dropped afterwards (request it before ``gateway_factory`` so the app stops first)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        return
+    problem = await _postgres_reachable(POSTGRES_URL)
+    if problem:
+        service_missing(problem)
+    async with fresh_postgres_database(POSTGRES_URL) as url:
+        yield url
+
+
+@pytest.fixture
+async def db_gateway_factory(database_url: str,
+                             gateway_factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Like ``gateway_factory``, on the ``database_url`` backend (SQLite, then PostgreSQL)."""
+
+    async def start(runner: Runner | None = None, **env: Any) -> Gateway:
+        return await gateway_factory(  # type: ignore[no-any-return]
+            runner, CCGATE_DATABASE_URL=database_url, **env)
+
+    return start

@@ -15,7 +15,7 @@ from ccgate.security.keys import hash_secret
 from ccgate.store.schema import api_keys
 from tests.integration.conftest import Gateway
 
-TOKEN = "admin-token-for-tests"
+TOKEN = "admin-token-for-tests-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 StartGateway = Callable[..., Any]
 
@@ -53,6 +53,35 @@ async def test_admin_wrong_or_missing_token_is_401(gw: Gateway) -> None:
         assert response.status_code == 401
         assert _error(response)["type"] == "authentication_error"
     assert (await gw.client.get("/admin/keys", headers={"X-API-Key": TOKEN})).status_code == 200
+
+
+def _client_from(gw: Gateway, peer: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=gw.app, client=(peer, 5555))
+    return httpx.AsyncClient(transport=transport, base_url="http://ccgate.test")
+
+
+async def test_admin_wrong_tokens_lock_out_that_address_with_429(gw: Gateway) -> None:
+    """After five wrong tokens from one address, its next sign-in (even with the right token)
+    is a 429 signin_throttled with Retry-After; another address still signs in."""
+    async with _client_from(gw, "203.0.113.5") as guesser, \
+            _client_from(gw, "198.51.100.9") as admin:
+        for n in range(5):
+            wrong = {"Authorization": f"Bearer {TOKEN[:-2]}{n:02d}"}
+            assert (await guesser.get("/admin/keys", headers=wrong)).status_code == 401
+        locked = await guesser.get("/admin/keys", headers=ADMIN)
+        assert locked.status_code == 429
+        assert _error(locked)["type"] == "signin_throttled"
+        assert int(locked.headers["Retry-After"]) >= 1
+        assert (await admin.get("/admin/keys", headers=ADMIN)).status_code == 200
+
+
+async def test_admin_right_token_is_never_slowed_and_clears_failures(gw: Gateway) -> None:
+    """A right token after a few wrong ones signs in at once and starts the count afresh."""
+    wrong = {"Authorization": "Bearer " + "x" * 40}
+    for _ in range(2):
+        for _ in range(4):
+            assert (await gw.client.get("/admin/keys", headers=wrong)).status_code == 401
+        assert (await gw.client.get("/admin/keys", headers=ADMIN)).status_code == 200
 
 
 async def test_admin_create_shows_secret_once_and_list_never(gw: Gateway) -> None:
@@ -108,6 +137,8 @@ async def test_admin_create_stores_a_normalised_policy(gw: Gateway) -> None:
     ({"ip_cidrs": ["10.0.0.0/33"]}, "ip_cidrs"),
     ({"expires_at": "2001-01-01"}, "expires_at"),
     ({"expires_at": "next week"}, "expires_at"),
+    ({"expires_at": "0001-01-01T00:00:00+14:00"}, "expires_at"),
+    ({"expires_at": "9999-12-31T23:59:59.999999-14:00"}, "expires_at"),
     ({"webhook_secret": "short"}, "webhook_secret"),
     ({"colour": "blue"}, "colour"),
     ({"name": "has space"}, "name"),

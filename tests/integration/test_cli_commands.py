@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from ccgate.clock import utcnow
+from ccgate.store import JobStatus, Store
 from tests.support.fake_anthropic import FAKE_API_KEY, FakeAnthropic, Text
 
 Ccgate = Callable[..., subprocess.CompletedProcess[str]]
@@ -49,6 +52,28 @@ def test_cli_keys_duplicate_and_bad_names_fail(ccgate: Ccgate) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
     bad = ccgate("keys", "create", "-bad name")
     assert bad.returncode != 0
+
+
+async def test_cli_keys_revoke_cancels_the_keys_queued_jobs(ccgate: Ccgate,
+                                                            tmp_path: Path) -> None:
+    """``keys revoke`` also cancels the key's queued jobs in the store, so a running server
+    never starts them, and says how many it cancelled."""
+    assert (await asyncio.to_thread(ccgate, "keys", "create", "app")).returncode == 0
+    store = await Store.open(f"sqlite:///{tmp_path / 'cli.db'}")
+    try:
+        key = await store.keys.by_name("app")
+        assert key is not None
+        await store.jobs.insert(job_id="job_waiting", key_id=key.id, door="native",
+                                model="sonnet", request={"prompt": "hi"}, metadata=None,
+                                now=utcnow())
+        revoked = await asyncio.to_thread(ccgate, "keys", "revoke", "app")
+        assert revoked.returncode == 0, revoked.stderr
+        assert "cancelled 1 job(s)" in revoked.stdout
+        job = await store.jobs.get("job_waiting")
+        assert job is not None and job.status is JobStatus.CANCELLED
+        assert job.error_message is not None and "revoked" in job.error_message
+    finally:
+        await store.close()
 
 
 def test_cli_keys_revoke(ccgate: Ccgate) -> None:

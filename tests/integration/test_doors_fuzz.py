@@ -1,4 +1,9 @@
-"""Whatever a client sends to the compatible doors and the JSON routes, never a 500."""
+"""Whatever a client sends to the compatible doors and the JSON routes, never a 500.
+
+The values include NaN and Infinity, NUL and lone surrogates inside strings, huge integers
+and deep nesting (tests/support/hostile_json.py); the two doors that queue jobs are fuzzed on
+SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import Gateway
+from tests.support.hostile_json import hostile_json, hostile_text, raw_bodies
 
-_scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
-_json = st.recursive(
-    _scalar,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=12,
-)
+_json = hostile_json
 _block = st.fixed_dictionaries({}, optional={
     "type": st.sampled_from(["text", "image", "document", "image_url", "tool_use", "x"]) | _json,
     "text": _json, "source": _json, "image_url": _json,
 })
-_content = st.text() | st.lists(_block | _json, max_size=3) | _json
+_content = hostile_text | st.lists(_block | _json, max_size=3) | _json
 _message = st.fixed_dictionaries({}, optional={
     "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | _json,
     "content": _content, "tool_calls": _json,
@@ -38,7 +39,7 @@ _fuzz = settings(max_examples=60, deadline=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-ADMIN_TOKEN = "fuzz-admin-token-0123456789"
+ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdefghij"
 
 
 @pytest.fixture
@@ -48,28 +49,56 @@ async def admin_gateway(gateway_factory: Callable[..., Any]) -> Gateway:
 
 
 async def _post(gateway: Gateway, path: str, body: Any) -> Any:
-    response = await gateway.client.post(path, content=json.dumps(body),
-                                         headers=gateway.auth())
+    return await _post_raw(gateway, path, json.dumps(body))
+
+
+async def _post_raw(gateway: Gateway, path: str, content: str) -> Any:
+    response = await gateway.client.post(path, content=content, headers=gateway.auth())
     assert response.status_code < 500, response.text
     return response
 
 
-@_fuzz
-@given(body=_conversation | _json)
-async def test_fuzz_messages_never_500(gateway: Gateway, body: Any) -> None:
-    """Random Messages bodies get a 2xx or a 4xx in the Anthropic error shape."""
-    response = await _post(gateway, "/v1/messages", body)
-    if response.status_code >= 400:
-        assert response.json()["type"] == "error"
+@pytest.fixture
+async def any_db_gateway(db_gateway_factory: Callable[..., Any]) -> Gateway:
+    """A gateway on SQLite, then on PostgreSQL."""
+    return await db_gateway_factory()  # type: ignore[no-any-return]
+
+
+_USER_TURN = {"role": "user", "content": "hi"}
+# Well-formed conversations whose text is hostile, so they get past the shape checks.
+_hostile_turns = st.fixed_dictionaries(
+    {"model": st.just("sonnet"), "max_tokens": st.just(5),
+     "messages": st.lists(st.fixed_dictionaries({"role": st.just("user"),
+                                                 "content": hostile_text}),
+                          min_size=1, max_size=2)},
+    optional={"system": hostile_text, "metadata": _json})
+_raw_conversations = (
+    raw_bodies(["metadata", "temperature", "max_tokens", "system", "top_p"],
+               {"model": "sonnet", "max_tokens": 5, "messages": [_USER_TURN]})
+    | raw_bodies(["messages"], {"model": "sonnet", "max_tokens": 5}))
 
 
 @_fuzz
-@given(body=_conversation | _json)
-async def test_fuzz_chat_completions_never_500(gateway: Gateway, body: Any) -> None:
-    """Random chat completion bodies get a 2xx or a 4xx in the OpenAI error shape."""
-    response = await _post(gateway, "/v1/chat/completions", body)
-    if response.status_code >= 400:
-        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+@given(body=_hostile_turns | _conversation | _json, raw=_raw_conversations)
+async def test_fuzz_messages_never_500(any_db_gateway: Gateway, body: Any, raw: str) -> None:
+    """Random Messages bodies, and bodies with raw NaN, 1e999 or deep literals, get a 2xx
+    or a 4xx in the Anthropic error shape."""
+    for sent in (json.dumps(body), raw):
+        response = await _post_raw(any_db_gateway, "/v1/messages", sent)
+        if response.status_code >= 400:
+            assert response.json()["type"] == "error"
+
+
+@_fuzz
+@given(body=_hostile_turns | _conversation | _json, raw=_raw_conversations)
+async def test_fuzz_chat_completions_never_500(any_db_gateway: Gateway, body: Any,
+                                               raw: str) -> None:
+    """Random chat completion bodies, raw literals included, get a 2xx or a 4xx in the
+    OpenAI error shape."""
+    for sent in (json.dumps(body), raw):
+        response = await _post_raw(any_db_gateway, "/v1/chat/completions", sent)
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
 @_fuzz

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,12 +15,20 @@ import jwt
 import pytest
 
 from ccgate.clock import utcnow
-from ccgate.security.enrollment import EnrollmentFull, EnrollmentService, issue_device_token
+from ccgate.security.enrollment import (
+    DeviceSecretRefused,
+    DeviceToken,
+    EnrollmentFull,
+    EnrollmentService,
+    issue_device_token,
+)
 from ccgate.security.keys import hash_secret, new_id
 from ccgate.store import Store
 from ccgate.store.enrollments import DeviceKey
 from ccgate.store.keys import KeyPolicy
+from ccgate.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.integration.conftest import Gateway
+from tests.support.webhook_receiver import Received, WebhookReceiver
 
 SECRET = "integration-enrollment-secret-0123456789"
 ADMIN = "admin-token-for-enrollment-tests"
@@ -42,8 +50,10 @@ async def _enrollment(gw: Gateway, **body: Any) -> str:
 
 
 async def _bootstrap(gw: Gateway, code: str | None, device_id: str = "laptop-1",
-                     ) -> httpx.Response:
+                     device_secret: str | None = None) -> httpx.Response:
     body = {"device_id": device_id} | ({"enrollment_code": code} if code is not None else {})
+    if device_secret is not None:
+        body["device_secret"] = device_secret
     return await gw.client.post("/v1/bootstrap", json=body)
 
 
@@ -123,13 +133,15 @@ async def test_bootstrap_with_an_expired_or_revoked_code_is_401(
 
 async def test_bootstrap_same_device_twice_reuses_the_device(
         gateway_factory: GatewayFactory) -> None:
-    """The same device_id with the same code gets a new token for the same device."""
+    """The same device_id with the same code and its device secret gets a new token for the
+    same device, and no secret is shown again."""
     gw = await _gateway(gateway_factory)
     code = await _enrollment(gw, max_devices=1)
     first = (await _bootstrap(gw, code)).json()
-    second = (await _bootstrap(gw, code)).json()
+    second = (await _bootstrap(gw, code, device_secret=first["device_secret"])).json()
     assert first["device"]["id"] == second["device"]["id"]
     assert first["token"] != second["token"]
+    assert "device_secret" not in second and "webhook_secret" not in second
     listed = (await gw.client.get("/admin/devices", headers=ADMIN_AUTH)).json()["data"]
     assert [d["id"] for d in listed] == [first["device"]["id"]]
     assert (await _jobs(gw, first["token"])).status_code == 200
@@ -167,14 +179,15 @@ async def test_revoked_device_fails_on_the_next_request(gateway_factory: Gateway
     """Revoking a device makes its live token, its refresh and its re-bootstrap fail."""
     gw = await _gateway(gateway_factory)
     code = await _enrollment(gw)
-    token = await _token(gw, code)
+    issued = (await _bootstrap(gw, code)).json()
+    token, secret = issued["token"], issued["device_secret"]
     assert (await _jobs(gw, token)).status_code == 200
     device = (await gw.client.get("/admin/devices", headers=ADMIN_AUTH)).json()["data"][0]
     revoke = await gw.client.delete(f"/admin/devices/{device['id']}", headers=ADMIN_AUTH)
     assert revoke.status_code == 204
     assert (await _jobs(gw, token)).status_code == 401
     assert (await gw.client.post("/v1/refresh", headers=gw.auth(token))).status_code == 401
-    again = await _bootstrap(gw, code)
+    again = await _bootstrap(gw, code, device_secret=secret)
     assert again.status_code == 401
     assert again.json()["error"]["message"] == "this device has been revoked"
 
@@ -325,6 +338,8 @@ async def test_create_enrollment_shows_the_code_once(gateway_factory: GatewayFac
     ({"name": "x", "ip_cidrs": ["not-a-network"]}, "ip_cidrs"),
     ({"name": "x", "max_devices": 0}, "max_devices"),
     ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+    ({"name": "x", "expires_at": "0001-01-01T00:00:00+14:00"}, "expires_at"),
+    ({"name": "x", "expires_at": "9999-12-31T23:59:59.999999-14:00"}, "expires_at"),
     ({"name": "x", "ttl_secs": 60, "expires_at": "2999-01-01T00:00:00Z"}, None),
 ])
 async def test_create_enrollment_rejects_bad_fields(gateway_factory: GatewayFactory,
@@ -373,13 +388,198 @@ async def test_enrollment_table_stops_at_max_devices(store: Store) -> None:
 
 
 async def test_enrollment_service_concurrent_bootstraps_respect_the_rules(store: Store) -> None:
-    """At once: one device_id enrolling thrice gets one device; new devices past
-    max_devices are refused (on PostgreSQL these really race)."""
+    """At once: one device_id enrolling thrice gets one device, and only one caller its
+    secret; new devices past max_devices are refused (on PostgreSQL these really race)."""
     service = EnrollmentService(store, SECRET, 600)
     code = (await service.create("race", KeyPolicy(), max_devices=2, expires_at=None)).code
-    same = await asyncio.gather(*(service.bootstrap(code, "laptop") for _ in range(3)))
-    assert len({issued.device.id for issued in same}) == 1
+    same = await asyncio.gather(*(service.bootstrap(code, "laptop") for _ in range(3)),
+                                return_exceptions=True)
+    won = [issued for issued in same if isinstance(issued, DeviceToken)]
+    assert len(won) == 1 and won[0].device_secret is not None
+    assert all(isinstance(o, DeviceSecretRefused) for o in same if o is not won[0])
+    assert len(await service.devices()) == 1
     others = await asyncio.gather(*(service.bootstrap(code, f"pc-{n}") for n in range(4)),
                                   return_exceptions=True)
     assert sum(isinstance(o, EnrollmentFull) for o in others) == 3
     assert len([d for d in await service.devices() if d.revoked_at is None]) == 2
+
+
+async def test_bootstrap_shows_the_device_and_webhook_secrets_once(
+        gateway_factory: GatewayFactory) -> None:
+    """A first bootstrap returns a device secret and a webhook secret; the store keeps only
+    the device secret's hash, and the device's key signs with that webhook secret."""
+    gw = await _gateway(gateway_factory)
+    body = (await _bootstrap(gw, await _enrollment(gw))).json()
+    assert body["device_secret"].startswith("ccgdev_")
+    assert body["webhook_secret"].startswith("whsec_")
+    [device] = await gw.app.state.enrollment.devices()
+    assert device.secret_hash == hash_secret(body["device_secret"])
+    store: Store = gw.app.state.store
+    assert await store.webhooks.signing_secret(device.key_id) == (body["webhook_secret"],
+                                                                  "device")
+
+
+@pytest.mark.parametrize("presented", [None, "", "ccgdev_not-the-secret"],
+                         ids=["none", "empty", "wrong"])
+async def test_bootstrap_a_known_device_id_without_its_secret_is_401(
+        gateway_factory: GatewayFactory, presented: str | None) -> None:
+    """The code plus a device_id seen elsewhere, without that device's secret, gets 401 in
+    the documented shape and no token, so it can neither act as the device nor read its jobs."""
+    gw = await _gateway(gateway_factory)
+    code = await _enrollment(gw)
+    await _token(gw, code, "laptop-1")
+    response = await _bootstrap(gw, code, "laptop-1", device_secret=presented)
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["type"] == "authentication_error" and error["param"] == "device_secret"
+    assert "token" not in response.json()
+
+
+async def test_device_token_does_not_carry_the_device_id(gateway_factory: GatewayFactory) -> None:
+    """A token names its device by the opaque row id; the app's device_id is nowhere in it."""
+    gw = await _gateway(gateway_factory)
+    body = (await _bootstrap(gw, await _enrollment(gw), "Alice-MacBook-5b0c")).json()
+    claims = jwt.decode(body["token"], options={"verify_signature": False})
+    assert claims["sub"] == body["device"]["id"]
+    assert "device_id" not in claims and "Alice-MacBook-5b0c" not in json.dumps(claims)
+
+
+async def _legacy_device_token(gw: Gateway, code: str, device_id: str = "old-laptop") -> str:
+    """Enrol ``device_id`` as before device secrets existed (no secret, no webhook secret)."""
+    store: Store = gw.app.state.store
+    enrollment = await store.enrollments.by_code_hash(hash_secret(code))
+    assert enrollment is not None
+    key = DeviceKey(id=new_id("key"), name=f"device-desktop-{device_id}", prefix="ccg_x",
+                    secret_hash=hash_secret(new_id("s")), policy=enrollment.policy)
+    device = await store.enrollments.add_device(
+        device_row_id=new_id("dev"), enrollment_id=enrollment.id, device_id=device_id,
+        key=key, now=utcnow())
+    assert device is not None and device.secret_hash is None
+    token, _ = issue_device_token(SECRET, device, KeyPolicy(), ttl_secs=600, now=utcnow())
+    return token
+
+
+async def test_refresh_gives_an_older_device_its_secrets_once(
+        gateway_factory: GatewayFactory) -> None:
+    """A device enrolled before device secrets cannot re-bootstrap by device_id alone; its
+    next refresh returns a device secret and a webhook secret, once, and re-bootstrap then
+    works with that secret."""
+    gw = await _gateway(gateway_factory)
+    code = await _enrollment(gw)
+    token = await _legacy_device_token(gw, code)
+    assert (await _bootstrap(gw, code, "old-laptop")).status_code == 401
+    first = await gw.client.post("/v1/refresh", headers=gw.auth(token))
+    assert first.status_code == 200, first.text
+    given = first.json()
+    assert given["device_secret"].startswith("ccgdev_")
+    assert given["webhook_secret"].startswith("whsec_")
+    second = (await gw.client.post("/v1/refresh", headers=gw.auth(given["token"]))).json()
+    assert "device_secret" not in second and "webhook_secret" not in second
+    again = await _bootstrap(gw, code, "old-laptop", device_secret=given["device_secret"])
+    assert again.status_code == 200, again.text
+
+
+SHARED_WEBHOOK_SECRET = "shared-webhook-secret-for-enrollment-tests"
+
+
+async def _callback_job(gw: Gateway, token: str, url: str) -> str:
+    response = await gw.client.post("/api/v1/jobs", headers=gw.auth(token),
+                                    json={"prompt": "hi", "callback_url": url})
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
+async def _webhooks(receiver: WebhookReceiver, count: int) -> dict[str, Received]:
+    """Wait for ``count`` webhooks; return them by job id."""
+    for _ in range(500):
+        if len(receiver.received) >= count:
+            break
+        await asyncio.sleep(0.02)
+    assert len(receiver.received) == count
+    return {json.loads(got.body)["job_id"]: got for got in receiver.received}
+
+
+def _signature_under(secret: str, got: Received) -> str:
+    return "sha256=" + sign(secret, int(got.headers[TIMESTAMP_HEADER.lower()]), got.body)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A webhook receiver on loopback."""
+    started = await WebhookReceiver().start()
+    yield started
+    await started.close()
+
+
+async def test_each_device_signs_its_webhooks_with_its_own_secret(
+        gateway_factory: GatewayFactory, receiver: WebhookReceiver) -> None:
+    """Two devices' webhooks carry different signatures, each valid under that device's own
+    webhook secret only: never the other's, never CCGATE_WEBHOOK_SECRET."""
+    gw = await _gateway(gateway_factory, CCGATE_WEBHOOK_SECRET=SHARED_WEBHOOK_SECRET,
+                        CCGATE_OUTBOUND_ALLOW="127.0.0.1")
+    code = await _enrollment(gw, max_devices=2)
+    one, two = [(await _bootstrap(gw, code, name)).json() for name in ("one", "two")]
+    assert one["webhook_secret"] != two["webhook_secret"]
+    jobs = {await _callback_job(gw, d["token"], receiver.url): d for d in (one, two)}
+    got = await _webhooks(receiver, 2)
+    for job_id, device in jobs.items():
+        other = two if device is one else one
+        signature = got[job_id].headers[SIGNATURE_HEADER.lower()]
+        assert signature == _signature_under(device["webhook_secret"], got[job_id])
+        assert signature != _signature_under(other["webhook_secret"], got[job_id])
+        assert signature != _signature_under(SHARED_WEBHOOK_SECRET, got[job_id])
+
+
+async def test_older_device_webhooks_never_use_the_shared_secret(
+        gateway_factory: GatewayFactory, receiver: WebhookReceiver) -> None:
+    """A device without a webhook secret of its own sends unsigned webhooks (not ones signed
+    with CCGATE_WEBHOOK_SECRET) until its refresh gives it a secret, which then signs."""
+    gw = await _gateway(gateway_factory, CCGATE_WEBHOOK_SECRET=SHARED_WEBHOOK_SECRET,
+                        CCGATE_OUTBOUND_ALLOW="127.0.0.1")
+    code = await _enrollment(gw)
+    token = await _legacy_device_token(gw, code)
+    before = await _callback_job(gw, token, receiver.url)
+    assert SIGNATURE_HEADER.lower() not in (await _webhooks(receiver, 1))[before].headers
+    given = (await gw.client.post("/v1/refresh", headers=gw.auth(token))).json()
+    after = await _callback_job(gw, given["token"], receiver.url)
+    got = (await _webhooks(receiver, 2))[after]
+    assert got.headers[SIGNATURE_HEADER.lower()] == _signature_under(given["webhook_secret"],
+                                                                     got)
+
+
+def _client_from(gw: Gateway, peer: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=gw.app, client=(peer, 5555))
+    return httpx.AsyncClient(transport=transport, base_url="http://ccgate.test")
+
+
+async def test_bootstrap_outside_the_enrollment_ip_cidrs_is_403(
+        gateway_factory: GatewayFactory) -> None:
+    """A valid code used from outside the enrollment's ip_cidrs gets 403 forbidden and
+    enrols nothing; from inside them it enrols the device."""
+    gw = await _gateway(gateway_factory)
+    code = await _enrollment(gw, ip_cidrs=["198.51.100.0/24"])
+    body = {"device_id": "laptop-1", "enrollment_code": code}
+    async with _client_from(gw, "203.0.113.9") as outside:
+        refused = await outside.post("/v1/bootstrap", json=body)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["type"] == "forbidden"
+    assert await gw.app.state.enrollment.devices() == []
+    async with _client_from(gw, "198.51.100.4") as inside:
+        assert (await inside.post("/v1/bootstrap", json=body)).status_code == 200
+
+
+async def test_refresh_outside_the_device_ip_cidrs_is_403(
+        gateway_factory: GatewayFactory) -> None:
+    """A valid device token refreshed from outside its enrollment's ip_cidrs gets 403
+    forbidden; from inside them it gets a new token."""
+    gw = await _gateway(gateway_factory)
+    code = await _enrollment(gw, ip_cidrs=["198.51.100.0/24"])
+    async with _client_from(gw, "198.51.100.4") as inside, \
+            _client_from(gw, "203.0.113.9") as outside:
+        issued = await inside.post("/v1/bootstrap",
+                                   json={"device_id": "laptop-1", "enrollment_code": code})
+        token = issued.json()["token"]
+        refused = await outside.post("/v1/refresh", headers=gw.auth(token))
+        assert refused.status_code == 403
+        assert refused.json()["error"]["type"] == "forbidden"
+        assert (await inside.post("/v1/refresh", headers=gw.auth(token))).status_code == 200

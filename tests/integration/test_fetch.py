@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -12,8 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
+from ccgate import fetcher as fetcher_module
 from ccgate.fetcher import Fetcher, UpstreamFailed
+from ccgate.security import netguard
 from ccgate.security.netguard import OutboundGuard
 from tests.integration.conftest import Gateway
 
@@ -147,8 +151,8 @@ async def test_fetch_follows_redirects_within_the_site(gateway: Gateway, site: S
 
 
 @pytest.mark.parametrize(("location", "reason"), [
-    ("http://169.254.169.254/latest/meta-data/", "link-local address"),
-    ("http://10.0.0.1/admin", "private address"),
+    ("http://169.254.169.254/latest/meta-data/", "not a public address"),
+    ("http://10.0.0.1/admin", "not a public address"),
     ("http://localhost/", "localhost"),
     ("ftp://files.example.com/data", "only http and https"),
 ])
@@ -178,8 +182,27 @@ async def test_fetch_never_connects_to_a_blocked_ipv6_loopback_hop(
     assert response.status_code == 403
     error = response.json()["error"]
     assert error["type"] == "destination_blocked"
-    assert "redirect 1" in error["message"] and "loopback address" in error["message"]
+    assert "redirect 1" in error["message"] and "not a public address" in error["message"]
     assert hidden.requests == []
+
+
+async def test_fetch_never_says_what_a_blocked_name_resolved_to(
+        gateway: Gateway, site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A redirect to a name that resolves to a private address is a 403 saying only "not a
+    public address": the client never learns the address; the server log keeps it."""
+
+    async def intranet_dns(host: str, port: int) -> list[str]:
+        return ["10.9.8.7"] if host == "intranet.test" else ["127.0.0.1"]
+
+    monkeypatch.setattr(netguard, "_getaddrinfo", intranet_dns)
+    site.redirect("/go", "http://intranet.test/wiki")
+    with structlog.testing.capture_logs() as logs:
+        response = await _fetch(gateway, {"url": site.url("/go")})
+    assert response.status_code == 403
+    message = response.json()["error"]["message"]
+    assert message == "redirect 1 (http://intranet.test/wiki) is blocked: not a public address"
+    [blocked] = [e for e in logs if e["event"] == "fetch_blocked"]
+    assert blocked["detail"] == "10.9.8.7: private address"
 
 
 async def test_fetch_refuses_a_loopback_url_unless_allowed(
@@ -383,3 +406,44 @@ async def test_fetch_audit_row_has_sizes_not_page_content(gateway: Gateway, site
     assert row["response_bytes"] == len(response.json()["html"].encode())
     assert row["job_id"] is None and row["prompt_text"] is None
     assert "Body text" not in repr(row)
+
+
+async def test_fetch_crafted_page_strips_without_stalling_the_server(
+        gateway: Gateway, site: Site) -> None:
+    """A 48 KB page of unclosed tags comes back stripped while the event loop keeps ticking."""
+    site.routes["/crafted"] = (200, {}, b"<p>kept</p>" + b"<a " * 16_000)
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    try:
+        response = await _fetch(gateway, {"url": site.url("/crafted")})
+    finally:
+        ticker.cancel()
+    assert response.status_code == 200
+    assert response.json()["html"] == "<p>kept</p>"
+    assert max(gaps, default=0) < 0.5
+
+
+async def test_fetch_page_too_slow_to_strip_is_502_with_advice(
+        gateway: Gateway, site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the strip time limit the fetch answers 502 upstream_error saying how to get the
+    page anyway; with ``strip: false`` it comes back whole."""
+    monkeypatch.setattr(fetcher_module, "STRIP_TIME_LIMIT_SECS", 0.0)
+    page = b"<p>x</p>" * 5_000
+    site.routes["/slow-to-strip"] = (200, {}, page)
+    response = await _fetch(gateway, {"url": site.url("/slow-to-strip")})
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["type"] == "upstream_error"
+    assert "could not be stripped within 0 s" in error["message"]
+    assert '"strip": false' in error["message"]
+    whole = await _fetch(gateway, {"url": site.url("/slow-to-strip"), "strip": False})
+    assert whole.status_code == 200 and whole.json()["html"] == page.decode()

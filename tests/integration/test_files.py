@@ -1,17 +1,22 @@
-"""``/api/v1/files``: upload, attach to runs and jobs, key scope, expiry, limits."""
+"""``/api/v1/files``: upload, attach to runs and jobs, key scope, expiry, limits, and
+attachment checks made before any file bytes are loaded."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 
+from ccgate.api import files as files_api
 from ccgate.clock import utcnow
-from ccgate.store import Store
+from ccgate.store import Database, Store
+from ccgate.store.files import FileTable
+from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
 
@@ -264,3 +269,102 @@ async def test_file_table_keeps_bytes_per_key_until_expiry(store: Store) -> None
     assert await store.files.get("ff_a", key_id="k1", now=later) is None
     assert await store.files.delete_expired(later) == 1
     assert await store.files.get("ff_a", key_id="k1", now=now) is None
+
+
+@pytest.fixture
+def byte_loads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every FileTable.contents call (the one query that loads file bytes), by its tokens."""
+    calls: list[list[str]] = []
+    real_contents = FileTable.contents
+
+    async def recording(self: FileTable, file_ids: Any, **kwargs: Any) -> Any:
+        calls.append(list(file_ids))
+        return await real_contents(self, file_ids, **kwargs)
+
+    monkeypatch.setattr(FileTable, "contents", recording)
+    return calls
+
+
+async def test_run_refuses_a_file_listed_twice_before_loading_it(
+        gateway: Gateway, byte_loads: list[list[str]]) -> None:
+    """The same token twice (or twenty times) is 400 naming ``files``; no bytes are read."""
+    token = await _token(gateway, "big.pdf", PDF + bytes(4096))
+    for copies in (2, 20):
+        response = await gateway.run({"prompt": "x", "files": [token] * copies})
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert (error["type"], error["param"]) == ("invalid_request", "files")
+        assert token in error["message"] and "more than once" in error["message"]
+    assert byte_loads == []
+
+
+async def test_run_refuses_files_over_the_body_limit_from_their_stored_sizes(
+        gateway_factory: Any, byte_loads: list[list[str]]) -> None:
+    """Attachments summing past CCGATE_MAX_BODY_BYTES are 413 before any bytes are loaded."""
+    gw = await gateway_factory(CCGATE_MAX_BODY_BYTES=4096)
+    tokens = [await _token(gw, f"{n}.png", PNG + bytes(3000)) for n in range(2)]
+    response = await gw.run({"prompt": "x", "files": tokens})
+    assert response.status_code == 413
+    assert response.json()["error"]["param"] == "files"
+    assert "CCGATE_MAX_BODY_BYTES" in response.json()["error"]["message"]
+    assert byte_loads == []
+    assert (await gw.run({"prompt": "x", "files": tokens[:1]})).status_code == 200
+    assert byte_loads == [tokens[:1]]
+
+
+async def test_refused_attachment_requests_spend_no_rate_limit(gateway: Gateway) -> None:
+    """Requests refused for their files (repeats, unknown, too large) leave the rpm untouched."""
+    secret = (await gateway.app.state.keyring.create("one", KeyPolicy(rpm=1))).secret
+    upload = await gateway.client.post("/api/v1/files", files={"file": ("a.png", PNG)},
+                                       headers=gateway.auth(secret))
+    token = upload.json()["file_token"]
+    for files in ([token, token], ["ff_unknown"], [token] * 21):
+        refused = await gateway.client.post("/api/v1/run", headers=gateway.auth(secret),
+                                            json={"prompt": "x", "files": files})
+        assert refused.status_code in (400, 404)
+    ok = await gateway.client.post("/api/v1/run", headers=gateway.auth(secret),
+                                   json={"prompt": "x", "files": [token]})
+    assert ok.status_code == 200
+    again = await gateway.client.post("/api/v1/run", headers=gateway.auth(secret),
+                                      json={"prompt": "x"})
+    assert again.status_code == 429
+
+
+async def test_attachments_are_read_and_encoded_off_the_event_loop(
+        gateway_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """File bytes are read and base64-encoded in worker threads, not on the loop's thread."""
+    threads: dict[str, int] = {}
+    real_block, real_read = files_api.content_block, Database._read_on_own_connection
+
+    def block(record: Any, content: bytes) -> dict[str, Any]:
+        threads["encode"] = threading.get_ident()
+        return real_block(record, content)
+
+    def read(self: Database, operation: Any) -> Any:
+        threads["read"] = threading.get_ident()
+        return real_read(self, operation)
+
+    monkeypatch.setattr(files_api, "content_block", block)
+    monkeypatch.setattr(Database, "_read_on_own_connection", read)
+    runner = FakeRunner()
+    gw = await gateway_factory(runner)
+    response = await gw.run({"prompt": "x", "files": [await _token(gw, "a.png", PNG)]})
+    assert response.status_code == 200
+    assert runner.started[0].content[1]["type"] == "image"
+    assert set(threads) == {"encode", "read"}
+    assert threading.get_ident() not in threads.values()
+
+
+async def test_file_table_records_give_sizes_without_bytes(store: Store) -> None:
+    """On every backend: records() answers owned, unexpired files' sizes and nothing else."""
+    now = utcnow()
+    await store.keys.insert(key_id="k1", name="k1", prefix="ccg_x", secret_hash="k1" * 32,
+                            now=now)
+    for file_id, expires in (("ff_live", now + timedelta(minutes=1)), ("ff_old", now)):
+        await store.files.insert(file_id=file_id, key_id="k1", filename=None,
+                                 media_type="text/plain", content=b"12345", now=now,
+                                 expires_at=expires)
+    found = await store.files.records(["ff_live", "ff_old", "ff_none"], key_id="k1", now=now)
+    assert list(found) == ["ff_live"] and found["ff_live"].size == 5
+    assert not hasattr(found["ff_live"], "content")
+    assert await store.files.records(["ff_live"], key_id="k2", now=now) == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
 
@@ -77,6 +78,27 @@ async def test_jobs_idempotency_key_returns_the_original(gateway: Gateway) -> No
     clash = await _submit(gateway, {"prompt": "other"}, **{"Idempotency-Key": "k-1"})
     assert clash.status_code == 409
     assert clash.json()["error"]["type"] == "idempotency_conflict"
+
+
+async def test_jobs_idempotent_replays_never_hold_a_concurrency_slot(
+        gateway_factory: Any) -> None:
+    """With concurrency 1, retries of a submission get its job back (202, even while it
+    runs) and hold no slot: once the job ends, a new job is admitted."""
+    runner = FakeRunner(block=True)
+    gw = await gateway_factory(runner)
+    key = (await gw.app.state.keyring.create("single", KeyPolicy(concurrency=1))).secret
+    retry = {"Idempotency-Key": "retry-1"}
+    job_id = (await _submit(gw, {"prompt": "once"}, key, **retry)).json()["job_id"]
+    replays = [await _submit(gw, {"prompt": "once"}, key, **retry) for _ in range(2)]
+    assert [(r.status_code, r.json()["job_id"]) for r in replays] == [(202, job_id)] * 2
+    runner.released.set()
+    await _poll_until_done(gw, job_id, key)
+    late = await _submit(gw, {"prompt": "once"}, key, **retry)
+    assert (late.status_code, late.json()["status"]) == (202, "completed")
+    async with asyncio.timeout(5):
+        while (fresh := await _submit(gw, {"prompt": "new"}, key)).status_code == 429:
+            await asyncio.sleep(0.02)
+    assert fresh.status_code == 202
 
 
 async def test_jobs_idempotency_keys_are_per_api_key(gateway: Gateway) -> None:

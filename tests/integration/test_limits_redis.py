@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sys
 import textwrap
@@ -13,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from ccgate.limits import Limiter, LimitExceeded
+from ccgate.limits import Admission, Limiter, LimitExceeded, RunEstimate
 from ccgate.store.keys import KeyPolicy
-from tests.conftest import service_missing
+from tests.conftest import REDIS_URL, redis_problem, service_missing
 
-REDIS_URL = os.environ.get("CCGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[2]
 
 MakeNode = Callable[..., Limiter]
@@ -25,7 +23,7 @@ MakeNode = Callable[..., Limiter]
 # Another ccgate node in its own OS process: three admits of k1 (rpd=4), one outcome a line.
 _CHILD = textwrap.dedent("""
     import asyncio
-    from ccgate.limits import Limiter, LimitExceeded
+    from ccgate.limits import Admission, Limiter, LimitExceeded, RunEstimate
     from ccgate.store.keys import KeyPolicy
 
     async def main():
@@ -42,25 +40,10 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-async def _redis_problem(url: str) -> str | None:
-    try:
-        from redis.asyncio import Redis
-    except ImportError:
-        return "redis is not installed (pip install '.[redis]')"
-    client = Redis.from_url(url)
-    try:
-        await asyncio.wait_for(client.ping(), 3)
-    except Exception as exc:
-        return f"Redis not reachable at {url}: {type(exc).__name__}"
-    finally:
-        await client.aclose()
-    return None
-
-
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
     """A key prefix of this test alone; its Redis keys are deleted afterwards."""
-    problem = await _redis_problem(REDIS_URL)
+    problem = await redis_problem(REDIS_URL)
     if problem:
         service_missing(problem)
     from redis.asyncio import Redis
@@ -181,3 +164,65 @@ async def test_redis_limiter_two_processes_share_the_rpd_window(
     node = make_node()
     assert (await node.admit("k1", KeyPolicy(rpd=4))).state.requests_remaining == 0
     assert (await _error(node, KeyPolicy(rpd=4))).error_type == "rpd_exceeded"
+
+
+# 100 input and 300 output tokens on sonnet: 4,800 micro-dollars, 400 tokens.
+SONNET_RUN = RunEstimate("claude-sonnet-4-5", input_tokens=100, max_output_tokens=300)
+
+
+async def _admit_at_once(nodes: list[Limiter], policy: KeyPolicy,
+                         count: int = 8) -> tuple[list[Admission], list[LimitExceeded]]:
+    """``count`` admissions at once, spread over ``nodes``."""
+    outcomes = await asyncio.gather(
+        *(nodes[i % len(nodes)].admit("k1", policy, SONNET_RUN) for i in range(count)),
+        return_exceptions=True)
+    admitted = [o for o in outcomes if isinstance(o, Admission)]
+    refused = [o for o in outcomes if isinstance(o, LimitExceeded)]
+    assert len(admitted) + len(refused) == count, outcomes
+    return admitted, refused
+
+
+@pytest.mark.parametrize(("budget", "fits"), [(0.005, 1), (0.012, 2)])
+async def test_redis_limiter_budget_admits_only_the_concurrent_requests_that_fit(
+        make_node: MakeNode, budget: float, fits: int) -> None:
+    """Eight requests at once over two nodes against a budget worth ``fits`` of them:
+    exactly ``fits`` are admitted; the rest get budget_exceeded."""
+    admitted, refused = await _admit_at_once([make_node(), make_node()],
+                                             KeyPolicy(budget_usd_per_month=budget))
+    assert len(admitted) == fits
+    assert {e.error_type for e in refused} == {"budget_exceeded"}
+
+
+async def test_redis_limiter_tokens_per_day_admits_only_what_fits(make_node: MakeNode) -> None:
+    """Eight requests of 400 tokens at once against 1,000 tokens a day: two are admitted."""
+    admitted, refused = await _admit_at_once([make_node(), make_node()],
+                                             KeyPolicy(tokens_per_day=1000))
+    assert len(admitted) == 2
+    assert {e.error_type for e in refused} == {"tokens_per_day_exceeded"}
+
+
+async def test_redis_limiter_settles_real_spend_and_releases_reservations(
+        make_node: MakeNode) -> None:
+    """On Redis, a failed request frees its reservation, and a finished one's real spend
+    (not its estimate) is what the other node sees."""
+    first, second = make_node(), make_node()
+    policy = KeyPolicy(budget_usd_per_month=0.006)
+    failed = await first.admit("k1", policy, SONNET_RUN)
+    assert (await _error(second, policy)).error_type == "budget_exceeded"
+    await failed.release()
+    finished = await second.admit("k1", policy, SONNET_RUN)
+    await finished.settle(tokens=150, cost_usd=0.0009)
+    assert await first.usage("k1") == {"tokens_today": 150, "cost_usd_this_month": 0.0009,
+                                       "running": 0}
+    assert (await first.admit("k1", policy, SONNET_RUN)).held
+
+
+async def test_redis_limiter_reservations_of_a_crashed_node_expire(
+        make_node: MakeNode) -> None:
+    """A node that dies holding a reservation blocks the budget only until it expires."""
+    crashed, survivor = make_node(concurrency_ttl_secs=1), make_node(concurrency_ttl_secs=1)
+    policy = KeyPolicy(budget_usd_per_month=0.005)
+    await crashed.admit("k1", policy, SONNET_RUN)
+    assert (await _error(survivor, policy)).error_type == "budget_exceeded"
+    await asyncio.sleep(1.6)
+    await survivor.admit("k1", policy, SONNET_RUN)

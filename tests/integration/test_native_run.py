@@ -222,3 +222,25 @@ async def test_run_rejected_request_is_audited(gateway: Gateway) -> None:
     await gateway.app.state.audit.flush()
     [row] = await gateway.app.state.store.audit.recent()
     assert (row["http_status"], row["key_name"]) == (401, None)
+
+
+async def test_run_client_gone_mid_body_is_audited_as_499(gateway: Gateway) -> None:
+    """A client that hangs up while its body is read is audited as 499, never as a 500."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"prompt": "cut sh', "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/run", "raw_path": b"",
+             "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+             "server": ("ccgate.test", 80), "client": ("127.0.0.1", 5000),
+             "headers": [(b"authorization", gateway.auth()["Authorization"].encode()),
+                         (b"content-type", b"application/json")]}
+    await gateway.app(scope, receive, send)
+    await gateway.app.state.audit.flush()
+    [row] = await gateway.app.state.store.audit.recent()
+    assert (row["http_status"], row["key_name"]) == (499, "app")

@@ -12,7 +12,7 @@ import pytest
 from ccgate.store import AuditEntry, Store
 from tests.integration.conftest import Gateway
 
-TOKEN = "admin-token-for-tests"
+TOKEN = "admin-token-for-tests-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -163,13 +163,14 @@ async def test_usage_own_needs_an_app_key(gw: Gateway) -> None:
 async def test_usage_counts_async_jobs_once_they_end(
         gateway_factory: Callable[..., Any]) -> None:
     """A 202 job's tokens and cost reach its audit row, and so the usage report."""
-    gateway = await gateway_factory(CCGATE_ADMIN_TOKEN="admin-token-for-usage-0123")
+    token = "admin-token-for-usage-0123456789abcdef"
+    gateway = await gateway_factory(CCGATE_ADMIN_TOKEN=token)
     submitted = await gateway.client.post("/api/v1/jobs", json={"prompt": "later"},
                                           headers=gateway.auth())
     await gateway.app.state.jobs.wait(submitted.json()["job_id"])
     await gateway.app.state.audit.flush()
     report = (await gateway.client.get(
-        "/admin/usage", headers={"Authorization": "Bearer admin-token-for-usage-0123"})).json()
+        "/admin/usage", headers={"Authorization": f"Bearer {token}"})).json()
     [row] = [r for r in report["data"] if r["key"] == "app"]
     assert (row["input_tokens"], row["output_tokens"]) == (5, 7)
     assert row["cost_usd"] == 0.001

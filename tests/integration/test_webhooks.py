@@ -157,7 +157,8 @@ async def test_webhook_dispatcher_gives_up_past_the_retry_span(
 
 async def test_webhook_dispatcher_blocks_private_callbacks_without_connecting(
         store: Store, dispatchers: Dispatchers) -> None:
-    """A callback to 10.x fails at once as blocked, and no request leaves the process."""
+    """A callback to 10.x fails at once as blocked (saying only "not a public address"), and
+    no request leaves the process."""
     sent: list[httpx.Request] = []
 
     def transport(request: httpx.Request) -> httpx.Response:
@@ -169,9 +170,32 @@ async def test_webhook_dispatcher_blocks_private_callbacks_without_connecting(
         await dispatchers(store, http=http)
         record = await _settled(store, event_id)
     assert record.status == "failed" and record.attempts == 1
-    assert record.last_error is not None and record.last_error.startswith("blocked:")
-    assert "private" in record.last_error
+    assert record.last_error == "blocked: not a public address"
     assert sent == []
+
+
+async def test_webhook_dispatcher_never_says_what_a_blocked_name_resolved_to(
+        store: Store, make_settings: Callable[..., Settings]) -> None:
+    """A callback whose host resolves to a private address fails as "blocked: not a public
+    address": the delivery state never names the address; the server log does."""
+
+    async def intranet_dns(host: str, port: int) -> list[str]:
+        return ["10.9.8.7"]
+
+    event_id = await _ended_job(store, "http://intranet.test/hook")
+    dispatcher = WebhookDispatcher(store, OutboundGuard(resolver=intranet_dns), make_settings(),
+                                   _render, node_id=new_id("node"), base_delay=0.01,
+                                   max_delay=0.05, poll_secs=0.05)
+    with structlog.testing.capture_logs() as logs:
+        await dispatcher.start()
+        try:
+            record = await _settled(store, event_id)
+        finally:
+            await dispatcher.stop()
+    assert record.status == "failed"
+    assert record.last_error == "blocked: not a public address"
+    assert [e["reason"] for e in logs if e["event"] == "webhook_blocked"] == [
+        "10.9.8.7: private address"]
 
 
 async def test_webhook_dispatcher_resumes_pending_deliveries_after_restart(

@@ -974,6 +974,18 @@ class Recorder:
             self.write()
 
 
+def prompt_files(opts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each ``--*system-prompt-file`` holds and its permission bits, as the CLI reads it."""
+    found = {}
+    for flag in ("system-prompt-file", "append-system-prompt-file"):
+        path = opts.get(flag)
+        if isinstance(path, str):
+            with open(path, encoding="utf-8") as file:
+                found[flag] = {"text": file.read(), "mode": os.stat(path).st_mode & 0o777,
+                               "path": path}
+    return found
+
+
 def spawn_child() -> int:
     """Start `sleep 1000` in our process group; returns its pid."""
     import shutil
@@ -1005,6 +1017,7 @@ def main(argv: list[str]) -> int:
         config = load_config(config_path, argv0)
         recorder.path = config.get("record")
         opts, positional = parse_cli(args)
+        recorder.base["prompt_files"] = prompt_files(opts)
         if opts.get("version") or opts.get("help"):
             write_stdout(f"{VERSION} (Claude Code)" if opts.get("version") else USAGE)
             return 0

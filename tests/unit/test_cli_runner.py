@@ -22,7 +22,7 @@ from ccgate.runners.base import (
     collect,
 )
 from ccgate.runners.cli import ClaudeCliRunner, probe_version
-from ccgate.runners.cli_command import QUIET_ENV, CliOptions
+from ccgate.runners.cli_command import LOCKDOWN_ENV, QUIET_ENV, CliOptions
 
 if TYPE_CHECKING:
     from tests.unit.conftest import FakeCli
@@ -93,7 +93,8 @@ async def test_runner_argv_is_locked_down(fake_cli: Callable[..., FakeCli]) -> N
 async def test_runner_child_env_is_only_the_allowlist(
     fake_cli: Callable[..., FakeCli], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The child sees base_env, the quiet switches, retries, API timeout and TMPDIR only."""
+    """The child sees base_env, the quiet and lockdown switches, retries, API timeout and
+    TMPDIR only."""
     monkeypatch.setenv("CCGATE_TEST_LEAK_CANARY", "leaked")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-must-not-leak")
     cli = fake_cli("text")
@@ -103,6 +104,7 @@ async def test_runner_child_env_is_only_the_allowlist(
     assert env == {
         **cli.options.base_env,
         **QUIET_ENV,
+        **LOCKDOWN_ENV,
         "CLAUDE_CODE_MAX_RETRIES": "1",
         "API_TIMEOUT_MS": "300000",
         "TMPDIR": run["cwd"],
@@ -146,7 +148,8 @@ async def test_runner_big_line_result_arrives_whole(fake_cli: Callable[..., Fake
 
 
 async def test_runner_missing_executable_is_cli_unavailable(tmp_path: Path) -> None:
-    """A CLI path that does not exist fails as cli_unavailable with an install hint."""
+    """A CLI path that does not exist fails as cli_unavailable with an install hint, and the
+    message (which key holders see) does not reveal the path."""
     work_dir = tmp_path / "work"
     work_dir.mkdir()
     runner = ClaudeCliRunner(CliOptions(
@@ -159,7 +162,7 @@ async def test_runner_missing_executable_is_cli_unavailable(tmp_path: Path) -> N
         await collect(runner, RunRequest.from_text("hi", "sonnet"))
     await runner.aclose()
     assert caught.value.error_type == "cli_unavailable"
-    assert str(tmp_path / "missing" / "claude") in caught.value.message
+    assert str(tmp_path) not in caught.value.message
     assert "npm install -g @anthropic-ai/claude-code" in caught.value.message
     assert list(work_dir.iterdir()) == []
 
@@ -175,3 +178,40 @@ async def test_runner_probe_version_reads_the_cli_version(
 async def test_runner_probe_version_of_a_missing_cli_is_none(tmp_path: Path) -> None:
     """probe_version returns None when the executable does not exist."""
     assert await probe_version(str(tmp_path / "missing" / "claude")) is None
+
+
+async def test_runner_system_prompts_reach_the_cli_as_private_files(
+    fake_cli: Callable[..., FakeCli],
+) -> None:
+    """Both system prompts arrive as 0600 files in the run's own directory, never in argv."""
+    cli = fake_cli("text")
+    request = RunRequest.from_text("hi", "sonnet", system_prompt="SECRET-SYSTEM\0 é",
+                                   append_system_prompt="SECRET-APPENDED")
+
+    await collect(cli.runner, request)
+
+    [run] = cli.runs()
+    assert not any("SECRET" in part for part in run["argv"])
+    files = run["prompt_files"]
+    assert files["system-prompt-file"]["text"] == "SECRET-SYSTEM\0 é"
+    assert files["append-system-prompt-file"]["text"] == "SECRET-APPENDED"
+    for written in files.values():
+        assert written["mode"] == 0o600
+        assert os.path.dirname(written["path"]) == run["cwd"]
+
+
+async def test_runner_start_failure_of_any_kind_leaves_no_directory(tmp_path: Path) -> None:
+    """A CLI that cannot start for a reason other than OSError (a NUL in its path) fails as
+    cli_unavailable and leaves no run directory behind."""
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    runner = ClaudeCliRunner(CliOptions(
+        executable="/usr/bin/claude\0", base_env={"PATH": os.environ["PATH"]},
+        work_dir=str(work_dir)))
+
+    with pytest.raises(RunError) as caught:
+        await collect(runner, RunRequest.from_text("hi", "sonnet", system_prompt="terse"))
+    await runner.aclose()
+
+    assert caught.value.error_type == "cli_unavailable"
+    assert list(work_dir.iterdir()) == []

@@ -43,6 +43,27 @@ def test_config_rejects_out_of_range_values(key: str, value: str) -> None:
         load_settings({key: value})
 
 
+@pytest.mark.parametrize("value", ["5e-324", "0.5", "-1", "inf", "86401"])
+def test_config_idle_timeout_is_off_or_at_least_one_second(value: str) -> None:
+    """An idle timeout between 0 and 1 second (or past a day) is refused; 0 turns it off."""
+    with pytest.raises(ConfigError, match="CCGATE_IDLE_TIMEOUT_SECS"):
+        load_settings({"CCGATE_IDLE_TIMEOUT_SECS": value})
+    assert load_settings({"CCGATE_IDLE_TIMEOUT_SECS": "0"}).idle_timeout_secs == 0
+    assert load_settings({"CCGATE_IDLE_TIMEOUT_SECS": "1"}).idle_timeout_secs == 1
+
+
+@pytest.mark.parametrize("token", ["x", "admin", "a" * 31], ids=["1", "5", "31"])
+def test_config_admin_token_shorter_than_32_characters_stops_start(token: str) -> None:
+    """A guessable admin token is a configuration error naming CCGATE_ADMIN_TOKEN and the
+    rule, without echoing the token; 32 characters are accepted."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"CCGATE_ADMIN_TOKEN": token})
+    message = str(info.value)
+    assert "CCGATE_ADMIN_TOKEN" in message and "at least 32 characters" in message
+    assert f"'{token}'" not in message
+    assert load_settings({"CCGATE_ADMIN_TOKEN": "b" * 32}).admin_token == "b" * 32
+
+
 def test_config_secret_values_are_not_echoed() -> None:
     """A rejected secret-looking setting is not printed back in the error."""
     error = ConfigError("CCGATE_ADMIN_TOKEN", "hunter2", "a secret")
@@ -75,7 +96,7 @@ def test_config_cli_env_keeps_only_the_allowlist() -> None:
     """App secrets in ccgate's environment never reach the CLI; its auth and PATH do."""
     settings = load_settings({
         "PATH": "/usr/bin", "ANTHROPIC_API_KEY": "sk-x", "AWS_SECRET_ACCESS_KEY": "aws",
-        "DATABASE_PASSWORD": "pw", "CCGATE_ADMIN_TOKEN": "admin",
+        "DATABASE_PASSWORD": "pw", "CCGATE_ADMIN_TOKEN": "admin-token-0123456789abcdefghijklm",
     })
     assert settings.cli_base_env == {"PATH": "/usr/bin", "ANTHROPIC_API_KEY": "sk-x"}
 

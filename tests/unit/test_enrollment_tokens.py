@@ -41,12 +41,18 @@ def test_read_device_token_returns_the_claims_it_was_issued_with() -> None:
                                            now=NOW)
     claims = read_device_token(SECRET, token)
     assert claims is not None
-    assert (claims.device, claims.key_id, claims.device_id, claims.enrollment) == (
-        "dev_1", "key_1", "laptop-42", "desktop")
+    assert (claims.device, claims.key_id, claims.enrollment) == ("dev_1", "key_1", "desktop")
     assert claims.expires_at == expires_at
     assert (claims.expires_at - claims.issued_at).total_seconds() == 600
     raw = jwt.decode(token, options={"verify_signature": False})
     assert raw["iss"] == "ccgate" and raw["policy"]["rpm"] == 5
+
+
+def test_issue_device_token_leaves_the_device_id_out() -> None:
+    """The client-chosen device_id appears nowhere in a token, which travels in headers."""
+    raw = jwt.decode(_token(), options={"verify_signature": False})
+    assert "device_id" not in raw
+    assert DEVICE.device_id not in json.dumps(raw)
 
 
 def test_issue_device_token_gives_every_token_its_own_jti() -> None:

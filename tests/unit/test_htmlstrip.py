@@ -1,12 +1,41 @@
-"""HTML stripping: what is dropped, what is kept verbatim, and malformed input."""
+"""HTML stripping: what is dropped, what is kept verbatim, malformed input, and linear cost on
+pages crafted to be slow."""
 
 from __future__ import annotations
 
+import math
 import random
+import time
+from collections.abc import Callable
 
 import pytest
 
-from ccgate.htmlstrip import strip_html
+from ccgate.htmlstrip import MAX_HTML_CHARS, StripAborted, strip_html
+
+# Pages built to make a rescanning parser slow: (name, page of n units).
+CRAFTED: list[tuple[str, Callable[[int], str]]] = [
+    ("unclosed tags", lambda n: "<a " * n),
+    ("script openers", lambda n: "<script" * n),
+    ("comment openers", lambda n: "<p>x" + "<!--" * n),
+    ("cdata openers", lambda n: "<![CDATA[" * n),
+    ("unclosed end tags", lambda n: "</a" * n),
+    ("unclosed quoted values", lambda n: '<a b="' * n),
+    ("bare values", lambda n: "<a b=" * n),
+    ("attribute soup", lambda n: "<a " + "b='c' d=e f " * n + ">"),
+    ("processing instructions", lambda n: "<?" * n),
+    ("charrefs before a semicolon", lambda n: "&#" * n + "<b>x</b>;"),
+    ("script end tag prefixes", lambda n: "<script>" + "</scrip" * n),
+]
+
+
+def _cpu_secs(page: str) -> float:
+    """The least CPU time of three strips of ``page`` (the least is the least noisy)."""
+    best = math.inf
+    for _ in range(3):
+        started = time.process_time()
+        strip_html(page)
+        best = min(best, time.process_time() - started)
+    return best
 
 
 def test_htmlstrip_drops_scripts_styles_svg_noscript_and_comments() -> None:
@@ -77,3 +106,49 @@ def test_htmlstrip_survives_random_markup_soup() -> None:
     for _ in range(3000):
         page = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 40)))
         assert isinstance(strip_html(page), str)
+
+
+@pytest.mark.parametrize(("name", "build"), CRAFTED, ids=[name for name, _ in CRAFTED])
+def test_htmlstrip_crafted_pages_cost_time_linear_in_their_size(
+        name: str, build: Callable[[int], str]) -> None:
+    """Eight times the crafted page costs about eight times the CPU, never 64 times."""
+    assert _cpu_secs(build(8000)) <= 24 * _cpu_secs(build(1000)) + 0.02
+
+
+@pytest.mark.parametrize(("page", "expected"), [
+    ("<p>a</p><!-- never closed <p>b</p>", "<p>a</p>"),
+    ('<p>a</p><img src="cut off', "<p>a</p>"),
+    ("<p>a</p></p", "<p>a</p>"),
+    ("<p>a</p><![CDATA[ x <p>b</p>", "<p>a</p>"),
+    ("<p>a</p><!-->b<!--->c<!--x--!>d", "<p>a</p>bcd"),
+])
+def test_htmlstrip_unfinished_markup_at_the_end_is_dropped(page: str, expected: str) -> None:
+    """A comment left open runs to the end and a cut-off tag is dropped, as in a browser."""
+    assert strip_html(page) == expected
+
+
+def test_htmlstrip_charrefs_do_not_stop_the_stripping() -> None:
+    """Broken character references before a script do not let the script through."""
+    page = "<p>a &#&# <script>bad()</script><!-- note --> ;</p>"
+    assert strip_html(page) == "<p>a &#&#  ;</p>"
+
+
+def test_htmlstrip_quoted_greater_than_does_not_end_a_tag() -> None:
+    """A ``>`` inside a quoted attribute value belongs to the value, not the tag's end."""
+    tags = """<img alt='a > b' src="x>y"><script type = 'application/ld+json'>{}"""
+    assert strip_html(tags + "</SCRIPT>") == tags + "</script>"
+
+
+def test_htmlstrip_stops_at_its_deadline() -> None:
+    """Past its deadline the stripper raises instead of running on."""
+    with pytest.raises(StripAborted) as raised:
+        strip_html("<p>x</p>" * 10_000, deadline=time.monotonic() - 1)
+    assert raised.value.timed_out
+    assert strip_html("<p>x</p>", deadline=time.monotonic() - 1) == "<p>x</p>"
+
+
+def test_htmlstrip_refuses_pages_over_the_size_limit() -> None:
+    """A page longer than MAX_HTML_CHARS is refused, not parsed."""
+    with pytest.raises(StripAborted) as raised:
+        strip_html("x" * (MAX_HTML_CHARS + 1))
+    assert not raised.value.timed_out

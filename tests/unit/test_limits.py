@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ccgate.config import Settings
-from ccgate.limits import Limiter, LimitExceeded, RateState, rate_headers
+from ccgate.limits import Admission, Limiter, LimitExceeded, RateState, RunEstimate, rate_headers
 from ccgate.limits.headers import openai_duration
 from ccgate.store.keys import KeyPolicy
 
@@ -275,3 +275,96 @@ async def test_limit_exceeded_renders_its_headers_for_the_anthropic_door(
     assert "x-ratelimit-limit-requests" not in error.headers
     with pytest.raises(ValueError, match="door"):
         rate_headers("grpc", error.state)
+
+
+# -- reservations: budgets and token quotas hold under concurrency ---------------------------
+
+# 100 input tokens and 300 output tokens on sonnet: 3 x 100 + 15 x 300 = 4,800 micro-dollars.
+SONNET_RUN = RunEstimate("claude-sonnet-4-5", input_tokens=100, max_output_tokens=300)
+
+
+async def _admit_all(limiter: Limiter, policy: KeyPolicy, estimate: RunEstimate,
+                     count: int = 8) -> tuple[list[Admission], list[LimitExceeded]]:
+    """Admit ``count`` requests at once; the admitted ones and the refusals."""
+    outcomes = await asyncio.gather(*(limiter.admit("k1", policy, estimate)
+                                      for _ in range(count)), return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, LimitExceeded)]
+    admitted = [o for o in outcomes if isinstance(o, Admission)]
+    assert len(admitted) + len(refused) == count
+    return admitted, refused
+
+
+@pytest.mark.parametrize(("budget", "fits"), [(0.005, 1), (0.012, 2), (0.05, 8)])
+async def test_limiter_budget_admits_only_the_concurrent_requests_that_fit(
+        make_limiter: MakeLimiter, budget: float, fits: int) -> None:
+    """Eight requests at once against a budget worth ``fits`` of them: exactly ``fits`` are
+    admitted, the others get budget_exceeded with a short Retry-After."""
+    admitted, refused = await _admit_all(make_limiter(),
+                                         KeyPolicy(budget_usd_per_month=budget), SONNET_RUN)
+    assert len(admitted) == fits
+    assert all(e.error_type == "budget_exceeded" and e.retry_after == 1.0 for e in refused)
+    assert all("held by its running requests" in e.message for e in refused)
+
+
+async def test_limiter_tokens_per_day_admits_only_the_concurrent_requests_that_fit(
+        make_limiter: MakeLimiter) -> None:
+    """Eight requests of 400 tokens at once against 1,000 tokens a day: two are admitted."""
+    admitted, refused = await _admit_all(make_limiter(), KeyPolicy(tokens_per_day=1000),
+                                         SONNET_RUN)
+    assert len(admitted) == 2
+    assert {e.error_type for e in refused} == {"tokens_per_day_exceeded"}
+
+
+async def test_limiter_settles_the_real_spend_and_frees_the_reservation(
+        make_limiter: MakeLimiter) -> None:
+    """Settling counts the run's real tokens and cost, not its estimate, and frees its
+    reservation for the next request."""
+    limiter = make_limiter()
+    policy = KeyPolicy(budget_usd_per_month=0.006, tokens_per_day=10_000)
+    first = await limiter.admit("k1", policy, SONNET_RUN)
+    assert (await _refused(limiter, policy)).error_type == "budget_exceeded"
+    await first.settle(tokens=150, cost_usd=0.0009)
+    assert await limiter.usage("k1") == {"tokens_today": 150, "cost_usd_this_month": 0.0009,
+                                         "running": 0}
+    assert (await limiter.admit("k1", policy, SONNET_RUN)).held
+
+
+async def test_limiter_reservation_is_released_when_the_request_fails(
+        make_limiter: MakeLimiter) -> None:
+    """A request that ends without usage (failed, cancelled) gives its reservation back and
+    spends nothing."""
+    limiter = make_limiter()
+    policy = KeyPolicy(budget_usd_per_month=0.005)
+    failed = await limiter.admit("k1", policy, SONNET_RUN)
+    await _refused(limiter, policy)
+    await failed.release()
+    await failed.release()
+    admitted, _ = await _admit_all(limiter, policy, SONNET_RUN)
+    assert len(admitted) == 1
+    assert (await limiter.usage("k1"))["cost_usd_this_month"] == 0
+
+
+async def test_limiter_reserves_the_keys_average_cost_when_it_is_more(
+        make_limiter: MakeLimiter) -> None:
+    """Runs that cost more than their estimate (a CLI run's own prompt) raise the
+    reservation of the key's next requests to its average per run."""
+    limiter = make_limiter()
+    policy = KeyPolicy(budget_usd_per_month=1.0)
+    for _ in range(2):
+        run = await limiter.admit("k1", policy, SONNET_RUN)
+        await run.settle(tokens=20_000, cost_usd=0.3)
+    admitted, refused = await _admit_all(limiter, policy, SONNET_RUN)
+    assert len(admitted) == 1 and refused[0].error_type == "budget_exceeded"
+    assert "may cost $0.3" in refused[0].message
+
+
+async def test_limiter_request_that_spends_nothing_ignores_quotas(
+        make_limiter: MakeLimiter) -> None:
+    """A request admitted with spends=False (count_tokens) is neither refused nor reserved by
+    a spent budget, but still counts against rpm."""
+    limiter = make_limiter()
+    policy = KeyPolicy(budget_usd_per_month=0.001, rpm=2)
+    await limiter.record_usage("k1", policy, tokens=10, cost_usd=0.002)
+    assert (await _refused(limiter, policy)).error_type == "budget_exceeded"
+    free = await limiter.admit("k1", policy, spends=False)
+    assert free.held == () and free.state.requests_remaining == 1

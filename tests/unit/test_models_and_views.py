@@ -1,10 +1,9 @@
-"""The model allowlist and the native job view's JSON answer parsing."""
+"""The model allowlist: defaults, wildcards and names that could read as flags."""
 
 from __future__ import annotations
 
 import pytest
 
-from ccgate.api.views import parse_json_answer
 from ccgate.models import ModelNotAllowed, ModelPolicy
 
 
@@ -22,22 +21,3 @@ def test_model_policy_refuses_names_that_could_read_as_flags(name: str) -> None:
     """A model name can never start with '-' or hold spaces, even under a ``*`` allowlist."""
     with pytest.raises(ModelNotAllowed):
         ModelPolicy(("*",), "sonnet").resolve(name)
-
-
-@pytest.mark.parametrize(("text", "value"), [
-    ('{"a": 1}', {"a": 1}),
-    ('```json\n["red", "green"]\n```', ["red", "green"]),
-    ('```\n{"a": [1]}\n```', {"a": [1]}),
-    ('Here you go: {"colors": ["red"]} Enjoy!', {"colors": ["red"]}),
-    ("  42 ", 42),
-])
-def test_json_answer_parses_fenced_and_wrapped_values(text: str, value: object) -> None:
-    """Fences and prose around a single JSON value do not stop it being parsed."""
-    assert parse_json_answer(text) == (value, None)
-
-
-def test_json_answer_keeps_text_and_explains_when_unparseable() -> None:
-    """An answer that holds no JSON comes back as text with a parse error note."""
-    value, error = parse_json_answer("red, green and blue")
-    assert value == "red, green and blue"
-    assert error is not None and "not valid JSON" in error

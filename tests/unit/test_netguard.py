@@ -36,8 +36,18 @@ def _guard(allow: tuple[str, ...] = (), names: dict[str, list[str]] | None = Non
                                   "nat64.test", "mixed.test", "localhost6.test"])
 async def test_netguard_resolve_rejects_names_with_any_blocked_address(name: str) -> None:
     """A name is refused when any one of its addresses is not public."""
-    with pytest.raises(BlockedDestination, match="not reachable"):
+    with pytest.raises(BlockedDestination, match="not a public address"):
         await _guard().resolve(f"https://{name}/hook")
+
+
+async def test_netguard_blocked_name_reason_never_names_its_address() -> None:
+    """The reason callers see says only "not a public address", never what the name resolved
+    to or which range that is; the detail for the server log keeps both."""
+    with pytest.raises(BlockedDestination) as caught:
+        await _guard().resolve("https://private.test/hook")
+    assert caught.value.reason == "not a public address"
+    assert "10.0.0.1" not in str(caught.value) and "private" not in str(caught.value)
+    assert caught.value.detail == "10.0.0.1: private address"
 
 
 @pytest.mark.parametrize("address", [

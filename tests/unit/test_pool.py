@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from ccgate.config import load_settings
 from ccgate.runners.base import RunRequest
 from ccgate.runners.cli import ClaudeCliRunner, cli_runner
-from ccgate.runners.cli_command import CliOptions, build_argv
+from ccgate.runners.cli_command import CliOptions, PromptFiles, build_argv
 from ccgate.runners.pool import PoolConfig, WarmPool
 from ccgate.runners.pooled_cli import PooledCliRunner
 
@@ -50,12 +53,25 @@ def test_pool_reuse_sends_slash_text_cold(text: str) -> None:
 def test_pool_argv_keeps_the_cold_lockdown() -> None:
     """Fresh processes run the cold argv; reuse drops only the slash-command switch."""
     request = RunRequest.from_text("hi", "haiku", owner="a", system_prompt="terse")
-    cold = build_argv(_pool("fresh").options, request)
+    files = PromptFiles(system="/pool/1/system-prompt.txt")
+    cold = build_argv(_pool("fresh").options, request, prompt_files=files)
     fresh = _pool("fresh")
     reuse = _pool("reuse")
-    assert fresh.argv(fresh.key_for(request)) == cold  # type: ignore[arg-type]
-    assert reuse.argv(reuse.key_for(request)) == [  # type: ignore[arg-type]
+    assert fresh.argv(fresh.key_for(request), files) == cold  # type: ignore[arg-type]
+    assert reuse.argv(reuse.key_for(request), files) == [  # type: ignore[arg-type]
         a for a in cold if a != "--disable-slash-commands"]
+
+
+def test_pool_key_holds_a_hash_of_the_system_prompts_not_their_text() -> None:
+    """A pool key carries the SHA-256 of both system prompts and none of their text."""
+    request = RunRequest.from_text("hi", "haiku", owner="a", system_prompt="SECRET-" * 1000,
+                                   append_system_prompt="APPENDED")
+    key = _pool("fresh").key_for(request)
+    assert key is not None
+
+    assert "SECRET" not in repr(key) and "APPENDED" not in repr(key)
+    assert key.prompts_sha256 == hashlib.sha256(
+        json.dumps(["SECRET-" * 1000, "APPENDED"]).encode()).hexdigest()
 
 
 async def test_cli_runner_is_pooled_unless_pool_mode_is_off() -> None:

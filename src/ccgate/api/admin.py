@@ -142,12 +142,15 @@ async def update_key(request: Request, name: str) -> dict[str, Any]:
 
 @router.delete("/keys/{name}", summary="Revoke a key")
 async def revoke_key(request: Request, name: str) -> dict[str, Any]:
-    """Revoke a key: its very next request gets 401."""
+    """Revoke a key: its very next request gets 401, its queued and running jobs are
+    cancelled and its pending webhooks dropped."""
     keyring: Keyring = request.app.state.keyring
     if not NAME_PATTERN.fullmatch(name) or not await keyring.revoke(name):
         raise ApiError("not_found", f"no active key named {name!r}")
-    log.info("admin_key_revoked", key=name)
-    return key_view(await _find(request, name))
+    record = await _find(request, name)
+    cancelled = await request.app.state.jobs.end_work_of([record.id])
+    log.info("admin_key_revoked", key=name, jobs_cancelled=cancelled)
+    return key_view(record)
 
 
 def _key_filter(key: str | None) -> str | None:
@@ -182,7 +185,7 @@ async def audit(
     http_status: int | None = None
     job_status: str | None = None
     if status is not None:
-        if status.isdigit() and len(status) == 3:
+        if status.isascii() and status.isdigit() and len(status) == 3:
             http_status = int(status)
         elif status in {s.value for s in JobStatus}:
             job_status = status

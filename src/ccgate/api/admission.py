@@ -1,15 +1,16 @@
 """The one gate every door passes after validating a request: model rules, then limits.
 
-A door validates the body first (a bad request spends no quota), then calls ``admit``; it
-gets the model to run and a ``Ticket`` that frees the key's concurrency slot and records the
-run's tokens and cost when the work is done, whichever way it ends.
+A door validates the body first (a bad request spends no quota), then calls ``admit`` with an
+estimate of what the request may spend; it gets the model to run and a ``Ticket`` that frees
+the key's concurrency slot, drops the request's reservation and records the run's real tokens
+and cost when the work is done, whichever way it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from fastapi import Request
@@ -18,6 +19,9 @@ from ccgate.api.middleware import audit_facts
 from ccgate.errors import ApiError
 from ccgate.models import ModelForbidden, ModelNotAllowed, ModelPolicy
 from ccgate.store import JobRecord, KeyRecord
+
+if TYPE_CHECKING:
+    from ccgate.limits import Admission, RunEstimate
 
 log = structlog.get_logger("ccgate.admission")
 
@@ -38,34 +42,32 @@ class Ticket:
     """A request admitted under its key's limits; ``finish`` once, when its work ends."""
 
     key: KeyRecord
-    admission: Any = None
-    limiter: Any = None
+    admission: Admission | None = None
     headers: dict[str, str] = field(default_factory=dict)
     finished: bool = False
 
     async def finish(self, usage: dict[str, Any] | None = None,
                      cost_usd: float | None = None) -> None:
-        """Free the concurrency slot and count the run's tokens and cost (idempotent)."""
+        """Free the concurrency slot, drop the reservation and count the run's real tokens
+        (input + output) and cost (idempotent)."""
         if self.finished:
             return
         self.finished = True
-        if self.admission is not None:
-            await self.admission.release()
-        if self.limiter is not None and (usage or cost_usd):
-            tokens = sum(int(usage.get(k) or 0) for k in ("input_tokens", "output_tokens")) \
-                if usage else 0
-            try:
-                await self.limiter.record_usage(self.key.id, self.key.policy, tokens=tokens,
-                                                cost_usd=cost_usd)
-            except Exception:
-                log.exception("usage_not_recorded", key=self.key.name)
+        if self.admission is None:
+            return
+        tokens = sum(int(usage.get(k) or 0) for k in ("input_tokens", "output_tokens")) \
+            if usage else 0
+        await self.admission.settle(tokens=tokens, cost_usd=cost_usd)
 
 
-async def admit(request: Request, key: KeyRecord, door: str) -> Ticket:
-    """Spend one request of the key's limits; raise 429 with Retry-After when one is spent.
+async def admit(request: Request, key: KeyRecord, door: str,
+                estimate: RunEstimate | None = None, *, spends: bool = True) -> Ticket:
+    """Spend one request of the key's limits and reserve ``estimate`` of its token and budget
+    quotas; raise 429 with Retry-After when a limit is spent or cannot cover the estimate.
 
-    The rate-limit headers of the door's convention go on the eventual response (and on the
-    429 itself).
+    ``spends=False`` marks a request that costs no tokens or money (count_tokens): it counts
+    against the request limits and concurrency only. The rate-limit headers of the door's
+    convention go on the eventual response (and on the 429 itself).
     """
     limiter = getattr(request.app.state, "limiter", None)
     if limiter is None:
@@ -73,7 +75,7 @@ async def admit(request: Request, key: KeyRecord, door: str) -> Ticket:
     from ccgate.limits import LimitExceeded, rate_headers
 
     try:
-        admission = await limiter.admit(key.id, key.policy)
+        admission = await limiter.admit(key.id, key.policy, estimate, spends=spends)
     except LimitExceeded as exc:
         audit_facts(request)["error_type"] = exc.error_type
         raise exc.use_door(door) from None
@@ -81,7 +83,7 @@ async def admit(request: Request, key: KeyRecord, door: str) -> Ticket:
         log.warning("limits_unavailable", error=type(exc).__name__)
         raise ApiError("limits_unavailable", "the rate-limit store cannot be reached; retry "
                        "later", retry_after=5) from None
-    ticket = Ticket(key, admission, limiter, rate_headers(door, admission.state))
+    ticket = Ticket(key, admission, rate_headers(door, admission.state))
     request.scope["ccgate.rate_headers"] = ticket.headers
     return ticket
 
@@ -94,14 +96,21 @@ class JobTickets:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def hold(self, job_id: str, ticket: Ticket) -> None:
-        """Keep ``ticket`` until job ``job_id`` ends."""
+        """Keep ``ticket`` until job ``job_id`` ends. A job holds one ticket: a second one
+        (the same submission admitted twice) is finished at once rather than leaked."""
+        if job_id in self._by_job:
+            self._finish_later(ticket, None, None)
+            return
         self._by_job[job_id] = ticket
 
     def job_finished(self, job: JobRecord) -> None:
         """JobService.on_finished hook: finish the job's ticket with its usage."""
         ticket = self._by_job.pop(job.id, None)
-        if ticket is None:
-            return
-        task = asyncio.create_task(ticket.finish(job.usage, job.cost_usd))
+        if ticket is not None:
+            self._finish_later(ticket, job.usage, job.cost_usd)
+
+    def _finish_later(self, ticket: Ticket, usage: dict[str, Any] | None,
+                      cost_usd: float | None) -> None:
+        task = asyncio.create_task(ticket.finish(usage, cost_usd))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -26,6 +26,7 @@ from ccgate.api.middleware import audit_facts
 from ccgate.api.native import read_json_object
 from ccgate.api.streaming import ClosingStreamingResponse
 from ccgate.errors import ApiError
+from ccgate.limits.estimate import RunEstimate, conversation_size, estimate_run
 from ccgate.pricing import cost_usd
 from ccgate.runners.base import RunError, RunRequest, RunResult, TextDelta
 from ccgate.store import KeyRecord
@@ -155,9 +156,8 @@ async def _read_call(request: Request) -> MessagesCall:
     return parse_messages_call(body, tools_allowed=api)
 
 
-def _check_size(request: Request, call: MessagesCall) -> None:
+def _check_size(request: Request, size: int) -> None:
     limit = request.app.state.settings.max_prompt_bytes
-    size = conversation_bytes(call.system, call.history, call.content)
     if size > limit:
         raise ApiError("request_too_large", f"the conversation is {size} bytes of text; the "
                        f"limit is {limit} (CCGATE_MAX_PROMPT_BYTES)")
@@ -168,21 +168,30 @@ async def create_message(request: Request, key: CallerKey) -> Response:
     """Answer like ``POST /v1/messages`` of the Anthropic API, streaming or not."""
     call = await _read_call(request)
     model = resolve_model(request, key, call.model)
-    _check_size(request, call)
-    facts = audit_facts(request)
-    facts.update(model=model, prompt_bytes=conversation_bytes(call.system, call.history,
-                                                              call.content))
-    if request.app.state.settings.audit_prompts:
-        facts["prompt_text"] = json.dumps(call.raw.get("messages"), ensure_ascii=False)
-    ticket = await admit(request, key, "anthropic")
-    if request.app.state.settings.backend == "api":
-        return await _pass_through(request, call, model, ticket)
     settings = request.app.state.settings
-    turn = Turn(request, key, "anthropic", RunRequest(
+    passed_through = settings.backend == "api"
+    # The pass-through sends the body as written: its text (system, turns, tool definitions,
+    # calls and results) is what counts against the limit and the estimate.
+    measured = conversation_size(call.raw.get("system"), call.raw.get("messages"),
+                                 call.raw.get("tools")) if passed_through else None
+    size = measured.text_bytes if measured is not None \
+        else conversation_bytes(call.system, call.history, call.content)
+    _check_size(request, size)
+    facts = audit_facts(request)
+    facts.update(model=model, prompt_bytes=size)
+    if settings.audit_prompts:
+        facts["prompt_text"] = json.dumps(call.raw.get("messages"), ensure_ascii=False)
+    if measured is not None:
+        ticket = await admit(request, key, "anthropic",
+                             RunEstimate(model, measured.tokens, call.max_tokens))
+        return await _pass_through(request, call, model, ticket)
+    run_request = RunRequest(
         content=call.content, model=model, history=call.history, system_prompt=call.system,
         timeout_secs=settings.job_timeout_secs, idle_timeout_secs=settings.idle_timeout_secs,
         max_tokens=call.max_tokens, stop_sequences=call.stop_sequences,
-        temperature=call.temperature, top_p=call.top_p, owner=key.id), ticket)
+        temperature=call.temperature, top_p=call.top_p, owner=key.id)
+    ticket = await admit(request, key, "anthropic", estimate_run(run_request))
+    turn = Turn(request, key, "anthropic", run_request, ticket)
     await turn.start()
     if call.stream:
         return await _stream_turn(turn, model)
@@ -315,22 +324,31 @@ async def _pass_through(request: Request, call: MessagesCall, model: str,
 
 @router.post("/messages/count_tokens", summary="Count the tokens of a Messages request")
 async def count_tokens(request: Request, key: CallerKey) -> Response:
-    """Forwarded upstream on the API backend; an estimate on the CLI backend."""
+    """Forwarded upstream on the API backend; an estimate on the CLI backend.
+
+    Admitted like a message (the key's models, request limits and concurrency) but it spends
+    no tokens or budget.
+    """
     body = await read_json_object(request)
     requested = body.get("model")
     if not isinstance(requested, str) or not requested:
         raise bad("model: field required", "model")
     model = resolve_model(request, key, requested)
     if request.app.state.settings.backend == "api":
+        ticket = await admit(request, key, "anthropic", spends=False)
         try:
             answer = await request.app.state.runner.count_tokens({**body, "model": model},
                                                                  request.headers)
         except RunError as exc:
             raise api_error_of(exc) from None
+        finally:
+            await ticket.finish()
         return JSONResponse(answer)
     turns = _messages(body.get("messages"))
-    return JSONResponse({"input_tokens": estimate_tokens(_system_text(body.get("system")),
-                                                         turns)})
+    system = _system_text(body.get("system"))
+    ticket = await admit(request, key, "anthropic", spends=False)
+    await ticket.finish()  # the estimate is computed right here: nothing keeps running
+    return JSONResponse({"input_tokens": estimate_tokens(system, turns)})
 
 
 def estimate_tokens(system: str | None, turns: list[dict[str, Any]]) -> int:

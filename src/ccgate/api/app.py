@@ -36,6 +36,7 @@ from ccgate.security.enrollment import EnrollmentService
 from ccgate.security.keyring import Keyring
 from ccgate.security.netguard import BlockedDestination, OutboundGuard
 from ccgate.security.netrules import ClientAddressRules
+from ccgate.security.signin_throttle import SignInThrottle
 from ccgate.sessions import SessionBook
 from ccgate.store import Store
 from ccgate.webhooks import WebhookDispatcher, delivery_view
@@ -122,6 +123,7 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
     app = FastAPI(title="ccgate", version=__version__, lifespan=lifespan,
                   description="A self-hosted gateway for the Claude Code CLI.")
     app.state.settings = settings
+    app.state.admin_signins = SignInThrottle()
     app.state.requires_cli = runner is None and settings.backend == "cli"
     app.state.models = model_policy(settings.allowed_models, settings.default_model,
                                     settings.model_aliases, settings.backend)

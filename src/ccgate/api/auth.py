@@ -9,6 +9,7 @@ from fastapi import Request
 from ccgate.errors import ApiError
 from ccgate.security.enrollment import looks_like_device_token
 from ccgate.security.netrules import key_allows
+from ccgate.security.signin_throttle import SignInThrottle
 from ccgate.store import KeyRecord
 
 
@@ -46,12 +47,35 @@ async def require_key(request: Request) -> KeyRecord:
 
 
 async def require_admin(request: Request) -> None:
-    """FastAPI dependency: the admin token, compared in constant time, or 401/404."""
+    """FastAPI dependency: the admin token, compared in constant time, or 401/404 (429 while
+    the client's address is locked out after repeated wrong tokens)."""
     token: str | None = request.app.state.settings.admin_token
     if token is None:
         raise ApiError("admin_disabled", "the admin API is off: set CCGATE_ADMIN_TOKEN to turn "
                        "it on")
-    presented = presented_secret(request)
-    if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
+    if not admin_signed_in(request, token):
         raise ApiError("authentication_error", "missing or wrong admin token")
+
+
+def admin_signed_in(request: Request, token: str) -> bool:
+    """True when the request carries the admin token ``token``.
+
+    Each wrong token counts against the client's address; while that address is locked out
+    (``SignInThrottle``) this raises 429 ``signin_throttled`` without reading the token, so a
+    right guess is never confirmed during a lock-out.
+    """
+    presented = presented_secret(request)
+    if presented is None:
+        return False
+    throttle: SignInThrottle = request.app.state.admin_signins
+    address = request.scope.get("ccgate.client_address")
+    wait = throttle.retry_after(address)
+    if wait is not None:
+        raise ApiError("signin_throttled", "too many wrong admin tokens from this address; "
+                       "wait before trying again", retry_after=wait)
+    if not hmac.compare_digest(presented.encode(), token.encode()):
+        throttle.failed(address)
+        return False
+    throttle.succeeded(address)
     request.scope["ccgate.key_name"] = "admin"
+    return True

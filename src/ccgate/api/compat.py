@@ -29,7 +29,7 @@ from ccgate.api.native import (
     submit_job,
     wait_for_caller,
 )
-from ccgate.api.views import parse_json_answer
+from ccgate.api.views import job_answer
 from ccgate.errors import ApiError
 from ccgate.jobs import Submission, request_to_json
 from ccgate.store import JobRecord, JobStatus, KeyRecord
@@ -77,15 +77,17 @@ def _native_body(fields: dict[str, Any]) -> RunBody:
         raise ApiError("invalid_request", f"{field}: {first['msg']}", param=field) from None
 
 
-async def _run_to_end(request: Request, key: KeyRecord, body: RunBody) -> JobRecord:
-    """Run ``body`` like ``POST /api/v1/run`` does and return the completed job."""
+async def _run_to_end(request: Request, key: KeyRecord, body: RunBody, *,
+                      read_as_json: bool = False) -> JobRecord:
+    """Run ``body`` like ``POST /api/v1/run`` does and return the completed job; with
+    ``read_as_json`` its answer is read as JSON when it ends, whatever the format asked."""
     prepared = await prepare_native_run(request, key, body)
     finished: JobRecord | None = None
     try:
         job = await submit_job(request, Submission(
             key_id=key.id, door="compat",
             request={**request_to_json(prepared.run_request),
-                     "response_format": body.response_format},
+                     "response_format": body.response_format, "read_as_json": read_as_json},
             session_id=prepared.session_id))
         finished = await wait_for_caller(request, job.id)
     finally:
@@ -126,10 +128,9 @@ async def compat_run(request: Request) -> Response:
         body = _native_body({"prompt": compat.prompt, "model": compat.model,
                              "system_prompt": compat.system, "files": compat.files,
                              "timeout_secs": compat.timeout_secs})
-        job = await _run_to_end(request, key, body)
-        text = job.result or ""
-        value, problem = parse_json_answer(text)
-        return {"result": text if problem else value, "duration_ms": job.duration_ms,
+        job = await _run_to_end(request, key, body, read_as_json=True)
+        value, _ = job_answer(job)  # the text itself when it holds no JSON
+        return {"result": value, "duration_ms": job.duration_ms,
                 "stop_reason": job.stop_reason}
 
     return await _answer(request, produce)
@@ -151,7 +152,7 @@ async def compat_complete(request: Request) -> Response:
         text = job.result or ""
         if compat.output_format == "text":
             return {"model": job.model, "duration_ms": job.duration_ms, "text": text}
-        value, problem = parse_json_answer(text)
+        value, problem = job_answer(job)
         answer: dict[str, Any] = {"result": value, "usage": job.usage or {}}
         if problem is not None:
             answer["result_parse_error"] = problem

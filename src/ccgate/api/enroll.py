@@ -23,8 +23,10 @@ from ccgate.api.native import parse_body
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
 from ccgate.security.enrollment import (
+    AddressRefused,
     DeviceKeyConflict,
     DeviceRevoked,
+    DeviceSecretRefused,
     DeviceToken,
     EnrollmentFull,
     EnrollmentNameError,
@@ -46,6 +48,9 @@ _POLICY_FIELDS = tuple(f for f in POLICY_FIELDS if f != "expires_at")
 _MAX_CODE_CHARS = 200
 _BAD_CODE = "invalid, expired or revoked enrollment code"
 _BAD_TOKEN = "invalid, expired or revoked device token"  # noqa: S105 (a message)
+_KNOWN_DEVICE = ("this device_id is already enrolled: send the device_secret its first "
+                 "bootstrap returned")
+_BAD_ADDRESS = "this enrollment may not be used from this address (its ip_cidrs)"
 
 
 class EnrollmentBody(BaseModel):
@@ -86,9 +91,13 @@ class EnrollmentBody(BaseModel):
         """When the code stops enrolling devices (naive times are UTC); None: never."""
         if self.ttl_secs is not None:
             return now + timedelta(seconds=self.ttl_secs)
-        if self.expires_at is not None and self.expires_at.tzinfo is None:
-            return self.expires_at.replace(tzinfo=UTC)
-        return self.expires_at
+        if self.expires_at is None or self.expires_at.tzinfo is None:
+            return None if self.expires_at is None else self.expires_at.replace(tzinfo=UTC)
+        try:
+            return self.expires_at.astimezone(UTC)
+        except OverflowError:
+            raise ApiError("invalid_request", "expires_at: must fall between the years 1 and "
+                           "9999 in UTC", param="expires_at") from None
 
 
 class BootstrapBody(BaseModel):
@@ -98,6 +107,9 @@ class BootstrapBody(BaseModel):
 
     device_id: str = Field(min_length=1, max_length=200)
     enrollment_code: str | None = None
+    device_secret: str | None = Field(None, max_length=200, description="The secret the "
+                                      "device's first bootstrap returned; needed to bootstrap "
+                                      "again as that device.")
 
     @field_validator("device_id")
     @classmethod
@@ -140,8 +152,14 @@ def _device_view(device: DeviceRecord) -> dict[str, Any]:
 
 def _token_view(request: Request, issued: DeviceToken) -> dict[str, Any]:
     request.scope["ccgate.key_name"] = issued.device.key_name
-    return {"token": issued.token, "token_type": "Bearer", "expires_in": issued.ttl_secs,
+    view = {"token": issued.token, "token_type": "Bearer", "expires_in": issued.ttl_secs,
             "expires_at": _iso(issued.expires_at), "device": _device_view(issued.device)}
+    # Secrets just minted are shown this once; the store keeps only what it must.
+    if issued.device_secret is not None:
+        view["device_secret"] = issued.device_secret
+    if issued.webhook_secret is not None:
+        view["webhook_secret"] = issued.webhook_secret
+    return view
 
 
 @admin.post("/enrollments", status_code=201, summary="Create an enrollment code",
@@ -176,9 +194,12 @@ async def list_enrollments(request: Request) -> dict[str, Any]:
 @admin.delete("/enrollments/{name}", status_code=204,
               summary="Revoke an enrollment and every device enrolled with it")
 async def revoke_enrollment(request: Request, name: str) -> Response:
-    """Close the code and revoke its devices; their tokens fail from the next request."""
+    """Close the code and revoke its devices; their tokens fail from the next request, their
+    queued and running jobs are cancelled and their pending webhooks dropped."""
     if not await _service(request).revoke(name):
         raise ApiError("not_found", f"no active enrollment named {name!r}")
+    devices = await request.app.state.store.enrollments.devices(name)
+    await request.app.state.jobs.end_work_of([d.key_id for d in devices])
     return Response(status_code=204)
 
 
@@ -192,9 +213,13 @@ async def list_devices(request: Request,
 @admin.delete("/devices/{device_id}", status_code=204,
               summary="Revoke one device and its key")
 async def revoke_device(request: Request, device_id: str) -> Response:
-    """Revoke a device by its id (``dev_…``); its tokens fail from the next request."""
+    """Revoke a device by its id (``dev_…``); its tokens fail from the next request, its
+    queued and running jobs are cancelled and its pending webhooks dropped."""
     if not await _service(request).revoke_device(device_id):
         raise ApiError("not_found", f"no active device {device_id!r}")
+    device = await request.app.state.store.enrollments.device(device_id)
+    if device is not None:
+        await request.app.state.jobs.end_work_of([device.key_id])
     return Response(status_code=204)
 
 
@@ -209,9 +234,15 @@ async def bootstrap(request: Request) -> dict[str, Any]:
     if not code or len(code) > _MAX_CODE_CHARS:
         raise ApiError("authentication_error", _BAD_CODE, param="enrollment_code")
     try:
-        issued = await service.bootstrap(code, body.device_id)
+        issued = await service.bootstrap(code, body.device_id, device_secret=body.device_secret,
+                                         address=request.scope.get("ccgate.client_address"))
     except InvalidEnrollmentCode:
         raise ApiError("authentication_error", _BAD_CODE, param="enrollment_code") from None
+    except AddressRefused:
+        raise ApiError("forbidden", _BAD_ADDRESS) from None
+    except DeviceSecretRefused:
+        raise ApiError("authentication_error", _KNOWN_DEVICE,
+                       param="device_secret") from None
     except DeviceRevoked:
         raise ApiError("authentication_error", "this device has been revoked",
                        param="device_id") from None
@@ -228,7 +259,12 @@ async def refresh(request: Request) -> dict[str, Any]:
     """A new token with a later expiry; expired, revoked or forged tokens get 401."""
     service = _service(request)
     token = presented_secret(request)
-    issued = await service.refresh(token) if token else None
+    try:
+        issued = await service.refresh(
+            token, address=request.scope.get("ccgate.client_address")) if token else None
+    except AddressRefused:
+        raise ApiError("forbidden", "this device may not be used from this address (its "
+                       "ip_cidrs)") from None
     if issued is None:
         raise ApiError("authentication_error", _BAD_TOKEN)
     return _token_view(request, issued)

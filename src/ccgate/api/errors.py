@@ -15,13 +15,29 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from ccgate.errors import ApiError
 
 log = structlog.get_logger("ccgate.http")
 
+# The status logged and audited for a request whose client went away before its answer.
+CLIENT_CLOSED_REQUEST = 499
 _HTTP_STATUS_TYPES = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
                       413: "request_too_large"}
+
+
+# What a client is told when the CLI is missing: the real problem names the CLI's path, which
+# only the server log, the admin's /readyz and `ccgate doctor` show.
+CLI_UNAVAILABLE_MESSAGE = ("the claude CLI is not available on this server: install it (npm "
+                           "install -g @anthropic-ai/claude-code) or set CCGATE_CLAUDE_PATH; "
+                           "'ccgate doctor' on the server says what is wrong")
+
+
+def client_message(error: ApiError) -> str:
+    """The message a client sees for ``error``: server paths never leave the server."""
+    return CLI_UNAVAILABLE_MESSAGE if error.error_type == "cli_unavailable" else error.message
 
 
 def request_id_of(request: Request) -> str:
@@ -54,16 +70,17 @@ def door_of_request(path: str, headers: Mapping[str, str]) -> str:
 
 def error_body(door: str, request_id: str, error: ApiError) -> dict[str, object]:
     """The JSON body of ``error`` in ``door``'s shape."""
+    message = client_message(error)
     if door == "anthropic":
         return {"type": "error", "error": {
-            "type": _ANTHROPIC_TYPES.get(error.status, "api_error"), "message": error.message},
+            "type": _ANTHROPIC_TYPES.get(error.status, "api_error"), "message": message},
             "request_id": request_id}
     if door == "openai":
         return {"error": {
-            "message": error.message,
+            "message": message,
             "type": _OPENAI_TYPES.get(error.status, "invalid_request_error"),
             "param": error.param, "code": error.error_type}}
-    body: dict[str, object] = {"type": error.error_type, "message": error.message,
+    body: dict[str, object] = {"type": error.error_type, "message": message,
                                "request_id": request_id}
     if error.param is not None:
         body["param"] = error.param
@@ -92,6 +109,8 @@ def _respond(request: Request, error: ApiError) -> JSONResponse:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    if exc.error_type == "cli_unavailable":
+        log.warning("cli_unavailable", request_id=request_id_of(request), problem=exc.message)
     return _respond(request, exc)
 
 
@@ -114,6 +133,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return _respond(request, ApiError("invalid_request", message, param=field))
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> Response:
+    # The client hung up while its body was read: no one reads this answer, but the access
+    # log and the audit row say 499 (client closed request), as for a run it walks away from.
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled_error", request_id=request_id_of(request), path=request.url.path)
     return _respond(request, ApiError(
@@ -125,4 +150,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unhandled)

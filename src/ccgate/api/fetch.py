@@ -20,6 +20,7 @@ from ccgate.fetcher import (
     Fetcher,
     HopBlocked,
     Page,
+    PageNotStripped,
     UpstreamFailed,
     render_page,
 )
@@ -82,13 +83,20 @@ async def fetch_page(request: Request, key: CallerKey) -> dict[str, Any]:
         page = await fetcher.fetch(body.url, body.max_bytes)
     except HopBlocked as exc:
         facts["error_type"] = "destination_blocked"
-        log.warning("fetch_blocked", request_id=request_id_of(request), host=host, hop=exc.hop)
+        log.warning("fetch_blocked", request_id=request_id_of(request), host=host, hop=exc.hop,
+                    detail=exc.detail)
         raise ApiError("destination_blocked", str(exc), param="url") from None
     except UpstreamFailed as exc:
         facts["error_type"] = "upstream_error"
         log.info("fetch_failed", request_id=request_id_of(request), host=host, reason=str(exc))
         raise ApiError("upstream_error", str(exc)) from None
-    html = render_page(page, strip=body.strip)
+    try:
+        html = await render_page(page, strip=body.strip)
+    except PageNotStripped as exc:
+        facts["error_type"] = "upstream_error"
+        log.info("fetch_not_stripped", request_id=request_id_of(request), host=host,
+                 body_bytes=page.body_bytes)
+        raise ApiError("upstream_error", str(exc)) from None
     facts["response_bytes"] = len(html.encode("utf-8"))
     log.info("fetch", request_id=request_id_of(request), host=host, status=page.status,
              redirects=page.redirects, body_bytes=page.body_bytes, truncated=page.truncated)

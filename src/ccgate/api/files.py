@@ -7,11 +7,13 @@ files inline, images as image blocks, PDFs as document blocks.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import math
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Annotated, Any
@@ -39,6 +41,7 @@ TTL_MAX_SECS = 86400
 
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 _PDF = "application/pdf"
+_BINARY_TYPES = frozenset({*_IMAGE_TYPES, _PDF})
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
           (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"), (b"%PDF-", _PDF))
 TEXT_EXTENSIONS = {
@@ -65,6 +68,9 @@ SUPPORTED_TYPES = ("text files (UTF-8, sent as text/* or named .txt, .md, .csv, 
                    ".html, .py and other source extensions), image/png, image/jpeg, "
                    "image/gif, image/webp, application/pdf")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
+# A declared type is kept only as a plain type/subtype that fits the files.media_type column.
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
+MAX_MEDIA_TYPE_CHARS = 100
 
 
 def sniff_media_type(data: bytes, filename: str | None, declared: str | None) -> str | None:
@@ -84,6 +90,8 @@ def sniff_media_type(data: bytes, filename: str | None, declared: str | None) ->
     if extension in TEXT_EXTENSIONS:
         return TEXT_EXTENSIONS[extension]
     base = (declared or "").split(";", 1)[0].strip().lower()
+    if len(base) > MAX_MEDIA_TYPE_CHARS or not _MEDIA_TYPE.fullmatch(base):
+        return None
     if base.startswith("text/") or base in _TEXT_APPLICATION_TYPES \
             or base.endswith(("+json", "+xml")):
         return base
@@ -104,29 +112,53 @@ def content_block(record: FileRecord, content: bytes) -> dict[str, Any]:
 
 async def resolve_attachments(request: Request, key: KeyRecord,
                               tokens: Sequence[str]) -> list[dict[str, Any]]:
-    """Content blocks for ``tokens``, in order; 404 names a token this key cannot use."""
+    """Content blocks for ``tokens``, in order; 404 names a token this key cannot use.
+
+    Everything that can refuse the list (count, repeats, ownership, total size) is decided
+    from the stored sizes before any bytes are loaded; loading and encoding then run off the
+    event loop.
+    """
     if not tokens:
         return []
     if len(tokens) > MAX_ATTACHMENTS:
         raise ApiError("invalid_request", f"files: at most {MAX_ATTACHMENTS} files per run",
                        param="files")
-    found = await request.app.state.store.files.contents(
-        list(dict.fromkeys(tokens)), key_id=key.id, now=utcnow())
-    limit: int = request.app.state.settings.max_body_bytes
-    blocks: list[dict[str, Any]] = []
-    total = 0
-    for token in tokens:
-        entry = found.get(token)
-        if entry is None:
-            raise ApiError("not_found", f"no file {token!r} (unknown, expired or uploaded "
-                           "with another key)", param="files")
-        record, content = entry
-        total += record.size
-        blocks.append(content_block(record, content))
-    if total > limit:
+    repeated = next((token for token, n in Counter(tokens).items() if n > 1), None)
+    if repeated is not None:
+        raise ApiError("invalid_request", f"files: {repeated!r} is listed more than once; "
+                       "attach each file once", param="files")
+    store = request.app.state.store
+    records: dict[str, FileRecord] = await store.files.records(tokens, key_id=key.id,
+                                                                now=utcnow())
+    _check_owned(tokens, records)
+    _check_sizes(request, [records[token] for token in tokens])
+    found = await store.files.contents(tokens, key_id=key.id, now=utcnow())
+    _check_owned(tokens, found)  # one may have expired or gone since its size was read
+    pairs = [found[token] for token in tokens]
+    return await asyncio.to_thread(lambda: [content_block(*pair) for pair in pairs])
+
+
+def _check_owned(tokens: Sequence[str], found: Mapping[str, object]) -> None:
+    """404 naming the first token this key cannot use (unknown, expired or another key's)."""
+    missing = next((token for token in tokens if token not in found), None)
+    if missing is not None:
+        raise ApiError("not_found", f"no file {missing!r} (unknown, expired or uploaded with "
+                       "another key)", param="files")
+
+
+def _check_sizes(request: Request, records: list[FileRecord]) -> None:
+    """413 when the files would not fit in a request body, or their text in a prompt."""
+    settings = request.app.state.settings
+    total = sum(record.size for record in records)
+    if total > settings.max_body_bytes:
         raise ApiError("request_too_large", f"attached files total {total} bytes; the limit "
-                       f"is {limit} (CCGATE_MAX_BODY_BYTES)", param="files")
-    return blocks
+                       f"is {settings.max_body_bytes} (CCGATE_MAX_BODY_BYTES)", param="files")
+    # Inlined text is at least its stored size less a byte order mark.
+    text = sum(max(0, r.size - 3) for r in records if r.media_type not in _BINARY_TYPES)
+    if text > settings.max_prompt_bytes:
+        raise ApiError("request_too_large", f"attached text files total {text} bytes; the "
+                       f"prompt limit is {settings.max_prompt_bytes} "
+                       "(CCGATE_MAX_PROMPT_BYTES)", param="files")
 
 
 def file_view(record: FileRecord) -> dict[str, Any]:

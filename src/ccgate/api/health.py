@@ -8,6 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ccgate import __version__
+from ccgate.api.auth import admin_signed_in, presented_secret
+from ccgate.errors import ApiError
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +22,22 @@ async def health() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness: store reachable, CLI found")
 async def readyz(request: Request) -> JSONResponse:
-    """200 when jobs can run; 503 with the reasons when they cannot."""
+    """200 when jobs can run, else 503. Only the admin token (as a bearer) gets the details
+    and the reasons; anyone else gets ``{"status": "ready" | "not_ready"}``, since the
+    details name server paths and versions."""
+    token: str | None = request.app.state.settings.admin_token
+    detailed = token is not None and presented_secret(request) is not None
+    if token is not None and detailed and not admin_signed_in(request, token):
+        raise ApiError("authentication_error", "wrong admin token (send none for the plain "
+                       "readiness answer)")
+    checks, problems = await _checks(request)
+    status = 200 if not problems else 503
+    if not detailed:
+        return JSONResponse({"status": checks["status"]}, status_code=status)
+    return JSONResponse(checks, status_code=status)
+
+
+async def _checks(request: Request) -> tuple[dict[str, Any], list[str]]:
     state = request.app.state
     problems: list[str] = []
     checks: dict[str, Any] = {"version": __version__}
@@ -43,4 +60,4 @@ async def readyz(request: Request) -> JSONResponse:
         problems.append("shutting down: no new jobs are accepted")
     checks["status"] = "ready" if not problems else "not_ready"
     checks["problems"] = problems
-    return JSONResponse(checks, status_code=200 if not problems else 503)
+    return checks, problems

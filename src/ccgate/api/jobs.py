@@ -13,17 +13,19 @@ from pydantic import Field
 
 from ccgate.api.auth import require_key
 from ccgate.api.middleware import audit_facts
-from ccgate.api.native import RunBody, parse_body, prepare_native_run, submit_job
+from ccgate.api.native import RunBody, parse_body, prepare_native_run, submit_job_once
 from ccgate.api.views import render_job
 from ccgate.errors import ApiError
-from ccgate.jobs import JobService, Submission, request_to_json
+from ccgate.jobs import IdempotencyConflict, JobService, Submission, request_to_json
 from ccgate.store import JobRecord, JobStatus, KeyRecord
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
 
 _MAX_PAGE = 100
+MAX_OFFSET = 1_000_000_000
 _MAX_IDEMPOTENCY_KEY = 200
+_MAX_EVENT_ID = 2**31 - 1  # event numbers are 32-bit integers in the store
 
 
 class JobBody(RunBody):
@@ -67,21 +69,49 @@ async def submit(request: Request, key: CallerKey,
                        "characters", param="Idempotency-Key")
     if body.callback_url is not None:
         request.app.state.check_callback(body.callback_url)
+    request_hash = _request_hash(body)
+    # A retry gets its job back before admission: it runs nothing, so it spends nothing and
+    # never holds a concurrency slot (a slot is the original submission's until its job ends).
+    replayed = await _replay(request, key, idempotency_key, request_hash)
+    if replayed is not None:
+        return _accepted(await job_view(request, replayed), replayed)
     prepared = await prepare_native_run(request, key, body)
     try:
-        job = await submit_job(request, Submission(
+        job, new = await submit_job_once(request, Submission(
             key_id=key.id, door="native",
             request={**request_to_json(prepared.run_request),
                      "response_format": body.response_format},
             metadata=body.metadata, callback_url=body.callback_url,
-            idempotency_key=idempotency_key, request_hash=_request_hash(body),
+            idempotency_key=idempotency_key, request_hash=request_hash,
             session_id=prepared.session_id))
     except BaseException:
         await prepared.ticket.finish()
         raise
-    request.app.state.job_tickets.hold(job.id, prepared.ticket)
-    return JSONResponse(await job_view(request, job), status_code=202,
-                        headers={"Location": f"/api/v1/jobs/{job.id}"})
+    if new:
+        request.app.state.job_tickets.hold(job.id, prepared.ticket)
+    else:  # a concurrent twin stored the job first; its ticket is the one held
+        await prepared.ticket.finish()
+    return _accepted(await job_view(request, job), job)
+
+
+async def _replay(request: Request, key: KeyRecord, idempotency_key: str | None,
+                  request_hash: str) -> JobRecord | None:
+    """The key's earlier job under ``idempotency_key``, or None; 409 for another body."""
+    if idempotency_key is None:
+        return None
+    jobs: JobService = request.app.state.jobs
+    try:
+        earlier = await jobs.replay_of(key.id, idempotency_key, request_hash)
+    except IdempotencyConflict:
+        raise ApiError("idempotency_conflict", "this Idempotency-Key was already used with a "
+                       "different request body") from None
+    if earlier is not None:
+        audit_facts(request).update(job_id=earlier.id, model=earlier.model)
+    return earlier
+
+
+def _accepted(view: dict[str, Any], job: JobRecord) -> JSONResponse:
+    return JSONResponse(view, status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 
 @router.get("", summary="List the caller's jobs, newest first")
@@ -95,8 +125,9 @@ async def list_jobs(
     if not 1 <= limit <= _MAX_PAGE:
         raise ApiError("invalid_request", f"limit must be between 1 and {_MAX_PAGE}",
                        param="limit")
-    if offset < 0:
-        raise ApiError("invalid_request", "offset must not be negative", param="offset")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ApiError("invalid_request", f"offset must be between 0 and {MAX_OFFSET}",
+                       param="offset")
     wanted: JobStatus | None = None
     if status is not None:
         try:
@@ -151,8 +182,10 @@ async def stream_job(
         try:
             after = max(0, int(last_event_id))
         except ValueError:
+            after = -1
+        if not 0 <= after <= _MAX_EVENT_ID:
             raise ApiError("invalid_request", "Last-Event-ID must be an event id from this "
-                           "stream", param="Last-Event-ID") from None
+                           "stream", param="Last-Event-ID")
     return StreamingResponse(
         _sse(request, job, after), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

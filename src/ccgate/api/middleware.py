@@ -23,6 +23,8 @@ log = structlog.get_logger("ccgate.http")
 
 AUDITED_PREFIXES = ("/api/", "/v1/", "/run", "/files")
 _NOT_AUDITED = ("/api/v1/health",)
+# The route an audit row names when no route matched: the raw path is the client's to choose.
+UNMATCHED_ROUTE = "(unmatched)"
 
 
 class BodyTooLarge(ApiError):
@@ -37,6 +39,12 @@ def audit_facts(request: Request) -> dict[str, Any]:
     """The facts this request's audit row will carry; add to them as they become known."""
     facts: dict[str, Any] = request.scope.setdefault("ccgate.audit", {})
     return facts
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (``/api/v1/jobs/{job_id}``), never the raw path."""
+    template = getattr(scope.get("route"), "path_format", None)
+    return template if isinstance(template, str) else UNMATCHED_ROUTE
 
 
 def door_of(path: str) -> str:
@@ -77,6 +85,13 @@ class RequestContextMiddleware:
             await _send_error(scope, receive, send, request_id, ApiError(
                 "forbidden", "this address may not call ccgate (CCGATE_ALLOW_CIDRS)"))
             self._log(scope, request_id, 403, started)
+            return
+
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            # PostgreSQL refuses NUL in text, so an id or filter holding one never reaches SQL.
+            await _send_error(scope, receive, send, request_id, ApiError(
+                "invalid_request", "the URL must not contain a NUL character (%00)"))
+            self._log(scope, request_id, 400, started)
             return
 
         declared = _content_length(scope)
@@ -133,7 +148,7 @@ class RequestContextMiddleware:
             return
         facts: dict[str, Any] = scope.get("ccgate.audit", {})
         audit.record(AuditEntry(
-            at=utcnow(), request_id=request_id, door=door_of(path), route=path,
+            at=utcnow(), request_id=request_id, door=door_of(path), route=route_template(scope),
             http_status=status, duration_ms=int((time.monotonic() - started) * 1000),
             key_name=scope.get("ccgate.key_name"), client_ip=scope.get("ccgate.client_ip"),
             **facts))

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ccgate.api.admission import Ticket, admit, resolve_model
 from ccgate.api.auth import require_key
 from ccgate.api.files import MAX_ATTACHMENTS, FileToken, resolve_attachments
+from ccgate.api.json_body import check_json_value
+from ccgate.api.json_body import read_json_object as read_json_object  # the doors import it here
 from ccgate.api.middleware import audit_facts
 from ccgate.api.views import render_job
 from ccgate.errors import ERROR_KINDS, ApiError
@@ -25,6 +27,7 @@ from ccgate.jobs import (
     Submission,
     request_to_json,
 )
+from ccgate.limits.estimate import estimate_run
 from ccgate.runners.base import RunRequest
 from ccgate.sessions import SessionBook
 from ccgate.store import JobRecord, JobStatus, KeyRecord
@@ -36,6 +39,8 @@ CallerKey = Annotated[KeyRecord, Depends(require_key)]
 JSON_ONLY_INSTRUCTION = ("Answer with one JSON value only: no prose before or after it and no "
                          "code fences.")
 _MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 16
+MIN_TIMEOUT_SECS = 1.0
 
 
 class RunBody(BaseModel):
@@ -50,9 +55,11 @@ class RunBody(BaseModel):
     append_system_prompt: str | None = Field(None, description="Appended to the system prompt.")
     response_format: Literal["text", "json"] = Field(
         "text", description="`json`: the answer is parsed and `result` holds the value.")
-    timeout_secs: float | None = Field(None, gt=0, description="Wall-clock limit, capped by "
+    timeout_secs: float | None = Field(None, ge=MIN_TIMEOUT_SECS, description="Wall-clock "
+                                       "limit in seconds, at least 1, capped by "
                                        "CCGATE_JOB_TIMEOUT_SECS.")
-    metadata: dict[str, Any] | None = Field(None, description="Returned as-is with the job.")
+    metadata: dict[str, Any] | None = Field(None, description="Returned as-is with the job "
+                                            "(at most 16 KiB as JSON, 16 levels deep).")
     session_id: str | None = Field(None, max_length=100, description="Continue the "
                                    "conversation of an earlier job of this key (its "
                                    "`session_id`).")
@@ -81,7 +88,13 @@ class RunBody(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > _MAX_METADATA_BYTES:
+        if value is None:
+            return None
+        try:
+            check_json_value(value, max_depth=MAX_METADATA_DEPTH)
+        except ApiError as exc:
+            raise ValueError(exc.message.removeprefix("body: ")) from None
+        if len(json.dumps(value)) > _MAX_METADATA_BYTES:
             raise ValueError(f"must serialise to at most {_MAX_METADATA_BYTES} bytes")
         return value
 
@@ -98,22 +111,6 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
         if first["type"] == "extra_forbidden":
             message = "unknown field"
         raise ApiError("invalid_request", f"{field}: {message}", param=field) from None
-
-
-async def read_json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, whatever its Content-Type; 400 for anything else."""
-    raw = await request.body()
-    if not raw.strip():
-        raise ApiError("invalid_request", "request body must be a JSON object")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError("invalid_request", f"malformed JSON body: {exc}") from None
-    except RecursionError:
-        raise ApiError("invalid_request", "malformed JSON body: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ApiError("invalid_request", "request body must be a JSON object")
-    return data
 
 
 def build_run_request(request: Request, body: RunBody, model: str, *,
@@ -169,7 +166,7 @@ async def prepare_native_run(request: Request, key: KeyRecord, body: RunBody) ->
     attachments = await attachments_for(request, key, body)
     run_request = build_run_request(request, body, model, history=history,
                                     system_prompt=system_prompt, attachments=attachments)
-    ticket = await admit(request, key, "native")
+    ticket = await admit(request, key, "native", estimate_run(run_request))
     return NativeRun(run_request, session_id, ticket)
 
 
@@ -180,13 +177,20 @@ async def attachments_for(request: Request, key: KeyRecord, body: RunBody) -> li
 
 async def submit_job(request: Request, submission: Submission) -> JobRecord:
     """Queue a job, mapping a full or stopping queue to 503 and a reused key to 409."""
+    job, _ = await submit_job_once(request, submission)
+    return job
+
+
+async def submit_job_once(request: Request, submission: Submission) -> tuple[JobRecord, bool]:
+    """``submit_job``, also saying whether the job is new (False: the key's earlier job under
+    the same Idempotency-Key, whose admission ticket is held already)."""
     jobs: JobService = request.app.state.jobs
     if request.app.state.requires_cli:
         cli = await request.app.state.cli_status.refresh()
         if cli.problem:
             raise ApiError("cli_unavailable", cli.problem)
     try:
-        job, _ = await jobs.submit(submission)
+        job, new = await jobs.submit(submission)
     except QueueFull as exc:
         raise ApiError("queue_full", "the job queue is full; retry later",
                        retry_after=exc.retry_after) from None
@@ -197,7 +201,7 @@ async def submit_job(request: Request, submission: Submission) -> JobRecord:
         raise ApiError("idempotency_conflict", "this Idempotency-Key was already used with a "
                        "different request body") from None
     audit_facts(request).update(job_id=job.id, model=job.model)
-    return job
+    return job, new
 
 
 async def wait_unless_disconnected(request: Request, job_id: str) -> JobRecord | None:

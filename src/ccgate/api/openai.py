@@ -42,6 +42,7 @@ from ccgate.api.openai_tools import (
 )
 from ccgate.api.streaming import ClosingStreamingResponse
 from ccgate.errors import ApiError
+from ccgate.limits.estimate import conversation_size, estimate_run
 from ccgate.runners.base import RunRequest, RunResult, TextDelta
 from ccgate.store import KeyRecord
 
@@ -232,13 +233,14 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
     facts.update(model=model, prompt_bytes=size)
     if settings.audit_prompts:
         facts["prompt_text"] = json.dumps(body.get("messages"), ensure_ascii=False)
-    ticket = await admit(request, key, "openai")
     run_request = RunRequest(
         content=call.content, model=model, history=call.history, system_prompt=call.system,
         append_system_prompt=JSON_ONLY_INSTRUCTION if call.json_only else None,
         timeout_secs=settings.job_timeout_secs, idle_timeout_secs=settings.idle_timeout_secs,
         max_tokens=call.max_tokens, stop_sequences=call.stop, temperature=call.temperature,
         top_p=call.top_p, owner=key.id)
+    definitions = conversation_size(None, [], call.tools.fields) if call.tools else None
+    ticket = await admit(request, key, "openai", estimate_run(run_request, definitions))
     if call.tools is not None:
         return await tool_completion(request, ticket, run_request, call.tools,
                                      stream=call.stream, include_usage=call.include_usage)

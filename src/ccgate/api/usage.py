@@ -20,8 +20,17 @@ GroupByQuery = Annotated[GroupBy | None, Query(description="`day` (UTC) or `mode
 log = structlog.get_logger("ccgate.usage")
 
 
+# Bounds past either end of what a datetime can hold are clamped to these instants.
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def parse_bound(name: str, value: str | None, *, end: bool) -> datetime | None:
-    """An ISO 8601 date or date-time as UTC; a date as ``until`` means through that day."""
+    """An ISO 8601 date or date-time as UTC; a date as ``until`` means through that day.
+
+    Bounds beyond year 1 or 9999 once in UTC (``until=9999-12-31``) are clamped to the first
+    or last representable instant instead of overflowing.
+    """
     if value is None:
         return None
     try:
@@ -30,13 +39,20 @@ def parse_bound(name: str, value: str | None, *, end: bool) -> datetime | None:
         pass
     else:
         start = datetime.combine(day, time(), UTC)
-        return start + timedelta(days=1) if end else start
+        if not end:
+            return start
+        return _LATEST if day == date.max else start + timedelta(days=1)
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise ApiError("invalid_request", f"{name}: {value!r} is not an ISO 8601 date or "
                        "date-time", param=name) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        return _EARLIEST if when.year == 1 else _LATEST
 
 
 async def usage_report(request: Request, *, key_name: str | None, since: str | None,

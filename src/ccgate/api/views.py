@@ -1,40 +1,27 @@
-"""How a job looks on the native API, and the ``response_format: json`` parsing."""
+"""How a job looks on the native API, its JSON answer included."""
 
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from typing import Any
 
+from ccgate.jsonanswer import MAX_ANSWER_CHARS_ON_VIEW, parse_json_answer
 from ccgate.store import JobRecord
 
-_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n(.*?)\n?\s*```\s*$", re.DOTALL)
 
+def job_answer(job: JobRecord) -> tuple[Any, str | None]:
+    """A JSON job's answer as ``(value, None)``, or ``(text, reason)`` when it held no JSON.
 
-def parse_json_answer(text: str) -> tuple[Any, str | None]:
-    """Parse a model's JSON answer: code fences stripped, prose around one value tolerated.
-
-    Returns ``(value, None)`` on success and ``(text, reason)`` when no JSON could be read.
+    Read from what the job stored when it ended; only a job stored before answers were read
+    there is parsed here, by the same linear reader, up to a shorter length.
     """
-    candidate = text.strip()
-    fenced = _FENCE.match(candidate)
-    if fenced:
-        candidate = fenced.group(1).strip()
-    try:
-        return json.loads(candidate), None
-    except ValueError as exc:
-        first_error = f"not valid JSON: {exc}"
-    starts = [i for i in (candidate.find("{"), candidate.find("[")) if i >= 0]
-    if starts:
-        start = min(starts)
-        end = max(candidate.rfind("}"), candidate.rfind("]"))
-        if end > start:
-            try:
-                return json.loads(candidate[start:end + 1]), None
-            except ValueError:
-                pass
-    return text, first_error
+    text = job.result or ""
+    if job.result_parse_error is not None:
+        return text, job.result_parse_error
+    if job.result_json is not None:
+        return json.loads(job.result_json), None
+    return parse_json_answer(text, MAX_ANSWER_CHARS_ON_VIEW)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -47,7 +34,7 @@ def render_job(job: JobRecord) -> dict[str, Any]:
     result: Any = job.result
     parse_error: str | None = None
     if job.result is not None and job.request.get("response_format") == "json":
-        result, parse_error = parse_json_answer(job.result)
+        result, parse_error = job_answer(job)
     view: dict[str, Any] = {
         "job_id": job.id,
         "status": job.status.value,

@@ -18,9 +18,11 @@ import structlog
 from ccgate.clock import utcnow
 from ccgate.events import JobEventHub
 from ccgate.jobs.requests import request_from_json
+from ccgate.jobs.revocation import KEY_REVOKED, KEY_UNUSABLE, WEBHOOK_DROPPED, end_work_of
+from ccgate.jsonanswer import answer_read_as_json, read_json_answer_async
 from ccgate.runners.base import RunError, Runner, RunResult, TextDelta
 from ccgate.security.keys import new_id
-from ccgate.store import JobRecord, JobStatus, Store
+from ccgate.store import JobEvent, JobRecord, JobStatus, Store
 from ccgate.store.jobs import QueueAtCapacity
 
 log = structlog.get_logger("ccgate.jobs")
@@ -95,6 +97,7 @@ class JobService:
         self._done: dict[str, asyncio.Future[JobRecord | None]] = {}
         self._running: dict[str, asyncio.Task[JobRecord | None]] = {}
         self._requeue_requested: set[str] = set()
+        self._cancelled_here: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._draining: asyncio.Task[None] | None = None
         self._queue_seen_empty = False
@@ -102,8 +105,10 @@ class JobService:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover interrupted jobs, then start dispatching, lease upkeep and cleanup."""
+        """Recover interrupted jobs and sweep away work of revoked keys, then start
+        dispatching, lease upkeep and cleanup."""
         await self.recover(orphans_of_any_node=self.store.db.dialect == "sqlite")
+        await self.end_unusable_work()
         await self.hub.start()
         self.accepting = True
         self._tasks = [asyncio.create_task(self._dispatch(), name="ccgate-dispatch"),
@@ -155,11 +160,9 @@ class JobService:
         if not self.accepting:
             raise NotAccepting
         if submission.idempotency_key is not None and submission.key_id is not None:
-            earlier = await self.store.jobs.by_idempotency_key(submission.key_id,
-                                                               submission.idempotency_key)
+            earlier = await self.replay_of(submission.key_id, submission.idempotency_key,
+                                           submission.request_hash)
             if earlier is not None:
-                if earlier.request_hash != submission.request_hash:
-                    raise IdempotencyConflict
                 return earlier, False
         reserve = self._slots_taken < self.limits.concurrency
         if reserve:
@@ -190,6 +193,15 @@ class JobService:
             self._queue_seen_empty = False
             self._wake.set()
         return job, True
+
+    async def replay_of(self, key_id: str, idempotency_key: str,
+                        request_hash: str | None) -> JobRecord | None:
+        """The key's job submitted earlier under ``idempotency_key`` (a retry gets it back
+        without being admitted again), or None; IdempotencyConflict for another body."""
+        earlier = await self.store.jobs.by_idempotency_key(key_id, idempotency_key)
+        if earlier is not None and earlier.request_hash != request_hash:
+            raise IdempotencyConflict
+        return earlier
 
     async def _idempotent_twin(self, submission: Submission) -> JobRecord:
         assert submission.key_id is not None
@@ -223,17 +235,41 @@ class JobService:
                 if final is not None:
                     return final
 
-    async def cancel(self, job_id: str) -> JobRecord | None:
+    async def cancel(self, job_id: str, message: str = "the job was cancelled", *,
+                     webhook: bool = True) -> JobRecord | None:
         """Cancel a queued or processing job: return it cancelled, or None if it had ended.
 
         A queued job never starts; a running one has its process group stopped.
+        ``webhook=False`` ends it without announcing it to its callback URL.
         """
         ended = await self._end(job_id, JobStatus.CANCELLED, error_type="cancelled",
-                                error_message="the job was cancelled")
+                                error_message=message, webhook=webhook)
         task = self._running.get(job_id)
         if ended is not None and task is not None:
+            self._cancelled_here.add(job_id)
             task.cancel()
         return ended
+
+    async def end_work_of(self, key_ids: list[str], message: str = KEY_REVOKED) -> int:
+        """Cancel every queued or running job of these keys (their keys were just revoked)
+        without webhooks, and drop their pending deliveries; return how many jobs ended."""
+        return await end_work_of(self.store, key_ids, message=message,
+                                 cancel=self._cancel_quietly)
+
+    async def end_unusable_work(self) -> int:
+        """Sweep away work of keys revoked or expired elsewhere (another node, the CLI): their
+        queued jobs (and running ones of revoked keys) are cancelled and the pending webhooks
+        of revoked keys dropped. Such jobs are never claimed meanwhile."""
+        ended = 0
+        for job_id in await self.store.jobs.unusable_work(self.clock()):
+            ended += await self._cancel_quietly(job_id, KEY_UNUSABLE) is not None
+        await self.store.webhooks.drop_pending(WEBHOOK_DROPPED)
+        if ended:
+            log.info("unusable_work_cancelled", jobs=ended)
+        return ended
+
+    async def _cancel_quietly(self, job_id: str, message: str) -> JobRecord | None:
+        return await self.cancel(job_id, message, webhook=False)
 
     def _retry_after_hint(self) -> int:
         return max(1, min(60, self.limits.queue_size // max(1, self.limits.concurrency)))
@@ -311,6 +347,7 @@ class JobService:
 
         def finished(done: asyncio.Task[JobRecord | None]) -> None:
             self._running.pop(job.id, None)
+            self._cancelled_here.discard(job.id)
             self._slots_taken -= 1
             self._wake.set()
             record = None if done.cancelled() or done.exception() else done.result()
@@ -345,13 +382,15 @@ class JobService:
                                                 "attempt": job.attempts,
                                                 "restarted": earlier > 0})
             result = await self._stream(job)
+            answer = await _read_answer(job, _storable(result.text))
         except asyncio.CancelledError:
             await self._after_cancel(job)
             return None
         except RunError as exc:
             log.info("job_failed", job_id=job.id, error_type=exc.error_type)
             return await self._end(job.id, JobStatus.FAILED, error_type=exc.error_type,
-                                   error_message=exc.message, retry_after=exc.retry_after,
+                                   error_message=_storable(exc.message),
+                                   retry_after=exc.retry_after,
                                    duration_ms=_elapsed_ms(started))
         except Exception as exc:
             log.exception("run_crashed", job_id=job.id)
@@ -360,9 +399,9 @@ class JobService:
                 error_message=f"ccgate failed to run the job: {type(exc).__name__}",
                 duration_ms=_elapsed_ms(started))
         return await self._end(
-            job.id, JobStatus.COMPLETED, result=result.text, usage=result.usage,
+            job.id, JobStatus.COMPLETED, result=_storable(result.text), usage=result.usage,
             cost_usd=result.cost_usd, stop_reason=result.stop_reason,
-            duration_ms=_elapsed_ms(started), model=result.model or job.model)
+            duration_ms=_elapsed_ms(started), model=result.model or job.model, **answer)
 
     async def _stream(self, job: JobRecord) -> RunResult:
         request = dataclasses.replace(request_from_json(job.request), owner=job.key_id)
@@ -375,9 +414,16 @@ class JobService:
         raise RunError("cli_error", "the run ended without a result")
 
     async def _after_cancel(self, job: JobRecord) -> None:
-        pending, _ = self.hub.seal(job.id)
+        pending, next_seq = self.hub.seal(job.id)
         await asyncio.shield(self.store.events.append(pending))
-        self.hub.end(job.id, None)
+        closing = None
+        ended_here = job.id in self._cancelled_here or job.id in self._requeue_requested
+        self._cancelled_here.discard(job.id)
+        if not ended_here and next_seq is not None:
+            # Ended elsewhere (another node, a revocation written to the store): hand the
+            # stored closing event to this node's live subscribers, who would otherwise wait.
+            closing = await asyncio.shield(self._stored_closing(job.id))
+        self.hub.end(job.id, closing)
         if job.id in self._requeue_requested:
             self._requeue_requested.discard(job.id)
             # A shutdown is not the job's fault: do not count it as an attempt.
@@ -385,6 +431,16 @@ class JobService:
                 job.id, JobStatus.QUEUED, attempts=max(0, job.attempts - 1), started_at=None,
                 lease_owner=None, lease_expires_at=None))
             log.info("job_requeued_on_shutdown", job_id=job.id)
+
+    async def _stored_closing(self, job_id: str) -> JobEvent | None:
+        """The job's stored ``result`` event, if it has one (a rare path: read page by page)."""
+        seq = 0
+        while events := await self.store.events.after(job_id, seq):
+            closing = next((e for e in events if e.type == "result"), None)
+            if closing is not None:
+                return closing
+            seq = events[-1].seq
+        return None
 
     # -- leases, recovery, cleanup -----------------------------------------------------
 
@@ -403,6 +459,7 @@ class JobService:
                         log.info("job_ended_elsewhere", job_id=job_id)
                         task.cancel()
                 await self.recover()
+                await self.end_unusable_work()
             except Exception:
                 log.exception("lease_upkeep_failed")
 
@@ -467,6 +524,20 @@ def _fresh(job: JobRecord) -> bool:
 def job_started(job: JobRecord | None) -> bool:
     """True for a job the store handed back already claimed (it runs at once)."""
     return job is not None and job.status is JobStatus.PROCESSING
+
+
+def _storable(text: str) -> str:
+    """``text`` with NUL characters as U+FFFD: PostgreSQL text cannot hold NUL, and a store
+    that refuses the answer would leave its job running forever."""
+    return text.replace("\x00", "\ufffd")
+
+
+async def _read_answer(job: JobRecord, text: str) -> dict[str, Any]:
+    """A JSON job's answer read once, as it ends, for the store: no reader parses it again."""
+    if not answer_read_as_json(job.request):
+        return {}
+    answer = await read_json_answer_async(text)
+    return {"result_json": answer.text, "result_parse_error": answer.error}
 
 
 def _elapsed_ms(started: float) -> int:

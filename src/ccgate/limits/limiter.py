@@ -1,39 +1,48 @@
-"""The Limiter: tests every limit of a key, then spends one request and takes a slot.
+"""The Limiter: tests every limit of a key, then spends one request, takes a slot and
+reserves what the request may spend.
 
 Windows: rpm (and fetch rpm) is a moving window of ``rpm_window_secs``; rpd and the global rpd
 are fixed windows of ``rpd_window_secs`` that start with the window's first request. Token and
-budget quotas follow the UTC calendar (day, month). Test and spend are separate steps, so two
-requests racing for the last unit may both pass; that tiny overshoot is accepted.
+budget quotas follow the UTC calendar (day, month). A request that may spend tokens or money
+reserves its estimate (``limits/estimate.py``, or the key's average per run when that is more)
+in one atomic step that refuses when spent + held + estimate would pass the quota; when the
+request ends its reservation is dropped and its real spend counted, again in one step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-import structlog
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 from limits.util import WindowStats
 
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
+from ccgate.limits.estimate import RunEstimate
 from ccgate.limits.headers import RateState, rate_headers
-from ccgate.limits.storage import Counters, close_storage, open_storage
+from ccgate.limits.spend import (
+    MICRO_USD,
+    Admission,
+    average_keys,
+    budget_key,
+    next_day,
+    next_month,
+    tokens_key,
+    usage_adds,
+)
+from ccgate.limits.storage import Held, Quota, QuotaState, close_storage, held_for, open_storage
 from ccgate.store.keys import KeyPolicy
 
 if TYPE_CHECKING:
     from ccgate.config import Settings
 
-log = structlog.get_logger("ccgate.limits")
-
-MICRO_USD = 1_000_000
-# A calendar counter outlives its day or month by this much, then Redis drops it.
-_COUNTER_GRACE_SECS = 3600
 # Nobody can know when a running request ends; clients are told to try again this soon.
 _CONCURRENCY_RETRY_SECS = 1.0
 
@@ -57,32 +66,6 @@ class LimitExceeded(ApiError):
         return self
 
 
-class Admission:
-    """An admitted request: its rate state for the response headers, and its running slot."""
-
-    def __init__(self, state: RateState, counters: Counters, slot_key: str, token: str) -> None:
-        self.state = state
-        self._counters = counters
-        self._slot_key = slot_key
-        self._token = token
-        self._released = False
-
-    @property
-    def released(self) -> bool:
-        """True once the slot was given back."""
-        return self._released
-
-    async def release(self) -> None:
-        """Free the concurrency slot; later calls do nothing."""
-        if self._released:
-            return
-        self._released = True
-        try:
-            await self._counters.release(self._slot_key, self._token)
-        except Exception as exc:  # Redis gone: the slot's safety expiry frees it later
-            log.warning("limits_release_failed", error=type(exc).__name__)
-
-
 @dataclass(frozen=True)
 class _Window:
     error_type: str
@@ -103,17 +86,22 @@ def _seconds(secs: float) -> int:
     return max(1, math.ceil(secs))
 
 
-def _next_day(now: datetime) -> datetime:
-    return (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def _next_month(now: datetime) -> datetime:
-    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
-    return datetime(year, month, 1, tzinfo=UTC)
-
-
 def _per(secs: int) -> str:
     return "day" if secs == 86400 else "minute" if secs == 60 else f"{secs} s"
+
+
+def _usd(micros: int) -> str:
+    return f"${micros / MICRO_USD:.4f}".rstrip("0").rstrip(".")
+
+
+@dataclass(frozen=True)
+class _Usage:
+    """What the key used so far, as admit reads it."""
+
+    tokens_today: int
+    micros_this_month: int
+    runs_this_month: int
+    tokens_this_month: int
 
 
 class Limiter:
@@ -181,44 +169,55 @@ class Limiter:
         if policy.tokens_per_day is not None:
             state = replace(state, tokens_limit=policy.tokens_per_day,
                             tokens_remaining=max(0, policy.tokens_per_day - tokens_used),
-                            tokens_reset_secs=(_next_day(now) - now).total_seconds())
+                            tokens_reset_secs=(next_day(now) - now).total_seconds())
         return state
 
-    async def admit(self, key_id: str, policy: KeyPolicy) -> Admission:
+    async def admit(self, key_id: str, policy: KeyPolicy, estimate: RunEstimate | None = None,
+                    *, spends: bool = True) -> Admission:
         """Let one request of ``key_id`` in, or raise LimitExceeded without spending anything.
 
-        Every limit is tested first; only when all pass is one request spent in each window
-        and a running slot taken. Call ``release()`` on the result when the request ends.
+        Every limit is tested first; only when all pass is one request spent in each window,
+        a running slot taken and, for a key with a token or budget quota, the request's
+        ``estimate`` reserved (at least the key's average per run; with no estimate, a
+        request of the default output size on the dearest model). ``spends=False`` marks a
+        request that costs no tokens or money (count_tokens): quotas neither refuse nor
+        reserve it. Call ``settle()`` or ``release()`` on the result when the request ends.
         """
         now = utcnow()
         slot_key = f"running:{key_id}"
         windows = self._windows(key_id, policy)
-        (tokens_used, micros_spent, running), stats = await asyncio.gather(
-            asyncio.gather(self._counters.get(f"tokens:{key_id}:{now:%Y-%m-%d}"),
-                           self._counters.get(f"budget:{key_id}:{now:%Y-%m}"),
+        quotas_apply = spends and (policy.tokens_per_day is not None
+                                   or policy.budget_usd_per_month is not None)
+        counter_keys = [tokens_key(key_id, now), budget_key(key_id, now)]
+        if quotas_apply:
+            counter_keys += average_keys(key_id, now)
+        (values, running), stats = await asyncio.gather(
+            asyncio.gather(self._counters.values(counter_keys),
                            self._counters.running(slot_key)),
             asyncio.gather(*(w.strategy.get_window_stats(w.item, w.identifier)
                              for w in windows)))
+        used = _Usage(*values, *([0, 0] if not quotas_apply else []))
         blocks = [_Block(w.error_type, s.reset_time - time.time(),
                          f"{w.what} is reached") for w, s in zip(windows, stats, strict=True)
                   if s.remaining < 1]
-        blocks += self._quota_blocks(policy, tokens_used, micros_spent, running, now)
+        blocks += self._quota_blocks(policy, used, running, now, spends=spends)
         # _windows puts rpm, else rpd, first: the window the headers report.
         has_requests = policy.rpm is not None or policy.rpd is not None
         requests_stats = stats[0] if has_requests else None
+        state = self._state(policy, requests_stats, used.tokens_today, now)
         if blocks:
             block = max(blocks, key=lambda b: b.retry_after)
-            state = self._state(policy, requests_stats, tokens_used, now)
             raise LimitExceeded(block.error_type, block.message, retry_after=block.retry_after,
                                 state=state)
         token = await self._counters.acquire(slot_key, policy.concurrency,
                                              self.concurrency_ttl_secs)
         if token is None:
             raise LimitExceeded("concurrency_exceeded", self._busy(policy),
-                                retry_after=_CONCURRENCY_RETRY_SECS,
-                                state=self._state(policy, requests_stats, tokens_used, now))
-        admission = Admission(RateState(), self._counters, slot_key, token)
+                                retry_after=_CONCURRENCY_RETRY_SECS, state=state)
+        admission = Admission(RateState(), self._counters, slot_key, token, key_id=key_id)
         try:
+            if quotas_apply:
+                admission.held = await self._reserve(key_id, policy, estimate, used, now, state)
             await self._spend(windows)
             if has_requests:
                 requests_stats = await windows[0].strategy.get_window_stats(
@@ -226,21 +225,73 @@ class Limiter:
         except BaseException:
             await admission.release()
             raise
-        admission.state = self._state(policy, requests_stats, tokens_used, now)
+        admission.state = self._state(policy, requests_stats, used.tokens_today, now)
         return admission
 
-    def _quota_blocks(self, policy: KeyPolicy, tokens_used: int, micros_spent: int,
-                      running: int, now: datetime) -> list[_Block]:
+    async def _reserve(self, key_id: str, policy: KeyPolicy, estimate: RunEstimate | None,
+                       used: _Usage, now: datetime, state: RateState) -> tuple[Held, ...]:
+        """Hold the request's estimated tokens and cost, or raise the quota's 429."""
+        estimate = estimate or RunEstimate("", 0)
+        tokens, micros = estimate.tokens, estimate.micro_usd
+        if used.runs_this_month > 0:  # the key's own average per run, when that is more
+            tokens = max(tokens, math.ceil(used.tokens_this_month / used.runs_this_month))
+            micros = max(micros, math.ceil(used.micros_this_month / used.runs_this_month))
+        quotas: list[tuple[str, Quota]] = []
+        if policy.tokens_per_day is not None:
+            quotas.append(("tokens", Quota(tokens_key(key_id, now), f"held-tokens:{key_id}",
+                                           policy.tokens_per_day, tokens)))
+        if policy.budget_usd_per_month is not None:
+            quotas.append(("budget", Quota(budget_key(key_id, now), f"held-budget:{key_id}",
+                                           round(policy.budget_usd_per_month * MICRO_USD),
+                                           micros)))
+        token = secrets.token_hex(8)
+        reserved = await self._counters.reserve([q for _, q in quotas], token,
+                                                self.concurrency_ttl_secs)
+        if reserved.refused is not None:
+            kind, quota = quotas[reserved.refused]
+            block = self._reservation_block(kind, quota, reserved.states[reserved.refused],
+                                            policy, now)
+            raise LimitExceeded(block.error_type, block.message,
+                                retry_after=block.retry_after, state=state)
+        return held_for([q for _, q in quotas], token)
+
+    def _reservation_block(self, kind: str, quota: Quota, found: QuotaState,
+                           policy: KeyPolicy, now: datetime) -> _Block:
+        """The 429 of a quota that refused a reservation: spent (it renews with the day or
+        month), or held by running requests (retry when one of them ends)."""
+        if found.spent >= quota.limit:
+            spent_state = _Usage(found.spent, found.spent, 0, 0)
+            [block] = self._quota_blocks(
+                KeyPolicy(tokens_per_day=policy.tokens_per_day) if kind == "tokens"
+                else KeyPolicy(budget_usd_per_month=policy.budget_usd_per_month),
+                spent_state, 0, now)
+            return block
+        if kind == "tokens":
+            return _Block("tokens_per_day_exceeded", _CONCURRENCY_RETRY_SECS,
+                          f"this key's quota of {quota.limit} tokens per day cannot cover this "
+                          f"request: {found.spent} are used and {found.held} held by its "
+                          f"running requests, and this one may use {quota.amount}; retry when "
+                          "one of them finishes")
+        return _Block("budget_exceeded", _CONCURRENCY_RETRY_SECS,
+                      f"this key's budget of {_usd(quota.limit)} per month cannot cover this "
+                      f"request: {_usd(found.spent)} is spent and {_usd(found.held)} held by "
+                      f"its running requests, and this one may cost {_usd(quota.amount)}; "
+                      "retry when one of them finishes")
+
+    def _quota_blocks(self, policy: KeyPolicy, used: _Usage, running: int, now: datetime,
+                      *, spends: bool = True) -> list[_Block]:
         blocks = []
-        if policy.tokens_per_day is not None and tokens_used >= policy.tokens_per_day:
+        tokens_used, micros_spent = used.tokens_today, used.micros_this_month
+        if (spends and policy.tokens_per_day is not None
+                and tokens_used >= policy.tokens_per_day):
             blocks.append(_Block(
-                "tokens_per_day_exceeded", (_next_day(now) - now).total_seconds(),
+                "tokens_per_day_exceeded", (next_day(now) - now).total_seconds(),
                 f"this key's quota of {policy.tokens_per_day} tokens per day is used up "
                 f"({tokens_used} used); it renews at 00:00 UTC"))
         budget = policy.budget_usd_per_month
-        if budget is not None and micros_spent >= round(budget * MICRO_USD):
+        if spends and budget is not None and micros_spent >= round(budget * MICRO_USD):
             blocks.append(_Block(
-                "budget_exceeded", (_next_month(now) - now).total_seconds(),
+                "budget_exceeded", (next_month(now) - now).total_seconds(),
                 f"this key's budget of ${budget:.2f} per month is spent "
                 f"(${micros_spent / MICRO_USD:.2f}); it renews on the 1st, 00:00 UTC"))
         if policy.concurrency is not None and running >= policy.concurrency:
@@ -265,18 +316,12 @@ class Limiter:
     async def record_usage(self, key_id: str, policy: KeyPolicy, *, tokens: int,
                            cost_usd: float | None) -> None:
         """Add a finished run's tokens (input + output) and cost to today's and this month's
-        totals. Counted for every key, limited or not, so ``usage`` can report it; a run may
-        overshoot a quota by its own usage, and the next ``admit`` is refused."""
+        totals, outside any admission (``Admission.settle`` does this for admitted runs).
+        Counted for every key, limited or not, so ``usage`` can report it."""
         del policy  # the totals do not depend on the limits; kept for the callers' symmetry
-        now = utcnow()
-        if tokens > 0:
-            await self._counters.add(f"tokens:{key_id}:{now:%Y-%m-%d}", tokens,
-                                     (_next_day(now) - now).total_seconds() + _COUNTER_GRACE_SECS)
-        micros = round(cost_usd * MICRO_USD) if cost_usd else 0
-        if micros > 0:
-            await self._counters.add(f"budget:{key_id}:{now:%Y-%m}", micros,
-                                     (_next_month(now) - now).total_seconds()
-                                     + _COUNTER_GRACE_SECS)
+        adds = usage_adds(key_id, tokens, cost_usd, utcnow())
+        if adds:
+            await self._counters.settle((), adds)
 
     async def check_fetch(self, key_id: str) -> None:
         """Spend one page fetch of ``key_id`` (CCGATE_FETCH_RPM per minute window), or raise
@@ -296,8 +341,8 @@ class Limiter:
         """What ``key_id`` used: tokens today, USD this month (UTC calendar), requests running."""
         now = utcnow()
         tokens, micros, running = await asyncio.gather(
-            self._counters.get(f"tokens:{key_id}:{now:%Y-%m-%d}"),
-            self._counters.get(f"budget:{key_id}:{now:%Y-%m}"),
+            self._counters.get(tokens_key(key_id, now)),
+            self._counters.get(budget_key(key_id, now)),
             self._counters.running(f"running:{key_id}"))
         return {"tokens_today": tokens, "cost_usd_this_month": micros / MICRO_USD,
                 "running": running}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -13,8 +11,16 @@ import structlog
 
 from ccgate.config import Settings
 from ccgate.runners.base import RunError, RunEvent, Runner, RunRequest, RunResult
-from ccgate.runners.cli_command import CliOptions, build_argv, build_env, user_message
+from ccgate.runners.cli_command import (
+    CliOptions,
+    PromptFiles,
+    build_argv,
+    build_env,
+    user_message,
+)
 from ccgate.runners.process import GroupProcess
+from ccgate.runners.run_dir import RunDir, SystemPrompts, start_cli
+from ccgate.runners.sandbox import sandbox_for
 from ccgate.runners.stream_json import StreamParser
 from ccgate.runners.transcript import Transcript, remove_transcript, write_transcript
 
@@ -40,25 +46,21 @@ class ClaudeCliRunner:
 
     async def run(self, request: RunRequest) -> AsyncGenerator[RunEvent, None]:
         """Yield the run's events; raise RunError on failure; cancelling kills the group."""
-        run_dir = tempfile.mkdtemp(prefix="ccgate-run-", dir=self.options.work_dir)
-        env = build_env(self.options, run_dir)
+        try:
+            run_dir = RunDir.create(self.options.work_dir, "ccgate-run-")
+        except OSError as exc:
+            raise RunError("cli_error", "Could not create the run directory under "
+                           f"CCGATE_WORK_DIR: {exc.strerror or exc}") from None
+        env = build_env(self.options, run_dir.path)
         transcript: Transcript | None = None
         process: GroupProcess | None = None
         finished = False
         try:
             if request.history:
-                transcript = await _write_history(request, env, run_dir)
-            argv = build_argv(self.options, request,
+                transcript = await _write_history(request, env, run_dir.path)
+            argv = build_argv(self.options, request, prompt_files=_write_prompts(run_dir, request),
                               resume=transcript.session_id if transcript else None)
-            try:
-                process = await GroupProcess.start(argv, cwd=run_dir, env=env)
-            except OSError as exc:
-                raise RunError(
-                    "cli_unavailable",
-                    f"Could not start the claude CLI at {self.options.executable}: "
-                    f"{exc.strerror or exc}. Install it (npm install -g "
-                    "@anthropic-ai/claude-code) or set CCGATE_CLAUDE_PATH.",
-                ) from None
+            process = await _start(self.options, run_dir, argv, env)
             # Written concurrently with reading: a CLI that stops reading stdin must not hold
             # the run past its deadline, nor deadlock against a full stdout pipe.
             writer = asyncio.create_task(process.write_and_close(user_message(request.content)))
@@ -72,11 +74,11 @@ class ClaudeCliRunner:
             # The answer out, the CLI exits on its own (~50 ms) off the caller's path; otherwise
             # its group is stopped now. Either way a task owns the clean-up, so a second
             # cancellation cannot leave the run's files behind.
-            cleanup = self._clean_up(process, run_dir, transcript, wait_exit=finished)
+            cleanup = self._clean_up(process, run_dir, env, transcript, wait_exit=finished)
             if not finished:
                 await asyncio.shield(cleanup)
 
-    def _clean_up(self, process: GroupProcess | None, run_dir: str,
+    def _clean_up(self, process: GroupProcess | None, run_dir: RunDir, env: dict[str, str],
                   transcript: Transcript | None, *, wait_exit: bool) -> asyncio.Task[None]:
         async def clean_up() -> None:
             try:
@@ -86,7 +88,7 @@ class ClaudeCliRunner:
                     await process.stop(self.options.kill_grace_secs)
             finally:
                 # Only once the CLI is gone: it may still add files to its project directory.
-                shutil.rmtree(run_dir, ignore_errors=True)
+                run_dir.remove(env)
                 if transcript is not None:
                     remove_transcript(transcript)
 
@@ -134,6 +136,33 @@ async def _write_history(request: RunRequest, env: dict[str, str], run_dir: str)
     except OSError as exc:
         raise RunError("cli_error", "Could not write the earlier turns for the claude CLI: "
                        f"{exc.strerror or exc}") from None
+
+
+def _write_prompts(run_dir: RunDir, request: RunRequest) -> PromptFiles:
+    """The request's system prompts as files in the run directory; RunError if unusable."""
+    try:
+        return run_dir.write_prompts(SystemPrompts.of(request))
+    except ValueError:
+        raise RunError("invalid_request", "The system prompt is not valid Unicode text") from None
+    except OSError as exc:
+        raise RunError("cli_error", "Could not write the system prompt for the claude CLI: "
+                       f"{exc.strerror or exc}") from None
+
+
+async def _start(options: CliOptions, run_dir: RunDir, argv: list[str],
+                 env: dict[str, str]) -> GroupProcess:
+    """Start the CLI; any failure to start is ``cli_unavailable`` (the caller removes the dir)."""
+    try:
+        return await start_cli(options, run_dir, argv, env)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        # The path is for the operator's log; key holders see only what to do about it.
+        log.warning("cli_start_failed", path=options.executable, reason=reason)
+        raise RunError(
+            "cli_unavailable",
+            f"Could not start the claude CLI: {reason}. Install it (npm install -g "
+            "@anthropic-ai/claude-code) or set CCGATE_CLAUDE_PATH.",
+        ) from None
 
 
 def _remove_written(writing: asyncio.Future[Transcript]) -> None:
@@ -211,6 +240,7 @@ def cli_runner(settings: Settings, executable: str | None) -> Runner:
         upstream_timeout_secs=settings.upstream_timeout_secs,
         kill_grace_secs=settings.kill_grace_secs,
         work_dir=settings.work_dir,
+        sandbox=sandbox_for(settings),
     )
     if settings.pool_mode == "off":
         return ClaudeCliRunner(options)

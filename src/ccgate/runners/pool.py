@@ -1,17 +1,29 @@
-"""The warm pool: pre-started CLI processes per (owner, argv), refilled in the background."""
+"""The warm pool: pre-started CLI processes per (owner, argv), refilled in the background.
+
+A pool key holds the system prompts as a SHA-256 only. The text a key needs to start more
+processes is kept while the key is in demand, for a bounded number of keys (per owner and
+overall): the least recently used key beyond either bound is forgotten and its idle processes
+retired, and bookkeeping of a key with nothing idle, starting, resetting or busy is dropped.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import structlog
+
 from ccgate.runners.base import RunRequest
-from ccgate.runners.cli_command import CliOptions, build_argv, build_env
+from ccgate.runners.cli_command import CliOptions, PromptFiles, build_argv
+from ccgate.runners.run_dir import SystemPrompts
 from ccgate.runners.warm_process import PoolKey, WarmProcess
+
+log = structlog.get_logger("ccgate.pool")
 
 APPROX_RSS_MIB = 200  # one idle claude 2.1.x process, measured; docs/pool.md
 _RESET_TIMEOUT_SECS = 10.0
@@ -30,6 +42,9 @@ class PoolConfig:
     max_requests: int = 50
     concurrency: int = 2
     janitor_interval_secs: float = _JANITOR_INTERVAL_SECS
+    # Distinct pool keys remembered at once: past either bound the least recently used goes.
+    max_keys: int = 64
+    max_keys_per_owner: int = 8
 
 
 @dataclass
@@ -45,6 +60,15 @@ class PoolCounters:
     resets: int = 0
     reset_failures: int = 0
     interrupts: int = 0
+    forgotten_keys: int = 0
+
+
+@dataclass
+class _Demand:
+    """A key's last checkout and the system prompts its new processes are started with."""
+
+    prompts: SystemPrompts
+    last: float
 
 
 class WarmPool:
@@ -61,7 +85,8 @@ class WarmPool:
         self._closing = 0
         self._resetting: dict[PoolKey, int] = {}
         self._returned = asyncio.Event()
-        self._demand: dict[PoolKey, float] = {}
+        # Least recently checked out first.
+        self._demand: OrderedDict[PoolKey, _Demand] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._janitor: asyncio.Task[None] | None = None
         self._closed = False
@@ -74,25 +99,25 @@ class WarmPool:
             # Reuse needs slash commands on (for /clear); user text that starts with "/"
             # would run as a command, so it takes the locked-down cold path instead.
             return None
-        return PoolKey(request.owner, request.model, request.system_prompt,
-                       request.append_system_prompt, request.stream)
+        return PoolKey(request.owner, request.model, SystemPrompts.of(request).digest(),
+                       request.stream)
 
-    def argv(self, key: PoolKey) -> list[str]:
+    def argv(self, key: PoolKey, prompt_files: PromptFiles) -> list[str]:
         """The argv a process for ``key`` runs: the cold runner's, minus what reuse needs."""
-        template = RunRequest(content=[], model=key.model, system_prompt=key.system_prompt,
-                              append_system_prompt=key.append_system_prompt, stream=key.stream)
-        argv = build_argv(self.options, template)
+        template = RunRequest(content=[], model=key.model, stream=key.stream)
+        argv = build_argv(self.options, template, prompt_files=prompt_files)
         if self.config.mode == "reuse":
             argv.remove("--disable-slash-commands")
         return argv
 
-    async def checkout(self, key: PoolKey) -> WarmProcess | None:
+    async def checkout(self, key: PoolKey, prompts: SystemPrompts) -> WarmProcess | None:
         """Take a live idle process of ``key`` (oldest first), and ask for a replacement.
 
+        ``prompts`` are the system prompts ``key`` hashes, for the processes started for it.
         When none is idle but one of ``key`` is being reset, wait for it: a /clear takes
         tens of milliseconds, a cold start most of a second.
         """
-        self._demand[key] = time.monotonic()
+        self._note_demand(key, prompts)
         self._start_janitor()
         found = self._take_idle(key)
         deadline = time.monotonic() + _RESET_WAIT_SECS
@@ -106,19 +131,46 @@ class WarmPool:
         else:
             self.counters.misses += 1
             # A miss is demand the pool did not meet: grow by one even past min idle.
-            if self._may_spawn():
-                self._start_spawn(key)
+            if self._may_spawn() and key in self._demand:
+                self._start_spawn(key, self._demand[key].prompts)
         self.refill()
         return found
 
+    def _note_demand(self, key: PoolKey, prompts: SystemPrompts) -> None:
+        """Mark ``key`` most recently used; forget least recently used keys past the bounds."""
+        demand = self._demand.pop(key, None) or _Demand(prompts, 0.0)
+        demand.last = time.monotonic()
+        self._demand[key] = demand
+        owned = [k for k in self._demand if k.owner == key.owner]
+        for old in owned[: max(0, len(owned) - self.config.max_keys_per_owner)]:
+            self._forget(old)
+        while len(self._demand) > self.config.max_keys:
+            self._forget(next(iter(self._demand)))
+
+    def _forget(self, key: PoolKey) -> None:
+        """Drop ``key``'s demand and retire its idle processes; processes of it still starting,
+        busy or resetting are retired when they come back (they are no longer reusable)."""
+        del self._demand[key]
+        self.counters.forgotten_keys += 1
+        for process in list(self._idle.get(key, [])):
+            self._retire(process)
+
     def _take_idle(self, key: PoolKey) -> WarmProcess | None:
         idle = self._idle.get(key, [])
-        while idle:
+        found = None
+        while idle and found is None:
             candidate = idle.pop(0)
             if candidate.alive:
-                return candidate
-            self._retire(candidate)
-        return None
+                found = candidate
+            else:
+                self._retire(candidate)
+        if not idle:
+            self._idle.pop(key, None)
+        return found
+
+    def tracked_keys(self) -> set[PoolKey]:
+        """Every key the pool keeps any bookkeeping for (demand, idle, starting, resetting)."""
+        return {*self._demand, *self._idle, *self._spawning, *self._resetting}
 
     @property
     def total(self) -> int:
@@ -127,14 +179,21 @@ class WarmPool:
                 + sum(self._spawning.values()) + self._closing)
 
     def refill(self) -> None:
-        """Start processes for recently active keys below min idle, within every bound."""
+        """Start processes for recently active keys below min idle, within every bound; drop
+        the demand of keys idle past CCGATE_POOL_IDLE_SECS that have no process left."""
         now = time.monotonic()
-        for key, last in list(self._demand.items()):
-            if now - last > self.config.idle_secs:
-                del self._demand[key]
+        for key, demand in list(self._demand.items()):
+            if now - demand.last > self.config.idle_secs:
+                if not self._holds(key):
+                    del self._demand[key]
                 continue
             while self._may_spawn() and self._available(key) < self.config.min_idle:
-                self._start_spawn(key)
+                self._start_spawn(key, demand.prompts)
+
+    def _holds(self, key: PoolKey) -> bool:
+        """Whether any process of ``key`` is idle, starting, resetting or busy."""
+        return (key in self._idle or key in self._spawning or key in self._resetting
+                or any(p.key == key for p in self._busy))
 
     def _may_spawn(self) -> bool:
         return (not self._closed and self.total < self.config.max_processes
@@ -145,9 +204,9 @@ class WarmPool:
         coming_back = sum(1 for p in self._busy if p.key == key and self._reusable(p))
         return len(self._idle.get(key, [])) + self._spawning.get(key, 0) + coming_back
 
-    def _start_spawn(self, key: PoolKey) -> None:
+    def _start_spawn(self, key: PoolKey, prompts: SystemPrompts) -> None:
         self._spawning[key] = self._spawning.get(key, 0) + 1
-        self._background(self._spawn(key))
+        self._background(self._spawn(key, prompts))
 
     def release(self, process: WarmProcess, outcome: str) -> None:
         """Take back a process after a run that ended ``done``, ``error`` or ``cancelled``."""
@@ -167,6 +226,7 @@ class WarmPool:
             "idle": sum(len(v) for v in self._idle.values()),
             "busy": len(self._busy),
             "starting": sum(self._spawning.values()),
+            "keys": len(self._demand),
             **asdict(self.counters),
         }
 
@@ -191,20 +251,23 @@ class WarmPool:
 
     def _reusable(self, process: WarmProcess) -> bool:
         return (self.config.mode == "reuse" and not self._closed and process.alive
-                and not process.tainted and process.served < self.config.max_requests)
+                and not process.tainted and process.served < self.config.max_requests
+                and process.key in self._demand)
 
-    async def _spawn(self, key: PoolKey) -> None:
+    async def _spawn(self, key: PoolKey, prompts: SystemPrompts) -> None:
         try:
-            process = await WarmProcess.start(key, self.argv(key),
-                                              build_env(self.options, ""), self.options.work_dir)
-        except OSError:
+            process = await WarmProcess.start(
+                key, self.options, prompts, lambda files: self.argv(key, files))
+        except Exception as exc:
+            # WarmProcess.start removed the directory it made; the request already ran cold.
             self.counters.spawn_failures += 1
+            log.warning("pool_spawn_failed", error=type(exc).__name__)
             return
         finally:
-            self._spawning[key] -= 1
+            _decrement(self._spawning, key)
         self.counters.spawns += 1
         self._idle.setdefault(key, []).append(process)
-        if self._closed:
+        if self._closed or key not in self._demand:
             self._retire(process)
 
     async def _reset_and_return(self, process: WarmProcess) -> None:
@@ -213,7 +276,7 @@ class WarmPool:
         try:
             reset = await process.reset(_RESET_TIMEOUT_SECS)
         finally:
-            self._resetting[key] -= 1
+            _decrement(self._resetting, key)
         if reset and self._reusable(process):
             self.counters.resets += 1
             self._busy.discard(process)
@@ -241,6 +304,8 @@ class WarmPool:
         idle = self._idle.get(process.key, [])
         if process in idle:
             idle.remove(process)
+            if not idle:
+                del self._idle[process.key]
         self.counters.retirements += 1
         self._closing += 1
         self._background(self._close(process, kill))
@@ -271,6 +336,15 @@ class WarmPool:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _decrement(counts: dict[PoolKey, int], key: PoolKey) -> None:
+    """One less for ``key``; the entry goes at zero, so forgotten keys leave nothing behind."""
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def _looks_like_command(content: list[dict[str, Any]]) -> bool:

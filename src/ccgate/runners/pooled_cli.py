@@ -12,6 +12,7 @@ from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult, RunSt
 from ccgate.runners.cli import ClaudeCliRunner, ended_early, next_line
 from ccgate.runners.cli_command import CliOptions
 from ccgate.runners.pool import PoolConfig, WarmPool
+from ccgate.runners.run_dir import SystemPrompts
 from ccgate.runners.stream_json import StreamParser
 from ccgate.runners.warm_process import EXPECTED_LINE_TYPES, WarmProcess
 
@@ -31,7 +32,8 @@ class PooledCliRunner:
         # Counted before checkout, so a refill it triggers sees this run against the cap.
         self.pool.active_runs += 1
         try:
-            process = await self.pool.checkout(key) if key is not None else None
+            process = (await self.pool.checkout(key, SystemPrompts.of(request))
+                       if key is not None else None)
             if key is None:
                 self.pool.counters.bypasses += 1
             if process is None:

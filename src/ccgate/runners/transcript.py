@@ -90,11 +90,16 @@ def config_dir(env: Mapping[str, str], cwd: str) -> Path:
     return Path(home) / ".claude"
 
 
+def project_dir(env: Mapping[str, str], cwd: str) -> Path:
+    """The directory the CLI run in ``cwd`` with ``env`` keeps its project files in (it makes
+    it on every start, even with ``--no-session-persistence``)."""
+    real_cwd = os.path.realpath(cwd)  # the CLI sees its cwd with symlinks resolved
+    return config_dir(env, real_cwd) / "projects" / sanitized_project_dir(real_cwd)
+
+
 def locate_transcript(env: Mapping[str, str], cwd: str) -> Transcript:
     """A new session id and the project directory the CLI looks in when run in ``cwd``."""
-    real_cwd = os.path.realpath(cwd)  # the CLI sees its cwd with symlinks resolved
-    projects = config_dir(env, real_cwd) / "projects"
-    return Transcript(str(uuid.uuid4()), projects / sanitized_project_dir(real_cwd))
+    return Transcript(str(uuid.uuid4()), project_dir(env, cwd))
 
 
 def _block(block: Any, role: str, where: str) -> dict[str, Any]:

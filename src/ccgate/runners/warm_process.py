@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ccgate.runners.cli_command import user_message
+from ccgate.runners.cli_command import CliOptions, PromptFiles, build_env, user_message
 from ccgate.runners.process import GroupProcess
+from ccgate.runners.run_dir import RunDir, SystemPrompts, start_cli
 
 # What one turn's stdout may hold; any other line type means the process is in a state we
 # did not expect, and it is retired rather than trusted with another request.
@@ -26,22 +25,24 @@ _CLEAR = [{"type": "text", "text": "/clear"}]
 
 @dataclass(frozen=True)
 class PoolKey:
-    """What a warm process is bound to: its owner and everything its argv fixes."""
+    """What a warm process is bound to: its owner and everything its argv fixes. The system
+    prompts appear only as a SHA-256 (``SystemPrompts.digest``), never as text."""
 
     owner: str
     model: str
-    system_prompt: str | None
-    append_system_prompt: str | None
+    prompts_sha256: str
     stream: bool
 
 
 class WarmProcess:
     """A GroupProcess in a private directory, reading one user message per turn."""
 
-    def __init__(self, key: PoolKey, process: GroupProcess, run_dir: str) -> None:
+    def __init__(self, key: PoolKey, process: GroupProcess, run_dir: RunDir,
+                 env: Mapping[str, str]) -> None:
         self.key = key
         self.process = process
         self.run_dir = run_dir
+        self.env = env
         self.started_at = time.monotonic()
         self.idle_since = self.started_at
         self.served = 0
@@ -51,16 +52,19 @@ class WarmProcess:
         self.tainted = False  # printed something unexpected: retire after this turn
 
     @classmethod
-    async def start(cls, key: PoolKey, argv: list[str], env: Mapping[str, str],
-                    work_dir: str | None) -> WarmProcess:
-        """Start ``argv`` in a new private directory (also its TMPDIR); raise OSError on failure."""
-        run_dir = tempfile.mkdtemp(prefix="ccgate-pool-", dir=work_dir)
+    async def start(cls, key: PoolKey, options: CliOptions, prompts: SystemPrompts,
+                    argv_for: Callable[[PromptFiles], list[str]]) -> WarmProcess:
+        """Start the CLI in a new private directory (its cwd and TMPDIR, holding its system
+        prompt files for its whole life); whatever fails, the directory goes with it."""
+        run_dir = RunDir.create(options.work_dir, "ccgate-pool-")
+        env = build_env(options, run_dir.path)
         try:
-            process = await GroupProcess.start(argv, cwd=run_dir, env={**env, "TMPDIR": run_dir})
-        except OSError:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            argv = argv_for(run_dir.write_prompts(prompts))
+            process = await start_cli(options, run_dir, argv, env)
+        except BaseException:
+            run_dir.remove(env)
             raise
-        return cls(key, process, run_dir)
+        return cls(key, process, run_dir, env)
 
     @property
     def pid(self) -> int:
@@ -141,4 +145,4 @@ class WarmProcess:
             await self.process.wait(grace)
             await self.process.stop(grace)
         finally:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir.remove(self.env)

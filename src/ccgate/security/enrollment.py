@@ -3,11 +3,18 @@
 A device token is an HS256 JWT signed with CCGATE_ENROLLMENT_SECRET. Each device acts as its
 own key (kind ``device``), so limits, audit and usage treat it like any other key; the token
 is only checked against the store on every request, so revocation takes effect at once.
+
+The ``device_id`` an app sends names an installation but proves nothing: at its first
+bootstrap a device gets a **device secret** (shown once, stored hashed) that it must show to
+bootstrap again as that device, and a webhook secret of its own. Tokens carry the device's
+row id, never the ``device_id``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -19,7 +26,8 @@ import jwt
 from sqlalchemy.exc import IntegrityError
 
 from ccgate.clock import utcnow as _now
-from ccgate.security.keys import hash_secret, mint_key, new_id
+from ccgate.security.keys import hash_secret, mint_key, mint_webhook_secret, new_id
+from ccgate.security.netrules import IPAddress, key_allows
 from ccgate.store import KeyRecord, Store
 from ccgate.store.enrollments import DeviceKey, DeviceRecord, EnrollmentRecord
 from ccgate.store.keys import KeyPolicy
@@ -27,6 +35,7 @@ from ccgate.store.keys import KeyPolicy
 ISSUER = "ccgate"
 ALGORITHM = "HS256"
 CODE_PREFIX = "ccgenr_"
+DEVICE_SECRET_PREFIX = "ccgdev_"  # noqa: S105 (a visible prefix, not a secret)
 # Enrollment names end up inside device key names, which are at most 100 characters.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 _CODE_BYTES = 32
@@ -41,7 +50,6 @@ class DeviceClaims:
 
     device: str
     key_id: str
-    device_id: str
     enrollment: str
     issued_at: datetime
     expires_at: datetime
@@ -50,12 +58,19 @@ class DeviceClaims:
 
 @dataclass(frozen=True)
 class DeviceToken:
-    """A freshly issued device token and the device it belongs to."""
+    """A freshly issued device token and the device it belongs to.
+
+    ``device_secret`` and ``webhook_secret`` are set only when they were just minted (a first
+    bootstrap, or the first refresh of a device enrolled before device secrets existed): they
+    are shown this once and never again.
+    """
 
     token: str
     expires_at: datetime
     ttl_secs: int
     device: DeviceRecord
+    device_secret: str | None = None
+    webhook_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,15 @@ class DeviceKeyConflict(BootstrapRefused):
     """The generated key name is taken by a key that is not this device's."""
 
 
+class DeviceSecretRefused(BootstrapRefused):
+    """This device_id is enrolled and the device secret sent with it is missing or wrong."""
+
+
+class AddressRefused(BootstrapRefused):
+    """The client address is outside the enrollment's (or the device key's) ``ip_cidrs``;
+    raised by refresh too."""
+
+
 def looks_like_device_token(secret: str) -> bool:
     """True if ``secret`` has a JWT's shape (three base64url segments, a JSON header)."""
     return len(secret) <= _MAX_TOKEN_CHARS and bool(_JWT_SHAPE.fullmatch(secret))
@@ -104,8 +128,9 @@ def issue_device_token(secret: str, device: DeviceRecord, policy: KeyPolicy, *, 
     """Sign a token for ``device`` valid ``ttl_secs`` from ``now``; return it and its expiry."""
     issued = int(now.timestamp())
     expires = issued + ttl_secs
+    # The client-chosen device_id stays out: tokens travel, and it must not leak with them.
     claims: dict[str, Any] = {
-        "iss": ISSUER, "sub": device.id, "key": device.key_id, "device_id": device.device_id,
+        "iss": ISSUER, "sub": device.id, "key": device.key_id,
         "enr": device.enrollment_name, "policy": policy.as_json(), "iat": issued,
         "exp": expires, "jti": secrets.token_urlsafe(16)}
     return jwt.encode(claims, secret, algorithm=ALGORITHM), datetime.fromtimestamp(expires, UTC)
@@ -120,15 +145,27 @@ def read_device_token(secret: str, token: str) -> DeviceClaims | None:
                             options={"require": ["exp", "iat", "sub"]})
     except jwt.PyJWTError:
         return None
-    sub, key_id, device_id = claims.get("sub"), claims.get("key"), claims.get("device_id")
+    sub, key_id = claims.get("sub"), claims.get("key")
     enrollment, jti = claims.get("enr"), claims.get("jti")
-    if not (isinstance(sub, str) and isinstance(key_id, str) and isinstance(device_id, str)
+    if not (isinstance(sub, str) and isinstance(key_id, str)
             and isinstance(enrollment, str) and isinstance(jti, str)):
         return None
     return DeviceClaims(
-        device=sub, key_id=key_id, device_id=device_id, enrollment=enrollment,
+        device=sub, key_id=key_id, enrollment=enrollment,
         issued_at=datetime.fromtimestamp(claims["iat"], UTC),
         expires_at=datetime.fromtimestamp(claims["exp"], UTC), jti=jti)
+
+
+def mint_device_secret() -> str:
+    """A new device secret: ``ccgdev_`` plus 32 random bytes."""
+    return DEVICE_SECRET_PREFIX + secrets.token_urlsafe(_CODE_BYTES)
+
+
+def device_secret_matches(device: DeviceRecord, presented: str | None) -> bool:
+    """True if ``presented`` is this device's secret (compared as hashes, in constant time)."""
+    if device.secret_hash is None or not presented:
+        return False
+    return hmac.compare_digest(device.secret_hash, hash_secret(presented))
 
 
 def device_key_name(enrollment: str, device_id: str) -> str:
@@ -173,30 +210,54 @@ class EnrollmentService:
         """Revoke a device and its key; its tokens fail from the next request on."""
         return await self.store.enrollments.revoke_device(device_row_id, _now())
 
-    async def bootstrap(self, code: str, device_id: str) -> DeviceToken:
-        """Exchange an enrollment code for a token; the same device_id gets the same device.
+    async def bootstrap(self, code: str, device_id: str, *, device_secret: str | None = None,
+                        address: IPAddress | None = None) -> DeviceToken:
+        """Exchange an enrollment code for a token.
 
-        Raise a ``BootstrapRefused`` subclass when the code, device or slot count says no.
+        A new ``device_id`` enrols a device, whose token comes with its device secret and
+        webhook secret (shown this once). A known one gets a new token for its device only
+        with that device secret. ``address`` must lie in the enrollment's ``ip_cidrs`` (and
+        the device key's). Raise a ``BootstrapRefused`` subclass when anything says no.
         """
         now = _now()
         enrollment = await self.store.enrollments.by_code_hash(hash_secret(code))
         if enrollment is None or not enrollment.open_at(now):
             raise InvalidEnrollmentCode
+        if not key_allows(enrollment.policy.ip_cidrs, address):
+            raise AddressRefused
         device = await self.store.enrollments.device_for(enrollment.id, device_id)
         if device is None:
-            device = await self._enrol(enrollment, device_id, now)
+            return await self._enrol(enrollment, device_id, now)
+        if not device_secret_matches(device, device_secret):
+            raise DeviceSecretRefused
         key = await self._usable_key(device)
         if key is None:
             raise DeviceRevoked
+        if not key_allows(key.policy.ip_cidrs, address):
+            raise AddressRefused
         return await self._issue(device, key, now)
 
-    async def refresh(self, token: str) -> DeviceToken | None:
-        """A new token (new expiry and jti) for a still-valid one; None if it is not."""
+    async def refresh(self, token: str, *, address: IPAddress | None = None
+                      ) -> DeviceToken | None:
+        """A new token (new expiry and jti) for a still-valid one; None if it is not.
+
+        Raise AddressRefused when ``address`` is outside the device key's ``ip_cidrs``. A
+        device enrolled before device secrets existed gets its secrets with this token.
+        """
         checked = await self._check(token)
         if checked is None:
             return None
         device, key = checked
-        return await self._issue(device, key, _now())
+        if not key_allows(key.policy.ip_cidrs, address):
+            raise AddressRefused
+        issued = await self._issue(device, key, _now())
+        if device.secret_hash is not None:
+            return issued
+        device_secret, webhook_secret = mint_device_secret(), mint_webhook_secret()
+        secret_set, webhook_set = await self.store.enrollments.give_secrets(
+            device.id, secret_hash=hash_secret(device_secret), webhook_secret=webhook_secret)
+        return dataclasses.replace(issued, device_secret=device_secret if secret_set else None,
+                                   webhook_secret=webhook_secret if webhook_set else None)
 
     async def verify(self, token: str) -> KeyRecord | None:
         """The active key a valid device token acts as, or None."""
@@ -229,24 +290,31 @@ class EnrollmentService:
         return key
 
     async def _enrol(self, enrollment: EnrollmentRecord, device_id: str,
-                     now: datetime) -> DeviceRecord:
-        minted = mint_key()  # the secret is dropped: a device only ever presents its token
+                     now: datetime) -> DeviceToken:
+        minted = mint_key()  # the key secret is dropped: a device only ever presents its token
+        device_secret, webhook_secret = mint_device_secret(), mint_webhook_secret()
         key = DeviceKey(id=new_id("key"), name=device_key_name(enrollment.name, device_id),
                         prefix=minted.prefix, secret_hash=minted.secret_hash,
-                        policy=enrollment.policy)
+                        policy=enrollment.policy, webhook_secret=webhook_secret)
         try:
             device = await self.store.enrollments.add_device(
                 device_row_id=new_id("dev"), enrollment_id=enrollment.id,
-                device_id=device_id, key=key, now=now)
+                device_id=device_id, key=key, now=now,
+                secret_hash=hash_secret(device_secret))
         except IntegrityError:
-            # Most likely the same device enrolling twice at once: use the winner's row.
-            device = await self.store.enrollments.device_for(enrollment.id, device_id)
-            if device is None:
-                raise DeviceKeyConflict(f"a key named {key.name!r} already exists") from None
-            return device
+            # The same device_id enrolling twice at once: the other request won, and only it
+            # holds the device secret.
+            if await self.store.enrollments.device_for(enrollment.id, device_id) is not None:
+                raise DeviceSecretRefused from None
+            raise DeviceKeyConflict(f"a key named {key.name!r} already exists") from None
         if device is None:
             raise EnrollmentFull
-        return device
+        record = await self._usable_key(device)
+        if record is None:
+            raise DeviceRevoked
+        issued = await self._issue(device, record, now)
+        return dataclasses.replace(issued, device_secret=device_secret,
+                                   webhook_secret=webhook_secret)
 
     async def _issue(self, device: DeviceRecord, key: KeyRecord, now: datetime) -> DeviceToken:
         token, expires_at = issue_device_token(self._secret, device, key.policy,

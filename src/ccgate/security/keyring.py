@@ -102,7 +102,10 @@ def _future_time(field: str, value: object) -> datetime:
             raise PolicyError(field, f"{value!r} is not an ISO 8601 date or time") from None
     if not isinstance(when, datetime):
         raise PolicyError(field, "must be an ISO 8601 date or time")
-    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    try:
+        when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:
+        raise PolicyError(field, "must fall between the years 1 and 9999 in UTC") from None
     if when <= _now():
         raise PolicyError(field, "must be in the future")
     return when

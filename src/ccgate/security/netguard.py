@@ -23,6 +23,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 MAX_URL_CHARS = 2048
+# What a caller is told about any refused address, literal or resolved: never which one.
+NOT_PUBLIC = "not a public address"
 DEFAULT_MAX_RESPONSE_BYTES = 1_048_576
 _SCHEMES = {"http": 80, "https": 443}
 # Only these spellings can be legacy IPv4 forms (127.1, 0x7f.0.0.1, 2130706433).
@@ -66,11 +68,17 @@ _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
 class BlockedDestination(ValueError):
-    """An outbound URL that ccgate refuses to call; ``reason`` says why, without secrets."""
+    """An outbound URL that ccgate refuses to call.
 
-    def __init__(self, reason: str) -> None:
+    ``reason`` is for the caller and never names an address a host name resolved to (that
+    would make ccgate an oracle for internal DNS); ``detail`` adds the address and its range,
+    for the server log only.
+    """
+
+    def __init__(self, reason: str, *, detail: str | None = None) -> None:
         super().__init__(f"blocked destination: {reason}")
         self.reason = reason
+        self.detail = detail or reason
 
 
 class ResponseTooLarge(httpx.HTTPError):
@@ -189,7 +197,7 @@ class OutboundGuard:
             return
         reason = blocked_reason(ip)
         if reason is not None:
-            raise BlockedDestination(f"{ip} is not reachable from ccgate ({reason})")
+            raise BlockedDestination(NOT_PUBLIC, detail=f"{ip}: {reason}")
 
     def check_url(self, url: str) -> None:
         """Raise BlockedDestination for a URL that can never be called (checked at submit)."""

@@ -36,17 +36,66 @@ class AuditEntry:
     prompt_text: str | None = None
 
 
+# Each text column's length (None: unbounded), from the schema.
+_TEXT_COLUMNS: dict[str, int | None] = {
+    c.name: c.type.length for c in audit_log.columns if isinstance(c.type, sa.String)}
+
+
+def fit_audit_row(entry: AuditEntry) -> dict[str, Any]:
+    """``entry`` as a row every backend stores: text cut to its column's length, NUL and
+    lone surrogates (which PostgreSQL refuses) replaced."""
+    row = asdict(entry)
+    for name, length in _TEXT_COLUMNS.items():
+        value = row.get(name)
+        if isinstance(value, str):
+            if not value.isascii():
+                value = value.encode("utf-8", "replace").decode("utf-8")
+            value = value.replace("\x00", "\ufffd")
+            row[name] = value[:length] if length is not None else value
+    return row
+
+
+def _row_at_fault(exc: Exception) -> bool:
+    """True when ``exc`` says the database refused a row's values, not that it is away."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        return not exc.connection_invalidated and not isinstance(
+            exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+    return isinstance(exc, ValueError | TypeError | ArithmeticError)
+
+
 class AuditTable:
     """Appends and reads audit rows."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def append_many(self, entries: list[AuditEntry]) -> None:
-        """Add rows in one transaction."""
-        rows = [asdict(e) for e in entries]
-        if rows:
+    async def append_many(self, entries: list[AuditEntry]) -> list[str]:
+        """Add rows in one transaction; if the database refuses the batch for its values,
+        add them one by one so a bad row loses nothing else. Returns the request ids of the
+        rows that could not be written; raises when the database itself fails."""
+        rows = [fit_audit_row(e) for e in entries]
+        if not rows:
+            return []
+        try:
             await self.db.write(lambda conn: conn.execute(audit_log.insert(), rows))
+        except Exception as exc:
+            if not _row_at_fault(exc):
+                raise
+        else:
+            return []
+        refused: list[str] = []
+        for row in rows:
+
+            def insert_one(conn: sa.Connection, row: dict[str, Any] = row) -> None:
+                conn.execute(audit_log.insert(), row)
+
+            try:
+                await self.db.write(insert_one)
+            except Exception as exc:
+                if not _row_at_fault(exc):
+                    raise
+                refused.append(row["request_id"])
+        return refused
 
     async def fill_job_outcomes(self, outcomes: list[dict[str, Any]]) -> list[str]:
         """Write finished jobs' outcomes into the rows of the requests that queued them

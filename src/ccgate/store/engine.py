@@ -66,10 +66,15 @@ class Database:
         self.dialect = make_url(self.url).get_backend_name()
         self._async: AsyncEngine | None = None
         self._sync: sa.Engine | None = None
+        self._bulk_reader: sa.Engine | None = None
         if self.dialect == "sqlite":
             self._sync = sa.create_engine(self.url, poolclass=sa.pool.StaticPool)
             event.listen(self._sync, "connect", _sqlite_pragmas)
             event.listen(self._sync, "begin", _sqlite_begin)
+            if make_url(self.url).database not in (None, "", ":memory:"):
+                # A connection per bulk read, opened in the worker thread that uses it.
+                self._bulk_reader = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+                event.listen(self._bulk_reader, "connect", _sqlite_pragmas)
         else:
             self._async = create_async_engine(self.url, pool_size=10, max_overflow=10,
                                               pool_pre_ping=True)
@@ -81,6 +86,19 @@ class Database:
         assert self._async is not None
         async with self._async.connect() as conn:
             return await conn.run_sync(operation)
+
+    async def read_bulk(self, operation: Operation[T]) -> T:
+        """Run a query that moves a lot of data (file bytes) without holding the event loop:
+        on SQLite in a worker thread, on a connection of its own (WAL lets it read beside the
+        writer); on PostgreSQL as ``read``, whose driver never blocks the loop on I/O."""
+        if self._bulk_reader is None:
+            return await self.read(operation)
+        return await asyncio.to_thread(self._read_on_own_connection, operation)
+
+    def _read_on_own_connection(self, operation: Operation[T]) -> T:
+        assert self._bulk_reader is not None
+        with self._bulk_reader.connect() as conn:
+            return operation(conn)
 
     async def write(self, operation: Operation[T]) -> T:
         """Run ``operation`` in a transaction that commits when it returns."""
@@ -121,6 +139,8 @@ class Database:
         """Release every connection and thread."""
         if self._sync is not None:
             self._sync.dispose()
+        if self._bulk_reader is not None:
+            self._bulk_reader.dispose()
         if self._async is not None:
             await self._async.dispose()
 

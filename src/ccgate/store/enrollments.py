@@ -49,17 +49,20 @@ class DeviceRecord:
     created_at: datetime
     last_refresh_at: datetime | None
     revoked_at: datetime | None
+    # SHA-256 of the device secret; None for a device enrolled before device secrets existed.
+    secret_hash: str | None = None
 
 
 @dataclass(frozen=True)
 class DeviceKey:
-    """The ``api_keys`` row minted for a new device (its secret is never stored or shown)."""
+    """The ``api_keys`` row minted for a new device (its key secret is never stored or shown)."""
 
     id: str
     name: str
     prefix: str
     secret_hash: str
     policy: KeyPolicy
+    webhook_secret: str | None = None
 
 
 def policy_to_json(policy: KeyPolicy) -> dict[str, Any]:
@@ -103,6 +106,7 @@ _ENROLLMENT_COLUMNS = (enrollments.c.id, enrollments.c.name, enrollments.c.polic
                        enrollments.c.expires_at, enrollments.c.revoked_at)
 _DEVICE_QUERY = (sa.select(devices.c.id, devices.c.enrollment_id, devices.c.device_id,
                            devices.c.key_id, devices.c.created_at, devices.c.last_refresh_at,
+                           devices.c.secret_hash,
                            _DEVICE_REVOKED_AT.label("revoked_at"),
                            enrollments.c.name.label("enrollment_name"),
                            api_keys.c.name.label("key_name"))
@@ -126,7 +130,7 @@ def _device(row: Any) -> DeviceRecord:
         id=m["id"], enrollment_id=m["enrollment_id"], enrollment_name=m["enrollment_name"],
         device_id=m["device_id"], key_id=m["key_id"], key_name=m["key_name"],
         created_at=m["created_at"], last_refresh_at=m["last_refresh_at"],
-        revoked_at=m["revoked_at"])
+        revoked_at=m["revoked_at"], secret_hash=m["secret_hash"])
 
 
 class EnrollmentTable:
@@ -196,8 +200,9 @@ class EnrollmentTable:
         return await self.db.read(lambda conn: [_device(r) for r in conn.execute(query)])
 
     async def add_device(self, *, device_row_id: str, enrollment_id: str, device_id: str,
-                         key: DeviceKey, now: datetime) -> DeviceRecord | None:
-        """Insert a device and its key in one transaction.
+                         key: DeviceKey, now: datetime,
+                         secret_hash: str | None = None) -> DeviceRecord | None:
+        """Insert a device (with the hash of its device secret) and its key in one transaction.
 
         None when the enrollment is revoked or already has ``max_devices`` active devices.
         Raise sqlalchemy IntegrityError if the device or the key name already exists.
@@ -217,12 +222,13 @@ class EnrollmentTable:
                 return None
             conn.execute(api_keys.insert().values(
                 id=key.id, name=key.name, prefix=key.prefix, secret_hash=key.secret_hash,
-                created_at=now, kind="device", **_key_policy_values(key.policy)))
+                created_at=now, kind="device", webhook_secret=key.webhook_secret,
+                **_key_policy_values(key.policy)))
             conn.execute(devices.insert().values(
                 id=device_row_id, enrollment_id=enrollment_id, device_id=device_id,
-                key_id=key.id, created_at=now, last_refresh_at=now))
+                key_id=key.id, secret_hash=secret_hash, created_at=now, last_refresh_at=now))
             return DeviceRecord(device_row_id, enrollment_id, row.name, device_id, key.id,
-                                key.name, now, now, None)
+                                key.name, now, now, None, secret_hash)
 
         return await self.db.write(op)
 
@@ -241,6 +247,31 @@ class EnrollmentTable:
                          .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                          .values(revoked_at=now))
             return True
+
+        return await self.db.write(op)
+
+    async def give_secrets(self, device_row_id: str, *, secret_hash: str,
+                           webhook_secret: str) -> tuple[bool, bool]:
+        """Give a device enrolled before device secrets existed its secret, and its key a
+        webhook secret when it has none. Only where still missing, so of two racing refreshes
+        one wins and the other changes nothing. Return which of the two were set."""
+
+        def op(conn: sa.Connection) -> tuple[bool, bool]:
+            key_id = conn.execute(
+                sa.select(devices.c.key_id).where(devices.c.id == device_row_id)).scalar()
+            if key_id is None:
+                return False, False
+            secret_set = conn.execute(
+                devices.update().where(devices.c.id == device_row_id,
+                                       devices.c.secret_hash.is_(None))
+                .values(secret_hash=secret_hash)).rowcount == 1
+            if not secret_set:
+                return False, False
+            webhook_set = conn.execute(
+                api_keys.update().where(api_keys.c.id == key_id,
+                                        api_keys.c.webhook_secret.is_(None))
+                .values(webhook_secret=webhook_secret)).rowcount == 1
+            return secret_set, webhook_set
 
         return await self.db.write(op)
 

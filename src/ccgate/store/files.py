@@ -68,9 +68,23 @@ class FileTable:
 
         return await self.db.read(op)
 
+    async def records(self, file_ids: Sequence[str], *, key_id: str,
+                      now: datetime) -> dict[str, FileRecord]:
+        """The record (size included, bytes not) of each of ``file_ids`` that ``key_id`` owns
+        and is unexpired: enough to refuse an attachment list before loading any bytes."""
+        if not file_ids:
+            return {}
+        query = sa.select(*_META).where(_owned(file_ids, key_id, now))
+
+        def op(conn: sa.Connection) -> dict[str, FileRecord]:
+            return {row.id: _record(row) for row in conn.execute(query)}
+
+        return await self.db.read(op)
+
     async def contents(self, file_ids: Sequence[str], *, key_id: str,
                        now: datetime) -> dict[str, tuple[FileRecord, bytes]]:
-        """Record and bytes of each of ``file_ids`` that ``key_id`` owns and is unexpired."""
+        """Record and bytes of each of ``file_ids`` that ``key_id`` owns and is unexpired,
+        read without holding the event loop."""
         if not file_ids:
             return {}
         query = sa.select(*_META, files.c.content).where(_owned(file_ids, key_id, now))
@@ -78,7 +92,7 @@ class FileTable:
         def op(conn: sa.Connection) -> dict[str, tuple[FileRecord, bytes]]:
             return {row.id: (_record(row), bytes(row.content)) for row in conn.execute(query)}
 
-        return await self.db.read(op)
+        return await self.db.read_bulk(op)
 
     async def delete(self, file_id: str, *, key_id: str) -> bool:
         """Delete one of ``key_id``'s files; False when it had none by that id."""

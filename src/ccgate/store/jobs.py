@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ccgate.store.engine import Database
 from ccgate.store.events import JobEvent, append_terminal_event, insert_events
-from ccgate.store.schema import job_events, jobs, webhook_deliveries
+from ccgate.store.schema import api_keys, job_events, jobs, webhook_deliveries
 from ccgate.store.webhooks import insert_delivery
 
 
@@ -48,6 +48,17 @@ class QueueAtCapacity(Exception):
     """The queue already holds the most jobs it may."""
 
 
+def _key_usable(now: datetime) -> sa.ColumnElement[bool]:
+    """The job's key may still have work run: neither revoked nor expired (no key: yes)."""
+    return sa.or_(jobs.c.key_id.is_(None), sa.exists().where(
+        api_keys.c.id == jobs.c.key_id, api_keys.c.revoked_at.is_(None),
+        sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now)))
+
+
+def _key_revoked() -> sa.ColumnElement[bool]:
+    return sa.exists().where(api_keys.c.id == jobs.c.key_id, api_keys.c.revoked_at.is_not(None))
+
+
 @dataclass(frozen=True)
 class JobRecord:
     """A job as stored."""
@@ -77,6 +88,9 @@ class JobRecord:
     request_hash: str | None = None
     stop_reason: str | None = None
     retry_after: float | None = None
+    # A JSON job's answer as read when it ended: canonical JSON, or why it held none.
+    result_json: str | None = None
+    result_parse_error: str | None = None
 
 
 def _record(row: sa.Row[Any]) -> JobRecord:
@@ -118,13 +132,23 @@ class JobTable:
         count_queued = (sa.select(sa.func.count()).select_from(jobs)
                         .where(jobs.c.status == JobStatus.QUEUED.value))
 
+        def _usable(conn: sa.Connection) -> bool:
+            # A direct start is a claim: a key revoked since its request was authenticated
+            # leaves the job queued, where the sweep of revoked keys' work cancels it.
+            if key_id is None:
+                return True
+            return conn.execute(sa.select(api_keys.c.id).where(
+                api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None),
+                sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now))
+            ).first() is not None
+
         def op(conn: sa.Connection) -> JobRecord:
             record = base
             if max_queued is not None or claim_for is not None:
                 waiting = int(conn.execute(count_queued).scalar() or 0)
                 if max_queued is not None and waiting >= max_queued:
                     raise QueueAtCapacity(waiting)
-                if claim_for is not None and waiting == 0:
+                if claim_for is not None and waiting == 0 and _usable(conn):
                     record = claimed
             # Parameters rather than .values(): the compiled INSERT is cached and reused.
             conn.execute(jobs.insert(), {**record.__dict__, "status": record.status.value})
@@ -220,10 +244,10 @@ class JobTable:
 
     async def finish(self, job_id: str, to: JobStatus, *, now: datetime,
                      pending: Sequence[JobEvent] = (), closing_seq: int | None = None,
-                     lease_expired_before: datetime | None = None,
+                     lease_expired_before: datetime | None = None, webhook: bool = True,
                      **values: Any) -> tuple[JobRecord, JobEvent] | None:
         """End a job in one transaction: its last chunks, the status change, the closing
-        ``result`` event and, when it asked for one, its webhook delivery.
+        ``result`` event and, when it asked for one (and ``webhook``), its webhook delivery.
 
         Returns the ended job and its closing event, or None if the job had already ended
         (the guard keeps the first ending: a late completion never overwrites a cancel).
@@ -242,7 +266,7 @@ class JobTable:
             insert_events(conn, pending)
             event = append_terminal_event(conn, job_id, "result", {"status": to.value}, now,
                                           seq=closing_seq)
-            if record.callback_url:
+            if record.callback_url and webhook:
                 insert_delivery(conn, job_id=job_id, url=record.callback_url, now=now)
             return record, event
 
@@ -250,13 +274,18 @@ class JobTable:
 
     async def claim_next(self, *, owner: str, now: datetime,
                          lease_until: datetime) -> JobRecord | None:
-        """Move the oldest queued job to processing under ``owner``'s lease and return it."""
+        """Move the oldest queued job to processing under ``owner``'s lease and return it.
+
+        Only jobs whose key is still usable (not revoked, not expired) are claimed, so a
+        revocation written by any process is honoured; JobService sweeps the rest away.
+        """
         # Fair between keys: the key served least recently goes first (never served: first
         # of all), then its oldest job, so one key's flood cannot starve another key's job.
         served = sa.alias(jobs, "served")
         last_served = (sa.select(sa.func.max(served.c.started_at))
                        .where(served.c.key_id == jobs.c.key_id).scalar_subquery())
-        candidates = (sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value)
+        candidates = (sa.select(jobs.c.id)
+                      .where(jobs.c.status == JobStatus.QUEUED.value, _key_usable(now))
                       .order_by(last_served.asc().nulls_first(), jobs.c.created_at, jobs.c.id)
                       .limit(8))
         postgres = self.db.dialect == "postgresql"
@@ -297,6 +326,24 @@ class JobTable:
                  .values(lease_expires_at=until)
                  .returning(jobs.c.id))
         return await self.db.write(lambda conn: {r[0] for r in conn.execute(query)})
+
+    async def unfinished_of(self, key_ids: Iterable[str]) -> list[str]:
+        """Ids of the queued and processing jobs of these keys, oldest first."""
+        query = (sa.select(jobs.c.id)
+                 .where(jobs.c.key_id.in_(list(key_ids)),
+                        jobs.c.status.in_([JobStatus.QUEUED.value,
+                                           JobStatus.PROCESSING.value]))
+                 .order_by(jobs.c.created_at, jobs.c.id))
+        return await self.db.read(lambda conn: [r[0] for r in conn.execute(query)])
+
+    async def unusable_work(self, now: datetime) -> list[str]:
+        """Ids of jobs whose key lost access elsewhere: queued jobs of keys revoked or expired,
+        processing jobs of keys revoked (a run admitted before its key expired may finish)."""
+        queued = sa.and_(jobs.c.status == JobStatus.QUEUED.value, sa.not_(_key_usable(now)))
+        running = sa.and_(jobs.c.status == JobStatus.PROCESSING.value, _key_revoked())
+        query = (sa.select(jobs.c.id).where(jobs.c.key_id.is_not(None), sa.or_(queued, running))
+                 .order_by(jobs.c.created_at, jobs.c.id).limit(500))
+        return await self.db.read(lambda conn: [r[0] for r in conn.execute(query)])
 
     async def expired_leases(self, now: datetime) -> list[JobRecord]:
         """Processing jobs whose lease ran out: their node died or lost the database."""

@@ -86,6 +86,10 @@ jobs = sa.Table(
     sa.Column("callback_url", sa.Text(), nullable=True),
     sa.Column("idempotency_key", sa.String(200), nullable=True),
     sa.Column("request_hash", sa.String(64), nullable=True),
+    # A JSON job's answer, read once when the job ends: the value as canonical JSON text, or
+    # why the answer held none. Both NULL: not a JSON job, or one stored before these existed.
+    sa.Column("result_json", sa.Text(), nullable=True),
+    sa.Column("result_parse_error", sa.Text(), nullable=True),
     sa.Index("ix_jobs_status_created", "status", "created_at"),
     sa.Index("ix_jobs_key_created", "key_id", "created_at"),
     sa.Index("ix_jobs_finished", "finished_at"),
@@ -203,6 +207,9 @@ devices = sa.Table(
     sa.Column("device_id", sa.String(200), nullable=False),
     # The key the device acts as: limits, audit and usage work as for any key.
     sa.Column("key_id", sa.String(40), sa.ForeignKey("api_keys.id"), nullable=False),
+    # SHA-256 of the secret the device must show to bootstrap again as itself; NULL only for
+    # devices enrolled before device secrets existed (they get one at their next refresh).
+    sa.Column("secret_hash", sa.String(64), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("last_refresh_at", UTCDateTime(), nullable=True),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),

@@ -10,11 +10,17 @@ import sqlalchemy as sa
 
 from ccgate.security.keys import new_id
 from ccgate.store.engine import Database
-from ccgate.store.schema import api_keys, webhook_deliveries
+from ccgate.store.schema import api_keys, jobs, webhook_deliveries
 
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
+
+
+def _of_revoked_key(delivery_job_id: Any) -> sa.ColumnElement[bool]:
+    """The delivery's job belongs to a revoked key: nothing more goes out for it."""
+    return sa.exists().where(jobs.c.id == delivery_job_id, api_keys.c.id == jobs.c.key_id,
+                             api_keys.c.revoked_at.is_not(None))
 
 
 def insert_delivery(conn: sa.Connection, *, job_id: str, url: str, now: datetime) -> str:
@@ -86,7 +92,8 @@ class DeliveryTable:
         t = webhook_deliveries
         claimable = sa.and_(
             t.c.status == PENDING, t.c.next_attempt_at <= now,
-            sa.or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at < now))
+            sa.or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at < now),
+            sa.not_(_of_revoked_key(t.c.job_id)))
         pick = sa.select(t.c.id).where(claimable).order_by(t.c.next_attempt_at, t.c.id)
         pick = pick.limit(limit)
         if self.db.dialect == "postgresql":
@@ -138,6 +145,20 @@ class DeliveryTable:
                  .values(lease_owner=None, lease_expires_at=None))
         await self.db.write(lambda conn: conn.execute(query))
 
+    async def drop_pending(self, reason: str, key_ids: list[str] | None = None) -> int:
+        """Give up the pending deliveries of these keys' jobs (None: of every revoked key's
+        jobs) as failed with ``reason``, leases included: an attempt in flight cannot record
+        its outcome any more. Returns how many were dropped."""
+        if key_ids is not None and not key_ids:
+            return 0
+        t = webhook_deliveries
+        owned = (sa.exists().where(jobs.c.id == t.c.job_id, jobs.c.key_id.in_(key_ids))
+                 if key_ids is not None else _of_revoked_key(t.c.job_id))
+        query = (t.update().where(t.c.status == PENDING, owned)
+                 .values(status=FAILED, last_error=reason, next_attempt_at=None,
+                         lease_owner=None, lease_expires_at=None))
+        return await self.db.write(lambda conn: int(conn.execute(query).rowcount))
+
     async def get(self, delivery_id: str) -> DeliveryRecord | None:
         """One delivery by its id (the event id)."""
         query = sa.select(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
@@ -150,10 +171,16 @@ class DeliveryTable:
                  .order_by(t.c.created_at.desc(), t.c.id.desc()).limit(1))
         return await self._one(query)
 
-    async def signing_secret(self, key_id: str) -> str | None:
-        """The webhook secret of key ``key_id``, when it has one."""
-        query = sa.select(api_keys.c.webhook_secret).where(api_keys.c.id == key_id)
-        return await self.db.read(lambda conn: conn.execute(query).scalar())
+    async def signing_secret(self, key_id: str) -> tuple[str | None, str | None]:
+        """The webhook secret (None: it has none) and the kind of key ``key_id``."""
+        query = (sa.select(api_keys.c.webhook_secret, api_keys.c.kind)
+                 .where(api_keys.c.id == key_id))
+
+        def op(conn: sa.Connection) -> tuple[str | None, str | None]:
+            row = conn.execute(query).first()
+            return (row.webhook_secret, row.kind) if row is not None else (None, None)
+
+        return await self.db.read(op)
 
     async def _one(self, query: sa.Select[Any]) -> DeliveryRecord | None:
         def op(conn: sa.Connection) -> DeliveryRecord | None:

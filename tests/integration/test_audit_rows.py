@@ -1,0 +1,84 @@
+"""Audit rows: route templates, values fitted to their columns, and no row lost for another's.
+
+The store tests run on SQLite and PostgreSQL; PostgreSQL is where an over-long or NUL-holding
+value used to make a whole batch (every tenant's usage in it) fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from ccgate.audit import AuditLog
+from ccgate.clock import utcnow
+from ccgate.store import AuditEntry, Store
+from tests.integration.conftest import Gateway
+
+
+def _entry(request_id: str, **facts: Any) -> AuditEntry:
+    return AuditEntry(**{"at": utcnow(), "request_id": request_id, "door": "native",
+                         "route": "/api/v1/run", "http_status": 200, "duration_ms": 3,
+                         "key_name": "app", **facts})
+
+
+async def test_audit_table_bad_row_loses_only_itself(store: Store) -> None:
+    """A batch holding an over-long row and an unstorable one writes every other row."""
+    batch = [_entry("req_good_1"), _entry("req_long", route="/api/" + "x" * 300),
+             _entry("req_bad", duration_ms=2**70), _entry("req_good_2")]
+    refused = await store.audit.append_many(batch)
+    assert refused == ["req_bad"]
+    written = {row["request_id"] for row in await store.audit.recent()}
+    assert written == {"req_good_1", "req_long", "req_good_2"}
+
+
+async def test_audit_table_fits_text_to_its_columns(store: Store) -> None:
+    """Over-long text is cut to its column's length; NUL and lone surrogates are replaced."""
+    await store.audit.append_many([_entry(
+        "req_1", route="/" + "r" * 400, key_name="k" * 150, client_ip="a\x00b",
+        error_type="e\ud800" * 40, prompt_text="hello\x00world")])
+    (row,) = await store.audit.recent()
+    assert len(row["route"]) == 200 and len(row["key_name"]) == 100
+    assert row["client_ip"] == "a\ufffdb" and row["prompt_text"] == "hello\ufffdworld"
+    assert row["error_type"] == ("e?" * 40)[:64]
+
+
+async def test_audit_log_logs_only_the_refused_rows_request_id(store: Store) -> None:
+    """A row the database refuses is logged by request id alone, never with its values."""
+    audit = AuditLog(store)
+    audit.record(_entry("req_fine"))
+    audit.record(_entry("req_refused", duration_ms=2**70, prompt_text="secret prompt"))
+    with structlog.testing.capture_logs() as logs:
+        await audit.flush()
+    assert [e for e in logs if e["log_level"] == "error"] == [
+        {"event": "audit_row_refused", "request_id": "req_refused", "log_level": "error"}]
+    assert [r["request_id"] for r in await store.audit.recent()] == ["req_fine"]
+
+
+async def test_audit_unmatched_long_path_loses_no_other_rows(
+        db_gateway_factory: Callable[..., Any]) -> None:
+    """A 300-character unknown path from a client without a key is recorded as
+    ``(unmatched)`` next to the keyed requests of the same batch, whose usage stays whole."""
+    gw: Gateway = await db_gateway_factory()
+    junk = gw.client.get("/api/" + "x" * 300)
+    runs = [gw.run({"prompt": f"p{n}"}) for n in range(3)]
+    responses = await asyncio.gather(junk, *runs)
+    assert [r.status_code for r in responses] == [404, 200, 200, 200]
+    await gw.app.state.audit.flush()
+    rows = await gw.app.state.store.audit.recent()
+    assert sorted(r["route"] for r in rows) == ["(unmatched)"] + ["/api/v1/run"] * 3
+    usage = (await gw.client.get("/api/v1/usage", headers=gw.auth())).json()["data"]
+    assert usage == [{"key": "app", "requests": 3, "input_tokens": 15, "output_tokens": 21,
+                      "cost_usd": 0.003, "errors": 0}]
+
+
+async def test_audit_route_is_the_route_template(gateway: Gateway) -> None:
+    """A job's poll is recorded under ``/api/v1/jobs/{job_id}``, not under the job's path."""
+    job = (await gateway.client.post("/api/v1/jobs", json={"prompt": "x"},
+                                     headers=gateway.auth())).json()
+    await gateway.client.get(f"/api/v1/jobs/{job['job_id']}", headers=gateway.auth())
+    await gateway.app.state.audit.flush()
+    routes = [r["route"] for r in await gateway.app.state.store.audit.recent()]
+    assert routes == ["/api/v1/jobs/{job_id}", "/api/v1/jobs"]

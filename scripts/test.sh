@@ -22,6 +22,15 @@ if [ ! -x .tools/node_modules/.bin/claude ] \
 fi
 export CCGATE_TEST_CLAUDE="$PWD/.tools/node_modules/.bin/claude"
 
+# Debian's chromium for the web console's browser tests: Playwright drives it and never
+# downloads a browser of its own. Installed only as root; otherwise those tests skip (and fail
+# under CCGATE_TEST_REQUIRE_SERVICES=1, as in CI).
+if [ -z "${CCGATE_TEST_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ] && [ "$(id -u)" -eq 0 ] \
+   && command -v apt-get >/dev/null 2>&1; then
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+fi
+
 .venv/bin/python -m ruff check src tests bench
 .venv/bin/python -m mypy
 exec .venv/bin/python -m pytest "$@"

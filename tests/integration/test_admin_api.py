@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,16 @@ import pytest
 import sqlalchemy as sa
 
 from ccgate.circuit import CircuitBreaker
+from ccgate.limits.headers import DOORS
+from ccgate.runners.cli_command import CliOptions
+from ccgate.runners.pool import PoolConfig
+from ccgate.runners.pooled_cli import PooledCliRunner
 from ccgate.security.keys import hash_secret
-from ccgate.store.schema import api_keys
+from ccgate.store import AuditEntry
+from ccgate.store.schema import api_keys, audit_log
 from tests.integration.conftest import Gateway
+from tests.support.fake_claude_factory import make_fake_claude
+from tests.support.fake_runner import FakeRunner
 
 TOKEN = "admin-token-for-tests-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -206,7 +215,8 @@ async def test_admin_patch_rejects_bad_values_and_unknown_keys(gw: Gateway) -> N
 
 
 async def test_admin_delete_revokes_so_the_next_request_is_401(gw: Gateway) -> None:
-    """DELETE revokes at once; deleting again, or an unknown key, is 404."""
+    """DELETE revokes at once; deleting again, or an unknown key, is 404 (a NUL in the name
+    is a 400 before any lookup)."""
     secret = (await _create(gw))["key"]
     assert (await gw.client.post("/api/v1/run", json={"prompt": "x"},
                                  headers=gw.auth(secret))).status_code == 200
@@ -216,7 +226,7 @@ async def test_admin_delete_revokes_so_the_next_request_is_401(gw: Gateway) -> N
     after = await gw.client.post("/api/v1/run", json={"prompt": "x"}, headers=gw.auth(secret))
     assert after.status_code == 401
     assert (await gw.client.delete("/admin/keys/svc", headers=ADMIN)).status_code == 404
-    assert (await gw.client.get("/admin/keys/%00", headers=ADMIN)).status_code == 404
+    assert (await gw.client.get("/admin/keys/%00", headers=ADMIN)).status_code == 400
 
 
 async def test_admin_expired_key_is_listed_as_expired_and_refused(gw: Gateway) -> None:
@@ -266,12 +276,135 @@ async def test_admin_audit_shows_prompt_text_only_when_stored(
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=many", "status=weird",
-                                   "status=4000", "key=bad%20name"])
+                                   "status=4000", "key=bad%20name", "door=smtp",
+                                   "cursor=%25%25", "cursor=bm9wZQ", "cursor=" + "A" * 300,
+                                   "cursor=MjAyNi0wMS0wMVQwMDowMDowMHwx",
+                                   "cursor=MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHwtMQ"])
 async def test_admin_audit_rejects_bad_parameters(gw: Gateway, query: str) -> None:
-    """Out-of-range limits, unknown statuses and malformed key names are 400s."""
+    """Out-of-range limits, unknown statuses, doors and malformed key names or cursors
+    (garbage, no time zone, a negative id) are 400s."""
     response = await gw.client.get(f"/admin/audit?{query}", headers=ADMIN)
     assert response.status_code == 400
     assert _error(response)["type"] == "invalid_request"
+
+
+def _seeded_rows(count: int) -> list[AuditEntry]:
+    """``count`` rows over five keys, every door, a few statuses; seven share each second,
+    and they are written out of time order, so ids alone do not give the order."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [AuditEntry(at=start + timedelta(seconds=n // 7), request_id=f"req_{n}",
+                       door=DOORS[n % len(DOORS)], route="/api/v1/run",
+                       http_status=(200, 429, 200, 400)[n % 4], duration_ms=1,
+                       key_name=f"k{n % 5}", job_status="failed" if n % 6 == 0 else None)
+            for n in range(count)]
+    # 7919 is prime, so this visits every row once, out of time order.
+    return [rows[(n * 7919) % count] for n in range(count)]
+
+
+async def _all_pages(gw: Gateway, query: str) -> tuple[list[int], int]:
+    """Follow ``next_cursor`` from the first page to the last: the ids seen and the pages."""
+    ids: list[int] = []
+    cursor: str | None = None
+    for pages in range(1, 1000):
+        url = f"/admin/audit?{query}" + (f"&cursor={cursor}" if cursor else "")
+        response = await gw.client.get(url, headers=ADMIN)
+        assert response.status_code == 200, response.text
+        ids += [row["id"] for row in response.json()["data"]]
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            return ids, pages
+    raise AssertionError("next_cursor never ran out")
+
+
+async def test_admin_audit_pages_through_every_row_once(
+        db_gateway_factory: StartGateway) -> None:
+    """Following next_cursor walks thousands of rows newest first (by time, then id), with
+    and without filters, each row exactly once and none missing, on SQLite and PostgreSQL."""
+    gw = await db_gateway_factory(CCGATE_ADMIN_TOKEN=TOKEN)
+    for start in range(0, 3000, 500):
+        assert await gw.app.state.store.audit.append_many(_seeded_rows(3000)[start:start + 500]) \
+            == []
+    stored = await gw.app.state.store.db.read(lambda conn: conn.execute(sa.select(
+        audit_log.c.id, audit_log.c.at, audit_log.c.key_name, audit_log.c.http_status,
+        audit_log.c.door)).all())
+    newest_first = sorted(stored, key=lambda r: (r.at, r.id), reverse=True)
+    ids, pages = await _all_pages(gw, "limit=250")
+    assert ids == [r.id for r in newest_first] and pages == 12
+    ids, _ = await _all_pages(gw, "limit=7&key=k2&status=429&door=openai")
+    assert ids == [r.id for r in newest_first
+                   if (r.key_name, r.http_status, r.door) == ("k2", 429, "openai")]
+    assert len(ids) > 20
+
+
+async def test_admin_audit_filters_by_door(gw: Gateway) -> None:
+    """door= keeps only that door's rows; the last page says there is no next one."""
+    await gw.run({"prompt": "native"})
+    await gw.client.post("/v1/messages", headers=gw.auth(), json={
+        "model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    await gw.app.state.audit.flush()
+    body = (await gw.client.get("/admin/audit?door=anthropic", headers=ADMIN)).json()
+    assert [(r["door"], r["route"]) for r in body["data"]] == [("anthropic", "/v1/messages")]
+    assert body["next_cursor"] is None
+
+
+async def test_admin_rotates_a_webhook_secret_once(gw: Gateway) -> None:
+    """POST /admin/keys/{name}/webhook-secret shows a new secret once and stores it; unknown
+    or revoked keys are 404."""
+    first = (await _create(gw))["webhook_secret"]
+    response = await gw.client.post("/admin/keys/svc/webhook-secret", headers=ADMIN)
+    assert response.status_code == 200
+    secret = response.json()["webhook_secret"]
+    assert secret.startswith("whsec_") and secret != first
+    assert response.json() == {"name": "svc", "webhook_secret": secret}
+    stored = await gw.app.state.store.db.read(lambda conn: conn.execute(
+        sa.select(api_keys.c.webhook_secret).where(api_keys.c.name == "svc")).scalar())
+    assert stored == secret
+    assert secret not in (await gw.client.get("/admin/keys/svc", headers=ADMIN)).text
+    await gw.client.delete("/admin/keys/svc", headers=ADMIN)
+    for name in ("svc", "nobody", "bad%20name"):
+        gone = await gw.client.post(f"/admin/keys/{name}/webhook-secret", headers=ADMIN)
+        assert gone.status_code == 404 and _error(gone)["type"] == "not_found"
+
+
+async def test_admin_status_reports_readiness_queue_and_circuit(
+        gateway_factory: StartGateway, tmp_path: Path) -> None:
+    """GET /admin/status shows readiness (the CLI and its version), running and queued jobs,
+    the breaker and no pool when the pool is off; it needs the admin token."""
+    runner = FakeRunner(block=True)
+    claude = make_fake_claude(tmp_path / "bin", "text")
+    gw = await gateway_factory(runner, CCGATE_ADMIN_TOKEN=TOKEN, CCGATE_CONCURRENCY=1,
+                               CCGATE_CLAUDE_PATH=str(claude))
+    assert (await gw.client.get("/admin/status")).status_code == 401
+    for prompt in ("busy", "waiting"):
+        await gw.client.post("/api/v1/jobs", json={"prompt": prompt}, headers=gw.auth())
+    while runner.running == 0:
+        await asyncio.sleep(0.01)
+    gw.app.state.breaker = None
+    status = (await gw.client.get("/admin/status", headers=ADMIN)).json()
+    runner.released.set()
+    assert (status["status"], status["store"], status["backend"]) == ("ready", "ok", "cli")
+    assert status["claude"]["path"] == str(claude) and status["claude"]["version"]
+    assert status["queue"] == {"accepting": True, "running_here": 1, "concurrency": 1,
+                               "queue_size": 100, "queued": 1, "processing": 1}
+    assert status["circuit"] == {"backend": "cli", "enabled": False}
+    assert status["pool"] is None and status["problems"] == []
+
+
+async def test_admin_status_shows_the_warm_pool_shape(gateway_factory: StartGateway,
+                                                      tmp_path: Path) -> None:
+    """With the warm pool on, the status holds the pool's mode, shape and counters."""
+    executable = make_fake_claude(tmp_path / "bin", "text")
+    options = CliOptions(executable=str(executable), work_dir=str(tmp_path),
+                         base_env={"HOME": str(tmp_path)})
+    runner = PooledCliRunner(options, PoolConfig(mode="fresh", max_processes=3))
+    try:
+        gw = await gateway_factory(runner, CCGATE_ADMIN_TOKEN=TOKEN, CCGATE_POOL_MODE="fresh",
+                                   CCGATE_POOL_MAX_PROCESSES="3")
+        pool = (await gw.client.get("/admin/status", headers=ADMIN)).json()["pool"]
+    finally:
+        await runner.aclose()
+    assert (pool["mode"], pool["max_processes"], pool["busy"]) == ("fresh", 3, 0)
+    assert {"idle", "starting", "keys", "min_idle"} <= set(pool)
 
 
 async def test_admin_circuit_is_disabled_on_the_cli_backend(gw: Gateway) -> None:

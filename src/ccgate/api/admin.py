@@ -1,8 +1,10 @@
 """The admin API (``/admin``, behind CCGATE_ADMIN_TOKEN): keys and their policies, usage,
-the audit log and the API backend's circuit breaker."""
+the audit log, the API backend's circuit breaker and the server's status."""
 
 from __future__ import annotations
 
+import base64
+from datetime import datetime
 from typing import Annotated, Any
 
 import structlog
@@ -11,19 +13,26 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from ccgate.api.auth import require_admin
+from ccgate.api.health import readiness_checks
 from ccgate.api.native import parse_body
 from ccgate.api.usage import GroupByQuery, usage_report
 from ccgate.circuit import CircuitBreaker
 from ccgate.clock import utcnow
+from ccgate.config import Settings
 from ccgate.errors import ApiError
+from ccgate.jobs import JobService
+from ccgate.limits.headers import DOORS
+from ccgate.runners.pooled_cli import PooledCliRunner
 from ccgate.security.keyring import NAME_PATTERN, KeyNameError, Keyring, PolicyError, policy_with
 from ccgate.store import JobStatus, KeyRecord, Store
+from ccgate.store.audit import AuditPosition
 from ccgate.store.keys import POLICY_FIELDS, KeyPolicy
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 log = structlog.get_logger("ccgate.admin")
 
 _MAX_AUDIT_ROWS = 1000
+_MAX_CURSOR_CHARS = 200
 
 
 class PolicyBody(BaseModel):
@@ -153,6 +162,18 @@ async def revoke_key(request: Request, name: str) -> dict[str, Any]:
     return key_view(record)
 
 
+@router.post("/keys/{name}/webhook-secret", summary="Give a key a new webhook secret")
+async def rotate_webhook_secret(request: Request, name: str) -> dict[str, Any]:
+    """Mint a new webhook signing secret for an active key and show it, this once; the old
+    one stops signing at once."""
+    keyring: Keyring = request.app.state.keyring
+    secret = await keyring.rotate_webhook_secret(name) if NAME_PATTERN.fullmatch(name) else None
+    if secret is None:
+        raise ApiError("not_found", f"no active key named {name!r}")
+    log.info("admin_webhook_secret_rotated", key=name)
+    return {"name": name, "webhook_secret": secret}
+
+
 def _key_filter(key: str | None) -> str | None:
     if key is not None and not NAME_PATTERN.fullmatch(key):
         raise ApiError("invalid_request", f"key: {key!r} is not a key name", param="key")
@@ -174,14 +195,44 @@ def _audit_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@router.get("/audit", summary="Audit rows, newest first")
+def _audit_cursor(position: AuditPosition) -> str:
+    text = f"{position.at.isoformat()}|{position.id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _audit_position(cursor: str | None) -> AuditPosition | None:
+    """The position a ``next_cursor`` stands for; 400 for anything this server did not make."""
+    if cursor is None:
+        return None
+    try:
+        if len(cursor) > _MAX_CURSOR_CHARS or not cursor.isascii():
+            raise ValueError(cursor)
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.isascii():
+            raise ValueError(cursor)
+        at_text, _, id_text = text.partition("|")
+        at = datetime.fromisoformat(at_text)
+        row_id = int(id_text)
+        if at.tzinfo is None or not id_text.isdigit() or not 0 < row_id < 2**63:
+            raise ValueError(cursor)
+    except ValueError:
+        raise ApiError("invalid_request", "cursor: not a cursor from a previous page's "
+                       "next_cursor", param="cursor") from None
+    return AuditPosition(at=at, id=row_id)
+
+
+@router.get("/audit", summary="Audit rows, newest first, a page at a time")
 async def audit(
     request: Request, key: str | None = None,
     status: Annotated[str | None, Query(description="An HTTP status (`429`) or a job status "
                                         "(`failed`).")] = None,
+    door: Annotated[str | None, Query(description="The door: " + ", ".join(DOORS))] = None,
     limit: Annotated[int, Query(ge=1, le=_MAX_AUDIT_ROWS)] = 100,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the page before; "
+                                        "send the same filters with it.")] = None,
 ) -> dict[str, Any]:
-    """The newest audit rows, filtered by key and by HTTP or job status."""
+    """The newest audit rows, filtered by key, door and HTTP or job status; ``next_cursor``
+    (null on the last page) fetches the rows after these."""
     http_status: int | None = None
     job_status: str | None = None
     if status is not None:
@@ -192,10 +243,18 @@ async def audit(
         else:
             raise ApiError("invalid_request", "status: must be an HTTP status such as 429 or "
                            f"a job status ({', '.join(JobStatus)})", param="status")
+    if door is not None and door not in DOORS:
+        raise ApiError("invalid_request", f"door: must be one of {', '.join(DOORS)}",
+                       param="door")
     store: Store = request.app.state.store
-    rows = await store.audit.recent(limit, key_name=_key_filter(key), http_status=http_status,
-                                    job_status=job_status)
-    return {"data": [_audit_row(r) for r in rows]}
+    # One row more than asked says whether a next page exists.
+    rows = await store.audit.recent(limit + 1, key_name=_key_filter(key),
+                                    http_status=http_status, job_status=job_status, door=door,
+                                    before=_audit_position(cursor))
+    page, more = rows[:limit], len(rows) > limit
+    last = AuditPosition(at=page[-1]["at"], id=page[-1]["id"]) if more else None
+    return {"data": [_audit_row(r) for r in page],
+            "next_cursor": _audit_cursor(last) if last is not None else None}
 
 
 def _circuit_view(request: Request) -> dict[str, Any]:
@@ -220,3 +279,29 @@ async def circuit_reset(request: Request) -> dict[str, Any]:
         breaker.reset()
         log.info("admin_circuit_reset")
     return _circuit_view(request)
+
+
+@router.get("/status", summary="Readiness, circuit breaker, queue and warm pool")
+async def server_status(request: Request) -> dict[str, Any]:
+    """Everything the console's Server page shows, in one answer (200 even when not ready):
+    readiness as ``/readyz`` details it, the circuit breaker, the queue (all nodes) and this
+    node's warm pool."""
+    checks, _ = await readiness_checks(request)
+    state = request.app.state
+    jobs: JobService = state.jobs
+    settings: Settings = state.settings
+    store: Store = state.store
+    queue: dict[str, Any] = {"accepting": jobs.accepting, "running_here": jobs.running,
+                             "concurrency": settings.concurrency,
+                             "queue_size": settings.queue_size}
+    try:
+        queue["queued"] = await store.jobs.count(JobStatus.QUEUED)
+        queue["processing"] = await store.jobs.count(JobStatus.PROCESSING)
+    except Exception as exc:  # the store being down is already a readiness problem
+        log.warning("admin_status_queue_unreadable", error=type(exc).__name__)
+        queue["queued"] = queue["processing"] = None
+    runner = state.runner
+    pool = ({**runner.stats(), "max_processes": settings.pool_max_processes,
+             "min_idle": settings.pool_min_idle}
+            if isinstance(runner, PooledCliRunner) else None)
+    return {**checks, "circuit": _circuit_view(request), "queue": queue, "pool": pool}

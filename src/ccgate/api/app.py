@@ -11,7 +11,7 @@ import structlog
 from fastapi import FastAPI
 
 from ccgate import __version__
-from ccgate.api import admin, compat, enroll, health, model_list, native, usage
+from ccgate.api import admin, compat, console, enroll, health, model_list, native, usage
 from ccgate.api import anthropic as anthropic_door
 from ccgate.api import fetch as fetch_door
 from ccgate.api import files as files_door
@@ -145,4 +145,5 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
     app.include_router(openai_door.router)
     app.include_router(model_list.router)
     app.include_router(sessions_door.router)
+    app.include_router(console.router)
     return app

@@ -30,14 +30,16 @@ async def readyz(request: Request) -> JSONResponse:
     if token is not None and detailed and not admin_signed_in(request, token):
         raise ApiError("authentication_error", "wrong admin token (send none for the plain "
                        "readiness answer)")
-    checks, problems = await _checks(request)
+    checks, problems = await readiness_checks(request)
     status = 200 if not problems else 503
     if not detailed:
         return JSONResponse({"status": checks["status"]}, status_code=status)
     return JSONResponse(checks, status_code=status)
 
 
-async def _checks(request: Request) -> tuple[dict[str, Any], list[str]]:
+async def readiness_checks(request: Request) -> tuple[dict[str, Any], list[str]]:
+    """The readiness details (version, store, backend, CLI path and version, circuit state,
+    status, problems) and the problems alone; admin-only, since they name server paths."""
     state = request.app.state
     problems: list[str] = []
     checks: dict[str, Any] = {"version": __version__}

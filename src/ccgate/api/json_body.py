@@ -47,48 +47,53 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-def _where(path: tuple[str, ...]) -> str | None:
-    # Only keys already checked get here; long ones are cut so a message stays short.
-    return ".".join(part[:64] for part in path) or None
+# Where a value sits, as a linked trail (parent trail, key) built in O(1) per value; turned
+# into a dotted field name only when a value is refused.
+_Trail = tuple[Any, str] | None
 
 
-def _check_text(text: str, path: tuple[str, ...], what: str = "") -> None:
+def _field(trail: _Trail) -> str | None:
+    parts: list[str] = []
+    while trail is not None:
+        trail, key = trail
+        parts.append(key[:64])  # keys are checked before they join a trail; cut long ones
+    return ".".join(reversed(parts)) or None
+
+
+def _refuse(trail: _Trail, problem: str) -> ApiError:
+    field = _field(trail)
+    return ApiError("invalid_request", f"{field or 'body'}: {problem}", param=field)
+
+
+def _check_text(text: str, trail: _Trail, what: str = "") -> None:
     if "\x00" in text:
-        where = _where(path)
-        raise ApiError("invalid_request", f"{where or 'body'}: {what}must not contain a NUL "
-                       "character (\\u0000)", param=where)
+        raise _refuse(trail, f"{what}must not contain a NUL character (\\u0000)")
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            where = _where(path)
-            raise ApiError("invalid_request", f"{where or 'body'}: {what}must be valid "
-                           "Unicode text (it holds a lone surrogate)", param=where) from None
+            raise _refuse(trail, f"{what}must be valid Unicode text (it holds a lone "
+                          "surrogate)") from None
 
 
-def check_json_value(value: Any, *, max_depth: int = MAX_BODY_DEPTH,
-                     path: tuple[str, ...] = ()) -> None:
+def check_json_value(value: Any, *, max_depth: int = MAX_BODY_DEPTH) -> None:
     """Raise a 400 naming the field when ``value`` holds a NUL, a lone surrogate, a
     non-finite number or nesting deeper than ``max_depth`` (an object or list is one level)."""
-    pending: list[tuple[Any, tuple[str, ...], int]] = [(value, path, 0)]
+    pending: list[tuple[Any, _Trail, int]] = [(value, None, 0)]
     while pending:
-        item, where, depth = pending.pop()
+        item, trail, depth = pending.pop()
         if isinstance(item, str):
-            _check_text(item, where)
+            _check_text(item, trail)
         elif isinstance(item, float):
             if not math.isfinite(item):
-                name = _where(where)
-                raise ApiError("invalid_request", f"{name or 'body'}: number out of range",
-                               param=name)
+                raise _refuse(trail, "number out of range")
         elif isinstance(item, dict | list):
             if depth >= max_depth:
-                name = _where(where)
-                raise ApiError("invalid_request", f"{name or 'body'}: nested deeper than "
-                               f"{max_depth} levels", param=name)
+                raise _refuse(trail, f"nested deeper than {max_depth} levels")
             if isinstance(item, dict):
                 for key, child in item.items():
-                    _check_text(key, where, "a key ")
-                    pending.append((child, (*where, key), depth + 1))
+                    _check_text(key, trail, "a key ")
+                    pending.append((child, (trail, key), depth + 1))
             else:
-                pending.extend((child, (*where, str(i)), depth + 1)
+                pending.extend((child, (trail, str(i)), depth + 1)
                                for i, child in enumerate(item))

@@ -74,17 +74,6 @@ class RunBody(BaseModel):
             raise ValueError("must not be blank")
         return value
 
-    @field_validator("prompt", "model", "system_prompt", "append_system_prompt")
-    @classmethod
-    def _valid_unicode(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("must be valid Unicode text (it holds a lone surrogate)") \
-                    from None
-        return value
-
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -102,6 +102,11 @@ class JobService:
         self._draining: asyncio.Task[None] | None = None
         self._queue_seen_empty = False
 
+    @property
+    def running(self) -> int:
+        """How many jobs this node is running right now."""
+        return len(self._running)
+
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -36,6 +36,15 @@ class AuditEntry:
     prompt_text: str | None = None
 
 
+@dataclass(frozen=True)
+class AuditPosition:
+    """Where a page of audit rows ended: the last row's time and id (rows are ordered by
+    both, newest first, so the next page starts strictly after it)."""
+
+    at: datetime
+    id: int
+
+
 # Each text column's length (None: unbounded), from the schema.
 _TEXT_COLUMNS: dict[str, int | None] = {
     c.name: c.type.length for c in audit_log.columns if isinstance(c.type, sa.String)}
@@ -120,14 +129,34 @@ class AuditTable:
         return await self.db.write(op)
 
     async def recent(self, limit: int = 100, *, key_name: str | None = None,
-                     http_status: int | None = None,
-                     job_status: str | None = None) -> list[dict[str, Any]]:
-        """The newest rows first, optionally only one key's, one HTTP status or job status."""
-        query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
-        if key_name is not None:
-            query = query.where(audit_log.c.key_name == key_name)
-        if http_status is not None:
-            query = query.where(audit_log.c.http_status == http_status)
-        if job_status is not None:
-            query = query.where(audit_log.c.job_status == job_status)
+                     http_status: int | None = None, job_status: str | None = None,
+                     door: str | None = None,
+                     before: AuditPosition | None = None) -> list[dict[str, Any]]:
+        """The newest rows first (by ``at``, then ``id``), optionally only one key's, one
+        HTTP status, job status or door, and only rows older than ``before``."""
+        query = audit_page_query(limit, key_name=key_name, http_status=http_status,
+                                 job_status=job_status, door=door, before=before)
         return await self.db.read(lambda conn: [dict(r._mapping) for r in conn.execute(query)])
+
+
+def audit_page_query(limit: int, *, key_name: str | None = None, http_status: int | None = None,
+                     job_status: str | None = None, door: str | None = None,
+                     before: AuditPosition | None = None) -> sa.Select[Any]:
+    """The query behind ``AuditTable.recent``: keyset paging, newest first. Each filter has
+    an index ending in ``(at, id)`` that yields its rows already in order from ``before``
+    on, so a page costs the same on page one and page ten thousand."""
+    query = (sa.select(audit_log)
+             .order_by(audit_log.c.at.desc(), audit_log.c.id.desc()).limit(limit))
+    if key_name is not None:
+        query = query.where(audit_log.c.key_name == key_name)
+    if http_status is not None:
+        query = query.where(audit_log.c.http_status == http_status)
+    if job_status is not None:
+        query = query.where(audit_log.c.job_status == job_status)
+    if door is not None:
+        query = query.where(audit_log.c.door == door)
+    if before is not None:
+        query = query.where(sa.tuple_(audit_log.c.at, audit_log.c.id) < sa.tuple_(
+            sa.bindparam("before_at", before.at, type_=audit_log.c.at.type),
+            sa.bindparam("before_id", before.id, type_=sa.Integer())))
+    return query

@@ -151,8 +151,13 @@ audit_log = sa.Table(
     sa.Column("cost_usd", sa.Float(), nullable=True),
     sa.Column("error_type", sa.String(64), nullable=True),
     sa.Column("prompt_text", sa.Text(), nullable=True),
-    sa.Index("ix_audit_at", "at"),
-    sa.Index("ix_audit_key_at", "key_name", "at"),
+    # Newest-first pages (admin audit view): one index per filter, each ending in (at, id),
+    # so keyset paging reads only the rows it returns, whatever the table's size.
+    sa.Index("ix_audit_at", "at", "id"),
+    sa.Index("ix_audit_key_at", "key_name", "at", "id"),
+    sa.Index("ix_audit_status_at", "http_status", "at", "id"),
+    sa.Index("ix_audit_job_status_at", "job_status", "at", "id"),
+    sa.Index("ix_audit_door_at", "door", "at", "id"),
 )
 
 sessions = sa.Table(

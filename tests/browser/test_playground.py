@@ -245,8 +245,8 @@ def test_playground_keeps_the_key_in_this_tab_only(open_tab: OpenTab, console: C
 
 
 def test_playground_docs_link_opens_a_tab_without_the_key(tab: Tab, console: Console) -> None:
-    """The API docs link opens /docs in a new tab that does not get the key: that page loads
-    scripts from elsewhere, so it must not share the playground's sessionStorage."""
+    """The API docs link opens /docs in a new tab that does not get the key: that page runs
+    Swagger UI's own script, so it must not share the playground's sessionStorage."""
     tab.page.context.route(re.compile(r"^(?!" + re.escape(console.url) + r"/)"),
                            lambda route: route.abort())
     page = open_playground(tab, console.create_key())
@@ -257,6 +257,19 @@ def test_playground_docs_link_opens_a_tab_without_the_key(tab: Tab, console: Con
     assert docs.url == f"{console.url}/docs"
     assert docs.evaluate("sessionStorage.getItem('ccgate.api_key')") is None
     assert docs.evaluate("document.referrer") == ""
+
+
+def test_api_docs_render_from_this_server_alone(tab: Tab, console: Console) -> None:
+    """/docs shows the API's routes with Swagger UI loaded from ccgate itself: it works
+    air-gapped, and not one request goes anywhere but this server."""
+    page = tab.page
+    page.goto("/docs")
+    expect(page.locator(".swagger-ui .title")).to_contain_text("ccgate", timeout=WAIT_MS)
+    expect(page.get_by_text("/api/v1/jobs", exact=True).first).to_be_visible()
+    outside = [url for url in tab.requests
+               if not url.startswith((console.url + "/", "data:"))]
+    assert outside == []
+    assert not [problem for problem in tab.problems if "Content Security Policy" in problem]
 
 
 def test_playground_copy_as_snippets_leave_the_key_out(tab: Tab, console: Console) -> None:

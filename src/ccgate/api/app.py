@@ -120,7 +120,10 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
             await limiter.aclose()
             await store.close()
 
+    # docs_url/redoc_url off: FastAPI's own pages load Swagger UI and ReDoc from a CDN; the
+    # console serves /docs from a local copy instead.
     app = FastAPI(title="ccgate", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="A self-hosted gateway for the Claude Code CLI.")
     app.state.settings = settings
     app.state.admin_signins = SignInThrottle()

@@ -13,7 +13,9 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
 
 from ccgate.errors import ApiError
@@ -102,3 +104,44 @@ async def console_asset(request: Request, name: str) -> Response:
     if media_type is None:
         raise ApiError("not_found", f"no route {request.method} {request.url.path}")
     return console_response(request, WEB_DIR / name, media_type)
+
+
+# The API docs (Swagger UI) come from a copy shipped as a Python package, never from a CDN:
+# the console must work air-gapped and a page on this origin must load nothing from elsewhere.
+SWAGGER_DIR = Path(fastapi_offline.__file__).resolve().parent / "static"
+SWAGGER_ASSETS: dict[str, str] = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+}
+# Swagger UI starts itself with an inline script, so its page allows that one thing more.
+DOCS_SECURITY_HEADERS: dict[str, str] = {
+    **SECURITY_HEADERS,
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY.replace(
+        "script-src 'self'", "script-src 'self' 'unsafe-inline'").replace(
+        "style-src 'self'", "style-src 'self' 'unsafe-inline'").replace(
+        "img-src 'self'", "img-src 'self' data:"),
+}
+
+
+@router.get("/docs", name="console:api-docs")
+async def api_docs() -> Response:
+    """Swagger UI for ``/openapi.json``, with every asset served by this server."""
+    page = get_swagger_ui_html(
+        openapi_url="/openapi.json", title="ccgate API",
+        swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url="/docs/assets/swagger-ui.css",
+        swagger_favicon_url="/console/favicon.svg",
+        # No validator badge: it would fetch an image from the validator's own server.
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+    page.headers.update(DOCS_SECURITY_HEADERS)
+    return page
+
+
+@router.api_route("/docs/assets/{name}", methods=["GET", "HEAD"], name="console:api-docs-asset")
+async def api_docs_asset(request: Request, name: str) -> Response:
+    """One of Swagger UI's two files."""
+    media_type = SWAGGER_ASSETS.get(name)
+    if media_type is None:
+        raise ApiError("not_found", f"no route {request.method} {request.url.path}")
+    return console_response(request, SWAGGER_DIR / name, media_type)

@@ -20,6 +20,9 @@ What they offer:
     error, console error and CSP violation. ``page`` is ``tab.page``.
   - ``open_tab(width, height)``: more tabs, e.g. a 390 px wide phone.
   - ``SCREENSHOT_DIR``: docs/console/, where screenshots for docs/console.md are saved.
+  - ``assert_labelled_by_what_shows(page)``: every visible control's accessible name is its
+    visible label; ``assert_rows_are_cards(page, table)``: on a phone, each row of the table
+    is a card that fits the screen, every value beside its column's name.
 """
 
 from __future__ import annotations
@@ -57,6 +60,34 @@ DESKTOP = (1280, 900)
 PHONE = (390, 844)
 
 OpenTab = Callable[..., "Tab"]
+
+# Everything a keyboard can reach.
+CONTROLS = ("a[href], button, input:not([type=hidden]), select, textarea, "
+            "[tabindex]:not([tabindex='-1'])")
+# The text a sighted person reads as a control's label, or "" when it has none on screen
+# (an aria-label, a label that is hidden or off screen, nothing at all).
+VISIBLE_LABEL_JS = """(node) => {
+  const shown = (n) => Boolean(n) && n.checkVisibility() && !n.closest('.offscreen');
+  const text = (n) => n.textContent.replace(/\\s+/g, ' ').trim();
+  if (node.hasAttribute('aria-label')) return '';
+  const ids = node.getAttribute('aria-labelledby');
+  if (ids) {
+    const parts = ids.split(/\\s+/).map((id) => document.getElementById(id));
+    return parts.every(shown) ? parts.map(text).join(' ') : '';
+  }
+  if (node.labels && node.labels.length) return shown(node.labels[0]) ? text(node.labels[0]) : '';
+  return node.tagName === 'BUTTON' || node.tagName === 'A' ? text(node) : '';
+}"""
+# Per body row, the column name each cell shows before its value (CSS content, "none" for the
+# cell holding a row's buttons), plus how far the table and its rows stick out.
+CARD_LAYOUT_JS = """(table) => ({
+  heads: [...table.tHead.rows[0].cells].map((cell) => cell.textContent.trim()),
+  rows: [...table.tBodies[0].rows].map((row) => [...row.cells].map(
+    (cell) => getComputedStyle(cell, '::before').content)),
+  overflow: table.parentElement.scrollWidth - table.parentElement.clientWidth,
+  right: Math.max(0, ...[...table.tBodies[0].rows].map((row) => row.getBoundingClientRect().right)),
+  viewport: window.innerWidth,
+})"""
 
 
 @dataclass
@@ -194,3 +225,36 @@ def tab(open_tab: OpenTab) -> Tab:
 def page(tab: Tab) -> Page:
     """The page of ``tab``."""
     return tab.page
+
+
+def assert_labelled_by_what_shows(page: Page) -> int:
+    """Assert every visible control's accessible name is the label shown for it; how many."""
+    from playwright.sync_api import expect
+
+    controls = page.locator(CONTROLS)
+    checked = 0
+    for index in range(controls.count()):
+        control = controls.nth(index)
+        if not control.is_visible():
+            continue
+        label = control.evaluate(VISIBLE_LABEL_JS)
+        assert label, "no visible label: " + control.evaluate("n => n.outerHTML.slice(0, 160)")
+        expect(control).to_have_accessible_name(label)
+        checked += 1
+    return checked
+
+
+def assert_rows_are_cards(page: Page, table: str) -> None:
+    """Assert the table named ``table`` shows each row as a card: nothing sticks out of the
+    screen or scrolls sideways, and every value follows its column's name."""
+    layout = page.get_by_role("table", name=table).evaluate(CARD_LAYOUT_JS)
+    assert layout["rows"], f"table {table} has no rows"
+    assert layout["overflow"] <= 0, f"table {table} scrolls sideways by {layout['overflow']} px"
+    assert layout["right"] <= layout["viewport"], f"a row of {table} sticks out of the screen"
+    heads = layout["heads"]
+    for row in layout["rows"]:
+        if len(row) == 1 and len(heads) > 1:
+            continue  # a note spanning the table ("No jobs yet.")
+        assert row[0] == json.dumps(heads[0]), (table, row)
+        for head, shown in zip(heads, row, strict=True):
+            assert shown in (json.dumps(head), "none"), (table, head, shown)

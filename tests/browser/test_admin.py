@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Console, OpenTab, Tab
+from tests.browser.conftest import Console, OpenTab, Tab, assert_labelled_by_what_shows
 from tests.support.server import ServerProcess
 
 if TYPE_CHECKING:
@@ -149,9 +149,9 @@ def test_admin_creates_a_key_and_shows_its_secret_once(tab: Tab, console: Consol
     page.get_by_label("Requests per minute").first.fill("60")
     page.get_by_label("Models").first.fill("haiku, claude-*")
     page.get_by_role("button", name="Create key").click()
-    secret_box = page.locator("#secret-0")
-    expect(secret_box).to_have_text(re.compile(r"^ccg_\S{20,}$"))
-    secret = secret_box.inner_text()
+    secret_box = page.get_by_role("textbox", name="Key secret")
+    expect(secret_box).to_have_value(re.compile(r"^ccg_\S{20,}$"))
+    secret = secret_box.input_value()
     expect(page.get_by_role("button", name="Copy key secret")).to_be_visible()
     expect(key_row(page, "made-in-browser")).to_contain_text("rpm=60")
     with console.http(secret) as client:
@@ -225,9 +225,9 @@ def test_admin_rotates_a_webhook_secret(tab: Tab, console: Console) -> None:
     page = sign_in(tab, console)
     page.once("dialog", lambda dialog: dialog.accept())
     key_row(page, "to-rotate").get_by_role("button", name="Rotate webhook secret").click()
-    secret_box = page.locator("#secret-0")
-    expect(secret_box).to_have_text(re.compile(r"^whsec_\S+$"))
-    assert secret_box.inner_text() != first
+    secret_box = page.get_by_role("textbox", name="Webhook secret")
+    expect(secret_box).to_have_value(re.compile(r"^whsec_\S+$"))
+    assert secret_box.input_value() != first
     expect(page.get_by_role("button", name="Copy webhook secret")).to_be_visible()
 
 
@@ -369,8 +369,38 @@ def test_admin_shows_hostile_stored_values_as_text(tab: Tab, console: Console) -
     assert dialogs == [] and not problems(tab)
 
 
+def test_admin_controls_are_named_by_their_visible_labels(tab: Tab, console: Console) -> None:
+    """In every section, the secret panel and the policy dialog, each control a keyboard
+    reaches has a label on the screen that is its accessible name, with the names the
+    console promises."""
+    console.create_key("labelled")
+    page = tab.page
+    page.goto("/admin")
+    expect(page.get_by_role("textbox", name="Admin token", exact=True)).to_be_visible()
+    assert_labelled_by_what_shows(page)
+    page = sign_in(tab, console)
+    page.get_by_role("textbox", name="Key name", exact=True).fill("labelled-2")
+    page.get_by_role("button", name="Create key", exact=True).click()
+    expect(page.get_by_role("button", name="Copy key secret")).to_be_visible()
+    assert_labelled_by_what_shows(page)
+    expect(key_row(page, "labelled").get_by_role("button", name="Revoke", exact=True)
+           ).to_have_count(1)
+    for section, table in (("Usage", "Usage"), ("Audit log", "Audit log"), ("Server", None)):
+        page.get_by_role("button", name=section, exact=True).click()
+        if table:
+            expect(page.get_by_role("table", name=table, exact=True)).to_be_visible()
+        assert_labelled_by_what_shows(page)
+    page.get_by_role("button", name="Keys", exact=True).click()
+    key_row(page, "labelled").get_by_role("button", name="Edit policy").click()
+    expect(page.get_by_role("dialog")).to_be_visible()
+    assert_labelled_by_what_shows(page)
+
+
 def test_admin_is_usable_by_keyboard(tab: Tab, console: Console) -> None:
-    """Signing in and switching sections works with the keyboard alone."""
+    """Signing in, switching sections, the policy dialog (Escape closes it, the focus comes
+    back) and revoking work with the keyboard alone; after a revoke the focus rests on the
+    Keys table's Refresh, not lost at the top of the page."""
+    console.create_key("keyboard-key")
     page = tab.page
     page.goto("/admin")
     page.get_by_label("Admin token").focus()
@@ -383,3 +413,17 @@ def test_admin_is_usable_by_keyboard(tab: Tab, console: Console) -> None:
     page.keyboard.press("Enter")
     expect(page.get_by_role("table", name="Usage")).to_be_visible()
     assert page.url.endswith("#usage")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Space")
+    edit = key_row(page, "keyboard-key").get_by_role("button", name="Edit policy")
+    edit.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("dialog")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_be_hidden()
+    expect(edit).to_be_focused()
+    key_row(page, "keyboard-key").get_by_role("button", name="Revoke").focus()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.keyboard.press("Enter")
+    expect(key_row(page, "keyboard-key")).to_contain_text("revoked")
+    expect(page.get_by_role("button", name="Refresh", exact=True)).to_be_focused()

@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import PHONE, SCREENSHOT_DIR, Console, OpenTab, Tab
+from tests.browser.conftest import (
+    PHONE,
+    SCREENSHOT_DIR,
+    Console,
+    OpenTab,
+    Tab,
+    assert_labelled_by_what_shows,
+    assert_rows_are_cards,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page, Route
 
 WAIT_MS = 15_000
+# The focused control's label (or text), marked when it shows no focus ring.
+FOCUSED_JS = """() => { const n = document.activeElement;
+  const ring = getComputedStyle(n).outlineStyle !== 'none';
+  return (n.labels?.[0]?.textContent || n.textContent).trim() + (ring ? '' : ' (no ring)'); }"""
 
 
 def fake(scenario: str, **params: Any) -> str:
@@ -292,6 +307,67 @@ def test_playground_copy_as_snippets_leave_the_key_out(tab: Tab, console: Consol
         assert key not in (snippet.text_content() or "")
 
 
+@pytest.mark.parametrize("name", ["Python (anthropic)", "Python (openai)", "Python (httpx)"])
+def test_playground_python_snippets_run_against_ccgate(tab: Tab, console: Console,
+                                                        name: str) -> None:
+    """Each Python "Copy as" snippet, run as shown with the key in CCGATE_API_KEY, gets the
+    answer from this server and prints it, with no warning on stderr."""
+    key = console.create_key()
+    page = open_playground(tab, key)
+    page.get_by_label("System prompt").fill('be "brief"')
+    page.get_by_label("Prompt", exact=True).fill("it's a \\ test")
+    page.get_by_role("button", name=name).click()
+    code = page.get_by_label("Snippet", exact=True).text_content() or ""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "CCGATE_API_KEY": key}, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "it's a \\ test\n"
+    assert done.stderr == ""
+
+
+def test_playground_controls_are_named_by_their_visible_labels(tab: Tab,
+                                                               console: Console) -> None:
+    """Every control a keyboard reaches, with a result and a job on show, has a label on the
+    screen, and that label is its accessible name (nothing named by a hidden aria-label)."""
+    page = open_playground(tab, console.create_key())
+    run_prompt(page, "hello")
+    expect(run_status(page)).to_contain_text("Completed", timeout=WAIT_MS)
+    page.get_by_role("table", name="Jobs").get_by_role("button", name="Open").click()
+    expect(page.get_by_role("button", name="Replay events")).to_be_visible()
+    assert assert_labelled_by_what_shows(page) >= 25
+    for role, name in (("textbox", "API key"), ("textbox", "Prompt"),
+                       ("textbox", "System prompt"), ("combobox", "Model"), ("button", "Run"),
+                       ("button", "Cancel"), ("log", "Output"), ("table", "Jobs")):
+        expect(page.get_by_role(role, name=name, exact=True)).to_have_count(1)  # type: ignore[arg-type]
+
+
+def test_playground_works_from_the_keyboard(tab: Tab, console: Console) -> None:
+    """Tab walks the controls in reading order with a visible focus ring, Space picks a
+    snippet, and deleting a job with Enter leaves the focus on the history's Refresh."""
+    key = console.create_key()
+    with console.http(key) as client:
+        assert client.post("/api/v1/run", json={"prompt": "one"}).status_code == 200
+    page = open_playground(tab, key)
+    expect(page.get_by_role("table", name="Jobs").get_by_role("button", name="Open")
+           ).to_have_count(1)
+    page.get_by_label("API key").focus()
+    order = []
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate(FOCUSED_JS))
+    assert order == ["Forget key", "Model", "Timeout (seconds)", "System prompt", "Prompt",
+                     "Text", "Run", "", "Refresh limits", "curl"]
+    page.keyboard.press("Tab")
+    page.keyboard.press("Space")
+    expect(page.get_by_role("button", name="Python (anthropic)")).to_have_attribute(
+        "aria-pressed", "true")
+    page.get_by_role("table", name="Jobs").get_by_role("button", name="Delete").focus()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("table", name="Jobs")).to_contain_text("No jobs yet.")
+    expect(page.get_by_role("button", name="Refresh", exact=True)).to_be_focused()
+
+
 def test_playground_shows_the_key_limits(tab: Tab, console: Console) -> None:
     """The Limits panel shows what the key's policy allows and, after a run, the requests
     left from the rate-limit headers."""
@@ -348,6 +424,11 @@ def test_playground_fits_and_is_photographed(open_tab: OpenTab, console: Console
     page.screenshot(path=SCREENSHOT_DIR / f"playground-{name}.png", full_page=name == "desktop",
                     type="png")
     assert (SCREENSHOT_DIR / f"playground-{name}.png").stat().st_size > 1000
+    if name == "phone":
+        expect(page.get_by_role("table", name="Jobs").locator("tbody tr")).to_have_count(1)
+        assert_rows_are_cards(page, "Jobs")
+        page.locator("#history-title").evaluate("node => node.scrollIntoView()")
+        page.screenshot(path=SCREENSHOT_DIR / "playground-history-phone.png", type="png")
 
 
 def test_console_unknown_method_and_http_client_see_plain_errors(console: Console) -> None:

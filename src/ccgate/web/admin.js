@@ -5,7 +5,7 @@
 
 import {
   ConsoleError, adminTokenStore, api, clear, copyText, el, formatDuration, formatNumber,
-  formatTime, formatUsd, setText,
+  formatTime, formatUsd, keepRowFocus, labelCells, setText,
 } from "./common.js";
 import { drawUsageChart, isoDay } from "./admin-chart.js";
 
@@ -247,9 +247,7 @@ function keyStatus(key) {
   return key.expired ? "expired" : "active";
 }
 
-function renderKeys(keys) {
-  state.keys = keys;
-  const body = $("keys-body");
+function renderKeyRows(body, keys) {
   clear(body);
   for (const key of keys) {
     const actions = el("td", { class: "actions-cell" });
@@ -276,6 +274,13 @@ function renderKeys(keys) {
   if (!keys.length) {
     body.append(el("tr", {}, el("td", { colspan: "7", text: "No keys yet: create one above." })));
   }
+}
+
+/** Show the keys in the Keys table and offer their names to the usage and audit filters. */
+function renderKeys(keys) {
+  state.keys = keys;
+  const body = $("keys-body");
+  keepRowFocus(body, "key", $("refresh-keys"), () => renderKeyRows(body, keys));
   const names = keys.map((key) => key.name);
   const list = $("key-names");
   clear(list);
@@ -327,10 +332,14 @@ function showSecrets(note, secrets) {
   secrets.forEach(([label, value, copyLabel], index) => {
     const id = `secret-${index}`;
     const feedback = el("span", { class: "hint", role: "status" });
+    // A read-only text box: it can carry its label as its name (a <code> cannot) and a
+    // keyboard user can select it; the value is a property, never markup.
+    const box = el("input", { class: "secret mono", id, readonly: true, autocomplete: "off",
+                              spellcheck: "false" });
+    box.value = value;
     list.append(el("div", { class: "field" },
-      el("span", { class: "label", id: `${id}-label`, text: label }),
-      el("code", { class: "output secret", id, "aria-labelledby": `${id}-label`, tabindex: "0",
-                   text: value }),
+      el("label", { for: id, text: label }),
+      box,
       el("div", { class: "actions" },
         el("button", { type: "button", text: copyLabel, on: { click: async () => {
           setText(feedback, (await copyText(value)) ? "Copied." : "Copying failed: select the text and copy it.");
@@ -612,6 +621,7 @@ async function resetCircuit() {
 // ---- wiring ------------------------------------------------------------------------------------
 
 function wire() {
+  for (const id of ["keys", "usage", "audit"]) labelCells($(id));
   buildPolicyFields($("create-policy"), "create");
   buildPolicyFields($("edit-policy"), "edit");
   $("signin-form").addEventListener("submit", (event) => {

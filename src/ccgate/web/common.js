@@ -11,6 +11,8 @@
 //   - el(tag, props, ...children), setText(node, value), clear(node): DOM building that only ever
 //     writes text (textContent, text nodes, attributes); no HTML string is ever parsed, so a
 //     model's answer or a stored value holding `<script>` shows as characters and runs nothing.
+//   - keepRowFocus(body, rowKey, fallback, render): re-render a table body, focus kept in place.
+//   - labelCells(table): data-label on every body cell, for the phone's one-card-per-row tables.
 //   - formatTime, formatDuration, formatUsd, formatNumber: display helpers.
 //   - apiKeyStore, adminTokenStore: the secret for this tab only (sessionStorage), never a URL.
 //   - copyText(text): the clipboard, with a fallback for browsers that refuse it.
@@ -197,6 +199,43 @@ export function el(tag, props = {}, ...children) {
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
+}
+
+/**
+ * Give every body cell of `table` its column's header as `data-label`, now and whenever its
+ * rows change, so that a narrow screen can show each row as a card of label and value pairs
+ * (console.css). A cell spanning several columns (an empty-table note) gets no label.
+ */
+export function labelCells(table) {
+  const label = () => {
+    const heads = [...table.tHead.rows[0].cells].map((head) => head.textContent.trim());
+    for (const row of table.tBodies[0].rows) {
+      let column = 0;
+      for (const cell of row.cells) {
+        if (cell.colSpan === 1 && heads[column]) cell.dataset.label = heads[column];
+        column += cell.colSpan;
+      }
+    }
+  };
+  label();
+  new MutationObserver(label).observe(table.tBodies[0], { childList: true });
+}
+
+/**
+ * Re-render the rows of `body` with `render()` without losing the keyboard's place: when a
+ * button in a row had the focus, the same button of the same row (matched by the row's
+ * `data-${rowKey}`) gets it back, or `fallback` when that button is gone (a deleted job, a
+ * revoked key).
+ */
+export function keepRowFocus(body, rowKey, fallback, render) {
+  const focused = document.activeElement;
+  const place = focused instanceof HTMLButtonElement && body.contains(focused)
+    ? { row: focused.closest("tr")?.dataset[rowKey], text: focused.textContent } : null;
+  render();
+  if (!place) return;
+  const row = [...body.rows].find((candidate) => candidate.dataset[rowKey] === place.row);
+  const again = row && [...row.querySelectorAll("button")].find((b) => b.textContent === place.text);
+  (again || fallback).focus();
 }
 
 /** Replace a node's content with `value` as text. */

@@ -4,11 +4,13 @@
 
 import {
   ConsoleError, api, apiKeyStore, clear, copyText, el, formatDuration, formatNumber,
-  formatTime, formatUsd, setText, streamEvents,
+  formatTime, formatUsd, keepRowFocus, labelCells, setText, streamEvents,
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 const JOBS_PER_PAGE = 10;
+// The SDKs need a model name; with none picked, the snippets name ccgate's own default.
+const DEFAULT_SDK_MODEL = "sonnet";
 const RATE_HEADERS = [
   "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
   "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
@@ -330,11 +332,13 @@ async function loadJobs() {
   if (filter) params.set("status", filter);
   try {
     const { data } = await api(`/api/v1/jobs?${params}`, { token: key() });
-    clear(body);
-    for (const job of data.jobs) body.append(jobRow(job));
-    if (!data.jobs.length) {
-      body.append(el("tr", {}, el("td", { colspan: "6", text: filter ? `No ${filter} jobs.` : "No jobs yet." })));
-    }
+    keepRowFocus(body, "jobId", $("refresh-jobs"), () => {
+      clear(body);
+      for (const job of data.jobs) body.append(jobRow(job));
+      if (!data.jobs.length) {
+        body.append(el("tr", {}, el("td", { colspan: "6", text: filter ? `No ${filter} jobs.` : "No jobs yet." })));
+      }
+    });
     const last = Math.min(data.total, state.jobsOffset + data.jobs.length);
     showNote(note, data.total ? `Jobs ${state.jobsOffset + 1}–${last} of ${data.total}.` : "");
     $("newer-jobs").disabled = state.jobsOffset === 0;
@@ -463,7 +467,7 @@ const SNIPPETS = {
           `response.raise_for_status()\njob = response.json()\nprint(job["result"])`,
   }),
   anthropic: (origin, body) => {
-    const args = [`    model=${JSON.stringify(body.model || "claude-sonnet-4-5")},`, "    max_tokens=1024,"];
+    const args = [`    model=${JSON.stringify(body.model || DEFAULT_SDK_MODEL)},`, "    max_tokens=1024,"];
     if (body.system_prompt) args.push(`    system=${JSON.stringify(body.system_prompt)},`);
     args.push(`    messages=[{"role": "user", "content": ${JSON.stringify(body.prompt)}}],`);
     return {
@@ -477,7 +481,7 @@ const SNIPPETS = {
     const messages = [];
     if (body.system_prompt) messages.push(`        {"role": "system", "content": ${JSON.stringify(body.system_prompt)}},`);
     messages.push(`        {"role": "user", "content": ${JSON.stringify(body.prompt)}},`);
-    const args = [`    model=${JSON.stringify(body.model || "claude-sonnet-4-5")},`,
+    const args = [`    model=${JSON.stringify(body.model || DEFAULT_SDK_MODEL)},`,
                   `    messages=[\n${messages.join("\n")}\n    ],`];
     if (body.response_format === "json") args.push('    response_format={"type": "json_object"},');
     return {
@@ -552,6 +556,7 @@ function init() {
   for (const radio of document.querySelectorAll('input[name="format"]')) {
     radio.addEventListener("change", renderSnippet);
   }
+  labelCells($("jobs"));
   appliedKey = key();
   refreshAll();
 }

@@ -42,7 +42,7 @@ def _count_requests(fake: FakeAnthropic) -> int:
 async def test_api_pass_through_refuses_a_prompt_over_the_limit(
         make_settings: Callable[..., Settings], fake: FakeAnthropic) -> None:
     """A pass-through conversation over CCGATE_MAX_PROMPT_BYTES is a 413 in Anthropic's
-    shape, and nothing reaches upstream (tool results count as text too)."""
+    shape, and nothing reaches upstream (tool results and citations count as text too)."""
     async with _api_gateway(make_settings, fake, CCGATE_MAX_PROMPT_BYTES=1000) as gateway:
         big_result = {"model": "sonnet", "max_tokens": 16, "messages": [
             {"role": "user", "content": "use the tool"},
@@ -50,8 +50,11 @@ async def test_api_pass_through_refuses_a_prompt_over_the_limit(
                                                "input": {}}]},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
                                           "content": "x" * 2000}]}]}
+        cited = {**HELLO, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi", "citations": [{"type": "char_location",
+                                                          "cited_text": "z" * 2000}]}]}]}
         for body in ({**HELLO, "messages": [{"role": "user", "content": "y" * 2000}]},
-                     big_result):
+                     big_result, cited):
             response = await gateway.client.post("/v1/messages", json=body,
                                                  headers=gateway.auth())
             assert response.status_code == 413

@@ -41,6 +41,26 @@ async def test_limits_concurrent_native_runs_cannot_overspend_the_budget(
     assert used == {"tokens_today": 24, "cost_usd_this_month": 0.002, "running": 0}
 
 
+async def test_limits_cli_backend_small_max_tokens_does_not_shrink_the_reservation(
+        gateway_factory: Callable[..., Any]) -> None:
+    """The CLI ignores max_tokens, so eight /v1/messages at once with max_tokens=1 still
+    reserve a default-sized answer each: against a budget of two such estimates, two run."""
+    runner = FakeRunner(block=True)
+    gateway = await gateway_factory(runner, CCGATE_CONCURRENCY=8)
+    _, auth = await _budget_key(gateway, 0.13)
+    body = {"model": "sonnet", "max_tokens": 1, "messages": [{"role": "user",
+                                                              "content": "hi"}]}
+    calls = [asyncio.create_task(gateway.client.post("/v1/messages", json=body, headers=auth))
+             for _ in range(8)]
+    async with asyncio.timeout(10):
+        while runner.running < 2 or sum(c.done() for c in calls) < 6:
+            await asyncio.sleep(0.01)
+    runner.released.set()
+    responses = await asyncio.gather(*calls)
+    assert sorted(r.status_code for r in responses) == [200] * 2 + [429] * 6
+    assert runner.peak_running == 2
+
+
 async def test_limits_concurrent_pass_through_messages_cannot_overspend_the_budget(
         api_gateway: Gateway, fake: FakeAnthropic) -> None:
     """On the API backend, eight /v1/messages at once with max_tokens=100 against a budget

@@ -50,6 +50,17 @@ def test_estimate_counts_text_images_documents_and_tools() -> None:
     assert 400 + 40 + 3 < size.text_bytes < 400 + 40 + 3 + 200
 
 
+def test_estimate_counts_text_outside_a_blocks_main_field() -> None:
+    """Citations on a text block, a document's title and context, and a document made of
+    content blocks count as text: the pass-through sends all of them upstream."""
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": "hi", "citations": [{"type": "char_location",
+                                                      "cited_text": "a" * 1000}]},
+        {"type": "document", "title": "b" * 1000, "context": "c" * 1000,
+         "source": {"type": "content", "content": [{"type": "text", "text": "d" * 1000}]}}]}]
+    assert conversation_size(None, messages).text_bytes > 4_000
+
+
 def test_estimate_of_a_run_request_includes_history_and_system_prompts() -> None:
     """A run's estimate counts its system prompts, earlier turns and new turn."""
     request = RunRequest.from_text("x" * 40, "sonnet", system_prompt="y" * 40,

@@ -9,7 +9,7 @@ and cost when the work is done, whichever way it ends.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -74,6 +74,10 @@ async def admit(request: Request, key: KeyRecord, door: str,
         return Ticket(key)
     from ccgate.limits import LimitExceeded, rate_headers
 
+    if estimate is not None and request.app.state.settings.backend == "cli":
+        # The CLI has no flag for max_tokens and ignores it: a small one caps nothing, so it
+        # must not shrink the reservation either.
+        estimate = replace(estimate, max_output_tokens=None)
     try:
         admission = await limiter.admit(key.id, key.policy, estimate, spends=spends)
     except LimitExceeded as exc:

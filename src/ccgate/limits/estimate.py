@@ -24,6 +24,8 @@ BYTES_PER_TOKEN = 4
 # (runners/anthropic_api.DEFAULT_MAX_TOKENS; a test keeps the two equal).
 DEFAULT_OUTPUT_TOKENS = 4_096
 IMAGE_TOKENS = 1_600
+# Block fields that carry no text worth counting.
+_BOOKKEEPING = frozenset({"type", "cache_control", "tool_use_id", "is_error"})
 PDF_TOKENS_PER_100KB = 1_500
 # (input, output) USD per million tokens of the dearest listed model.
 _DEAREST = max(((i, o) for _, i, o in PRICES_PER_MTOK), key=lambda price: price[1])
@@ -85,19 +87,33 @@ def block_size(block: Any) -> ConversationSize:
     kind = block.get("type")
     source = block.get("source")
     if kind == "text":
-        return _text(str(block.get("text") or ""))
+        return _text(str(block.get("text") or "")) + _other_fields(block, "text")
     if kind == "image":
-        return ConversationSize(media_tokens=IMAGE_TOKENS)
-    if kind == "document" and isinstance(source, Mapping) and source.get("type") == "text":
-        return _text(str(source.get("data") or ""))
+        return ConversationSize(media_tokens=IMAGE_TOKENS) + _other_fields(block, "source")
     if kind == "document":
-        data = source.get("data") if isinstance(source, Mapping) else None
-        size = len(data) * 3 // 4 if isinstance(data, str) else 0
-        return ConversationSize(
-            media_tokens=PDF_TOKENS_PER_100KB * max(1, math.ceil(size / 100_000)))
+        return _document_source(source) + _other_fields(block, "source")
     if kind == "tool_result":
-        return content_size(block.get("content"))
+        return content_size(block.get("content")) + _other_fields(block, "content")
     return _as_text(block)
+
+
+def _other_fields(block: Mapping[str, Any], measured: str) -> ConversationSize:
+    """What a block carries besides its measured field (citations, a document's title and
+    context...): the pass-through sends it upstream, so it counts as text."""
+    rest = {k: v for k, v in block.items() if k not in _BOOKKEEPING and k != measured}
+    return _as_text(rest) if rest else ConversationSize()
+
+
+def _document_source(source: Any) -> ConversationSize:
+    """A document's source: plain text, content blocks, or a PDF (by its size)."""
+    kind = source.get("type") if isinstance(source, Mapping) else None
+    if kind == "text":
+        return _text(str(source.get("data") or ""))
+    if kind == "content":
+        return content_size(source.get("content"))
+    data = source.get("data") if isinstance(source, Mapping) else None
+    size = len(data) * 3 // 4 if isinstance(data, str) else 0
+    return ConversationSize(media_tokens=PDF_TOKENS_PER_100KB * max(1, math.ceil(size / 100_000)))
 
 
 def content_size(content: Any) -> ConversationSize:

@@ -5,7 +5,7 @@
 
 import {
   ConsoleError, adminTokenStore, api, clear, copyText, el, formatDuration, formatNumber,
-  formatTime, formatUsd, keepRowFocus, labelCells, setText,
+  formatTime, formatUsd, keepRowFocus, labelCells, setText, showError, showNote,
 } from "./common.js";
 import { drawUsageChart, isoDay } from "./admin-chart.js";
 
@@ -35,17 +35,6 @@ const state = {
 
 // ---- small helpers ---------------------------------------------------------------------------
 
-function showError(node, error) {
-  node.classList.remove("ok");
-  node.classList.add("error");
-  setText(node, error instanceof ConsoleError ? error.describe() : String(error?.message || error));
-}
-
-function showNote(node, text, kind = "") {
-  node.classList.remove("error", "ok");
-  if (kind) node.classList.add(kind);
-  setText(node, text);
-}
 
 /** Call an admin route with the token; a 401 on the way means the token no longer works. */
 async function adminApi(path, options = {}) {

@@ -243,6 +243,20 @@ export function setText(node, value) {
   node.textContent = value === null || value === undefined ? "" : String(value);
 }
 
+/** Show `error` (a ConsoleError's documented type and message, else its text) in `node`. */
+export function showError(node, error) {
+  node.classList.remove("ok");
+  node.classList.add("error");
+  setText(node, error instanceof ConsoleError ? error.describe() : String(error?.message || error));
+}
+
+/** Show a plain note in `node`; `kind` ("ok", "error") styles it. */
+export function showNote(node, text, kind = "") {
+  node.classList.remove("error", "ok");
+  if (kind) node.classList.add(kind);
+  setText(node, text);
+}
+
 /** Remove every child of `node`. */
 export function clear(node) {
   node.replaceChildren();

@@ -4,7 +4,7 @@
 
 import {
   ConsoleError, api, apiKeyStore, clear, copyText, el, formatDuration, formatNumber,
-  formatTime, formatUsd, keepRowFocus, labelCells, setText, streamEvents,
+  formatTime, formatUsd, keepRowFocus, labelCells, setText, showError, showNote, streamEvents,
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -30,17 +30,6 @@ function key() {
   return $("api-key").value.trim();
 }
 
-function showError(node, error) {
-  node.classList.remove("ok");
-  node.classList.add("error");
-  setText(node, error instanceof ConsoleError ? error.describe() : String(error?.message || error));
-}
-
-function showNote(node, text, kind = "") {
-  node.classList.remove("error", "ok");
-  if (kind) node.classList.add(kind);
-  setText(node, text);
-}
 
 // ---- the key ---------------------------------------------------------------------------------
 

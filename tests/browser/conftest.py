@@ -19,7 +19,9 @@ What they offer:
     server; ``tab.requests`` lists every URL the page asked for, ``tab.problems`` every page
     error, console error and CSP violation. ``page`` is ``tab.page``.
   - ``open_tab(width, height)``: more tabs, e.g. a 390 px wide phone.
-  - ``SCREENSHOT_DIR``: docs/console/, where screenshots for docs/console.md are saved.
+  - ``SCREENSHOT_DIR``: where the screenshot tests save their pictures: docs/console/ (the
+    ones docs/console.md shows) with ``CCGATE_TEST_SCREENSHOTS=1``, else a temporary folder,
+    so an ordinary test run leaves the work tree as it was.
   - ``assert_labelled_by_what_shows(page)``: every visible control's accessible name is its
     visible label; ``assert_rows_are_cards(page, table)``: on a phone, each row of the table
     is a card that fits the screen, every value beside its column's name.
@@ -31,6 +33,7 @@ import contextlib
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +57,9 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SCREENSHOT_DIR = Path(__file__).resolve().parents[2] / "docs" / "console"
+SCREENSHOT_DIR = (Path(__file__).resolve().parents[2] / "docs" / "console"
+                  if os.environ.get("CCGATE_TEST_SCREENSHOTS") == "1"
+                  else Path(tempfile.gettempdir()) / "ccgate-console-screenshots")
 HTTP_TIMEOUT_SECS = 30.0
 DESKTOP = (1280, 900)
 PHONE = (390, 844)

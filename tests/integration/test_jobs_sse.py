@@ -64,6 +64,21 @@ async def test_sse_bad_last_event_id_is_400(gateway: Gateway) -> None:
     assert response.status_code == 400
 
 
+async def test_sse_finished_job_resumed_past_its_last_event_ends_at_once(
+        gateway: Gateway) -> None:
+    """A finished job's stream resumed after its last event id ends at once, empty, instead
+    of sending heartbeats forever."""
+    job_id = await _finished_job(gateway)
+    url = f"/api/v1/jobs/{job_id}/sse"
+    last = _parse((await gateway.client.get(url, headers=gateway.auth())).text)[-1]["id"]
+    for after in (last, last + 1, 99):
+        async with asyncio.timeout(5):
+            response = await gateway.client.get(
+                url, headers={**gateway.auth(), "Last-Event-ID": str(after)})
+        assert response.status_code == 200
+        assert _parse(response.text) == []
+
+
 async def test_sse_cancelled_queued_job_ends_with_result(gateway_factory: Any) -> None:
     """A job cancelled before it started still ends its stream with a result event."""
     runner = FakeRunner(block=True)

@@ -195,6 +195,11 @@ async def _sse(request: Request, job: JobRecord, after: int) -> AsyncIterator[st
     hub = request.app.state.jobs.hub
     heartbeat = request.app.state.settings.sse_heartbeat_secs
     yield ": ccgate job stream\n\n"
+    if job.status.terminal:
+        # A finished job's events are all stored: past the last one, none will ever come.
+        stored = await request.app.state.store.events.last_seq([job.id])
+        if after >= stored.get(job.id, 0):
+            return
     async for event in hub.subscribe(job.id, after, heartbeat):
         if event is None:
             yield ": heartbeat\n\n"

@@ -22,6 +22,10 @@ if [ ! -x .tools/node_modules/.bin/claude ] \
 fi
 export CCGATE_TEST_CLAUDE="$PWD/.tools/node_modules/.bin/claude"
 
+# The TypeScript client's build tools (its devDependencies, as locked); tests/client runs its
+# `npm test` against a real server.
+npm ci --prefix clients/typescript --no-fund --no-audit --loglevel=error
+
 # Debian's chromium for the web console's browser tests: Playwright drives it and never
 # downloads a browser of its own. Installed only as root; otherwise those tests skip (and fail
 # under CCGATE_TEST_REQUIRE_SERVICES=1, as in CI).

@@ -1,14 +1,18 @@
 """Signed webhook delivery: the outbox rows in ``webhook_deliveries``, sent through the guard.
 
 Each finished job that asked for a callback has a delivery row (written in the transaction
-that ended the job). The dispatcher leases due rows, POSTs the job object signed with
-HMAC-SHA256, and records every attempt; failures are retried with capped exponential backoff
-and full jitter. Delivery is at least once: receivers dedupe on the event id.
+that ended the job). The dispatcher leases due rows, POSTs the job object signed the Standard
+Webhooks way (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``; plus the older
+``X-Ccgate-*`` headers unless turned off), and records every attempt; failures are retried
+with capped exponential backoff and full jitter. Delivery is at least once: receivers dedupe
+on the event id, which is the ``webhook-id``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import functools
 import hashlib
@@ -26,6 +30,7 @@ import structlog
 from ccgate import __version__
 from ccgate.clock import utcnow
 from ccgate.config import Settings
+from ccgate.security.keys import WEBHOOK_SECRET_PREFIX
 from ccgate.security.netguard import BlockedDestination, OutboundGuard, ResponseTooLarge
 from ccgate.store import JobRecord, Store
 from ccgate.store.webhooks import (
@@ -35,10 +40,16 @@ from ccgate.store.webhooks import (
     Attempt,
     DeliveryRecord,
     DeliveryTable,
+    Redelivery,
 )
 
 log = structlog.get_logger("ccgate.webhooks")
 
+# Standard Webhooks (https://www.standardwebhooks.com/): what receivers' libraries check.
+WEBHOOK_ID_HEADER = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER = "webhook-signature"
+# ccgate's own headers from before, kept for receivers written against them.
 EVENT_ID_HEADER = "X-Ccgate-Event-Id"
 TIMESTAMP_HEADER = "X-Ccgate-Timestamp"
 SIGNATURE_HEADER = "X-Ccgate-Signature"
@@ -50,9 +61,35 @@ Render = Callable[[JobRecord], dict[str, Any]]
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """Hex HMAC-SHA256 of ``"<timestamp>." + body`` under ``secret``."""
+    """Hex HMAC-SHA256 of ``"<timestamp>." + body`` under ``secret``'s UTF-8 bytes: the
+    ``X-Ccgate-Signature`` value, after ``sha256=``."""
     message = f"{timestamp}.".encode() + body
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a webhook secret for Standard Webhooks signatures.
+
+    ``whsec_`` followed by valid, padded standard base64 is decoded (the form ccgate mints);
+    any other secret (for example one minted before, or chosen by an admin) is its UTF-8
+    bytes, which receivers pass to their library as bytes.
+    """
+    if secret.startswith(WEBHOOK_SECRET_PREFIX):
+        try:
+            key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+        except binascii.Error:
+            key = b""
+        if key:
+            return key
+    return secret.encode("utf-8")
+
+
+def sign_standard(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """One ``webhook-signature`` entry: ``v1,`` and the base64 HMAC-SHA256 under ``key`` of
+    ``"<webhook-id>.<timestamp>." + body``."""
+    message = f"{webhook_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
 
 
 def backoff_ceiling(attempts_done: int, base: float, cap: float) -> float:
@@ -71,7 +108,10 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def delivery_view(record: DeliveryRecord | None) -> dict[str, Any] | None:
-    """The public state of a job's webhook delivery, for the job object (None: no callback)."""
+    """The public state of a job's webhook delivery, for the job object (None: no callback).
+
+    ``attempt_log`` holds the newest attempts (at most ``HISTORY_LIMIT``), oldest first.
+    """
     if record is None:
         return None
     return {
@@ -83,6 +123,11 @@ def delivery_view(record: DeliveryRecord | None) -> dict[str, Any] | None:
         "last_error": record.last_error,
         "next_attempt_at": _iso(record.next_attempt_at) if record.status == PENDING else None,
         "delivered_at": _iso(record.delivered_at),
+        "redeliveries": record.redeliveries,
+        "attempt_log": [{"at": entry.get("at"), "status_code": entry.get("status_code"),
+                         "error": entry.get("error"), "duration_ms": entry.get("duration_ms"),
+                         "next_attempt_at": entry.get("next_attempt_at")}
+                        for entry in record.history],
     }
 
 
@@ -157,6 +202,18 @@ class WebhookDispatcher:
         """Look for due deliveries now rather than at the next poll."""
         self._wake.set()
 
+    async def redeliver(self, job_id: str) -> Redelivery:
+        """Queue ``job_id``'s webhook again, with the same event id, and send it soon.
+
+        At most ``CCGATE_WEBHOOK_MAX_REDELIVERIES`` times per job, and never while a
+        delivery of it is pending; the result says which.
+        """
+        outcome = await self.deliveries.redeliver(
+            job_id, self.clock(), self.settings.webhook_max_redeliveries)
+        if outcome is Redelivery.QUEUED:
+            self._wake.set()
+        return outcome
+
     # -- the loop ----------------------------------------------------------------------
 
     async def _loop(self) -> None:
@@ -217,7 +274,7 @@ class WebhookDispatcher:
             return outcome(None, "the job no longer exists"), True
         body = json.dumps(self.render(job), separators=(",", ":"),
                           ensure_ascii=False).encode("utf-8")
-        headers = await self._headers(delivery, job, body, int(started_at.timestamp()))
+        headers = await self._headers(delivery, job, body, started_at)
         assert self._http is not None, "start() the dispatcher before sending"
         timeout = self.settings.webhook_timeout_secs
         try:
@@ -241,22 +298,33 @@ class WebhookDispatcher:
         return outcome(code, f"receiver answered HTTP {code}"), False
 
     async def _headers(self, delivery: DeliveryRecord, job: JobRecord, body: bytes,
-                       timestamp: int) -> dict[str, str]:
+                       now: datetime) -> dict[str, str]:
+        timestamp = int(now.timestamp())
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            EVENT_ID_HEADER: delivery.id,
-            TIMESTAMP_HEADER: str(timestamp),
+            WEBHOOK_ID_HEADER: delivery.id,
+            WEBHOOK_TIMESTAMP_HEADER: str(timestamp),
         }
-        secret, kind = None, None
+        legacy = self.settings.webhook_legacy_headers
+        if legacy:
+            headers[EVENT_ID_HEADER] = delivery.id
+            headers[TIMESTAMP_HEADER] = str(timestamp)
+        secrets: list[str] = []
+        kind = None
         if job.key_id is not None:
-            secret, kind = await self.deliveries.signing_secret(job.key_id)
+            found = await self.deliveries.signing_secrets(job.key_id)
+            secrets, kind = found.active(now), found.kind
         # The shared secret never signs a device's webhooks: any device could then get
         # payloads of its own making signed with what other receivers trust.
-        if not secret and kind != "device":
-            secret = self.settings.webhook_secret
-        if secret:
-            headers[SIGNATURE_HEADER] = f"sha256={sign(secret, timestamp, body)}"
+        if not secrets and kind != "device" and self.settings.webhook_secret:
+            secrets = [self.settings.webhook_secret]
+        if secrets:
+            # During a rotation's grace the old secret signs too, after the new one.
+            headers[WEBHOOK_SIGNATURE_HEADER] = " ".join(
+                sign_standard(signing_key(s), delivery.id, timestamp, body) for s in secrets)
+            if legacy:
+                headers[SIGNATURE_HEADER] = f"sha256={sign(secrets[0], timestamp, body)}"
         elif job.key_id not in self._warned_unsigned:
             self._warned_unsigned.add(job.key_id)
             log.warning("webhook_unsigned", key_id=job.key_id,
@@ -286,18 +354,13 @@ class WebhookDispatcher:
 
     def _retry_or_fail(self, delivery: DeliveryRecord,
                        attempt: Attempt) -> tuple[str, datetime | None]:
-        done = delivery.attempts + 1
+        # Limits count within the round: a redelivery gets a full set of retries again.
+        done = delivery.round_attempts + 1
         if done >= self.settings.webhook_max_attempts:
             return FAILED, None
         ceiling = backoff_ceiling(done, self.base_delay, self.max_delay)
         next_at = attempt.at + timedelta(seconds=self.jitter(ceiling))
-        first = _first_attempt_at(delivery) or attempt.at
+        first = delivery.round_started_at or attempt.at
         if next_at > first + timedelta(seconds=self.settings.webhook_retry_span_secs):
             return FAILED, None
         return PENDING, next_at
-
-
-def _first_attempt_at(delivery: DeliveryRecord) -> datetime | None:
-    if not delivery.history:
-        return None
-    return datetime.fromisoformat(str(delivery.history[0]["at"]).replace("Z", "+00:00"))

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 
 from tests.e2e.conftest import (
     HTTP_TIMEOUT_SECS,
@@ -380,7 +381,8 @@ def hook_server() -> Iterator[_HookServer]:
 def test_webhook_delivers_signed_job_object(
     start_server: StartServer, server_env: dict[str, str], hook_server: _HookServer
 ) -> None:
-    """The callback gets one POST of the completed job, signed with the key's webhook secret."""
+    """The callback gets one POST of the completed job, signed with the key's webhook secret
+    both ways: the standardwebhooks library and the X-Ccgate-Signature recipe accept it."""
     server = start_server(server_env, CCGATE_OUTBOUND_ALLOW="127.0.0.1")
     created = server.cli("keys", "create", "hooks")
     key = created.stdout.strip().splitlines()[-1]
@@ -398,5 +400,7 @@ def test_webhook_delivers_signed_job_object(
     mac = hmac.new(secret.group(1).encode(), f"{ts}.".encode() + hook.body, hashlib.sha256)
     assert hmac.compare_digest(hook.headers["x-ccgate-signature"], f"sha256={mac.hexdigest()}")
     assert hook.headers["x-ccgate-event-id"] == job["webhook"]["event_id"]
+    assert Webhook(secret.group(1)).verify(hook.body, hook.headers)["job_id"] == job_id
+    assert hook.headers["webhook-id"] == job["webhook"]["event_id"]
     assert json.loads(hook.body) == {k: v for k, v in job.items() if k != "webhook"}
     assert job["status"] == "completed" and job["webhook"]["status"] == "delivered"

@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from ccgate.clock import utcnow
 from ccgate.config import Settings
+from ccgate.security.keyring import Keyring
 from ccgate.security.keys import new_id
 from ccgate.security.netguard import OutboundGuard
 from ccgate.store import JobRecord, Store
@@ -26,9 +28,12 @@ from ccgate.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookDispatcher,
+    delivery_view,
     sign,
 )
-from tests.support.webhook_receiver import WebhookReceiver
+from tests.integration.conftest import Gateway
+from tests.support.fake_runner import FakeRunner
+from tests.support.webhook_receiver import Received, WebhookReceiver
 
 Dispatchers = Callable[..., Any]
 
@@ -106,6 +111,8 @@ async def test_webhook_dispatcher_signs_with_the_keys_secret(
     [got] = receiver.received
     expected = sign("key-secret", int(got.headers[TIMESTAMP_HEADER.lower()]), got.body)
     assert got.headers[SIGNATURE_HEADER.lower()] == f"sha256={expected}"
+    # A secret not in the whsec_<base64> form is keyed with its UTF-8 bytes.
+    assert Webhook(b"key-secret").verify(got.body, got.headers)["job_id"].startswith("job_")
     assert got.headers[EVENT_ID_HEADER.lower()] == event_id
     assert got.headers["content-type"] == "application/json"
     assert got.headers["user-agent"].startswith("ccgate-webhooks/")
@@ -284,3 +291,205 @@ async def test_webhook_dispatcher_sends_unsigned_and_warns_once_without_a_secret
     assert len(receiver.received) == 2
     assert all(SIGNATURE_HEADER.lower() not in r.headers for r in receiver.received)
     assert [e["event"] for e in logs].count("webhook_unsigned") == 1
+
+
+# -- Standard Webhooks -------------------------------------------------------------------
+
+
+async def _app_key(store: Store, name: str = "app") -> tuple[str, str]:
+    """Create a key the way admins do; return its id and its minted webhook secret."""
+    created = await Keyring(store).create(name)
+    return created.record.id, created.webhook_secret
+
+
+def _signatures(got: Received) -> list[str]:
+    return got.headers["webhook-signature"].split(" ")
+
+
+async def test_webhook_dispatcher_delivery_verifies_with_standardwebhooks(
+        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """A delivery signed with a minted key secret passes the standardwebhooks library, its
+    webhook-id is the event id and the older X-Ccgate-* headers come along by default."""
+    receiver = await receivers()
+    key_id, secret = await _app_key(store)
+    event_id = await _ended_job(store, receiver.url, key_id=key_id)
+    await dispatchers(store)
+    assert (await _settled(store, event_id)).status == "delivered"
+    [got] = receiver.received
+    job = Webhook(secret).verify(got.body, got.headers)
+    assert job["status"] == "queued" and got.headers["webhook-id"] == event_id
+    assert got.headers[EVENT_ID_HEADER.lower()] == event_id
+    assert got.headers[TIMESTAMP_HEADER.lower()] == got.headers["webhook-timestamp"]
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(got.body + b" ", got.headers)
+
+
+async def test_webhook_dispatcher_without_legacy_headers_sends_only_standard_ones(
+        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """CCGATE_WEBHOOK_LEGACY_HEADERS=false drops every X-Ccgate-* header; the webhook still
+    verifies with the standardwebhooks library."""
+    receiver = await receivers()
+    key_id, secret = await _app_key(store)
+    event_id = await _ended_job(store, receiver.url, key_id=key_id)
+    await dispatchers(store, env={"CCGATE_WEBHOOK_LEGACY_HEADERS": "false"})
+    assert (await _settled(store, event_id)).status == "delivered"
+    [got] = receiver.received
+    assert not [name for name in got.headers if name.startswith("x-ccgate-")]
+    assert Webhook(secret).verify(got.body, got.headers)["job_id"].startswith("job_")
+
+
+async def test_webhook_dispatcher_signs_with_both_secrets_during_a_rotation_grace(
+        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """After a rotation, the old and the new secret both sign (either verifies) until the
+    grace ends; then only the new one does and the old one no longer verifies."""
+    receiver = await receivers()
+    key_id, old = await _app_key(store)
+    rotated_at = time.monotonic()
+    new = await Keyring(store).rotate_webhook_secret("app", grace_secs=2)
+    assert new is not None and new != old
+    await dispatchers(store)
+    first = await _ended_job(store, receiver.url, key_id=key_id)
+    assert (await _settled(store, first)).status == "delivered"
+    assert time.monotonic() - rotated_at < 2, "the first delivery came after the grace"
+    [during] = receiver.received
+    assert len(_signatures(during)) == 2
+    for secret in (new, old):
+        Webhook(secret).verify(during.body, during.headers)
+    await asyncio.sleep(2.1 - (time.monotonic() - rotated_at))
+    second = await _ended_job(store, receiver.url, key_id=key_id)
+    assert (await _settled(store, second)).status == "delivered"
+    after = receiver.received[1]
+    assert len(_signatures(after)) == 1
+    Webhook(new).verify(after.body, after.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(after.body, after.headers)
+
+
+async def test_webhook_dispatcher_attempt_log_keeps_the_newest_twenty(
+        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    """Each attempt is logged with its status, error, duration and the retry it scheduled;
+    the log keeps the newest 20 while the attempt count keeps them all."""
+    receiver = await receivers(default=500)
+    event_id = await _ended_job(store, receiver.url)
+    await dispatchers(store, env={"CCGATE_WEBHOOK_MAX_ATTEMPTS": 23})
+    record = await _settled(store, event_id, timeout=20)
+    view = delivery_view(record)
+    assert view is not None and view["status"] == "failed" and view["attempts"] == 23
+    log = view["attempt_log"]
+    assert len(log) == 20 and len(receiver.received) == 23
+    assert all(e["status_code"] == 500 and e["duration_ms"] >= 0 for e in log)
+    assert all(e["next_attempt_at"] > e["at"] for e in log[:-1])
+    assert log[-1]["next_attempt_at"] is None
+
+
+# -- redelivery through the API ----------------------------------------------------------
+
+
+async def _hooked_gateway(gateway_factory: Callable[..., Any], **env: Any
+                          ) -> tuple[Gateway, str, str]:
+    """A gateway that may call 127.0.0.1; a key ``hooks`` (its secret, webhook secret)."""
+    gateway: Gateway = await gateway_factory(
+        FakeRunner(), CCGATE_OUTBOUND_ALLOW="127.0.0.1", **env)
+    created = await gateway.app.state.keyring.create("hooks")
+    return gateway, created.secret, created.webhook_secret
+
+
+async def _job_webhook(gateway: Gateway, key: str, job_id: str,
+                       until: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The job's ``webhook`` object once ``until`` holds for it."""
+    async with asyncio.timeout(10):
+        while True:
+            job = (await gateway.client.get(f"/api/v1/jobs/{job_id}",
+                                            headers=gateway.auth(key))).json()
+            if job["status"] == "completed" and until(job.get("webhook") or {}):
+                return job.get("webhook") or {}
+            await asyncio.sleep(0.02)
+
+
+async def _submit_hooked(gateway: Gateway, key: str, url: str | None) -> str:
+    body: dict[str, Any] = {"prompt": "hi"} | ({"callback_url": url} if url else {})
+    response = await gateway.client.post("/api/v1/jobs", json=body, headers=gateway.auth(key))
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
+async def test_webhook_redeliver_sends_the_same_webhook_id_again(
+        gateway_factory: Callable[..., Any], receivers: Callable[..., Any]) -> None:
+    """Redelivering a delivered webhook sends it again with the same webhook-id and a fresh
+    signature; the job shows both attempts and one redelivery."""
+    receiver = await receivers()
+    gateway, key, secret = await _hooked_gateway(gateway_factory)
+    job_id = await _submit_hooked(gateway, key, receiver.url)
+    await _job_webhook(gateway, key, job_id, lambda w: w["status"] == "delivered")
+    response = await gateway.client.post(f"/api/v1/jobs/{job_id}/webhook/redeliver",
+                                         headers=gateway.auth(key))
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "pending" and response.json()["redeliveries"] == 1
+    hook = await _job_webhook(gateway, key, job_id, lambda w: w["status"] == "delivered")
+    first, again = receiver.received
+    assert first.headers["webhook-id"] == again.headers["webhook-id"] == hook["event_id"]
+    assert Webhook(secret).verify(again.body, again.headers)["job_id"] == job_id
+    assert hook["attempts"] == 2 and hook["redeliveries"] == 1
+    assert [e["status_code"] for e in hook["attempt_log"]] == [200, 200]
+
+
+async def test_webhook_redeliver_refuses_other_keys_and_jobs_without_a_webhook(
+        gateway_factory: Callable[..., Any], receivers: Callable[..., Any]) -> None:
+    """Another key's job is 404; a job without callback_url or not yet ended is 409."""
+    receiver = await receivers()
+    gateway, key, _ = await _hooked_gateway(gateway_factory)
+    hooked = await _submit_hooked(gateway, key, receiver.url)
+    await _job_webhook(gateway, key, hooked, lambda w: w["status"] == "delivered")
+    other = await gateway.client.post(f"/api/v1/jobs/{hooked}/webhook/redeliver",
+                                      headers=gateway.auth())
+    assert other.status_code == 404 and other.json()["error"]["type"] == "not_found"
+    plain = await _submit_hooked(gateway, key, None)
+    await _job_webhook(gateway, key, plain, lambda w: True)
+    refused = await gateway.client.post(f"/api/v1/jobs/{plain}/webhook/redeliver",
+                                        headers=gateway.auth(key))
+    assert refused.status_code == 409 and refused.json()["error"]["type"] == "conflict"
+    assert "no callback_url" in refused.json()["error"]["message"]
+    runner: FakeRunner = gateway.app.state.runner
+    runner.block = True
+    running = await _submit_hooked(gateway, key, receiver.url)
+    early = await gateway.client.post(f"/api/v1/jobs/{running}/webhook/redeliver",
+                                      headers=gateway.auth(key))
+    runner.released.set()
+    assert early.status_code == 409 and "has not ended" in early.json()["error"]["message"]
+
+
+async def test_webhook_redeliver_is_limited_to_one_pending_and_the_setting(
+        gateway_factory: Callable[..., Any], receivers: Callable[..., Any]) -> None:
+    """While a delivery is pending a redelivery is 409; past CCGATE_WEBHOOK_MAX_REDELIVERIES
+    it is 409 too, and nothing more is sent."""
+    receiver = await receivers(statuses=(500,))
+    gateway, key, _ = await _hooked_gateway(gateway_factory, CCGATE_WEBHOOK_MAX_REDELIVERIES=1)
+    job_id = await _submit_hooked(gateway, key, receiver.url)
+    await _job_webhook(gateway, key, job_id, lambda w: w["attempts"] >= 1)
+    url = f"/api/v1/jobs/{job_id}/webhook/redeliver"
+    pending = await gateway.client.post(url, headers=gateway.auth(key))
+    assert pending.status_code == 409 and "pending" in pending.json()["error"]["message"]
+    await _job_webhook(gateway, key, job_id, lambda w: w["status"] == "delivered")
+    assert (await gateway.client.post(url, headers=gateway.auth(key))).status_code == 202
+    await _job_webhook(gateway, key, job_id, lambda w: w["status"] == "delivered")
+    spent = await gateway.client.post(url, headers=gateway.auth(key))
+    assert spent.status_code == 409
+    assert "CCGATE_WEBHOOK_MAX_REDELIVERIES" in spent.json()["error"]["message"]
+    assert len(receiver.received) == 3
+
+
+@pytest.mark.parametrize(("env", "signing"), [({}, 2),
+                                              ({"CCGATE_WEBHOOK_ROTATION_GRACE_SECS": 0}, 1)])
+async def test_webhook_admin_rotation_keeps_the_old_secret_for_the_configured_grace(
+        gateway_factory: Callable[..., Any], env: dict[str, Any], signing: int) -> None:
+    """POST /admin/keys/{name}/webhook-secret keeps the old secret signing for the default
+    grace, and not at all with CCGATE_WEBHOOK_ROTATION_GRACE_SECS=0."""
+    token = "t" * 40
+    gateway: Gateway = await gateway_factory(FakeRunner(), CCGATE_ADMIN_TOKEN=token, **env)
+    created = await gateway.app.state.keyring.create("hooks")
+    response = await gateway.client.post("/admin/keys/hooks/webhook-secret",
+                                         headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    new = response.json()["webhook_secret"]
+    found = await gateway.app.state.store.webhooks.signing_secrets(created.record.id)
+    assert found.active(utcnow()) == [new, created.webhook_secret][:signing]

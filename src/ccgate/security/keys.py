@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -40,5 +41,6 @@ WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a visible prefix, not a secret)
 
 
 def mint_webhook_secret() -> str:
-    """A new secret for signing one key's webhooks."""
-    return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+    """A new secret for signing one key's webhooks, in the Standard Webhooks form:
+    ``whsec_`` and the standard base64 of 32 random bytes (the HMAC key)."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(_SECRET_BYTES)).decode()

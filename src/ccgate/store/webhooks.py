@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +16,8 @@ from ccgate.store.schema import api_keys, jobs, webhook_deliveries
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
+# Attempts kept in a delivery's log (the newest); the count of all attempts is kept apart.
+HISTORY_LIMIT = 20
 
 
 def _of_revoked_key(delivery_job_id: Any) -> sa.ColumnElement[bool]:
@@ -53,6 +56,35 @@ class DeliveryRecord:
     last_status_code: int | None
     last_error: str | None
     history: list[dict[str, Any]]
+    round_attempts: int = 0
+    round_started_at: datetime | None = None
+    redeliveries: int = 0
+
+
+@dataclass(frozen=True)
+class SigningSecrets:
+    """What signs a key's webhooks: its secret and, during a rotation's grace, the old one."""
+
+    kind: str | None
+    current: str | None
+    previous: str | None = None
+    previous_until: datetime | None = None
+
+    def active(self, now: datetime) -> list[str]:
+        """The secrets that sign at ``now``: the current one, then the old one in its grace."""
+        found = [self.current] if self.current else []
+        if self.previous and self.previous_until is not None and now < self.previous_until:
+            found.append(self.previous)
+        return found
+
+
+class Redelivery(StrEnum):
+    """What came of asking for a webhook again: queued, or why not."""
+
+    QUEUED = "queued"
+    NO_WEBHOOK = "no_webhook"
+    PENDING = "pending"
+    EXHAUSTED = "exhausted"
 
 
 @dataclass(frozen=True)
@@ -64,11 +96,16 @@ class Attempt:
     error: str | None
     duration_ms: int
 
-    def as_json(self) -> dict[str, Any]:
-        """The history entry: ``at`` as ISO 8601 UTC."""
-        return {"at": self.at.isoformat().replace("+00:00", "Z"),
-                "status_code": self.status_code, "error": self.error,
-                "duration_ms": self.duration_ms}
+    def as_json(self, next_attempt_at: datetime | None = None) -> dict[str, Any]:
+        """The history entry: times as ISO 8601 UTC; ``next_attempt_at`` is the retry it
+        scheduled (None: none)."""
+        return {"at": _iso(self.at), "status_code": self.status_code, "error": self.error,
+                "duration_ms": self.duration_ms,
+                "next_attempt_at": _iso(next_attempt_at) if next_attempt_at else None}
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def _record(row: sa.Row[Any]) -> DeliveryRecord:
@@ -125,13 +162,16 @@ class DeliveryTable:
                 t.c.id == delivery_id, t.c.lease_owner == owner)).scalar()
             if history is None:
                 return None
+            entry = attempt.as_json(next_attempt_at)
             row = conn.execute(
                 t.update().where(t.c.id == delivery_id, t.c.lease_owner == owner)
                 .values(status=status, attempts=t.c.attempts + 1,
+                        round_attempts=t.c.round_attempts + 1,
+                        round_started_at=sa.func.coalesce(t.c.round_started_at, attempt.at),
                         next_attempt_at=next_attempt_at,
-                        delivered_at=attempt.at if status == DELIVERED else None,
+                        delivered_at=attempt.at if status == DELIVERED else t.c.delivered_at,
                         last_status_code=attempt.status_code, last_error=attempt.error,
-                        history=[*history, attempt.as_json()],
+                        history=[*history, entry][-HISTORY_LIMIT:],
                         lease_owner=None, lease_expires_at=None)
                 .returning(*t.c)).first()
             return _record(row) if row is not None else None
@@ -170,6 +210,47 @@ class DeliveryTable:
         query = (sa.select(t).where(t.c.job_id == job_id)
                  .order_by(t.c.created_at.desc(), t.c.id.desc()).limit(1))
         return await self._one(query)
+
+    async def redeliver(self, job_id: str, now: datetime, limit: int) -> Redelivery:
+        """Queue ``job_id``'s webhook again (same event id, a new round of attempts), at most
+        ``limit`` times and never while a delivery is pending.
+        """
+        t = webhook_deliveries
+        latest = (sa.select(t.c.id).where(t.c.job_id == job_id)
+                  .order_by(t.c.created_at.desc(), t.c.id.desc()).limit(1))
+
+        def op(conn: sa.Connection) -> Redelivery:
+            delivery_id = conn.execute(latest).scalar()
+            if delivery_id is None:
+                return Redelivery.NO_WEBHOOK
+            queued = conn.execute(
+                t.update().where(t.c.id == delivery_id, t.c.status != PENDING,
+                                 t.c.redeliveries < limit)
+                .values(status=PENDING, next_attempt_at=now, round_attempts=0,
+                        round_started_at=None, redeliveries=t.c.redeliveries + 1,
+                        lease_owner=None, lease_expires_at=None)).rowcount
+            if queued:
+                return Redelivery.QUEUED
+            status = conn.execute(sa.select(t.c.status).where(t.c.id == delivery_id)).scalar()
+            return Redelivery.PENDING if status == PENDING else Redelivery.EXHAUSTED
+
+        return await self.db.write(op)
+
+    async def signing_secrets(self, key_id: str) -> SigningSecrets:
+        """The kind of key ``key_id`` and the secrets that may sign its webhooks."""
+        k = api_keys.c
+        query = (sa.select(k.kind, k.webhook_secret, k.previous_webhook_secret,
+                           k.previous_webhook_secret_until).where(k.id == key_id))
+
+        def op(conn: sa.Connection) -> SigningSecrets:
+            row = conn.execute(query).first()
+            if row is None:
+                return SigningSecrets(kind=None, current=None)
+            return SigningSecrets(kind=row.kind, current=row.webhook_secret,
+                                  previous=row.previous_webhook_secret,
+                                  previous_until=row.previous_webhook_secret_until)
+
+        return await self.db.read(op)
 
     async def signing_secret(self, key_id: str) -> tuple[str | None, str | None]:
         """The webhook secret (None: it has none) and the kind of key ``key_id``."""

@@ -143,13 +143,17 @@ IpCidrs = Annotated[list[str] | None, typer.Option(
     "--ip-cidr", help="A client network (CIDR) the key may call from; repeat for more.")]
 ExpiresAt = Annotated[str | None, typer.Option(
     "--expires-at", help="ISO 8601 date or time (UTC unless it names a zone) it stops working.")]
+WindowShare = Annotated[float | None, typer.Option(
+    "--window-share", help="The most of each plan window the key may use, a fraction in "
+    "(0, 1].")]
 Clear = Annotated[list[str] | None, typer.Option(
     "--clear", help="Remove a limit, by option name (rpm, budget-usd, model, ...); repeatable.")]
 
 # Policy field -> the option that sets it, for messages, --clear and the list's POLICY column.
 _OPTION_OF = {"rpm": "rpm", "rpd": "rpd", "tokens_per_day": "tokens-per-day",
               "budget_usd_per_month": "budget-usd", "concurrency": "concurrency",
-              "models": "model", "ip_cidrs": "ip-cidr", "expires_at": "expires-at"}
+              "models": "model", "ip_cidrs": "ip-cidr", "expires_at": "expires-at",
+              "window_share": "window-share"}
 
 
 def _policy_changes(**given: Any) -> dict[str, object]:
@@ -180,7 +184,7 @@ def _policy_text(policy: Any) -> str:
 def keys_create(ctx: typer.Context, name: str, rpm: Rpm = None, rpd: Rpd = None,
                 tokens_per_day: TokensPerDay = None, budget_usd: BudgetUsd = None,
                 concurrency: Concurrency = None, model: Models = None, ip_cidr: IpCidrs = None,
-                expires_at: ExpiresAt = None) -> None:
+                expires_at: ExpiresAt = None, window_share: WindowShare = None) -> None:
     """Create a key, with limits if given; its secret is printed once and never stored."""
     from ccgate.security.keyring import KeyNameError, PolicyError, policy_with
     from ccgate.store.keys import KeyPolicy
@@ -188,7 +192,8 @@ def keys_create(ctx: typer.Context, name: str, rpm: Rpm = None, rpd: Rpd = None,
     try:
         policy = policy_with(KeyPolicy(), _policy_changes(
             rpm=rpm, rpd=rpd, tokens_per_day=tokens_per_day, budget_usd=budget_usd,
-            concurrency=concurrency, model=model, ip_cidr=ip_cidr, expires_at=expires_at))
+            concurrency=concurrency, model=model, ip_cidr=ip_cidr, expires_at=expires_at,
+            window_share=window_share))
     except PolicyError as exc:
         _policy_error(exc)
         return
@@ -226,11 +231,15 @@ def keys_list(ctx: typer.Context) -> None:
 
 @keys_app.command("webhook-secret")
 def keys_webhook_secret(ctx: typer.Context, name: str) -> None:
-    """Give a key a new webhook signing secret, printed once; the old one stops working."""
-    secret = _with_keyring(ctx, lambda ring: ring.rotate_webhook_secret(name))
+    """Give a key a new webhook signing secret, printed once; the old one keeps signing next
+    to it for CCGATE_WEBHOOK_ROTATION_GRACE_SECS."""
+    grace = _settings(ctx).webhook_rotation_grace_secs
+    secret = _with_keyring(ctx, lambda ring: ring.rotate_webhook_secret(name, grace))
     if secret is None:
         _fail(f"no active key named {name!r}")
-    typer.echo(f"New webhook signing secret for {name!r}; receivers must switch to it now:",
+    when = (f"the old one keeps signing next to it for {grace:g} s" if grace > 0
+            else "the old one stopped signing")
+    typer.echo(f"New webhook signing secret for {name!r} ({when}); switch receivers to it:",
                err=True)
     typer.echo(secret)
 
@@ -239,13 +248,15 @@ def keys_webhook_secret(ctx: typer.Context, name: str) -> None:
 def keys_update(ctx: typer.Context, name: str, rpm: Rpm = None, rpd: Rpd = None,
                 tokens_per_day: TokensPerDay = None, budget_usd: BudgetUsd = None,
                 concurrency: Concurrency = None, model: Models = None, ip_cidr: IpCidrs = None,
-                expires_at: ExpiresAt = None, clear: Clear = None) -> None:
+                expires_at: ExpiresAt = None, window_share: WindowShare = None,
+                clear: Clear = None) -> None:
     """Change an active key's limits; its very next request obeys them, no restart needed."""
     from ccgate.security.keyring import PolicyError
 
     changes = _policy_changes(
         rpm=rpm, rpd=rpd, tokens_per_day=tokens_per_day, budget_usd=budget_usd,
-        concurrency=concurrency, model=model, ip_cidr=ip_cidr, expires_at=expires_at)
+        concurrency=concurrency, model=model, ip_cidr=ip_cidr, expires_at=expires_at,
+        window_share=window_share)
     fields = {option: field for field, option in _OPTION_OF.items()}
     for item in clear or []:
         field = fields.get(item.strip().lstrip("-").replace("_", "-"))

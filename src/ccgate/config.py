@@ -254,6 +254,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CCGATE_WEBHOOK_RETRY_SPAN_SECS", "3600", "a number of seconds between 1 and 604800",
             _float(1, 604800),
             "No retry is scheduled later than this after the first attempt."),
+    Setting("CCGATE_WEBHOOK_ROTATION_GRACE_SECS", "86400",
+            "a number of seconds between 0 and 2592000", _float(0, 2592000),
+            "After a key's webhook secret is rotated, the old secret keeps signing next to the "
+            "new one this long (0: it stops at once)."),
+    Setting("CCGATE_WEBHOOK_LEGACY_HEADERS", "true", "true or false", _bool,
+            "Also send the X-Ccgate-Event-Id, X-Ccgate-Timestamp and X-Ccgate-Signature "
+            "headers next to the Standard Webhooks ones (docs/webhooks.md)."),
+    Setting("CCGATE_WEBHOOK_MAX_REDELIVERIES", "10", "an integer between 0 and 1000",
+            _int(0, 1000),
+            "How often a job's owner may ask for its webhook again "
+            "(POST /api/v1/jobs/{id}/webhook/redeliver); 0 turns redelivery off."),
     Setting("CCGATE_OUTBOUND_ALLOW", "", "comma-separated hosts, IPs or CIDRs", _names,
             "Private or loopback destinations webhooks (and fetch) may reach anyway, for LAN "
             "receivers. Empty: only public addresses."),
@@ -376,6 +387,9 @@ class Settings:
     webhook_timeout_secs: float
     webhook_max_attempts: int
     webhook_retry_span_secs: float
+    webhook_rotation_grace_secs: float
+    webhook_legacy_headers: bool
+    webhook_max_redeliveries: int
     outbound_allow: tuple[str, ...]
     work_dir: str | None
     cli_env_passthrough: tuple[str, ...]

@@ -27,8 +27,9 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
     "not_found": ErrorKind(404, "No such route or job (or the job belongs to another key)."),
     "method_not_allowed": ErrorKind(405, "The route exists but not for this HTTP method."),
     "cancelled": ErrorKind(409, "The job was cancelled before it finished."),
-    "conflict": ErrorKind(409, "The job is already finished (cancel of an ended job), or "
-                          "a key name is already taken (admin API)."),
+    "conflict": ErrorKind(409, "The job is already finished (cancel of an ended job), a "
+                          "webhook cannot be redelivered (no callback, not ended, one "
+                          "pending, limit spent), or a key name is already taken (admin API)."),
     "idempotency_conflict": ErrorKind(409, "An Idempotency-Key was reused with a different "
                                       "request body."),
     "request_too_large": ErrorKind(413, "The body exceeds CCGATE_MAX_BODY_BYTES or the prompt "
@@ -40,6 +41,8 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
     "rpd_exceeded": ErrorKind(429, "The key's requests-per-day limit is spent."),
     "tokens_per_day_exceeded": ErrorKind(429, "The key's tokens-per-day quota is spent."),
     "budget_exceeded": ErrorKind(429, "The key's monthly budget in USD is spent."),
+    "window_share_exceeded": ErrorKind(429, "The key used its `window_share` of the plan "
+                                       "window; Retry-After says when the window resets."),
     "concurrency_exceeded": ErrorKind(429, "The key already runs as many jobs as its "
                                       "`concurrency` allows."),
     "global_rpd_exceeded": ErrorKind(429, "The server-wide requests-per-day limit "

@@ -126,11 +126,12 @@ async def test_admin_create_stores_a_normalised_policy(gw: Gateway) -> None:
     created = await _create(gw, rpm=60, rpd=1000, tokens_per_day=50_000,
                             budget_usd_per_month=5, concurrency=2,
                             models=["haiku", "claude-*"], ip_cidrs=["10.1.2.3/8", "::1"],
-                            expires_at="2999-01-01T02:00:00+02:00")
+                            expires_at="2999-01-01T02:00:00+02:00", window_share=0.5)
     assert created["policy"] == {
         "rpm": 60, "rpd": 1000, "tokens_per_day": 50_000, "budget_usd_per_month": 5.0,
         "concurrency": 2, "models": ["haiku", "claude-*"],
-        "ip_cidrs": ["10.0.0.0/8", "::1/128"], "expires_at": "2999-01-01T00:00:00+00:00"}
+        "ip_cidrs": ["10.0.0.0/8", "::1/128"], "expires_at": "2999-01-01T00:00:00+00:00",
+        "window_share": 0.5}
     fetched = (await gw.client.get("/admin/keys/svc", headers=ADMIN)).json()
     assert fetched["policy"] == created["policy"]
 
@@ -428,3 +429,13 @@ async def test_admin_circuit_reports_and_resets_the_breaker(gw: Gateway) -> None
     reset = (await gw.client.post("/admin/circuit/reset", headers=ADMIN)).json()
     assert (reset["state"], reset["consecutive_failures"]) == ("closed", 0)
     breaker.before_call()
+
+
+async def test_admin_window_share_outside_its_range_is_refused(gw: Gateway) -> None:
+    """A window_share of 0 or above 1 is a 400 naming the field; nothing is created."""
+    for share in (0, 1.5):
+        response = await gw.client.post("/admin/keys", json={"name": "svc", "window_share":
+                                                               share}, headers=ADMIN)
+        assert response.status_code == 400
+        assert "window_share" in response.text
+

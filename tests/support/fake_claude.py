@@ -394,6 +394,8 @@ class Session:
         self.result_index = 0
         self.open_message: str | None = None
         self.history: list[dict[str, Any]] = []
+        # rate_limit_info objects printed as rate_limit_event lines after the next init.
+        self.rate_limits: list[dict[str, Any]] = []
 
     # -- single lines ---------------------------------------------------------
 
@@ -430,6 +432,10 @@ class Session:
                 "fast_mode_state": "off",
             }
         )
+        for info in self.rate_limits:
+            self.emit({"type": "rate_limit_event", "rate_limit_info": info,
+                       "uuid": _new_id(), "session_id": self.session_id})
+        self.rate_limits = []
 
     def _tools(self) -> list[str]:
         # Like the real CLI: "" means none, "default" the default set, and
@@ -860,6 +866,42 @@ def exit_code(params: dict[str, Any]) -> NoReturn:
     sys.exit(int(params.get("code", 2)))
 
 
+def rate_limit_info(params: dict[str, Any]) -> dict[str, Any]:
+    """The rate_limit_info the real CLI prints for a subscription login (``status``,
+    ``rateLimitType``, ``utilization``, ``resetsAt`` and every ``unifiedWindows`` entry).
+
+    ``rejected_until`` (Unix seconds) makes the status ``rejected`` before that moment and
+    ``then`` (default ``allowed``) after it, so one directive covers a window and its reset.
+    """
+    status = str(params.get("status", "allowed"))
+    until = params.get("rejected_until")
+    if isinstance(until, int | float):
+        status = "rejected" if time.time() < until else str(params.get("then", "allowed"))
+    resets = int(params.get("resets_at") or until or time.time() + 3600)
+    kind = str(params.get("window", "five_hour"))
+    utilization = float(params.get("utilization", 1.0 if status == "rejected" else 0.5))
+    info: dict[str, Any] = {"status": status, "resetsAt": resets, "rateLimitType": kind,
+                            "utilization": utilization, "isUsingOverage": False}
+    windows = {kind: {"utilization": utilization, "resetsAt": resets, "status": status}}
+    windows.update(params.get("windows") or {})
+    info["unifiedWindows"] = windows
+    return info
+
+
+def plan_window(session: Session, params: dict[str, Any], reply: str, prompt: str) -> bool:
+    """Report a plan window; a rejected one refuses the turn as the real CLI does."""
+    info = rate_limit_info(params)
+    session.rate_limits.append(info)
+    if info["status"] != "rejected":
+        return reply_text(session, params, reply, prompt)
+    session.init()
+    text = "You've hit your limit · resets soon"
+    session.result({"stop_reason": "stop_sequence", "terminal_reason": "api_error",
+                    "is_error": True, "api_error_status": 429, "error": "rate_limit",
+                    "result": text}, {"input_tokens": 0, "output_tokens": 0}, 0.0)
+    return True
+
+
 def run_turn(session: Session, params: dict[str, Any], prompt: str) -> bool:
     """Run one turn of the chosen scenario; returns True when it was an API error."""
     name = str(params.get("scenario", "text"))
@@ -872,6 +914,7 @@ def run_turn(session: Session, params: dict[str, Any], prompt: str) -> bool:
             session, params, history_text(session.history, prompt), prompt),
         "slow": lambda: reply_text(session, {"chunks": 20, "delay": 0.25} | params, reply, prompt),
         "upstream_error": lambda: upstream_error(session, params),
+        "plan_window": lambda: plan_window(session, params, reply, prompt),
         "crash_mid_stream": lambda: crash_mid_stream(session, params, reply),
         "garbage": lambda: garbage(session, params, reply, prompt),
         "garbage_only": lambda: garbage_only(params),

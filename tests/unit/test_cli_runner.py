@@ -215,3 +215,22 @@ async def test_runner_start_failure_of_any_kind_leaves_no_directory(tmp_path: Pa
 
     assert caught.value.error_type == "cli_unavailable"
     assert list(work_dir.iterdir()) == []
+
+
+async def test_runner_plan_window_warning_completes_and_rejection_closes(
+    fake_cli: Callable[..., FakeCli],
+) -> None:
+    """Through the CLI process, allowed_warning ends in a result carrying the window and a
+    warning, and a rejected window raises WindowClosed with the reported reset."""
+    from ccgate.runners.plan_windows import WindowClosed
+
+    warned = fake_cli("plan_window", status="allowed_warning", utilization=0.9)
+    *_, result = await _all_events(warned, RunRequest.from_text("hi", "sonnet"))
+    assert isinstance(result, RunResult) and result.warning is not None
+    assert result.plan_windows[0].name == "five_hour"
+    refused = fake_cli("plan_window", status="rejected", resets_at=4102444800,
+                       window="seven_day")
+    with pytest.raises(WindowClosed) as caught:
+        await _all_events(refused, RunRequest.from_text("hi", "sonnet"))
+    assert caught.value.resets_at is not None
+    assert int(caught.value.resets_at.timestamp()) == 4102444800

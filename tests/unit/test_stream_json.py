@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from ccgate.runners.base import RunError, RunResult, RunStarted, TextDelta
+from ccgate.runners.plan_windows import WindowClosed
 from ccgate.runners.stream_json import StreamParser
 
 
@@ -125,3 +126,47 @@ def test_stream_json_allowed_rate_limit_events_change_nothing() -> None:
     with pytest.raises(RunError) as caught:
         parser.feed(_result_error(api_error_status=529))
     assert caught.value.error_type == "upstream_overloaded"
+
+
+def _window_event(**params: Any) -> bytes:
+    """A rate_limit_event line exactly as the fake claude prints it."""
+    from tests.support.fake_claude import rate_limit_info
+
+    return json.dumps({"type": "rate_limit_event",
+                       "rate_limit_info": rate_limit_info(params)}).encode()
+
+
+def test_stream_json_allowed_warning_is_a_success_with_a_warning() -> None:
+    """A window past its warning threshold completes the run and only adds a warning."""
+    parser = StreamParser(partial=True)
+    parser.feed(_window_event(status="allowed_warning", utilization=0.85))
+    parser.feed(json.dumps({"type": "result", "is_error": False, "result": "ok"}).encode())
+    assert parser.result is not None and parser.result.text == "ok"
+    assert parser.result.warning is not None and "five_hour at 85%" in parser.result.warning
+    assert [w.status for w in parser.result.plan_windows] == ["allowed_warning"]
+
+
+def test_stream_json_rejected_window_closes_with_its_reset() -> None:
+    """A rejected top-level status is WindowClosed, with the window's reset and its state."""
+    resets = int(time.time()) + 600
+    parser = StreamParser(partial=True)
+    parser.feed(_window_event(status="rejected", resets_at=resets, window="seven_day"))
+    with pytest.raises(WindowClosed) as caught:
+        parser.feed(_result_error(api_error_status=429, error="rate_limit"))
+    assert caught.value.error_type == "upstream_rate_limited"
+    assert caught.value.resets_at is not None and int(caught.value.resets_at.timestamp()) \
+        == resets
+    assert [w.name for w in caught.value.windows] == ["seven_day"]
+
+
+def test_stream_json_rejected_side_window_alone_refuses_nothing() -> None:
+    """A window listed as rejected while the top-level status is allowed (overage in use)
+    does not turn an ordinary failure into a plan-window refusal."""
+    parser = StreamParser(partial=True)
+    parser.feed(_window_event(status="allowed", windows={
+        "seven_day_opus": {"utilization": 1.0, "resetsAt": int(time.time()) + 60,
+                           "status": "rejected"}}))
+    with pytest.raises(RunError) as caught:
+        parser.feed(_result_error(api_error_status=400))
+    assert not isinstance(caught.value, WindowClosed)
+    assert caught.value.error_type == "upstream_bad_request"

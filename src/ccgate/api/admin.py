@@ -48,6 +48,8 @@ class PolicyBody(BaseModel):
     models: list[StrictStr] | None = Field(None, description="Allowed models; globs allowed.")
     ip_cidrs: list[StrictStr] | None = Field(None, description="Client networks allowed.")
     expires_at: StrictStr | None = Field(None, description="ISO 8601; must be in the future.")
+    window_share: StrictFloat | StrictInt | None = Field(
+        None, description="The most of each plan window the key may use, in (0, 1].")
 
 
 class CreateKeyBody(PolicyBody):
@@ -165,9 +167,11 @@ async def revoke_key(request: Request, name: str) -> dict[str, Any]:
 @router.post("/keys/{name}/webhook-secret", summary="Give a key a new webhook secret")
 async def rotate_webhook_secret(request: Request, name: str) -> dict[str, Any]:
     """Mint a new webhook signing secret for an active key and show it, this once; the old
-    one stops signing at once."""
+    one keeps signing next to it for CCGATE_WEBHOOK_ROTATION_GRACE_SECS."""
     keyring: Keyring = request.app.state.keyring
-    secret = await keyring.rotate_webhook_secret(name) if NAME_PATTERN.fullmatch(name) else None
+    grace = request.app.state.settings.webhook_rotation_grace_secs
+    secret = (await keyring.rotate_webhook_secret(name, grace)
+              if NAME_PATTERN.fullmatch(name) else None)
     if secret is None:
         raise ApiError("not_found", f"no active key named {name!r}")
     log.info("admin_webhook_secret_rotated", key=name)

@@ -11,7 +11,7 @@ import structlog
 from fastapi import FastAPI
 
 from ccgate import __version__
-from ccgate.api import admin, compat, console, enroll, health, model_list, native, usage
+from ccgate.api import admin, compat, console, enroll, health, model_list, native, quota, usage
 from ccgate.api import anthropic as anthropic_door
 from ccgate.api import fetch as fetch_door
 from ccgate.api import files as files_door
@@ -103,6 +103,7 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
             if settings.enrollment_secret else None)
         app.state.jobs = jobs
         app.state.webhook_state = webhook_state
+        app.state.webhooks = dispatcher
         app.state.check_callback = check_callback
         app.state.shutdown = jobs.begin_shutdown
         await audit.start()
@@ -141,6 +142,7 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
     app.include_router(files_door.router)
     app.include_router(compat.router)
     app.include_router(usage.router)
+    app.include_router(quota.router)
     app.include_router(admin.router)
     app.include_router(enroll.router)
     app.include_router(fetch_door.router)

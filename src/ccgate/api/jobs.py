@@ -18,6 +18,7 @@ from ccgate.api.views import render_job
 from ccgate.errors import ApiError
 from ccgate.jobs import IdempotencyConflict, JobService, Submission, request_to_json
 from ccgate.store import JobRecord, JobStatus, KeyRecord
+from ccgate.store.webhooks import Redelivery
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
@@ -157,6 +158,32 @@ async def cancel_job(request: Request, key: CallerKey, job_id: str) -> dict[str,
         raise ApiError("conflict", f"job {job_id} already ended as {current.status.value}",
                        extra={"job_id": job_id, "status": current.status.value})
     return await job_view(request, cancelled)
+
+
+@router.post("/{job_id}/webhook/redeliver", status_code=202,
+             summary="Send a finished job's webhook again")
+async def redeliver_webhook(request: Request, key: CallerKey, job_id: str) -> dict[str, Any]:
+    """Queue the final webhook again with the same event id (``webhook-id``); 409 when the
+    job has no callback, has not ended, a delivery is pending or the limit is spent."""
+    job = await owned_job(request, key, job_id)
+    if job.callback_url is None:
+        raise ApiError("conflict", f"job {job_id} has no callback_url")
+    if not job.status.terminal:
+        raise ApiError("conflict", f"job {job_id} has not ended yet ({job.status.value})",
+                       extra={"job_id": job_id, "status": job.status.value})
+    outcome: Redelivery = await request.app.state.webhooks.redeliver(job.id)
+    if outcome is not Redelivery.QUEUED:
+        raise ApiError("conflict", _REDELIVERY_REFUSED[outcome], extra={"job_id": job_id})
+    view = await job_view(request, job)
+    return view["webhook"]  # type: ignore[no-any-return]
+
+
+_REDELIVERY_REFUSED = {
+    Redelivery.NO_WEBHOOK: "the job has no webhook delivery",
+    Redelivery.PENDING: "a delivery of this webhook is already pending",
+    Redelivery.EXHAUSTED: "this webhook was redelivered as often as allowed "
+                          "(CCGATE_WEBHOOK_MAX_REDELIVERIES)",
+}
 
 
 @router.delete("/{job_id}", status_code=204, summary="Delete a job (cancelling it first)")

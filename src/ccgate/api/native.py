@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -27,6 +27,7 @@ from ccgate.jobs import (
     Submission,
     request_to_json,
 )
+from ccgate.jobs.windows import WindowsClosed
 from ccgate.limits.estimate import estimate_run
 from ccgate.runners.base import RunRequest
 from ccgate.sessions import SessionBook
@@ -165,8 +166,14 @@ async def attachments_for(request: Request, key: KeyRecord, body: RunBody) -> li
 
 
 async def submit_job(request: Request, submission: Submission) -> JobRecord:
-    """Queue a job, mapping a full or stopping queue to 503 and a reused key to 409."""
-    job, _ = await submit_job_once(request, submission)
+    """Queue a job for a caller that waits for it, mapping a full or stopping queue to 503,
+    a reused key to 409 and a used-up plan window to 429 with Retry-After at its reset."""
+    sync = replace(submission, waits_for_window=False)
+    try:
+        job, _ = await submit_job_once(request, sync)
+    except WindowsClosed as exc:
+        raise ApiError("window_share_exceeded" if exc.share else "upstream_rate_limited",
+                       str(exc), retry_after=exc.retry_after) from None
     return job
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ccgate.jsonanswer import MAX_ANSWER_CHARS_ON_VIEW, parse_json_answer
-from ccgate.store import JobRecord
+from ccgate.store import JobRecord, JobStatus
 
 
 def job_answer(job: JobRecord) -> tuple[Any, str | None]:
@@ -54,4 +54,7 @@ def render_job(job: JobRecord) -> dict[str, Any]:
     }
     if parse_error is not None:
         view["result_parse_error"] = parse_error
+    if job.retry_at is not None and job.status is JobStatus.QUEUED:
+        # Held until a plan window resets: it starts on its own then.
+        view["retry_at"] = iso(job.retry_at)
     return view

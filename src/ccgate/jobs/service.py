@@ -19,8 +19,10 @@ from ccgate.clock import utcnow
 from ccgate.events import JobEventHub
 from ccgate.jobs.requests import request_from_json
 from ccgate.jobs.revocation import KEY_REVOKED, KEY_UNUSABLE, WEBHOOK_DROPPED, end_work_of
+from ccgate.jobs.windows import UNKNOWN_RESET, PlanGate, WindowsClosed
 from ccgate.jsonanswer import answer_read_as_json, read_json_answer_async
 from ccgate.runners.base import RunError, Runner, RunResult, TextDelta
+from ccgate.runners.plan_windows import WindowClosed
 from ccgate.security.keys import new_id
 from ccgate.store import JobEvent, JobRecord, JobStatus, Store
 from ccgate.store.jobs import QueueAtCapacity
@@ -28,6 +30,8 @@ from ccgate.store.jobs import QueueAtCapacity
 log = structlog.get_logger("ccgate.jobs")
 
 _POLL_SECS = 1.0
+# Where a job's request notes that its caller waits synchronously (never held for a window).
+SYNC_CALLER = "sync_caller"
 
 
 class QueueFull(Exception):
@@ -71,6 +75,9 @@ class Submission:
     idempotency_key: str | None = None
     request_hash: str | None = None
     session_id: str | None = None
+    # False for a caller that waits for the answer: a closed plan window refuses it (429)
+    # instead of holding it in the queue until the window resets.
+    waits_for_window: bool = True
 
 
 class JobService:
@@ -101,6 +108,7 @@ class JobService:
         self._tasks: list[asyncio.Task[None]] = []
         self._draining: asyncio.Task[None] | None = None
         self._queue_seen_empty = False
+        self.plan = PlanGate(store, clock)
 
     @property
     def running(self) -> int:
@@ -114,6 +122,7 @@ class JobService:
         dispatching, lease upkeep and cleanup."""
         await self.recover(orphans_of_any_node=self.store.db.dialect == "sqlite")
         await self.end_unusable_work()
+        await self.plan.refresh()
         await self.hub.start()
         self.accepting = True
         self._tasks = [asyncio.create_task(self._dispatch(), name="ccgate-dispatch"),
@@ -160,7 +169,9 @@ class JobService:
         """Queue a job; return it and whether it is new (False: an idempotent replay).
 
         Raises QueueFull, NotAccepting or IdempotencyConflict. When this node has a free
-        slot and nothing waits, the job is stored already claimed and starts at once.
+        slot and nothing waits, the job is stored already claimed and starts at once. While
+        a plan window (or the key's share of it) is used up, a synchronous submission raises
+        WindowsClosed and an asynchronous one is queued with ``retry_at`` at the reset.
         """
         if not self.accepting:
             raise NotAccepting
@@ -169,7 +180,16 @@ class JobService:
                                            submission.request_hash)
             if earlier is not None:
                 return earlier, False
-        reserve = self._slots_taken < self.limits.concurrency
+        hold_until: datetime | None = None
+        try:
+            await self.plan.check(submission.key_id)
+        except WindowsClosed as closed:
+            if not submission.waits_for_window:
+                raise
+            hold_until = closed.until
+        request = submission.request if submission.waits_for_window else \
+            {**submission.request, SYNC_CALLER: True}
+        reserve = hold_until is None and self._slots_taken < self.limits.concurrency
         if reserve:
             self._slots_taken += 1
         now = self.clock()
@@ -177,12 +197,12 @@ class JobService:
         try:
             job = await self.store.jobs.insert(
                 job_id=new_id("job"), key_id=submission.key_id, door=submission.door,
-                model=str(submission.request["model"]), request=submission.request,
+                model=str(submission.request["model"]), request=request,
                 metadata=submission.metadata, now=now,
                 callback_url=submission.callback_url,
                 idempotency_key=submission.idempotency_key,
                 request_hash=submission.request_hash, max_queued=self.limits.queue_size,
-                session_id=submission.session_id,
+                session_id=submission.session_id, retry_at=hold_until,
                 claim_for=self.node_id if reserve else None,
                 lease_until=now + timedelta(seconds=self.limits.lease_secs))
         except QueueAtCapacity:
@@ -363,6 +383,11 @@ class JobService:
     async def _claim(self) -> JobRecord | None:
         now = self.clock()
         try:
+            closed_until = self.plan.closed_until()
+            if closed_until is not None:
+                # A window another run saw close: hold the queue until it resets.
+                await self.store.jobs.hold_queued(closed_until)
+                return None
             return await self.store.jobs.claim_next(
                 owner=self.node_id, now=now,
                 lease_until=now + timedelta(seconds=self.limits.lease_secs))
@@ -387,10 +412,25 @@ class JobService:
                                                 "attempt": job.attempts,
                                                 "restarted": earlier > 0})
             result = await self._stream(job)
+            await self._observe(job, result.plan_windows)
             answer = await _read_answer(job, _storable(result.text))
         except asyncio.CancelledError:
             await self._after_cancel(job)
             return None
+        except WindowClosed as exc:
+            await self._observe(job, exc.windows)
+            await self.store.jobs.hold_queued(self._reset_of(exc))
+            if not job.request.get(SYNC_CALLER) and job.window_retries < 1:
+                await self._hold_for_window(job, exc)
+                return None
+            log.info("job_failed", job_id=job.id, error_type=exc.error_type)
+            message = exc.message if not job.window_retries else (
+                "the plan's usage window closed again after the job was retried once: "
+                + exc.message)
+            return await self._end(job.id, JobStatus.FAILED, error_type=exc.error_type,
+                                   error_message=_storable(message),
+                                   retry_after=exc.retry_after,
+                                   duration_ms=_elapsed_ms(started))
         except RunError as exc:
             log.info("job_failed", job_id=job.id, error_type=exc.error_type)
             return await self._end(job.id, JobStatus.FAILED, error_type=exc.error_type,
@@ -403,10 +443,35 @@ class JobService:
                 job.id, JobStatus.FAILED, error_type="internal_error",
                 error_message=f"ccgate failed to run the job: {type(exc).__name__}",
                 duration_ms=_elapsed_ms(started))
+        if result.warning:
+            log.info("plan_window_warning", job_id=job.id, warning=result.warning)
         return await self._end(
             job.id, JobStatus.COMPLETED, result=_storable(result.text), usage=result.usage,
             cost_usd=result.cost_usd, stop_reason=result.stop_reason,
             duration_ms=_elapsed_ms(started), model=result.model or job.model, **answer)
+
+    async def _observe(self, job: JobRecord, windows: Any) -> None:
+        try:
+            await self.plan.observe(windows, job.key_id)
+        except Exception:
+            log.exception("plan_windows_not_recorded", job_id=job.id)
+
+    def _reset_of(self, exc: WindowClosed) -> datetime:
+        return exc.resets_at or (self.clock() + UNKNOWN_RESET)
+
+    async def _hold_for_window(self, job: JobRecord, exc: WindowClosed) -> None:
+        """Put a job whose window closed mid-run back in the queue until the reset, once;
+        every other queued job is held until then too."""
+        until = self._reset_of(exc)
+        pending, _ = self.hub.seal(job.id)
+        await self.store.events.append(pending)
+        moved = await self.store.jobs.transition(
+            job.id, JobStatus.QUEUED, attempts=max(0, job.attempts - 1), started_at=None,
+            lease_owner=None, lease_expires_at=None, retry_at=until,
+            window_retries=job.window_retries + 1)
+        self.hub.end(job.id, None)
+        log.info("job_held_for_plan_window", job_id=job.id, moved=moved,
+                 retry_at=until.isoformat())
 
     async def _stream(self, job: JobRecord) -> RunResult:
         request = dataclasses.replace(request_from_json(job.request), owner=job.key_id)
@@ -465,6 +530,7 @@ class JobService:
                         task.cancel()
                 await self.recover()
                 await self.end_unusable_work()
+                await self.plan.refresh()
             except Exception:
                 log.exception("lease_upkeep_failed")
 

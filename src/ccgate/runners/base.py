@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ccgate.runners.plan_windows import PlanWindow
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class RunResult:
     cost_usd: float | None = None
     duration_ms: int | None = None
     stop_reason: str | None = None
+    # The plan windows the CLI reported during the run, and a warning when one nears its
+    # limit (``allowed_warning``: the run still succeeded).
+    plan_windows: tuple[PlanWindow, ...] = ()
+    warning: str | None = None
 
 
 RunEvent = RunStarted | TextDelta | RunResult

@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
@@ -71,6 +71,11 @@ def _checked(field: str, value: object) -> object:
         if (isinstance(value, bool) or not isinstance(value, int | float)
                 or not math.isfinite(value) or value < 0):
             raise PolicyError(field, "must be a number of US dollars, 0 or more")
+        return float(value)
+    if field == "window_share":
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or not 0 < value <= 1):
+            raise PolicyError(field, "must be a fraction above 0 and at most 1")
         return float(value)
     if field == "expires_at":
         return _future_time(field, value)
@@ -155,10 +160,16 @@ class Keyring:
             return None
         return dataclasses.replace(record, policy=policy)
 
-    async def rotate_webhook_secret(self, name: str) -> str | None:
-        """Give a key a new webhook signing secret and return it (None: no such active key)."""
+    async def rotate_webhook_secret(self, name: str, grace_secs: float = 0) -> str | None:
+        """Give a key a new webhook signing secret and return it (None: no such active key).
+
+        The old secret keeps signing next to the new one for ``grace_secs`` (0: it stops at
+        once), so receivers can switch without dropping a webhook.
+        """
         secret = mint_webhook_secret()
-        return secret if await self.store.keys.set_webhook_secret(name, secret) else None
+        until = _now() + timedelta(seconds=grace_secs) if grace_secs > 0 else None
+        changed = await self.store.keys.set_webhook_secret(name, secret, previous_until=until)
+        return secret if changed else None
 
     async def revoke(self, name: str) -> bool:
         """Revoke a key; the very next request with it fails. False if no active key matched."""

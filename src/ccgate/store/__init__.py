@@ -9,6 +9,7 @@ from ccgate.store.events import EventTable, JobEvent
 from ccgate.store.files import FileTable
 from ccgate.store.jobs import JobRecord, JobStatus, JobTable
 from ccgate.store.keys import KeyRecord, KeyTable
+from ccgate.store.plan_windows import PlanWindowTable
 from ccgate.store.sessions import SessionRecord, SessionTable
 from ccgate.store.usage import UsageTable
 from ccgate.store.webhooks import DeliveryTable
@@ -28,6 +29,7 @@ class Store:
         self.files = FileTable(db)
         self.usage = UsageTable(db)
         self.enrollments = EnrollmentTable(db)
+        self.plan_windows = PlanWindowTable(db)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:

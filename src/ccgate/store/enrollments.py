@@ -79,7 +79,8 @@ def policy_from_json(data: dict[str, Any]) -> KeyPolicy:
         concurrency=data.get("concurrency"),
         models=tuple(models) if models is not None else None,
         ip_cidrs=tuple(cidrs) if cidrs is not None else None,
-        expires_at=datetime.fromisoformat(expires) if expires else None)
+        expires_at=datetime.fromisoformat(expires) if expires else None,
+        window_share=data.get("window_share"))
 
 
 def _key_policy_values(policy: KeyPolicy) -> dict[str, Any]:

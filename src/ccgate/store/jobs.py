@@ -91,6 +91,9 @@ class JobRecord:
     # A JSON job's answer as read when it ended: canonical JSON, or why it held none.
     result_json: str | None = None
     result_parse_error: str | None = None
+    # Not claimed before this (a plan window closed); runs put back when a window closed.
+    retry_at: datetime | None = None
+    window_retries: int = 0
 
 
 def _record(row: sa.Row[Any]) -> JobRecord:
@@ -111,7 +114,8 @@ class JobTable:
                      idempotency_key: str | None = None, request_hash: str | None = None,
                      max_queued: int | None = None, claim_for: str | None = None,
                      lease_until: datetime | None = None,
-                     session_id: str | None = None) -> JobRecord | None:
+                     session_id: str | None = None,
+                     retry_at: datetime | None = None) -> JobRecord | None:
         """Store a new job and return it, in one transaction that also checks capacity.
 
         Raises QueueAtCapacity when ``max_queued`` jobs already wait. With ``claim_for``, a
@@ -125,7 +129,7 @@ class JobTable:
             error_message=None, usage=None, cost_usd=None, session_id=session_id, attempts=0,
             duration_ms=None, created_at=now, started_at=None, finished_at=None,
             lease_owner=None, lease_expires_at=None, callback_url=callback_url,
-            idempotency_key=idempotency_key, request_hash=request_hash)
+            idempotency_key=idempotency_key, request_hash=request_hash, retry_at=retry_at)
         claimed = dataclasses.replace(
             base, status=JobStatus.PROCESSING, attempts=1, started_at=now,
             lease_owner=claim_for, lease_expires_at=lease_until)
@@ -285,7 +289,8 @@ class JobTable:
         last_served = (sa.select(sa.func.max(served.c.started_at))
                        .where(served.c.key_id == jobs.c.key_id).scalar_subquery())
         candidates = (sa.select(jobs.c.id)
-                      .where(jobs.c.status == JobStatus.QUEUED.value, _key_usable(now))
+                      .where(jobs.c.status == JobStatus.QUEUED.value, _key_usable(now),
+                             sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at <= now))
                       .order_by(last_served.asc().nulls_first(), jobs.c.created_at, jobs.c.id)
                       .limit(8))
         postgres = self.db.dialect == "postgresql"
@@ -312,6 +317,15 @@ class JobTable:
             return None
 
         return await self.db.write(op)
+
+    async def hold_queued(self, until: datetime) -> int:
+        """Keep every queued job from being claimed before ``until`` (a plan window closed
+        until then); return how many jobs it holds."""
+        query = (jobs.update()
+                 .where(jobs.c.status == JobStatus.QUEUED.value,
+                        sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at < until))
+                 .values(retry_at=until))
+        return await self.db.write(lambda conn: conn.execute(query).rowcount)
 
     async def renew_leases(self, owner: str, job_ids: Iterable[str],
                            until: datetime) -> set[str]:

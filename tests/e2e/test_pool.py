@@ -156,8 +156,13 @@ async def test_pool_cancel_mid_stream_never_serves_half_a_turn(
 
     assert after.text == "after the cancel"
     assert "SLOW-SECRET" not in upstream_bodies(fake)[-1]
-    stats = runner.stats()
-    assert stats["interrupts"] == 1 and stats["resets"] + stats["retirements"] >= 1
+    assert runner.stats()["interrupts"] == 1
+    # The interrupted process is reset or retired in the background (on a busy machine the
+    # next request may be served before that ends): wait for it, within a bound.
+    deadline = time.monotonic() + 20
+    while runner.stats()["resets"] + runner.stats()["retirements"] < 1:
+        assert time.monotonic() < deadline, runner.stats()
+        await asyncio.sleep(0.05)
 
 
 async def test_pool_upstream_error_retires_the_process(

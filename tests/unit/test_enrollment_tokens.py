@@ -20,14 +20,17 @@ from ccgate.store.enrollments import DeviceRecord
 from ccgate.store.keys import KeyPolicy
 
 SECRET = "unit-test-enrollment-secret-0123456789"
-NOW = datetime.now(UTC)
+# Tokens are checked against the real clock: each test reads the time when it runs, never at
+# import (a long suite would otherwise see its tokens expire).
+CREATED = datetime.now(UTC)
 DEVICE = DeviceRecord(id="dev_1", enrollment_id="enr_1", enrollment_name="desktop",
                       device_id="laptop-42", key_id="key_1", key_name="device-desktop-abc",
-                      created_at=NOW, last_refresh_at=None, revoked_at=None)
+                      created_at=CREATED, last_refresh_at=None, revoked_at=None)
 
 
-def _token(*, now: datetime = NOW, ttl_secs: int = 3600, secret: str = SECRET) -> str:
-    token, _ = issue_device_token(secret, DEVICE, KeyPolicy(rpm=5), ttl_secs=ttl_secs, now=now)
+def _token(*, now: datetime | None = None, ttl_secs: int = 3600, secret: str = SECRET) -> str:
+    token, _ = issue_device_token(secret, DEVICE, KeyPolicy(rpm=5), ttl_secs=ttl_secs,
+                                  now=now or datetime.now(UTC))
     return token
 
 
@@ -38,7 +41,7 @@ def _segment(data: dict[str, object]) -> str:
 def test_read_device_token_returns_the_claims_it_was_issued_with() -> None:
     """A fresh token names its device, key, enrollment and lifetime."""
     token, expires_at = issue_device_token(SECRET, DEVICE, KeyPolicy(rpm=5), ttl_secs=600,
-                                           now=NOW)
+                                           now=datetime.now(UTC))
     claims = read_device_token(SECRET, token)
     assert claims is not None
     assert (claims.device, claims.key_id, claims.enrollment) == ("dev_1", "key_1", "desktop")
@@ -64,7 +67,8 @@ def test_issue_device_token_gives_every_token_its_own_jti() -> None:
 
 def test_read_device_token_rejects_an_expired_token() -> None:
     """A token whose exp has passed is refused."""
-    assert read_device_token(SECRET, _token(now=NOW - timedelta(hours=2), ttl_secs=60)) is None
+    issued = datetime.now(UTC) - timedelta(hours=2)
+    assert read_device_token(SECRET, _token(now=issued, ttl_secs=60)) is None
 
 
 def test_read_device_token_rejects_another_secret() -> None:

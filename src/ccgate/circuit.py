@@ -6,7 +6,8 @@ Then it is half-open: exactly one caller goes through as the probe while the oth
 fast; the probe's success closes the breaker, its failure re-opens it at once.
 
 Pure and synchronous: no I/O, no locks. Under asyncio every method runs without yielding, so
-concurrent tasks on one loop cannot interleave inside it.
+concurrent tasks on one loop cannot interleave inside it. ``SharedCircuit`` (circuit_shared.py)
+shares its openings and its probe between nodes through Redis.
 """
 
 from __future__ import annotations
@@ -79,6 +80,18 @@ class CircuitBreaker:
         if self._probing:
             raise CircuitOpen(_PROBE_WAIT_SECS)
         self._probing = True
+
+    async def admit(self) -> None:
+        """``before_call`` for async callers; a breaker shared between nodes overrides it to
+        take the single probe across every node."""
+        self.before_call()
+
+    def hold_open_until(self, until: float) -> None:
+        """Open (or keep open) until ``until`` on this breaker's clock: another node opened."""
+        if self._opened_at is None:
+            self._opened_at = self._clock()
+        self._open_until = max(self._open_until, until)
+        self._failures = max(self._failures, self.threshold)
 
     def record_success(self) -> None:
         """The upstream answered well: close the breaker and forget past failures."""

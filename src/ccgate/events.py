@@ -3,8 +3,12 @@
 Each event gets the next id of its job (the SSE ``id:``). Events of jobs running on this node
 are kept in memory while the job runs and written to the store in batches (every ~100 ms and
 when the job ends), so a subscriber who arrives late, reconnects with ``Last-Event-ID``, or
-sits on another node replays exactly what it missed. Subscribers on jobs running elsewhere are
-woken by one shared poller, not one query per stream.
+sits on another node replays exactly what it missed.
+
+Each event is also handed to the notifier (Redis pub/sub or PostgreSQL NOTIFY), so a node whose
+clients watch a job running elsewhere gets its events within milliseconds and serves them from
+memory. One shared store poller (not one query per stream) remains as the fallback for messages
+lost or too big to carry.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import structlog
 
 from ccgate.clock import utcnow
+from ccgate.notify import Notifier, PollNotifier
 from ccgate.store import Store
 from ccgate.store.events import JobEvent
 
@@ -26,6 +31,8 @@ log = structlog.get_logger("ccgate.events")
 _FLUSH_SECS = 0.1
 _POLL_SECS = 1.0
 _KEEP_ENDED_SECS = 30.0
+# Events heard from other nodes kept per watched job (older ones are read from the store).
+_REMOTE_KEEP = 2000
 
 
 @dataclass
@@ -47,8 +54,10 @@ class _LiveJob:
 class JobEventHub:
     """Publishes job events and serves subscriptions to them."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, notifier: Notifier | None = None) -> None:
         self.store = store
+        self.notifier: Notifier = notifier or PollNotifier()
+        self._remote: dict[str, dict[int, JobEvent]] = {}
         self._live: dict[str, _LiveJob] = {}
         self._signals: dict[str, asyncio.Event] = {}
         self._watch_counts: dict[str, int] = {}
@@ -63,7 +72,8 @@ class JobEventHub:
             self._signal(job_id)
 
     async def start(self) -> None:
-        """Start the batch writer and the poller for jobs running on other nodes."""
+        """Start the notifier, the batch writer and the poller for jobs running elsewhere."""
+        await self.notifier.start(self._heard)
         self._tasks = [asyncio.create_task(self._flush_loop(), name="ccgate-events-flush"),
                        asyncio.create_task(self._poll_loop(), name="ccgate-events-poll")]
 
@@ -76,6 +86,7 @@ class JobEventHub:
                 await task
         self._tasks = []
         await self._flush_all()
+        await self.notifier.stop()
 
     # -- publishing (the job service) --------------------------------------------------
 
@@ -95,6 +106,7 @@ class JobEventHub:
         live.events.append(event)
         live.unflushed.append(event)
         self._signal(job_id)
+        self.notifier.publish(job_id, [event])
         return event
 
     def seal(self, job_id: str) -> tuple[list[JobEvent], int | None]:
@@ -117,14 +129,53 @@ class JobEventHub:
             live.ended = True
             asyncio.get_running_loop().call_later(_KEEP_ENDED_SECS, self._drop, job_id, live)
         self._signal(job_id)
+        self.notifier.publish(job_id, [closing] if closing is not None else [])
 
     def _drop(self, job_id: str, live: _LiveJob) -> None:
         if self._live.get(job_id) is live:
             del self._live[job_id]
 
     def notify(self, job_id: str) -> None:
-        """Wake subscribers of a job whose events changed in the store (e.g. a cancel)."""
+        """Wake subscribers of a job whose events changed in the store (e.g. a cancel), here
+        and on other nodes."""
         self._signal(job_id)
+        self.notifier.publish(job_id, [])
+
+    def _heard(self, job_id: str, events: list[JobEvent]) -> None:
+        """Events another node published: keep them for this node's subscribers and wake them."""
+        if job_id not in self._watch_counts or job_id in self._live:
+            return  # nobody here watches it, or it runs here (our own message echoed back)
+        if events:
+            kept = self._remote.setdefault(job_id, {})
+            for event in events:
+                kept[event.seq] = event
+            while len(kept) > _REMOTE_KEEP:
+                del kept[min(kept)]
+        self._signal(job_id)
+
+    def changed(self, job_id: str) -> asyncio.Event:
+        """An event set at the job's next change (a publish here, a message from another
+        node, a store change seen by the poll, shutdown); take it before looking."""
+        return self._signals.setdefault(job_id, asyncio.Event())
+
+    @contextlib.asynccontextmanager
+    async def watching(self, job_id: str) -> AsyncIterator[None]:
+        """Count a watcher of the job while the block runs: the notifier delivers its events
+        here and the poller looks at it."""
+        count = self._watch_counts.get(job_id, 0)
+        self._watch_counts[job_id] = count + 1
+        if count == 0:
+            await self.notifier.watch(job_id)
+        try:
+            yield
+        finally:
+            count = self._watch_counts.pop(job_id, 1) - 1
+            if count > 0:
+                self._watch_counts[job_id] = count
+            else:
+                self._known_seq.pop(job_id, None)
+                self._remote.pop(job_id, None)
+                self.notifier.unwatch(job_id)
 
     def _signal(self, job_id: str) -> None:
         signal = self._signals.pop(job_id, None)
@@ -138,10 +189,9 @@ class JobEventHub:
         """Yield the job's events with ids above ``after`` until its ``result`` event;
         yield None whenever ``heartbeat_secs`` pass without one."""
         last = after
-        self._watch_counts[job_id] = self._watch_counts.get(job_id, 0) + 1
-        try:
+        async with self.watching(job_id):
             while not self.closing:
-                signal = self._signals.setdefault(job_id, asyncio.Event())
+                signal = self.changed(job_id)
                 batch = await self._events_after(job_id, last)
                 for event in batch:
                     yield event
@@ -158,18 +208,18 @@ class JobEventHub:
                         break
                     except TimeoutError:
                         yield None
-        finally:
-            count = self._watch_counts.pop(job_id, 1) - 1
-            if count > 0:
-                self._watch_counts[job_id] = count
-            else:
-                self._known_seq.pop(job_id, None)
 
     async def _events_after(self, job_id: str, last: int) -> list[JobEvent]:
         live = self._live.get(job_id)
         if live is not None and live.first_seq <= last + 1:
             return live.events[last + 1 - live.first_seq:]
-        return await self.store.events.after(job_id, last)
+        heard = self._remote.get(job_id, {})
+        if last + 1 in heard:  # the next events came from their node: no query
+            return _run_from(heard, last + 1)
+        stored = await self.store.events.after(job_id, last)
+        seen = stored[-1].seq if stored else last
+        # The store lags the running node by up to one batch: add what was heard since.
+        return stored + _run_from(heard, seen + 1) if seen + 1 in heard else stored
 
     # -- background ----------------------------------------------------------------------
 
@@ -205,3 +255,12 @@ class JobEventHub:
                 if seq != self._known_seq.get(job_id):
                     self._known_seq[job_id] = seq
                     self._signal(job_id)
+
+
+def _run_from(heard: dict[int, JobEvent], seq: int) -> list[JobEvent]:
+    """The heard events with ids ``seq``, ``seq + 1``, ... up to the first gap."""
+    run = []
+    while seq in heard:
+        run.append(heard[seq])
+        seq += 1
+    return run

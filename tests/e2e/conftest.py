@@ -6,9 +6,12 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +213,63 @@ def make_client(
     yield make
     for http in clients:
         http.close()
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One request the webhook receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class HookHandler(BaseHTTPRequestHandler):
+    """Records each POST; answers 503 while ``server.failures`` is above 0, then 204."""
+
+    server: HookServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet."""
+
+    def do_POST(self) -> None:
+        """Record the request and answer 204."""
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        with self.server.lock:
+            self.server.hooks.append(Hook(self.path, headers, body))
+            failing = self.server.failures > 0
+            self.server.failures -= failing
+        self.send_response(503 if failing else 204)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+
+class HookServer(ThreadingHTTPServer):
+    """A webhook receiver on 127.0.0.1: ``hooks`` lists what arrived, ``failures`` how many
+    of the next requests get a 503."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.hooks: list[Hook] = []
+        self.failures = 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), HookHandler)
+
+    @property
+    def url(self) -> str:
+        """Where to send webhooks."""
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+@pytest.fixture
+def hook_server() -> Iterator[HookServer]:
+    """A webhook receiver on 127.0.0.1 recording every POST."""
+    server = HookServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)

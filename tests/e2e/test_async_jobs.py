@@ -7,12 +7,9 @@ import hashlib
 import hmac
 import json
 import re
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from standardwebhooks import Webhook
 
 from tests.e2e.conftest import (
     HTTP_TIMEOUT_SECS,
+    HookServer,
     StartServer,
     keyed_client,
     wait_for_no_runs,
@@ -333,53 +331,8 @@ def test_timeout_idle_fails_async_job(
 # -- webhooks ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Hook:
-    """One request the webhook receiver got."""
-
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class _HookHandler(BaseHTTPRequestHandler):
-    server: _HookServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet."""
-
-    def do_POST(self) -> None:
-        """Record the request and answer 204."""
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        self.server.hooks.append(Hook(self.path, headers, body))
-        self.send_response(204)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-
-class _HookServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        self.hooks: list[Hook] = []
-        super().__init__(("127.0.0.1", 0), _HookHandler)
-
-
-@pytest.fixture
-def hook_server() -> Iterator[_HookServer]:
-    """A webhook receiver on 127.0.0.1 recording every POST."""
-    server = _HookServer()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
 def test_webhook_delivers_signed_job_object(
-    start_server: StartServer, server_env: dict[str, str], hook_server: _HookServer
+    start_server: StartServer, server_env: dict[str, str], hook_server: HookServer
 ) -> None:
     """The callback gets one POST of the completed job, signed with the key's webhook secret
     both ways: the standardwebhooks library and the X-Ccgate-Signature recipe accept it."""

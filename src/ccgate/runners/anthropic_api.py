@@ -287,7 +287,7 @@ class AnthropicApiRunner:
             content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
         )
         try:
-            self.breaker.before_call()
+            await self.breaker.admit()
         except CircuitOpen as exc:
             raise RunError(
                 "circuit_open", "The upstream API failed repeatedly; the API backend pauses "
@@ -593,15 +593,17 @@ async def _read_limited(response: httpx.Response) -> bytes:
     return b"".join(parts)
 
 
-def api_runner(settings: Settings) -> AnthropicApiRunner:
-    """The API runner for ``settings`` (CCGATE_BACKEND=api), with its own circuit breaker."""
+def api_runner(settings: Settings, breaker: CircuitBreaker | None = None) -> AnthropicApiRunner:
+    """The API runner for ``settings`` (CCGATE_BACKEND=api), with its own circuit breaker
+    unless one (e.g. shared between nodes) is given."""
     if not settings.anthropic_api_key:
         raise ConfigError("ANTHROPIC_API_KEY", "",
                           "an Anthropic API key (CCGATE_BACKEND=api needs one)")
     return AnthropicApiRunner(
         api_key=settings.anthropic_api_key,
         base_url=settings.anthropic_base_url,
-        breaker=CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown_secs),
+        breaker=breaker or CircuitBreaker(settings.circuit_failures,
+                                          settings.circuit_cooldown_secs),
         max_connections=settings.api_max_connections,
         timeout_secs=settings.upstream_timeout_secs,
     )

@@ -61,14 +61,17 @@ def serve(
     from ccgate.api.app import create_app
 
     settings = _settings(ctx)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     import structlog
+
+    from ccgate import tracing
 
     log = structlog.get_logger("ccgate")
     for key in settings.unknown_keys:
         log.warning("unknown_setting", key=key, detail="not a ccgate setting; check for typos")
     log.info("starting", version=__version__, host=host or settings.host,
              port=port or settings.port, database=settings.database_url.split("://")[0])
+    tracing.configure_tracing(settings.otel_exporter_otlp_endpoint)
     if settings.backend == "cli":
         from ccgate.runners.sandbox import sandbox_problem
 
@@ -94,7 +97,10 @@ def serve(
                             loop="asyncio", log_config=None, access_log=False,
                             proxy_headers=False, forwarded_allow_ips=[],
                             timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_secs)))
-    GatewayServer(config, stop_taking_jobs).run()
+    try:
+        GatewayServer(config, stop_taking_jobs).run()
+    finally:
+        tracing.shutdown_tracing()
 
 
 @app.command()

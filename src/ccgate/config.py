@@ -177,6 +177,17 @@ def _url(raw: str) -> str:
     return value
 
 
+def _optional_url(raw: str) -> str | None:
+    return _url(raw) if raw.strip() else None
+
+
+def _optional_dir(raw: str) -> str | None:
+    value = raw.strip()
+    if value and not Path(value).is_dir():
+        raise ValueError
+    return value or None
+
+
 def _env_names(raw: str) -> tuple[str, ...]:
     names = _names(raw)
     for name in names:
@@ -343,7 +354,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CCGATE_AUDIT_PROMPTS", "false", "true or false", _bool,
             "Store prompt text in audit rows. Off: audit rows hold sizes, never text."),
     Setting("CCGATE_LOG_LEVEL", "info", "debug, info, warning or error",
-            _choice("debug", "info", "warning", "error"), "Log verbosity (JSON lines on stderr)."),
+            _choice("debug", "info", "warning", "error"), "Log verbosity (lines on stderr)."),
+    Setting("CCGATE_LOG_FORMAT", "auto", "auto, json or console",
+            _choice("auto", "json", "console"),
+            "Log line format on stderr. `auto`: readable coloured lines when stderr is a "
+            "terminal, JSON lines otherwise (a pipe, a file, journald, a container)."),
+    Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "", "an http(s) URL, or empty",
+            _optional_url,
+            "OpenTelemetry collector (OTLP/HTTP) that receives ccgate's spans at "
+            "`<url>/v1/traces`; needs the `[otel]` extra. Empty: no tracing."),
+    Setting("CCGATE_METRICS_ALLOW_CIDRS", "", "comma-separated IPs or CIDRs, or empty", _cidrs,
+            "Socket addresses that may read `GET /metrics` without a token (loopback always "
+            "may). X-Forwarded-For never counts here (docs/metrics.md)."),
+    Setting("CCGATE_METRICS_TOKEN", "", "a secret of at least 32 characters, or empty",
+            _secret(32),
+            "Bearer token that opens `GET /metrics` from any address. Empty: only loopback and "
+            "CCGATE_METRICS_ALLOW_CIDRS."),
+    Setting("PROMETHEUS_MULTIPROC_DIR", "", "an existing directory, or empty", _optional_dir,
+            "Several worker processes on one port: each keeps its metrics in files here and "
+            "`/metrics` merges them. Must be set in the process environment (not only the env "
+            "file), empty at start (docs/metrics.md)."),
     Setting(ENV_FILE_KEY, "", "a path to a KEY=VALUE file, or empty", _optional_text,
             "Env file read at start; real environment variables win over it."),
 )
@@ -421,6 +451,11 @@ class Settings:
     sandbox: str
     audit_prompts: bool
     log_level: str
+    metrics_allow_cidrs: tuple[str, ...]
+    metrics_token: str | None
+    prometheus_multiproc_dir: str | None
+    log_format: str
+    otel_exporter_otlp_endpoint: str | None
     env_file: str | None
     cli_base_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     unknown_keys: tuple[str, ...] = ()
@@ -486,6 +521,10 @@ def load_settings(
     if parsed["CCGATE_BACKEND"] == "api" and not parsed["ANTHROPIC_API_KEY"]:
         raise ConfigError("ANTHROPIC_API_KEY", "",
                           "an Anthropic API key, because CCGATE_BACKEND=api needs one")
+    if parsed["PROMETHEUS_MULTIPROC_DIR"] and "PROMETHEUS_MULTIPROC_DIR" not in env:
+        # prometheus-client reads it from the process environment when it is imported.
+        raise ConfigError("PROMETHEUS_MULTIPROC_DIR", merged["PROMETHEUS_MULTIPROC_DIR"],
+                          "a variable of the process environment, not of the env file")
     unknown = tuple(
         sorted(k for k in merged if k.startswith("CCGATE_") and k not in SETTING_KEYS
                and not k.startswith("CCGATE_TEST_"))

@@ -19,7 +19,8 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
                                  "message), or a model that is not allowed."),
     "authentication_error": ErrorKind(401, "No key, an unknown key or a revoked key."),
     "forbidden": ErrorKind(403, "The client address is not allowed (CCGATE_ALLOW_CIDRS or the "
-                           "key's ip_cidrs)."),
+                           "key's ip_cidrs; for /metrics, CCGATE_METRICS_ALLOW_CIDRS or "
+                           "CCGATE_METRICS_TOKEN)."),
     "model_not_allowed": ErrorKind(403, "The key may not use this model (its `models` list)."),
     "admin_disabled": ErrorKind(404, "The admin API is off because CCGATE_ADMIN_TOKEN is unset."),
     "feature_disabled": ErrorKind(404, "The route belongs to a feature the operator has not "

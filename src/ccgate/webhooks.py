@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import structlog
 
-from ccgate import __version__
+from ccgate import __version__, metrics
 from ccgate.clock import utcnow
 from ccgate.config import Settings
 from ccgate.security.keys import WEBHOOK_SECRET_PREFIX
@@ -344,6 +344,7 @@ class WebhookDispatcher:
         if saved is None:
             log.warning("webhook_lease_lost", event_id=delivery.id)
             return
+        metrics.webhook_attempted("retry" if next_at is not None else status)
         if next_at is not None:
             delay = (next_at - self.clock()).total_seconds()
             asyncio.get_running_loop().call_later(max(0.0, delay), self._wake.set)

@@ -304,7 +304,7 @@ async def server_status(request: Request) -> dict[str, Any]:
     except Exception as exc:  # the store being down is already a readiness problem
         log.warning("admin_status_queue_unreadable", error=type(exc).__name__)
         queue["queued"] = queue["processing"] = None
-    runner = state.runner
+    runner = getattr(state.runner, "inner", state.runner)  # under the metrics wrapper
     pool = ({**runner.stats(), "max_processes": settings.pool_max_processes,
              "min_idle": settings.pool_min_idle}
             if isinstance(runner, PooledCliRunner) else None)

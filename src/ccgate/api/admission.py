@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from fastapi import Request
 
+from ccgate import metrics, tracing
 from ccgate.api.middleware import audit_facts
 from ccgate.errors import ApiError
 from ccgate.models import ModelForbidden, ModelNotAllowed, ModelPolicy
@@ -45,6 +46,7 @@ class Ticket:
     admission: Admission | None = None
     headers: dict[str, str] = field(default_factory=dict)
     finished: bool = False
+    model: str | None = None
 
     async def finish(self, usage: dict[str, Any] | None = None,
                      cost_usd: float | None = None) -> None:
@@ -53,6 +55,7 @@ class Ticket:
         if self.finished:
             return
         self.finished = True
+        metrics.record_usage(self.model, self.key.name, usage, cost_usd)
         if self.admission is None:
             return
         tokens = sum(int(usage.get(k) or 0) for k in ("input_tokens", "output_tokens")) \
@@ -79,15 +82,18 @@ async def admit(request: Request, key: KeyRecord, door: str,
         # must not shrink the reservation either.
         estimate = replace(estimate, max_output_tokens=None)
     try:
-        admission = await limiter.admit(key.id, key.policy, estimate, spends=spends)
+        with tracing.span("ccgate.admission", door=door):
+            admission = await limiter.admit(key.id, key.policy, estimate, spends=spends)
     except LimitExceeded as exc:
         audit_facts(request)["error_type"] = exc.error_type
+        metrics.limit_refused(exc.error_type)
         raise exc.use_door(door) from None
     except Exception as exc:  # e.g. Redis unreachable: refuse rather than run unchecked
         log.warning("limits_unavailable", error=type(exc).__name__)
         raise ApiError("limits_unavailable", "the rate-limit store cannot be reached; retry "
                        "later", retry_after=5) from None
-    ticket = Ticket(key, admission, rate_headers(door, admission.state))
+    ticket = Ticket(key, admission, rate_headers(door, admission.state),
+                    model=estimate.model if estimate is not None else None)
     request.scope["ccgate.rate_headers"] = ticket.headers
     return ticket
 

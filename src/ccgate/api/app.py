@@ -10,8 +10,19 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 
-from ccgate import __version__
-from ccgate.api import admin, compat, console, enroll, health, model_list, native, quota, usage
+from ccgate import __version__, metrics
+from ccgate.api import (
+    admin,
+    compat,
+    console,
+    enroll,
+    health,
+    metrics_door,
+    model_list,
+    native,
+    quota,
+    usage,
+)
 from ccgate.api import anthropic as anthropic_door
 from ccgate.api import fetch as fetch_door
 from ccgate.api import files as files_door
@@ -23,11 +34,14 @@ from ccgate.api.errors import install_error_handlers
 from ccgate.api.middleware import RequestContextMiddleware, add_cors
 from ccgate.api.views import render_job
 from ccgate.audit import AuditLog
+from ccgate.circuit_shared import SharedCircuit
 from ccgate.config import Settings
 from ccgate.errors import ApiError
+from ccgate.events import JobEventHub
 from ccgate.jobs import JobService, QueueLimits
 from ccgate.limits import Limiter
 from ccgate.models import model_policy
+from ccgate.notify import notifier_for
 from ccgate.runners.anthropic_api import api_runner
 from ccgate.runners.base import Runner
 from ccgate.runners.cli import cli_runner
@@ -58,10 +72,17 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         if settings.allow_tools:
             log.warning("tools_enabled", detail="CCGATE_ALLOW_TOOLS=true: the model may run "
                         "shell commands and touch files on this machine")
-        backend = runner or (api_runner(settings) if settings.backend == "api"
+        shared_breaker = (SharedCircuit(settings.circuit_failures, settings.circuit_cooldown_secs,
+                                        settings.redis_url)
+                          if runner is None and settings.backend == "api" and settings.redis_url
+                          else None)
+        if shared_breaker is not None:
+            await shared_breaker.start()
+        backend = runner or (api_runner(settings, shared_breaker) if settings.backend == "api"
                              else cli_runner(settings, cli_status.path))
+        backend = metrics.MeteredRunner(backend, settings.backend)
         app.state.runner = backend
-        app.state.breaker = getattr(backend, "breaker", None)
+        app.state.breaker = getattr(backend.inner, "breaker", None)
         limiter = Limiter.from_settings(settings)
         app.state.limiter = limiter
         jobs = JobService(store, backend, QueueLimits(
@@ -69,7 +90,8 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
             max_attempts=settings.max_attempts, lease_secs=settings.lease_secs,
             shutdown_grace_secs=settings.shutdown_grace_secs,
             job_ttl_hours=settings.job_ttl_hours,
-            cleanup_interval_secs=settings.cleanup_interval_secs))
+            cleanup_interval_secs=settings.cleanup_interval_secs),
+            hub=JobEventHub(store, notifier_for(settings.redis_url, settings.database_url)))
         guard = OutboundGuard(settings.outbound_allow)
         dispatcher = WebhookDispatcher(store, guard, settings, render_job, jobs.node_id)
         jobs.on_finished.append(lambda job: dispatcher.wake() if job.callback_url else None)
@@ -90,6 +112,7 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         jobs.cleanups.append(("files", store.files.delete_expired))
         job_tickets = JobTickets()
         jobs.on_finished.append(job_tickets.job_finished)
+        jobs.on_finished.append(lambda job: metrics.job_finished(job.status.value))
         audit = AuditLog(store)
         jobs.on_finished.append(audit.record_job_outcome)
         app.state.sessions = sessions
@@ -109,16 +132,21 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         await audit.start()
         await jobs.start()
         await dispatcher.start()
+        sampling = app.state.metrics_sampling = metrics_door.StateSampling(app.state)
+        sampling.start()
         # Everything built so far lives as long as the server: keep it out of the collector's
         # full passes, which otherwise pause every request for ~100 ms now and then.
         gc.freeze()
         try:
             yield
         finally:
+            await sampling.stop()
             await jobs.stop()
             await dispatcher.stop()
             await audit.stop()
             await limiter.aclose()
+            if shared_breaker is not None:
+                await shared_breaker.stop()
             await store.close()
 
     # docs_url/redoc_url off: FastAPI's own pages load Swagger UI and ReDoc from a CDN; the
@@ -127,13 +155,16 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None,
                   description="A self-hosted gateway for the Claude Code CLI.")
     app.state.settings = settings
+    metrics.configure(allowed_models=settings.allowed_models, aliases=settings.model_aliases,
+                      multiproc_dir=settings.prometheus_multiproc_dir)
     app.state.admin_signins = SignInThrottle()
     app.state.requires_cli = runner is None and settings.backend == "cli"
     app.state.models = model_policy(settings.allowed_models, settings.default_model,
                                     settings.model_aliases, settings.backend)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
-                       rules=ClientAddressRules(settings.allow_cidrs, settings.trusted_proxies))
+                       rules=ClientAddressRules(settings.allow_cidrs, settings.trusted_proxies),
+                       backend=settings.backend)
     if settings.cors_origins:
         add_cors(app, settings.cors_origins)
     app.include_router(health.router)
@@ -151,4 +182,5 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
     app.include_router(model_list.router)
     app.include_router(sessions_door.router)
     app.include_router(console.router)
+    app.include_router(metrics_door.router)
     return app

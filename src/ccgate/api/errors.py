@@ -103,6 +103,7 @@ def error_response(request_id: str, error: ApiError, door: str = "native") -> JS
 
 
 def _respond(request: Request, error: ApiError) -> JSONResponse:
+    request.scope["ccgate.error_type"] = error.error_type  # for the requests metric
     door = door_of_request(request.url.path, request.headers)
     return error_response(request_id_of(request), error, door)
 

@@ -9,6 +9,7 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ccgate import metrics
 from ccgate.api.auth import require_key
 from ccgate.api.errors import request_id_of
 from ccgate.api.middleware import audit_facts
@@ -24,6 +25,7 @@ from ccgate.fetcher import (
     UpstreamFailed,
     render_page,
 )
+from ccgate.limits import LimitExceeded
 from ccgate.security.netguard import MAX_URL_CHARS, OutboundGuard
 from ccgate.store import KeyRecord
 
@@ -74,7 +76,11 @@ async def require_fetch_enabled(request: Request) -> None:
 async def fetch_page(request: Request, key: CallerKey) -> dict[str, Any]:
     """Fetch ``url`` from the gateway's address, checking every redirect hop."""
     body = await parse_body(request, FetchBody)
-    await request.app.state.limiter.check_fetch(key.id)
+    try:
+        await request.app.state.limiter.check_fetch(key.id)
+    except LimitExceeded as exc:
+        metrics.limit_refused(exc.error_type)
+        raise
     facts = audit_facts(request)
     settings = request.app.state.settings
     fetcher = Fetcher(OutboundGuard(settings.outbound_allow))

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
+from ccgate import metrics
 from ccgate.api.auth import require_key
 from ccgate.api.middleware import audit_facts
 from ccgate.api.native import RunBody, parse_body, prepare_native_run, submit_job_once
@@ -227,13 +228,24 @@ async def _sse(request: Request, job: JobRecord, after: int) -> AsyncIterator[st
         stored = await request.app.state.store.events.last_seq([job.id])
         if after >= stored.get(job.id, 0):
             return
-    async for event in hub.subscribe(job.id, after, heartbeat):
-        if event is None:
-            yield ": heartbeat\n\n"
-            continue
-        data = event.data
-        if event.type == "result":
-            final = await request.app.state.store.jobs.get(job.id)
-            data = await job_view(request, final) if final is not None else event.data
-        yield (f"id: {event.seq}\nevent: {event.type}\n"
-               f"data: {json.dumps(data, ensure_ascii=False)}\n\n")
+    metrics.sse_opened()
+    try:
+        events = aiter(hub.subscribe(job.id, after, heartbeat))
+        while True:
+            # The stream waits on the job (run by another request) between events.
+            with metrics.waiting():
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    return
+            if event is None:
+                yield ": heartbeat\n\n"
+                continue
+            data = event.data
+            if event.type == "result":
+                final = await request.app.state.store.jobs.get(job.id)
+                data = await job_view(request, final) if final is not None else event.data
+            yield (f"id: {event.seq}\nevent: {event.type}\n"
+                   f"data: {json.dumps(data, ensure_ascii=False)}\n\n")
+    finally:
+        metrics.sse_closed()

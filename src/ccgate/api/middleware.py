@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
@@ -12,6 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ccgate import metrics, tracing
 from ccgate.api.errors import door_of_request, error_response
 from ccgate.audit import AuditLog
 from ccgate.clock import utcnow
@@ -60,8 +60,9 @@ class RequestContextMiddleware:
     """Gives each request an id, caps its body, and logs and audits it when it ends."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int,
-                 rules: ClientAddressRules | None = None) -> None:
+                 rules: ClientAddressRules | None = None, backend: str = "cli") -> None:
         self.app = app
+        self.backend = backend
         self.max_body_bytes = max_body_bytes
         self.rules = rules or ClientAddressRules()
 
@@ -69,9 +70,24 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = "req_" + secrets.token_hex(12)
+        # The request id is the trace id (random hex while tracing is off), so a client's
+        # request id finds its trace and its log lines.
+        span, trace_id = tracing.start_request(scope["method"])
+        request_id = "req_" + trace_id
         scope["ccgate.request_id"] = request_id
+        if span is not None:
+            scope["ccgate.trace_id"] = trace_id
+        try:
+            with tracing.current(span):
+                await self._handle(scope, receive, send, request_id)
+        finally:
+            tracing.end_request(span, scope["method"], route_template(scope),
+                                scope.get("ccgate.status", 500), request_id)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send,
+                      request_id: str) -> None:
         started = time.monotonic()
+        scope["ccgate.timing"] = metrics.begin_request(metrics.door_label(scope["path"]))
         status = 500
         limit = self.max_body_bytes
         peer = scope.get("client")
@@ -134,9 +150,15 @@ class RequestContextMiddleware:
             self._audit(scope, request_id, status, started)
 
     def _log(self, scope: Scope, request_id: str, status: int, started: float) -> None:
+        scope["ccgate.status"] = status
+        timing: metrics.RequestTiming | None = scope.get("ccgate.timing")
+        metrics.request_observer(timing.door if timing else metrics.OTHER, self.backend).observe(
+            status, scope.get("ccgate.error_type"), time.monotonic() - started, timing)
+        traced = {"trace_id": scope["ccgate.trace_id"]} if "ccgate.trace_id" in scope else {}
         log.info("request", request_id=request_id, method=scope["method"], path=scope["path"],
                  status=status, duration_ms=round((time.monotonic() - started) * 1000, 2),
-                 key=scope.get("ccgate.key_name"), client=scope.get("ccgate.client_ip"))
+                 key=scope.get("ccgate.key_name"), client=scope.get("ccgate.client_ip"),
+                 **traced)
 
     def _audit(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         path: str = scope["path"]
@@ -187,6 +209,7 @@ def _content_length(scope: Scope) -> int | None:
 async def _send_error(scope: Scope, receive: Receive, send: Send, request_id: str,
                       error: ApiError) -> None:
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    scope["ccgate.error_type"] = error.error_type
     response = error_response(request_id, error, door_of_request(scope["path"], headers))
     response.headers["request-id"] = request_id
     response.headers["connection"] = "close"

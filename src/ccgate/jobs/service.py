@@ -8,6 +8,7 @@ import dataclasses
 import os
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from ccgate import metrics, tracing
 from ccgate.clock import utcnow
 from ccgate.events import JobEventHub
 from ccgate.jobs.requests import request_from_json
@@ -30,6 +32,9 @@ from ccgate.store.jobs import QueueAtCapacity
 log = structlog.get_logger("ccgate.jobs")
 
 _POLL_SECS = 1.0
+# A waiter on a job running elsewhere is woken by its events; it re-reads the job this often
+# regardless, in case a wake-up was lost.
+_WAIT_RECHECK_SECS = 5.0
 # Where a job's request notes that its caller waits synchronously (never held for a window).
 SYNC_CALLER = "sync_caller"
 
@@ -105,6 +110,9 @@ class JobService:
         self._running: dict[str, asyncio.Task[JobRecord | None]] = {}
         self._requeue_requested: set[str] = set()
         self._cancelled_here: set[str] = set()
+        # The timing of the request that submitted each job, while that request lasts.
+        self._timings: weakref.WeakValueDictionary[str, metrics.RequestTiming] = \
+            weakref.WeakValueDictionary()
         self._tasks: list[asyncio.Task[None]] = []
         self._draining: asyncio.Task[None] | None = None
         self._queue_seen_empty = False
@@ -189,6 +197,9 @@ class JobService:
             hold_until = closed.until
         request = submission.request if submission.waits_for_window else \
             {**submission.request, SYNC_CALLER: True}
+        parent = tracing.traceparent()
+        if parent is not None:  # whichever node runs the job continues the request's trace
+            request = {**request, tracing.TRACEPARENT: parent}
         reserve = hold_until is None and self._slots_taken < self.limits.concurrency
         if reserve:
             self._slots_taken += 1
@@ -212,6 +223,9 @@ class JobService:
                 self._slots_taken -= 1
         if job is None:  # lost an idempotency race to a concurrent twin
             return await self._idempotent_twin(submission), False
+        timing = metrics.current_timing()
+        if timing is not None:
+            self._timings[job.id] = timing
         if job_started(job):
             self._launch(job)
         else:
@@ -244,20 +258,29 @@ class JobService:
         Raises NotAccepting when this node is shutting down and the job is not running
         here: it would only end after the restart.
         """
-        while True:
-            done = self._done_future(job_id)
-            if job_id not in self._running:
-                job = await self.store.jobs.get(job_id)
-                if job is None or job.status.terminal:
-                    assert job is not None, f"job {job_id} vanished while waited on"
-                    self._forget_waiter(job_id, done)
-                    return job
-                if not self.accepting:
-                    self._forget_waiter(job_id, done)
-                    raise NotAccepting
-            with contextlib.suppress(asyncio.TimeoutError):
-                final = await asyncio.wait_for(asyncio.shield(done), _POLL_SECS)
-                if final is not None:
+        async with self.hub.watching(job_id):
+            while True:
+                done = self._done_future(job_id)
+                # Woken by the job's end here, or its events heard from the node running it
+                # (the notifier, else the hub's store poll); the timeout is a last resort.
+                changed = self.hub.changed(job_id)
+                if job_id not in self._running:
+                    job = await self.store.jobs.get(job_id)
+                    if job is None or job.status.terminal:
+                        assert job is not None, f"job {job_id} vanished while waited on"
+                        self._forget_waiter(job_id, done)
+                        return job
+                    if not self.accepting:
+                        self._forget_waiter(job_id, done)
+                        raise NotAccepting
+                woken: asyncio.Future[Any] = asyncio.ensure_future(changed.wait())
+                ended: asyncio.Future[Any] = asyncio.shield(done)
+                try:
+                    await asyncio.wait({woken, ended}, timeout=_WAIT_RECHECK_SECS,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+                if done.done() and (final := done.result()) is not None:
                     return final
 
     async def cancel(self, job_id: str, message: str = "the job was cancelled", *,
@@ -320,6 +343,13 @@ class JobService:
                    lease_expired_before: datetime | None = None,
                    **values: Any) -> JobRecord | None:
         """End a job with its last events and closing event in one transaction."""
+        with tracing.span("ccgate.settle", job_id=job_id, status=to.value):
+            return await self._settle(job_id, to, lease_expired_before=lease_expired_before,
+                                      **values)
+
+    async def _settle(self, job_id: str, to: JobStatus, *,
+                      lease_expired_before: datetime | None,
+                      **values: Any) -> JobRecord | None:
         pending, closing_seq = self.hub.seal(job_id)
         ended = await self.store.jobs.finish(
             job_id, to, now=self.clock(), pending=pending, closing_seq=closing_seq,
@@ -397,8 +427,19 @@ class JobService:
             return None
 
     async def _run(self, job: JobRecord) -> JobRecord | None:
+        """Run the job in its request's trace (its log lines carry the trace id)."""
+        parent = job.request.get(tracing.TRACEPARENT)
+        trace_id = tracing.trace_id_of(parent)
+        bound = {"trace_id": trace_id} if trace_id else {}
+        with tracing.continued(parent), structlog.contextvars.bound_contextvars(**bound):
+            tracing.span_since("ccgate.queue", int(job.created_at.timestamp() * 1e9),
+                               job_id=job.id, attempt=job.attempts)
+            return await self._run_traced(job)
+
+    async def _run_traced(self, job: JobRecord) -> JobRecord | None:
         """Run the job, streaming its events; store its outcome and return the final job."""
         started = time.monotonic()
+        self._time_for_submitter(job)
         try:
             # A job that ran before (a crash, a shutdown) has events already: continue after
             # their ids and drop their text, so a replay holds only this attempt's answer.
@@ -450,6 +491,15 @@ class JobService:
             cost_usd=result.cost_usd, stop_reason=result.stop_reason,
             duration_ms=_elapsed_ms(started), model=result.model or job.model, **answer)
 
+    def _time_for_submitter(self, job: JobRecord) -> None:
+        """Observe the job's queue wait; its runner time counts as waiting for the request
+        that submitted it (while that request lasts)."""
+        waited = ((job.started_at or self.clock()) - job.created_at).total_seconds()
+        metrics.observe_queue_wait(job.door, waited)
+        timing = self._timings.pop(job.id, None) or metrics.RequestTiming(job.door)
+        timing.waited_secs += max(0.0, waited)
+        metrics.attach_timing(timing)
+
     async def _observe(self, job: JobRecord, windows: Any) -> None:
         try:
             await self.plan.observe(windows, job.key_id)
@@ -475,12 +525,18 @@ class JobService:
 
     async def _stream(self, job: JobRecord) -> RunResult:
         request = dataclasses.replace(request_from_json(job.request), owner=job.key_id)
-        async with contextlib.aclosing(self.runner.run(request)) as events:
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    self.hub.publish(job.id, "chunk", {"text": event.text})
-                elif isinstance(event, RunResult):
-                    return event
+        started_ns, waiting = time.time_ns(), True
+        with tracing.span("ccgate.run", job_id=job.id, model=request.model,
+                          attempt=job.attempts):
+            async with contextlib.aclosing(self.runner.run(request)) as events:
+                async for event in events:
+                    if waiting and isinstance(event, TextDelta | RunResult):
+                        tracing.span_since("ccgate.first_token", started_ns)
+                        waiting = False
+                    if isinstance(event, TextDelta):
+                        self.hub.publish(job.id, "chunk", {"text": event.text})
+                    elif isinstance(event, RunResult):
+                        return event
         raise RunError("cli_error", "the run ended without a result")
 
     async def _after_cancel(self, job: JobRecord) -> None:

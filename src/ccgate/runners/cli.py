@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import structlog
 
+from ccgate import metrics, tracing
 from ccgate.config import Settings
 from ccgate.runners.base import RunError, RunEvent, Runner, RunRequest, RunResult
 from ccgate.runners.cli_command import (
@@ -60,12 +61,17 @@ class ClaudeCliRunner:
                 transcript = await _write_history(request, env, run_dir.path)
             argv = build_argv(self.options, request, prompt_files=_write_prompts(run_dir, request),
                               resume=transcript.session_id if transcript else None)
-            process = await _start(self.options, run_dir, argv, env)
+            spawned = time.monotonic()
+            with tracing.span("ccgate.spawn", warm=False):
+                process = await _start(self.options, run_dir, argv, env)
             # Written concurrently with reading: a CLI that stops reading stdin must not hold
             # the run past its deadline, nor deadlock against a full stdout pipe.
             writer = asyncio.create_task(process.write_and_close(user_message(request.content)))
             try:
                 async for event in self._events(process, request):
+                    if spawned:
+                        metrics.observe_cli_spawn(time.monotonic() - spawned)
+                        spawned = 0.0
                     finished = isinstance(event, RunResult)
                     yield event
             finally:

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from ccgate import tracing
 from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult, RunStarted
 from ccgate.runners.cli import ClaudeCliRunner, ended_early, next_line
 from ccgate.runners.cli_command import CliOptions
@@ -32,8 +33,12 @@ class PooledCliRunner:
         # Counted before checkout, so a refill it triggers sees this run against the cap.
         self.pool.active_runs += 1
         try:
-            process = (await self.pool.checkout(key, SystemPrompts.of(request))
-                       if key is not None else None)
+            if key is not None:
+                with tracing.span("ccgate.pool_checkout"):
+                    process = await self.pool.checkout(key, SystemPrompts.of(request))
+                    tracing.add_attributes(hit=process is not None)
+            else:
+                process = None
             if key is None:
                 self.pool.counters.bypasses += 1
             if process is None:

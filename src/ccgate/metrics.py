@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import (
@@ -30,6 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from ccgate.models import API_FAMILY_ALIASES, KNOWN_MODELS
 from ccgate.runners.base import RunEvent, Runner, RunRequest, RunResult, TextDelta
+from ccgate.runners.plan_windows import PlanWindow
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 OTHER = "other"
@@ -89,6 +91,16 @@ CIRCUIT_STATE = Gauge(
 POOL_PROCESSES = Gauge(
     "ccgate_pool_processes", "Warm-pool CLI processes, by state (idle, busy, starting).",
     ["state"], multiprocess_mode="livesum", registry=REGISTRY)
+PLAN_WINDOW_UTILIZATION = Gauge(
+    "ccgate_plan_window_utilization", "A subscription plan window's utilization as the CLI "
+    "last reported it (0 to 1), by window (five_hour, seven_day, ...).", ["window"],
+    multiprocess_mode="livemostrecent", registry=REGISTRY)
+PLAN_WINDOW_CLOSED = Gauge(
+    "ccgate_plan_window_closed", "1 while a plan window refuses requests (rejected and not yet "
+    "reset), else 0.", ["window"], multiprocess_mode="livemostrecent", registry=REGISTRY)
+PLAN_WINDOW_RESETS_AT = Gauge(
+    "ccgate_plan_window_resets_at_seconds", "When a plan window resets, as a Unix time.",
+    ["window"], multiprocess_mode="livemostrecent", registry=REGISTRY)
 POOL_REQUESTS = Counter(
     "ccgate_pool_requests", "Runs offered to the warm pool, by outcome (hit, miss, bypass).",
     ["outcome"], registry=REGISTRY)
@@ -401,6 +413,16 @@ class StateSampler:
             if grown > 0:
                 POOL_REQUESTS.labels(outcome).inc(grown)
             self._pool_seen[name] = now
+
+    def sample_plan_windows(self, windows: Iterable[PlanWindow], now: datetime) -> None:
+        """Set the plan-window gauges from the windows last seen (names come from the CLI:
+        a handful, so bounded)."""
+        for window in windows:
+            if window.utilization is not None:
+                PLAN_WINDOW_UTILIZATION.labels(window.name).set(window.utilization)
+            PLAN_WINDOW_CLOSED.labels(window.name).set(1 if window.closed_at(now) else 0)
+            if window.resets_at is not None:
+                PLAN_WINDOW_RESETS_AT.labels(window.name).set(window.resets_at.timestamp())
 
     def sample_queue(self, depth: int) -> None:
         """Set the queue depth gauge."""

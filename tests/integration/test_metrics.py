@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from ccgate.clock import utcnow
+from ccgate.runners.plan_windows import PlanWindow
 from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
@@ -145,3 +148,19 @@ async def test_metrics_refused_to_other_addresses_without_token(
     assert (await get("203.0.113.9", "wrong-token")).status_code == 403
     assert (await get("203.0.113.9", METRICS_TOKEN)).status_code == 200
     assert (await get("198.51.100.7")).status_code == 200
+
+
+async def test_metrics_plan_windows_show_as_gauges(gateway: Gateway) -> None:
+    """A plan window the CLI reported shows its utilization, whether it is closed and when it
+    resets, as /api/v1/quota does."""
+    now = utcnow()
+    resets = now + timedelta(minutes=15)
+    await gateway.app.state.jobs.plan.observe(
+        [PlanWindow("five_hour", "rejected", 0.97, resets, now),
+         PlanWindow("seven_day", "allowed", 0.4, now + timedelta(days=3), now)], None)
+    samples = await _scrape(gateway)
+    assert _value(samples, "ccgate_plan_window_utilization", window="five_hour") == 0.97
+    assert _value(samples, "ccgate_plan_window_closed", window="five_hour") == 1
+    assert _value(samples, "ccgate_plan_window_closed", window="seven_day") == 0
+    assert _value(samples, "ccgate_plan_window_resets_at_seconds",
+                  window="five_hour") == resets.timestamp()

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from ccgate import metrics
 from ccgate.api.auth import presented_secret
+from ccgate.clock import utcnow
 from ccgate.errors import ApiError
 from ccgate.store import JobStatus
 
@@ -79,8 +80,10 @@ class StateSampling:
         self.sampler.sample_pool(pool.stats() if pool is not None else None)
         try:
             self.sampler.sample_queue(await self.state.store.jobs.count(JobStatus.QUEUED))
+            self.sampler.sample_plan_windows(await self.state.store.plan_windows.all(),
+                                             utcnow())
         except Exception as exc:
-            log.warning("metrics_queue_depth_unavailable", error=type(exc).__name__)
+            log.warning("metrics_store_state_unavailable", error=type(exc).__name__)
 
     def start(self) -> None:
         """Sample now and then every SAMPLE_INTERVAL_SECS until ``stop``."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ccgate.circuit import _PROBE_WAIT_SECS, CircuitBreaker, CircuitOpen
+from ccgate.notify import read_pubsub
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -138,18 +139,7 @@ class SharedCircuit(CircuitBreaker):
             self._open_from_wall(float(until))
 
     async def _read(self) -> None:
-        while True:
-            try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True,
-                                                         timeout=1.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("circuit_share_read_failed", error=type(exc).__name__)
-                await asyncio.sleep(1.0)
-                continue
-            if message is not None and message.get("type") == "message":
-                self._heard(message["data"])
+        await read_pubsub(self._pubsub, self._heard, failure_event="circuit_share_read_failed")
 
     def _send(self, open_until: float | None) -> None:
         task = asyncio.get_running_loop().create_task(self._announce(open_until))

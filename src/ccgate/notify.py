@@ -202,21 +202,29 @@ class RedisNotifier:
             await pipe.execute()
 
     async def _read(self) -> None:
-        while True:
-            try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True,
-                                                         timeout=1.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("notify_read_failed", error=type(exc).__name__)
-                await asyncio.sleep(1.0)
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            decoded = decode(message["data"])
-            if decoded is not None and self._deliver is not None:
-                self._deliver(*decoded)
+        await read_pubsub(self._pubsub, self._heard, failure_event="notify_read_failed")
+
+    def _heard(self, data: Any) -> None:
+        decoded = decode(data)
+        if decoded is not None and self._deliver is not None:
+            self._deliver(*decoded)
+
+
+async def read_pubsub(pubsub: Any, on_data: Callable[[Any], None], *,
+                      failure_event: str) -> None:
+    """Hand each message's data on a Redis pub/sub connection to ``on_data``, until cancelled;
+    a failed read is logged as ``failure_event`` and retried a second later."""
+    while True:
+        try:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(failure_event, error=type(exc).__name__)
+            await asyncio.sleep(1.0)
+            continue
+        if message is not None and message.get("type") == "message":
+            on_data(message["data"])
 
 
 def _ignore_outcome(task: asyncio.Task[Any]) -> None:

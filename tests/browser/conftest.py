@@ -45,7 +45,7 @@ import pytest
 from tests.conftest import service_missing
 from tests.support.fake_claude import CONFIG_NAME
 from tests.support.fake_claude_factory import make_fake_claude
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, fake_claude_env
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page
@@ -181,19 +181,9 @@ def browser() -> Iterator[Browser]:
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     """One real `ccgate serve` with the fake claude and the admin API, per test module."""
     root = tmp_path_factory.mktemp("console")
-    (root / "home").mkdir()
-    (root / "work").mkdir()
     admin_token = "console-admin-" + secrets.token_hex(16)
     claude = make_fake_claude(root / "fake-claude", "echo")
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(root / "home"),
-        "CCGATE_CLAUDE_PATH": str(claude),
-        "CCGATE_DATABASE_URL": f"sqlite:///{root / 'ccgate.db'}",
-        "CCGATE_WORK_DIR": str(root / "work"),
-        "CCGATE_ADMIN_TOKEN": admin_token,
-        "CCGATE_LOG_LEVEL": "info",
-    }
+    env = fake_claude_env(root, claude, admin_token)
     server = ServerProcess(env, root / "server").start()
     try:
         yield Console(server, admin_token, claude.with_name(CONFIG_NAME))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import pytest
 
 from tests.client.dropping_proxy import DroppingProxy
 from tests.support.fake_claude_factory import make_fake_claude
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, fake_claude_env
 
 # Every answer echoes its prompt in six chunks, so a stream has several events to resume.
 FAKE_REPLY = {"chunks": 6, "delay": 0.05}
@@ -48,21 +47,10 @@ class Gateway:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One real ``ccgate serve`` with the fake claude, webhooks allowed to 127.0.0.1."""
     root = tmp_path_factory.mktemp("client")
-    (root / "home").mkdir()
-    (root / "work").mkdir()
     admin_token = "client-admin-" + secrets.token_hex(16)
     claude = make_fake_claude(root / "fake-claude", "echo", **FAKE_REPLY)
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(root / "home"),
-        "CCGATE_CLAUDE_PATH": str(claude),
-        "CCGATE_DATABASE_URL": f"sqlite:///{root / 'ccgate.db'}",
-        "CCGATE_WORK_DIR": str(root / "work"),
-        "CCGATE_ADMIN_TOKEN": admin_token,
-        "CCGATE_OUTBOUND_ALLOW": "127.0.0.1",
-        "CCGATE_SSE_HEARTBEAT_SECS": "1",
-        "CCGATE_LOG_LEVEL": "info",
-    }
+    env = fake_claude_env(root, claude, admin_token, CCGATE_OUTBOUND_ALLOW="127.0.0.1",
+                          CCGATE_SSE_HEARTBEAT_SECS=1)
     server = ServerProcess(env, root / "server").start()
     try:
         yield Gateway(server, admin_token)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 
 from tests.support.fake_claude_factory import make_fake_claude
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, fake_claude_env
 
 ADMIN_TOKEN = "reliability-admin-token-0123456789abcdef"
 ENROLLMENT_SECRET = "reliability-enrollment-secret-0123456789"
@@ -83,21 +82,9 @@ def create_api_key(url: str, admin_token: str, name: str) -> str:
 def gate_env(root: Path, **overrides: Any) -> dict[str, str]:
     """The environment of a server under `root`: SQLite there, fake claude, admin and
     enrollment on, fetch off; CCGATE_* overrides win."""
-    work = root / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    home = root / "home"
-    home.mkdir(exist_ok=True)
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(home),
-        "CCGATE_CLAUDE_PATH": str(make_fake_claude(root / "fake-claude", "text")),
-        "CCGATE_DATABASE_URL": f"sqlite:///{root / 'ccgate.db'}",
-        "CCGATE_WORK_DIR": str(work),
-        "CCGATE_ADMIN_TOKEN": ADMIN_TOKEN,
-        "CCGATE_ENROLLMENT_SECRET": ENROLLMENT_SECRET,
-        "CCGATE_FETCH_ENABLED": "false",
-        "CCGATE_LOG_LEVEL": "info",
+    claude = make_fake_claude(root / "fake-claude", "text")
+    return fake_claude_env(
+        root, claude, ADMIN_TOKEN, CCGATE_ENROLLMENT_SECRET=ENROLLMENT_SECRET,
+        CCGATE_FETCH_ENABLED="false",
         # A stream that never ends shows itself within a second of a client's time limit.
-        "CCGATE_SSE_HEARTBEAT_SECS": "1",
-        **{key: str(value) for key, value in overrides.items()},
-    }
+        CCGATE_SSE_HEARTBEAT_SECS=1, **overrides)

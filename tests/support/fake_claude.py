@@ -672,7 +672,8 @@ def load_transcript(session_id: str) -> list[dict[str, Any]] | None:
     path = transcript_path(session_id)
     if not path.is_file():
         return None
-    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+    # split("\n"), not splitlines(): the JSON lines may hold raw U+0085 or U+2028 in strings.
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n")
                if line.strip()]
     turns = [e for e in entries if e.get("type") in ("user", "assistant")]
     by_id = {e.get("uuid"): e for e in turns}

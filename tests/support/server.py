@@ -191,6 +191,24 @@ class ServerProcess:
         self.stop()
 
 
+def fake_claude_env(root: Path, claude: Path, admin_token: str,
+                    **overrides: object) -> dict[str, str]:
+    """The environment of a `ccgate serve` for tests: SQLite, home and work directories under
+    ``root`` (made here), the given (fake) claude and admin token; ``overrides`` win."""
+    (root / "home").mkdir(parents=True, exist_ok=True)
+    (root / "work").mkdir(parents=True, exist_ok=True)
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(root / "home"),
+        "CCGATE_CLAUDE_PATH": str(claude),
+        "CCGATE_DATABASE_URL": f"sqlite:///{root / 'ccgate.db'}",
+        "CCGATE_WORK_DIR": str(root / "work"),
+        "CCGATE_ADMIN_TOKEN": admin_token,
+        "CCGATE_LOG_LEVEL": "info",
+        **{key: str(value) for key, value in overrides.items()},
+    }
+
+
 def base_path_without(executable_name: str, path: str | None = None) -> str:
     """`path` (default: this process's PATH) minus every directory holding `executable_name`."""
     entries = (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep)

@@ -257,6 +257,18 @@ async def test_runner_history_reaches_the_cli_before_the_new_turn(
     ]
 
 
+async def test_runner_history_with_unicode_line_separators_reaches_the_cli(
+    fake_cli: Callable[..., FakeCli],
+) -> None:
+    """Earlier turns holding U+0085, U+2028 or U+2029 stay one transcript line each: the
+    CLI side reads the turns back whole, not broken where those characters stand."""
+    cli = fake_cli("echo_history")
+    history = [{"role": "user", "content": [{"type": "text", "text": "a\u0085b\u2028c"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "d\u2029e"}]}]
+    result = await collect(cli.runner, RunRequest.from_text("next", "sonnet", history=history))
+    assert result.text == "user: a\u0085b\u2028c\nassistant: d\u2029e\nuser: next"
+
+
 async def test_runner_without_history_writes_no_transcript(
     fake_cli: Callable[..., FakeCli], tmp_path: Path
 ) -> None:

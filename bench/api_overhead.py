@@ -82,8 +82,16 @@ def _serve_fake(port: int, *, stock: bool, text: str) -> None:
 def fake_upstream(*, stock: bool, text: str) -> Iterator[str]:
     """The fake Anthropic API in its own process (its own GIL); yields its URL."""
     port = free_port()
-    argv = [sys.executable, "-m", "bench.api_overhead", "--fake-upstream", str(port),
-            "--text", text, *(["--stock-fake"] if stock else [])]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.api_overhead",
+        "--fake-upstream",
+        str(port),
+        "--text",
+        text,
+        *(["--stock-fake"] if stock else []),
+    ]
     proc = subprocess.Popen(argv, cwd=_REPO, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -112,10 +120,12 @@ class Target:
     def request(self, body: bytes) -> bytes:
         """The raw HTTP/1.1 request an Anthropic SDK would send for ``body``."""
         host = self.url.removeprefix("http://")
-        return (f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\n"
-                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-                f"x-api-key: {self.key}\r\nanthropic-version: 2023-06-01\r\n"
-                "accept: application/json\r\n\r\n").encode() + body
+        return (
+            f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"x-api-key: {self.key}\r\nanthropic-version: 2023-06-01\r\n"
+            "accept: application/json\r\n\r\n"
+        ).encode() + body
 
 
 class RawConnection:
@@ -147,7 +157,7 @@ class RawConnection:
                 if size == 0:
                     return
         start = lower.index(b"content-length:") + len(b"content-length:")
-        await self._reader.readexactly(int(lower[start:lower.index(b"\r\n", start)]))
+        await self._reader.readexactly(int(lower[start : lower.index(b"\r\n", start)]))
 
     async def close(self) -> None:
         """Close the connection."""
@@ -169,14 +179,17 @@ async def raw_callers(target: Target, body: bytes, concurrency: int) -> AsyncIte
 
 
 @contextlib.asynccontextmanager
-async def httpx_callers(target: Target, body: bytes, concurrency: int
-                        ) -> AsyncIterator[list[Call]]:
+async def httpx_callers(target: Target, body: bytes, concurrency: int) -> AsyncIterator[list[Call]]:
     """The same calls made with an httpx.AsyncClient holding ``concurrency`` connections."""
-    headers = {"x-api-key": target.key, "anthropic-version": "2023-06-01",
-               "content-type": "application/json"}
+    headers = {
+        "x-api-key": target.key,
+        "anthropic-version": "2023-06-01",
+        "content-type": "application/json",
+    }
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=target.url, headers=headers, limits=limits,
-                                 timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=target.url, headers=headers, limits=limits, timeout=60
+    ) as client:
 
         async def one() -> None:
             async with client.stream("POST", "/v1/messages", content=body) as response:
@@ -241,19 +254,38 @@ async def _timed_block(callers: list[Call], total: int, into: Sample, pid: int |
 def cpu_secs(pid: int) -> float:
     """CPU time all threads of a process have run, in seconds (the scheduler's nanosecond
     count; /proc/PID/stat only has clock ticks)."""
-    return sum(int((task / "schedstat").read_text().split()[0])
-               for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+    return (
+        sum(
+            int((task / "schedstat").read_text().split()[0])
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        )
+        / 1e9
+    )
 
 
 def body_of(stream: bool, prompt_bytes: int) -> bytes:
     """A small Messages request: one user turn of ``prompt_bytes`` characters."""
     text = ("ping " * (prompt_bytes // 5 + 1))[:prompt_bytes]
-    return json.dumps({"model": MODEL, "max_tokens": 256, "stream": stream,
-                       "messages": [{"role": "user", "content": text}]}).encode()
+    return json.dumps(
+        {
+            "model": MODEL,
+            "max_tokens": 256,
+            "stream": stream,
+            "messages": [{"role": "user", "content": text}],
+        }
+    ).encode()
 
 
-async def measure(direct: Target, gated: Target, pid: int, *, stream: bool, concurrency: int,
-                  total: int, args: argparse.Namespace) -> tuple[Sample, Sample]:
+async def measure(
+    direct: Target,
+    gated: Target,
+    pid: int,
+    *,
+    stream: bool,
+    concurrency: int,
+    total: int,
+    args: argparse.Namespace,
+) -> tuple[Sample, Sample]:
     """Both paths at one concurrency, in alternating blocks after a warm-up of each."""
     body = body_of(stream, args.prompt_bytes)
     bare, through = Sample(), Sample()
@@ -274,9 +306,11 @@ def _row(mode: str, concurrency: int, bare: Sample, through: Sample) -> str:
     d50, d99 = percentile(bare.latencies, 50), percentile(bare.latencies, 99)
     g50, g99 = percentile(through.latencies, 50), percentile(through.latencies, 99)
     cpu_ms = _per_request(through.cpu_secs, through)
-    return (f"| {mode} | {concurrency} | {d50:.2f} | {d99:.2f} | {g50:.2f} | {g99:.2f} "
-            f"| {g50 - d50:.2f} | {g99 - d99:.2f} | {bare.rps:,.0f} | {through.rps:,.0f} "
-            f"| {cpu_ms} |")
+    return (
+        f"| {mode} | {concurrency} | {d50:.2f} | {d99:.2f} | {g50:.2f} | {g99:.2f} "
+        f"| {g50 - d50:.2f} | {g99 - d99:.2f} | {bare.rps:,.0f} | {through.rps:,.0f} "
+        f"| {cpu_ms} |"
+    )
 
 
 def _per_request(secs: float, sample: Sample) -> str:
@@ -287,49 +321,76 @@ async def run(args: argparse.Namespace) -> None:
     """Start the fake upstream and ccgate, measure every mode and concurrency, print a table."""
     print(machine_line())
     print("command: python -m bench.api_overhead " + " ".join(sys.argv[1:]))
-    print(f"client: {args.client}; upstream: fake Anthropic API "
-          f"({'stock, Nagle on' if args.stock_fake else 'TCP_NODELAY'}); "
-          f"ccgate log level: {args.log_level}; prompt: {args.prompt_bytes} bytes")
+    print(
+        f"client: {args.client}; upstream: fake Anthropic API "
+        f"({'stock, Nagle on' if args.stock_fake else 'TCP_NODELAY'}); "
+        f"ccgate log level: {args.log_level}; prompt: {args.prompt_bytes} bytes"
+    )
     print()
-    with (fake_upstream(stock=args.stock_fake, text=args.text) as upstream,
-          tempfile.TemporaryDirectory(prefix="ccgate-bench-") as tmp,
-          serve(Path(tmp), Path(tmp) / "no-claude", CCGATE_BACKEND="api",
-                ANTHROPIC_BASE_URL=upstream, ANTHROPIC_API_KEY=fake_anthropic.FAKE_API_KEY,
-                CCGATE_LOG_LEVEL=args.log_level) as served):
+    with (
+        fake_upstream(stock=args.stock_fake, text=args.text) as upstream,
+        tempfile.TemporaryDirectory(prefix="ccgate-bench-") as tmp,
+        serve(
+            Path(tmp),
+            Path(tmp) / "no-claude",
+            CCGATE_BACKEND="api",
+            ANTHROPIC_BASE_URL=upstream,
+            ANTHROPIC_API_KEY=fake_anthropic.FAKE_API_KEY,
+            CCGATE_LOG_LEVEL=args.log_level,
+        ) as served,
+    ):
         direct = Target(upstream, fake_anthropic.FAKE_API_KEY)
         gated = Target(served.url, served.key)
-        print("| mode | concurrency | direct p50 ms | direct p99 ms | ccgate p50 ms "
-              "| ccgate p99 ms | overhead p50 ms | overhead p99 ms | direct req/s "
-              "| ccgate req/s | ccgate CPU ms/req |")
+        print(
+            "| mode | concurrency | direct p50 ms | direct p99 ms | ccgate p50 ms "
+            "| ccgate p99 ms | overhead p50 ms | overhead p99 ms | direct req/s "
+            "| ccgate req/s | ccgate CPU ms/req |"
+        )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         notes: list[str] = []
         for concurrency in args.concurrency:
             for stream in (False, True):
-                bare, through = await measure(direct, gated, served.pid, stream=stream,
-                                              concurrency=concurrency, total=args.requests,
-                                              args=args)
+                bare, through = await measure(
+                    direct,
+                    gated,
+                    served.pid,
+                    stream=stream,
+                    concurrency=concurrency,
+                    total=args.requests,
+                    args=args,
+                )
                 mode = "stream" if stream else "json"
                 print(_row(mode, concurrency, bare, through), flush=True)
-                notes.append(f"{mode} at {concurrency}: {_per_request(bare.client_cpu_secs, bare)}"
-                             f" direct, {_per_request(through.client_cpu_secs, through)} through "
-                             "ccgate")
+                notes.append(
+                    f"{mode} at {concurrency}: {_per_request(bare.client_cpu_secs, bare)}"
+                    f" direct, {_per_request(through.client_cpu_secs, through)} through "
+                    "ccgate"
+                )
         print()
         print(f"CPU of the {args.client} client per request, ms: " + "; ".join(notes))
 
 
 def main() -> None:
     """Parse the command line; run the benchmark, or the fake upstream for it."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=3000,
-                        help="measured requests per path, mode and concurrency")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=3000,
+        help="measured requests per path, mode and concurrency",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw")
     parser.add_argument("--prompt-bytes", type=int, default=1000)
     parser.add_argument("--text", default="hi", help="the fake's reply text")
     parser.add_argument("--log-level", default="info", help="ccgate's CCGATE_LOG_LEVEL")
-    parser.add_argument("--stock-fake", action="store_true",
-                        help="leave Nagle's algorithm on in the fake, as the test suite has it")
+    parser.add_argument(
+        "--stock-fake",
+        action="store_true",
+        help="leave Nagle's algorithm on in the fake, as the test suite has it",
+    )
     parser.add_argument("--fake-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fake_upstream:

@@ -26,8 +26,7 @@ from ccgate.store import Store
 from ccgate.store.listen import PostgresNotifier
 
 
-async def measure(url: str, make: Callable[[], Notifier], events: int,
-                  pace: float) -> list[float]:
+async def measure(url: str, make: Callable[[], Notifier], events: int, pace: float) -> list[float]:
     """Publish ``events`` chunks on node A; return each one's latency (ms) on node B."""
     store_a, store_b = await Store.open(url), await Store.open(url, migrate=False)
     hub_a, hub_b = JobEventHub(store_a, make()), JobEventHub(store_b, make())
@@ -36,10 +35,22 @@ async def measure(url: str, make: Callable[[], Notifier], events: int,
     job_id = f"job_bench{time.monotonic_ns()}"
     now = utcnow()
     await store_a.jobs.insert(
-        job_id=job_id, key_id=None, door="native", model="sonnet", request={"prompt": "x"},
-        metadata=None, now=now, callback_url=None, idempotency_key=None, request_hash=None,
-        max_queued=100, session_id=None, retry_at=None, claim_for="bench",
-        lease_until=now + timedelta(seconds=60))
+        job_id=job_id,
+        key_id=None,
+        door="native",
+        model="sonnet",
+        request={"prompt": "x"},
+        metadata=None,
+        now=now,
+        callback_url=None,
+        idempotency_key=None,
+        request_hash=None,
+        max_queued=100,
+        session_id=None,
+        retry_at=None,
+        claim_for="bench",
+        lease_until=now + timedelta(seconds=60),
+    )
     sent: dict[int, float] = {}
     got: dict[int, float] = {}
     try:
@@ -82,8 +93,10 @@ async def main(events: int, pace: float) -> None:
         for name, make in kinds.items():
             lags = sorted(await measure(url, make, events, pace))
             p95 = lags[int(len(lags) * 0.95) - 1]
-            print(f"{name:<11} {len(lags):>6} {statistics.median(lags):>8.2f} {p95:>8.2f} "
-                  f"{lags[-1]:>8.2f}")
+            print(
+                f"{name:<11} {len(lags):>6} {statistics.median(lags):>8.2f} {p95:>8.2f} "
+                f"{lags[-1]:>8.2f}"
+            )
 
 
 if __name__ == "__main__":

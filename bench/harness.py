@@ -50,15 +50,29 @@ class Served:
 def serve(work: Path, fake_cli: Path, **env: str) -> Iterator[Served]:
     """Run ``ccgate serve`` on ``fake_cli`` with a fresh SQLite database in ``work``."""
     port = free_port()
-    full_env = {"PATH": os.environ["PATH"], "HOME": str(work),
-                "CCGATE_CLAUDE_PATH": str(fake_cli),
-                "CCGATE_DATABASE_URL": f"sqlite:///{work / f'bench-{port}.db'}",
-                "CCGATE_WORK_DIR": str(work), "CCGATE_LOG_LEVEL": "warning", **env}
-    key = subprocess.run([sys.executable, "-m", "ccgate", "keys", "create", "bench"],
-                         env=full_env, capture_output=True, text=True, check=True,
-                         cwd=work).stdout.strip()
-    server = subprocess.Popen([sys.executable, "-m", "ccgate", "serve", "--port", str(port)],
-                              env=full_env, cwd=work, stderr=subprocess.DEVNULL)
+    full_env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(work),
+        "CCGATE_CLAUDE_PATH": str(fake_cli),
+        "CCGATE_DATABASE_URL": f"sqlite:///{work / f'bench-{port}.db'}",
+        "CCGATE_WORK_DIR": str(work),
+        "CCGATE_LOG_LEVEL": "warning",
+        **env,
+    }
+    key = subprocess.run(
+        [sys.executable, "-m", "ccgate", "keys", "create", "bench"],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=work,
+    ).stdout.strip()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ccgate", "serve", "--port", str(port)],
+        env=full_env,
+        cwd=work,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -82,5 +96,7 @@ def machine_line() -> str:
     """One line naming the machine the numbers come from."""
     import platform
 
-    return (f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}")
+    return (
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}"
+    )

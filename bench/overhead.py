@@ -56,9 +56,13 @@ def _direct_call(fake: Path, work: Path) -> Callable[[int], Awaitable[None]]:
         request = RunRequest.from_text(f"ping {n}", "sonnet")
         run_dir = tempfile.mkdtemp(dir=work)
         proc = await asyncio.create_subprocess_exec(
-            *build_argv(options, request), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=run_dir,
-            env=build_env(options, run_dir))
+            *build_argv(options, request),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            cwd=run_dir,
+            env=build_env(options, run_dir),
+        )
         assert proc.stdin is not None
         assert proc.stdout is not None
         proc.stdin.write(user_message(request.content))
@@ -74,14 +78,19 @@ _exiting: set[asyncio.Task[int]] = set()
 
 
 @contextlib.asynccontextmanager
-async def _gateway(fake: Path, concurrency: int, work: Path
-                   ) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+async def _gateway(
+    fake: Path, concurrency: int, work: Path
+) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
     """A real ccgate serve process running the same fake CLI, and a call of /api/v1/run."""
-    with serve(work, fake, CCGATE_CONCURRENCY=str(concurrency),
-               CCGATE_QUEUE_SIZE="10000") as served:
-        async with httpx.AsyncClient(base_url=served.url, timeout=60,
-                                     headers={"Authorization": f"Bearer {served.key}"},
-                                     limits=httpx.Limits(max_connections=concurrency)) as client:
+    with serve(
+        work, fake, CCGATE_CONCURRENCY=str(concurrency), CCGATE_QUEUE_SIZE="10000"
+    ) as served:
+        async with httpx.AsyncClient(
+            base_url=served.url,
+            timeout=60,
+            headers={"Authorization": f"Bearer {served.key}"},
+            limits=httpx.Limits(max_connections=concurrency),
+        ) as client:
 
             async def one(n: int) -> None:
                 response = await client.post("/api/v1/run", json={"prompt": f"ping {n}"})
@@ -90,8 +99,9 @@ async def _gateway(fake: Path, concurrency: int, work: Path
             yield one
 
 
-async def measure(fake: Path, concurrency: int, total: int,
-                  work: Path) -> tuple[list[float], list[float]]:
+async def measure(
+    fake: Path, concurrency: int, total: int, work: Path
+) -> tuple[list[float], list[float]]:
     """Latencies of both paths, taken in alternating blocks so machine drift hits both alike."""
     bare: list[float] = []
     gated: list[float] = []
@@ -117,18 +127,25 @@ async def main() -> None:
         work = Path(tmp)
         fake = make_fake_claude(work / "fake", "text", text="pong")
         print(machine_line())
-        print(f"command: python -m bench.overhead --requests {args.requests} --concurrency "
-              + " ".join(map(str, args.concurrency)))
+        print(
+            f"command: python -m bench.overhead --requests {args.requests} --concurrency "
+            + " ".join(map(str, args.concurrency))
+        )
         print()
-        print("| concurrency | direct p50 ms | direct p99 ms | ccgate p50 ms | ccgate p99 ms "
-              "| overhead p50 ms | overhead p99 ms |")
+        print(
+            "| concurrency | direct p50 ms | direct p99 ms | ccgate p50 ms | ccgate p99 ms "
+            "| overhead p50 ms | overhead p99 ms |"
+        )
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for concurrency in args.concurrency:
             bare, gated = await measure(fake, concurrency, args.requests, work)
             d50, d99 = statistics.median(bare), percentile(bare, 99)
             g50, g99 = statistics.median(gated), percentile(gated, 99)
-            print(f"| {concurrency} | {d50:.1f} | {d99:.1f} | {g50:.1f} | {g99:.1f} "
-                  f"| {g50 - d50:.1f} | {g99 - d99:.1f} |", flush=True)
+            print(
+                f"| {concurrency} | {d50:.1f} | {d99:.1f} | {g50:.1f} | {g99:.1f} "
+                f"| {g50 - d50:.1f} | {g99 - d99:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -45,13 +45,20 @@ def _children_cpu() -> float:
 def _runner(mode: str, options: CliOptions, concurrency: int) -> Runner:
     if mode == "cold":
         return ClaudeCliRunner(options)
-    return PooledCliRunner(options, PoolConfig(
-        mode=mode.removesuffix("-paced"), max_processes=2 * concurrency, min_idle=concurrency,
-        concurrency=concurrency))
+    return PooledCliRunner(
+        options,
+        PoolConfig(
+            mode=mode.removesuffix("-paced"),
+            max_processes=2 * concurrency,
+            min_idle=concurrency,
+            concurrency=concurrency,
+        ),
+    )
 
 
-async def _phase(mode: str, options: CliOptions, requests: int,
-                 concurrency: int) -> dict[str, float]:
+async def _phase(
+    mode: str, options: CliOptions, requests: int, concurrency: int
+) -> dict[str, float]:
     runner = _runner(mode, options, concurrency)
     paced = mode.endswith("-paced")
     cpu_before = _children_cpu()
@@ -78,9 +85,12 @@ async def _phase(mode: str, options: CliOptions, requests: int,
         await runner.aclose()
     cpu = _children_cpu() - cpu_before
     return {
-        "p50": percentile(latencies, 50) * 1000, "p99": percentile(latencies, 99) * 1000,
-        "rps": requests / wall, "cpu": cpu / requests,
-        "hits": float(stats.get("hits", 0)), "misses": float(stats.get("misses", 0)),
+        "p50": percentile(latencies, 50) * 1000,
+        "p99": percentile(latencies, 99) * 1000,
+        "rps": requests / wall,
+        "cpu": cpu / requests,
+        "hits": float(stats.get("hits", 0)),
+        "misses": float(stats.get("misses", 0)),
     }
 
 
@@ -89,8 +99,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--modes", nargs="+",
-                        default=["cold", "fresh", "fresh-paced", "reuse"])
+    parser.add_argument("--modes", nargs="+", default=["cold", "fresh", "fresh-paced", "reuse"])
     args = parser.parse_args()
     claude = find_real_claude()
     if claude is None:
@@ -100,14 +109,21 @@ async def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp, FakeAnthropic() as fake:
         fake.default = Text("ok")
-        options = CliOptions(executable=str(claude), base_env=cli_env(fake, Path(tmp)),
-                             upstream_retries=0, work_dir=tmp)
+        options = CliOptions(
+            executable=str(claude),
+            base_env=cli_env(fake, Path(tmp)),
+            upstream_retries=0,
+            work_dir=tmp,
+        )
         for concurrency in args.concurrency:
             for mode in args.modes:
                 row = await _phase(mode, options, args.requests, concurrency)
                 pool = "—" if mode == "cold" else f"{row['hits']:.0f}/{row['misses']:.0f}"
-                print(f"| {mode} | {concurrency} | {row['p50']:.0f} | {row['p99']:.0f} | "
-                      f"{row['rps']:.2f} | {row['cpu']:.3f} | {pool} |", flush=True)
+                print(
+                    f"| {mode} | {concurrency} | {row['p50']:.0f} | {row['p99']:.0f} | "
+                    f"{row['rps']:.2f} | {row['cpu']:.3f} | {pool} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

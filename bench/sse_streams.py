@@ -22,15 +22,19 @@ from tests.support.fake_claude_factory import make_fake_claude
 from bench.harness import machine_line, rss_kib, serve
 
 
-async def open_streams(url: str, key: str, job_id: str, count: int
-                       ) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+async def open_streams(
+    url: str, key: str, job_id: str, count: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     """Open ``count`` SSE connections and wait for each one's first line."""
     host, port = url.removeprefix("http://").split(":")
-    request = (f"GET /api/v1/jobs/{job_id}/sse HTTP/1.1\r\nHost: {host}\r\n"
-               f"Authorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n").encode()
+    request = (
+        f"GET /api/v1/jobs/{job_id}/sse HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n"
+    ).encode()
     streams = []
     batch = 200
     for start in range(0, count, batch):
+
         async def one() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(request)
@@ -75,8 +79,13 @@ def main() -> None:
         fake = make_fake_claude(work / "fake", "hang_silent")
         print(machine_line())
         print(f"command: python -m bench.sse_streams --streams {args.streams}")
-        with serve(work, fake, CCGATE_CONCURRENCY="1", CCGATE_IDLE_TIMEOUT_SECS="0",
-                   CCGATE_JOB_TIMEOUT_SECS="86400") as served:
+        with serve(
+            work,
+            fake,
+            CCGATE_CONCURRENCY="1",
+            CCGATE_IDLE_TIMEOUT_SECS="0",
+            CCGATE_JOB_TIMEOUT_SECS="86400",
+        ) as served:
             asyncio.run(measure(served.url, served.key, served.pid, args.streams))
 
 

@@ -39,9 +39,22 @@ def with_wrk(url: str, key: str, seconds: int, connections: int, work: Path) -> 
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
         "local bad = 0\n"
         "function response(status) if status ~= 202 then bad = bad + 1 end end\n"
-        "function done() if bad > 0 then io.write('NON-202: ' .. bad .. '\\n') end end\n")
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script),
-                          f"{url}/api/v1/jobs"], capture_output=True, text=True, check=True)
+        "function done() if bad > 0 then io.write('NON-202: ' .. bad .. '\\n') end end\n"
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "-s",
+            str(script),
+            f"{url}/api/v1/jobs",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     print(out.stdout)
     match = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
     assert match, out.stdout
@@ -52,8 +65,11 @@ async def with_httpx(url: str, key: str, seconds: int, connections: int) -> floa
     """Requests per second from an httpx client with ``connections`` concurrent senders."""
     done = 0
     deadline = time.monotonic() + seconds
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
-                                 limits=httpx.Limits(max_connections=connections)) as client:
+    async with httpx.AsyncClient(
+        base_url=url,
+        headers={"Authorization": f"Bearer {key}"},
+        limits=httpx.Limits(max_connections=connections),
+    ) as client:
 
         async def sender() -> None:
             nonlocal done
@@ -77,16 +93,25 @@ def main() -> None:
         work = Path(tmp)
         fake = make_fake_claude(work / "fake", "hang_silent")
         print(machine_line())
-        print(f"command: python -m bench.submit_throughput --seconds {args.seconds} "
-              f"--connections {args.connections}")
-        with serve(work, fake, CCGATE_CONCURRENCY="1", CCGATE_QUEUE_SIZE="10000000",
-                   CCGATE_JOB_TIMEOUT_SECS="86400", CCGATE_IDLE_TIMEOUT_SECS="0") as served:
+        print(
+            f"command: python -m bench.submit_throughput --seconds {args.seconds} "
+            f"--connections {args.connections}"
+        )
+        with serve(
+            work,
+            fake,
+            CCGATE_CONCURRENCY="1",
+            CCGATE_QUEUE_SIZE="10000000",
+            CCGATE_JOB_TIMEOUT_SECS="86400",
+            CCGATE_IDLE_TIMEOUT_SECS="0",
+        ) as served:
             if shutil.which("wrk"):
                 rate = with_wrk(served.url, served.key, args.seconds, args.connections, work)
                 tool = "wrk"
             else:
-                rate = asyncio.run(with_httpx(served.url, served.key, args.seconds,
-                                              args.connections))
+                rate = asyncio.run(
+                    with_httpx(served.url, served.key, args.seconds, args.connections)
+                )
                 tool = "httpx"
         print(f"submits/s ({tool}, {args.connections} connections): {rate:.0f}")
 

@@ -15,8 +15,9 @@ import pytest
 from ccgate.config import Settings, load_settings
 from ccgate.store import Store
 
-POSTGRES_URL = os.environ.get("CCGATE_TEST_POSTGRES_URL",
-                              "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "CCGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("CCGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("CCGATE_TEST_REQUIRE_SERVICES") == "1"
 

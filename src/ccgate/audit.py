@@ -40,11 +40,17 @@ class AuditLog:
         """JobService.on_finished hook: complete the row of the request that queued ``job``
         with its status, tokens and cost (written after the rows of the same batch)."""
         usage = job.usage or {}
-        self._outcomes.append({
-            "job_id": job.id, "job_status": job.status.value, "model": job.model,
-            "input_tokens": usage.get("input_tokens"),
-            "output_tokens": usage.get("output_tokens"), "cost_usd": job.cost_usd,
-            "error_type": job.error_type})
+        self._outcomes.append(
+            {
+                "job_id": job.id,
+                "job_status": job.status.value,
+                "model": job.model,
+                "input_tokens": usage.get("input_tokens"),
+                "output_tokens": usage.get("output_tokens"),
+                "cost_usd": job.cost_usd,
+                "error_type": job.error_type,
+            }
+        )
         self._wake.set()
 
     async def flush(self) -> None:
@@ -63,11 +69,13 @@ class AuditLog:
                     log.error("audit_row_refused", request_id=request_id)
         if outcomes:
             try:
-                missing = set(await self.store.audit.fill_job_outcomes(
-                    [{k: v for k, v in o.items() if k != "tries"} for o in outcomes]))
+                missing = set(
+                    await self.store.audit.fill_job_outcomes(
+                        [{k: v for k, v in o.items() if k != "tries"} for o in outcomes]
+                    )
+                )
             except Exception as exc:
-                log.error("audit_outcomes_failed", rows=len(outcomes),
-                          error=type(exc).__name__)
+                log.error("audit_outcomes_failed", rows=len(outcomes), error=type(exc).__name__)
                 return
             # A job can end before the row of the request that queued it is written: retry
             # those a few batches later.

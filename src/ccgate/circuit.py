@@ -144,5 +144,6 @@ class CircuitBreaker:
             "cooldown_secs": self.cooldown_secs,
             "opened_at": opened_iso,
             "retry_after_secs": round(max(0.0, self._open_until - now), 3)
-            if self._opened_at is not None else 0.0,
+            if self._opened_at is not None
+            else 0.0,
         }

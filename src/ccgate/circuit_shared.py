@@ -35,15 +35,21 @@ CHANNEL = "ccgate:circuit"
 STATE_KEY = "ccgate:circuit:open-until"
 PROBE_KEY = "ccgate:circuit:probe"
 # Deletes the probe lock only while it is still ours.
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end" \
-           " return 0"
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 
 
 class SharedCircuit(CircuitBreaker):
     """A ``CircuitBreaker`` that opens, probes and closes in step with the other nodes."""
 
-    def __init__(self, failures: int, cooldown_secs: float, redis_url: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        failures: int,
+        cooldown_secs: float,
+        redis_url: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(failures, cooldown_secs, clock)
         from redis.asyncio import Redis
 
@@ -109,8 +115,9 @@ class SharedCircuit(CircuitBreaker):
         opened_at, open_until = self._opened_at, self._open_until
         super().record_failure(retry_after)
         self._drop_probe()
-        if self._opened_at is not None and (opened_at != self._opened_at
-                                            or open_until != self._open_until):
+        if self._opened_at is not None and (
+            opened_at != self._opened_at or open_until != self._open_until
+        ):
             self._send(time.time() + (self._open_until - self._clock()))
 
     def release(self) -> None:
@@ -153,8 +160,9 @@ class SharedCircuit(CircuitBreaker):
             else:
                 ttl_ms = max(1, int((open_until - time.time()) * 1000))
                 await self._redis.set(STATE_KEY, repr(open_until), px=ttl_ms)
-            await self._redis.publish(CHANNEL, json.dumps({"from": self._me,
-                                                           "open_until": open_until}))
+            await self._redis.publish(
+                CHANNEL, json.dumps({"from": self._me, "open_until": open_until})
+            )
         except Exception as exc:
             log.warning("circuit_share_failed", error=type(exc).__name__)
 

@@ -13,15 +13,21 @@ from ccgate import __version__
 from ccgate.config import ConfigError, Settings, load_settings
 from ccgate.logs import configure_logging
 
-app = typer.Typer(help="ccgate: a self-hosted gateway for the Claude Code CLI.",
-                  no_args_is_help=True, add_completion=False)
-keys_app = typer.Typer(help="Create, list, update and revoke per-app API keys.",
-                       no_args_is_help=True)
+app = typer.Typer(
+    help="ccgate: a self-hosted gateway for the Claude Code CLI.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(
+    help="Create, list, update and revoke per-app API keys.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 
 T = TypeVar("T")
-EnvFile = Annotated[str | None, typer.Option("--env-file", help="Read settings from this "
-                                             "KEY=VALUE file (real env vars win).")]
+EnvFile = Annotated[
+    str | None,
+    typer.Option("--env-file", help="Read settings from this KEY=VALUE file (real env vars win)."),
+]
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -69,8 +75,13 @@ def serve(
     log = structlog.get_logger("ccgate")
     for key in settings.unknown_keys:
         log.warning("unknown_setting", key=key, detail="not a ccgate setting; check for typos")
-    log.info("starting", version=__version__, host=host or settings.host,
-             port=port or settings.port, database=settings.database_url.split("://")[0])
+    log.info(
+        "starting",
+        version=__version__,
+        host=host or settings.host,
+        port=port or settings.port,
+        database=settings.database_url.split("://")[0],
+    )
     tracing.configure_tracing(settings.otel_exporter_otlp_endpoint)
     if settings.backend == "cli":
         from ccgate.runners.sandbox import sandbox_problem
@@ -93,10 +104,17 @@ def serve(
     # proxy_headers off and no forwarded_allow_ips (so FORWARDED_ALLOW_IPS is never read):
     # uvicorn would otherwise rewrite the client address from X-Forwarded-For before
     # CCGATE_TRUSTED_PROXIES is consulted; security/netrules.py is the only reader of it.
-    config = uvicorn.Config(gateway, host=host or settings.host, port=port or settings.port,
-                            loop="asyncio", log_config=None, access_log=False,
-                            proxy_headers=False, forwarded_allow_ips=[],
-                            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_secs)))
+    config = uvicorn.Config(
+        gateway,
+        host=host or settings.host,
+        port=port or settings.port,
+        loop="asyncio",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        forwarded_allow_ips=[],
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_secs)),
+    )
     try:
         GatewayServer(config, stop_taking_jobs).run()
     finally:
@@ -138,28 +156,56 @@ def _with_keyring(ctx: typer.Context, action: Callable[[Any], Awaitable[T]]) -> 
 
 Rpm = Annotated[int | None, typer.Option("--rpm", help="Requests per minute.")]
 Rpd = Annotated[int | None, typer.Option("--rpd", help="Requests per UTC day.")]
-TokensPerDay = Annotated[int | None, typer.Option("--tokens-per-day",
-                                                  help="Input + output tokens per UTC day.")]
-BudgetUsd = Annotated[float | None, typer.Option("--budget-usd",
-                                                 help="Spend cap in USD per calendar month.")]
+TokensPerDay = Annotated[
+    int | None, typer.Option("--tokens-per-day", help="Input + output tokens per UTC day.")
+]
+BudgetUsd = Annotated[
+    float | None, typer.Option("--budget-usd", help="Spend cap in USD per calendar month.")
+]
 Concurrency = Annotated[int | None, typer.Option("--concurrency", help="Jobs running at once.")]
-Models = Annotated[list[str] | None, typer.Option(
-    "--model", help="A model (or glob like 'claude-*') the key may use; repeat for more.")]
-IpCidrs = Annotated[list[str] | None, typer.Option(
-    "--ip-cidr", help="A client network (CIDR) the key may call from; repeat for more.")]
-ExpiresAt = Annotated[str | None, typer.Option(
-    "--expires-at", help="ISO 8601 date or time (UTC unless it names a zone) it stops working.")]
-WindowShare = Annotated[float | None, typer.Option(
-    "--window-share", help="The most of each plan window the key may use, a fraction in "
-    "(0, 1].")]
-Clear = Annotated[list[str] | None, typer.Option(
-    "--clear", help="Remove a limit, by option name (rpm, budget-usd, model, ...); repeatable.")]
+Models = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model", help="A model (or glob like 'claude-*') the key may use; repeat for more."
+    ),
+]
+IpCidrs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ip-cidr", help="A client network (CIDR) the key may call from; repeat for more."
+    ),
+]
+ExpiresAt = Annotated[
+    str | None,
+    typer.Option(
+        "--expires-at", help="ISO 8601 date or time (UTC unless it names a zone) it stops working."
+    ),
+]
+WindowShare = Annotated[
+    float | None,
+    typer.Option(
+        "--window-share", help="The most of each plan window the key may use, a fraction in (0, 1]."
+    ),
+]
+Clear = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--clear", help="Remove a limit, by option name (rpm, budget-usd, model, ...); repeatable."
+    ),
+]
 
 # Policy field -> the option that sets it, for messages, --clear and the list's POLICY column.
-_OPTION_OF = {"rpm": "rpm", "rpd": "rpd", "tokens_per_day": "tokens-per-day",
-              "budget_usd_per_month": "budget-usd", "concurrency": "concurrency",
-              "models": "model", "ip_cidrs": "ip-cidr", "expires_at": "expires-at",
-              "window_share": "window-share"}
+_OPTION_OF = {
+    "rpm": "rpm",
+    "rpd": "rpd",
+    "tokens_per_day": "tokens-per-day",
+    "budget_usd_per_month": "budget-usd",
+    "concurrency": "concurrency",
+    "models": "model",
+    "ip_cidrs": "ip-cidr",
+    "expires_at": "expires-at",
+    "window_share": "window-share",
+}
 
 
 def _policy_changes(**given: Any) -> dict[str, object]:
@@ -187,19 +233,38 @@ def _policy_text(policy: Any) -> str:
 
 
 @keys_app.command("create")
-def keys_create(ctx: typer.Context, name: str, rpm: Rpm = None, rpd: Rpd = None,
-                tokens_per_day: TokensPerDay = None, budget_usd: BudgetUsd = None,
-                concurrency: Concurrency = None, model: Models = None, ip_cidr: IpCidrs = None,
-                expires_at: ExpiresAt = None, window_share: WindowShare = None) -> None:
+def keys_create(
+    ctx: typer.Context,
+    name: str,
+    rpm: Rpm = None,
+    rpd: Rpd = None,
+    tokens_per_day: TokensPerDay = None,
+    budget_usd: BudgetUsd = None,
+    concurrency: Concurrency = None,
+    model: Models = None,
+    ip_cidr: IpCidrs = None,
+    expires_at: ExpiresAt = None,
+    window_share: WindowShare = None,
+) -> None:
     """Create a key, with limits if given; its secret is printed once and never stored."""
     from ccgate.security.keyring import KeyNameError, PolicyError, policy_with
     from ccgate.store.keys import KeyPolicy
 
     try:
-        policy = policy_with(KeyPolicy(), _policy_changes(
-            rpm=rpm, rpd=rpd, tokens_per_day=tokens_per_day, budget_usd=budget_usd,
-            concurrency=concurrency, model=model, ip_cidr=ip_cidr, expires_at=expires_at,
-            window_share=window_share))
+        policy = policy_with(
+            KeyPolicy(),
+            _policy_changes(
+                rpm=rpm,
+                rpd=rpd,
+                tokens_per_day=tokens_per_day,
+                budget_usd=budget_usd,
+                concurrency=concurrency,
+                model=model,
+                ip_cidr=ip_cidr,
+                expires_at=expires_at,
+                window_share=window_share,
+            ),
+        )
     except PolicyError as exc:
         _policy_error(exc)
         return
@@ -208,11 +273,9 @@ def keys_create(ctx: typer.Context, name: str, rpm: Rpm = None, rpd: Rpd = None,
     except KeyNameError as exc:
         _fail(str(exc))
         return
-    typer.echo(f"Created key {name!r}. Its secret is shown only now; store it safely:",
-               err=True)
+    typer.echo(f"Created key {name!r}. Its secret is shown only now; store it safely:", err=True)
     typer.echo(created.secret)
-    typer.echo(f"Webhook signing secret (also shown only now): {created.webhook_secret}",
-               err=True)
+    typer.echo(f"Webhook signing secret (also shown only now): {created.webhook_secret}", err=True)
 
 
 @keys_app.command("list")
@@ -227,9 +290,16 @@ def keys_list(ctx: typer.Context) -> None:
     rows = [("NAME", "PREFIX", "CREATED", "LAST USED", "STATUS", "POLICY")]
     for r in records:
         status = "expired" if r.expired(utcnow()) else "active"
-        rows.append((r.name, r.prefix + "…", _short(r.created_at), _short(r.last_used_at),
-                     status if r.active else f"revoked {_short(r.revoked_at)}",
-                     _policy_text(r.policy)))
+        rows.append(
+            (
+                r.name,
+                r.prefix + "…",
+                _short(r.created_at),
+                _short(r.last_used_at),
+                status if r.active else f"revoked {_short(r.revoked_at)}",
+                _policy_text(r.policy),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -243,26 +313,46 @@ def keys_webhook_secret(ctx: typer.Context, name: str) -> None:
     secret = _with_keyring(ctx, lambda ring: ring.rotate_webhook_secret(name, grace))
     if secret is None:
         _fail(f"no active key named {name!r}")
-    when = (f"the old one keeps signing next to it for {grace:g} s" if grace > 0
-            else "the old one stopped signing")
-    typer.echo(f"New webhook signing secret for {name!r} ({when}); switch receivers to it:",
-               err=True)
+    when = (
+        f"the old one keeps signing next to it for {grace:g} s"
+        if grace > 0
+        else "the old one stopped signing"
+    )
+    typer.echo(
+        f"New webhook signing secret for {name!r} ({when}); switch receivers to it:", err=True
+    )
     typer.echo(secret)
 
 
 @keys_app.command("update")
-def keys_update(ctx: typer.Context, name: str, rpm: Rpm = None, rpd: Rpd = None,
-                tokens_per_day: TokensPerDay = None, budget_usd: BudgetUsd = None,
-                concurrency: Concurrency = None, model: Models = None, ip_cidr: IpCidrs = None,
-                expires_at: ExpiresAt = None, window_share: WindowShare = None,
-                clear: Clear = None) -> None:
+def keys_update(
+    ctx: typer.Context,
+    name: str,
+    rpm: Rpm = None,
+    rpd: Rpd = None,
+    tokens_per_day: TokensPerDay = None,
+    budget_usd: BudgetUsd = None,
+    concurrency: Concurrency = None,
+    model: Models = None,
+    ip_cidr: IpCidrs = None,
+    expires_at: ExpiresAt = None,
+    window_share: WindowShare = None,
+    clear: Clear = None,
+) -> None:
     """Change an active key's limits; its very next request obeys them, no restart needed."""
     from ccgate.security.keyring import PolicyError
 
     changes = _policy_changes(
-        rpm=rpm, rpd=rpd, tokens_per_day=tokens_per_day, budget_usd=budget_usd,
-        concurrency=concurrency, model=model, ip_cidr=ip_cidr, expires_at=expires_at,
-        window_share=window_share)
+        rpm=rpm,
+        rpd=rpd,
+        tokens_per_day=tokens_per_day,
+        budget_usd=budget_usd,
+        concurrency=concurrency,
+        model=model,
+        ip_cidr=ip_cidr,
+        expires_at=expires_at,
+        window_share=window_share,
+    )
     fields = {option: field for field, option in _OPTION_OF.items()}
     for item in clear or []:
         field = fields.get(item.strip().lstrip("-").replace("_", "-"))
@@ -310,8 +400,9 @@ def _short(value: Any) -> str:
 @app.command()
 def doctor(
     ctx: typer.Context,
-    probe: Annotated[bool, typer.Option(help="Also make one tiny real call through the CLI.")]
-    = False,
+    probe: Annotated[
+        bool, typer.Option(help="Also make one tiny real call through the CLI.")
+    ] = False,
 ) -> None:
     """Check the configuration, the store and the claude CLI; exit 1 if anything is wrong."""
     from ccgate.doctor import run_doctor
@@ -326,8 +417,7 @@ def run_prompt(
     ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads it from stdin.")],
     model: Annotated[str | None, typer.Option(help="Model name or alias.")] = None,
-    system_prompt: Annotated[str | None, typer.Option(help="Replace the system prompt.")]
-    = None,
+    system_prompt: Annotated[str | None, typer.Option(help="Replace the system prompt.")] = None,
 ) -> None:
     """Run one prompt through the same locked-down runner the server uses, without a server."""
     from ccgate.models import ModelNotAllowed, model_policy
@@ -337,15 +427,23 @@ def run_prompt(
     settings = _settings(ctx)
     text = sys.stdin.read() if prompt == "-" else prompt
     try:
-        chosen = model_policy(settings.allowed_models, settings.default_model,
-                              settings.model_aliases, settings.backend).resolve(model)
+        chosen = model_policy(
+            settings.allowed_models,
+            settings.default_model,
+            settings.model_aliases,
+            settings.backend,
+        ).resolve(model)
     except ModelNotAllowed as exc:
         _fail(str(exc), 2)
         return
     runner = cli_runner(settings, settings.resolve_claude())
-    request = RunRequest.from_text(text, chosen, system_prompt=system_prompt,
-                                   timeout_secs=settings.job_timeout_secs,
-                                   idle_timeout_secs=settings.idle_timeout_secs)
+    request = RunRequest.from_text(
+        text,
+        chosen,
+        system_prompt=system_prompt,
+        timeout_secs=settings.job_timeout_secs,
+        idle_timeout_secs=settings.idle_timeout_secs,
+    )
 
     async def go() -> None:
         streamed = False

@@ -197,185 +197,503 @@ def _env_names(raw: str) -> tuple[str, ...]:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("CCGATE_HOST", "127.0.0.1", "an address to bind", _text,
-            "Address the HTTP server binds. Keep loopback unless a proxy or firewall fronts it."),
-    Setting("CCGATE_PORT", "8787", "an integer between 1 and 65535", _int(1, 65535),
-            "TCP port of the HTTP server."),
-    Setting("CCGATE_DATABASE_URL", "sqlite:///./ccgate.db",
-            "a sqlite:/// or postgresql:// URL", _database_url,
-            "Where jobs, keys and audit rows live. SQLite (embedded, WAL) by default; "
-            "`postgresql://user@host/db` needs the `[postgres]` extra."),
-    Setting("CCGATE_CLAUDE_PATH", "", "a path to the claude executable, or empty", _optional_text,
-            "The `claude` CLI to run. Empty: looked up on `PATH`."),
-    Setting("CCGATE_DEFAULT_MODEL", "sonnet", "a model name", _text,
-            "Model used when a request names none."),
-    Setting("CCGATE_ALLOWED_MODELS", "haiku,sonnet,opus,claude-*",
-            "comma-separated names; `*` matches any run of characters", _names,
-            "Models a request may ask for; anything else is a 400 that lists these."),
-    Setting("CCGATE_CONCURRENCY", "2", "an integer between 1 and 256", _int(1, 256),
-            "How many CLI processes run at once; further jobs wait in the queue."),
-    Setting("CCGATE_QUEUE_SIZE", "100", "an integer of at least 1", _int(1),
-            "How many jobs may wait; past that, submits get 503 with Retry-After."),
-    Setting("CCGATE_JOB_TIMEOUT_SECS", "600", "a number of seconds between 1 and 86400",
-            _float(1, 86400),
-            "Wall-clock limit of one run, and the ceiling for a request's `timeout_secs`."),
-    Setting("CCGATE_IDLE_TIMEOUT_SECS", "120",
-            "0 (off) or a number of seconds between 1 and 86400", _off_or_float(1, 86400),
-            "A run that prints nothing for this long is stopped as a timeout."),
-    Setting("CCGATE_MAX_BODY_BYTES", "16777216", "an integer of at least 1024", _int(1024),
-            "Largest request body accepted; larger bodies get 413."),
-    Setting("CCGATE_MAX_PROMPT_BYTES", "4194304", "an integer of at least 1", _int(1),
-            "Largest prompt (UTF-8 bytes, system prompts included); larger get 413."),
-    Setting("CCGATE_ALLOW_TOOLS", "false", "true or false", _bool,
-            "DANGER: let the model use Claude Code's built-in tools (shell, files, web) on "
-            "this machine. Off by default: every run gets an empty tool list."),
-    Setting("CCGATE_ADMIN_TOKEN", "", "a secret of at least 32 characters, or empty",
-            _secret(32),
-            "Token for the admin API (`/admin/*`, docs/admin.md), at least 32 characters "
-            "(`openssl rand -hex 32`). Empty: the admin API is off and answers 404 saying so."),
-    Setting("CCGATE_UPSTREAM_RETRIES", "1", "an integer between 0 and 10", _int(0, 10),
-            "Retries the CLI makes on upstream errors (`CLAUDE_CODE_MAX_RETRIES`). The CLI's "
-            "own default retries for minutes; keep this small."),
-    Setting("CCGATE_UPSTREAM_TIMEOUT_SECS", "300", "a number of seconds between 1 and 3600",
-            _float(1, 3600),
-            "Per-request upstream timeout the CLI applies (`API_TIMEOUT_MS`)."),
-    Setting("CCGATE_KILL_GRACE_SECS", "2", "a number of seconds between 0 and 60", _float(0, 60),
-            "On cancel or timeout: time between SIGTERM and SIGKILL to the run's process group."),
-    Setting("CCGATE_MAX_ATTEMPTS", "2", "an integer between 1 and 10", _int(1, 10),
-            "How often a job interrupted by a crashed node is started before it fails."),
-    Setting("CCGATE_SHUTDOWN_GRACE_SECS", "30", "a number of seconds between 0 and 3600",
-            _float(0, 3600),
-            "On SIGTERM/SIGINT: how long running jobs may finish before they are stopped and "
-            "put back in the queue."),
-    Setting("CCGATE_LEASE_SECS", "30", "a number of seconds between 5 and 3600", _float(5, 3600),
-            "A running job's lease; a node that stops renewing it is presumed dead."),
-    Setting("CCGATE_JOB_TTL_HOURS", "168", "a number of hours (0 keeps jobs forever)", _float(0),
-            "Finished jobs older than this are deleted with their events and deliveries."),
-    Setting("CCGATE_CLEANUP_INTERVAL_SECS", "300", "a number of seconds between 1 and 86400",
-            _float(1, 86400), "How often expired jobs, sessions and files are looked for."),
-    Setting("CCGATE_SSE_HEARTBEAT_SECS", "15", "a number of seconds between 1 and 300",
-            _float(1, 300), "Interval of the comment heartbeat on idle SSE streams."),
-    Setting("CCGATE_WEBHOOK_SECRET", "", "a secret string, or empty", _optional_text,
-            "Signs webhooks of app keys made before keys had a webhook secret of their own; "
-            "never a device's (docs/webhooks.md)."),
-    Setting("CCGATE_WEBHOOK_TIMEOUT_SECS", "10", "a number of seconds between 1 and 120",
-            _float(1, 120), "Time a webhook receiver has to answer one delivery attempt."),
-    Setting("CCGATE_WEBHOOK_MAX_ATTEMPTS", "8", "an integer between 1 and 50", _int(1, 50),
-            "Delivery attempts before a webhook is given up as failed."),
-    Setting("CCGATE_WEBHOOK_RETRY_SPAN_SECS", "3600", "a number of seconds between 1 and 604800",
-            _float(1, 604800),
-            "No retry is scheduled later than this after the first attempt."),
-    Setting("CCGATE_WEBHOOK_ROTATION_GRACE_SECS", "86400",
-            "a number of seconds between 0 and 2592000", _float(0, 2592000),
-            "After a key's webhook secret is rotated, the old secret keeps signing next to the "
-            "new one this long (0: it stops at once)."),
-    Setting("CCGATE_WEBHOOK_LEGACY_HEADERS", "true", "true or false", _bool,
-            "Also send the X-Ccgate-Event-Id, X-Ccgate-Timestamp and X-Ccgate-Signature "
-            "headers next to the Standard Webhooks ones (docs/webhooks.md)."),
-    Setting("CCGATE_WEBHOOK_MAX_REDELIVERIES", "10", "an integer between 0 and 1000",
-            _int(0, 1000),
-            "How often a job's owner may ask for its webhook again "
-            "(POST /api/v1/jobs/{id}/webhook/redeliver); 0 turns redelivery off."),
-    Setting("CCGATE_OUTBOUND_ALLOW", "", "comma-separated hosts, IPs or CIDRs", _names,
-            "Private or loopback destinations webhooks (and fetch) may reach anyway, for LAN "
-            "receivers. Empty: only public addresses."),
-    Setting("CCGATE_WORK_DIR", "", "a directory path, or empty", _optional_text,
-            "Parent of the throwaway per-run directories. Empty: the system temp directory."),
-    Setting("CCGATE_POOL_MODE", "off", "off, fresh or reuse", _choice("off", "fresh", "reuse"),
-            "Warm pool of pre-started CLI processes (docs/pool.md). `fresh`: one request per "
-            "process; `reuse`: reset with /clear and reused. `off`: every run starts cold."),
-    Setting("CCGATE_POOL_MAX_PROCESSES", "4", "an integer between 1 and 256", _int(1, 256),
-            "Most pooled CLI processes alive at once, idle and busy (~200 MiB RSS each)."),
-    Setting("CCGATE_POOL_MIN_IDLE", "1", "an integer between 1 and 16", _int(1, 16),
-            "Idle processes kept ready per recently active (key, model, system prompt)."),
-    Setting("CCGATE_POOL_IDLE_SECS", "300", "a number of seconds between 1 and 86400",
-            _float(1, 86400),
-            "An idle pooled process older than this is stopped, and its owner no longer warmed."),
-    Setting("CCGATE_POOL_MAX_REQUESTS", "50", "an integer between 1 and 10000", _int(1, 10000),
-            "In `reuse` mode: requests one process serves before it is retired."),
-    Setting("CCGATE_SANDBOX", "off", "off or bwrap", _choice("off", "bwrap"),
-            "Confine every CLI process with bubblewrap (`bwrap`): it then sees only its run "
-            "directory, its own config directory and what it needs to start (docs/security.md). "
-            "`off`: no sandbox."),
-    Setting("CCGATE_BACKEND", "cli", "cli or api", _choice("cli", "api"),
-            "What answers requests: `cli` runs the logged-in `claude` CLI; `api` calls the "
-            "Anthropic API with the operator's `ANTHROPIC_API_KEY` (docs/backends.md)."),
-    Setting("ANTHROPIC_API_KEY", "", "an Anthropic API key, or empty", _optional_text,
-            "The operator's own API key. Used by `CCGATE_BACKEND=api`; also passed to the CLI, "
-            "which then bills it instead of the logged-in account. Never sent to clients."),
-    Setting("ANTHROPIC_BASE_URL", "https://api.anthropic.com", "an http(s) URL", _url,
-            "Upstream of the API backend (and of the CLI when set in the environment)."),
-    Setting("CCGATE_API_MAX_CONNECTIONS", "100", "an integer between 1 and 10000",
-            _int(1, 10000), "Keep-alive connection pool size of the API backend."),
-    Setting("CCGATE_CIRCUIT_FAILURES", "5", "an integer between 1 and 1000", _int(1, 1000),
-            "API backend: consecutive upstream failures (5xx, 529, connect errors, timeouts) "
-            "that open the circuit breaker."),
-    Setting("CCGATE_CIRCUIT_COOLDOWN_SECS", "30", "a number of seconds between 0.1 and 3600",
-            _float(0.1, 3600),
-            "How long an open circuit answers 503 at once before one probe is let through."),
-    Setting("CCGATE_MODEL_ALIASES", "", "comma-separated name=model pairs", _aliases,
-            "Extra model names, e.g. `latest=claude-sonnet-4-5,fast=haiku`; they override "
-            "the built-in `haiku`, `sonnet` and `opus` (docs/api-compat.md)."),
-    Setting("CCGATE_SESSION_TTL_HOURS", "168", "a number of hours between 0.01 and 87600",
-            _float(0.01, 87600),
-            "A session not continued for this long is deleted."),
-    Setting("CCGATE_REDIS_URL", "", "a redis:// URL, or empty", _optional_text,
-            "Shared storage for rate limits across ccgate nodes. Empty: limits are kept in "
-            "memory, per process."),
-    Setting("CCGATE_GLOBAL_RPD", "0", "an integer (0 turns it off)", _int(0),
-            "Requests per day across all keys; past it every key gets 429."),
-    Setting("CCGATE_RPM_WINDOW_SECS", "60", "an integer of seconds between 1 and 86400",
-            _int(1, 86400), "Length of the rpm (and fetch rpm) window; change only for testing."),
-    Setting("CCGATE_RPD_WINDOW_SECS", "86400", "an integer of seconds between 1 and 2678400",
-            _int(1, 2678400), "Length of the rpd window; change only for testing."),
-    Setting("CCGATE_ALLOW_CIDRS", "", "comma-separated IPs or CIDRs, or empty", _cidrs,
-            "Client addresses allowed at all (loopback always is). Empty: any address."),
-    Setting("CCGATE_TRUSTED_PROXIES", "", "comma-separated IPs or CIDRs, or empty", _cidrs,
-            "Peers whose X-Forwarded-For is believed (the right-most untrusted hop is the "
-            "client). Empty: the socket address is the client. The only setting that makes "
-            "ccgate read X-Forwarded-For (uvicorn's FORWARDED_ALLOW_IPS is ignored)."),
-    Setting("CCGATE_CORS_ORIGINS", "", "comma-separated origins, `*`, or empty", _names,
-            "Browser origins allowed to call ccgate. `*` allows any origin without "
-            "credentials. Empty: no CORS headers."),
-    Setting("CCGATE_FILES_MAX_BYTES", "10485760", "an integer between 1 and 104857600",
-            _int(1, 104857600), "Largest file `POST /api/v1/files` accepts."),
-    Setting("CCGATE_FETCH_ENABLED", "false", "true or false", _bool,
-            "Turn on `POST /v1/fetch`, the guarded page fetcher."),
-    Setting("CCGATE_FETCH_RPM", "30", "an integer between 1 and 100000", _int(1, 100000),
-            "Page fetches per minute per key (a bucket of its own, apart from model limits)."),
-    Setting("CCGATE_ENROLLMENT_SECRET", "", "a secret of at least 32 characters, or empty",
-            _secret(32),
-            "Signs device tokens (HS256). Empty: device enrollment is off."),
-    Setting("CCGATE_DEVICE_TOKEN_TTL_SECS", "3600", "a number of seconds between 60 and 604800",
-            _int(60, 604800), "Lifetime of a device token; `POST /v1/refresh` renews it."),
-    Setting("CCGATE_CLI_ENV_PASSTHROUGH", "", "comma-separated variable names", _env_names,
-            "Extra variables passed from ccgate's environment to the CLI, beyond the built-in "
-            "allowlist."),
-    Setting("CCGATE_AUDIT_PROMPTS", "false", "true or false", _bool,
-            "Store prompt text in audit rows. Off: audit rows hold sizes, never text."),
-    Setting("CCGATE_LOG_LEVEL", "info", "debug, info, warning or error",
-            _choice("debug", "info", "warning", "error"), "Log verbosity (lines on stderr)."),
-    Setting("CCGATE_LOG_FORMAT", "auto", "auto, json or console",
-            _choice("auto", "json", "console"),
-            "Log line format on stderr. `auto`: readable coloured lines when stderr is a "
-            "terminal, JSON lines otherwise (a pipe, a file, journald, a container)."),
-    Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "", "an http(s) URL, or empty",
-            _optional_url,
-            "OpenTelemetry collector (OTLP/HTTP) that receives ccgate's spans at "
-            "`<url>/v1/traces`; needs the `[otel]` extra. Empty: no tracing."),
-    Setting("CCGATE_METRICS_ALLOW_CIDRS", "", "comma-separated IPs or CIDRs, or empty", _cidrs,
-            "Socket addresses that may read `GET /metrics` without a token (loopback always "
-            "may). X-Forwarded-For never counts here (docs/metrics.md)."),
-    Setting("CCGATE_METRICS_TOKEN", "", "a secret of at least 32 characters, or empty",
-            _secret(32),
-            "Bearer token that opens `GET /metrics` from any address. Empty: only loopback and "
-            "CCGATE_METRICS_ALLOW_CIDRS."),
-    Setting("PROMETHEUS_MULTIPROC_DIR", "", "an existing directory, or empty", _optional_dir,
-            "Several worker processes on one port: each keeps its metrics in files here and "
-            "`/metrics` merges them. Must be set in the process environment (not only the env "
-            "file), empty at start (docs/metrics.md)."),
-    Setting(ENV_FILE_KEY, "", "a path to a KEY=VALUE file, or empty", _optional_text,
-            "Env file read at start; real environment variables win over it."),
+    Setting(
+        "CCGATE_HOST",
+        "127.0.0.1",
+        "an address to bind",
+        _text,
+        "Address the HTTP server binds. Keep loopback unless a proxy or firewall fronts it.",
+    ),
+    Setting(
+        "CCGATE_PORT",
+        "8787",
+        "an integer between 1 and 65535",
+        _int(1, 65535),
+        "TCP port of the HTTP server.",
+    ),
+    Setting(
+        "CCGATE_DATABASE_URL",
+        "sqlite:///./ccgate.db",
+        "a sqlite:/// or postgresql:// URL",
+        _database_url,
+        "Where jobs, keys and audit rows live. SQLite (embedded, WAL) by default; "
+        "`postgresql://user@host/db` needs the `[postgres]` extra.",
+    ),
+    Setting(
+        "CCGATE_CLAUDE_PATH",
+        "",
+        "a path to the claude executable, or empty",
+        _optional_text,
+        "The `claude` CLI to run. Empty: looked up on `PATH`.",
+    ),
+    Setting(
+        "CCGATE_DEFAULT_MODEL",
+        "sonnet",
+        "a model name",
+        _text,
+        "Model used when a request names none.",
+    ),
+    Setting(
+        "CCGATE_ALLOWED_MODELS",
+        "haiku,sonnet,opus,claude-*",
+        "comma-separated names; `*` matches any run of characters",
+        _names,
+        "Models a request may ask for; anything else is a 400 that lists these.",
+    ),
+    Setting(
+        "CCGATE_CONCURRENCY",
+        "2",
+        "an integer between 1 and 256",
+        _int(1, 256),
+        "How many CLI processes run at once; further jobs wait in the queue.",
+    ),
+    Setting(
+        "CCGATE_QUEUE_SIZE",
+        "100",
+        "an integer of at least 1",
+        _int(1),
+        "How many jobs may wait; past that, submits get 503 with Retry-After.",
+    ),
+    Setting(
+        "CCGATE_JOB_TIMEOUT_SECS",
+        "600",
+        "a number of seconds between 1 and 86400",
+        _float(1, 86400),
+        "Wall-clock limit of one run, and the ceiling for a request's `timeout_secs`.",
+    ),
+    Setting(
+        "CCGATE_IDLE_TIMEOUT_SECS",
+        "120",
+        "0 (off) or a number of seconds between 1 and 86400",
+        _off_or_float(1, 86400),
+        "A run that prints nothing for this long is stopped as a timeout.",
+    ),
+    Setting(
+        "CCGATE_MAX_BODY_BYTES",
+        "16777216",
+        "an integer of at least 1024",
+        _int(1024),
+        "Largest request body accepted; larger bodies get 413.",
+    ),
+    Setting(
+        "CCGATE_MAX_PROMPT_BYTES",
+        "4194304",
+        "an integer of at least 1",
+        _int(1),
+        "Largest prompt (UTF-8 bytes, system prompts included); larger get 413.",
+    ),
+    Setting(
+        "CCGATE_ALLOW_TOOLS",
+        "false",
+        "true or false",
+        _bool,
+        "DANGER: let the model use Claude Code's built-in tools (shell, files, web) on "
+        "this machine. Off by default: every run gets an empty tool list.",
+    ),
+    Setting(
+        "CCGATE_ADMIN_TOKEN",
+        "",
+        "a secret of at least 32 characters, or empty",
+        _secret(32),
+        "Token for the admin API (`/admin/*`, docs/admin.md), at least 32 characters "
+        "(`openssl rand -hex 32`). Empty: the admin API is off and answers 404 saying so.",
+    ),
+    Setting(
+        "CCGATE_UPSTREAM_RETRIES",
+        "1",
+        "an integer between 0 and 10",
+        _int(0, 10),
+        "Retries the CLI makes on upstream errors (`CLAUDE_CODE_MAX_RETRIES`). The CLI's "
+        "own default retries for minutes; keep this small.",
+    ),
+    Setting(
+        "CCGATE_UPSTREAM_TIMEOUT_SECS",
+        "300",
+        "a number of seconds between 1 and 3600",
+        _float(1, 3600),
+        "Per-request upstream timeout the CLI applies (`API_TIMEOUT_MS`).",
+    ),
+    Setting(
+        "CCGATE_KILL_GRACE_SECS",
+        "2",
+        "a number of seconds between 0 and 60",
+        _float(0, 60),
+        "On cancel or timeout: time between SIGTERM and SIGKILL to the run's process group.",
+    ),
+    Setting(
+        "CCGATE_MAX_ATTEMPTS",
+        "2",
+        "an integer between 1 and 10",
+        _int(1, 10),
+        "How often a job interrupted by a crashed node is started before it fails.",
+    ),
+    Setting(
+        "CCGATE_SHUTDOWN_GRACE_SECS",
+        "30",
+        "a number of seconds between 0 and 3600",
+        _float(0, 3600),
+        "On SIGTERM/SIGINT: how long running jobs may finish before they are stopped and "
+        "put back in the queue.",
+    ),
+    Setting(
+        "CCGATE_LEASE_SECS",
+        "30",
+        "a number of seconds between 5 and 3600",
+        _float(5, 3600),
+        "A running job's lease; a node that stops renewing it is presumed dead.",
+    ),
+    Setting(
+        "CCGATE_JOB_TTL_HOURS",
+        "168",
+        "a number of hours (0 keeps jobs forever)",
+        _float(0),
+        "Finished jobs older than this are deleted with their events and deliveries.",
+    ),
+    Setting(
+        "CCGATE_CLEANUP_INTERVAL_SECS",
+        "300",
+        "a number of seconds between 1 and 86400",
+        _float(1, 86400),
+        "How often expired jobs, sessions and files are looked for.",
+    ),
+    Setting(
+        "CCGATE_SSE_HEARTBEAT_SECS",
+        "15",
+        "a number of seconds between 1 and 300",
+        _float(1, 300),
+        "Interval of the comment heartbeat on idle SSE streams.",
+    ),
+    Setting(
+        "CCGATE_WEBHOOK_SECRET",
+        "",
+        "a secret string, or empty",
+        _optional_text,
+        "Signs webhooks of app keys made before keys had a webhook secret of their own; "
+        "never a device's (docs/webhooks.md).",
+    ),
+    Setting(
+        "CCGATE_WEBHOOK_TIMEOUT_SECS",
+        "10",
+        "a number of seconds between 1 and 120",
+        _float(1, 120),
+        "Time a webhook receiver has to answer one delivery attempt.",
+    ),
+    Setting(
+        "CCGATE_WEBHOOK_MAX_ATTEMPTS",
+        "8",
+        "an integer between 1 and 50",
+        _int(1, 50),
+        "Delivery attempts before a webhook is given up as failed.",
+    ),
+    Setting(
+        "CCGATE_WEBHOOK_RETRY_SPAN_SECS",
+        "3600",
+        "a number of seconds between 1 and 604800",
+        _float(1, 604800),
+        "No retry is scheduled later than this after the first attempt.",
+    ),
+    Setting(
+        "CCGATE_WEBHOOK_ROTATION_GRACE_SECS",
+        "86400",
+        "a number of seconds between 0 and 2592000",
+        _float(0, 2592000),
+        "After a key's webhook secret is rotated, the old secret keeps signing next to the "
+        "new one this long (0: it stops at once).",
+    ),
+    Setting(
+        "CCGATE_WEBHOOK_LEGACY_HEADERS",
+        "true",
+        "true or false",
+        _bool,
+        "Also send the X-Ccgate-Event-Id, X-Ccgate-Timestamp and X-Ccgate-Signature "
+        "headers next to the Standard Webhooks ones (docs/webhooks.md).",
+    ),
+    Setting(
+        "CCGATE_WEBHOOK_MAX_REDELIVERIES",
+        "10",
+        "an integer between 0 and 1000",
+        _int(0, 1000),
+        "How often a job's owner may ask for its webhook again "
+        "(POST /api/v1/jobs/{id}/webhook/redeliver); 0 turns redelivery off.",
+    ),
+    Setting(
+        "CCGATE_OUTBOUND_ALLOW",
+        "",
+        "comma-separated hosts, IPs or CIDRs",
+        _names,
+        "Private or loopback destinations webhooks (and fetch) may reach anyway, for LAN "
+        "receivers. Empty: only public addresses.",
+    ),
+    Setting(
+        "CCGATE_WORK_DIR",
+        "",
+        "a directory path, or empty",
+        _optional_text,
+        "Parent of the throwaway per-run directories. Empty: the system temp directory.",
+    ),
+    Setting(
+        "CCGATE_POOL_MODE",
+        "off",
+        "off, fresh or reuse",
+        _choice("off", "fresh", "reuse"),
+        "Warm pool of pre-started CLI processes (docs/pool.md). `fresh`: one request per "
+        "process; `reuse`: reset with /clear and reused. `off`: every run starts cold.",
+    ),
+    Setting(
+        "CCGATE_POOL_MAX_PROCESSES",
+        "4",
+        "an integer between 1 and 256",
+        _int(1, 256),
+        "Most pooled CLI processes alive at once, idle and busy (~200 MiB RSS each).",
+    ),
+    Setting(
+        "CCGATE_POOL_MIN_IDLE",
+        "1",
+        "an integer between 1 and 16",
+        _int(1, 16),
+        "Idle processes kept ready per recently active (key, model, system prompt).",
+    ),
+    Setting(
+        "CCGATE_POOL_IDLE_SECS",
+        "300",
+        "a number of seconds between 1 and 86400",
+        _float(1, 86400),
+        "An idle pooled process older than this is stopped, and its owner no longer warmed.",
+    ),
+    Setting(
+        "CCGATE_POOL_MAX_REQUESTS",
+        "50",
+        "an integer between 1 and 10000",
+        _int(1, 10000),
+        "In `reuse` mode: requests one process serves before it is retired.",
+    ),
+    Setting(
+        "CCGATE_SANDBOX",
+        "off",
+        "off or bwrap",
+        _choice("off", "bwrap"),
+        "Confine every CLI process with bubblewrap (`bwrap`): it then sees only its run "
+        "directory, its own config directory and what it needs to start (docs/security.md). "
+        "`off`: no sandbox.",
+    ),
+    Setting(
+        "CCGATE_BACKEND",
+        "cli",
+        "cli or api",
+        _choice("cli", "api"),
+        "What answers requests: `cli` runs the logged-in `claude` CLI; `api` calls the "
+        "Anthropic API with the operator's `ANTHROPIC_API_KEY` (docs/backends.md).",
+    ),
+    Setting(
+        "ANTHROPIC_API_KEY",
+        "",
+        "an Anthropic API key, or empty",
+        _optional_text,
+        "The operator's own API key. Used by `CCGATE_BACKEND=api`; also passed to the CLI, "
+        "which then bills it instead of the logged-in account. Never sent to clients.",
+    ),
+    Setting(
+        "ANTHROPIC_BASE_URL",
+        "https://api.anthropic.com",
+        "an http(s) URL",
+        _url,
+        "Upstream of the API backend (and of the CLI when set in the environment).",
+    ),
+    Setting(
+        "CCGATE_API_MAX_CONNECTIONS",
+        "100",
+        "an integer between 1 and 10000",
+        _int(1, 10000),
+        "Keep-alive connection pool size of the API backend.",
+    ),
+    Setting(
+        "CCGATE_CIRCUIT_FAILURES",
+        "5",
+        "an integer between 1 and 1000",
+        _int(1, 1000),
+        "API backend: consecutive upstream failures (5xx, 529, connect errors, timeouts) "
+        "that open the circuit breaker.",
+    ),
+    Setting(
+        "CCGATE_CIRCUIT_COOLDOWN_SECS",
+        "30",
+        "a number of seconds between 0.1 and 3600",
+        _float(0.1, 3600),
+        "How long an open circuit answers 503 at once before one probe is let through.",
+    ),
+    Setting(
+        "CCGATE_MODEL_ALIASES",
+        "",
+        "comma-separated name=model pairs",
+        _aliases,
+        "Extra model names, e.g. `latest=claude-sonnet-4-5,fast=haiku`; they override "
+        "the built-in `haiku`, `sonnet` and `opus` (docs/api-compat.md).",
+    ),
+    Setting(
+        "CCGATE_SESSION_TTL_HOURS",
+        "168",
+        "a number of hours between 0.01 and 87600",
+        _float(0.01, 87600),
+        "A session not continued for this long is deleted.",
+    ),
+    Setting(
+        "CCGATE_REDIS_URL",
+        "",
+        "a redis:// URL, or empty",
+        _optional_text,
+        "Shared storage for rate limits across ccgate nodes. Empty: limits are kept in "
+        "memory, per process.",
+    ),
+    Setting(
+        "CCGATE_GLOBAL_RPD",
+        "0",
+        "an integer (0 turns it off)",
+        _int(0),
+        "Requests per day across all keys; past it every key gets 429.",
+    ),
+    Setting(
+        "CCGATE_RPM_WINDOW_SECS",
+        "60",
+        "an integer of seconds between 1 and 86400",
+        _int(1, 86400),
+        "Length of the rpm (and fetch rpm) window; change only for testing.",
+    ),
+    Setting(
+        "CCGATE_RPD_WINDOW_SECS",
+        "86400",
+        "an integer of seconds between 1 and 2678400",
+        _int(1, 2678400),
+        "Length of the rpd window; change only for testing.",
+    ),
+    Setting(
+        "CCGATE_ALLOW_CIDRS",
+        "",
+        "comma-separated IPs or CIDRs, or empty",
+        _cidrs,
+        "Client addresses allowed at all (loopback always is). Empty: any address.",
+    ),
+    Setting(
+        "CCGATE_TRUSTED_PROXIES",
+        "",
+        "comma-separated IPs or CIDRs, or empty",
+        _cidrs,
+        "Peers whose X-Forwarded-For is believed (the right-most untrusted hop is the "
+        "client). Empty: the socket address is the client. The only setting that makes "
+        "ccgate read X-Forwarded-For (uvicorn's FORWARDED_ALLOW_IPS is ignored).",
+    ),
+    Setting(
+        "CCGATE_CORS_ORIGINS",
+        "",
+        "comma-separated origins, `*`, or empty",
+        _names,
+        "Browser origins allowed to call ccgate. `*` allows any origin without "
+        "credentials. Empty: no CORS headers.",
+    ),
+    Setting(
+        "CCGATE_FILES_MAX_BYTES",
+        "10485760",
+        "an integer between 1 and 104857600",
+        _int(1, 104857600),
+        "Largest file `POST /api/v1/files` accepts.",
+    ),
+    Setting(
+        "CCGATE_FETCH_ENABLED",
+        "false",
+        "true or false",
+        _bool,
+        "Turn on `POST /v1/fetch`, the guarded page fetcher.",
+    ),
+    Setting(
+        "CCGATE_FETCH_RPM",
+        "30",
+        "an integer between 1 and 100000",
+        _int(1, 100000),
+        "Page fetches per minute per key (a bucket of its own, apart from model limits).",
+    ),
+    Setting(
+        "CCGATE_ENROLLMENT_SECRET",
+        "",
+        "a secret of at least 32 characters, or empty",
+        _secret(32),
+        "Signs device tokens (HS256). Empty: device enrollment is off.",
+    ),
+    Setting(
+        "CCGATE_DEVICE_TOKEN_TTL_SECS",
+        "3600",
+        "a number of seconds between 60 and 604800",
+        _int(60, 604800),
+        "Lifetime of a device token; `POST /v1/refresh` renews it.",
+    ),
+    Setting(
+        "CCGATE_CLI_ENV_PASSTHROUGH",
+        "",
+        "comma-separated variable names",
+        _env_names,
+        "Extra variables passed from ccgate's environment to the CLI, beyond the built-in "
+        "allowlist.",
+    ),
+    Setting(
+        "CCGATE_AUDIT_PROMPTS",
+        "false",
+        "true or false",
+        _bool,
+        "Store prompt text in audit rows. Off: audit rows hold sizes, never text.",
+    ),
+    Setting(
+        "CCGATE_LOG_LEVEL",
+        "info",
+        "debug, info, warning or error",
+        _choice("debug", "info", "warning", "error"),
+        "Log verbosity (lines on stderr).",
+    ),
+    Setting(
+        "CCGATE_LOG_FORMAT",
+        "auto",
+        "auto, json or console",
+        _choice("auto", "json", "console"),
+        "Log line format on stderr. `auto`: readable coloured lines when stderr is a "
+        "terminal, JSON lines otherwise (a pipe, a file, journald, a container).",
+    ),
+    Setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "an http(s) URL, or empty",
+        _optional_url,
+        "OpenTelemetry collector (OTLP/HTTP) that receives ccgate's spans at "
+        "`<url>/v1/traces`; needs the `[otel]` extra. Empty: no tracing.",
+    ),
+    Setting(
+        "CCGATE_METRICS_ALLOW_CIDRS",
+        "",
+        "comma-separated IPs or CIDRs, or empty",
+        _cidrs,
+        "Socket addresses that may read `GET /metrics` without a token (loopback always "
+        "may). X-Forwarded-For never counts here (docs/metrics.md).",
+    ),
+    Setting(
+        "CCGATE_METRICS_TOKEN",
+        "",
+        "a secret of at least 32 characters, or empty",
+        _secret(32),
+        "Bearer token that opens `GET /metrics` from any address. Empty: only loopback and "
+        "CCGATE_METRICS_ALLOW_CIDRS.",
+    ),
+    Setting(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "",
+        "an existing directory, or empty",
+        _optional_dir,
+        "Several worker processes on one port: each keeps its metrics in files here and "
+        "`/metrics` merges them. Must be set in the process environment (not only the env "
+        "file), empty at start (docs/metrics.md).",
+    ),
+    Setting(
+        ENV_FILE_KEY,
+        "",
+        "a path to a KEY=VALUE file, or empty",
+        _optional_text,
+        "Env file read at start; real environment variables win over it.",
+    ),
 )
 
 SETTING_KEYS = frozenset(s.key for s in SETTINGS)
@@ -519,15 +837,24 @@ def load_settings(
         if name in merged and not name.startswith("CCGATE_")
     }
     if parsed["CCGATE_BACKEND"] == "api" and not parsed["ANTHROPIC_API_KEY"]:
-        raise ConfigError("ANTHROPIC_API_KEY", "",
-                          "an Anthropic API key, because CCGATE_BACKEND=api needs one")
+        raise ConfigError(
+            "ANTHROPIC_API_KEY", "", "an Anthropic API key, because CCGATE_BACKEND=api needs one"
+        )
     if parsed["PROMETHEUS_MULTIPROC_DIR"] and "PROMETHEUS_MULTIPROC_DIR" not in env:
         # prometheus-client reads it from the process environment when it is imported.
-        raise ConfigError("PROMETHEUS_MULTIPROC_DIR", merged["PROMETHEUS_MULTIPROC_DIR"],
-                          "a variable of the process environment, not of the env file")
+        raise ConfigError(
+            "PROMETHEUS_MULTIPROC_DIR",
+            merged["PROMETHEUS_MULTIPROC_DIR"],
+            "a variable of the process environment, not of the env file",
+        )
     unknown = tuple(
-        sorted(k for k in merged if k.startswith("CCGATE_") and k not in SETTING_KEYS
-               and not k.startswith("CCGATE_TEST_"))
+        sorted(
+            k
+            for k in merged
+            if k.startswith("CCGATE_")
+            and k not in SETTING_KEYS
+            and not k.startswith("CCGATE_TEST_")
+        )
     )
     return Settings(
         **{_attr(key): value for key, value in parsed.items()},

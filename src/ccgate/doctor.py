@@ -40,10 +40,14 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
         report(False, f"store at {settings.database_url}: {type(exc).__name__}: {exc}")
     cli = await CliStatus(settings).refresh()
     if settings.backend == "api":
-        echo(f"[info] backend: the Anthropic API at {settings.anthropic_base_url} with the "
-             "operator's ANTHROPIC_API_KEY")
-        echo(f"[info] claude CLI: {cli.problem or f'{cli.version} at {cli.path}'} (not used "
-             "by the API backend)")
+        echo(
+            f"[info] backend: the Anthropic API at {settings.anthropic_base_url} with the "
+            "operator's ANTHROPIC_API_KEY"
+        )
+        echo(
+            f"[info] claude CLI: {cli.problem or f'{cli.version} at {cli.path}'} (not used "
+            "by the API backend)"
+        )
     elif cli.problem:
         report(False, cli.problem)
     else:
@@ -57,9 +61,16 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
         echo("[info] CCGATE_ADMIN_TOKEN is unset: the admin API is off")
     if probe and (settings.backend == "api" or (cli.path and not cli.problem)):
         request = RunRequest.from_text(
-            PROBE_PROMPT, model_policy(settings.allowed_models, settings.default_model,
-                                       settings.model_aliases, settings.backend).target(
-                settings.default_model), timeout_secs=120, idle_timeout_secs=60)
+            PROBE_PROMPT,
+            model_policy(
+                settings.allowed_models,
+                settings.default_model,
+                settings.model_aliases,
+                settings.backend,
+            ).target(settings.default_model),
+            timeout_secs=120,
+            idle_timeout_secs=60,
+        )
         runner = _runner(settings, cli.path)
         try:
             result = await collect(runner, request)
@@ -71,15 +82,22 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
     return ok
 
 
-async def _check_sandbox(settings: Settings, cli_path: str | None,
-                         report: Callable[[bool, str], None], echo: Callable[[str], None]) -> None:
+async def _check_sandbox(
+    settings: Settings,
+    cli_path: str | None,
+    report: Callable[[bool, str], None],
+    echo: Callable[[str], None],
+) -> None:
     """Whether the sandbox is on, works here (a ``bwrap ... true`` probe) and lets the CLI
     start; with it off, whether turning it on would work."""
     sandbox = bwrap_sandbox(settings)
     problem = await sandbox.problem(settings.cli_base_env)
     if settings.sandbox == "off":
-        verdict = ("bwrap works here: CCGATE_SANDBOX=bwrap would confine the CLI"
-                   if problem is None else f"CCGATE_SANDBOX=bwrap would not work: {problem}")
+        verdict = (
+            "bwrap works here: CCGATE_SANDBOX=bwrap would confine the CLI"
+            if problem is None
+            else f"CCGATE_SANDBOX=bwrap would not work: {problem}"
+        )
         echo(f"[info] sandbox: off (CCGATE_SANDBOX=off); {verdict}")
         return
     if problem is not None:
@@ -87,8 +105,7 @@ async def _check_sandbox(settings: Settings, cli_path: str | None,
         return
     report(True, f"sandbox: bwrap works on this machine ({sandbox.bwrap})")
     if cli_path is not None:
-        cli_problem = await sandbox.cli_problem(cli_path, settings.cli_base_env,
-                                                settings.work_dir)
+        cli_problem = await sandbox.cli_problem(cli_path, settings.cli_base_env, settings.work_dir)
         report(cli_problem is None, f"sandbox: {cli_problem or 'the claude CLI starts in it'}")
 
 
@@ -107,7 +124,9 @@ def pool_line(settings: Settings) -> str:
     if settings.pool_mode == "off":
         return "[info] warm pool: off (CCGATE_POOL_MODE=off): every run starts the CLI cold"
     budget = settings.pool_max_processes * APPROX_RSS_MIB
-    return (f"[info] warm pool: mode={settings.pool_mode}, up to "
-            f"{settings.pool_max_processes} processes (~{budget} MiB), "
-            f"{settings.pool_min_idle} idle per active key, idle expiry "
-            f"{settings.pool_idle_secs:g} s, max {settings.pool_max_requests} requests each")
+    return (
+        f"[info] warm pool: mode={settings.pool_mode}, up to "
+        f"{settings.pool_max_processes} processes (~{budget} MiB), "
+        f"{settings.pool_min_idle} idle per active key, idle expiry "
+        f"{settings.pool_idle_secs:g} s, max {settings.pool_max_requests} requests each"
+    )

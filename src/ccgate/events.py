@@ -74,8 +74,10 @@ class JobEventHub:
     async def start(self) -> None:
         """Start the notifier, the batch writer and the poller for jobs running elsewhere."""
         await self.notifier.start(self._heard)
-        self._tasks = [asyncio.create_task(self._flush_loop(), name="ccgate-events-flush"),
-                       asyncio.create_task(self._poll_loop(), name="ccgate-events-poll")]
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="ccgate-events-flush"),
+            asyncio.create_task(self._poll_loop(), name="ccgate-events-poll"),
+        ]
 
     async def stop(self) -> None:
         """Write what is pending and stop the background tasks."""
@@ -184,8 +186,9 @@ class JobEventHub:
 
     # -- subscribing (the SSE door) ----------------------------------------------------
 
-    async def subscribe(self, job_id: str, after: int = 0,
-                        heartbeat_secs: float = 15.0) -> AsyncIterator[JobEvent | None]:
+    async def subscribe(
+        self, job_id: str, after: int = 0, heartbeat_secs: float = 15.0
+    ) -> AsyncIterator[JobEvent | None]:
         """Yield the job's events with ids above ``after`` until its ``result`` event;
         yield None whenever ``heartbeat_secs`` pass without one."""
         last = after
@@ -212,7 +215,7 @@ class JobEventHub:
     async def _events_after(self, job_id: str, last: int) -> list[JobEvent]:
         live = self._live.get(job_id)
         if live is not None and live.first_seq <= last + 1:
-            return live.events[last + 1 - live.first_seq:]
+            return live.events[last + 1 - live.first_seq :]
         heard = self._remote.get(job_id, {})
         if last + 1 in heard:  # the next events came from their node: no query
             return _run_from(heard, last + 1)

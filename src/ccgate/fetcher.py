@@ -36,13 +36,20 @@ _HEADERS = {
     "Accept-Encoding": "identity",
 }
 # Possessive and stopping at the next tag, so hostile bytes cost linear time.
-_META_CHARSET = re.compile(rb"""<meta[^<>]*?charset\s*+=\s*+["']?+\s*+([a-z0-9_.:-]++)""",
-                           re.I)
-_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
-         (codecs.BOM_UTF16_BE, "utf-16"))
+_META_CHARSET = re.compile(rb"""<meta[^<>]*?charset\s*+=\s*+["']?+\s*+([a-z0-9_.:-]++)""", re.I)
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 # Labels browsers read differently from Python's codec of the same name.
-_CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252",
-                    "us-ascii": "cp1252", "ascii": "cp1252"}
+_CHARSET_ALIASES = {
+    "iso-8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "us-ascii": "cp1252",
+    "ascii": "cp1252",
+}
 
 
 class FetchError(Exception):
@@ -92,8 +99,13 @@ class Page:
 class Fetcher:
     """GETs pages through an OutboundGuard, one checked hop at a time."""
 
-    def __init__(self, guard: OutboundGuard, *, timeout: float = FETCH_TIMEOUT_SECS,
-                 max_redirects: int = MAX_REDIRECTS) -> None:
+    def __init__(
+        self,
+        guard: OutboundGuard,
+        *,
+        timeout: float = FETCH_TIMEOUT_SECS,
+        max_redirects: int = MAX_REDIRECTS,
+    ) -> None:
         """``timeout`` bounds a whole fetch: every lookup, connect, redirect and read."""
         self.guard = guard
         self.timeout = timeout
@@ -102,14 +114,14 @@ class Fetcher:
     async def fetch(self, url: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Page:
         """Fetch ``url``, following up to ``max_redirects`` redirects, each checked first."""
         # trust_env=False: only config.py reads os.environ, so no proxy or CA variables.
-        async with httpx.AsyncClient(trust_env=False, verify=_tls_context(),
-                                     timeout=self.timeout) as client:
+        async with httpx.AsyncClient(
+            trust_env=False, verify=_tls_context(), timeout=self.timeout
+        ) as client:
             try:
                 async with asyncio.timeout(self.timeout):
                     return await self._follow(client, url, max_bytes)
             except (TimeoutError, httpx.TimeoutException):
-                raise UpstreamFailed(
-                    f"the page did not answer within {self.timeout:g} s") from None
+                raise UpstreamFailed(f"the page did not answer within {self.timeout:g} s") from None
 
     async def _follow(self, client: httpx.AsyncClient, url: str, max_bytes: int) -> Page:
         for hop in range(self.max_redirects + 1):
@@ -125,15 +137,16 @@ class Fetcher:
             except OSError as exc:
                 raise UpstreamFailed(f"{_host_of(url)} did not resolve: {exc}") from None
             except httpx.HTTPError as exc:
-                raise UpstreamFailed(f"could not fetch {_host_of(url)}: {_describe(exc)}") \
-                    from None
+                raise UpstreamFailed(f"could not fetch {_host_of(url)}: {_describe(exc)}") from None
             try:
                 url = str(httpx.URL(url).join(location))
             except (httpx.InvalidURL, ValueError):
-                raise UpstreamFailed(f"redirect {hop + 1} has an unusable Location header") \
-                    from None
-        raise UpstreamFailed(f"the page redirected more than {self.max_redirects} times "
-                             f"(last Location: {url})")
+                raise UpstreamFailed(
+                    f"redirect {hop + 1} has an unusable Location header"
+                ) from None
+        raise UpstreamFailed(
+            f"the page redirected more than {self.max_redirects} times (last Location: {url})"
+        )
 
 
 async def _read_page(response: httpx.Response, url: str, hops: int, max_bytes: int) -> Page:
@@ -162,14 +175,19 @@ async def render_page(page: Page, *, strip: bool) -> str:
         return await asyncio.to_thread(strip_html, page.text, deadline=deadline)
     except StripAborted as exc:
         why = f"within {time_limit:g} s" if exc.timed_out else f"({exc})"
-        raise PageNotStripped(f"the page could not be stripped {why}; fetch it with "
-                              "\"strip\": false or a smaller max_bytes") from None
+        raise PageNotStripped(
+            f"the page could not be stripped {why}; fetch it with "
+            '"strip": false or a smaller max_bytes'
+        ) from None
 
 
 def _is_text(media_type: str) -> bool:
-    return (media_type in _HTML_TYPES or media_type.startswith("text/")
-            or media_type in ("application/json", "application/xml")
-            or media_type.endswith(("+json", "+xml")))
+    return (
+        media_type in _HTML_TYPES
+        or media_type.startswith("text/")
+        or media_type in ("application/json", "application/xml")
+        or media_type.endswith(("+json", "+xml"))
+    )
 
 
 async def _read_up_to(response: httpx.Response, limit: int) -> tuple[bytes, bool]:

@@ -22,8 +22,9 @@ import time
 DROPPED_ELEMENTS = frozenset({"script", "style", "svg", "noscript"})
 MAX_HTML_CHARS = 4 * 1024 * 1024
 # Elements whose content is text up to their own end tag.
-_RAW_TEXT_END = {name: re.compile(rf"</{name}[\t\n\f\r />]", re.IGNORECASE)
-                 for name in ("script", "style")}
+_RAW_TEXT_END = {
+    name: re.compile(rf"</{name}[\t\n\f\r />]", re.IGNORECASE) for name in ("script", "style")
+}
 _JSON_LD = "application/ld+json"
 _CHECK_EVERY = 512  # pieces of markup between two looks at the clock
 
@@ -31,8 +32,10 @@ _NAME_END = re.compile(r"[\t\n\f\r />]")
 _TAG_STOP = re.compile(r"[>=]")
 _SPACES = re.compile(r"[\t\n\f\r ]*+")
 _UNQUOTED_END = re.compile(r"[\t\n\f\r >]")
-_ATTRIBUTE = re.compile(r"""[\t\n\f\r /]*+([^\t\n\f\r />][^\t\n\f\r /=>]*+)"""
-                        r"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+("[^"]*+"|'[^']*+'|[^\t\n\f\r >]*+))?+""")
+_ATTRIBUTE = re.compile(
+    r"""[\t\n\f\r /]*+([^\t\n\f\r />][^\t\n\f\r /=>]*+)"""
+    r"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+("[^"]*+"|'[^']*+'|[^\t\n\f\r >]*+))?+"""
+)
 
 
 class StripAborted(Exception):
@@ -79,8 +82,11 @@ class _Stripper:
         html, pos, pieces = self.html, 0, 0
         while pos < self.end:
             pieces += 1
-            if self.deadline is not None and pieces % _CHECK_EVERY == 0 \
-                    and time.monotonic() > self.deadline:
+            if (
+                self.deadline is not None
+                and pieces % _CHECK_EVERY == 0
+                and time.monotonic() > self.deadline
+            ):
                 raise StripAborted("stripping the page ran past its deadline", timed_out=True)
             lt = html.find("<", pos)
             if lt < 0:
@@ -106,11 +112,11 @@ class _Stripper:
     def _markup(self, lt: int) -> int:
         """Handle the markup starting at ``lt`` (a ``<``); return where the text resumes."""
         html = self.html
-        after = html[lt + 1:lt + 2]
+        after = html[lt + 1 : lt + 2]
         if after.isascii() and after.isalpha():
             return self._tag(lt, lt + 1, closing=False)
         if after == "/":
-            name = html[lt + 2:lt + 3]
+            name = html[lt + 2 : lt + 3]
             if name.isascii() and name.isalpha():
                 return self._tag(lt, lt + 2, closing=True)
             if name == ">":
@@ -122,7 +128,7 @@ class _Stripper:
             if html.startswith("<![CDATA[", lt):
                 return self._up_to("]]>", lt + 9, keep=None)
             # The doctype is kept; anything else (``<![if]>``, ``<!x>``) is a bogus comment.
-            doctype = html[lt + 2:lt + 9].lower() == "doctype"
+            doctype = html[lt + 2 : lt + 9].lower() == "doctype"
             return self._up_to(">", lt + 2, keep=lt if doctype else None)
         if after == "?":
             return self._up_to(">", lt + 2, keep=lt)  # processing instruction, kept
@@ -146,8 +152,11 @@ class _Stripper:
             return start + 1  # "<!-->"
         if html.startswith("->", start):
             return start + 2  # "<!--->"
-        ends = [(found, len(closer)) for closer in ("-->", "--!>")
-                if (found := self._find(closer, start)) >= 0]
+        ends = [
+            (found, len(closer))
+            for closer in ("-->", "--!>")
+            if (found := self._find(closer, start)) >= 0
+        ]
         if not ends:
             return self.end
         found, size = min(ends)
@@ -161,7 +170,7 @@ class _Stripper:
         end = self._tag_end(name_stop.start())
         if end < 0:
             return self.end  # the page ends inside the tag: drop it
-        name = self.html[name_start:name_stop.start()].lower()
+        name = self.html[name_start : name_stop.start()].lower()
         if closing:
             self._end_tag(name)
             return end
@@ -185,7 +194,7 @@ class _Stripper:
             spaces = _SPACES.match(html, stop.end())
             assert spaces is not None  # the pattern matches the empty string too
             pos = spaces.end()
-            quote = html[pos:pos + 1]
+            quote = html[pos : pos + 1]
             if quote in ("'", '"'):
                 close = html.find(quote, pos + 1)
                 if close < 0:

@@ -53,8 +53,9 @@ def read_json_answer(answer: str, max_chars: int = MAX_ANSWER_CHARS) -> JsonAnsw
     around it is dropped, and prose around a single object or array is tolerated. An answer
     longer than ``max_chars`` is not read at all."""
     if len(answer) > max_chars:
-        return JsonAnswer(None, None, f"not read as JSON: the answer is longer than "
-                          f"{max_chars} characters")
+        return JsonAnswer(
+            None, None, f"not read as JSON: the answer is longer than {max_chars} characters"
+        )
     candidate = _unfence(answer.strip())
     try:
         return _load(candidate)
@@ -64,7 +65,7 @@ def read_json_answer(answer: str, max_chars: int = MAX_ANSWER_CHARS) -> JsonAnsw
     end = max(candidate.rfind("}"), candidate.rfind("]"))
     if 0 <= start < end and (start, end) != (0, len(candidate) - 1):
         try:
-            return _load(candidate[start:end + 1])
+            return _load(candidate[start : end + 1])
         except ValueError:
             pass
     return JsonAnswer(None, None, first_error)
@@ -77,8 +78,7 @@ async def read_json_answer_async(answer: str) -> JsonAnswer:
     return await asyncio.to_thread(read_json_answer, answer)
 
 
-def parse_json_answer(answer: str,
-                      max_chars: int = MAX_ANSWER_CHARS) -> tuple[Any, str | None]:
+def parse_json_answer(answer: str, max_chars: int = MAX_ANSWER_CHARS) -> tuple[Any, str | None]:
     """``(value, None)`` when ``answer`` reads as JSON, else ``(answer, reason)``."""
     read = read_json_answer(answer, max_chars)
     return (answer, read.error) if read.error is not None else (read.value, None)
@@ -89,14 +89,15 @@ def _unfence(candidate: str) -> str:
 
     The opening fence may carry a language tag and must end its line.
     """
-    if len(candidate) < 2 * len(_FENCE) or not (candidate.startswith(_FENCE)
-                                                and candidate.endswith(_FENCE)):
+    if len(candidate) < 2 * len(_FENCE) or not (
+        candidate.startswith(_FENCE) and candidate.endswith(_FENCE)
+    ):
         return candidate
     tag = _LANGUAGE_TAG.match(candidate, len(_FENCE))
     assert tag is not None  # the pattern matches the empty string
-    inside = candidate[tag.end():-len(_FENCE)]
+    inside = candidate[tag.end() : -len(_FENCE)]
     body = inside.lstrip()
-    if "\n" not in inside[:len(inside) - len(body)]:
+    if "\n" not in inside[: len(inside) - len(body)]:
         return candidate
     return body.rstrip()
 

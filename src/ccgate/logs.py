@@ -16,8 +16,12 @@ from typing import IO, Any, TextIO
 import structlog
 from structlog.types import EventDict, ExcInfo, Processor, WrappedLogger
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 FORMATS = ("auto", "json", "console")
 # C0 controls, DEL and C1 controls (0x9b starts a terminal escape sequence like ESC [ does).
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -42,8 +46,10 @@ def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
 
 def _escape_values(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """Escape control characters in every text value of a console line."""
-    return {key: escape_controls(value) if isinstance(value, str) else value
-            for key, value in event.items()}
+    return {
+        key: escape_controls(value) if isinstance(value, str) else value
+        for key, value in event.items()
+    }
 
 
 def _plain_traceback(sio: IO[str], exc_info: ExcInfo) -> None:
@@ -57,12 +63,17 @@ def _renderer(log_format: str, colors: bool) -> list[Processor]:
         return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     # The console renderer formats exceptions itself; the default formatter would print
     # every frame's local variables, prompts and keys among them.
-    return [_escape_values, structlog.dev.ConsoleRenderer(
-        colors=colors, exception_formatter=_plain_traceback, sort_keys=False)]
+    return [
+        _escape_values,
+        structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=_plain_traceback, sort_keys=False
+        ),
+    ]
 
 
-def configure_logging(level: str = "info", log_format: str = "json",
-                      stream: TextIO | None = None) -> str:
+def configure_logging(
+    level: str = "info", log_format: str = "json", stream: TextIO | None = None
+) -> str:
     """Send lines at ``level`` and above to ``stream`` (stderr) as JSON or console lines
     (``auto``: console on a terminal); return the format chosen."""
     out = stream if stream is not None else sys.stderr

@@ -37,89 +37,193 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 OTHER = "other"
 NONE = "none"
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                    120.0, 300.0, 600.0)
-_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                     0.25, 0.5, 1.0)
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+_OVERHEAD_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
 
 HTTP_REQUESTS = Counter(
-    "ccgate_http_requests", "HTTP requests answered, by door, status code and error type.",
-    ["door", "status", "error_type"], registry=REGISTRY)
+    "ccgate_http_requests",
+    "HTTP requests answered, by door, status code and error type.",
+    ["door", "status", "error_type"],
+    registry=REGISTRY,
+)
 HTTP_DURATION = Histogram(
-    "ccgate_http_request_duration_seconds", "Time from request start to the last byte sent.",
-    ["door"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+    "ccgate_http_request_duration_seconds",
+    "Time from request start to the last byte sent.",
+    ["door"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 OVERHEAD = Histogram(
     "ccgate_gateway_overhead_seconds",
     "Request time spent in ccgate itself: duration minus queue wait and runner time.",
-    ["door", "backend"], buckets=_OVERHEAD_BUCKETS, registry=REGISTRY)
+    ["door", "backend"],
+    buckets=_OVERHEAD_BUCKETS,
+    registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
-    "ccgate_queue_wait_seconds", "Time a job waited in the queue before it started.",
-    ["door"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+    "ccgate_queue_wait_seconds",
+    "Time a job waited in the queue before it started.",
+    ["door"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 CLI_SPAWN = Histogram(
-    "ccgate_cli_spawn_seconds", "Cold CLI start: from spawning claude to its first output.",
-    buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+    "ccgate_cli_spawn_seconds",
+    "Cold CLI start: from spawning claude to its first output.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 FIRST_TOKEN = Histogram(
-    "ccgate_time_to_first_token_seconds", "Time from a run's start to its first text.",
-    ["door", "backend", "model"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+    "ccgate_time_to_first_token_seconds",
+    "Time from a run's start to its first text.",
+    ["door", "backend", "model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 JOBS_FINISHED = Counter(
-    "ccgate_jobs_finished", "Jobs ended on this server, by final status.", ["status"],
-    registry=REGISTRY)
+    "ccgate_jobs_finished",
+    "Jobs ended on this server, by final status.",
+    ["status"],
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
-    "ccgate_queue_depth", "Jobs waiting in the (shared) queue.",
-    multiprocess_mode="livemostrecent", registry=REGISTRY)
+    "ccgate_queue_depth",
+    "Jobs waiting in the (shared) queue.",
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
 RUNS_IN_PROGRESS = Gauge(
-    "ccgate_runs_in_progress", "Runs executing right now.", ["backend"],
-    multiprocess_mode="livesum", registry=REGISTRY)
+    "ccgate_runs_in_progress",
+    "Runs executing right now.",
+    ["backend"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 SSE_SUBSCRIBERS = Gauge(
-    "ccgate_sse_subscribers", "Open job event streams (GET /api/v1/jobs/{id}/sse).",
-    multiprocess_mode="livesum", registry=REGISTRY)
+    "ccgate_sse_subscribers",
+    "Open job event streams (GET /api/v1/jobs/{id}/sse).",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 TOKENS = Counter(
-    "ccgate_tokens", "Tokens settled, by model, key and kind (input, output, cache_read, "
-    "cache_creation).", ["model", "key", "kind"], registry=REGISTRY)
+    "ccgate_tokens",
+    "Tokens settled, by model, key and kind (input, output, cache_read, cache_creation).",
+    ["model", "key", "kind"],
+    registry=REGISTRY,
+)
 COST = Counter(
-    "ccgate_cost_usd", "Cost settled in USD, by model and key.", ["model", "key"],
-    registry=REGISTRY)
+    "ccgate_cost_usd", "Cost settled in USD, by model and key.", ["model", "key"], registry=REGISTRY
+)
 LIMIT_REFUSALS = Counter(
-    "ccgate_limit_refusals", "Requests refused by a limit (429), by the limit's error type.",
-    ["limit"], registry=REGISTRY)
+    "ccgate_limit_refusals",
+    "Requests refused by a limit (429), by the limit's error type.",
+    ["limit"],
+    registry=REGISTRY,
+)
 WEBHOOK_DELIVERIES = Counter(
-    "ccgate_webhook_deliveries", "Webhook delivery attempts, by outcome (delivered, retry, "
-    "failed).", ["outcome"], registry=REGISTRY)
+    "ccgate_webhook_deliveries",
+    "Webhook delivery attempts, by outcome (delivered, retry, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 CIRCUIT_STATE = Gauge(
-    "ccgate_circuit_state", "The API backend's circuit breaker: 1 for its current state.",
-    ["state"], multiprocess_mode="livesum", registry=REGISTRY)
+    "ccgate_circuit_state",
+    "The API backend's circuit breaker: 1 for its current state.",
+    ["state"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 POOL_PROCESSES = Gauge(
-    "ccgate_pool_processes", "Warm-pool CLI processes, by state (idle, busy, starting).",
-    ["state"], multiprocess_mode="livesum", registry=REGISTRY)
+    "ccgate_pool_processes",
+    "Warm-pool CLI processes, by state (idle, busy, starting).",
+    ["state"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 PLAN_WINDOW_UTILIZATION = Gauge(
-    "ccgate_plan_window_utilization", "A subscription plan window's utilization as the CLI "
-    "last reported it (0 to 1), by window (five_hour, seven_day, ...).", ["window"],
-    multiprocess_mode="livemostrecent", registry=REGISTRY)
+    "ccgate_plan_window_utilization",
+    "A subscription plan window's utilization as the CLI "
+    "last reported it (0 to 1), by window (five_hour, seven_day, ...).",
+    ["window"],
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
 PLAN_WINDOW_CLOSED = Gauge(
-    "ccgate_plan_window_closed", "1 while a plan window refuses requests (rejected and not yet "
-    "reset), else 0.", ["window"], multiprocess_mode="livemostrecent", registry=REGISTRY)
+    "ccgate_plan_window_closed",
+    "1 while a plan window refuses requests (rejected and not yet reset), else 0.",
+    ["window"],
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
 PLAN_WINDOW_RESETS_AT = Gauge(
-    "ccgate_plan_window_resets_at_seconds", "When a plan window resets, as a Unix time.",
-    ["window"], multiprocess_mode="livemostrecent", registry=REGISTRY)
+    "ccgate_plan_window_resets_at_seconds",
+    "When a plan window resets, as a Unix time.",
+    ["window"],
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
 POOL_REQUESTS = Counter(
-    "ccgate_pool_requests", "Runs offered to the warm pool, by outcome (hit, miss, bypass).",
-    ["outcome"], registry=REGISTRY)
+    "ccgate_pool_requests",
+    "Runs offered to the warm pool, by outcome (hit, miss, bypass).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 CIRCUIT_STATES = ("closed", "open", "half_open")
 POOL_STATES = ("idle", "busy", "starting")
 _POOL_OUTCOMES = {"hits": "hit", "misses": "miss", "bypasses": "bypass"}
-_TOKEN_KINDS = {"input_tokens": "input", "output_tokens": "output",
-                "cache_read_input_tokens": "cache_read",
-                "cache_creation_input_tokens": "cache_creation"}
+_TOKEN_KINDS = {
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cache_read_input_tokens": "cache_read",
+    "cache_creation_input_tokens": "cache_creation",
+}
 
-_DEFAULT_MODELS = frozenset({*API_FAMILY_ALIASES, *API_FAMILY_ALIASES.values(),
-                             *(model_id for model_id, _, _ in KNOWN_MODELS)})
+_DEFAULT_MODELS = frozenset(
+    {
+        *API_FAMILY_ALIASES,
+        *API_FAMILY_ALIASES.values(),
+        *(model_id for model_id, _, _ in KNOWN_MODELS),
+    }
+)
 _model_names: frozenset[str] = _DEFAULT_MODELS
 _multiproc_dir: str | None = None
 
 
-def configure(*, allowed_models: tuple[str, ...], aliases: Mapping[str, str],
-              multiproc_dir: str | None) -> None:
+def configure(
+    *, allowed_models: tuple[str, ...], aliases: Mapping[str, str], multiproc_dir: str | None
+) -> None:
     """Name the models that may appear as labels (exact allowlist names, aliases and their
     targets, the built-in names) and where worker processes keep their values."""
     global _model_names, _multiproc_dir
@@ -162,6 +266,7 @@ def door_label(path: str) -> str:
 
 # -- per-request timing ---------------------------------------------------------------------
 
+
 class RequestTiming:
     """What one request spent waiting outside ccgate (queue, CLI, upstream), in seconds."""
 
@@ -173,7 +278,8 @@ class RequestTiming:
 
 
 _timing: contextvars.ContextVar[RequestTiming | None] = contextvars.ContextVar(
-    "ccgate_request_timing", default=None)
+    "ccgate_request_timing", default=None
+)
 
 
 def begin_request(door: str) -> RequestTiming:
@@ -213,8 +319,9 @@ class RequestObserver:
     overhead: Any
     door: str
 
-    def observe(self, status: int, error_type: str | None, seconds: float,
-                timing: RequestTiming | None) -> None:
+    def observe(
+        self, status: int, error_type: str | None, seconds: float, timing: RequestTiming | None
+    ) -> None:
         """Count the request and observe its duration and ccgate's share of it."""
         HTTP_REQUESTS.labels(self.door, str(status), error_type or NONE).inc()
         self.duration.observe(seconds)
@@ -230,11 +337,13 @@ def request_observer(door: str, backend: str) -> RequestObserver:
     found = _observers.get((door, backend))
     if found is None:
         found = _observers[(door, backend)] = RequestObserver(
-            HTTP_DURATION.labels(door), OVERHEAD.labels(door, backend), door)
+            HTTP_DURATION.labels(door), OVERHEAD.labels(door, backend), door
+        )
     return found
 
 
 # -- jobs, runs, settlement -----------------------------------------------------------------
+
 
 def observe_queue_wait(door: str, seconds: float) -> None:
     """A job started after waiting ``seconds`` in the queue."""
@@ -251,8 +360,9 @@ def observe_cli_spawn(seconds: float) -> None:
     CLI_SPAWN.observe(seconds)
 
 
-def record_usage(model: str | None, key: str, usage: Mapping[str, Any] | None,
-                 cost_usd: float | None) -> None:
+def record_usage(
+    model: str | None, key: str, usage: Mapping[str, Any] | None, cost_usd: float | None
+) -> None:
     """Count a settled run's tokens and cost against its model and key."""
     label = model_label(model)
     for field_name, kind in _TOKEN_KINDS.items():
@@ -313,8 +423,9 @@ class MeteredRunner:
                             return
                     if first and isinstance(event, TextDelta | RunResult):
                         first = False
-                        FIRST_TOKEN.labels(door, self.backend, model_label(request.model)) \
-                            .observe(time.monotonic() - started)
+                        FIRST_TOKEN.labels(door, self.backend, model_label(request.model)).observe(
+                            time.monotonic() - started
+                        )
                     yield event
         finally:
             self._in_progress.dec()
@@ -331,20 +442,24 @@ class MeteredRunner:
         self._first_token(body.get("model"), started)
         return reply
 
-    async def open_stream(self, body: dict[str, Any],
-                          client_headers: Mapping[str, str]) -> MeteredStream:
+    async def open_stream(
+        self, body: dict[str, Any], client_headers: Mapping[str, str]
+    ) -> MeteredStream:
         """The API backend's streaming pass-through call; its chunks are timed as they come."""
         started = time.monotonic()
         with waiting():
             stream = await self.inner.open_stream(  # type: ignore[attr-defined]
-                body, client_headers)
+                body, client_headers
+            )
         return MeteredStream(stream, self, str(body.get("model") or ""), started)
 
     def _first_token(self, model: Any, started: float) -> None:
         timing = _timing.get()
-        FIRST_TOKEN.labels(timing.door if timing is not None else NONE, self.backend,
-                           model_label(str(model) if model else None)) \
-            .observe(time.monotonic() - started)
+        FIRST_TOKEN.labels(
+            timing.door if timing is not None else NONE,
+            self.backend,
+            model_label(str(model) if model else None),
+        ).observe(time.monotonic() - started)
 
     async def aclose(self) -> None:
         """Close the inner runner."""
@@ -388,6 +503,7 @@ class MeteredStream:
 
 
 # -- sampled state ----------------------------------------------------------------------------
+
 
 class StateSampler:
     """Copies state that lives in other objects (queue depth, circuit, warm pool) into the
@@ -437,4 +553,3 @@ def exposition() -> tuple[bytes, str]:
         MultiProcessCollector(registry, path=_multiproc_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-

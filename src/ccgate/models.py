@@ -54,9 +54,13 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 class ModelPolicy:
     """The default model, aliases, and the allowlist (names, with ``*`` wildcards)."""
 
-    def __init__(self, allowed: tuple[str, ...], default: str,
-                 aliases: Mapping[str, str] | None = None,
-                 family_aliases: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        allowed: tuple[str, ...],
+        default: str,
+        aliases: Mapping[str, str] | None = None,
+        family_aliases: Mapping[str, str] | None = None,
+    ) -> None:
         self.allowed = allowed
         self.default = default
         self.aliases = dict(aliases or {})
@@ -73,7 +77,8 @@ class ModelPolicy:
     def permits(self, name: str) -> bool:
         """True if ``name`` is well-formed and it (or what it maps to) is on the allowlist."""
         return bool(_MODEL_NAME.fullmatch(name)) and any(
-            _matches(n, self.allowed) for n in self._names_of(name))
+            _matches(n, self.allowed) for n in self._names_of(name)
+        )
 
     def resolve(self, requested: str | None, key_models: tuple[str, ...] | None = None) -> str:
         """Return the model to run for ``requested``.
@@ -84,11 +89,15 @@ class ModelPolicy:
         name = requested if requested is not None else self.default
         if not self.permits(name):
             raise ModelNotAllowed(
-                f"model {name!r} is not allowed; allowed: {', '.join(self.allowed)}")
-        if key_models is not None and not any(_matches(n, key_models)
-                                              for n in self._names_of(name)):
-            raise ModelForbidden(f"this key may not use model {name!r}; it may use: "
-                                 f"{', '.join(key_models) or 'no model'}")
+                f"model {name!r} is not allowed; allowed: {', '.join(self.allowed)}"
+            )
+        if key_models is not None and not any(
+            _matches(n, key_models) for n in self._names_of(name)
+        ):
+            raise ModelForbidden(
+                f"this key may not use model {name!r}; it may use: "
+                f"{', '.join(key_models) or 'no model'}"
+            )
         target = self.target(name)
         if not _MODEL_NAME.fullmatch(target):
             raise ModelNotAllowed(f"model alias {name!r} maps to a malformed name")
@@ -114,8 +123,8 @@ class ModelPolicy:
         return True
 
 
-def model_policy(allowed: tuple[str, ...], default: str, aliases: Mapping[str, str],
-                 backend: str) -> ModelPolicy:
+def model_policy(
+    allowed: tuple[str, ...], default: str, aliases: Mapping[str, str], backend: str
+) -> ModelPolicy:
     """The policy for a backend: the API backend maps family names to full model ids."""
-    return ModelPolicy(allowed, default, aliases,
-                       API_FAMILY_ALIASES if backend == "api" else None)
+    return ModelPolicy(allowed, default, aliases, API_FAMILY_ALIASES if backend == "api" else None)

@@ -61,9 +61,11 @@ class Notifier(Protocol):
 
 def encode(job_id: str, events: list[JobEvent]) -> str:
     """One message: the job id and its events, as compact JSON."""
-    return json.dumps({"j": job_id, "e": [[e.seq, e.type, e.data, e.at.isoformat()]
-                                          for e in events]},
-                      ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        {"j": job_id, "e": [[e.seq, e.type, e.data, e.at.isoformat()] for e in events]},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
 
 
 def decode(raw: str | bytes) -> tuple[str, list[JobEvent]] | None:
@@ -71,8 +73,10 @@ def decode(raw: str | bytes) -> tuple[str, list[JobEvent]] | None:
     try:
         message = json.loads(raw)
         job_id = message["j"]
-        events = [JobEvent(job_id, int(seq), str(type_), dict(data), datetime.fromisoformat(at))
-                  for seq, type_, data, at in message["e"]]
+        events = [
+            JobEvent(job_id, int(seq), str(type_), dict(data), datetime.fromisoformat(at))
+            for seq, type_, data, at in message["e"]
+        ]
     except (ValueError, KeyError, TypeError):
         return None
     return (job_id, events) if isinstance(job_id, str) else None
@@ -103,8 +107,7 @@ class OrderedSender:
     """Sends queued messages one at a time, in order, from one task (never blocking a
     publisher); a failure is logged and the message dropped (the poll finds its events)."""
 
-    def __init__(self, send: Callable[[list[tuple[str, list[JobEvent]]]], Any],
-                 name: str) -> None:
+    def __init__(self, send: Callable[[list[tuple[str, list[JobEvent]]]], Any], name: str) -> None:
         self._send = send
         self._name = name
         self._queue: asyncio.Queue[tuple[str, list[JobEvent]]] = asyncio.Queue()
@@ -210,8 +213,7 @@ class RedisNotifier:
             self._deliver(*decoded)
 
 
-async def read_pubsub(pubsub: Any, on_data: Callable[[Any], None], *,
-                      failure_event: str) -> None:
+async def read_pubsub(pubsub: Any, on_data: Callable[[Any], None], *, failure_event: str) -> None:
     """Hand each message's data on a Redis pub/sub connection to ``on_data``, until cancelled;
     a failed read is logged as ``failure_event`` and retried a second later."""
     while True:

@@ -44,9 +44,14 @@ class SessionBook:
         ]
         now = utcnow()
         await self.store.sessions.save(
-            session_id=job.session_id, key_id=job.key_id, model=job.model,
-            system_prompt=request.system_prompt, messages=messages, now=now,
-            expires_at=now + self.ttl)
+            session_id=job.session_id,
+            key_id=job.key_id,
+            model=job.model,
+            system_prompt=request.system_prompt,
+            messages=messages,
+            now=now,
+            expires_at=now + self.ttl,
+        )
 
     async def delete_expired(self, now: Any) -> int:
         """Delete sessions not continued within the TTL."""

@@ -55,13 +55,19 @@ def configure_tracing(endpoint: str | None) -> bool:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
-        log.warning("tracing_unavailable", detail="OTEL_EXPORTER_OTLP_ENDPOINT is set but the "
-                    "OpenTelemetry packages are missing: pip install 'ccgate[otel]'")
+        log.warning(
+            "tracing_unavailable",
+            detail="OTEL_EXPORTER_OTLP_ENDPOINT is set but the "
+            "OpenTelemetry packages are missing: pip install 'ccgate[otel]'",
+        )
         return False
     provider = new_provider()
-    provider.add_span_processor(BatchSpanProcessor(
-        OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces"),
-        schedule_delay_millis=_EXPORT_DELAY_MS))
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces"),
+            schedule_delay_millis=_EXPORT_DELAY_MS,
+        )
+    )
     use_provider(provider)
     log.info("tracing_on", endpoint=endpoint)
     return True
@@ -112,8 +118,9 @@ def start_request(method: str) -> tuple[Span | None, str]:
     from opentelemetry.context import Context
     from opentelemetry.trace import SpanKind, format_trace_id
 
-    span = tracer.start_span(method, context=Context(), kind=SpanKind.SERVER,
-                             attributes={"http.request.method": method})
+    span = tracer.start_span(
+        method, context=Context(), kind=SpanKind.SERVER, attributes={"http.request.method": method}
+    )
     return span, format_trace_id(span.get_span_context().trace_id)
 
 
@@ -129,16 +136,16 @@ def current(span: Span | None) -> Iterator[None]:
         yield
 
 
-def end_request(span: Span | None, method: str, route: str, status: int,
-                request_id: str) -> None:
+def end_request(span: Span | None, method: str, route: str, status: int, request_id: str) -> None:
     """Name the request's span after its route, note its status and end it."""
     if span is None:
         return
     from opentelemetry.trace import StatusCode
 
     span.update_name(f"{method} {route}")
-    span.set_attributes({"http.route": route, "http.response.status_code": status,
-                         "ccgate.request_id": request_id})
+    span.set_attributes(
+        {"http.route": route, "http.response.status_code": status, "ccgate.request_id": request_id}
+    )
     if status >= 500:
         span.set_status(StatusCode.ERROR)
     span.end()
@@ -171,8 +178,9 @@ def span_since(name: str, started_ns: int, **attributes: AttributeValue | None) 
     if tracer is None:
         return
     now = time.time_ns()
-    child = tracer.start_span(name, start_time=min(started_ns, now),
-                              attributes=_present(attributes))
+    child = tracer.start_span(
+        name, start_time=min(started_ns, now), attributes=_present(attributes)
+    )
     child.end(end_time=now)
 
 

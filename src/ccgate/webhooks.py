@@ -124,22 +124,39 @@ def delivery_view(record: DeliveryRecord | None) -> dict[str, Any] | None:
         "next_attempt_at": _iso(record.next_attempt_at) if record.status == PENDING else None,
         "delivered_at": _iso(record.delivered_at),
         "redeliveries": record.redeliveries,
-        "attempt_log": [{"at": entry.get("at"), "status_code": entry.get("status_code"),
-                         "error": entry.get("error"), "duration_ms": entry.get("duration_ms"),
-                         "next_attempt_at": entry.get("next_attempt_at")}
-                        for entry in record.history],
+        "attempt_log": [
+            {
+                "at": entry.get("at"),
+                "status_code": entry.get("status_code"),
+                "error": entry.get("error"),
+                "duration_ms": entry.get("duration_ms"),
+                "next_attempt_at": entry.get("next_attempt_at"),
+            }
+            for entry in record.history
+        ],
     }
 
 
 class WebhookDispatcher:
     """Sends due webhook deliveries from this node, each attempt under a lease."""
 
-    def __init__(self, store: Store, guard: OutboundGuard, settings: Settings,
-                 render: Render, node_id: str, http: httpx.AsyncClient | None = None, *,
-                 clock: Callable[[], datetime] = utcnow, base_delay: float = 2.0,
-                 max_delay: float = 300.0, jitter: Callable[[float], float] = full_jitter,
-                 poll_secs: float = 1.0, max_in_flight: int = 16,
-                 stop_grace_secs: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        guard: OutboundGuard,
+        settings: Settings,
+        render: Render,
+        node_id: str,
+        http: httpx.AsyncClient | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        base_delay: float = 2.0,
+        max_delay: float = 300.0,
+        jitter: Callable[[float], float] = full_jitter,
+        poll_secs: float = 1.0,
+        max_in_flight: int = 16,
+        stop_grace_secs: float = 5.0,
+    ) -> None:
         """``http`` is borrowed (the caller closes it); without one the dispatcher owns one.
 
         ``base_delay``/``max_delay`` shape the backoff and ``jitter`` picks a wait up to its
@@ -209,7 +226,8 @@ class WebhookDispatcher:
         delivery of it is pending; the result says which.
         """
         outcome = await self.deliveries.redeliver(
-            job_id, self.clock(), self.settings.webhook_max_redeliveries)
+            job_id, self.clock(), self.settings.webhook_max_redeliveries
+        )
         if outcome is Redelivery.QUEUED:
             self._wake.set()
         return outcome
@@ -266,21 +284,32 @@ class WebhookDispatcher:
         started = time.monotonic()
 
         def outcome(status_code: int | None, error: str | None) -> Attempt:
-            return Attempt(at=started_at, status_code=status_code, error=error,
-                           duration_ms=int((time.monotonic() - started) * 1000))
+            return Attempt(
+                at=started_at,
+                status_code=status_code,
+                error=error,
+                duration_ms=int((time.monotonic() - started) * 1000),
+            )
 
         job = await self.store.jobs.get(delivery.job_id)
         if job is None:
             return outcome(None, "the job no longer exists"), True
-        body = json.dumps(self.render(job), separators=(",", ":"),
-                          ensure_ascii=False).encode("utf-8")
+        body = json.dumps(self.render(job), separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8"
+        )
         headers = await self._headers(delivery, job, body, started_at)
         assert self._http is not None, "start() the dispatcher before sending"
         timeout = self.settings.webhook_timeout_secs
         try:
-            response = await self.guard.send(self._http, "POST", delivery.url, headers=headers,
-                                             content=body, timeout=timeout,
-                                             max_response_bytes=_MAX_RESPONSE_BYTES)
+            response = await self.guard.send(
+                self._http,
+                "POST",
+                delivery.url,
+                headers=headers,
+                content=body,
+                timeout=timeout,
+                max_response_bytes=_MAX_RESPONSE_BYTES,
+            )
             code = response.status_code
         except ResponseTooLarge as exc:
             code = exc.status_code
@@ -297,8 +326,9 @@ class WebhookDispatcher:
             return outcome(code, None), False
         return outcome(code, f"receiver answered HTTP {code}"), False
 
-    async def _headers(self, delivery: DeliveryRecord, job: JobRecord, body: bytes,
-                       now: datetime) -> dict[str, str]:
+    async def _headers(
+        self, delivery: DeliveryRecord, job: JobRecord, body: bytes, now: datetime
+    ) -> dict[str, str]:
         timestamp = int(now.timestamp())
         headers = {
             "Content-Type": "application/json",
@@ -322,25 +352,29 @@ class WebhookDispatcher:
         if secrets:
             # During a rotation's grace the old secret signs too, after the new one.
             headers[WEBHOOK_SIGNATURE_HEADER] = " ".join(
-                sign_standard(signing_key(s), delivery.id, timestamp, body) for s in secrets)
+                sign_standard(signing_key(s), delivery.id, timestamp, body) for s in secrets
+            )
             if legacy:
                 headers[SIGNATURE_HEADER] = f"sha256={sign(secrets[0], timestamp, body)}"
         elif job.key_id not in self._warned_unsigned:
             self._warned_unsigned.add(job.key_id)
-            log.warning("webhook_unsigned", key_id=job.key_id,
-                        hint="set CCGATE_WEBHOOK_SECRET or a key webhook secret")
+            log.warning(
+                "webhook_unsigned",
+                key_id=job.key_id,
+                hint="set CCGATE_WEBHOOK_SECRET or a key webhook secret",
+            )
         return headers
 
-    async def _record(self, delivery: DeliveryRecord, attempt: Attempt, *,
-                      terminal: bool) -> None:
+    async def _record(self, delivery: DeliveryRecord, attempt: Attempt, *, terminal: bool) -> None:
         if attempt.error is None:
             status, next_at = DELIVERED, None
         elif terminal:
             status, next_at = FAILED, None
         else:
             status, next_at = self._retry_or_fail(delivery, attempt)
-        saved = await self.deliveries.record(delivery.id, owner=self.node_id, attempt=attempt,
-                                             status=status, next_attempt_at=next_at)
+        saved = await self.deliveries.record(
+            delivery.id, owner=self.node_id, attempt=attempt, status=status, next_attempt_at=next_at
+        )
         if saved is None:
             log.warning("webhook_lease_lost", event_id=delivery.id)
             return
@@ -349,12 +383,19 @@ class WebhookDispatcher:
             delay = (next_at - self.clock()).total_seconds()
             asyncio.get_running_loop().call_later(max(0.0, delay), self._wake.set)
         level = log.info if status != FAILED else log.warning
-        level("webhook_attempt", event_id=delivery.id, job_id=delivery.job_id,
-              status=status, attempts=saved.attempts, status_code=attempt.status_code,
-              error=attempt.error)
+        level(
+            "webhook_attempt",
+            event_id=delivery.id,
+            job_id=delivery.job_id,
+            status=status,
+            attempts=saved.attempts,
+            status_code=attempt.status_code,
+            error=attempt.error,
+        )
 
-    def _retry_or_fail(self, delivery: DeliveryRecord,
-                       attempt: Attempt) -> tuple[str, datetime | None]:
+    def _retry_or_fail(
+        self, delivery: DeliveryRecord, attempt: Attempt
+    ) -> tuple[str, datetime | None]:
         # Limits count within the round: a redelivery gets a full set of retries again.
         done = delivery.round_attempts + 1
         if done >= self.settings.webhook_max_attempts:

@@ -54,12 +54,20 @@ CHROMIUM = Path(os.environ.get("CCGATE_TEST_CHROMIUM", "/usr/bin/chromium"))
 # Without the background-networking switches chromium keeps calling home, which a closed
 # network answers slowly (or never).
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
-SCREENSHOT_DIR = (Path(__file__).resolve().parents[2] / "docs" / "console"
-                  if os.environ.get("CCGATE_TEST_SCREENSHOTS") == "1"
-                  else Path(tempfile.gettempdir()) / "ccgate-console-screenshots")
+SCREENSHOT_DIR = (
+    Path(__file__).resolve().parents[2] / "docs" / "console"
+    if os.environ.get("CCGATE_TEST_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "ccgate-console-screenshots"
+)
 HTTP_TIMEOUT_SECS = 30.0
 DESKTOP = (1280, 900)
 PHONE = (390, 844)
@@ -67,8 +75,9 @@ PHONE = (390, 844)
 OpenTab = Callable[..., "Tab"]
 
 # Everything a keyboard can reach.
-CONTROLS = ("a[href], button, input:not([type=hidden]), select, textarea, "
-            "[tabindex]:not([tabindex='-1'])")
+CONTROLS = (
+    "a[href], button, input:not([type=hidden]), select, textarea, [tabindex]:not([tabindex='-1'])"
+)
 # The text a sighted person reads as a control's label, or "" when it has none on screen
 # (an aria-label, a label that is hidden or off screen, nothing at all).
 VISIBLE_LABEL_JS = """(node) => {
@@ -117,8 +126,7 @@ class Console:
     def fake_replies(self, scenario: str, **params: Any) -> Iterator[None]:
         """Within the block every run without a ``#fake:`` line follows ``scenario``."""
         before = self.fake_config.read_text(encoding="utf-8")
-        self.fake_config.write_text(json.dumps({"scenario": scenario, **params}),
-                                    encoding="utf-8")
+        self.fake_config.write_text(json.dumps({"scenario": scenario, **params}), encoding="utf-8")
         try:
             yield
         finally:
@@ -163,12 +171,15 @@ def browser() -> Iterator[Browser]:
     except ImportError:
         service_missing("playwright is not installed (pip install -e '.[dev]')")
     if not CHROMIUM.exists():
-        service_missing(f"chromium not found at {CHROMIUM}: apt-get install chromium "
-                        "(scripts/test.sh does it when run as root)")
+        service_missing(
+            f"chromium not found at {CHROMIUM}: apt-get install chromium "
+            "(scripts/test.sh does it when run as root)"
+        )
     driver = sync_playwright().start()
     try:
-        launched = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                          headless=True)
+        launched = driver.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
         try:
             yield launched
         finally:
@@ -199,8 +210,11 @@ def open_tab(browser: Browser, console: Console) -> Iterator[OpenTab]:
     contexts = []
 
     def open_one(width: int = DESKTOP[0], height: int = DESKTOP[1]) -> Tab:
-        context = browser.new_context(viewport={"width": width, "height": height},
-                                      base_url=console.url, service_workers="block")
+        context = browser.new_context(
+            viewport={"width": width, "height": height},
+            base_url=console.url,
+            service_workers="block",
+        )
         context.set_default_timeout(10_000)
         contexts.append(context)
         return Tab(context.new_page()).watch()

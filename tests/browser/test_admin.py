@@ -42,8 +42,7 @@ def problems(tab: Tab) -> list[str]:
 def key_row(page: Page, name: str) -> Locator:
     """The row of the Keys table whose name cell is exactly `name`."""
     table = page.get_by_role("table", name="Keys")
-    return table.get_by_role("row").filter(
-        has=page.get_by_role("rowheader", name=name, exact=True))
+    return table.get_by_role("row").filter(has=page.get_by_role("rowheader", name=name, exact=True))
 
 
 def api_key(console: Console, name: str) -> dict[str, Any]:
@@ -69,8 +68,9 @@ def wait_for_audit(console: Console, key: str, rows: int) -> None:
 def admin_off(console: Console, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second `ccgate serve` like the console's but without CCGATE_ADMIN_TOKEN; its URL."""
     root = tmp_path_factory.mktemp("admin-off")
-    env = {name: value for name, value in console.server.env.items()
-           if name != "CCGATE_ADMIN_TOKEN"}
+    env = {
+        name: value for name, value in console.server.env.items() if name != "CCGATE_ADMIN_TOKEN"
+    }
     env["CCGATE_DATABASE_URL"] = f"sqlite:///{root / 'ccgate.db'}"
     server = ServerProcess(env, root).start()
     try:
@@ -79,21 +79,22 @@ def admin_off(console: Console, tmp_path_factory: pytest.TempPathFactory) -> Ite
         server.stop()
 
 
-def test_admin_page_says_how_to_turn_the_admin_api_on(open_tab: OpenTab,
-                                                       admin_off: str) -> None:
+def test_admin_page_says_how_to_turn_the_admin_api_on(open_tab: OpenTab, admin_off: str) -> None:
     """Without CCGATE_ADMIN_TOKEN the page says the admin API is off and how to turn it on,
     and offers no sign-in."""
     tab = open_tab()
     tab.page.goto(f"{admin_off}/admin")
     expect(tab.page.get_by_role("heading", name="The admin API is off")).to_be_visible()
-    expect(tab.page.get_by_text('export CCGATE_ADMIN_TOKEN="$(openssl rand -hex 32)"')
-           ).to_be_visible()
+    expect(
+        tab.page.get_by_text('export CCGATE_ADMIN_TOKEN="$(openssl rand -hex 32)"')
+    ).to_be_visible()
     expect(tab.page.get_by_label("Admin token")).to_be_hidden()
     assert not problems(tab)
 
 
 def test_admin_page_has_the_console_headers_and_asks_only_this_server(
-        tab: Tab, console: Console) -> None:
+    tab: Tab, console: Console
+) -> None:
     """`/admin` and its script carry the strict CSP; signing in and opening every section
     asks nothing of any host but the server, and nothing breaks the CSP."""
     with console.http() as client:
@@ -112,8 +113,9 @@ def test_admin_page_has_the_console_headers_and_asks_only_this_server(
     assert not problems(tab)
 
 
-def test_admin_sign_in_refuses_a_wrong_token_then_shows_the_keys(tab: Tab,
-                                                                 console: Console) -> None:
+def test_admin_sign_in_refuses_a_wrong_token_then_shows_the_keys(
+    tab: Tab, console: Console
+) -> None:
     """A wrong admin token shows an error and nothing else; the right one shows the Keys
     table; the token stays out of the URL and lives in this tab's sessionStorage only (the
     API docs open in a tab without it); Sign out forgets it."""
@@ -186,6 +188,7 @@ def test_admin_revokes_a_key_only_after_confirmation(tab: Tab, console: Console)
         def handle(dialog: Dialog) -> None:
             questions.append(dialog.message)
             (dialog.accept if accept else dialog.dismiss)()
+
         return handle
 
     page.once("dialog", answer(False))
@@ -239,11 +242,18 @@ def _traffic(console: Console) -> None:
     with console.http(busy) as client:
         for _ in range(30):
             assert client.get("/api/v1/usage").status_code == 200
-        client.post("/v1/messages", json={"model": "sonnet", "max_tokens": 5,
-                                          "messages": [{"role": "user", "content": "hi"}]})
+        client.post(
+            "/v1/messages",
+            json={
+                "model": "sonnet",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
     with console.http(limited) as client:
-        assert [client.post("/api/v1/run", json={"prompt": "hi"}).status_code
-                for _ in range(2)] == [200, 429]
+        assert [
+            client.post("/api/v1/run", json={"prompt": "hi"}).status_code for _ in range(2)
+        ] == [200, 429]
     wait_for_audit(console, "busy", 31)
     wait_for_audit(console, "limited", 2)
 
@@ -315,13 +325,13 @@ def test_admin_usage_draws_a_chart_and_a_table(tab: Tab, console: Console) -> No
     expect(page.get_by_role("img", name=re.compile("Requests per model"))).to_be_visible()
     expect(usage.get_by_role("columnheader", name="Model")).to_be_visible()
     page.get_by_role("button", name="Last 7 days").click()
-    expect(page.get_by_role("button", name="Last 7 days")).to_have_attribute("aria-pressed",
-                                                                              "true")
+    expect(page.get_by_role("button", name="Last 7 days")).to_have_attribute("aria-pressed", "true")
     assert page.get_by_label("To (inclusive)").input_value() == today
 
 
-def test_admin_server_page_shows_readiness_queue_circuit_and_pool(tab: Tab,
-                                                                  console: Console) -> None:
+def test_admin_server_page_shows_readiness_queue_circuit_and_pool(
+    tab: Tab, console: Console
+) -> None:
     """The Server page shows readiness with the CLI's path and version, the queue, that the
     CLI backend has no circuit breaker, and the warm pool's mode."""
     page = sign_in(tab, console, "server")
@@ -341,14 +351,24 @@ def test_admin_shows_hostile_stored_values_as_text(tab: Tab, console: Console) -
     database = console.server.env["CCGATE_DATABASE_URL"].removeprefix("sqlite:///")
     now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
     with sqlite3.connect(database, timeout=10) as db:
-        db.execute("INSERT INTO api_keys (id, name, prefix, secret_hash, created_at, models, "
-                   "kind) VALUES (?, ?, ?, ?, ?, ?, 'app')",
-                   ("key_hostile", HOSTILE, "<b>ccg_</b>", "f" * 64, now,
-                    json.dumps(["<script>alert(2)</script>"])))
-        db.execute("INSERT INTO audit_log (at, request_id, key_name, door, route, http_status, "
-                   "duration_ms, model, error_type) VALUES (?, 'req_hostile', ?, 'native', ?, "
-                   "500, 1, ?, ?)", (now, HOSTILE, "/api/<svg onload=alert(3)>", HOSTILE,
-                                     "<i>boom</i>"))
+        db.execute(
+            "INSERT INTO api_keys (id, name, prefix, secret_hash, created_at, models, "
+            "kind) VALUES (?, ?, ?, ?, ?, ?, 'app')",
+            (
+                "key_hostile",
+                HOSTILE,
+                "<b>ccg_</b>",
+                "f" * 64,
+                now,
+                json.dumps(["<script>alert(2)</script>"]),
+            ),
+        )
+        db.execute(
+            "INSERT INTO audit_log (at, request_id, key_name, door, route, http_status, "
+            "duration_ms, model, error_type) VALUES (?, 'req_hostile', ?, 'native', ?, "
+            "500, 1, ?, ?)",
+            (now, HOSTILE, "/api/<svg onload=alert(3)>", HOSTILE, "<i>boom</i>"),
+        )
     dialogs: list[str] = []
 
     def record(dialog: Dialog) -> None:
@@ -383,8 +403,9 @@ def test_admin_controls_are_named_by_their_visible_labels(tab: Tab, console: Con
     page.get_by_role("button", name="Create key", exact=True).click()
     expect(page.get_by_role("button", name="Copy key secret")).to_be_visible()
     assert_labelled_by_what_shows(page)
-    expect(key_row(page, "labelled").get_by_role("button", name="Revoke", exact=True)
-           ).to_have_count(1)
+    expect(
+        key_row(page, "labelled").get_by_role("button", name="Revoke", exact=True)
+    ).to_have_count(1)
     for section, table in (("Usage", "Usage"), ("Audit log", "Audit log"), ("Server", None)):
         page.get_by_role("button", name=section, exact=True).click()
         if table:

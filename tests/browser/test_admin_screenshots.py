@@ -51,8 +51,9 @@ def seeded(console: Console) -> None:
 
 @pytest.mark.usefixtures("seeded")
 @pytest.mark.parametrize(("name", "size"), [("desktop", DESKTOP), ("phone", PHONE)])
-def test_admin_fits_and_is_photographed(open_tab: OpenTab, console: Console, name: str,
-                                        size: tuple[int, int]) -> None:
+def test_admin_fits_and_is_photographed(
+    open_tab: OpenTab, console: Console, name: str, size: tuple[int, int]
+) -> None:
     """Every admin section fits the screen without sideways page scrolling on a desktop and
     on a 390 px phone, where the Keys, Usage and Audit log tables show each row as a card;
     the test run saves the screenshots docs/console.md shows."""

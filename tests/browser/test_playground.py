@@ -94,7 +94,8 @@ def test_playground_says_why_a_key_is_refused(tab: Tab, console: Console) -> Non
     page.goto("/")
     page.get_by_label("API key").fill("ccg_not-a-real-key")
     expect(page.locator("#key-status")).to_contain_text(
-        "authentication_error: invalid or revoked API key")
+        "authentication_error: invalid or revoked API key"
+    )
     run_prompt(page, "hello")
     expect(run_status(page)).to_contain_text("authentication_error")
     assert page.evaluate("location.href") == f"{console.url}/"
@@ -113,8 +114,7 @@ def test_playground_cancel_stops_the_running_job(tab: Tab, console: Console) -> 
     assert jobs_of(console, key)[0]["status"] == "cancelled"
 
 
-def test_playground_history_filters_opens_replays_and_deletes(tab: Tab,
-                                                              console: Console) -> None:
+def test_playground_history_filters_opens_replays_and_deletes(tab: Tab, console: Console) -> None:
     """The Jobs table lists the key's jobs, filters them by status, opens one to show its
     result, replays its events and deletes it."""
     key = console.create_key()
@@ -146,8 +146,10 @@ def test_playground_shows_html_in_a_reply_as_text(tab: Tab, console: Console) ->
     """A reply holding HTML and a <script> shows as characters, adds no element and runs
     nothing, live and when the job is opened again from the history."""
     page = open_playground(tab, console.create_key())
-    hostile = ('<img src="/console/x.png" onerror="window.__pwned=1">'
-               "<script>window.__pwned=2</script><b>bold</b>")
+    hostile = (
+        '<img src="/console/x.png" onerror="window.__pwned=1">'
+        "<script>window.__pwned=2</script><b>bold</b>"
+    )
     run_prompt(page, hostile)
     expect(run_status(page)).to_contain_text("Completed", timeout=WAIT_MS)
     expect(output(page)).to_have_text(hostile)
@@ -161,8 +163,7 @@ def test_playground_shows_html_in_a_reply_as_text(tab: Tab, console: Console) ->
 def test_playground_makes_no_outside_requests(tab: Tab, console: Console) -> None:
     """Loading the page and running a prompt asks nothing of any host but the server."""
     page = tab.page
-    page.route(re.compile(r"^(?!" + re.escape(console.url) + r"/)"),
-               lambda route: route.abort())
+    page.route(re.compile(r"^(?!" + re.escape(console.url) + r"/)"), lambda route: route.abort())
     open_playground(tab, console.create_key())
     run_prompt(page, "hello")
     expect(run_status(page)).to_contain_text("Completed", timeout=WAIT_MS)
@@ -171,18 +172,23 @@ def test_playground_makes_no_outside_requests(tab: Tab, console: Console) -> Non
     assert not tab.problems
 
 
-def test_console_pages_send_a_strict_content_security_policy(tab: Tab,
-                                                             console: Console) -> None:
+def test_console_pages_send_a_strict_content_security_policy(tab: Tab, console: Console) -> None:
     """`/` and its assets carry a strict CSP and nosniff, and the browser enforces the CSP:
     an inline script does not run."""
     with console.http() as client:
-        responses = [client.get(path) for path in
-                     ("/", "/console/common.js", "/console/console.css")]
+        responses = [
+            client.get(path) for path in ("/", "/console/common.js", "/console/console.css")
+        ]
     for response in responses:
         assert response.status_code == 200
         csp = response.headers["content-security-policy"]
-        for rule in ("default-src 'self'", "script-src 'self'", "connect-src 'self'",
-                     "frame-ancestors 'none'", "object-src 'none'"):
+        for rule in (
+            "default-src 'self'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "object-src 'none'",
+        ):
             assert rule in csp
         assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
         assert response.headers["x-content-type-options"] == "nosniff"
@@ -199,10 +205,17 @@ def test_console_assets_need_no_key_and_unknown_ones_are_404(console: Console) -
     """Pages and assets load without a key; a path outside the assets is a 404 in the
     documented error shape, and the console never shows up in the audit log."""
     with console.http() as client:
-        assert client.get("/console/playground.js").headers["content-type"].startswith(
-            "text/javascript")
-        for path in ("/console/nope.js", "/console/playground.html", "/console/..%2fconfig.py",
-                     "/console/%2e%2e/api/app.py"):
+        assert (
+            client.get("/console/playground.js")
+            .headers["content-type"]
+            .startswith("text/javascript")
+        )
+        for path in (
+            "/console/nope.js",
+            "/console/playground.html",
+            "/console/..%2fconfig.py",
+            "/console/%2e%2e/api/app.py",
+        ):
             response = client.get(path)
             assert response.status_code == 404, path
             assert response.json()["error"]["type"] == "not_found"
@@ -262,8 +275,9 @@ def test_playground_keeps_the_key_in_this_tab_only(open_tab: OpenTab, console: C
 def test_playground_docs_link_opens_a_tab_without_the_key(tab: Tab, console: Console) -> None:
     """The API docs link opens /docs in a new tab that does not get the key: that page runs
     Swagger UI's own script, so it must not share the playground's sessionStorage."""
-    tab.page.context.route(re.compile(r"^(?!" + re.escape(console.url) + r"/)"),
-                           lambda route: route.abort())
+    tab.page.context.route(
+        re.compile(r"^(?!" + re.escape(console.url) + r"/)"), lambda route: route.abort()
+    )
     page = open_playground(tab, console.create_key())
     with page.context.expect_page() as opened:
         page.get_by_role("link", name="API docs").click()
@@ -281,8 +295,7 @@ def test_api_docs_render_from_this_server_alone(tab: Tab, console: Console) -> N
     page.goto("/docs")
     expect(page.locator(".swagger-ui .title")).to_contain_text("ccgate", timeout=WAIT_MS)
     expect(page.get_by_text("/api/v1/jobs", exact=True).first).to_be_visible()
-    outside = [url for url in tab.requests
-               if not url.startswith((console.url + "/", "data:"))]
+    outside = [url for url in tab.requests if not url.startswith((console.url + "/", "data:"))]
     assert outside == []
     assert not [problem for problem in tab.problems if "Content Security Policy" in problem]
 
@@ -296,11 +309,13 @@ def test_playground_copy_as_snippets_leave_the_key_out(tab: Tab, console: Consol
     page.get_by_label("Prompt", exact=True).fill("it's a test")
     snippet = page.get_by_label("Snippet", exact=True)
     expect(snippet).to_contain_text("it'\\''s a test")
-    for name, marker in (("curl", "$CCGATE_API_KEY"),
-                         ("Python (anthropic)", "anthropic.Anthropic("),
-                         ("Python (openai)", "OpenAI("),
-                         ("Python (httpx)", "httpx.post("),
-                         ("TypeScript (fetch)", "process.env.CCGATE_API_KEY")):
+    for name, marker in (
+        ("curl", "$CCGATE_API_KEY"),
+        ("Python (anthropic)", "anthropic.Anthropic("),
+        ("Python (openai)", "OpenAI("),
+        ("Python (httpx)", "httpx.post("),
+        ("TypeScript (fetch)", "process.env.CCGATE_API_KEY"),
+    ):
         page.get_by_role("button", name=name).click()
         expect(snippet).to_contain_text(marker)
         expect(snippet).to_contain_text("be brief")
@@ -308,8 +323,9 @@ def test_playground_copy_as_snippets_leave_the_key_out(tab: Tab, console: Consol
 
 
 @pytest.mark.parametrize("name", ["Python (anthropic)", "Python (openai)", "Python (httpx)"])
-def test_playground_python_snippets_run_against_ccgate(tab: Tab, console: Console,
-                                                        name: str) -> None:
+def test_playground_python_snippets_run_against_ccgate(
+    tab: Tab, console: Console, name: str
+) -> None:
     """Each Python "Copy as" snippet, run as shown with the key in CCGATE_API_KEY, gets the
     answer from this server and prints it, with no warning on stderr."""
     key = console.create_key()
@@ -318,15 +334,20 @@ def test_playground_python_snippets_run_against_ccgate(tab: Tab, console: Consol
     page.get_by_label("Prompt", exact=True).fill("it's a \\ test")
     page.get_by_role("button", name=name).click()
     code = page.get_by_label("Snippet", exact=True).text_content() or ""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "CCGATE_API_KEY": key}, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CCGATE_API_KEY": key},
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "it's a \\ test\n"
     assert done.stderr == ""
 
 
-def test_playground_controls_are_named_by_their_visible_labels(tab: Tab,
-                                                               console: Console) -> None:
+def test_playground_controls_are_named_by_their_visible_labels(tab: Tab, console: Console) -> None:
     """Every control a keyboard reaches, with a result and a job on show, has a label on the
     screen, and that label is its accessible name (nothing named by a hidden aria-label)."""
     page = open_playground(tab, console.create_key())
@@ -335,9 +356,16 @@ def test_playground_controls_are_named_by_their_visible_labels(tab: Tab,
     page.get_by_role("table", name="Jobs").get_by_role("button", name="Open").click()
     expect(page.get_by_role("button", name="Replay events")).to_be_visible()
     assert assert_labelled_by_what_shows(page) >= 25
-    for role, name in (("textbox", "API key"), ("textbox", "Prompt"),
-                       ("textbox", "System prompt"), ("combobox", "Model"), ("button", "Run"),
-                       ("button", "Cancel"), ("log", "Output"), ("table", "Jobs")):
+    for role, name in (
+        ("textbox", "API key"),
+        ("textbox", "Prompt"),
+        ("textbox", "System prompt"),
+        ("combobox", "Model"),
+        ("button", "Run"),
+        ("button", "Cancel"),
+        ("log", "Output"),
+        ("table", "Jobs"),
+    ):
         expect(page.get_by_role(role, name=name, exact=True)).to_have_count(1)  # type: ignore[arg-type]
 
 
@@ -348,19 +376,31 @@ def test_playground_works_from_the_keyboard(tab: Tab, console: Console) -> None:
     with console.http(key) as client:
         assert client.post("/api/v1/run", json={"prompt": "one"}).status_code == 200
     page = open_playground(tab, key)
-    expect(page.get_by_role("table", name="Jobs").get_by_role("button", name="Open")
-           ).to_have_count(1)
+    expect(page.get_by_role("table", name="Jobs").get_by_role("button", name="Open")).to_have_count(
+        1
+    )
     page.get_by_label("API key").focus()
     order = []
     for _ in range(10):
         page.keyboard.press("Tab")
         order.append(page.evaluate(FOCUSED_JS))
-    assert order == ["Forget key", "Model", "Timeout (seconds)", "System prompt", "Prompt",
-                     "Text", "Run", "", "Refresh limits", "curl"]
+    assert order == [
+        "Forget key",
+        "Model",
+        "Timeout (seconds)",
+        "System prompt",
+        "Prompt",
+        "Text",
+        "Run",
+        "",
+        "Refresh limits",
+        "curl",
+    ]
     page.keyboard.press("Tab")
     page.keyboard.press("Space")
     expect(page.get_by_role("button", name="Python (anthropic)")).to_have_attribute(
-        "aria-pressed", "true")
+        "aria-pressed", "true"
+    )
     page.get_by_role("table", name="Jobs").get_by_role("button", name="Delete").focus()
     page.once("dialog", lambda dialog: dialog.accept())
     page.keyboard.press("Enter")
@@ -380,8 +420,7 @@ def test_playground_shows_the_key_limits(tab: Tab, console: Console) -> None:
     expect(limits).to_contain_text("29 of 30", timeout=WAIT_MS)
 
 
-def test_playground_resumes_a_dropped_stream_with_last_event_id(tab: Tab,
-                                                                console: Console) -> None:
+def test_playground_resumes_a_dropped_stream_with_last_event_id(tab: Tab, console: Console) -> None:
     """When the event stream drops mid-answer the page reconnects with Last-Event-ID and
     shows the whole answer once."""
     page = tab.page
@@ -406,23 +445,27 @@ def test_playground_resumes_a_dropped_stream_with_last_event_id(tab: Tab,
 
 
 @pytest.mark.parametrize(("name", "size"), [("desktop", (1280, 900)), ("phone", PHONE)])
-def test_playground_fits_and_is_photographed(open_tab: OpenTab, console: Console, name: str,
-                                             size: tuple[int, int]) -> None:
+def test_playground_fits_and_is_photographed(
+    open_tab: OpenTab, console: Console, name: str, size: tuple[int, int]
+) -> None:
     """The playground fits the screen without sideways scrolling on a desktop and on a
     390 px phone; the test run saves the screenshots docs/console.md shows."""
     tab = open_tab(*size)
     page = open_playground(tab, console.create_key(rpm=60, tokens_per_day=100_000))
     page.get_by_label("System prompt").fill("Answer in one short paragraph.")
-    reply = ("A gateway in front of the Claude Code CLI: keys, limits, queues and streams, "
-             "so every app on the network can ask without holding a login.")
+    reply = (
+        "A gateway in front of the Claude Code CLI: keys, limits, queues and streams, "
+        "so every app on the network can ask without holding a login."
+    )
     with console.fake_replies("text", text=reply):
         run_prompt(page, "What is ccgate, in one sentence?")
         expect(run_status(page)).to_contain_text("Completed", timeout=WAIT_MS)
     assert page.evaluate("document.documentElement.scrollWidth") <= size[0]
     page.evaluate("document.getElementById('prompt').closest('.field').scrollIntoView()")
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOT_DIR / f"playground-{name}.png", full_page=name == "desktop",
-                    type="png")
+    page.screenshot(
+        path=SCREENSHOT_DIR / f"playground-{name}.png", full_page=name == "desktop", type="png"
+    )
     assert (SCREENSHOT_DIR / f"playground-{name}.png").stat().st_size > 1000
     if name == "phone":
         expect(page.get_by_role("table", name="Jobs").locator("tbody tr")).to_have_count(1)

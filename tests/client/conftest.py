@@ -33,8 +33,12 @@ class Gateway:
     def create_key(self, **policy: Any) -> tuple[str, str]:
         """A fresh API key with ``policy`` (admin API); its secret and its webhook secret."""
         body = {"name": f"client-{secrets.token_hex(4)}", **policy}
-        response = httpx.post(f"{self.url}/admin/keys", json=body, timeout=30,
-                              headers={"Authorization": f"Bearer {self.admin_token}"})
+        response = httpx.post(
+            f"{self.url}/admin/keys",
+            json=body,
+            timeout=30,
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+        )
         assert response.status_code == 201, response.text
         return response.json()["key"], response.json()["webhook_secret"]
 
@@ -49,8 +53,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("client")
     admin_token = "client-admin-" + secrets.token_hex(16)
     claude = make_fake_claude(root / "fake-claude", "echo", **FAKE_REPLY)
-    env = fake_claude_env(root, claude, admin_token, CCGATE_OUTBOUND_ALLOW="127.0.0.1",
-                          CCGATE_SSE_HEARTBEAT_SECS=1)
+    env = fake_claude_env(
+        root, claude, admin_token, CCGATE_OUTBOUND_ALLOW="127.0.0.1", CCGATE_SSE_HEARTBEAT_SECS=1
+    )
     server = ServerProcess(env, root / "server").start()
     try:
         yield Gateway(server, admin_token)
@@ -71,4 +76,3 @@ def dropping_proxy(gateway: Gateway) -> Iterator[DroppingProxy]:
     """A proxy to ``gateway`` that cuts the first event stream after two events."""
     with DroppingProxy(gateway.server.port, drops=1, after_events=2) as proxy:
         yield proxy
-

@@ -66,8 +66,7 @@ class DroppingProxy:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self._sockets += [client, upstream]
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._responses, args=(upstream, client),
-                             daemon=True).start()
+            threading.Thread(target=self._responses, args=(upstream, client), daemon=True).start()
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:
@@ -85,7 +84,7 @@ class DroppingProxy:
                 seen += data
                 cut = self._cut_at(seen)
                 if cut is not None:
-                    client.sendall(bytes(seen[start:max(start, cut)]))
+                    client.sendall(bytes(seen[start : max(start, cut)]))
                     for sock in (client, upstream):
                         with contextlib.suppress(OSError):
                             sock.shutdown(socket.SHUT_RDWR)

@@ -17,7 +17,8 @@ async def test_async_client_run_returns_the_finished_job(gateway: Gateway, api_k
 
 
 async def test_async_client_submit_then_wait_returns_the_ended_job(
-        gateway: Gateway, api_key: str) -> None:
+    gateway: Gateway, api_key: str
+) -> None:
     """``submit`` answers at once and ``wait`` (by stream, then by polling) gets its end."""
     async with AsyncClient(gateway.url, api_key) as gate:
         first = await gate.submit("first async job")
@@ -29,7 +30,8 @@ async def test_async_client_submit_then_wait_returns_the_ended_job(
 
 
 async def test_async_client_stream_resumes_after_a_dropped_connection(
-        gateway: Gateway, api_key: str, dropping_proxy: DroppingProxy) -> None:
+    gateway: Gateway, api_key: str, dropping_proxy: DroppingProxy
+) -> None:
     """A stream cut in the middle of an event resumes with Last-Event-ID: no event is lost
     or repeated."""
     async with AsyncClient(dropping_proxy.url, api_key) as gate:

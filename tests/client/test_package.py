@@ -18,6 +18,7 @@ print(server + other)
 
 def test_client_package_imports_no_server_module() -> None:
     """Importing ``ccgate.client`` loads none of the server's modules or frameworks."""
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                          check=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=60
+    )
     assert done.stdout.strip() == "[]"

@@ -32,7 +32,8 @@ def test_client_submit_then_wait_returns_the_ended_job(gateway: Gateway, api_key
 
 
 def test_client_stream_resumes_after_a_dropped_connection(
-        gateway: Gateway, api_key: str, dropping_proxy: DroppingProxy) -> None:
+    gateway: Gateway, api_key: str, dropping_proxy: DroppingProxy
+) -> None:
     """A stream cut in the middle of an event resumes with Last-Event-ID: no event is lost
     or repeated, and the chunks add up to the result."""
     with Client(dropping_proxy.url, api_key) as gate:
@@ -75,8 +76,7 @@ def test_client_files_upload_get_and_delete(gateway: Gateway, api_key: str) -> N
         gate.delete_file(info["file_token"])
         with pytest.raises(APIError) as gone:
             gate.get_file(info["file_token"])
-    assert (seen["filename"], seen["media_type"], seen["size"]) == ("notes.md",
-                                                                    "text/markdown", 13)
+    assert (seen["filename"], seen["media_type"], seen["size"]) == ("notes.md", "text/markdown", 13)
     assert job["status"] == "completed"
     assert (gone.value.type, gone.value.status) == ("not_found", 404)
 
@@ -118,7 +118,8 @@ def test_client_error_carries_the_request_id_and_param(gateway: Gateway, api_key
 
 
 def test_client_reads_url_and_key_from_the_environment(
-        gateway: Gateway, api_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway: Gateway, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without arguments the client uses CCGATE_URL and CCGATE_KEY."""
     monkeypatch.setenv("CCGATE_URL", gateway.url)
     monkeypatch.setenv("CCGATE_KEY", api_key)

@@ -21,15 +21,29 @@ def test_typescript_client_passes_its_tests_against_a_real_server(gateway: Gatew
     dropped-stream resume included."""
     npm = shutil.which("npm")
     if npm is None or not (PACKAGE / "node_modules" / "typescript").is_dir():
-        service_missing("the TypeScript client's tools are not installed: run scripts/test.sh "
-                        "(npm ci in clients/typescript)")
+        service_missing(
+            "the TypeScript client's tools are not installed: run scripts/test.sh "
+            "(npm ci in clients/typescript)"
+        )
     assert npm is not None
     with DroppingProxy(gateway.server.port, drops=1, after_events=2) as proxy:
-        env = {**os.environ, "CCGATE_URL": gateway.url, "CCGATE_KEY": gateway.key(),
-               "CCGATE_TEST_DROP_URL": proxy.url, "CCGATE_TEST_LIST_KEY": gateway.key(),
-               "CCGATE_TEST_RPM1_KEY": gateway.key(rpm=1)}
-        done = subprocess.run([npm, "test"], cwd=PACKAGE, env=env, capture_output=True,
-                              text=True, timeout=NPM_TIMEOUT_SECS, check=False)
+        env = {
+            **os.environ,
+            "CCGATE_URL": gateway.url,
+            "CCGATE_KEY": gateway.key(),
+            "CCGATE_TEST_DROP_URL": proxy.url,
+            "CCGATE_TEST_LIST_KEY": gateway.key(),
+            "CCGATE_TEST_RPM1_KEY": gateway.key(rpm=1),
+        }
+        done = subprocess.run(
+            [npm, "test"],
+            cwd=PACKAGE,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=NPM_TIMEOUT_SECS,
+            check=False,
+        )
         dropped = proxy.dropped
     print(done.stdout, done.stderr)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

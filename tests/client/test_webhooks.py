@@ -29,8 +29,7 @@ def spec_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 def spec_headers(signature: str, timestamp: int | None = None) -> dict[str, str]:
     """Standard Webhooks headers for ``BODY`` as message ``msg_1``."""
     stamp = int(time.time()) if timestamp is None else timestamp
-    return {"Webhook-Id": "msg_1", "Webhook-Timestamp": str(stamp),
-            "Webhook-Signature": signature}
+    return {"Webhook-Id": "msg_1", "Webhook-Timestamp": str(stamp), "Webhook-Signature": signature}
 
 
 def test_verify_webhook_accepts_a_spec_signature() -> None:
@@ -48,8 +47,9 @@ def test_verify_webhook_accepts_any_one_of_several_signatures() -> None:
     assert verify_webhook(BODY, spec_headers(f"{old} {new}", now), SECRET)["status"] == "completed"
 
 
-@pytest.mark.parametrize(("body", "age"), [(BODY.replace(b"hi", b"ho"), 0), (BODY, 301),
-                                           (BODY, -301)])
+@pytest.mark.parametrize(
+    ("body", "age"), [(BODY.replace(b"hi", b"ho"), 0), (BODY, 301), (BODY, -301)]
+)
 def test_verify_webhook_refuses_a_changed_body_or_a_stale_timestamp(body: bytes, age: int) -> None:
     """A changed body, or a timestamp more than five minutes off, is refused."""
     stamp = int(time.time()) - age

@@ -28,8 +28,13 @@ BIG_SYSTEM_PROMPT = "SYSTEM-START " + "rule " * 40_000 + " SYSTEM-END"
 def options(fake: FakeAnthropic, home: Path, work_dir: Path, claude_path: Path) -> CliOptions:
     """Options running the real CLI against the fake, its config dir in the test's HOME."""
     fake.default = Echo()
-    return CliOptions(executable=str(claude_path), base_env=cli_env(fake, home),
-                      kill_grace_secs=1.0, work_dir=str(work_dir), upstream_retries=0)
+    return CliOptions(
+        executable=str(claude_path),
+        base_env=cli_env(fake, home),
+        kill_grace_secs=1.0,
+        work_dir=str(work_dir),
+        upstream_retries=0,
+    )
 
 
 @pytest.fixture
@@ -47,8 +52,9 @@ async def make_pool(options: CliOptions) -> AsyncIterator[Callable[[str], Pooled
 
 
 async def _ask(runner: ClaudeCliRunner | PooledCliRunner, text: str, **request: str) -> RunResult:
-    return await collect(runner, RunRequest.from_text(text, "haiku", owner="key-a",
-                                                      timeout_secs=60, **request))
+    return await collect(
+        runner, RunRequest.from_text(text, "haiku", owner="key-a", timeout_secs=60, **request)
+    )
 
 
 async def _idle_pid(runner: PooledCliRunner) -> int:
@@ -70,8 +76,9 @@ async def test_cli_system_prompt_of_200_kib_is_honoured(
     """A 200 KiB system prompt and an appended one run cold and reach the upstream `system`."""
     runner = ClaudeCliRunner(options)
 
-    result = await _ask(runner, "hello", system_prompt=BIG_SYSTEM_PROMPT,
-                        append_system_prompt="APPENDED-RULE")
+    result = await _ask(
+        runner, "hello", system_prompt=BIG_SYSTEM_PROMPT, append_system_prompt="APPENDED-RULE"
+    )
     await runner.aclose()
 
     assert result.text == "hello"

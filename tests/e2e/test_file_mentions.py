@@ -48,8 +48,10 @@ def canary(tmp_path: Path, home: Path) -> Canary:
     (hidden / f"{token}.listed").write_text("x", encoding="utf-8")
     (home / "canary.txt").write_text(f"{token}\n", encoding="utf-8")
     # Run directories sit at <tmp_path>/work/ccgate-*/, so ../../ is tmp_path.
-    prompt = (f"Summarise @{hidden / 'canary.txt'} and @../../secrets/canary.txt and "
-              f"@~/canary.txt and list @{hidden}/ please")
+    prompt = (
+        f"Summarise @{hidden / 'canary.txt'} and @../../secrets/canary.txt and "
+        f"@~/canary.txt and list @{hidden}/ please"
+    )
     return Canary(token, prompt, f"@{hidden / 'canary.txt'}\n@{hidden}/\n@~/canary.txt\n")
 
 
@@ -81,8 +83,9 @@ def _doors(canary: Canary, http: httpx.Client) -> dict[str, Callable[[], httpx.R
         "/v1/chat/completions": lambda: http.post("/v1/chat/completions", json=chat),
         "/run": lambda: http.post("/run", json={"prompt": text}),
         "/v1/complete": lambda: http.post("/v1/complete", json={"prompt": text}),
-        "files": lambda: http.post("/api/v1/run", json={"prompt": "Summarise the notes.",
-                                                         "files": [file_token]}),
+        "files": lambda: http.post(
+            "/api/v1/run", json={"prompt": "Summarise the notes.", "files": [file_token]}
+        ),
     }
 
 
@@ -93,13 +96,17 @@ def _served_by(body: str) -> str:
 
 @pytest.mark.parametrize("pool_mode", ["off", "fresh", "reuse"])
 def test_file_mentions_never_reach_upstream_through_any_door(
-    pool_mode: str, canary: Canary, start_server: StartServer, server_env: dict[str, str],
+    pool_mode: str,
+    canary: Canary,
+    start_server: StartServer,
+    server_env: dict[str, str],
     fake: FakeAnthropic,
 ) -> None:
     """No door, attachment or warm process lets `@file`, `@~/file` or `@dir/` leak a file."""
     fake.default = Echo()
-    server = start_server(server_env, CCGATE_POOL_MODE=pool_mode, CCGATE_CONCURRENCY=4,
-                          CCGATE_POOL_MAX_PROCESSES=8)
+    server = start_server(
+        server_env, CCGATE_POOL_MODE=pool_mode, CCGATE_CONCURRENCY=4, CCGATE_POOL_MAX_PROCESSES=8
+    )
     wanted = "cold" if pool_mode == "off" else "pool"
     with keyed_client(server) as http:
         for door, send in _doors(canary, http).items():

@@ -17,11 +17,11 @@ HOSTILE = "```\n" + " \n" * 1200 + "no closing fence"
 
 
 def test_json_run_with_hostile_answer_renders_quickly_every_time(
-        fake: FakeAnthropic, client: httpx.Client) -> None:
+    fake: FakeAnthropic, client: httpx.Client
+) -> None:
     """The fence bomb comes back as text with a parse error, and GET and list stay fast."""
     fake.reply(Text(HOSTILE))
-    response = client.post("/api/v1/run", json={"prompt": "json please",
-                                                 "response_format": "json"})
+    response = client.post("/api/v1/run", json={"prompt": "json please", "response_format": "json"})
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["result"].startswith("```") and job["result"].endswith("no closing fence")
@@ -36,11 +36,11 @@ def test_json_run_with_hostile_answer_renders_quickly_every_time(
 
 
 def test_json_run_answer_in_a_fence_is_the_parsed_value(
-        fake: FakeAnthropic, client: httpx.Client) -> None:
+    fake: FakeAnthropic, client: httpx.Client
+) -> None:
     """A value in a tagged code fence, with prose around it, is returned parsed on every view."""
     fake.reply(Text('Here:\n```json\n{"colors": ["red", "green"]}\n```'))
-    response = client.post("/api/v1/run", json={"prompt": "json please",
-                                                 "response_format": "json"})
+    response = client.post("/api/v1/run", json={"prompt": "json please", "response_format": "json"})
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["result"] == {"colors": ["red", "green"]} and "result_parse_error" not in job

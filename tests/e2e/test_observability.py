@@ -48,8 +48,12 @@ class OtlpReceiver:
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 request = ExportTraceServiceRequest.FromString(body)
-                receiver.spans.extend(span for resource in request.resource_spans
-                                      for scope in resource.scope_spans for span in scope.spans)
+                receiver.spans.extend(
+                    span
+                    for resource in request.resource_spans
+                    for scope in resource.scope_spans
+                    for span in scope.spans
+                )
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -80,14 +84,16 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 
 def _run(server: ServerProcess, key: str) -> httpx.Response:
-    with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT_SECS,
-                      headers={"Authorization": f"Bearer {key}"}) as http:
+    with httpx.Client(
+        base_url=server.url, timeout=HTTP_TIMEOUT_SECS, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
         return http.post("/api/v1/run", json={"prompt": PROMPT})
 
 
 @pytest.mark.real_cli
 def test_tracing_spans_reach_the_collector_in_one_trace_per_request(
-        start_server: StartServer, server_env: dict[str, str], otlp: OtlpReceiver) -> None:
+    start_server: StartServer, server_env: dict[str, str], otlp: OtlpReceiver
+) -> None:
     """With OTEL_EXPORTER_OTLP_ENDPOINT set, a run's spans reach the collector with the
     request as root, the job's steps below it, spawn and first token below the run, and
     the trace id is the client's request id; the JSON log line carries the same id."""
@@ -106,11 +112,21 @@ def test_tracing_spans_reach_the_collector_in_one_trace_per_request(
         assert parents[step] == "POST /api/v1/run", step
     assert parents["ccgate.spawn"] == parents["ccgate.first_token"] == "ccgate.run"
     assert {name for name, span in spans.items() if span.trace_id == root.trace_id} == {
-        "POST /api/v1/run", "ccgate.admission", "ccgate.queue", "ccgate.run", "ccgate.spawn",
-        "ccgate.first_token", "ccgate.settle"}
+        "POST /api/v1/run",
+        "ccgate.admission",
+        "ccgate.queue",
+        "ccgate.run",
+        "ccgate.spawn",
+        "ccgate.first_token",
+        "ccgate.settle",
+    }
+
     def run_lines() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in server.log_text().splitlines()
-                if '"event": "request"' in line and "/api/v1/run" in line]
+        return [
+            json.loads(line)
+            for line in server.log_text().splitlines()
+            if '"event": "request"' in line and "/api/v1/run" in line
+        ]
 
     assert wait_until(lambda: bool(run_lines()), 10), server.log_text()
     [line] = run_lines()
@@ -120,7 +136,8 @@ def test_tracing_spans_reach_the_collector_in_one_trace_per_request(
 
 @pytest.mark.real_cli
 def test_logs_console_format_is_readable_and_holds_no_prompt_or_key(
-        start_server: StartServer, server_env: dict[str, str]) -> None:
+    start_server: StartServer, server_env: dict[str, str]
+) -> None:
     """CCGATE_LOG_FORMAT=console writes readable key=value lines, without the prompt or
     the key, even into a file."""
     server = start_server(server_env, CCGATE_LOG_FORMAT="console")
@@ -129,8 +146,11 @@ def test_logs_console_format_is_readable_and_holds_no_prompt_or_key(
     assert response.status_code == 200, response.text
 
     def run_lines() -> list[str]:
-        return [line for line in server.log_text().splitlines()
-                if " request " in line and "/api/v1/run" in line]
+        return [
+            line
+            for line in server.log_text().splitlines()
+            if " request " in line and "/api/v1/run" in line
+        ]
 
     assert wait_until(lambda: bool(run_lines()), 10), server.log_text()
     [line], log = run_lines(), server.log_text()
@@ -153,14 +173,20 @@ def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
 
 @pytest.mark.real_cli
 def test_logs_auto_on_a_terminal_is_coloured_console_lines(
-        server_env: dict[str, str], tmp_path: Path) -> None:
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
     """With the default `auto`, a server whose stderr is a terminal writes coloured
     console lines, not JSON, and still no prompt."""
     controller, terminal = pty.openpty()
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ccgate", "serve", "--port", str(port)],
-                            cwd=tmp_path, env={"PYTHONUNBUFFERED": "1", **server_env},
-                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ccgate", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env={"PYTHONUNBUFFERED": "1", **server_env},
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+    )
     os.close(terminal)
     try:
         started = _read_until(controller, b"starting", 20)

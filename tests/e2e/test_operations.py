@@ -39,8 +39,14 @@ def cliless_server(start_server: StartServer, home: Path, work_dir: Path) -> Ser
     """A server with no claude on its PATH and CCGATE_CLAUDE_PATH unset."""
     path = base_path_without("claude")
     assert shutil.which("claude", path=path) is None
-    return start_server({"PATH": path, "HOME": str(home), "CCGATE_WORK_DIR": str(work_dir),
-                         "CCGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+    return start_server(
+        {
+            "PATH": path,
+            "HOME": str(home),
+            "CCGATE_WORK_DIR": str(work_dir),
+            "CCGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+        }
+    )
 
 
 def cli_problem_lines(server: ServerProcess) -> list[dict[str, Any]]:

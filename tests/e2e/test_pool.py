@@ -36,8 +36,13 @@ async def make_pool(
     made: list[PooledCliRunner] = []
 
     def make(mode: str, **config: Any) -> PooledCliRunner:
-        options = CliOptions(executable=str(claude_path), base_env=cli_env(fake, home),
-                             kill_grace_secs=1.0, work_dir=str(work_dir), upstream_retries=0)
+        options = CliOptions(
+            executable=str(claude_path),
+            base_env=cli_env(fake, home),
+            kill_grace_secs=1.0,
+            work_dir=str(work_dir),
+            upstream_retries=0,
+        )
         config.setdefault("janitor_interval_secs", 0.1)
         made.append(PooledCliRunner(options, PoolConfig(mode=mode, **config)))
         return made[-1]
@@ -209,7 +214,9 @@ def test_pool_serve_uses_the_pool_and_stops_it_on_shutdown(
         second = http.post("/api/v1/run", json={"prompt": "second through serve"})
 
     assert [r.json()["result"] for r in (first, second)] == [
-        "first through serve", "second through serve"]
+        "first through serve",
+        "second through serve",
+    ]
     assert "first through serve" not in upstream_bodies(fake)[-1]
     server.stop()
     assert processes_under(work_dir) == []
@@ -217,5 +224,8 @@ def test_pool_serve_uses_the_pool_and_stops_it_on_shutdown(
 
 def pooled_pids(work_dir: Path) -> list[int]:
     """Pids of CLI processes running in a pool directory under `work_dir`."""
-    return [pid for pid in processes_under(work_dir)
-            if "ccgate-pool-" in os.readlink(f"/proc/{pid}/cwd")]
+    return [
+        pid
+        for pid in processes_under(work_dir)
+        if "ccgate-pool-" in os.readlink(f"/proc/{pid}/cwd")
+    ]

@@ -49,8 +49,9 @@ async def bwrap() -> BwrapSandbox:
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes = b"") -> str:
     """Run `argv` to its end; return its stdout (stderr on failure, marked)."""
-    done = subprocess.run(argv, input=stdin, env=env, cwd=cwd, capture_output=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        argv, input=stdin, env=env, cwd=cwd, capture_output=True, timeout=60, check=False
+    )
     if done.returncode != 0:
         return f"FAILED({done.returncode}): {done.stderr.decode(errors='replace')}"
     return done.stdout.decode(errors="replace")
@@ -86,16 +87,25 @@ async def test_sandbox_shows_only_the_run_and_config_dirs(
         return _run(bwrap.wrap(["cat", str(path)], run_dir=str(run_dir), env=env), env, run_dir)
 
     seen = {name: cat(path) == f"content of {name}\n" for name, path in paths.items()}
-    listing = _run(bwrap.wrap(["ls", "-A", str(home)], run_dir=str(run_dir), env=env), env,
-                   run_dir)
+    listing = _run(bwrap.wrap(["ls", "-A", str(home)], run_dir=str(run_dir), env=env), env, run_dir)
 
-    assert seen == {"run": True, "credentials": True, "other_run": False, "database": False,
-                    "env_file": False, "home": False}
+    assert seen == {
+        "run": True,
+        "credentials": True,
+        "other_run": False,
+        "database": False,
+        "env_file": False,
+        "home": False,
+    }
     assert listing.split() == [".claude", ".claude.json"]
 
 
 async def test_sandbox_hides_mentioned_files_even_with_mentions_on(
-    bwrap: BwrapSandbox, fake: FakeAnthropic, tmp_path: Path, home: Path, work_dir: Path,
+    bwrap: BwrapSandbox,
+    fake: FakeAnthropic,
+    tmp_path: Path,
+    home: Path,
+    work_dir: Path,
     claude_path: Path,
 ) -> None:
     """The real CLI with the mention switches removed, in the sandbox: `@file` in its own run
@@ -103,12 +113,12 @@ async def test_sandbox_hides_mentioned_files_even_with_mentions_on(
     fake.default = Echo()
     paths = _layout(tmp_path, home, work_dir)
     run_dir = paths["run"].parent
-    tokens = {name: f"TOKEN-{name}-{secrets.token_hex(6)}" for name in ("run", "database",
-                                                                        "home")}
+    tokens = {name: f"TOKEN-{name}-{secrets.token_hex(6)}" for name in ("run", "database", "home")}
     for name, token in tokens.items():
         paths[name].write_text(token, encoding="utf-8")
-    options = CliOptions(executable=str(claude_path), base_env=cli_env(fake, home),
-                         upstream_retries=0)
+    options = CliOptions(
+        executable=str(claude_path), base_env=cli_env(fake, home), upstream_retries=0
+    )
     env = {k: v for k, v in build_env(options, str(run_dir)).items() if k not in LOCKDOWN_ENV}
     request = RunRequest.from_text(" ".join(f"@{paths[name]}" for name in tokens), "haiku")
 
@@ -118,7 +128,10 @@ async def test_sandbox_hides_mentioned_files_even_with_mentions_on(
     assert '"type":"result"' in output, output
     body = json.dumps([r.body for r in fake.message_requests()])
     assert {name: token in body for name, token in tokens.items()} == {
-        "run": True, "database": False, "home": False}
+        "run": True,
+        "database": False,
+        "home": False,
+    }
 
 
 async def test_sandbox_cancel_leaves_no_process_behind(
@@ -127,9 +140,16 @@ async def test_sandbox_cancel_leaves_no_process_behind(
     """Cancelling a sandboxed run mid-stream ends bwrap and the CLI inside it, and removes
     the run directory."""
     fake.reply(Slow("one two three four five six", delay=0.5, chunks=6))
-    runner = ClaudeCliRunner(CliOptions(
-        executable=str(claude_path), base_env=cli_env(fake, home), upstream_retries=0,
-        kill_grace_secs=1.0, work_dir=str(work_dir), sandbox=bwrap))
+    runner = ClaudeCliRunner(
+        CliOptions(
+            executable=str(claude_path),
+            base_env=cli_env(fake, home),
+            upstream_retries=0,
+            kill_grace_secs=1.0,
+            work_dir=str(work_dir),
+            sandbox=bwrap,
+        )
+    )
     request = RunRequest.from_text("slow please", "haiku", timeout_secs=60)
 
     seen = []
@@ -150,14 +170,23 @@ async def test_sandbox_run_resumes_earlier_turns_inside_it(
 ) -> None:
     """A run with history finds its transcript in the (bound) config dir and sends every turn."""
     fake.default = Echo()
-    runner = ClaudeCliRunner(CliOptions(
-        executable=str(claude_path), base_env=cli_env(fake, home), upstream_retries=0,
-        work_dir=str(work_dir), sandbox=bwrap))
-    history = [{"role": "user", "content": "EARLIER-QUESTION"},
-               {"role": "assistant", "content": "EARLIER-ANSWER"}]
+    runner = ClaudeCliRunner(
+        CliOptions(
+            executable=str(claude_path),
+            base_env=cli_env(fake, home),
+            upstream_retries=0,
+            work_dir=str(work_dir),
+            sandbox=bwrap,
+        )
+    )
+    history = [
+        {"role": "user", "content": "EARLIER-QUESTION"},
+        {"role": "assistant", "content": "EARLIER-ANSWER"},
+    ]
 
-    result = await collect(runner, RunRequest.from_text("now this", "haiku", history=history,
-                                                        timeout_secs=60))
+    result = await collect(
+        runner, RunRequest.from_text("now this", "haiku", history=history, timeout_secs=60)
+    )
     await runner.aclose()
 
     assert result.text == "now this"
@@ -166,8 +195,11 @@ async def test_sandbox_run_resumes_earlier_turns_inside_it(
 
 
 def test_sandbox_serve_answers_cold_and_warm_inside_it(
-    bwrap: BwrapSandbox, start_server: StartServer, server_env: dict[str, str],
-    fake: FakeAnthropic, work_dir: Path,
+    bwrap: BwrapSandbox,
+    start_server: StartServer,
+    server_env: dict[str, str],
+    fake: FakeAnthropic,
+    work_dir: Path,
 ) -> None:
     """`serve` with CCGATE_SANDBOX=bwrap answers from a cold run and from a warm process,
     and the CLI processes live in a mount namespace of their own."""
@@ -239,8 +271,11 @@ def test_sandbox_doctor_fails_when_bwrap_is_missing(
     server_env: dict[str, str], tmp_path: Path
 ) -> None:
     """`doctor` with CCGATE_SANDBOX=bwrap and no bwrap fails the check and says what to do."""
-    env = {**server_env, "CCGATE_SANDBOX": "bwrap",
-           "PATH": base_path_without("bwrap", server_env["PATH"])}
+    env = {
+        **server_env,
+        "CCGATE_SANDBOX": "bwrap",
+        "PATH": base_path_without("bwrap", server_env["PATH"]),
+    }
 
     done = run_ccgate(["doctor"], env=env, cwd=tmp_path)
 

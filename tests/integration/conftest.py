@@ -49,12 +49,14 @@ async def gateway_factory(
     stack: list[tuple[FastAPI, httpx.AsyncClient, Any]] = []
 
     async def start(runner: Runner | None = None, **env: Any) -> Gateway:
-        app = create_app(make_settings(**env),
-                         runner=runner if runner is not None else FakeRunner())
+        app = create_app(
+            make_settings(**env), runner=runner if runner is not None else FakeRunner()
+        )
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                   base_url="http://ccgate.test")
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test"
+        )
         stack.append((app, client, lifespan))
         secret = (await app.state.keyring.create("app")).secret
         return Gateway(app, client, secret)
@@ -79,13 +81,21 @@ def fake() -> Iterator[FakeAnthropic]:
 
 
 @pytest.fixture
-async def api_gateway(make_settings: Callable[..., Settings],
-                      fake: FakeAnthropic) -> AsyncIterator[Gateway]:
+async def api_gateway(
+    make_settings: Callable[..., Settings], fake: FakeAnthropic
+) -> AsyncIterator[Gateway]:
     """ccgate with CCGATE_BACKEND=api pointed at the fake, and one key."""
-    app = create_app(make_settings(CCGATE_BACKEND="api", ANTHROPIC_BASE_URL=fake.url,
-                                   ANTHROPIC_API_KEY=FAKE_API_KEY))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test") as client:
+    app = create_app(
+        make_settings(
+            CCGATE_BACKEND="api", ANTHROPIC_BASE_URL=fake.url, ANTHROPIC_API_KEY=FAKE_API_KEY
+        )
+    )
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test"
+        ) as client,
+    ):
         secret = (await app.state.keyring.create("app")).secret
         yield Gateway(app, client, secret)
 
@@ -105,12 +115,14 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 @pytest.fixture
-async def db_gateway_factory(database_url: str,
-                             gateway_factory: Callable[..., Any]) -> Callable[..., Any]:
+async def db_gateway_factory(
+    database_url: str, gateway_factory: Callable[..., Any]
+) -> Callable[..., Any]:
     """Like ``gateway_factory``, on the ``database_url`` backend (SQLite, then PostgreSQL)."""
 
     async def start(runner: Runner | None = None, **env: Any) -> Gateway:
         return await gateway_factory(  # type: ignore[no-any-return]
-            runner, CCGATE_DATABASE_URL=database_url, **env)
+            runner, CCGATE_DATABASE_URL=database_url, **env
+        )
 
     return start

@@ -47,8 +47,12 @@ async def _create(gw: Gateway, **body: Any) -> dict[str, Any]:
 
 async def test_admin_disabled_without_token_names_the_setting(gateway: Gateway) -> None:
     """With CCGATE_ADMIN_TOKEN unset every admin route answers 404 admin_disabled."""
-    for method, path in (("GET", "/admin/keys"), ("POST", "/admin/keys"),
-                         ("GET", "/admin/usage"), ("POST", "/admin/circuit/reset")):
+    for method, path in (
+        ("GET", "/admin/keys"),
+        ("POST", "/admin/keys"),
+        ("GET", "/admin/usage"),
+        ("POST", "/admin/circuit/reset"),
+    ):
         response = await gateway.client.request(method, path, headers=ADMIN)
         assert response.status_code == 404
         assert _error(response)["type"] == "admin_disabled"
@@ -72,8 +76,10 @@ def _client_from(gw: Gateway, peer: str) -> httpx.AsyncClient:
 async def test_admin_wrong_tokens_lock_out_that_address_with_429(gw: Gateway) -> None:
     """After five wrong tokens from one address, its next sign-in (even with the right token)
     is a 429 signin_throttled with Retry-After; another address still signs in."""
-    async with _client_from(gw, "203.0.113.5") as guesser, \
-            _client_from(gw, "198.51.100.9") as admin:
+    async with (
+        _client_from(gw, "203.0.113.5") as guesser,
+        _client_from(gw, "198.51.100.9") as admin,
+    ):
         for n in range(5):
             wrong = {"Authorization": f"Bearer {TOKEN[:-2]}{n:02d}"}
             assert (await guesser.get("/admin/keys", headers=wrong)).status_code == 401
@@ -115,46 +121,67 @@ async def test_admin_created_key_works_and_only_its_hash_is_stored(gw: Gateway) 
     response = await gw.client.post("/api/v1/run", json={"prompt": "hi"}, headers=gw.auth(secret))
     assert response.status_code == 200
     store = gw.app.state.store
-    row = await store.db.read(lambda conn: conn.execute(
-        sa.select(api_keys).where(api_keys.c.name == "svc")).one()._mapping)
+    row = await store.db.read(
+        lambda conn: (
+            conn.execute(sa.select(api_keys).where(api_keys.c.name == "svc")).one()._mapping
+        )
+    )
     assert row["secret_hash"] == hash_secret(secret)
     assert all(secret not in str(value) for value in row.values())
 
 
 async def test_admin_create_stores_a_normalised_policy(gw: Gateway) -> None:
     """Every policy field round-trips; networks are normalised and times become UTC."""
-    created = await _create(gw, rpm=60, rpd=1000, tokens_per_day=50_000,
-                            budget_usd_per_month=5, concurrency=2,
-                            models=["haiku", "claude-*"], ip_cidrs=["10.1.2.3/8", "::1"],
-                            expires_at="2999-01-01T02:00:00+02:00", window_share=0.5)
+    created = await _create(
+        gw,
+        rpm=60,
+        rpd=1000,
+        tokens_per_day=50_000,
+        budget_usd_per_month=5,
+        concurrency=2,
+        models=["haiku", "claude-*"],
+        ip_cidrs=["10.1.2.3/8", "::1"],
+        expires_at="2999-01-01T02:00:00+02:00",
+        window_share=0.5,
+    )
     assert created["policy"] == {
-        "rpm": 60, "rpd": 1000, "tokens_per_day": 50_000, "budget_usd_per_month": 5.0,
-        "concurrency": 2, "models": ["haiku", "claude-*"],
-        "ip_cidrs": ["10.0.0.0/8", "::1/128"], "expires_at": "2999-01-01T00:00:00+00:00",
-        "window_share": 0.5}
+        "rpm": 60,
+        "rpd": 1000,
+        "tokens_per_day": 50_000,
+        "budget_usd_per_month": 5.0,
+        "concurrency": 2,
+        "models": ["haiku", "claude-*"],
+        "ip_cidrs": ["10.0.0.0/8", "::1/128"],
+        "expires_at": "2999-01-01T00:00:00+00:00",
+        "window_share": 0.5,
+    }
     fetched = (await gw.client.get("/admin/keys/svc", headers=ADMIN)).json()
     assert fetched["policy"] == created["policy"]
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"rpm": 0}, "rpm"),
-    ({"rpd": "10"}, "rpd"),
-    ({"concurrency": True}, "concurrency"),
-    ({"tokens_per_day": 2**40}, "tokens_per_day"),
-    ({"budget_usd_per_month": -1}, "budget_usd_per_month"),
-    ({"models": []}, "models"),
-    ({"models": [""]}, "models"),
-    ({"ip_cidrs": ["10.0.0.0/33"]}, "ip_cidrs"),
-    ({"expires_at": "2001-01-01"}, "expires_at"),
-    ({"expires_at": "next week"}, "expires_at"),
-    ({"expires_at": "0001-01-01T00:00:00+14:00"}, "expires_at"),
-    ({"expires_at": "9999-12-31T23:59:59.999999-14:00"}, "expires_at"),
-    ({"webhook_secret": "short"}, "webhook_secret"),
-    ({"colour": "blue"}, "colour"),
-    ({"name": "has space"}, "name"),
-])
-async def test_admin_create_rejects_bad_fields(gw: Gateway, body: dict[str, Any],
-                                               param: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"rpm": 0}, "rpm"),
+        ({"rpd": "10"}, "rpd"),
+        ({"concurrency": True}, "concurrency"),
+        ({"tokens_per_day": 2**40}, "tokens_per_day"),
+        ({"budget_usd_per_month": -1}, "budget_usd_per_month"),
+        ({"models": []}, "models"),
+        ({"models": [""]}, "models"),
+        ({"ip_cidrs": ["10.0.0.0/33"]}, "ip_cidrs"),
+        ({"expires_at": "2001-01-01"}, "expires_at"),
+        ({"expires_at": "next week"}, "expires_at"),
+        ({"expires_at": "0001-01-01T00:00:00+14:00"}, "expires_at"),
+        ({"expires_at": "9999-12-31T23:59:59.999999-14:00"}, "expires_at"),
+        ({"webhook_secret": "short"}, "webhook_secret"),
+        ({"colour": "blue"}, "colour"),
+        ({"name": "has space"}, "name"),
+    ],
+)
+async def test_admin_create_rejects_bad_fields(
+    gw: Gateway, body: dict[str, Any], param: str
+) -> None:
     """Each bad field is a 400 naming it, and no key is created."""
     response = await gw.client.post("/admin/keys", json={"name": "svc", **body}, headers=ADMIN)
     assert response.status_code == 400, response.text
@@ -180,8 +207,9 @@ async def test_admin_create_accepts_a_chosen_webhook_secret(gw: Gateway) -> None
 async def test_admin_patch_changes_and_clears_only_the_fields_sent(gw: Gateway) -> None:
     """PATCH sets the fields sent, null clears one, and the rest stay as they were."""
     await _create(gw, rpm=5, models=["haiku"])
-    response = await gw.client.patch("/admin/keys/svc", json={"rpd": 100, "rpm": None},
-                                     headers=ADMIN)
+    response = await gw.client.patch(
+        "/admin/keys/svc", json={"rpd": 100, "rpm": None}, headers=ADMIN
+    )
     assert response.status_code == 200
     policy = response.json()["policy"]
     assert (policy["rpm"], policy["rpd"], policy["models"]) == (None, 100, ["haiku"])
@@ -193,12 +221,14 @@ async def test_admin_patch_models_applies_to_the_next_request(gw: Gateway) -> No
     """Narrowing a key's models refuses the very next request for another model with 403."""
     secret = (await _create(gw))["key"]
     await gw.client.patch("/admin/keys/svc", json={"models": ["haiku"]}, headers=ADMIN)
-    refused = await gw.client.post("/api/v1/run", json={"prompt": "x", "model": "sonnet"},
-                                   headers=gw.auth(secret))
+    refused = await gw.client.post(
+        "/api/v1/run", json={"prompt": "x", "model": "sonnet"}, headers=gw.auth(secret)
+    )
     assert refused.status_code == 403
     assert _error(refused)["type"] == "model_not_allowed"
-    allowed = await gw.client.post("/api/v1/run", json={"prompt": "x", "model": "haiku"},
-                                   headers=gw.auth(secret))
+    allowed = await gw.client.post(
+        "/api/v1/run", json={"prompt": "x", "model": "haiku"}, headers=gw.auth(secret)
+    )
     assert allowed.status_code == 200
 
 
@@ -219,8 +249,9 @@ async def test_admin_delete_revokes_so_the_next_request_is_401(gw: Gateway) -> N
     """DELETE revokes at once; deleting again, or an unknown key, is 404 (a NUL in the name
     is a 400 before any lookup)."""
     secret = (await _create(gw))["key"]
-    assert (await gw.client.post("/api/v1/run", json={"prompt": "x"},
-                                 headers=gw.auth(secret))).status_code == 200
+    assert (
+        await gw.client.post("/api/v1/run", json={"prompt": "x"}, headers=gw.auth(secret))
+    ).status_code == 200
     deleted = await gw.client.delete("/admin/keys/svc", headers=ADMIN)
     assert deleted.status_code == 200
     assert deleted.json()["active"] is False and deleted.json()["revoked_at"] is not None
@@ -234,8 +265,11 @@ async def test_admin_expired_key_is_listed_as_expired_and_refused(gw: Gateway) -
     """A key past its expires_at shows ``expired: true`` and its requests get 401."""
     secret = (await _create(gw, expires_at="2999-01-01"))["key"]
     store = gw.app.state.store
-    await store.db.write(lambda conn: conn.execute(
-        api_keys.update().where(api_keys.c.name == "svc").values(expires_at=sa.func.now())))
+    await store.db.write(
+        lambda conn: conn.execute(
+            api_keys.update().where(api_keys.c.name == "svc").values(expires_at=sa.func.now())
+        )
+    )
     entry = (await gw.client.get("/admin/keys/svc", headers=ADMIN)).json()
     assert (entry["active"], entry["expired"]) == (True, True)
     response = await gw.client.post("/api/v1/run", json={"prompt": "x"}, headers=gw.auth(secret))
@@ -262,11 +296,15 @@ async def test_admin_audit_filters_by_key_and_status(gw: Gateway) -> None:
 
 
 async def test_admin_audit_shows_prompt_text_only_when_stored(
-        gateway_factory: StartGateway, tmp_path: Path) -> None:
+    gateway_factory: StartGateway, tmp_path: Path
+) -> None:
     """By default rows carry no prompt_text at all; with CCGATE_AUDIT_PROMPTS they do."""
     plain = await gateway_factory(CCGATE_ADMIN_TOKEN=TOKEN)
-    kept = await gateway_factory(CCGATE_ADMIN_TOKEN=TOKEN, CCGATE_AUDIT_PROMPTS="true",
-                                 CCGATE_DATABASE_URL=f"sqlite:///{tmp_path / 'kept.db'}")
+    kept = await gateway_factory(
+        CCGATE_ADMIN_TOKEN=TOKEN,
+        CCGATE_AUDIT_PROMPTS="true",
+        CCGATE_DATABASE_URL=f"sqlite:///{tmp_path / 'kept.db'}",
+    )
     for gw in (plain, kept):
         await gw.run({"prompt": "secret plan"})
         await gw.app.state.audit.flush()
@@ -276,11 +314,23 @@ async def test_admin_audit_shows_prompt_text_only_when_stored(
     assert row["prompt_text"] == "secret plan"
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=many", "status=weird",
-                                   "status=4000", "key=bad%20name", "door=smtp",
-                                   "cursor=%25%25", "cursor=bm9wZQ", "cursor=" + "A" * 300,
-                                   "cursor=MjAyNi0wMS0wMVQwMDowMDowMHwx",
-                                   "cursor=MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHwtMQ"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=1001",
+        "limit=many",
+        "status=weird",
+        "status=4000",
+        "key=bad%20name",
+        "door=smtp",
+        "cursor=%25%25",
+        "cursor=bm9wZQ",
+        "cursor=" + "A" * 300,
+        "cursor=MjAyNi0wMS0wMVQwMDowMDowMHwx",
+        "cursor=MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHwtMQ",
+    ],
+)
 async def test_admin_audit_rejects_bad_parameters(gw: Gateway, query: str) -> None:
     """Out-of-range limits, unknown statuses, doors and malformed key names or cursors
     (garbage, no time zone, a negative id) are 400s."""
@@ -293,11 +343,19 @@ def _seeded_rows(count: int) -> list[AuditEntry]:
     """``count`` rows over five keys, every door, a few statuses; seven share each second,
     and they are written out of time order, so ids alone do not give the order."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    rows = [AuditEntry(at=start + timedelta(seconds=n // 7), request_id=f"req_{n}",
-                       door=DOORS[n % len(DOORS)], route="/api/v1/run",
-                       http_status=(200, 429, 200, 400)[n % 4], duration_ms=1,
-                       key_name=f"k{n % 5}", job_status="failed" if n % 6 == 0 else None)
-            for n in range(count)]
+    rows = [
+        AuditEntry(
+            at=start + timedelta(seconds=n // 7),
+            request_id=f"req_{n}",
+            door=DOORS[n % len(DOORS)],
+            route="/api/v1/run",
+            http_status=(200, 429, 200, 400)[n % 4],
+            duration_ms=1,
+            key_name=f"k{n % 5}",
+            job_status="failed" if n % 6 == 0 else None,
+        )
+        for n in range(count)
+    ]
     # 7919 is prime, so this visits every row once, out of time order.
     return [rows[(n * 7919) % count] for n in range(count)]
 
@@ -317,31 +375,44 @@ async def _all_pages(gw: Gateway, query: str) -> tuple[list[int], int]:
     raise AssertionError("next_cursor never ran out")
 
 
-async def test_admin_audit_pages_through_every_row_once(
-        db_gateway_factory: StartGateway) -> None:
+async def test_admin_audit_pages_through_every_row_once(db_gateway_factory: StartGateway) -> None:
     """Following next_cursor walks thousands of rows newest first (by time, then id), with
     and without filters, each row exactly once and none missing, on SQLite and PostgreSQL."""
     gw = await db_gateway_factory(CCGATE_ADMIN_TOKEN=TOKEN)
     for start in range(0, 3000, 500):
-        assert await gw.app.state.store.audit.append_many(_seeded_rows(3000)[start:start + 500]) \
+        assert (
+            await gw.app.state.store.audit.append_many(_seeded_rows(3000)[start : start + 500])
             == []
-    stored = await gw.app.state.store.db.read(lambda conn: conn.execute(sa.select(
-        audit_log.c.id, audit_log.c.at, audit_log.c.key_name, audit_log.c.http_status,
-        audit_log.c.door)).all())
+        )
+    stored = await gw.app.state.store.db.read(
+        lambda conn: conn.execute(
+            sa.select(
+                audit_log.c.id,
+                audit_log.c.at,
+                audit_log.c.key_name,
+                audit_log.c.http_status,
+                audit_log.c.door,
+            )
+        ).all()
+    )
     newest_first = sorted(stored, key=lambda r: (r.at, r.id), reverse=True)
     ids, pages = await _all_pages(gw, "limit=250")
     assert ids == [r.id for r in newest_first] and pages == 12
     ids, _ = await _all_pages(gw, "limit=7&key=k2&status=429&door=openai")
-    assert ids == [r.id for r in newest_first
-                   if (r.key_name, r.http_status, r.door) == ("k2", 429, "openai")]
+    assert ids == [
+        r.id for r in newest_first if (r.key_name, r.http_status, r.door) == ("k2", 429, "openai")
+    ]
     assert len(ids) > 20
 
 
 async def test_admin_audit_filters_by_door(gw: Gateway) -> None:
     """door= keeps only that door's rows; the last page says there is no next one."""
     await gw.run({"prompt": "native"})
-    await gw.client.post("/v1/messages", headers=gw.auth(), json={
-        "model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    await gw.client.post(
+        "/v1/messages",
+        headers=gw.auth(),
+        json={"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+    )
     await gw.app.state.audit.flush()
     body = (await gw.client.get("/admin/audit?door=anthropic", headers=ADMIN)).json()
     assert [(r["door"], r["route"]) for r in body["data"]] == [("anthropic", "/v1/messages")]
@@ -357,8 +428,11 @@ async def test_admin_rotates_a_webhook_secret_once(gw: Gateway) -> None:
     secret = response.json()["webhook_secret"]
     assert secret.startswith("whsec_") and secret != first
     assert response.json() == {"name": "svc", "webhook_secret": secret}
-    stored = await gw.app.state.store.db.read(lambda conn: conn.execute(
-        sa.select(api_keys.c.webhook_secret).where(api_keys.c.name == "svc")).scalar())
+    stored = await gw.app.state.store.db.read(
+        lambda conn: conn.execute(
+            sa.select(api_keys.c.webhook_secret).where(api_keys.c.name == "svc")
+        ).scalar()
+    )
     assert stored == secret
     assert secret not in (await gw.client.get("/admin/keys/svc", headers=ADMIN)).text
     await gw.client.delete("/admin/keys/svc", headers=ADMIN)
@@ -368,13 +442,15 @@ async def test_admin_rotates_a_webhook_secret_once(gw: Gateway) -> None:
 
 
 async def test_admin_status_reports_readiness_queue_and_circuit(
-        gateway_factory: StartGateway, tmp_path: Path) -> None:
+    gateway_factory: StartGateway, tmp_path: Path
+) -> None:
     """GET /admin/status shows readiness (the CLI and its version), running and queued jobs,
     the breaker and no pool when the pool is off; it needs the admin token."""
     runner = FakeRunner(block=True)
     claude = make_fake_claude(tmp_path / "bin", "text")
-    gw = await gateway_factory(runner, CCGATE_ADMIN_TOKEN=TOKEN, CCGATE_CONCURRENCY=1,
-                               CCGATE_CLAUDE_PATH=str(claude))
+    gw = await gateway_factory(
+        runner, CCGATE_ADMIN_TOKEN=TOKEN, CCGATE_CONCURRENCY=1, CCGATE_CLAUDE_PATH=str(claude)
+    )
     assert (await gw.client.get("/admin/status")).status_code == 401
     for prompt in ("busy", "waiting"):
         await gw.client.post("/api/v1/jobs", json={"prompt": prompt}, headers=gw.auth())
@@ -385,22 +461,34 @@ async def test_admin_status_reports_readiness_queue_and_circuit(
     runner.released.set()
     assert (status["status"], status["store"], status["backend"]) == ("ready", "ok", "cli")
     assert status["claude"]["path"] == str(claude) and status["claude"]["version"]
-    assert status["queue"] == {"accepting": True, "running_here": 1, "concurrency": 1,
-                               "queue_size": 100, "queued": 1, "processing": 1}
+    assert status["queue"] == {
+        "accepting": True,
+        "running_here": 1,
+        "concurrency": 1,
+        "queue_size": 100,
+        "queued": 1,
+        "processing": 1,
+    }
     assert status["circuit"] == {"backend": "cli", "enabled": False}
     assert status["pool"] is None and status["problems"] == []
 
 
-async def test_admin_status_shows_the_warm_pool_shape(gateway_factory: StartGateway,
-                                                      tmp_path: Path) -> None:
+async def test_admin_status_shows_the_warm_pool_shape(
+    gateway_factory: StartGateway, tmp_path: Path
+) -> None:
     """With the warm pool on, the status holds the pool's mode, shape and counters."""
     executable = make_fake_claude(tmp_path / "bin", "text")
-    options = CliOptions(executable=str(executable), work_dir=str(tmp_path),
-                         base_env={"HOME": str(tmp_path)})
+    options = CliOptions(
+        executable=str(executable), work_dir=str(tmp_path), base_env={"HOME": str(tmp_path)}
+    )
     runner = PooledCliRunner(options, PoolConfig(mode="fresh", max_processes=3))
     try:
-        gw = await gateway_factory(runner, CCGATE_ADMIN_TOKEN=TOKEN, CCGATE_POOL_MODE="fresh",
-                                   CCGATE_POOL_MAX_PROCESSES="3")
+        gw = await gateway_factory(
+            runner,
+            CCGATE_ADMIN_TOKEN=TOKEN,
+            CCGATE_POOL_MODE="fresh",
+            CCGATE_POOL_MAX_PROCESSES="3",
+        )
         pool = (await gw.client.get("/admin/status", headers=ADMIN)).json()["pool"]
     finally:
         await runner.aclose()
@@ -434,8 +522,8 @@ async def test_admin_circuit_reports_and_resets_the_breaker(gw: Gateway) -> None
 async def test_admin_window_share_outside_its_range_is_refused(gw: Gateway) -> None:
     """A window_share of 0 or above 1 is a 400 naming the field; nothing is created."""
     for share in (0, 1.5):
-        response = await gw.client.post("/admin/keys", json={"name": "svc", "window_share":
-                                                               share}, headers=ADMIN)
+        response = await gw.client.post(
+            "/admin/keys", json={"name": "svc", "window_share": share}, headers=ADMIN
+        )
         assert response.status_code == 400
         assert "window_share" in response.text
-

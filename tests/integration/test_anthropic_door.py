@@ -13,22 +13,27 @@ from ccgate.runners.base import RunError
 from ccgate.store.keys import KeyPolicy
 from tests.support.fake_runner import FakeRunner
 
-PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJ"
-       "RU5ErkJggg==")
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJ"
+    "RU5ErkJggg=="
+)
 
 
 def _sdk(gateway: Any, key: str | None = None) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(
-        api_key=key or gateway.key, base_url="http://ccgate.test", max_retries=0,
-        http_client=httpx2.AsyncClient(transport=httpx2.ASGITransport(app=gateway.app)))
+        api_key=key or gateway.key,
+        base_url="http://ccgate.test",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.ASGITransport(app=gateway.app)),
+    )
 
 
-async def test_anthropic_door_create_returns_a_message(
-        gateway_factory: Callable[..., Any]) -> None:
+async def test_anthropic_door_create_returns_a_message(gateway_factory: Callable[..., Any]) -> None:
     """messages.create answers a message object the SDK parses, with usage."""
     gateway = await gateway_factory(FakeRunner(reply="hello there"))
     message = await _sdk(gateway).messages.create(
-        model="sonnet", max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+        model="sonnet", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    )
     assert message.type == "message" and message.role == "assistant"
     assert message.content[0].text == "hello there"  # type: ignore[union-attr]
     assert message.stop_reason == "end_turn"
@@ -37,19 +42,30 @@ async def test_anthropic_door_create_returns_a_message(
 
 
 async def test_anthropic_door_hands_over_the_whole_conversation(
-        gateway_factory: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any],
+) -> None:
     """System, earlier turns and an image block all reach the runner unflattened."""
     runner = FakeRunner()
     gateway = await gateway_factory(runner)
     await _sdk(gateway).messages.create(
-        model="sonnet", max_tokens=50, system=[{"type": "text", "text": "be terse"}],
+        model="sonnet",
+        max_tokens=50,
+        system=[{"type": "text", "text": "be terse"}],
         messages=[
             {"role": "user", "content": "first"},
             {"role": "assistant", "content": "answer one"},
-            {"role": "user", "content": [
-                {"type": "text", "text": "look"},
-                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                             "data": PNG}}]}])
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "look"},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+                    },
+                ],
+            },
+        ],
+    )
     request = runner.started[-1]
     assert request.system_prompt == "be terse"
     assert [m["role"] for m in request.history] == ["user", "assistant"]
@@ -58,12 +74,13 @@ async def test_anthropic_door_hands_over_the_whole_conversation(
 
 
 async def test_anthropic_door_stream_follows_the_event_sequence(
-        gateway_factory: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any],
+) -> None:
     """A stream is message_start, block start, deltas, block stop, message_delta, stop."""
     gateway = await gateway_factory(FakeRunner(reply="abcdefgh"))
     async with _sdk(gateway).messages.stream(
-            model="sonnet", max_tokens=50,
-            messages=[{"role": "user", "content": "hi"}]) as stream:
+        model="sonnet", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
         kinds = [event.type async for event in stream]
         final = await stream.get_final_message()
     assert kinds[0] == "message_start"
@@ -74,10 +91,12 @@ async def test_anthropic_door_stream_follows_the_event_sequence(
 
 
 async def test_anthropic_door_errors_raise_the_sdk_classes(
-        gateway_factory: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any],
+) -> None:
     """401, 400 and 429 come back as AuthenticationError, BadRequestError, RateLimitError."""
-    gateway = await gateway_factory(FakeRunner(error=RunError(
-        "upstream_rate_limited", "slow down", retry_after=30)))
+    gateway = await gateway_factory(
+        FakeRunner(error=RunError("upstream_rate_limited", "slow down", retry_after=30))
+    )
     ask = {"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
     with pytest.raises(anthropic.AuthenticationError):
         await _sdk(gateway, "ccg_wrong").messages.create(**ask)  # type: ignore[arg-type]
@@ -88,14 +107,18 @@ async def test_anthropic_door_errors_raise_the_sdk_classes(
 
 
 async def test_anthropic_door_refuses_tools_on_the_cli_backend(
-        gateway_factory: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any],
+) -> None:
     """A request with tools is a clear 400 saying tools are off, and nothing runs."""
     runner = FakeRunner()
     gateway = await gateway_factory(runner)
     with pytest.raises(anthropic.BadRequestError, match="tool use is off"):
         await _sdk(gateway).messages.create(
-            model="sonnet", max_tokens=10, messages=[{"role": "user", "content": "x"}],
-            tools=[{"name": "f", "input_schema": {"type": "object"}}])
+            model="sonnet",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "x"}],
+            tools=[{"name": "f", "input_schema": {"type": "object"}}],
+        )
     assert runner.started == []
 
 
@@ -107,27 +130,29 @@ async def test_anthropic_door_model_allowlists(gateway_factory: Callable[..., An
     with pytest.raises(anthropic.BadRequestError):
         await _sdk(gateway).messages.create(model="gpt-4", **ask)  # type: ignore[arg-type]
     with pytest.raises(anthropic.PermissionDeniedError):
-        await _sdk(gateway, limited.secret).messages.create(
-            model="sonnet", **ask)  # type: ignore[arg-type]
-    ok = await _sdk(gateway, limited.secret).messages.create(
-        model="haiku", **ask)  # type: ignore[arg-type]
+        await _sdk(gateway, limited.secret).messages.create(model="sonnet", **ask)  # type: ignore[arg-type]
+    ok = await _sdk(gateway, limited.secret).messages.create(model="haiku", **ask)  # type: ignore[arg-type]
     assert ok.content
 
 
 async def test_anthropic_door_count_tokens_estimates_on_the_cli_backend(
-        gateway_factory: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any],
+) -> None:
     """count_tokens answers an estimate that grows with the conversation."""
     gateway = await gateway_factory()
     sdk = _sdk(gateway)
     short = await sdk.messages.count_tokens(
-        model="sonnet", messages=[{"role": "user", "content": "hi"}])
+        model="sonnet", messages=[{"role": "user", "content": "hi"}]
+    )
     long = await sdk.messages.count_tokens(
-        model="sonnet", messages=[{"role": "user", "content": "hi " * 400}])
+        model="sonnet", messages=[{"role": "user", "content": "hi " * 400}]
+    )
     assert 0 < short.input_tokens < long.input_tokens
 
 
 async def test_anthropic_door_models_list_shows_the_keys_models(
-        gateway_factory: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any],
+) -> None:
     """models.list() parses and lists only what the key may use."""
     gateway = await gateway_factory(CCGATE_ALLOWED_MODELS="sonnet,haiku,claude-*")
     limited = await gateway.app.state.keyring.create("limited", KeyPolicy(models=("haiku",)))
@@ -138,17 +163,22 @@ async def test_anthropic_door_models_list_shows_the_keys_models(
 
 
 async def test_anthropic_door_bad_bodies_are_400_in_the_anthropic_shape(
-        gateway_factory: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any],
+) -> None:
     """Broken JSON and bad fields answer the documented error envelope, never a 500."""
     gateway = await gateway_factory()
-    for body in (b"{", b"[]", b'{"model":"sonnet","max_tokens":5,"messages":[]}',
-                 b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"bot","content":"x"}]}',
-                 b'{"model":"sonnet","max_tokens":5,"temperature":7,'
-                 b'"messages":[{"role":"user","content":"x"}]}',
-                 b'{"model":"sonnet","max_tokens":5,'
-                 b'"messages":[{"role":"assistant","content":"x"}]}'):
-        response = await gateway.client.post("/v1/messages", content=body,
-                                             headers={"x-api-key": gateway.key})
+    for body in (
+        b"{",
+        b"[]",
+        b'{"model":"sonnet","max_tokens":5,"messages":[]}',
+        b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"bot","content":"x"}]}',
+        b'{"model":"sonnet","max_tokens":5,"temperature":7,'
+        b'"messages":[{"role":"user","content":"x"}]}',
+        b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"assistant","content":"x"}]}',
+    ):
+        response = await gateway.client.post(
+            "/v1/messages", content=body, headers={"x-api-key": gateway.key}
+        )
         assert response.status_code == 400, body
         payload = response.json()
         assert payload["type"] == "error"
@@ -156,18 +186,24 @@ async def test_anthropic_door_bad_bodies_are_400_in_the_anthropic_shape(
         assert response.headers["request-id"].startswith("req_")
 
 
-@pytest.mark.parametrize("body", [
-    b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"a\\ud800b"}]}',
-    b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"\\uDC00"}]}',
-    '{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"x"}]}'
-    .encode("utf-16"),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"a\\ud800b"}]}',
+        b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"\\uDC00"}]}',
+        '{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"x"}]}'.encode(
+            "utf-16"
+        ),
+    ],
+)
 async def test_anthropic_door_lone_surrogates_are_400(
-        gateway_factory: Callable[..., Any], body: bytes) -> None:
+    gateway_factory: Callable[..., Any], body: bytes
+) -> None:
     """Text holding a lone surrogate is refused as invalid Unicode, never a 500."""
     gateway = await gateway_factory()
-    response = await gateway.client.post("/v1/messages", content=body,
-                                         headers={"x-api-key": gateway.key})
+    response = await gateway.client.post(
+        "/v1/messages", content=body, headers={"x-api-key": gateway.key}
+    )
     if body.startswith(b"\xff\xfe"):  # valid UTF-16 JSON: accepted like UTF-8
         assert response.status_code == 200
         return
@@ -175,25 +211,28 @@ async def test_anthropic_door_lone_surrogates_are_400(
     assert "surrogate" in response.json()["error"]["message"]
 
 
-async def test_anthropic_door_valid_escaped_pairs_pass(
-        gateway_factory: Callable[..., Any]) -> None:
+async def test_anthropic_door_valid_escaped_pairs_pass(gateway_factory: Callable[..., Any]) -> None:
     """An emoji written as an escaped surrogate pair is valid text and runs."""
     runner = FakeRunner()
     gateway = await gateway_factory(runner)
-    body = (b'{"model":"sonnet","max_tokens":5,'
-            b'"messages":[{"role":"user","content":"\\ud83d\\ude00"}]}')
-    response = await gateway.client.post("/v1/messages", content=body,
-                                         headers={"x-api-key": gateway.key})
+    body = (
+        b'{"model":"sonnet","max_tokens":5,"messages":[{"role":"user","content":"\\ud83d\\ude00"}]}'
+    )
+    response = await gateway.client.post(
+        "/v1/messages", content=body, headers={"x-api-key": gateway.key}
+    )
     assert response.status_code == 200
-    assert runner.started[-1].content == [{"type": "text", "text": "\U0001F600"}]
+    assert runner.started[-1].content == [{"type": "text", "text": "\U0001f600"}]
 
 
 async def test_anthropic_door_audit_row_keeps_sizes_and_outcome(
-        gateway_factory: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any],
+) -> None:
     """The audit row of a /v1/messages job holds its prompt size as well as its tokens."""
     gateway = await gateway_factory()
-    await _sdk(gateway).messages.create(model="sonnet", max_tokens=10,
-                                        messages=[{"role": "user", "content": "hello"}])
+    await _sdk(gateway).messages.create(
+        model="sonnet", max_tokens=10, messages=[{"role": "user", "content": "hello"}]
+    )
     await gateway.app.state.audit.flush()
     [row] = await gateway.app.state.store.audit.recent(1)
     assert (row["door"], row["prompt_bytes"], row["job_status"]) == ("anthropic", 5, "completed")

@@ -25,15 +25,28 @@ from tests.integration.conftest import Gateway
 
 
 def _entry(request_id: str, **facts: Any) -> AuditEntry:
-    return AuditEntry(**{"at": utcnow(), "request_id": request_id, "door": "native",
-                         "route": "/api/v1/run", "http_status": 200, "duration_ms": 3,
-                         "key_name": "app", **facts})
+    return AuditEntry(
+        **{
+            "at": utcnow(),
+            "request_id": request_id,
+            "door": "native",
+            "route": "/api/v1/run",
+            "http_status": 200,
+            "duration_ms": 3,
+            "key_name": "app",
+            **facts,
+        }
+    )
 
 
 async def test_audit_table_bad_row_loses_only_itself(store: Store) -> None:
     """A batch holding an over-long row and an unstorable one writes every other row."""
-    batch = [_entry("req_good_1"), _entry("req_long", route="/api/" + "x" * 300),
-             _entry("req_bad", duration_ms=2**70), _entry("req_good_2")]
+    batch = [
+        _entry("req_good_1"),
+        _entry("req_long", route="/api/" + "x" * 300),
+        _entry("req_bad", duration_ms=2**70),
+        _entry("req_good_2"),
+    ]
     refused = await store.audit.append_many(batch)
     assert refused == ["req_bad"]
     written = {row["request_id"] for row in await store.audit.recent()}
@@ -42,9 +55,18 @@ async def test_audit_table_bad_row_loses_only_itself(store: Store) -> None:
 
 async def test_audit_table_fits_text_to_its_columns(store: Store) -> None:
     """Over-long text is cut to its column's length; NUL and lone surrogates are replaced."""
-    await store.audit.append_many([_entry(
-        "req_1", route="/" + "r" * 400, key_name="k" * 150, client_ip="a\x00b",
-        error_type="e\ud800" * 40, prompt_text="hello\x00world")])
+    await store.audit.append_many(
+        [
+            _entry(
+                "req_1",
+                route="/" + "r" * 400,
+                key_name="k" * 150,
+                client_ip="a\x00b",
+                error_type="e\ud800" * 40,
+                prompt_text="hello\x00world",
+            )
+        ]
+    )
     (row,) = await store.audit.recent()
     assert len(row["route"]) == 200 and len(row["key_name"]) == 100
     assert row["client_ip"] == "a\ufffdb" and row["prompt_text"] == "hello\ufffdworld"
@@ -59,12 +81,14 @@ async def test_audit_log_logs_only_the_refused_rows_request_id(store: Store) -> 
     with structlog.testing.capture_logs() as logs:
         await audit.flush()
     assert [e for e in logs if e["log_level"] == "error"] == [
-        {"event": "audit_row_refused", "request_id": "req_refused", "log_level": "error"}]
+        {"event": "audit_row_refused", "request_id": "req_refused", "log_level": "error"}
+    ]
     assert [r["request_id"] for r in await store.audit.recent()] == ["req_fine"]
 
 
 async def test_audit_unmatched_long_path_loses_no_other_rows(
-        db_gateway_factory: Callable[..., Any]) -> None:
+    db_gateway_factory: Callable[..., Any],
+) -> None:
     """A 300-character unknown path from a client without a key is recorded as
     ``(unmatched)`` next to the keyed requests of the same batch, whose usage stays whole."""
     gw: Gateway = await db_gateway_factory()
@@ -76,14 +100,23 @@ async def test_audit_unmatched_long_path_loses_no_other_rows(
     rows = await gw.app.state.store.audit.recent()
     assert sorted(r["route"] for r in rows) == ["(unmatched)"] + ["/api/v1/run"] * 3
     usage = (await gw.client.get("/api/v1/usage", headers=gw.auth())).json()["data"]
-    assert usage == [{"key": "app", "requests": 3, "input_tokens": 15, "output_tokens": 21,
-                      "cost_usd": 0.003, "errors": 0}]
+    assert usage == [
+        {
+            "key": "app",
+            "requests": 3,
+            "input_tokens": 15,
+            "output_tokens": 21,
+            "cost_usd": 0.003,
+            "errors": 0,
+        }
+    ]
 
 
 async def test_audit_route_is_the_route_template(gateway: Gateway) -> None:
     """A job's poll is recorded under ``/api/v1/jobs/{job_id}``, not under the job's path."""
-    job = (await gateway.client.post("/api/v1/jobs", json={"prompt": "x"},
-                                     headers=gateway.auth())).json()
+    job = (
+        await gateway.client.post("/api/v1/jobs", json={"prompt": "x"}, headers=gateway.auth())
+    ).json()
     await gateway.client.get(f"/api/v1/jobs/{job['job_id']}", headers=gateway.auth())
     await gateway.app.state.audit.flush()
     routes = [r["route"] for r in await gateway.app.state.store.audit.recent()]
@@ -119,13 +152,19 @@ async def _plan(store: Store, query: sa.Select[Any]) -> str:
     return plan
 
 
-@pytest.mark.parametrize(("filters", "index"), [
-    ({}, "ix_audit_at"), ({"key_name": "k1"}, "ix_audit_key_at"),
-    ({"http_status": 500}, "ix_audit_status_at"),
-    ({"job_status": "failed"}, "ix_audit_job_status_at"),
-    ({"door": "openai"}, "ix_audit_door_at")])
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({}, "ix_audit_at"),
+        ({"key_name": "k1"}, "ix_audit_key_at"),
+        ({"http_status": 500}, "ix_audit_status_at"),
+        ({"job_status": "failed"}, "ix_audit_job_status_at"),
+        ({"door": "openai"}, "ix_audit_door_at"),
+    ],
+)
 async def test_audit_page_query_reads_one_index_in_order(
-        store: Store, filters: dict[str, Any], index: str) -> None:
+    store: Store, filters: dict[str, Any], index: str
+) -> None:
     """Every filter of the admin audit view, with a cursor, is served by its own index in
     newest-first order, with no sort and no table scan, on SQLite and PostgreSQL: a page
     costs the same at a million rows as at ten."""
@@ -133,6 +172,7 @@ async def test_audit_page_query_reads_one_index_in_order(
     position = AuditPosition(at=utcnow(), id=150)
     plan = await _plan(store, audit_page_query(101, before=position, **filters))
     # The index serves the filter and the cursor (SQLite: "at<?"; PostgreSQL: "ROW(at, id)").
-    assert re.search(rf"(?i)using (index )?{index}\b.*(at<\?|Index Cond: .*ROW\(at, id\) <)",
-                     plan, re.DOTALL), plan
+    assert re.search(
+        rf"(?i)using (index )?{index}\b.*(at<\?|Index Cond: .*ROW\(at, id\) <)", plan, re.DOTALL
+    ), plan
     assert not re.search("TEMP B-TREE|Sort|Seq Scan|SCAN audit_log", plan), plan

@@ -23,13 +23,24 @@ Ccgate = Callable[..., subprocess.CompletedProcess[str]]
 def ccgate(tmp_path: Path) -> Ccgate:
     """Run ``python -m ccgate ...`` with a database in tmp_path and a clean environment."""
 
-    def run(*args: str, env: dict[str, str] | None = None,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
-                "CCGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
-        return subprocess.run([sys.executable, "-m", "ccgate", *args], env={**base, **(env or {})},
-                              capture_output=True, text=True, timeout=60, input=stdin,
-                              cwd=tmp_path, check=False)
+    def run(
+        *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        base = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "CCGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "ccgate", *args],
+            env={**base, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            input=stdin,
+            cwd=tmp_path,
+            check=False,
+        )
 
     return run
 
@@ -54,8 +65,7 @@ def test_cli_keys_duplicate_and_bad_names_fail(ccgate: Ccgate) -> None:
     assert bad.returncode != 0
 
 
-async def test_cli_keys_revoke_cancels_the_keys_queued_jobs(ccgate: Ccgate,
-                                                            tmp_path: Path) -> None:
+async def test_cli_keys_revoke_cancels_the_keys_queued_jobs(ccgate: Ccgate, tmp_path: Path) -> None:
     """``keys revoke`` also cancels the key's queued jobs in the store, so a running server
     never starts them, and says how many it cancelled."""
     assert (await asyncio.to_thread(ccgate, "keys", "create", "app")).returncode == 0
@@ -63,9 +73,15 @@ async def test_cli_keys_revoke_cancels_the_keys_queued_jobs(ccgate: Ccgate,
     try:
         key = await store.keys.by_name("app")
         assert key is not None
-        await store.jobs.insert(job_id="job_waiting", key_id=key.id, door="native",
-                                model="sonnet", request={"prompt": "hi"}, metadata=None,
-                                now=utcnow())
+        await store.jobs.insert(
+            job_id="job_waiting",
+            key_id=key.id,
+            door="native",
+            model="sonnet",
+            request={"prompt": "hi"},
+            metadata=None,
+            now=utcnow(),
+        )
         revoked = await asyncio.to_thread(ccgate, "keys", "revoke", "app")
         assert revoked.returncode == 0, revoked.stderr
         assert "cancelled 1 job(s)" in revoked.stdout
@@ -117,9 +133,14 @@ def test_cli_doctor_flags_missing_cli(ccgate: Ccgate, tmp_path: Path) -> None:
 
 def test_cli_doctor_shows_pool_settings_and_memory_bound(ccgate: Ccgate, tmp_path: Path) -> None:
     """``doctor`` prints the pool mode, its process cap and the memory that cap allows."""
-    result = ccgate("doctor", env={"CCGATE_CLAUDE_PATH": str(tmp_path / "none"),
-                                   "CCGATE_POOL_MODE": "reuse",
-                                   "CCGATE_POOL_MAX_PROCESSES": "3"})
+    result = ccgate(
+        "doctor",
+        env={
+            "CCGATE_CLAUDE_PATH": str(tmp_path / "none"),
+            "CCGATE_POOL_MODE": "reuse",
+            "CCGATE_POOL_MAX_PROCESSES": "3",
+        },
+    )
     assert "[info] warm pool: mode=reuse, up to 3 processes (~600 MiB)" in result.stdout
 
 
@@ -139,14 +160,35 @@ def test_cli_keys_webhook_secret_is_shown_once_and_rotates(ccgate: Ccgate) -> No
 
 def test_cli_keys_create_with_policy_shows_it_in_list(ccgate: Ccgate) -> None:
     """``keys create`` takes every limit option and ``keys list`` shows the policy."""
-    created = ccgate("keys", "create", "app", "--rpm", "60", "--rpd", "1000",
-                     "--tokens-per-day", "5000", "--budget-usd", "2.5", "--concurrency", "2",
-                     "--model", "haiku", "--model", "claude-*", "--ip-cidr", "10.1.2.3/8",
-                     "--expires-at", "2999-01-01")
+    created = ccgate(
+        "keys",
+        "create",
+        "app",
+        "--rpm",
+        "60",
+        "--rpd",
+        "1000",
+        "--tokens-per-day",
+        "5000",
+        "--budget-usd",
+        "2.5",
+        "--concurrency",
+        "2",
+        "--model",
+        "haiku",
+        "--model",
+        "claude-*",
+        "--ip-cidr",
+        "10.1.2.3/8",
+        "--expires-at",
+        "2999-01-01",
+    )
     assert created.returncode == 0, created.stderr
     listed = ccgate("keys", "list").stdout
-    assert ("rpm=60 rpd=1000 tokens-per-day=5000 budget-usd=2.5 concurrency=2 "
-            "model=haiku,claude-* ip-cidr=10.0.0.0/8 expires-at=2999-01-01 00:00") in listed
+    assert (
+        "rpm=60 rpd=1000 tokens-per-day=5000 budget-usd=2.5 concurrency=2 "
+        "model=haiku,claude-* ip-cidr=10.0.0.0/8 expires-at=2999-01-01 00:00"
+    ) in listed
     bad = ccgate("keys", "create", "other", "--ip-cidr", "not-a-network")
     assert bad.returncode == 2 and "--ip-cidr" in bad.stderr
     assert "other" not in ccgate("keys", "list").stdout
@@ -164,11 +206,13 @@ def test_cli_keys_update_changes_and_clears_limits(ccgate: Ccgate) -> None:
 def test_cli_keys_update_refuses_bad_input(ccgate: Ccgate) -> None:
     """Bad values, unknown --clear fields, no changes and unknown keys each fail clearly."""
     ccgate("keys", "create", "app")
-    for args, message in ((["--rpm", "0"], "--rpm: must be a whole number"),
-                          (["--expires-at", "2001-01-01"], "must be in the future"),
-                          (["--clear", "colour"], "not a limit"),
-                          (["--rpm", "5", "--clear", "rpm"], "contradict"),
-                          ([], "nothing to change")):
+    for args, message in (
+        (["--rpm", "0"], "--rpm: must be a whole number"),
+        (["--expires-at", "2001-01-01"], "must be in the future"),
+        (["--clear", "colour"], "not a limit"),
+        (["--rpm", "5", "--clear", "rpm"], "contradict"),
+        ([], "nothing to change"),
+    ):
         result = ccgate("keys", "update", "app", *args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
     missing = ccgate("keys", "update", "nope", "--rpm", "5")
@@ -179,9 +223,16 @@ def test_doctor_probes_the_api_backend(ccgate: Any) -> None:
     """On the API backend doctor does not need the CLI and its probe calls the API."""
     with FakeAnthropic() as fake:
         fake.reply(Text("pong"))
-        done = ccgate("doctor", "--probe", env={
-            "CCGATE_BACKEND": "api", "ANTHROPIC_BASE_URL": fake.url,
-            "ANTHROPIC_API_KEY": FAKE_API_KEY, "CCGATE_CLAUDE_PATH": "/nonexistent"})
+        done = ccgate(
+            "doctor",
+            "--probe",
+            env={
+                "CCGATE_BACKEND": "api",
+                "ANTHROPIC_BASE_URL": fake.url,
+                "ANTHROPIC_API_KEY": FAKE_API_KEY,
+                "CCGATE_CLAUDE_PATH": "/nonexistent",
+            },
+        )
         sent = fake.message_requests()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "probe call answered: 'pong'" in done.stdout

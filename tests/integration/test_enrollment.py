@@ -43,14 +43,16 @@ async def _gateway(gateway_factory: GatewayFactory, **env: Any) -> Gateway:
 
 async def _enrollment(gw: Gateway, **body: Any) -> str:
     """Create an enrollment through the admin API and return its code."""
-    response = await gw.client.post("/admin/enrollments", headers=ADMIN_AUTH,
-                                    json={"name": "desktop", **body})
+    response = await gw.client.post(
+        "/admin/enrollments", headers=ADMIN_AUTH, json={"name": "desktop", **body}
+    )
     assert response.status_code == 201, response.text
     return str(response.json()["enrollment_code"])
 
 
-async def _bootstrap(gw: Gateway, code: str | None, device_id: str = "laptop-1",
-                     device_secret: str | None = None) -> httpx.Response:
+async def _bootstrap(
+    gw: Gateway, code: str | None, device_id: str = "laptop-1", device_secret: str | None = None
+) -> httpx.Response:
     body = {"device_id": device_id} | ({"enrollment_code": code} if code is not None else {})
     if device_secret is not None:
         body["device_secret"] = device_secret
@@ -71,8 +73,7 @@ def _segment(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
-async def test_bootstrap_token_runs_a_prompt_as_the_device(
-        gateway_factory: GatewayFactory) -> None:
+async def test_bootstrap_token_runs_a_prompt_as_the_device(gateway_factory: GatewayFactory) -> None:
     """A bootstrapped token authenticates a run, which is recorded under the device's key."""
     gw = await _gateway(gateway_factory)
     response = await _bootstrap(gw, await _enrollment(gw), "Alice's MacBook")
@@ -80,31 +81,32 @@ async def test_bootstrap_token_runs_a_prompt_as_the_device(
     body = response.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
     assert body["device"]["device_id"] == "Alice's MacBook"
-    run = await gw.client.post("/api/v1/run", json={"prompt": "hi"},
-                               headers=gw.auth(body["token"]))
+    run = await gw.client.post("/api/v1/run", json={"prompt": "hi"}, headers=gw.auth(body["token"]))
     assert run.status_code == 200, run.text
     assert run.json()["result"] == "reply: hi"
     key = await gw.app.state.store.keys.by_name(body["device"]["key_name"])
     assert key.kind == "device" and key.last_used_at is not None
 
 
-async def test_device_token_works_at_the_anthropic_door(
-        gateway_factory: GatewayFactory) -> None:
+async def test_device_token_works_at_the_anthropic_door(gateway_factory: GatewayFactory) -> None:
     """A device token in X-API-Key is accepted by /v1/messages like any key."""
     gw = await _gateway(gateway_factory)
     token = await _token(gw, await _enrollment(gw))
     response = await gw.client.post(
-        "/v1/messages", headers={"x-api-key": token, "anthropic-version": "2023-06-01"},
-        json={"model": "sonnet", "max_tokens": 64,
-              "messages": [{"role": "user", "content": "hi"}]})
+        "/v1/messages",
+        headers={"x-api-key": token, "anthropic-version": "2023-06-01"},
+        json={"model": "sonnet", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert response.status_code == 200, response.text
     assert response.json()["content"][0]["text"] == "reply: hi"
 
 
-@pytest.mark.parametrize("code", [None, "", "ccgenr_not-a-real-code"], ids=["none", "empty",
-                                                                          "wrong"])
-async def test_bootstrap_without_a_valid_code_is_401(gateway_factory: GatewayFactory,
-                                                     code: str | None) -> None:
+@pytest.mark.parametrize(
+    "code", [None, "", "ccgenr_not-a-real-code"], ids=["none", "empty", "wrong"]
+)
+async def test_bootstrap_without_a_valid_code_is_401(
+    gateway_factory: GatewayFactory, code: str | None
+) -> None:
     """A missing, empty or unknown code gets 401 with the one shared message."""
     gw = await _gateway(gateway_factory)
     await _enrollment(gw)
@@ -116,23 +118,28 @@ async def test_bootstrap_without_a_valid_code_is_401(gateway_factory: GatewayFac
 
 
 async def test_bootstrap_with_an_expired_or_revoked_code_is_401(
-        gateway_factory: GatewayFactory) -> None:
+    gateway_factory: GatewayFactory,
+) -> None:
     """Expired and revoked codes get the same 401 as an unknown one."""
     gw = await _gateway(gateway_factory)
     expired = await gw.app.state.enrollment.create(
-        "old", KeyPolicy(), max_devices=5, expires_at=utcnow() - timedelta(seconds=1))
+        "old", KeyPolicy(), max_devices=5, expires_at=utcnow() - timedelta(seconds=1)
+    )
     revoked = await _enrollment(gw)
-    assert (await gw.client.delete("/admin/enrollments/desktop", headers=ADMIN_AUTH)
-            ).status_code == 204
+    assert (
+        await gw.client.delete("/admin/enrollments/desktop", headers=ADMIN_AUTH)
+    ).status_code == 204
     for code in (expired.code, revoked):
         response = await _bootstrap(gw, code)
         assert response.status_code == 401
         assert response.json()["error"]["message"] == (
-            "invalid, expired or revoked enrollment code")
+            "invalid, expired or revoked enrollment code"
+        )
 
 
 async def test_bootstrap_same_device_twice_reuses_the_device(
-        gateway_factory: GatewayFactory) -> None:
+    gateway_factory: GatewayFactory,
+) -> None:
     """The same device_id with the same code and its device secret gets a new token for the
     same device, and no secret is shown again."""
     gw = await _gateway(gateway_factory)
@@ -166,8 +173,9 @@ async def test_device_token_expired_is_401(gateway_factory: GatewayFactory) -> N
     code = await _enrollment(gw)
     await _token(gw, code)
     device = (await gw.app.state.enrollment.devices())[0]
-    stale, _ = issue_device_token(SECRET, device, KeyPolicy(), ttl_secs=60,
-                                  now=utcnow() - timedelta(minutes=5))
+    stale, _ = issue_device_token(
+        SECRET, device, KeyPolicy(), ttl_secs=60, now=utcnow() - timedelta(minutes=5)
+    )
     response = await _jobs(gw, stale)
     assert response.status_code == 401
     assert response.json()["error"]["message"] == "invalid, expired or revoked device token"
@@ -192,8 +200,7 @@ async def test_revoked_device_fails_on_the_next_request(gateway_factory: Gateway
     assert again.json()["error"]["message"] == "this device has been revoked"
 
 
-async def test_revoking_a_device_key_cuts_the_device_off(
-        gateway_factory: GatewayFactory) -> None:
+async def test_revoking_a_device_key_cuts_the_device_off(gateway_factory: GatewayFactory) -> None:
     """Revoking the device's key (as `ccgate keys revoke` does) revokes the device, frees
     its slot, and its token fails."""
     gw = await _gateway(gateway_factory)
@@ -207,14 +214,14 @@ async def test_revoking_a_device_key_cuts_the_device_off(
     assert (await _bootstrap(gw, code, "two")).status_code == 200
 
 
-async def test_revoking_an_enrollment_revokes_its_devices(
-        gateway_factory: GatewayFactory) -> None:
+async def test_revoking_an_enrollment_revokes_its_devices(gateway_factory: GatewayFactory) -> None:
     """DELETE /admin/enrollments/{name} stops its devices' tokens and shows in the listing."""
     gw = await _gateway(gateway_factory)
     code = await _enrollment(gw, max_devices=3)
     tokens = [await _token(gw, code, name) for name in ("a", "b")]
-    assert (await gw.client.delete("/admin/enrollments/desktop", headers=ADMIN_AUTH)
-            ).status_code == 204
+    assert (
+        await gw.client.delete("/admin/enrollments/desktop", headers=ADMIN_AUTH)
+    ).status_code == 204
     for token in tokens:
         assert (await _jobs(gw, token)).status_code == 401
     listed = (await gw.client.get("/admin/enrollments", headers=ADMIN_AUTH)).json()["data"]
@@ -224,19 +231,18 @@ async def test_revoking_an_enrollment_revokes_its_devices(
 
 
 @pytest.mark.parametrize("forgery", ["wrong-secret", "alg-none", "tampered"])
-async def test_forged_device_tokens_are_401(gateway_factory: GatewayFactory,
-                                            forgery: str) -> None:
+async def test_forged_device_tokens_are_401(gateway_factory: GatewayFactory, forgery: str) -> None:
     """Tokens signed with another secret, unsigned, or with an edited payload are refused."""
     gw = await _gateway(gateway_factory)
     token = await _token(gw, await _enrollment(gw))
     header, payload, signature = token.split(".")
     claims = jwt.decode(token, options={"verify_signature": False})
     forged = {
-        "wrong-secret": jwt.encode(claims, "another-secret-of-at-least-32-characters",
-                                   algorithm="HS256"),
+        "wrong-secret": jwt.encode(
+            claims, "another-secret-of-at-least-32-characters", algorithm="HS256"
+        ),
         "alg-none": f"{_segment({'alg': 'none', 'typ': 'JWT'})}.{payload}.",
-        "tampered": f"{header}.{_segment({**claims, 'exp': claims['exp'] + 86400})}"
-                    f".{signature}",
+        "tampered": f"{header}.{_segment({**claims, 'exp': claims['exp'] + 86400})}.{signature}",
     }[forgery]
     response = await _jobs(gw, forged)
     assert response.status_code == 401
@@ -244,18 +250,21 @@ async def test_forged_device_tokens_are_401(gateway_factory: GatewayFactory,
 
 
 async def test_refresh_returns_a_working_token_with_a_later_expiry(
-        gateway_factory: GatewayFactory) -> None:
+    gateway_factory: GatewayFactory,
+) -> None:
     """POST /v1/refresh with a valid token returns a new token (new jti, later exp) that works."""
     gw = await _gateway(gateway_factory, CCGATE_DEVICE_TOKEN_TTL_SECS="600")
     token = await _token(gw, await _enrollment(gw))
     device = (await gw.app.state.enrollment.devices())[0]
-    older, _ = issue_device_token(SECRET, device, KeyPolicy(), ttl_secs=600,
-                                  now=utcnow() - timedelta(minutes=5))
+    older, _ = issue_device_token(
+        SECRET, device, KeyPolicy(), ttl_secs=600, now=utcnow() - timedelta(minutes=5)
+    )
     response = await gw.client.post("/v1/refresh", headers=gw.auth(older))
     assert response.status_code == 200, response.text
     fresh = response.json()["token"]
-    old_claims, new_claims = (jwt.decode(t, options={"verify_signature": False})
-                              for t in (older, fresh))
+    old_claims, new_claims = (
+        jwt.decode(t, options={"verify_signature": False}) for t in (older, fresh)
+    )
     assert new_claims["exp"] > old_claims["exp"] and new_claims["jti"] != old_claims["jti"]
     assert response.json()["expires_in"] == 600
     assert (await _jobs(gw, fresh)).status_code == 200
@@ -274,8 +283,9 @@ async def test_device_gets_the_enrollment_policy(gateway_factory: GatewayFactory
     gw = await _gateway(gateway_factory)
     response = await _bootstrap(gw, await _enrollment(gw, rpm=7, models=["haiku"]))
     body = response.json()
-    run = await gw.client.post("/api/v1/run", json={"prompt": "hi", "model": "sonnet"},
-                               headers=gw.auth(body["token"]))
+    run = await gw.client.post(
+        "/api/v1/run", json={"prompt": "hi", "model": "sonnet"}, headers=gw.auth(body["token"])
+    )
     assert run.status_code == 403
     assert run.json()["error"]["type"] == "model_not_allowed"
     key = await gw.app.state.store.keys.by_name(body["device"]["key_name"])
@@ -284,17 +294,25 @@ async def test_device_gets_the_enrollment_policy(gateway_factory: GatewayFactory
     assert listed[0]["policy"]["rpm"] == 7 and listed[0]["devices_active"] == 1
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/v1/bootstrap"), ("POST", "/v1/refresh"), ("GET", "/admin/enrollments"),
-    ("POST", "/admin/enrollments"), ("GET", "/admin/devices"),
-    ("DELETE", "/admin/devices/dev_x"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/bootstrap"),
+        ("POST", "/v1/refresh"),
+        ("GET", "/admin/enrollments"),
+        ("POST", "/admin/enrollments"),
+        ("GET", "/admin/devices"),
+        ("DELETE", "/admin/devices/dev_x"),
+    ],
+)
 async def test_enrollment_routes_are_404_when_the_feature_is_off(
-        gateway_factory: GatewayFactory, method: str, path: str) -> None:
+    gateway_factory: GatewayFactory, method: str, path: str
+) -> None:
     """Without CCGATE_ENROLLMENT_SECRET every enrollment route says how to turn it on."""
     gw = await gateway_factory(CCGATE_ADMIN_TOKEN=ADMIN)
-    response = await gw.client.request(method, path, headers=ADMIN_AUTH,
-                                       json={"device_id": "x", "enrollment_code": "y"})
+    response = await gw.client.request(
+        method, path, headers=ADMIN_AUTH, json={"device_id": "x", "enrollment_code": "y"}
+    )
     assert response.status_code == 404
     error = response.json()["error"]
     assert error["type"] == "feature_disabled"
@@ -302,16 +320,17 @@ async def test_enrollment_routes_are_404_when_the_feature_is_off(
 
 
 async def test_enrollment_admin_routes_need_the_admin_token(
-        gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
     """Enrollment admin routes answer 401 to a wrong token, an app key or none."""
     gw = await _gateway(gateway_factory)
     for headers in ({}, gw.auth(), gw.auth("not-the-admin-token")):
-        response = await gw.client.post("/admin/enrollments", json={"name": "x"},
-                                        headers=headers)
+        response = await gw.client.post("/admin/enrollments", json={"name": "x"}, headers=headers)
         assert response.status_code == 401
         assert (await gw.client.get("/admin/devices", headers=headers)).status_code == 401
-    off = await gateway_factory(CCGATE_ENROLLMENT_SECRET=SECRET,
-                                CCGATE_DATABASE_URL=f"sqlite:///{tmp_path / 'off.db'}")
+    off = await gateway_factory(
+        CCGATE_ENROLLMENT_SECRET=SECRET, CCGATE_DATABASE_URL=f"sqlite:///{tmp_path / 'off.db'}"
+    )
     response = await off.client.get("/admin/enrollments", headers=ADMIN_AUTH)
     assert response.json()["error"]["type"] == "admin_disabled"
 
@@ -319,8 +338,9 @@ async def test_enrollment_admin_routes_need_the_admin_token(
 async def test_create_enrollment_shows_the_code_once(gateway_factory: GatewayFactory) -> None:
     """The code is high-entropy, returned at creation only, and stored only as a hash."""
     gw = await _gateway(gateway_factory)
-    response = await gw.client.post("/admin/enrollments", headers=ADMIN_AUTH,
-                                    json={"name": "desktop", "ttl_secs": 3600})
+    response = await gw.client.post(
+        "/admin/enrollments", headers=ADMIN_AUTH, json={"name": "desktop", "ttl_secs": 3600}
+    )
     body = response.json()
     assert body["enrollment_code"].startswith("ccgenr_") and len(body["enrollment_code"]) > 40
     assert body["max_devices"] == 1 and body["expires_at"] is not None
@@ -332,19 +352,22 @@ async def test_create_enrollment_shows_the_code_once(gateway_factory: GatewayFac
     assert dup.status_code == 409
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"name": "bad name"}, "name"),
-    ({"name": "x", "rpm": 0}, "rpm"),
-    ({"name": "x", "ip_cidrs": ["not-a-network"]}, "ip_cidrs"),
-    ({"name": "x", "max_devices": 0}, "max_devices"),
-    ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
-    ({"name": "x", "expires_at": "0001-01-01T00:00:00+14:00"}, "expires_at"),
-    ({"name": "x", "expires_at": "9999-12-31T23:59:59.999999-14:00"}, "expires_at"),
-    ({"name": "x", "ttl_secs": 60, "expires_at": "2999-01-01T00:00:00Z"}, None),
-])
-async def test_create_enrollment_rejects_bad_fields(gateway_factory: GatewayFactory,
-                                                    body: dict[str, Any],
-                                                    param: str | None) -> None:
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"name": "bad name"}, "name"),
+        ({"name": "x", "rpm": 0}, "rpm"),
+        ({"name": "x", "ip_cidrs": ["not-a-network"]}, "ip_cidrs"),
+        ({"name": "x", "max_devices": 0}, "max_devices"),
+        ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+        ({"name": "x", "expires_at": "0001-01-01T00:00:00+14:00"}, "expires_at"),
+        ({"name": "x", "expires_at": "9999-12-31T23:59:59.999999-14:00"}, "expires_at"),
+        ({"name": "x", "ttl_secs": 60, "expires_at": "2999-01-01T00:00:00Z"}, None),
+    ],
+)
+async def test_create_enrollment_rejects_bad_fields(
+    gateway_factory: GatewayFactory, body: dict[str, Any], param: str | None
+) -> None:
     """A bad name, limit, network, slot count or expiry is a 400 naming the field."""
     gw = await _gateway(gateway_factory)
     response = await gw.client.post("/admin/enrollments", headers=ADMIN_AUTH, json=body)
@@ -355,8 +378,9 @@ async def test_create_enrollment_rejects_bad_fields(gateway_factory: GatewayFact
 
 
 @pytest.mark.parametrize("device_id", ["", "x" * 201, "tab\there", "nul\x00"])
-async def test_bootstrap_rejects_a_bad_device_id(gateway_factory: GatewayFactory,
-                                                 device_id: str) -> None:
+async def test_bootstrap_rejects_a_bad_device_id(
+    gateway_factory: GatewayFactory, device_id: str
+) -> None:
     """device_id must be 1-200 printable characters: anything else is a 400."""
     gw = await _gateway(gateway_factory)
     response = await _bootstrap(gw, await _enrollment(gw), device_id)
@@ -368,22 +392,39 @@ async def test_enrollment_table_stops_at_max_devices(store: Store) -> None:
     """add_device refuses a device past max_devices and counts only active ones."""
     now = utcnow()
     enrollment = await store.enrollments.insert(
-        enrollment_id=new_id("enr"), name="e", code_hash=hash_secret("c"),
-        policy=KeyPolicy(rpm=3), max_devices=1, now=now, expires_at=None)
+        enrollment_id=new_id("enr"),
+        name="e",
+        code_hash=hash_secret("c"),
+        policy=KeyPolicy(rpm=3),
+        max_devices=1,
+        now=now,
+        expires_at=None,
+    )
 
     def key(n: int) -> DeviceKey:
-        return DeviceKey(id=f"key_{n}", name=f"device-e-{n}", prefix="ccg_x",
-                         secret_hash=hash_secret(f"s{n}"), policy=enrollment.policy)
+        return DeviceKey(
+            id=f"key_{n}",
+            name=f"device-e-{n}",
+            prefix="ccg_x",
+            secret_hash=hash_secret(f"s{n}"),
+            policy=enrollment.policy,
+        )
 
-    first = await store.enrollments.add_device(device_row_id="dev_1", enrollment_id=enrollment.id,
-                                               device_id="one", key=key(1), now=now)
+    first = await store.enrollments.add_device(
+        device_row_id="dev_1", enrollment_id=enrollment.id, device_id="one", key=key(1), now=now
+    )
     assert first is not None
-    assert await store.enrollments.add_device(device_row_id="dev_2", enrollment_id=enrollment.id,
-                                              device_id="two", key=key(2), now=now) is None
+    assert (
+        await store.enrollments.add_device(
+            device_row_id="dev_2", enrollment_id=enrollment.id, device_id="two", key=key(2), now=now
+        )
+        is None
+    )
     assert await store.enrollments.revoke_device("dev_1", now)
     assert (await store.keys.by_id("key_1")).revoked_at is not None  # type: ignore[union-attr]
-    assert await store.enrollments.add_device(device_row_id="dev_2", enrollment_id=enrollment.id,
-                                              device_id="two", key=key(2), now=now)
+    assert await store.enrollments.add_device(
+        device_row_id="dev_2", enrollment_id=enrollment.id, device_id="two", key=key(2), now=now
+    )
     assert (await store.keys.by_id("key_2")).policy.rpm == 3  # type: ignore[union-attr]
 
 
@@ -392,20 +433,23 @@ async def test_enrollment_service_concurrent_bootstraps_respect_the_rules(store:
     secret; new devices past max_devices are refused (on PostgreSQL these really race)."""
     service = EnrollmentService(store, SECRET, 600)
     code = (await service.create("race", KeyPolicy(), max_devices=2, expires_at=None)).code
-    same = await asyncio.gather(*(service.bootstrap(code, "laptop") for _ in range(3)),
-                                return_exceptions=True)
+    same = await asyncio.gather(
+        *(service.bootstrap(code, "laptop") for _ in range(3)), return_exceptions=True
+    )
     won = [issued for issued in same if isinstance(issued, DeviceToken)]
     assert len(won) == 1 and won[0].device_secret is not None
     assert all(isinstance(o, DeviceSecretRefused) for o in same if o is not won[0])
     assert len(await service.devices()) == 1
-    others = await asyncio.gather(*(service.bootstrap(code, f"pc-{n}") for n in range(4)),
-                                  return_exceptions=True)
+    others = await asyncio.gather(
+        *(service.bootstrap(code, f"pc-{n}") for n in range(4)), return_exceptions=True
+    )
     assert sum(isinstance(o, EnrollmentFull) for o in others) == 3
     assert len([d for d in await service.devices() if d.revoked_at is None]) == 2
 
 
 async def test_bootstrap_shows_the_device_and_webhook_secrets_once(
-        gateway_factory: GatewayFactory) -> None:
+    gateway_factory: GatewayFactory,
+) -> None:
     """A first bootstrap returns a device secret and a webhook secret; the store keeps only
     the device secret's hash, and the device's key signs with that webhook secret."""
     gw = await _gateway(gateway_factory)
@@ -415,14 +459,15 @@ async def test_bootstrap_shows_the_device_and_webhook_secrets_once(
     [device] = await gw.app.state.enrollment.devices()
     assert device.secret_hash == hash_secret(body["device_secret"])
     store: Store = gw.app.state.store
-    assert await store.webhooks.signing_secret(device.key_id) == (body["webhook_secret"],
-                                                                  "device")
+    assert await store.webhooks.signing_secret(device.key_id) == (body["webhook_secret"], "device")
 
 
-@pytest.mark.parametrize("presented", [None, "", "ccgdev_not-the-secret"],
-                         ids=["none", "empty", "wrong"])
+@pytest.mark.parametrize(
+    "presented", [None, "", "ccgdev_not-the-secret"], ids=["none", "empty", "wrong"]
+)
 async def test_bootstrap_a_known_device_id_without_its_secret_is_401(
-        gateway_factory: GatewayFactory, presented: str | None) -> None:
+    gateway_factory: GatewayFactory, presented: str | None
+) -> None:
     """The code plus a device_id seen elsewhere, without that device's secret, gets 401 in
     the documented shape and no token, so it can neither act as the device nor read its jobs."""
     gw = await _gateway(gateway_factory)
@@ -449,18 +494,28 @@ async def _legacy_device_token(gw: Gateway, code: str, device_id: str = "old-lap
     store: Store = gw.app.state.store
     enrollment = await store.enrollments.by_code_hash(hash_secret(code))
     assert enrollment is not None
-    key = DeviceKey(id=new_id("key"), name=f"device-desktop-{device_id}", prefix="ccg_x",
-                    secret_hash=hash_secret(new_id("s")), policy=enrollment.policy)
+    key = DeviceKey(
+        id=new_id("key"),
+        name=f"device-desktop-{device_id}",
+        prefix="ccg_x",
+        secret_hash=hash_secret(new_id("s")),
+        policy=enrollment.policy,
+    )
     device = await store.enrollments.add_device(
-        device_row_id=new_id("dev"), enrollment_id=enrollment.id, device_id=device_id,
-        key=key, now=utcnow())
+        device_row_id=new_id("dev"),
+        enrollment_id=enrollment.id,
+        device_id=device_id,
+        key=key,
+        now=utcnow(),
+    )
     assert device is not None and device.secret_hash is None
     token, _ = issue_device_token(SECRET, device, KeyPolicy(), ttl_secs=600, now=utcnow())
     return token
 
 
 async def test_refresh_gives_an_older_device_its_secrets_once(
-        gateway_factory: GatewayFactory) -> None:
+    gateway_factory: GatewayFactory,
+) -> None:
     """A device enrolled before device secrets cannot re-bootstrap by device_id alone; its
     next refresh returns a device secret and a webhook secret, once, and re-bootstrap then
     works with that secret."""
@@ -483,8 +538,9 @@ SHARED_WEBHOOK_SECRET = "shared-webhook-secret-for-enrollment-tests"
 
 
 async def _callback_job(gw: Gateway, token: str, url: str) -> str:
-    response = await gw.client.post("/api/v1/jobs", headers=gw.auth(token),
-                                    json={"prompt": "hi", "callback_url": url})
+    response = await gw.client.post(
+        "/api/v1/jobs", headers=gw.auth(token), json={"prompt": "hi", "callback_url": url}
+    )
     assert response.status_code == 202, response.text
     return str(response.json()["job_id"])
 
@@ -512,11 +568,15 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
 
 
 async def test_each_device_signs_its_webhooks_with_its_own_secret(
-        gateway_factory: GatewayFactory, receiver: WebhookReceiver) -> None:
+    gateway_factory: GatewayFactory, receiver: WebhookReceiver
+) -> None:
     """Two devices' webhooks carry different signatures, each valid under that device's own
     webhook secret only: never the other's, never CCGATE_WEBHOOK_SECRET."""
-    gw = await _gateway(gateway_factory, CCGATE_WEBHOOK_SECRET=SHARED_WEBHOOK_SECRET,
-                        CCGATE_OUTBOUND_ALLOW="127.0.0.1")
+    gw = await _gateway(
+        gateway_factory,
+        CCGATE_WEBHOOK_SECRET=SHARED_WEBHOOK_SECRET,
+        CCGATE_OUTBOUND_ALLOW="127.0.0.1",
+    )
     code = await _enrollment(gw, max_devices=2)
     one, two = [(await _bootstrap(gw, code, name)).json() for name in ("one", "two")]
     assert one["webhook_secret"] != two["webhook_secret"]
@@ -531,11 +591,15 @@ async def test_each_device_signs_its_webhooks_with_its_own_secret(
 
 
 async def test_older_device_webhooks_never_use_the_shared_secret(
-        gateway_factory: GatewayFactory, receiver: WebhookReceiver) -> None:
+    gateway_factory: GatewayFactory, receiver: WebhookReceiver
+) -> None:
     """A device without a webhook secret of its own sends unsigned webhooks (not ones signed
     with CCGATE_WEBHOOK_SECRET) until its refresh gives it a secret, which then signs."""
-    gw = await _gateway(gateway_factory, CCGATE_WEBHOOK_SECRET=SHARED_WEBHOOK_SECRET,
-                        CCGATE_OUTBOUND_ALLOW="127.0.0.1")
+    gw = await _gateway(
+        gateway_factory,
+        CCGATE_WEBHOOK_SECRET=SHARED_WEBHOOK_SECRET,
+        CCGATE_OUTBOUND_ALLOW="127.0.0.1",
+    )
     code = await _enrollment(gw)
     token = await _legacy_device_token(gw, code)
     before = await _callback_job(gw, token, receiver.url)
@@ -543,8 +607,7 @@ async def test_older_device_webhooks_never_use_the_shared_secret(
     given = (await gw.client.post("/v1/refresh", headers=gw.auth(token))).json()
     after = await _callback_job(gw, given["token"], receiver.url)
     got = (await _webhooks(receiver, 2))[after]
-    assert got.headers[SIGNATURE_HEADER.lower()] == _signature_under(given["webhook_secret"],
-                                                                     got)
+    assert got.headers[SIGNATURE_HEADER.lower()] == _signature_under(given["webhook_secret"], got)
 
 
 def _client_from(gw: Gateway, peer: str) -> httpx.AsyncClient:
@@ -553,7 +616,8 @@ def _client_from(gw: Gateway, peer: str) -> httpx.AsyncClient:
 
 
 async def test_bootstrap_outside_the_enrollment_ip_cidrs_is_403(
-        gateway_factory: GatewayFactory) -> None:
+    gateway_factory: GatewayFactory,
+) -> None:
     """A valid code used from outside the enrollment's ip_cidrs gets 403 forbidden and
     enrols nothing; from inside them it enrols the device."""
     gw = await _gateway(gateway_factory)
@@ -568,16 +632,18 @@ async def test_bootstrap_outside_the_enrollment_ip_cidrs_is_403(
         assert (await inside.post("/v1/bootstrap", json=body)).status_code == 200
 
 
-async def test_refresh_outside_the_device_ip_cidrs_is_403(
-        gateway_factory: GatewayFactory) -> None:
+async def test_refresh_outside_the_device_ip_cidrs_is_403(gateway_factory: GatewayFactory) -> None:
     """A valid device token refreshed from outside its enrollment's ip_cidrs gets 403
     forbidden; from inside them it gets a new token."""
     gw = await _gateway(gateway_factory)
     code = await _enrollment(gw, ip_cidrs=["198.51.100.0/24"])
-    async with _client_from(gw, "198.51.100.4") as inside, \
-            _client_from(gw, "203.0.113.9") as outside:
-        issued = await inside.post("/v1/bootstrap",
-                                   json={"device_id": "laptop-1", "enrollment_code": code})
+    async with (
+        _client_from(gw, "198.51.100.4") as inside,
+        _client_from(gw, "203.0.113.9") as outside,
+    ):
+        issued = await inside.post(
+            "/v1/bootstrap", json={"device_id": "laptop-1", "enrollment_code": code}
+        )
         token = issued.json()["token"]
         refused = await outside.post("/v1/refresh", headers=gw.auth(token))
         assert refused.status_code == 403

@@ -21,12 +21,14 @@ from ccgate.security import netguard
 from ccgate.security.netguard import OutboundGuard
 from tests.integration.conftest import Gateway
 
-PAGE = (b'<!DOCTYPE html><html><head><title>Test</title><style>body{margin:0}</style>'
-        b'<script src="/app.js"></script><script>track("visit")</script>'
-        b'<script type="application/ld+json">{"@type":"Article","headline":"Hi"}</script>'
-        b'</head><body><!-- secret build note --><h1>Hello &amp; welcome</h1>'
-        b'<svg width="10"><circle r="4"/></svg><noscript>enable js</noscript>'
-        b'<p>Body text.</p></body></html>')
+PAGE = (
+    b"<!DOCTYPE html><html><head><title>Test</title><style>body{margin:0}</style>"
+    b'<script src="/app.js"></script><script>track("visit")</script>'
+    b'<script type="application/ld+json">{"@type":"Article","headline":"Hi"}</script>'
+    b"</head><body><!-- secret build note --><h1>Hello &amp; welcome</h1>"
+    b'<svg width="10"><circle r="4"/></svg><noscript>enable js</noscript>'
+    b"<p>Body text.</p></body></html>"
+)
 HTML = "text/html; charset=utf-8"
 Route = tuple[int, dict[str, str], bytes]
 
@@ -78,9 +80,14 @@ def site_factory() -> Iterator[Callable[[str], Site]]:
 
     def start(host: str = "127.0.0.1") -> Site:
         site = Site(host)
-        server_class = type("Server", (ThreadingHTTPServer,), {
-            "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
-            "daemon_threads": True})
+        server_class = type(
+            "Server",
+            (ThreadingHTTPServer,),
+            {
+                "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
+                "daemon_threads": True,
+            },
+        )
         server = server_class((host, 0), _handler(site))
         site.port = server.server_address[1]
         thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -107,8 +114,9 @@ def site(site_factory: Callable[[str], Site]) -> Site:
 @pytest.fixture
 async def gateway(gateway_factory: Callable[..., Any]) -> Gateway:
     """A gateway with fetching on and 127.0.0.1 (the test site) allowed."""
-    started: Gateway = await gateway_factory(CCGATE_FETCH_ENABLED="true",
-                                             CCGATE_OUTBOUND_ALLOW="127.0.0.1")
+    started: Gateway = await gateway_factory(
+        CCGATE_FETCH_ENABLED="true", CCGATE_OUTBOUND_ALLOW="127.0.0.1"
+    )
     return started
 
 
@@ -117,7 +125,8 @@ async def _fetch(gateway: Gateway, body: dict[str, Any], **headers: str) -> http
 
 
 async def test_fetch_returns_page_without_scripts_styles_svg_or_comments(
-        gateway: Gateway, site: Site) -> None:
+    gateway: Gateway, site: Site
+) -> None:
     """By default the page comes back stripped, with its JSON-LD still in it."""
     response = await _fetch(gateway, {"url": site.url("/page")})
     assert response.status_code == 200
@@ -150,14 +159,18 @@ async def test_fetch_follows_redirects_within_the_site(gateway: Gateway, site: S
     assert site.requests == ["/old", "/moved?x=1", "/page"]
 
 
-@pytest.mark.parametrize(("location", "reason"), [
-    ("http://169.254.169.254/latest/meta-data/", "not a public address"),
-    ("http://10.0.0.1/admin", "not a public address"),
-    ("http://localhost/", "localhost"),
-    ("ftp://files.example.com/data", "only http and https"),
-])
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "not a public address"),
+        ("http://10.0.0.1/admin", "not a public address"),
+        ("http://localhost/", "localhost"),
+        ("ftp://files.example.com/data", "only http and https"),
+    ],
+)
 async def test_fetch_refuses_a_redirect_to_a_blocked_address_at_that_hop(
-        gateway: Gateway, site: Site, location: str, reason: str) -> None:
+    gateway: Gateway, site: Site, location: str, reason: str
+) -> None:
     """A redirect into the metadata service or a private network is a 403 naming the hop."""
     site.redirect("/start", "/next")
     site.redirect("/next", location)
@@ -170,7 +183,8 @@ async def test_fetch_refuses_a_redirect_to_a_blocked_address_at_that_hop(
 
 
 async def test_fetch_never_connects_to_a_blocked_ipv6_loopback_hop(
-        gateway: Gateway, site: Site, site_factory: Callable[[str], Site]) -> None:
+    gateway: Gateway, site: Site, site_factory: Callable[[str], Site]
+) -> None:
     """A redirect to [::1] is refused before connecting: the server there sees nothing."""
     try:
         hidden = site_factory("::1")
@@ -187,7 +201,8 @@ async def test_fetch_never_connects_to_a_blocked_ipv6_loopback_hop(
 
 
 async def test_fetch_never_says_what_a_blocked_name_resolved_to(
-        gateway: Gateway, site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway: Gateway, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A redirect to a name that resolves to a private address is a 403 saying only "not a
     public address": the client never learns the address; the server log keeps it."""
 
@@ -206,7 +221,8 @@ async def test_fetch_never_says_what_a_blocked_name_resolved_to(
 
 
 async def test_fetch_refuses_a_loopback_url_unless_allowed(
-        gateway_factory: Callable[..., Any], site: Site) -> None:
+    gateway_factory: Callable[..., Any], site: Site
+) -> None:
     """Without CCGATE_OUTBOUND_ALLOW the loopback site itself is blocked, unasked."""
     gateway = await gateway_factory(CCGATE_FETCH_ENABLED="true")
     response = await _fetch(gateway, {"url": site.url("/page")})
@@ -232,8 +248,7 @@ async def test_fetch_stops_after_five_redirects(gateway: Gateway, site: Site) ->
 async def test_fetch_truncates_the_body_at_max_bytes(gateway: Gateway, site: Site) -> None:
     """Only max_bytes of a larger body are read, and truncated says so."""
     site.routes["/big"] = (200, {}, b"<p>" + b"x" * 5000 + b"</p>")
-    response = await _fetch(gateway, {"url": site.url("/big"), "max_bytes": 1000,
-                                      "strip": False})
+    response = await _fetch(gateway, {"url": site.url("/big"), "max_bytes": 1000, "strip": False})
     data = response.json()
     assert data["ok"] is True and data["truncated"] is True
     assert len(data["html"]) == 1000
@@ -242,7 +257,8 @@ async def test_fetch_truncates_the_body_at_max_bytes(gateway: Gateway, site: Sit
 
 
 async def test_fetch_cut_inside_a_character_drops_the_partial_character(
-        gateway: Gateway, site: Site) -> None:
+    gateway: Gateway, site: Site
+) -> None:
     """A cut through a multi-byte character leaves no replacement character behind."""
     site.routes["/utf8"] = (200, {}, "€€€".encode())
     response = await _fetch(gateway, {"url": site.url("/utf8"), "max_bytes": 4})
@@ -252,7 +268,8 @@ async def test_fetch_cut_inside_a_character_drops_the_partial_character(
 
 
 async def test_fetch_upstream_error_page_is_returned_with_ok_false(
-        gateway: Gateway, site: Site) -> None:
+    gateway: Gateway, site: Site
+) -> None:
     """A 404 from the site is not a gateway error: ok is false, status and body are there."""
     response = await _fetch(gateway, {"url": site.url("/nowhere")})
     assert response.status_code == 200
@@ -262,16 +279,23 @@ async def test_fetch_upstream_error_page_is_returned_with_ok_false(
     assert data["message"] == "the page answered HTTP 404"
 
 
-@pytest.mark.parametrize(("content_type", "body"), [
-    ("text/html; charset=ISO-8859-1", "<p>café</p>".encode("latin-1")),
-    ("text/html", '<meta charset="windows-1251"><p>Привет</p>'.encode("cp1251")),
-    ("text/html", '<meta http-equiv="Content-Type" content="text/html; charset=koi8-r">'
-                  "<p>Привет</p>".encode("koi8-r")),
-    ("text/html; charset=no-such-charset", "<p>café</p>".encode()),
-    ("text/html; charset=base64", "<p>café</p>".encode()),
-])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html; charset=ISO-8859-1", "<p>café</p>".encode("latin-1")),
+        ("text/html", '<meta charset="windows-1251"><p>Привет</p>'.encode("cp1251")),
+        (
+            "text/html",
+            '<meta http-equiv="Content-Type" content="text/html; charset=koi8-r">'
+            "<p>Привет</p>".encode("koi8-r"),
+        ),
+        ("text/html; charset=no-such-charset", "<p>café</p>".encode()),
+        ("text/html; charset=base64", "<p>café</p>".encode()),
+    ],
+)
 async def test_fetch_decodes_with_the_declared_charset(
-        gateway: Gateway, site: Site, content_type: str, body: bytes) -> None:
+    gateway: Gateway, site: Site, content_type: str, body: bytes
+) -> None:
     """The Content-Type charset, then a meta tag, then UTF-8 decide how bytes become text."""
     site.routes["/text"] = (200, {"Content-Type": content_type}, body)
     response = await _fetch(gateway, {"url": site.url("/text")})
@@ -307,12 +331,16 @@ def _closed_port() -> int:
     return port
 
 
-@pytest.mark.parametrize(("url", "says"), [
-    ("http://no-such-host.invalid/", "did not resolve"),
-    (None, "connection failed"),
-])
-async def test_fetch_unreachable_host_is_a_502(gateway: Gateway, url: str | None,
-                                               says: str) -> None:
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://no-such-host.invalid/", "did not resolve"),
+        (None, "connection failed"),
+    ],
+)
+async def test_fetch_unreachable_host_is_a_502(
+    gateway: Gateway, url: str | None, says: str
+) -> None:
     """An unknown name or a refused connection is 502 upstream_error, never a 500."""
     target = url or f"http://127.0.0.1:{_closed_port()}/"
     response = await _fetch(gateway, {"url": target})
@@ -332,21 +360,23 @@ async def test_fetch_gives_up_at_its_time_limit(site: Site) -> None:
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({}, "url"),
-    ({"url": "ftp://example.com/file"}, "url"),
-    ({"url": "javascript:alert(1)"}, "url"),
-    ({"url": "http://"}, "url"),
-    ({"url": "https://user:secret@example.com/"}, "url"),
-    ({"url": "https://example.com/" + "a" * 2048}, "url"),
-    ({"url": "https://example.com/", "max_bytes": 0}, "max_bytes"),
-    ({"url": "https://example.com/", "max_bytes": 2_097_153}, "max_bytes"),
-    ({"url": "https://example.com/", "max_bytes": "1000"}, "max_bytes"),
-    ({"url": "https://example.com/", "strip": "no"}, "strip"),
-    ({"url": "https://example.com/", "follow": True}, "follow"),
-])
-async def test_fetch_rejects_bad_input(gateway: Gateway, body: dict[str, Any],
-                                       param: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "url"),
+        ({"url": "ftp://example.com/file"}, "url"),
+        ({"url": "javascript:alert(1)"}, "url"),
+        ({"url": "http://"}, "url"),
+        ({"url": "https://user:secret@example.com/"}, "url"),
+        ({"url": "https://example.com/" + "a" * 2048}, "url"),
+        ({"url": "https://example.com/", "max_bytes": 0}, "max_bytes"),
+        ({"url": "https://example.com/", "max_bytes": 2_097_153}, "max_bytes"),
+        ({"url": "https://example.com/", "max_bytes": "1000"}, "max_bytes"),
+        ({"url": "https://example.com/", "strip": "no"}, "strip"),
+        ({"url": "https://example.com/", "follow": True}, "follow"),
+    ],
+)
+async def test_fetch_rejects_bad_input(gateway: Gateway, body: dict[str, Any], param: str) -> None:
     """Missing or bad fields and unknown ones are 400 invalid_request naming the field."""
     response = await _fetch(gateway, body)
     assert response.status_code == 400
@@ -360,8 +390,9 @@ async def test_fetch_is_off_by_default(gateway_factory: Callable[..., Any], site
     gateway = await gateway_factory(CCGATE_OUTBOUND_ALLOW="127.0.0.1")
     no_key: dict[str, str] = {}
     for headers in (gateway.auth(), no_key):
-        response = await gateway.client.post("/v1/fetch", json={"url": site.url("/page")},
-                                             headers=headers)
+        response = await gateway.client.post(
+            "/v1/fetch", json={"url": site.url("/page")}, headers=headers
+        )
         assert response.status_code == 404
         error = response.json()["error"]
         assert error["type"] == "feature_disabled"
@@ -378,11 +409,13 @@ async def test_fetch_needs_an_api_key(gateway: Gateway, site: Site) -> None:
     assert site.requests == []
 
 
-async def test_fetch_has_its_own_per_key_bucket(gateway_factory: Callable[..., Any],
-                                                site: Site) -> None:
+async def test_fetch_has_its_own_per_key_bucket(
+    gateway_factory: Callable[..., Any], site: Site
+) -> None:
     """Past CCGATE_FETCH_RPM a key gets 429 fetch_rpm_exceeded with Retry-After, unfetched."""
-    gateway = await gateway_factory(CCGATE_FETCH_ENABLED="true", CCGATE_FETCH_RPM="2",
-                                    CCGATE_OUTBOUND_ALLOW="127.0.0.1")
+    gateway = await gateway_factory(
+        CCGATE_FETCH_ENABLED="true", CCGATE_FETCH_RPM="2", CCGATE_OUTBOUND_ALLOW="127.0.0.1"
+    )
     for _ in range(2):
         assert (await _fetch(gateway, {"url": site.url("/page")})).status_code == 200
     response = await _fetch(gateway, {"url": site.url("/page")})
@@ -409,7 +442,8 @@ async def test_fetch_audit_row_has_sizes_not_page_content(gateway: Gateway, site
 
 
 async def test_fetch_crafted_page_strips_without_stalling_the_server(
-        gateway: Gateway, site: Site) -> None:
+    gateway: Gateway, site: Site
+) -> None:
     """A 48 KB page of unclosed tags comes back stripped while the event loop keeps ticking."""
     site.routes["/crafted"] = (200, {}, b"<p>kept</p>" + b"<a " * 16_000)
     gaps: list[float] = []
@@ -433,7 +467,8 @@ async def test_fetch_crafted_page_strips_without_stalling_the_server(
 
 
 async def test_fetch_page_too_slow_to_strip_is_502_with_advice(
-        gateway: Gateway, site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway: Gateway, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Past the strip time limit the fetch answers 502 upstream_error saying how to get the
     page anyway; with ``strip: false`` it comes back whole."""
     monkeypatch.setattr(fetcher_module, "STRIP_TIME_LIMIT_SECS", 0.0)

@@ -33,8 +33,9 @@ async def test_health_is_ok_without_auth(gateway_factory: Any) -> None:
 async def test_readyz_reports_missing_cli(gateway_factory: Any, tmp_path: Path) -> None:
     """With no claude CLI, /readyz with the admin token is 503 and says what is missing and
     how to fix it."""
-    gw = await gateway_factory(CCGATE_CLAUDE_PATH=str(tmp_path / "no-such-claude"),
-                               CCGATE_ADMIN_TOKEN=ADMIN_TOKEN)
+    gw = await gateway_factory(
+        CCGATE_CLAUDE_PATH=str(tmp_path / "no-such-claude"), CCGATE_ADMIN_TOKEN=ADMIN_TOKEN
+    )
     response = await gw.client.get("/readyz", headers=ADMIN)
     assert response.status_code == 503
     [problem] = response.json()["problems"]
@@ -54,7 +55,8 @@ async def test_readyz_reports_cli_version(gateway_factory: Any, tmp_path: Path) 
 
 @pytest.mark.parametrize("admin_api", [True, False], ids=["admin-on", "admin-off"])
 async def test_readyz_without_the_admin_token_says_only_ready_or_not(
-        gateway_factory: Any, tmp_path: Path, admin_api: bool) -> None:
+    gateway_factory: Any, tmp_path: Path, admin_api: bool
+) -> None:
     """Without the admin token /readyz keeps its status code but its body is only the status:
     no CLI path, no version, no reasons."""
     env = {"CCGATE_ADMIN_TOKEN": ADMIN_TOKEN} if admin_api else {}
@@ -63,7 +65,9 @@ async def test_readyz_without_the_admin_token_says_only_ready_or_not(
     assert (response.status_code, response.json()) == (200, {"status": "ready"})
     missing = await gateway_factory(
         CCGATE_CLAUDE_PATH=str(tmp_path / "secret-dir" / "claude"),
-        CCGATE_DATABASE_URL=f"sqlite:///{tmp_path / 'other.db'}", **env)
+        CCGATE_DATABASE_URL=f"sqlite:///{tmp_path / 'other.db'}",
+        **env,
+    )
     response = await missing.client.get("/readyz")
     assert (response.status_code, response.json()) == (503, {"status": "not_ready"})
 
@@ -77,26 +81,40 @@ async def test_readyz_with_a_wrong_admin_token_is_401(gateway_factory: Any) -> N
 
 
 @pytest.fixture
-async def cliless_app(make_settings: Callable[..., Settings],
-                      tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def cliless_app(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
     """The app on the CLI backend with CCGATE_CLAUDE_PATH pointing at nothing, and a key."""
     app = create_app(make_settings(CCGATE_CLAUDE_PATH=str(tmp_path / "secret-dir" / "claude")))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test"
+        ) as client,
+    ):
         key = (await app.state.keyring.create("app")).secret
         client.headers["Authorization"] = f"Bearer {key}"
         yield client
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/api/v1/run", {"prompt": "hi"}),
-    ("/v1/messages", {"model": "sonnet", "max_tokens": 8,
-                      "messages": [{"role": "user", "content": "hi"}]}),
-    ("/v1/chat/completions", {"model": "sonnet",
-                              "messages": [{"role": "user", "content": "hi"}]}),
-], ids=["native", "anthropic", "openai"])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/run", {"prompt": "hi"}),
+        (
+            "/v1/messages",
+            {"model": "sonnet", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "sonnet", "messages": [{"role": "user", "content": "hi"}]},
+        ),
+    ],
+    ids=["native", "anthropic", "openai"],
+)
 async def test_cli_unavailable_error_never_shows_the_cli_path(
-        cliless_app: httpx.AsyncClient, tmp_path: Path, path: str, body: dict[str, Any]) -> None:
+    cliless_app: httpx.AsyncClient, tmp_path: Path, path: str, body: dict[str, Any]
+) -> None:
     """A key holder's cli_unavailable error says the CLI is not available and how to fix
     it, at every door, without the path the server looked at."""
     response = await cliless_app.post(path, json=body)

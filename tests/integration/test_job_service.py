@@ -53,8 +53,9 @@ async def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None
 async def test_jobs_submitted_job_completes_with_result(services: Any) -> None:
     """A queued job runs and lands completed with its text, usage, cost and session."""
     service = await services(FakeRunner())
-    job, _ = await service.submit(Submission(None, "native", _request("hello"),
-                                             session_id="ses_given"))
+    job, _ = await service.submit(
+        Submission(None, "native", _request("hello"), session_id="ses_given")
+    )
     done = await asyncio.wait_for(service.wait(job.id), 5)
     assert done.status is JobStatus.COMPLETED
     assert done.result == "reply: hello"
@@ -66,8 +67,7 @@ async def test_jobs_concurrency_cap_holds(services: Any) -> None:
     """With concurrency 2, five jobs never run more than two at once, and all finish."""
     runner = FakeRunner(block=True)
     service = await services(runner, concurrency=2)
-    jobs = [await _submit(service, str(n))
-            for n in range(5)]
+    jobs = [await _submit(service, str(n)) for n in range(5)]
     await _wait_for(lambda: runner.running == 2)
     await asyncio.sleep(0.1)
     assert runner.peak_running == 2
@@ -130,8 +130,15 @@ async def test_jobs_run_error_fails_job_with_its_type(services: Any) -> None:
 
 async def _orphan(store: Store, job_id: str, attempts: int) -> None:
     """Leave a job processing under a node that no longer exists, as kill -9 would."""
-    await store.jobs.insert(job_id=job_id, key_id=None, door="native", model="sonnet",
-                            request=_request(), metadata=None, now=utcnow())
+    await store.jobs.insert(
+        job_id=job_id,
+        key_id=None,
+        door="native",
+        model="sonnet",
+        request=_request(),
+        metadata=None,
+        now=utcnow(),
+    )
     past = utcnow() - timedelta(minutes=5)
     for _ in range(attempts):
         await store.jobs.transition(job_id, JobStatus.QUEUED, lease_owner=None)
@@ -146,8 +153,7 @@ async def test_jobs_orphan_of_dead_node_is_rerun(store: Store, services: Any) ->
     assert done.status is JobStatus.COMPLETED and done.attempts == 2
 
 
-async def test_jobs_orphan_out_of_attempts_fails_interrupted(store: Store,
-                                                             services: Any) -> None:
+async def test_jobs_orphan_out_of_attempts_fails_interrupted(store: Store, services: Any) -> None:
     """An orphan that used up its attempts ends failed with error type interrupted."""
     await _orphan(store, "job_orphan", attempts=2)
     service = await services(FakeRunner(), max_attempts=2)

@@ -10,10 +10,8 @@ from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
 
 
-async def _submit(gw: Gateway, body: dict[str, Any], key: str | None = None,
-                  **headers: str) -> Any:
-    return await gw.client.post("/api/v1/jobs", json=body,
-                                headers={**gw.auth(key), **headers})
+async def _submit(gw: Gateway, body: dict[str, Any], key: str | None = None, **headers: str) -> Any:
+    return await gw.client.post("/api/v1/jobs", json=body, headers={**gw.auth(key), **headers})
 
 
 async def _poll_until_done(gw: Gateway, job_id: str, key: str | None = None) -> dict[str, Any]:
@@ -33,8 +31,11 @@ async def test_jobs_submit_returns_202_then_polls_to_completed(gateway: Gateway)
     assert job["status"] in ("queued", "processing")
     assert response.headers["Location"] == f"/api/v1/jobs/{job['job_id']}"
     done = await _poll_until_done(gateway, job["job_id"])
-    assert (done["status"], done["result"], done["metadata"]) == ("completed", "reply: hello",
-                                                                  {"n": 1})
+    assert (done["status"], done["result"], done["metadata"]) == (
+        "completed",
+        "reply: hello",
+        {"n": 1},
+    )
 
 
 async def test_jobs_other_keys_job_is_404(gateway: Gateway) -> None:
@@ -42,8 +43,9 @@ async def test_jobs_other_keys_job_is_404(gateway: Gateway) -> None:
     job_id = (await _submit(gateway, {"prompt": "mine"})).json()["job_id"]
     other = (await gateway.app.state.keyring.create("other")).secret
     for method, path in [("GET", ""), ("POST", "/cancel"), ("GET", "/sse"), ("DELETE", "")]:
-        response = await gateway.client.request(method, f"/api/v1/jobs/{job_id}{path}",
-                                                headers=gateway.auth(other))
+        response = await gateway.client.request(
+            method, f"/api/v1/jobs/{job_id}{path}", headers=gateway.auth(other)
+        )
         assert response.status_code == 404, (method, path)
         assert response.json()["error"]["type"] == "not_found"
 
@@ -51,8 +53,9 @@ async def test_jobs_other_keys_job_is_404(gateway: Gateway) -> None:
 async def test_jobs_list_is_newest_first_and_paginated(gateway: Gateway) -> None:
     """Listing pages through the caller's jobs newest first, with the total."""
     ids = [(await _submit(gateway, {"prompt": str(n)})).json()["job_id"] for n in range(5)]
-    page = (await gateway.client.get("/api/v1/jobs?limit=2&offset=1",
-                                     headers=gateway.auth())).json()
+    page = (
+        await gateway.client.get("/api/v1/jobs?limit=2&offset=1", headers=gateway.auth())
+    ).json()
     assert (page["total"], page["limit"], page["offset"]) == (5, 2, 1)
     assert [j["job_id"] for j in page["jobs"]] == [ids[3], ids[2]]
 
@@ -61,8 +64,9 @@ async def test_jobs_list_filters_by_status_and_checks_params(gateway: Gateway) -
     """status filters the list; limit above 100 and unknown statuses are 400."""
     job_id = (await _submit(gateway, {"prompt": "x"})).json()["job_id"]
     await _poll_until_done(gateway, job_id)
-    done = (await gateway.client.get("/api/v1/jobs?status=completed",
-                                     headers=gateway.auth())).json()
+    done = (
+        await gateway.client.get("/api/v1/jobs?status=completed", headers=gateway.auth())
+    ).json()
     assert [j["job_id"] for j in done["jobs"]] == [job_id]
     for query in ("limit=101", "limit=0", "offset=-1", "status=done"):
         response = await gateway.client.get(f"/api/v1/jobs?{query}", headers=gateway.auth())
@@ -80,8 +84,7 @@ async def test_jobs_idempotency_key_returns_the_original(gateway: Gateway) -> No
     assert clash.json()["error"]["type"] == "idempotency_conflict"
 
 
-async def test_jobs_idempotent_replays_never_hold_a_concurrency_slot(
-        gateway_factory: Any) -> None:
+async def test_jobs_idempotent_replays_never_hold_a_concurrency_slot(gateway_factory: Any) -> None:
     """With concurrency 1, retries of a submission get its job back (202, even while it
     runs) and hold no slot: once the job ends, a new job is admitted."""
     runner = FakeRunner(block=True)

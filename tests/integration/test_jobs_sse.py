@@ -15,17 +15,26 @@ from tests.support.fake_runner import FakeRunner
 def _parse(stream: str) -> list[dict[str, Any]]:
     events = []
     for block in stream.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines()
-                      if not line.startswith(":") and ": " in line)
+        fields = dict(
+            line.split(": ", 1)
+            for line in block.splitlines()
+            if not line.startswith(":") and ": " in line
+        )
         if fields:
-            events.append({"id": int(fields["id"]), "event": fields["event"],
-                           "data": json.loads(fields["data"])})
+            events.append(
+                {
+                    "id": int(fields["id"]),
+                    "event": fields["event"],
+                    "data": json.loads(fields["data"]),
+                }
+            )
     return events
 
 
 async def _finished_job(gw: Gateway, prompt: str = "stream me please") -> str:
-    job_id: str = (await gw.client.post("/api/v1/jobs", json={"prompt": prompt},
-                                        headers=gw.auth())).json()["job_id"]
+    job_id: str = (
+        await gw.client.post("/api/v1/jobs", json={"prompt": prompt}, headers=gw.auth())
+    ).json()["job_id"]
     await gw.app.state.jobs.wait(job_id)
     return job_id
 
@@ -51,21 +60,22 @@ async def test_sse_last_event_id_resumes_after_it(gateway: Gateway) -> None:
     job_id = await _finished_job(gateway)
     url = f"/api/v1/jobs/{job_id}/sse"
     everything = _parse((await gateway.client.get(url, headers=gateway.auth())).text)
-    resumed = _parse((await gateway.client.get(
-        url, headers={**gateway.auth(), "Last-Event-ID": "3"})).text)
+    resumed = _parse(
+        (await gateway.client.get(url, headers={**gateway.auth(), "Last-Event-ID": "3"})).text
+    )
     assert resumed == everything[3:]
 
 
 async def test_sse_bad_last_event_id_is_400(gateway: Gateway) -> None:
     """A Last-Event-ID that is not a number is refused, not ignored."""
     job_id = await _finished_job(gateway)
-    response = await gateway.client.get(f"/api/v1/jobs/{job_id}/sse",
-                                        headers={**gateway.auth(), "Last-Event-ID": "abc"})
+    response = await gateway.client.get(
+        f"/api/v1/jobs/{job_id}/sse", headers={**gateway.auth(), "Last-Event-ID": "abc"}
+    )
     assert response.status_code == 400
 
 
-async def test_sse_finished_job_resumed_past_its_last_event_ends_at_once(
-        gateway: Gateway) -> None:
+async def test_sse_finished_job_resumed_past_its_last_event_ends_at_once(gateway: Gateway) -> None:
     """A finished job's stream resumed after its last event id ends at once, empty, instead
     of sending heartbeats forever."""
     job_id = await _finished_job(gateway)
@@ -74,7 +84,8 @@ async def test_sse_finished_job_resumed_past_its_last_event_ends_at_once(
     for after in (last, last + 1, 99):
         async with asyncio.timeout(5):
             response = await gateway.client.get(
-                url, headers={**gateway.auth(), "Last-Event-ID": str(after)})
+                url, headers={**gateway.auth(), "Last-Event-ID": str(after)}
+            )
         assert response.status_code == 200
         assert _parse(response.text) == []
 
@@ -84,11 +95,11 @@ async def test_sse_cancelled_queued_job_ends_with_result(gateway_factory: Any) -
     runner = FakeRunner(block=True)
     gw = await gateway_factory(runner, CCGATE_CONCURRENCY=1)
     await gw.client.post("/api/v1/jobs", json={"prompt": "busy"}, headers=gw.auth())
-    job_id = (await gw.client.post("/api/v1/jobs", json={"prompt": "later"},
-                                   headers=gw.auth())).json()["job_id"]
+    job_id = (
+        await gw.client.post("/api/v1/jobs", json={"prompt": "later"}, headers=gw.auth())
+    ).json()["job_id"]
     await gw.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=gw.auth())
-    events = _parse((await gw.client.get(f"/api/v1/jobs/{job_id}/sse",
-                                         headers=gw.auth())).text)
+    events = _parse((await gw.client.get(f"/api/v1/jobs/{job_id}/sse", headers=gw.auth())).text)
     assert [e["event"] for e in events] == ["result"]
     assert events[0]["data"]["status"] == "cancelled"
     runner.released.set()
@@ -105,17 +116,26 @@ async def test_hub_many_live_subscribers_get_the_same_events(sqlite_store: Store
 
     hub = JobEventHub(sqlite_store)
     await hub.start()
-    await sqlite_store.jobs.insert(job_id="job_1", key_id=None, door="native", model="m",
-                                   request={}, metadata=None, now=utcnow(), claim_for="n",
-                                   lease_until=utcnow())
+    await sqlite_store.jobs.insert(
+        job_id="job_1",
+        key_id=None,
+        door="native",
+        model="m",
+        request={},
+        metadata=None,
+        now=utcnow(),
+        claim_for="n",
+        lease_until=utcnow(),
+    )
     hub.begin("job_1", next_seq=1)
     early = [asyncio.create_task(_collect(hub, "job_1")) for _ in range(3)]
     hub.publish("job_1", "status", {"status": "processing"})
     await asyncio.sleep(0.05)
     hub.publish("job_1", "chunk", {"text": "a"})
     pending, closing_seq = hub.seal("job_1")
-    ended = await sqlite_store.jobs.finish("job_1", JobStatus.COMPLETED, now=utcnow(),
-                                           pending=pending, closing_seq=closing_seq)
+    ended = await sqlite_store.jobs.finish(
+        "job_1", JobStatus.COMPLETED, now=utcnow(), pending=pending, closing_seq=closing_seq
+    )
     assert ended is not None
     hub.end("job_1", ended[1])
     late = await _collect(hub, "job_1")

@@ -16,17 +16,29 @@ from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import FAKE_API_KEY, FakeAnthropic
 
 COUNT = "/v1/messages/count_tokens"
-HELLO = {"model": "sonnet", "max_tokens": 16, "system": "be brief",
-         "messages": [{"role": "user", "content": "hello"}]}
+HELLO = {
+    "model": "sonnet",
+    "max_tokens": 16,
+    "system": "be brief",
+    "messages": [{"role": "user", "content": "hello"}],
+}
 
 
 @contextlib.asynccontextmanager
-async def _api_gateway(make_settings: Callable[..., Settings], fake: FakeAnthropic,
-                       **env: Any) -> AsyncIterator[Gateway]:
-    app = create_app(make_settings(CCGATE_BACKEND="api", ANTHROPIC_BASE_URL=fake.url,
-                                   ANTHROPIC_API_KEY=FAKE_API_KEY, **env))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test") as client:
+async def _api_gateway(
+    make_settings: Callable[..., Settings], fake: FakeAnthropic, **env: Any
+) -> AsyncIterator[Gateway]:
+    app = create_app(
+        make_settings(
+            CCGATE_BACKEND="api", ANTHROPIC_BASE_URL=fake.url, ANTHROPIC_API_KEY=FAKE_API_KEY, **env
+        )
+    )
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test"
+        ) as client,
+    ):
         yield Gateway(app, client, (await app.state.keyring.create("app")).secret)
 
 
@@ -40,35 +52,59 @@ def _count_requests(fake: FakeAnthropic) -> int:
 
 
 async def test_api_pass_through_refuses_a_prompt_over_the_limit(
-        make_settings: Callable[..., Settings], fake: FakeAnthropic) -> None:
+    make_settings: Callable[..., Settings], fake: FakeAnthropic
+) -> None:
     """A pass-through conversation over CCGATE_MAX_PROMPT_BYTES is a 413 in Anthropic's
     shape, and nothing reaches upstream (tool results and citations count as text too)."""
     async with _api_gateway(make_settings, fake, CCGATE_MAX_PROMPT_BYTES=1000) as gateway:
-        big_result = {"model": "sonnet", "max_tokens": 16, "messages": [
-            {"role": "user", "content": "use the tool"},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f",
-                                               "input": {}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
-                                          "content": "x" * 2000}]}]}
-        cited = {**HELLO, "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "hi", "citations": [{"type": "char_location",
-                                                          "cited_text": "z" * 2000}]}]}]}
-        for body in ({**HELLO, "messages": [{"role": "user", "content": "y" * 2000}]},
-                     big_result, cited):
-            response = await gateway.client.post("/v1/messages", json=body,
-                                                 headers=gateway.auth())
+        big_result = {
+            "model": "sonnet",
+            "max_tokens": 16,
+            "messages": [
+                {"role": "user", "content": "use the tool"},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "t1", "content": "x" * 2000}
+                    ],
+                },
+            ],
+        }
+        cited = {
+            **HELLO,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": "hi",
+                            "citations": [{"type": "char_location", "cited_text": "z" * 2000}],
+                        }
+                    ],
+                }
+            ],
+        }
+        for body in (
+            {**HELLO, "messages": [{"role": "user", "content": "y" * 2000}]},
+            big_result,
+            cited,
+        ):
+            response = await gateway.client.post("/v1/messages", json=body, headers=gateway.auth())
             assert response.status_code == 413
             assert response.json()["error"]["type"] == "request_too_large"
             assert "CCGATE_MAX_PROMPT_BYTES" in response.json()["error"]["message"]
         assert fake.message_requests() == []
 
 
-async def test_api_pass_through_audits_the_real_prompt_bytes(
-        api_gateway: Gateway) -> None:
+async def test_api_pass_through_audits_the_real_prompt_bytes(api_gateway: Gateway) -> None:
     """The audit row of a pass-through request holds the size of its text (system and
     turns), not 0."""
-    response = await api_gateway.client.post("/v1/messages", json=HELLO,
-                                             headers=api_gateway.auth())
+    response = await api_gateway.client.post("/v1/messages", json=HELLO, headers=api_gateway.auth())
     assert response.status_code == 200
     await api_gateway.app.state.audit.flush()
     [row] = await api_gateway.app.state.store.audit.recent(1)
@@ -76,7 +112,8 @@ async def test_api_pass_through_audits_the_real_prompt_bytes(
 
 
 async def test_api_count_tokens_counts_against_the_keys_request_limits(
-        api_gateway: Gateway, fake: FakeAnthropic) -> None:
+    api_gateway: Gateway, fake: FakeAnthropic
+) -> None:
     """count_tokens on the API backend is admitted like a message: rpm counts it, the 429
     comes before any upstream call, and the answer carries the rate headers."""
     auth = await _key(api_gateway, rpm=1)
@@ -89,7 +126,8 @@ async def test_api_count_tokens_counts_against_the_keys_request_limits(
 
 
 async def test_api_count_tokens_spends_no_budget_and_keeps_model_rules(
-        api_gateway: Gateway, fake: FakeAnthropic) -> None:
+    api_gateway: Gateway, fake: FakeAnthropic
+) -> None:
     """count_tokens costs nothing: a key whose budget is spent may still count, and nothing
     is added to its spend; a model the key may not use is still 403."""
     auth = await _key(api_gateway, budget_usd_per_month=0.01, models=["sonnet"])
@@ -101,13 +139,15 @@ async def test_api_count_tokens_spends_no_budget_and_keeps_model_rules(
     counted = await api_gateway.client.post(COUNT, json=HELLO, headers=auth)
     assert counted.status_code == 200 and counted.json()["input_tokens"] > 0
     assert (await limiter.usage(key.id))["cost_usd_this_month"] == 0.02
-    other_model = await api_gateway.client.post(COUNT, json={**HELLO, "model": "haiku"},
-                                                headers=auth)
+    other_model = await api_gateway.client.post(
+        COUNT, json={**HELLO, "model": "haiku"}, headers=auth
+    )
     assert other_model.status_code == 403 and _count_requests(fake) == 1
 
 
 async def test_cli_count_tokens_estimate_counts_against_the_keys_request_limits(
-        gateway: Gateway) -> None:
+    gateway: Gateway,
+) -> None:
     """On the CLI backend the count_tokens estimate is admitted the same way: rpm counts."""
     auth = await _key(gateway, rpm=1)
     first = await gateway.client.post(COUNT, json=HELLO, headers=auth)

@@ -137,8 +137,11 @@ async def test_redis_limiter_nodes_share_token_and_budget_quotas(make_node: Make
     await first.record_usage("b", budget, tokens=5, cost_usd=0.005)
     assert (await _error(second, tokens, "t")).error_type == "tokens_per_day_exceeded"
     assert (await _error(second, budget, "b")).error_type == "budget_exceeded"
-    assert await second.usage("b") == {"tokens_today": 10, "cost_usd_this_month": 0.02,
-                                       "running": 0}
+    assert await second.usage("b") == {
+        "tokens_today": 10,
+        "cost_usd_this_month": 0.02,
+        "running": 0,
+    }
 
 
 async def test_redis_limiter_global_rpd_and_fetch_are_shared(make_node: MakeNode) -> None:
@@ -154,11 +157,13 @@ async def test_redis_limiter_global_rpd_and_fetch_are_shared(make_node: MakeNode
 
 
 async def test_redis_limiter_two_processes_share_the_rpd_window(
-        make_node: MakeNode, prefix: str) -> None:
+    make_node: MakeNode, prefix: str
+) -> None:
     """Requests admitted by another OS process count against this process's rpd."""
     script = _CHILD.format(url=REDIS_URL, prefix=prefix)
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+        sys.executable, "-c", script, cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
     out, _ = await asyncio.wait_for(child.communicate(), 30)
     assert child.returncode == 0 and out.decode().split() == ["admitted"] * 3
     node = make_node()
@@ -170,12 +175,14 @@ async def test_redis_limiter_two_processes_share_the_rpd_window(
 SONNET_RUN = RunEstimate("claude-sonnet-4-5", input_tokens=100, max_output_tokens=300)
 
 
-async def _admit_at_once(nodes: list[Limiter], policy: KeyPolicy,
-                         count: int = 8) -> tuple[list[Admission], list[LimitExceeded]]:
+async def _admit_at_once(
+    nodes: list[Limiter], policy: KeyPolicy, count: int = 8
+) -> tuple[list[Admission], list[LimitExceeded]]:
     """``count`` admissions at once, spread over ``nodes``."""
     outcomes = await asyncio.gather(
         *(nodes[i % len(nodes)].admit("k1", policy, SONNET_RUN) for i in range(count)),
-        return_exceptions=True)
+        return_exceptions=True,
+    )
     admitted = [o for o in outcomes if isinstance(o, Admission)]
     refused = [o for o in outcomes if isinstance(o, LimitExceeded)]
     assert len(admitted) + len(refused) == count, outcomes
@@ -184,25 +191,29 @@ async def _admit_at_once(nodes: list[Limiter], policy: KeyPolicy,
 
 @pytest.mark.parametrize(("budget", "fits"), [(0.005, 1), (0.012, 2)])
 async def test_redis_limiter_budget_admits_only_the_concurrent_requests_that_fit(
-        make_node: MakeNode, budget: float, fits: int) -> None:
+    make_node: MakeNode, budget: float, fits: int
+) -> None:
     """Eight requests at once over two nodes against a budget worth ``fits`` of them:
     exactly ``fits`` are admitted; the rest get budget_exceeded."""
-    admitted, refused = await _admit_at_once([make_node(), make_node()],
-                                             KeyPolicy(budget_usd_per_month=budget))
+    admitted, refused = await _admit_at_once(
+        [make_node(), make_node()], KeyPolicy(budget_usd_per_month=budget)
+    )
     assert len(admitted) == fits
     assert {e.error_type for e in refused} == {"budget_exceeded"}
 
 
 async def test_redis_limiter_tokens_per_day_admits_only_what_fits(make_node: MakeNode) -> None:
     """Eight requests of 400 tokens at once against 1,000 tokens a day: two are admitted."""
-    admitted, refused = await _admit_at_once([make_node(), make_node()],
-                                             KeyPolicy(tokens_per_day=1000))
+    admitted, refused = await _admit_at_once(
+        [make_node(), make_node()], KeyPolicy(tokens_per_day=1000)
+    )
     assert len(admitted) == 2
     assert {e.error_type for e in refused} == {"tokens_per_day_exceeded"}
 
 
 async def test_redis_limiter_settles_real_spend_and_releases_reservations(
-        make_node: MakeNode) -> None:
+    make_node: MakeNode,
+) -> None:
     """On Redis, a failed request frees its reservation, and a finished one's real spend
     (not its estimate) is what the other node sees."""
     first, second = make_node(), make_node()
@@ -212,13 +223,15 @@ async def test_redis_limiter_settles_real_spend_and_releases_reservations(
     await failed.release()
     finished = await second.admit("k1", policy, SONNET_RUN)
     await finished.settle(tokens=150, cost_usd=0.0009)
-    assert await first.usage("k1") == {"tokens_today": 150, "cost_usd_this_month": 0.0009,
-                                       "running": 0}
+    assert await first.usage("k1") == {
+        "tokens_today": 150,
+        "cost_usd_this_month": 0.0009,
+        "running": 0,
+    }
     assert (await first.admit("k1", policy, SONNET_RUN)).held
 
 
-async def test_redis_limiter_reservations_of_a_crashed_node_expire(
-        make_node: MakeNode) -> None:
+async def test_redis_limiter_reservations_of_a_crashed_node_expire(make_node: MakeNode) -> None:
     """A node that dies holding a reservation blocks the budget only until it expires."""
     crashed, survivor = make_node(concurrency_ttl_secs=1), make_node(concurrency_ttl_secs=1)
     policy = KeyPolicy(budget_usd_per_month=0.005)

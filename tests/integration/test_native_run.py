@@ -38,8 +38,10 @@ async def test_run_returns_the_finished_job(gateway: Gateway) -> None:
 async def test_run_accepts_curl_form_content_type(gateway: Gateway) -> None:
     """``curl -d '{...}'`` (form content type) is still read as JSON."""
     response = await gateway.client.post(
-        "/api/v1/run", content=b'{"prompt":"Name 3 colors"}',
-        headers={**gateway.auth(), "Content-Type": "application/x-www-form-urlencoded"})
+        "/api/v1/run",
+        content=b'{"prompt":"Name 3 colors"}',
+        headers={**gateway.auth(), "Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 200
     assert response.json()["result"] == "reply: Name 3 colors"
 
@@ -61,13 +63,17 @@ async def test_run_json_format_unparseable_keeps_text_with_note(gateway_factory:
     assert "not valid JSON" in job["result_parse_error"]
 
 
-@pytest.mark.parametrize(("headers", "message"), [
-    ({}, "missing API key"),
-    ({"Authorization": "Bearer ccg_wrong"}, "invalid or revoked"),
-    ({"Authorization": "Basic abc"}, "missing API key"),
-])
-async def test_run_without_valid_key_is_401(gateway: Gateway, headers: dict[str, str],
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "missing API key"),
+        ({"Authorization": "Bearer ccg_wrong"}, "invalid or revoked"),
+        ({"Authorization": "Basic abc"}, "missing API key"),
+    ],
+)
+async def test_run_without_valid_key_is_401(
+    gateway: Gateway, headers: dict[str, str], message: str
+) -> None:
     """No key, a wrong key or a non-bearer scheme get 401 in the native error shape."""
     response = await gateway.client.post("/api/v1/run", json={"prompt": "x"}, headers=headers)
     assert response.status_code == 401
@@ -77,8 +83,9 @@ async def test_run_without_valid_key_is_401(gateway: Gateway, headers: dict[str,
 
 async def test_run_accepts_x_api_key_header(gateway: Gateway) -> None:
     """The Anthropic SDK's ``x-api-key`` header authenticates too."""
-    response = await gateway.client.post("/api/v1/run", json={"prompt": "x"},
-                                         headers={"X-API-Key": gateway.key})
+    response = await gateway.client.post(
+        "/api/v1/run", json={"prompt": "x"}, headers={"X-API-Key": gateway.key}
+    )
     assert response.status_code == 200
 
 
@@ -89,19 +96,23 @@ async def test_run_revoked_key_fails_on_next_request(gateway: Gateway) -> None:
     assert (await gateway.run({"prompt": "x"})).status_code == 401
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({}, "prompt"),
-    ({"prompt": ""}, "prompt"),
-    ({"prompt": "   "}, "prompt"),
-    ({"prompt": 5}, "prompt"),
-    ({"prompt": "x", "timeout_secs": "soon"}, "timeout_secs"),
-    ({"prompt": "x", "timeout_secs": -1}, "timeout_secs"),
-    ({"prompt": "x", "response_format": "xml"}, "response_format"),
-    ({"prompt": "x", "promt": "typo"}, "promt"),
-    ({"prompt": "x", "metadata": "not an object"}, "metadata"),
-])
-async def test_run_invalid_field_is_400_naming_it(gateway: Gateway, body: dict[str, Any],
-                                                  field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": "x", "timeout_secs": "soon"}, "timeout_secs"),
+        ({"prompt": "x", "timeout_secs": -1}, "timeout_secs"),
+        ({"prompt": "x", "response_format": "xml"}, "response_format"),
+        ({"prompt": "x", "promt": "typo"}, "promt"),
+        ({"prompt": "x", "metadata": "not an object"}, "metadata"),
+    ],
+)
+async def test_run_invalid_field_is_400_naming_it(
+    gateway: Gateway, body: dict[str, Any], field: str
+) -> None:
     """Each invalid or unknown field gets 400 invalid_request with the field named."""
     response = await gateway.run(body)
     assert response.status_code == 400
@@ -110,10 +121,19 @@ async def test_run_invalid_field_is_400_naming_it(gateway: Gateway, body: dict[s
     assert error["param"] == field and field in error["message"]
 
 
-@pytest.mark.parametrize("raw", [
-    b"", b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe", b"[" * 100_000,
-    b'{"prompt": "\\ud800 lone surrogate"}', b'{"prompt": "x", "timeout_secs": NaN}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{not json",
+        b"[1, 2]",
+        b'"text"',
+        b"\xff\xfe",
+        b"[" * 100_000,
+        b'{"prompt": "\\ud800 lone surrogate"}',
+        b'{"prompt": "x", "timeout_secs": NaN}',
+    ],
+)
 async def test_run_malformed_body_is_400(gateway: Gateway, raw: bytes) -> None:
     """Empty, malformed, deeply nested, non-UTF-8, non-object or invalid-Unicode bodies get 400,
     never 500."""
@@ -155,12 +175,20 @@ async def test_run_timeout_is_capped_by_config(gateway_factory: Any) -> None:
     assert [r.timeout_secs for r in runner.started] == [30, 5]
 
 
-@pytest.mark.parametrize(("error_type", "status"), [
-    ("upstream_rate_limited", 429), ("upstream_auth_error", 502), ("upstream_overloaded", 503),
-    ("timeout", 504), ("cli_error", 502), ("upstream_bad_request", 400),
-])
-async def test_run_failure_maps_to_status(gateway_factory: Any, error_type: str,
-                                          status: int) -> None:
+@pytest.mark.parametrize(
+    ("error_type", "status"),
+    [
+        ("upstream_rate_limited", 429),
+        ("upstream_auth_error", 502),
+        ("upstream_overloaded", 503),
+        ("timeout", 504),
+        ("cli_error", 502),
+        ("upstream_bad_request", 400),
+    ],
+)
+async def test_run_failure_maps_to_status(
+    gateway_factory: Any, error_type: str, status: int
+) -> None:
     """A failed run answers with its error type's documented status and the job id."""
     gw = await gateway_factory(FakeRunner(error=RunError(error_type, "it broke")))
     response = await gw.run({"prompt": "x"})
@@ -174,8 +202,9 @@ async def test_run_full_queue_is_503_with_retry_after(gateway_factory: Any) -> N
     """When the queue is full the submit is refused with 503 queue_full and Retry-After."""
     runner = FakeRunner(block=True)
     gw = await gateway_factory(runner, CCGATE_QUEUE_SIZE=1, CCGATE_CONCURRENCY=1)
-    submission = Submission(None, "native", {"model": "sonnet",
-                                             "content": [{"type": "text", "text": "a"}]})
+    submission = Submission(
+        None, "native", {"model": "sonnet", "content": [{"type": "text", "text": "a"}]}
+    )
     await gw.app.state.jobs.submit(submission)
     while runner.running == 0:
         await asyncio.sleep(0.01)
@@ -227,7 +256,8 @@ async def test_run_rejected_request_is_audited(gateway: Gateway) -> None:
 async def test_run_client_gone_mid_body_is_audited_as_499(gateway: Gateway) -> None:
     """A client that hangs up while its body is read is audited as 499, never as a 500."""
     messages: list[dict[str, Any]] = [
-        {"type": "http.request", "body": b'{"prompt": "cut sh', "more_body": True}]
+        {"type": "http.request", "body": b'{"prompt": "cut sh', "more_body": True}
+    ]
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
@@ -235,11 +265,22 @@ async def test_run_client_gone_mid_body_is_audited_as_499(gateway: Gateway) -> N
     async def send(message: dict[str, Any]) -> None:
         return None
 
-    scope = {"type": "http", "method": "POST", "path": "/api/v1/run", "raw_path": b"",
-             "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
-             "server": ("ccgate.test", 80), "client": ("127.0.0.1", 5000),
-             "headers": [(b"authorization", gateway.auth()["Authorization"].encode()),
-                         (b"content-type", b"application/json")]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/v1/run",
+        "raw_path": b"",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "http_version": "1.1",
+        "server": ("ccgate.test", 80),
+        "client": ("127.0.0.1", 5000),
+        "headers": [
+            (b"authorization", gateway.auth()["Authorization"].encode()),
+            (b"content-type", b"application/json"),
+        ],
+    }
     await gateway.app(scope, receive, send)
     await gateway.app.state.audit.flush()
     [row] = await gateway.app.state.store.audit.recent()

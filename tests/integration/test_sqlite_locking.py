@@ -25,8 +25,11 @@ async def test_sqlite_write_waits_for_foreign_lock_without_blocking_loop(tmp_pat
             ticks += 1
 
     ticking = asyncio.create_task(ticker())
-    write = asyncio.create_task(store.keys.insert(
-        key_id="key_1", name="app", prefix="p", secret_hash="h" * 64, now=utcnow()))
+    write = asyncio.create_task(
+        store.keys.insert(
+            key_id="key_1", name="app", prefix="p", secret_hash="h" * 64, now=utcnow()
+        )
+    )
     await asyncio.sleep(0.5)
     assert not write.done()
     assert ticks >= 10, "the event loop was blocked while the lock was held"

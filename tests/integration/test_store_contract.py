@@ -14,9 +14,15 @@ from ccgate.store.schema import metadata
 
 
 async def _job(store: Store, job_id: str = "job_1", key_id: str | None = None) -> None:
-    await store.jobs.insert(job_id=job_id, key_id=key_id, door="native", model="sonnet",
-                            request={"content": [{"type": "text", "text": "hi"}]},
-                            metadata={"a": 1}, now=utcnow())
+    await store.jobs.insert(
+        job_id=job_id,
+        key_id=key_id,
+        door="native",
+        model="sonnet",
+        request={"content": [{"type": "text", "text": "hi"}]},
+        metadata={"a": 1},
+        now=utcnow(),
+    )
 
 
 async def test_store_migrated_schema_matches_the_models(store: Store) -> None:
@@ -31,8 +37,9 @@ async def test_store_migrated_schema_matches_the_models(store: Store) -> None:
 async def test_store_keys_round_trip_and_revoke(store: Store) -> None:
     """A key is found by hash until revoked; revoking twice reports nothing to do."""
     now = utcnow()
-    await store.keys.insert(key_id="key_1", name="app", prefix="ccg_abc", secret_hash="h" * 64,
-                            now=now)
+    await store.keys.insert(
+        key_id="key_1", name="app", prefix="ccg_abc", secret_hash="h" * 64, now=now
+    )
     found = await store.keys.by_hash("h" * 64)
     assert found is not None and found.name == "app" and found.active
     assert found.created_at.tzinfo is not None
@@ -56,8 +63,9 @@ async def test_store_job_is_invisible_to_other_keys(store: Store) -> None:
     """Looking a job up under another key finds nothing."""
     now = utcnow()
     for key_id in ("key_a", "key_b"):
-        await store.keys.insert(key_id=key_id, name=key_id, prefix="p", secret_hash=key_id * 8,
-                                now=now)
+        await store.keys.insert(
+            key_id=key_id, name=key_id, prefix="p", secret_hash=key_id * 8, now=now
+        )
     await _job(store, key_id="key_a")
     assert await store.jobs.get("job_1", key_id="key_a") is not None
     assert await store.jobs.get("job_1", key_id="key_b") is None
@@ -68,8 +76,9 @@ async def test_store_transitions_are_guarded(store: Store) -> None:
     await _job(store)
     assert await store.jobs.finish("job_1", JobStatus.COMPLETED, now=utcnow(), result="x") is None
     assert await store.jobs.finish("job_1", JobStatus.CANCELLED, now=utcnow()) is not None
-    assert await store.jobs.finish("job_1", JobStatus.COMPLETED, now=utcnow(),
-                                   result="late") is None
+    assert (
+        await store.jobs.finish("job_1", JobStatus.COMPLETED, now=utcnow(), result="late") is None
+    )
     job = await store.jobs.get("job_1")
     assert job is not None and job.status is JobStatus.CANCELLED and job.result is None
 
@@ -113,8 +122,18 @@ async def test_store_audit_rows_append(store: Store) -> None:
     """Audit rows are kept newest first."""
     from ccgate.store import AuditEntry
 
-    await store.audit.append_many([
-        AuditEntry(at=utcnow(), request_id=f"req_{n}", door="native", route="/api/v1/run",
-                   http_status=200, duration_ms=n) for n in range(3)])
+    await store.audit.append_many(
+        [
+            AuditEntry(
+                at=utcnow(),
+                request_id=f"req_{n}",
+                door="native",
+                route="/api/v1/run",
+                http_status=200,
+                duration_ms=n,
+            )
+            for n in range(3)
+        ]
+    )
     rows = await store.audit.recent(2)
     assert [r["request_id"] for r in rows] == ["req_2", "req_1"]

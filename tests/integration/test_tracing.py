@@ -44,7 +44,8 @@ def _parent(spans: dict[str, ReadableSpan], name: str) -> str | None:
 
 
 async def test_tracing_run_spans_form_one_trace_under_the_request(
-        gateway: Gateway, spans: InMemorySpanExporter) -> None:
+    gateway: Gateway, spans: InMemorySpanExporter
+) -> None:
     """A run records request → admission, queue, run (first token) and settle in one trace
     whose id is the request id the client got."""
     response = await gateway.run({"prompt": PROMPT})
@@ -58,12 +59,12 @@ async def test_tracing_run_spans_form_one_trace_under_the_request(
     for child in ("ccgate.admission", "ccgate.queue", "ccgate.run", "ccgate.settle"):
         assert _parent(found, child) == "POST /api/v1/run", child
     assert _parent(found, "ccgate.first_token") == "ccgate.run"
-    assert {s.context.trace_id for s in found.values() if s.context} == {
-        request.context.trace_id}
+    assert {s.context.trace_id for s in found.values() if s.context} == {request.context.trace_id}
 
 
 async def test_tracing_spans_hold_no_prompt_or_key(
-        gateway: Gateway, spans: InMemorySpanExporter) -> None:
+    gateway: Gateway, spans: InMemorySpanExporter
+) -> None:
     """No span name or attribute holds the prompt or the key."""
     await gateway.run({"prompt": PROMPT})
 
@@ -74,7 +75,8 @@ async def test_tracing_spans_hold_no_prompt_or_key(
 
 
 async def test_tracing_request_span_notes_route_and_status(
-        gateway: Gateway, spans: InMemorySpanExporter) -> None:
+    gateway: Gateway, spans: InMemorySpanExporter
+) -> None:
     """The request span is named by its route template and notes the status it answered."""
     await gateway.client.get("/api/v1/jobs/job_missing", headers=gateway.auth())
 
@@ -84,11 +86,13 @@ async def test_tracing_request_span_notes_route_and_status(
 
 
 async def test_tracing_job_log_lines_carry_the_trace_id(
-        gateway_factory: Callable[..., Any], spans: InMemorySpanExporter) -> None:
+    gateway_factory: Callable[..., Any], spans: InMemorySpanExporter
+) -> None:
     """A job's log lines carry the trace id of the request that submitted it."""
     gateway: Gateway = await gateway_factory(FakeRunner(error=RunError("cli_error", "boom")))
     with structlog.testing.capture_logs(
-            processors=[structlog.contextvars.merge_contextvars]) as logs:
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
         response = await gateway.run({"prompt": PROMPT})
 
     trace_id = response.headers["request-id"].removeprefix("req_")
@@ -97,23 +101,29 @@ async def test_tracing_job_log_lines_carry_the_trace_id(
 
 
 async def test_tracing_queued_job_continues_its_own_request_trace(
-        gateway_factory: Callable[..., Any], spans: InMemorySpanExporter) -> None:
+    gateway_factory: Callable[..., Any], spans: InMemorySpanExporter
+) -> None:
     """A job that waited in the queue and was claimed later still runs in the trace of the
     request that submitted it, not in another request's."""
     runner = FakeRunner(block=True)
     gateway: Gateway = await gateway_factory(runner, CCGATE_CONCURRENCY=1)
-    first = await gateway.client.post("/api/v1/jobs", json={"prompt": "one"},
-                                      headers=gateway.auth())
-    second = await gateway.client.post("/api/v1/jobs", json={"prompt": "two"},
-                                       headers=gateway.auth())
+    first = await gateway.client.post(
+        "/api/v1/jobs", json={"prompt": "one"}, headers=gateway.auth()
+    )
+    second = await gateway.client.post(
+        "/api/v1/jobs", json={"prompt": "two"}, headers=gateway.auth()
+    )
     runner.released.set()
     for _ in range(100):
         if sum(s.name == "ccgate.settle" for s in spans.get_finished_spans()) == 2:
             break
         await asyncio.sleep(0.05)
 
-    trace_of = {s.context.trace_id: s.attributes for s in spans.get_finished_spans()
-                if s.name == "ccgate.queue" and s.context}
+    trace_of = {
+        s.context.trace_id: s.attributes
+        for s in spans.get_finished_spans()
+        if s.name == "ccgate.queue" and s.context
+    }
     assert len(trace_of) == 2, spans.get_finished_spans()
     ids = {format_trace_id(t) for t in trace_of}
     assert ids == {first.headers["request-id"][4:], second.headers["request-id"][4:]}

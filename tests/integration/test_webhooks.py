@@ -45,10 +45,18 @@ def _render(job: JobRecord) -> dict[str, Any]:
 async def _ended_job(store: Store, url: str, key_id: str | None = None) -> str:
     """Store a job and queue its delivery; return the event id."""
     now, job_id = utcnow(), new_id("job")
-    await store.jobs.insert(job_id=job_id, key_id=key_id, door="native", model="sonnet",
-                            request={"prompt": "hi"}, metadata=None, now=now)
+    await store.jobs.insert(
+        job_id=job_id,
+        key_id=key_id,
+        door="native",
+        model="sonnet",
+        request={"prompt": "hi"},
+        metadata=None,
+        now=now,
+    )
     event_id: str = await store.db.write(
-        lambda conn: insert_delivery(conn, job_id=job_id, url=url, now=now))
+        lambda conn: insert_delivery(conn, job_id=job_id, url=url, now=now)
+    )
     return event_id
 
 
@@ -82,12 +90,24 @@ async def dispatchers(make_settings: Callable[..., Settings]) -> AsyncIterator[D
     """Start dispatchers with millisecond backoff and 127.0.0.1 allowed; all stopped at the end."""
     started: list[WebhookDispatcher] = []
 
-    async def start(store: Store, *, http: httpx.AsyncClient | None = None,
-                    env: dict[str, Any] | None = None, **options: Any) -> WebhookDispatcher:
+    async def start(
+        store: Store,
+        *,
+        http: httpx.AsyncClient | None = None,
+        env: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> WebhookDispatcher:
         settings = make_settings(**{"CCGATE_WEBHOOK_SECRET": "global-secret", **(env or {})})
         options = {"base_delay": 0.01, "max_delay": 0.05, "poll_secs": 0.05, **options}
-        dispatcher = WebhookDispatcher(store, OutboundGuard(allow=["127.0.0.1"]), settings,
-                                       _render, node_id=new_id("node"), http=http, **options)
+        dispatcher = WebhookDispatcher(
+            store,
+            OutboundGuard(allow=["127.0.0.1"]),
+            settings,
+            _render,
+            node_id=new_id("node"),
+            http=http,
+            **options,
+        )
         await dispatcher.start()
         started.append(dispatcher)
         return dispatcher
@@ -98,13 +118,18 @@ async def dispatchers(make_settings: Callable[..., Settings]) -> AsyncIterator[D
 
 
 async def test_webhook_dispatcher_signs_with_the_keys_secret(
-        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """The receiver gets the rendered job, signed with the key's own webhook secret."""
     receiver = await receivers()
-    await store.keys.insert(key_id="key_1", name="app", prefix="p", secret_hash="h" * 64,
-                            now=utcnow())
-    await store.db.write(lambda conn: conn.execute(
-        api_keys.update().where(api_keys.c.id == "key_1").values(webhook_secret="key-secret")))
+    await store.keys.insert(
+        key_id="key_1", name="app", prefix="p", secret_hash="h" * 64, now=utcnow()
+    )
+    await store.db.write(
+        lambda conn: conn.execute(
+            api_keys.update().where(api_keys.c.id == "key_1").values(webhook_secret="key-secret")
+        )
+    )
     event_id = await _ended_job(store, receiver.url, key_id="key_1")
     await dispatchers(store)
     assert (await _settled(store, event_id)).status == "delivered"
@@ -120,7 +145,8 @@ async def test_webhook_dispatcher_signs_with_the_keys_secret(
 
 
 async def test_webhook_dispatcher_retries_with_the_same_event_id(
-        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """Two 500s then a 200 make three attempts of one event, ending delivered."""
     receiver = await receivers(statuses=(500, 500))
     event_id = await _ended_job(store, receiver.url)
@@ -135,7 +161,8 @@ async def test_webhook_dispatcher_retries_with_the_same_event_id(
 
 
 async def test_webhook_dispatcher_fails_after_max_attempts(
-        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """A receiver that always fails gets exactly the allowed attempts; each is in the history."""
     receiver = await receivers(default=500)
     event_id = await _ended_job(store, receiver.url)
@@ -150,12 +177,18 @@ async def test_webhook_dispatcher_fails_after_max_attempts(
 
 
 async def test_webhook_dispatcher_gives_up_past_the_retry_span(
-        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """A retry that would fall after the retry span is not scheduled: the delivery fails."""
     receiver = await receivers(default=503)
     event_id = await _ended_job(store, receiver.url)
-    await dispatchers(store, env={"CCGATE_WEBHOOK_RETRY_SPAN_SECS": 1}, base_delay=5.0,
-                      max_delay=300.0, jitter=lambda ceiling: ceiling)
+    await dispatchers(
+        store,
+        env={"CCGATE_WEBHOOK_RETRY_SPAN_SECS": 1},
+        base_delay=5.0,
+        max_delay=300.0,
+        jitter=lambda ceiling: ceiling,
+    )
     record = await _settled(store, event_id)
     assert record.status == "failed"
     assert record.attempts == 1 and len(receiver.received) == 1
@@ -163,7 +196,8 @@ async def test_webhook_dispatcher_gives_up_past_the_retry_span(
 
 
 async def test_webhook_dispatcher_blocks_private_callbacks_without_connecting(
-        store: Store, dispatchers: Dispatchers) -> None:
+    store: Store, dispatchers: Dispatchers
+) -> None:
     """A callback to 10.x fails at once as blocked (saying only "not a public address"), and
     no request leaves the process."""
     sent: list[httpx.Request] = []
@@ -182,7 +216,8 @@ async def test_webhook_dispatcher_blocks_private_callbacks_without_connecting(
 
 
 async def test_webhook_dispatcher_never_says_what_a_blocked_name_resolved_to(
-        store: Store, make_settings: Callable[..., Settings]) -> None:
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
     """A callback whose host resolves to a private address fails as "blocked: not a public
     address": the delivery state never names the address; the server log does."""
 
@@ -190,9 +225,16 @@ async def test_webhook_dispatcher_never_says_what_a_blocked_name_resolved_to(
         return ["10.9.8.7"]
 
     event_id = await _ended_job(store, "http://intranet.test/hook")
-    dispatcher = WebhookDispatcher(store, OutboundGuard(resolver=intranet_dns), make_settings(),
-                                   _render, node_id=new_id("node"), base_delay=0.01,
-                                   max_delay=0.05, poll_secs=0.05)
+    dispatcher = WebhookDispatcher(
+        store,
+        OutboundGuard(resolver=intranet_dns),
+        make_settings(),
+        _render,
+        node_id=new_id("node"),
+        base_delay=0.01,
+        max_delay=0.05,
+        poll_secs=0.05,
+    )
     with structlog.testing.capture_logs() as logs:
         await dispatcher.start()
         try:
@@ -202,18 +244,21 @@ async def test_webhook_dispatcher_never_says_what_a_blocked_name_resolved_to(
     assert record.status == "failed"
     assert record.last_error == "blocked: not a public address"
     assert [e["reason"] for e in logs if e["event"] == "webhook_blocked"] == [
-        "10.9.8.7: private address"]
+        "10.9.8.7: private address"
+    ]
 
 
 async def test_webhook_dispatcher_resumes_pending_deliveries_after_restart(
-        tmp_path: Path, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    tmp_path: Path, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """A delivery still pending when its dispatcher stops is sent by the next one."""
     url = f"sqlite:///{tmp_path}/x.db"
     receiver = await receivers(statuses=(500,))
     first_store = await Store.open(url)
     event_id = await _ended_job(first_store, receiver.url)
-    first = await dispatchers(first_store, base_delay=1.0, max_delay=1.0,
-                              jitter=lambda ceiling: ceiling)
+    first = await dispatchers(
+        first_store, base_delay=1.0, max_delay=1.0, jitter=lambda ceiling: ceiling
+    )
     while not receiver.received:
         await asyncio.sleep(0.02)
     await first.stop()
@@ -243,22 +288,31 @@ async def test_webhook_deliveries_claim_leases_each_row_once(store: Store) -> No
     [again] = await table.claim_due("node-b", later, later + timedelta(seconds=30), 10)
     assert again.lease_owner == "node-b"
     attempt = Attempt(at=later, status_code=500, error="x", duration_ms=1)
-    assert await table.record(event_id, owner="node-a", attempt=attempt, status="pending",
-                              next_attempt_at=later) is None
-    saved = await table.record(event_id, owner="node-b", attempt=attempt, status="pending",
-                               next_attempt_at=later + timedelta(seconds=60))
+    assert (
+        await table.record(
+            event_id, owner="node-a", attempt=attempt, status="pending", next_attempt_at=later
+        )
+        is None
+    )
+    saved = await table.record(
+        event_id,
+        owner="node-b",
+        attempt=attempt,
+        status="pending",
+        next_attempt_at=later + timedelta(seconds=60),
+    )
     assert saved is not None and saved.attempts == 1 and saved.lease_owner is None
     assert await table.claim_due("node-c", later, later + timedelta(seconds=30), 10) == []
     assert (await table.for_job(saved.job_id)) == saved
 
 
 async def test_webhook_dispatchers_on_two_nodes_send_each_event_once(
-        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """Two dispatchers sharing a store deliver every event exactly once between them."""
     receiver = await receivers()
     events = {await _ended_job(store, receiver.url) for _ in range(12)}
-    await asyncio.gather(dispatchers(store, max_in_flight=3),
-                         dispatchers(store, max_in_flight=3))
+    await asyncio.gather(dispatchers(store, max_in_flight=3), dispatchers(store, max_in_flight=3))
     for event_id in events:
         assert (await _settled(store, event_id)).status == "delivered"
     sent = [r.headers[EVENT_ID_HEADER.lower()] for r in receiver.received]
@@ -266,7 +320,8 @@ async def test_webhook_dispatchers_on_two_nodes_send_each_event_once(
 
 
 async def test_webhook_dispatcher_retries_refused_connections(
-        store: Store, dispatchers: Dispatchers) -> None:
+    store: Store, dispatchers: Dispatchers
+) -> None:
     """A receiver that refuses connections is retried, then failed with a neutral error."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -280,7 +335,8 @@ async def test_webhook_dispatcher_retries_refused_connections(
 
 
 async def test_webhook_dispatcher_sends_unsigned_and_warns_once_without_a_secret(
-        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """With no secret anywhere, webhooks go out unsigned and the warning is logged once."""
     receiver = await receivers()
     events = [await _ended_job(store, receiver.url) for _ in range(2)]
@@ -307,7 +363,8 @@ def _signatures(got: Received) -> list[str]:
 
 
 async def test_webhook_dispatcher_delivery_verifies_with_standardwebhooks(
-        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """A delivery signed with a minted key secret passes the standardwebhooks library, its
     webhook-id is the event id and the older X-Ccgate-* headers come along by default."""
     receiver = await receivers()
@@ -325,7 +382,8 @@ async def test_webhook_dispatcher_delivery_verifies_with_standardwebhooks(
 
 
 async def test_webhook_dispatcher_without_legacy_headers_sends_only_standard_ones(
-        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """CCGATE_WEBHOOK_LEGACY_HEADERS=false drops every X-Ccgate-* header; the webhook still
     verifies with the standardwebhooks library."""
     receiver = await receivers()
@@ -339,7 +397,8 @@ async def test_webhook_dispatcher_without_legacy_headers_sends_only_standard_one
 
 
 async def test_webhook_dispatcher_signs_with_both_secrets_during_a_rotation_grace(
-        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """After a rotation, the old and the new secret both sign (either verifies) until the
     grace ends; then only the new one does and the old one no longer verifies."""
     receiver = await receivers()
@@ -366,7 +425,8 @@ async def test_webhook_dispatcher_signs_with_both_secrets_during_a_rotation_grac
 
 
 async def test_webhook_dispatcher_attempt_log_keeps_the_newest_twenty(
-        store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers) -> None:
+    store: Store, receivers: Callable[..., Any], dispatchers: Dispatchers
+) -> None:
     """Each attempt is logged with its status, error, duration and the retry it scheduled;
     the log keeps the newest 20 while the attempt count keeps them all."""
     receiver = await receivers(default=500)
@@ -385,22 +445,24 @@ async def test_webhook_dispatcher_attempt_log_keeps_the_newest_twenty(
 # -- redelivery through the API ----------------------------------------------------------
 
 
-async def _hooked_gateway(gateway_factory: Callable[..., Any], **env: Any
-                          ) -> tuple[Gateway, str, str]:
+async def _hooked_gateway(
+    gateway_factory: Callable[..., Any], **env: Any
+) -> tuple[Gateway, str, str]:
     """A gateway that may call 127.0.0.1; a key ``hooks`` (its secret, webhook secret)."""
-    gateway: Gateway = await gateway_factory(
-        FakeRunner(), CCGATE_OUTBOUND_ALLOW="127.0.0.1", **env)
+    gateway: Gateway = await gateway_factory(FakeRunner(), CCGATE_OUTBOUND_ALLOW="127.0.0.1", **env)
     created = await gateway.app.state.keyring.create("hooks")
     return gateway, created.secret, created.webhook_secret
 
 
-async def _job_webhook(gateway: Gateway, key: str, job_id: str,
-                       until: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+async def _job_webhook(
+    gateway: Gateway, key: str, job_id: str, until: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
     """The job's ``webhook`` object once ``until`` holds for it."""
     async with asyncio.timeout(10):
         while True:
-            job = (await gateway.client.get(f"/api/v1/jobs/{job_id}",
-                                            headers=gateway.auth(key))).json()
+            job = (
+                await gateway.client.get(f"/api/v1/jobs/{job_id}", headers=gateway.auth(key))
+            ).json()
             if job["status"] == "completed" and until(job.get("webhook") or {}):
                 return job.get("webhook") or {}
             await asyncio.sleep(0.02)
@@ -414,15 +476,17 @@ async def _submit_hooked(gateway: Gateway, key: str, url: str | None) -> str:
 
 
 async def test_webhook_redeliver_sends_the_same_webhook_id_again(
-        gateway_factory: Callable[..., Any], receivers: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any], receivers: Callable[..., Any]
+) -> None:
     """Redelivering a delivered webhook sends it again with the same webhook-id and a fresh
     signature; the job shows both attempts and one redelivery."""
     receiver = await receivers()
     gateway, key, secret = await _hooked_gateway(gateway_factory)
     job_id = await _submit_hooked(gateway, key, receiver.url)
     await _job_webhook(gateway, key, job_id, lambda w: w["status"] == "delivered")
-    response = await gateway.client.post(f"/api/v1/jobs/{job_id}/webhook/redeliver",
-                                         headers=gateway.auth(key))
+    response = await gateway.client.post(
+        f"/api/v1/jobs/{job_id}/webhook/redeliver", headers=gateway.auth(key)
+    )
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "pending" and response.json()["redeliveries"] == 1
     hook = await _job_webhook(gateway, key, job_id, lambda w: w["status"] == "delivered")
@@ -434,32 +498,37 @@ async def test_webhook_redeliver_sends_the_same_webhook_id_again(
 
 
 async def test_webhook_redeliver_refuses_other_keys_and_jobs_without_a_webhook(
-        gateway_factory: Callable[..., Any], receivers: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any], receivers: Callable[..., Any]
+) -> None:
     """Another key's job is 404; a job without callback_url or not yet ended is 409."""
     receiver = await receivers()
     gateway, key, _ = await _hooked_gateway(gateway_factory)
     hooked = await _submit_hooked(gateway, key, receiver.url)
     await _job_webhook(gateway, key, hooked, lambda w: w["status"] == "delivered")
-    other = await gateway.client.post(f"/api/v1/jobs/{hooked}/webhook/redeliver",
-                                      headers=gateway.auth())
+    other = await gateway.client.post(
+        f"/api/v1/jobs/{hooked}/webhook/redeliver", headers=gateway.auth()
+    )
     assert other.status_code == 404 and other.json()["error"]["type"] == "not_found"
     plain = await _submit_hooked(gateway, key, None)
     await _job_webhook(gateway, key, plain, lambda w: True)
-    refused = await gateway.client.post(f"/api/v1/jobs/{plain}/webhook/redeliver",
-                                        headers=gateway.auth(key))
+    refused = await gateway.client.post(
+        f"/api/v1/jobs/{plain}/webhook/redeliver", headers=gateway.auth(key)
+    )
     assert refused.status_code == 409 and refused.json()["error"]["type"] == "conflict"
     assert "no callback_url" in refused.json()["error"]["message"]
     runner: FakeRunner = gateway.app.state.runner
     runner.block = True
     running = await _submit_hooked(gateway, key, receiver.url)
-    early = await gateway.client.post(f"/api/v1/jobs/{running}/webhook/redeliver",
-                                      headers=gateway.auth(key))
+    early = await gateway.client.post(
+        f"/api/v1/jobs/{running}/webhook/redeliver", headers=gateway.auth(key)
+    )
     runner.released.set()
     assert early.status_code == 409 and "has not ended" in early.json()["error"]["message"]
 
 
 async def test_webhook_redeliver_is_limited_to_one_pending_and_the_setting(
-        gateway_factory: Callable[..., Any], receivers: Callable[..., Any]) -> None:
+    gateway_factory: Callable[..., Any], receivers: Callable[..., Any]
+) -> None:
     """While a delivery is pending a redelivery is 409; past CCGATE_WEBHOOK_MAX_REDELIVERIES
     it is 409 too, and nothing more is sent."""
     receiver = await receivers(statuses=(500,))
@@ -478,17 +547,20 @@ async def test_webhook_redeliver_is_limited_to_one_pending_and_the_setting(
     assert len(receiver.received) == 3
 
 
-@pytest.mark.parametrize(("env", "signing"), [({}, 2),
-                                              ({"CCGATE_WEBHOOK_ROTATION_GRACE_SECS": 0}, 1)])
+@pytest.mark.parametrize(
+    ("env", "signing"), [({}, 2), ({"CCGATE_WEBHOOK_ROTATION_GRACE_SECS": 0}, 1)]
+)
 async def test_webhook_admin_rotation_keeps_the_old_secret_for_the_configured_grace(
-        gateway_factory: Callable[..., Any], env: dict[str, Any], signing: int) -> None:
+    gateway_factory: Callable[..., Any], env: dict[str, Any], signing: int
+) -> None:
     """POST /admin/keys/{name}/webhook-secret keeps the old secret signing for the default
     grace, and not at all with CCGATE_WEBHOOK_ROTATION_GRACE_SECS=0."""
     token = "t" * 40
     gateway: Gateway = await gateway_factory(FakeRunner(), CCGATE_ADMIN_TOKEN=token, **env)
     created = await gateway.app.state.keyring.create("hooks")
-    response = await gateway.client.post("/admin/keys/hooks/webhook-secret",
-                                         headers={"Authorization": f"Bearer {token}"})
+    response = await gateway.client.post(
+        "/admin/keys/hooks/webhook-secret", headers={"Authorization": f"Bearer {token}"}
+    )
     assert response.status_code == 200, response.text
     new = response.json()["webhook_secret"]
     found = await gateway.app.state.store.webhooks.signing_secrets(created.record.id)

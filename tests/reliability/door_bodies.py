@@ -12,14 +12,19 @@ from typing import Any
 _ANY: dict[str, Any] = {}
 _TEXT_BLOCK = {
     "type": "object",
-    "properties": {"type": {"type": "string", "enum": ["text", "image", "document", "x"]},
-                   "text": {"type": "string"}, "source": {"type": "object"}},
+    "properties": {
+        "type": {"type": "string", "enum": ["text", "image", "document", "x"]},
+        "text": {"type": "string"},
+        "source": {"type": "object"},
+    },
 }
 _CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_BLOCK, "maxItems": 3}]}
 _MESSAGE = {
     "type": "object",
-    "properties": {"role": {"type": "string", "enum": ["user", "assistant", "system", "tool"]},
-                   "content": _CONTENT},
+    "properties": {
+        "role": {"type": "string", "enum": ["user", "assistant", "system", "tool"]},
+        "content": _CONTENT,
+    },
     "required": ["role", "content"],
 }
 _MESSAGES = {

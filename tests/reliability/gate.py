@@ -51,8 +51,11 @@ class Gate:
 
     def error_lines(self) -> list[str]:
         """The server's log lines at error level so far, tracebacks from uvicorn included."""
-        return [line for line in self.server.log_text().splitlines()
-                if '"level": "error"' in line or line.startswith(_UVICORN_ERROR)]
+        return [
+            line
+            for line in self.server.log_text().splitlines()
+            if '"level": "error"' in line or line.startswith(_UVICORN_ERROR)
+        ]
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -84,7 +87,12 @@ def gate_env(root: Path, **overrides: Any) -> dict[str, str]:
     enrollment on, fetch off; CCGATE_* overrides win."""
     claude = make_fake_claude(root / "fake-claude", "text")
     return fake_claude_env(
-        root, claude, ADMIN_TOKEN, CCGATE_ENROLLMENT_SECRET=ENROLLMENT_SECRET,
+        root,
+        claude,
+        ADMIN_TOKEN,
+        CCGATE_ENROLLMENT_SECRET=ENROLLMENT_SECRET,
         CCGATE_FETCH_ENABLED="false",
         # A stream that never ends shows itself within a second of a client's time limit.
-        CCGATE_SSE_HEARTBEAT_SECS=1, **overrides)
+        CCGATE_SSE_HEARTBEAT_SECS=1,
+        **overrides,
+    )

@@ -62,8 +62,9 @@ class Answer:
     @classmethod
     def of(cls, response: httpx.Response) -> Answer:
         """The answer an httpx response carries."""
-        return cls.parts(response.status_code, response.text,
-                         response.headers.get("request-id", ""))
+        return cls.parts(
+            response.status_code, response.text, response.headers.get("request-id", "")
+        )
 
     @classmethod
     def parts(cls, status: int, text: str, request_id: str) -> Answer:
@@ -90,8 +91,10 @@ class Finding:
 
     def render(self) -> str:
         """A few lines for the failure message."""
-        return (f"{self.label} [{self.mode}] -> {self.status}\n  {self.request[:600]}\n"
-                f"  answer: {self.answer[:300]}\n  server: {self.trace}")
+        return (
+            f"{self.label} [{self.mode}] -> {self.status}\n  {self.request[:600]}\n"
+            f"  answer: {self.answer[:300]}\n  server: {self.trace}"
+        )
 
 
 @dataclass
@@ -115,12 +118,21 @@ class Report:
         complete answer at all."""
         self.sent[label] = self.sent.get(label, 0) + 1
         if answer.status >= 500 or answer.status == 0:
-            self.findings.append(Finding(label, mode, answer.status, request, answer.text,
-                                         server_trace(gate, answer.request_id)))
+            self.findings.append(
+                Finding(
+                    label,
+                    mode,
+                    answer.status,
+                    request,
+                    answer.text,
+                    server_trace(gate, answer.request_id),
+                )
+            )
 
 
-def send_bounded(http: httpx.Client, build: Callable[[], httpx.Request],
-                 limit_secs: float = ANSWER_LIMIT_SECS) -> Answer:
+def send_bounded(
+    http: httpx.Client, build: Callable[[], httpx.Request], limit_secs: float = ANSWER_LIMIT_SECS
+) -> Answer:
     """Send the request `build` makes and read its answer for at most `limit_secs`: an
     answer still open then (a stream that never ends) is kept as status 0.
 
@@ -146,8 +158,12 @@ def _send_once(http: httpx.Client, request: httpx.Request, limit_secs: float) ->
         for chunk in response.iter_bytes():
             body += chunk
             if time.monotonic() > deadline:
-                return Answer(0, f"{response.status_code}, but the answer was still open "
-                              f"after {limit_secs:g} s: {body[:200]!r}", request_id)
+                return Answer(
+                    0,
+                    f"{response.status_code}, but the answer was still open "
+                    f"after {limit_secs:g} s: {body[:200]!r}",
+                    request_id,
+                )
     except httpx.TransportError as exc:
         return Answer.no_answer(exc)
     finally:
@@ -203,9 +219,10 @@ def assert_clean(report: Report, ops: Sequence[Operation]) -> None:
     assert sorted(report.sent) == sorted(op.label for op in ops)
     assert [label for label, count in report.sent.items() if count == 0] == []
     distinct = report.distinct()
-    assert distinct == [], (f"{len(report.findings)} requests got a 5xx, "
-                            f"{len(distinct)} distinct:\n\n"
-                            + "\n\n".join(f.render() for f in distinct))
+    assert distinct == [], (
+        f"{len(report.findings)} requests got a 5xx, "
+        f"{len(distinct)} distinct:\n\n" + "\n\n".join(f.render() for f in distinct)
+    )
 
 
 def _created(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -222,20 +239,39 @@ def make_principals(gate: Gate) -> Principals:
     with httpx.Client(base_url=gate.url, timeout=HTTP_TIMEOUT_SECS) as http:
         run = _created(http.post("/api/v1/run", json={"prompt": "seed"}, headers=app), 200)
         job = _created(http.post("/api/v1/jobs", json={"prompt": "seed"}, headers=app), 202)
-        upload = _created(http.post("/api/v1/files", headers=app,
-                                    files={"file": ("seed.txt", b"seed", "text/plain")}), 201)
-        enrollment = _created(http.post("/admin/enrollments", headers=admin,
-                                        json={"name": "seed-desktop", "max_devices": 1000}), 201)
+        upload = _created(
+            http.post(
+                "/api/v1/files", headers=app, files={"file": ("seed.txt", b"seed", "text/plain")}
+            ),
+            201,
+        )
+        enrollment = _created(
+            http.post(
+                "/admin/enrollments",
+                headers=admin,
+                json={"name": "seed-desktop", "max_devices": 1000},
+            ),
+            201,
+        )
         code = enrollment["enrollment_code"]
-        device = _created(http.post("/v1/bootstrap",
-                                    json={"device_id": "seed-device", "enrollment_code": code}),
-                          200)
+        device = _created(
+            http.post("/v1/bootstrap", json={"device_id": "seed-device", "enrollment_code": code}),
+            200,
+        )
     app_seeds = Seeds(
-        path={"job_id": [run["job_id"], job["job_id"]], "token": [upload["file_token"]],
-              "session_id": [run["session_id"]], "model_id": ["sonnet", "claude-sonnet-4-5"]},
-        body={"session_id": [run["session_id"]], "files": [[upload["file_token"]]],
-              "enrollment_code": [code]})
+        path={
+            "job_id": [run["job_id"], job["job_id"]],
+            "token": [upload["file_token"]],
+            "session_id": [run["session_id"]],
+            "model_id": ["sonnet", "claude-sonnet-4-5"],
+        },
+        body={
+            "session_id": [run["session_id"]],
+            "files": [[upload["file_token"]]],
+            "enrollment_code": [code],
+        },
+    )
     admin_seeds = Seeds(
-        path={"name": [gate.api_key_name, "seed-desktop"],
-              "device_id": [device["device"]["id"]]})
+        path={"name": [gate.api_key_name, "seed-desktop"], "device_id": [device["device"]["id"]]}
+    )
     return Principals(device["token"], app_seeds, admin_seeds)

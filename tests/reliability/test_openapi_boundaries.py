@@ -55,12 +55,19 @@ class Probe:
 
 def base_case(op: Operation, seeds: Seeds) -> AnyCase:
     """schemathesis' first valid case for `op`, with a seeded real id in its path."""
-    real = {name: seeds.path[name][0] for name in PATH_PARAM.findall(op.path)
-            if seeds.path.get(name)}
+    real = {
+        name: seeds.path[name][0] for name in PATH_PARAM.findall(op.path) if seeds.path.get(name)
+    }
     found: list[AnyCase] = []
 
-    @settings(max_examples=1, derandomize=True, database=None, deadline=None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=1,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=op.as_strategy(path_parameters=real or None))
     def take(case: AnyCase) -> None:
         found.append(case)
@@ -104,40 +111,70 @@ def probes(op: Operation, case: AnyCase) -> Iterator[Probe]:
     if media == _JSON:
         for field in _body_fields(op):
             for value in hostile.for_json():
-                yield Probe(f"body {field}={value!r:.{_SHOWN_CHARS}}", path, query, headers,
-                            {**body, field: value})
+                yield Probe(
+                    f"body {field}={value!r:.{_SHOWN_CHARS}}",
+                    path,
+                    query,
+                    headers,
+                    {**body, field: value},
+                )
     elif media == _MULTIPART:
         for filename, content_type in hostile.UPLOAD_PARTS:
-            yield Probe(f"upload {filename!r:.{_SHOWN_CHARS}} as {content_type!r:.60}",
-                        path, query, headers, None, (filename, content_type))
+            yield Probe(
+                f"upload {filename!r:.{_SHOWN_CHARS}} as {content_type!r:.60}",
+                path,
+                query,
+                headers,
+                None,
+                (filename, content_type),
+            )
 
 
 def _fresh(body: Any, probe_number: int, changed: str) -> Any:
     if not isinstance(body, dict):
         return body
-    return {**body, **{field: f"probe-{probe_number}" for field in _UNIQUE_FIELDS
-                       if field in body and not changed.startswith(f"body {field}=")}}
+    return {
+        **body,
+        **{
+            field: f"probe-{probe_number}"
+            for field in _UNIQUE_FIELDS
+            if field in body and not changed.startswith(f"body {field}=")
+        },
+    }
 
 
 def build(http: httpx.Client, op: Operation, probe: Probe) -> httpx.Request:
     """`probe` as a request to `op`; JSON bodies keep NaN and Infinity, which no client
     library sends."""
     url = op.path.format(**{k: quote(str(v), safe="") for k, v in probe.path.items()})
-    params = {k: v if isinstance(v, str | list) else json.dumps(v)
-              for k, v in probe.query.items()}
+    params = {k: v if isinstance(v, str | list) else json.dumps(v) for k, v in probe.query.items()}
     method = op.method.upper()
     media = _media_type(op)
     if probe.upload is not None:
         filename, content_type = probe.upload
-        return http.build_request(method, url, params=params, headers=probe.headers,
-                                  files={"file": (filename, b"hostile upload", content_type)})
+        return http.build_request(
+            method,
+            url,
+            params=params,
+            headers=probe.headers,
+            files={"file": (filename, b"hostile upload", content_type)},
+        )
     if media == _MULTIPART:
-        return http.build_request(method, url, params=params, headers=probe.headers,
-                                  files={"file": ("a.txt", b"hostile upload", "text/plain")})
+        return http.build_request(
+            method,
+            url,
+            params=params,
+            headers=probe.headers,
+            files={"file": ("a.txt", b"hostile upload", "text/plain")},
+        )
     if media == _JSON:
-        return http.build_request(method, url, params=params,
-                                  headers={**probe.headers, "Content-Type": _JSON},
-                                  content=json.dumps(probe.body, allow_nan=True))
+        return http.build_request(
+            method,
+            url,
+            params=params,
+            headers={**probe.headers, "Content-Type": _JSON},
+            content=json.dumps(probe.body, allow_nan=True),
+        )
     return http.build_request(method, url, params=params, headers=probe.headers)
 
 
@@ -150,28 +187,26 @@ def probe_all(gate: Gate, token: str, ops: list[Operation], seeds: Seeds) -> Rep
             for number, probe in enumerate(probes(op, base_case(op, seeds))):
                 probe = replace(probe, body=_fresh(probe.body, number, probe.what))
                 answer = send_bounded(http, partial(build, http, op, probe))
-                report.check(gate, op.label, "boundary", f"{op.label} with {probe.what}",
-                             answer)
+                report.check(gate, op.label, "boundary", f"{op.label} with {probe.what}", answer)
     return report
 
 
 @pytest.fixture(scope="module")
 def gate(start_gate: Callable[..., Gate]) -> Gate:
     """A server whose queue never fills, so every 5xx is a bug."""
-    return start_gate(CCGATE_QUEUE_SIZE=100000, CCGATE_CONCURRENCY=4,
-                      CCGATE_JOB_TIMEOUT_SECS=30)
+    return start_gate(CCGATE_QUEUE_SIZE=100000, CCGATE_CONCURRENCY=4, CCGATE_JOB_TIMEOUT_SECS=30)
 
 
-def test_openapi_boundaries_app_routes_never_answer_5xx(gate: Gate,
-                                                        principals: Principals) -> None:
+def test_openapi_boundaries_app_routes_never_answer_5xx(gate: Gate, principals: Principals) -> None:
     """Hostile values in any parameter or body field of a non-admin route get no 5xx."""
     ops = operations(load_schema(gate), admin=False)
     assert_clean(probe_all(gate, gate.api_key, ops, principals.app_seeds), ops)
     assert gate.is_alive()
 
 
-def test_openapi_boundaries_admin_routes_never_answer_5xx(gate: Gate,
-                                                          principals: Principals) -> None:
+def test_openapi_boundaries_admin_routes_never_answer_5xx(
+    gate: Gate, principals: Principals
+) -> None:
     """Hostile values in any parameter or body field of an admin route get no 5xx."""
     ops = operations(load_schema(gate), admin=True)
     assert_clean(probe_all(gate, gate.admin_token, ops, principals.admin_seeds), ops)

@@ -20,10 +20,16 @@ RETRYABLE = {429, 503}
 DOORS: tuple[tuple[str, dict[str, Any], int], ...] = (
     ("/api/v1/run", {"prompt": "hello"}, 200),
     ("/api/v1/jobs", {"prompt": "hello"}, 202),
-    ("/v1/messages", {"model": "sonnet", "max_tokens": 16,
-                      "messages": [{"role": "user", "content": "hello"}]}, 200),
-    ("/v1/chat/completions", {"model": "sonnet",
-                              "messages": [{"role": "user", "content": "hello"}]}, 200),
+    (
+        "/v1/messages",
+        {"model": "sonnet", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]},
+        200,
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": "sonnet", "messages": [{"role": "user", "content": "hello"}]},
+        200,
+    ),
 )
 
 
@@ -36,10 +42,14 @@ def gate(start_gate: Callable[..., Gate]) -> Gate:
 async def _burst(gate: Gate) -> list[httpx.Response | BaseException]:
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=0)
     headers = {"Authorization": f"Bearer {gate.api_key}"}
-    async with httpx.AsyncClient(base_url=gate.url, limits=limits, headers=headers,
-                                 timeout=HTTP_TIMEOUT_SECS) as client:
-        calls = [client.post(path, json=body)
-                 for n in range(CLIENTS) for path, body, _ in [DOORS[n % len(DOORS)]]]
+    async with httpx.AsyncClient(
+        base_url=gate.url, limits=limits, headers=headers, timeout=HTTP_TIMEOUT_SECS
+    ) as client:
+        calls = [
+            client.post(path, json=body)
+            for n in range(CLIENTS)
+            for path, body, _ in [DOORS[n % len(DOORS)]]
+        ]
         return await asyncio.gather(*calls, return_exceptions=True)
 
 
@@ -58,15 +68,29 @@ async def test_overload_every_client_gets_an_answer_or_a_retry_after(gate: Gate)
     and Retry-After; afterwards the server runs, answers again, leaves no CLI process behind
     and has logged no error."""
     answers = await _burst(gate)
-    problems = [problem for n, response in enumerate(answers)
-                if (problem := _problem(response, DOORS[n % len(DOORS)][2])) is not None]
+    problems = [
+        problem
+        for n, response in enumerate(answers)
+        if (problem := _problem(response, DOORS[n % len(DOORS)][2])) is not None
+    ]
     assert problems == [], Counter(problems).most_common(5)
     statuses = Counter(r.status_code for r in answers if isinstance(r, httpx.Response))
     assert statuses[200] > 0, statuses
     assert gate.is_alive()
     headers = {"Authorization": f"Bearer {gate.api_key}"}
-    assert await asyncio.to_thread(wait_until, lambda: httpx.post(
-        f"{gate.url}/api/v1/run", json={"prompt": "after"}, headers=headers,
-        timeout=HTTP_TIMEOUT_SECS).status_code == 200, 60, 0.5)
+    assert await asyncio.to_thread(
+        wait_until,
+        lambda: (
+            httpx.post(
+                f"{gate.url}/api/v1/run",
+                json={"prompt": "after"},
+                headers=headers,
+                timeout=HTTP_TIMEOUT_SECS,
+            ).status_code
+            == 200
+        ),
+        60,
+        0.5,
+    )
     assert await asyncio.to_thread(wait_until, lambda: not processes_under(gate.work_dir), 60)
     assert gate.error_lines() == []

@@ -27,25 +27,45 @@ def _request(method: str, path: str, headers: dict[str, str], body: bytes = b"")
 
 def _run_request(key: str, prompt: str = "hello") -> bytes:
     body = json.dumps({"prompt": prompt}).encode()
-    return _request("POST", "/api/v1/run", {
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json",
-        "Content-Length": str(len(body))}, body)
+    return _request(
+        "POST",
+        "/api/v1/run",
+        {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Content-Length": str(len(body)),
+        },
+        body,
+    )
 
 
 def _upload_request(key: str) -> bytes:
-    body = (b"--b\r\nContent-Disposition: form-data; name=file; filename=a.txt\r\n"
-            b"Content-Type: text/plain\r\n\r\n" + b"x" * 5000 + b"\r\n--b--\r\n")
-    return _request("POST", "/api/v1/files", {
-        "Authorization": f"Bearer {key}", "Content-Type": "multipart/form-data; boundary=b",
-        "Content-Length": str(len(body))}, body)
+    body = (
+        b"--b\r\nContent-Disposition: form-data; name=file; filename=a.txt\r\n"
+        b"Content-Type: text/plain\r\n\r\n" + b"x" * 5000 + b"\r\n--b--\r\n"
+    )
+    return _request(
+        "POST",
+        "/api/v1/files",
+        {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "multipart/form-data; boundary=b",
+            "Content-Length": str(len(body)),
+        },
+        body,
+    )
 
 
 def _messages_request(key: str) -> bytes:
-    body = json.dumps({"model": "sonnet", "max_tokens": 8,
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()
-    return _request("POST", "/v1/messages", {
-        "x-api-key": key, "Content-Type": "application/json",
-        "Content-Length": str(len(body))}, body)
+    body = json.dumps(
+        {"model": "sonnet", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    return _request(
+        "POST",
+        "/v1/messages",
+        {"x-api-key": key, "Content-Type": "application/json", "Content-Length": str(len(body))},
+        body,
+    )
 
 
 def _random_blobs(count: int) -> list[bytes]:
@@ -66,12 +86,14 @@ def _payloads(key: str) -> dict[str, list[bytes]]:
         "half-upload": [_upload_request(key)[:-2000]],
         "half-messages-body": [_messages_request(key)[:-20]],
         "body-shorter-than-content-length": [
-            run.replace(b"Content-Length: ", b"Content-Length: 9")],
+            run.replace(b"Content-Length: ", b"Content-Length: 9")
+        ],
         "huge-header-value": [_request("GET", "/health", {"X-Huge": "a" * 1_000_000})],
         "many-headers": [_request("GET", "/health", {f"X-H{n}": "v" for n in range(20_000)})],
         "huge-request-line": [_request("GET", "/health?" + "q" * 1_000_000, {})],
-        "huge-authorization": [_request("GET", "/api/v1/jobs", {
-            "Authorization": "Bearer " + "x" * 500_000})],
+        "huge-authorization": [
+            _request("GET", "/api/v1/jobs", {"Authorization": "Bearer " + "x" * 500_000})
+        ],
         "invalid-method": [_request("BR3W", "/health", {})],
         "lowercase-method": [_request("get", "/health", {})],
         "method-with-junk": [_request("G\x00ET", "/health", {})],
@@ -83,25 +105,68 @@ def _payloads(key: str) -> dict[str, list[bytes]]:
         "nul-in-path": [b"GET /he\x00alth HTTP/1.1\r\nHost: x\r\n\r\n"],
         "absolute-form-to-elsewhere": [b"GET http://example.invalid/ HTTP/1.1\r\nHost: x\r\n\r\n"],
         "negative-content-length": [_request("POST", "/api/v1/run", {"Content-Length": "-5"})],
-        "huge-content-length": [_request("POST", "/api/v1/run", {
-            "Authorization": f"Bearer {key}", "Content-Length": "9" * 40}, b"{}")],
-        "two-content-lengths": [_request("POST", "/api/v1/run", {
-            "Content-Length": "2", "content-length": "3"}, b"{}")],
-        "chunked-garbage": [_request("POST", "/api/v1/run", {
-            "Authorization": f"Bearer {key}", "Transfer-Encoding": "chunked",
-            "Content-Type": "application/json"}, b"zz\r\n{}\r\n0\r\n\r\n")],
-        "chunked-and-content-length": [_request("POST", "/api/v1/run", {
-            "Authorization": f"Bearer {key}", "Transfer-Encoding": "chunked",
-            "Content-Length": "4"}, b"2\r\n{}\r\n0\r\n\r\n")],
-        "chunked-then-close": [_request("POST", "/api/v1/run", {
-            "Authorization": f"Bearer {key}", "Transfer-Encoding": "chunked",
-            "Content-Type": "application/json"}, b"5\r\n{\"pro")],
+        "huge-content-length": [
+            _request(
+                "POST",
+                "/api/v1/run",
+                {"Authorization": f"Bearer {key}", "Content-Length": "9" * 40},
+                b"{}",
+            )
+        ],
+        "two-content-lengths": [
+            _request("POST", "/api/v1/run", {"Content-Length": "2", "content-length": "3"}, b"{}")
+        ],
+        "chunked-garbage": [
+            _request(
+                "POST",
+                "/api/v1/run",
+                {
+                    "Authorization": f"Bearer {key}",
+                    "Transfer-Encoding": "chunked",
+                    "Content-Type": "application/json",
+                },
+                b"zz\r\n{}\r\n0\r\n\r\n",
+            )
+        ],
+        "chunked-and-content-length": [
+            _request(
+                "POST",
+                "/api/v1/run",
+                {
+                    "Authorization": f"Bearer {key}",
+                    "Transfer-Encoding": "chunked",
+                    "Content-Length": "4",
+                },
+                b"2\r\n{}\r\n0\r\n\r\n",
+            )
+        ],
+        "chunked-then-close": [
+            _request(
+                "POST",
+                "/api/v1/run",
+                {
+                    "Authorization": f"Bearer {key}",
+                    "Transfer-Encoding": "chunked",
+                    "Content-Type": "application/json",
+                },
+                b'5\r\n{"pro',
+            )
+        ],
         "pipelined-junk": [_run_request(key) + b"\x00\xff junk \r\n\r\n" + _run_request(key)],
         "pipelined-many": [b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 200],
         "pipelined-half": [b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /heal"],
-        "upgrade-websocket": [_request("GET", "/health", {
-            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "x",
-            "Sec-WebSocket-Version": "13"})],
+        "upgrade-websocket": [
+            _request(
+                "GET",
+                "/health",
+                {
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Key": "x",
+                    "Sec-WebSocket-Version": "13",
+                },
+            )
+        ],
         "h2-preface": [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(64)],
         "tls-client-hello": [bytes.fromhex("16030100a1010000") + _random_blobs(1)[0][:160]],
         "slowloris": [bytes([byte]) for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: "],
@@ -151,10 +216,14 @@ def test_socket_garbage_leaves_server_answering(gate: Gate, name: str) -> None:
     raw = _send(gate, _payloads(gate.api_key)[name], slow=name == "slowloris")
     assert all(status < 500 for status in _statuses(raw)), raw[:500]
     assert gate.is_alive(), gate.server.log_text()[-3000:]
-    answer = httpx.post(f"{gate.url}/api/v1/run", json={"prompt": "still there?"},
-                        headers={"Authorization": f"Bearer {gate.api_key}"}, timeout=30)
+    answer = httpx.post(
+        f"{gate.url}/api/v1/run",
+        json={"prompt": "still there?"},
+        headers={"Authorization": f"Bearer {gate.api_key}"},
+        timeout=30,
+    )
     assert answer.status_code == 200, answer.text
-    assert gate.error_lines()[len(errors_before):] == []
+    assert gate.error_lines()[len(errors_before) :] == []
 
 
 def test_socket_garbage_body_cut_short_is_logged_as_client_closed(gate: Gate) -> None:
@@ -163,6 +232,7 @@ def test_socket_garbage_body_cut_short_is_logged_as_client_closed(gate: Gate) ->
     closed_before = gate.server.log_text().count('"status": 499')
     _send(gate, [_run_request(gate.api_key, "cut short")[:-5]], slow=False)
     assert wait_until(
-        lambda: gate.server.log_text().count('"status": 499') > closed_before, timeout=5)
+        lambda: gate.server.log_text().count('"status": 499') > closed_before, timeout=5
+    )
     assert '"status": 500' not in gate.server.log_text()
-    assert gate.error_lines()[len(errors_before):] == []
+    assert gate.error_lines()[len(errors_before) :] == []

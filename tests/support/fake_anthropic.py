@@ -372,8 +372,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream_text_and_tools(self, model: str, reply: TextAndTools) -> None:
         self._start_stream()
         self._event(_message_start(model, 12))
-        self._event({"type": "content_block_start", "index": 0,
-                     "content_block": {"type": "text", "text": ""}})
+        self._event(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            }
+        )
         for piece in _split_text(reply.text, None):
             self._block_delta({"type": "text_delta", "text": piece})
         self._event({"type": "content_block_stop", "index": 0})
@@ -382,8 +387,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._event({"type": "content_block_start", "index": index, "content_block": block})
             self._event({"type": "ping"})
             for partial in _split_text(json.dumps(call.input), reply.parts):
-                self._event({"type": "content_block_delta", "index": index,
-                             "delta": {"type": "input_json_delta", "partial_json": partial}})
+                self._event(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": partial},
+                    }
+                )
             self._event({"type": "content_block_stop", "index": index})
         delta = {"stop_reason": "tool_use", "stop_sequence": None}
         self._event({"type": "message_delta", "delta": delta, "usage": {"output_tokens": 30}})
@@ -599,8 +609,10 @@ def _tool_use_json(model: str, tool: ToolUse) -> dict[str, Any]:
 
 
 def _text_and_tools_json(model: str, reply: TextAndTools) -> dict[str, Any]:
-    calls = [{"type": "tool_use", "id": _tool_id(), "name": call.name, "input": call.input}
-             for call in reply.calls]
+    calls = [
+        {"type": "tool_use", "id": _tool_id(), "name": call.name, "input": call.input}
+        for call in reply.calls
+    ]
     message: dict[str, Any] = _tool_use_json(model, ToolUse("unused"))
     message["content"] = [{"type": "text", "text": reply.text}, *calls]
     message["usage"]["output_tokens"] = 30

@@ -433,8 +433,14 @@ class Session:
             }
         )
         for info in self.rate_limits:
-            self.emit({"type": "rate_limit_event", "rate_limit_info": info,
-                       "uuid": _new_id(), "session_id": self.session_id})
+            self.emit(
+                {
+                    "type": "rate_limit_event",
+                    "rate_limit_info": info,
+                    "uuid": _new_id(),
+                    "session_id": self.session_id,
+                }
+            )
         self.rate_limits = []
 
     def _tools(self) -> list[str]:
@@ -525,8 +531,15 @@ class Session:
     def clear(self) -> None:
         """Answer ``/clear`` like the real CLI: conversation_reset, a new session, a result."""
         new_session = _new_id()
-        self.emit({"type": "conversation_reset", "new_conversation_id": new_session,
-                   "uuid": new_session, "trigger": "clear", "session_id": self.session_id})
+        self.emit(
+            {
+                "type": "conversation_reset",
+                "new_conversation_id": new_session,
+                "uuid": new_session,
+                "trigger": "clear",
+                "session_id": self.session_id,
+            }
+        )
         self.session_id = new_session
         self.init()
         self.result({"num_turns": 0, "stop_reason": None}, {}, 0.0)
@@ -663,7 +676,8 @@ def transcript_path(session_id: str) -> Path:
     """Where the real CLI looks for the transcript of ``session_id`` when run in this cwd."""
     cwd = os.getcwd()
     config = os.environ.get("CLAUDE_CONFIG_DIR") or os.path.join(
-        os.environ.get("HOME") or os.path.expanduser("~"), ".claude")
+        os.environ.get("HOME") or os.path.expanduser("~"), ".claude"
+    )
     return Path(cwd, config, "projects", project_dir_name(cwd), f"{session_id}.jsonl")
 
 
@@ -673,8 +687,9 @@ def load_transcript(session_id: str) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
     # split("\n"), not splitlines(): the JSON lines may hold raw U+0085 or U+2028 in strings.
-    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n")
-               if line.strip()]
+    entries = [
+        json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()
+    ]
     turns = [e for e in entries if e.get("type") in ("user", "assistant")]
     by_id = {e.get("uuid"): e for e in turns}
     chain: list[dict[str, Any]] = []
@@ -689,8 +704,12 @@ def load_transcript(session_id: str) -> list[dict[str, Any]] | None:
 def no_conversation(session: Session, session_id: str) -> int:
     """Fail like the real CLI when the transcript to resume is missing."""
     write_stderr(f"No conversation found with session ID: {session_id}\n")
-    fields = {"subtype": "error_during_execution", "is_error": True, "num_turns": 0,
-              "stop_reason": None}
+    fields = {
+        "subtype": "error_during_execution",
+        "is_error": True,
+        "num_turns": 0,
+        "stop_reason": None,
+    }
     session.result(fields, {"input_tokens": 0, "output_tokens": 0}, 0.0)
     return 1
 
@@ -701,8 +720,11 @@ def history_text(history: list[dict[str, Any]], prompt: str) -> str:
     for message in [*history, {"role": "user", "content": prompt}]:
         content = message.get("content")
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        parts = [str(b.get("text")) if b.get("type") == "text" else f"[{b.get('type')}]"
-                 for b in blocks or [] if isinstance(b, dict)]
+        parts = [
+            str(b.get("text")) if b.get("type") == "text" else f"[{b.get('type')}]"
+            for b in blocks or []
+            if isinstance(b, dict)
+        ]
         lines.append(f"{message.get('role')}: {' '.join(parts)}")
     return "\n".join(lines)
 
@@ -881,8 +903,13 @@ def rate_limit_info(params: dict[str, Any]) -> dict[str, Any]:
     resets = int(params.get("resets_at") or until or time.time() + 3600)
     kind = str(params.get("window", "five_hour"))
     utilization = float(params.get("utilization", 1.0 if status == "rejected" else 0.5))
-    info: dict[str, Any] = {"status": status, "resetsAt": resets, "rateLimitType": kind,
-                            "utilization": utilization, "isUsingOverage": False}
+    info: dict[str, Any] = {
+        "status": status,
+        "resetsAt": resets,
+        "rateLimitType": kind,
+        "utilization": utilization,
+        "isUsingOverage": False,
+    }
     windows = {kind: {"utilization": utilization, "resetsAt": resets, "status": status}}
     windows.update(params.get("windows") or {})
     info["unifiedWindows"] = windows
@@ -897,9 +924,18 @@ def plan_window(session: Session, params: dict[str, Any], reply: str, prompt: st
         return reply_text(session, params, reply, prompt)
     session.init()
     text = "You've hit your limit · resets soon"
-    session.result({"stop_reason": "stop_sequence", "terminal_reason": "api_error",
-                    "is_error": True, "api_error_status": 429, "error": "rate_limit",
-                    "result": text}, {"input_tokens": 0, "output_tokens": 0}, 0.0)
+    session.result(
+        {
+            "stop_reason": "stop_sequence",
+            "terminal_reason": "api_error",
+            "is_error": True,
+            "api_error_status": 429,
+            "error": "rate_limit",
+            "result": text,
+        },
+        {"input_tokens": 0, "output_tokens": 0},
+        0.0,
+    )
     return True
 
 
@@ -912,7 +948,8 @@ def run_turn(session: Session, params: dict[str, Any], prompt: str) -> bool:
         "text": lambda: reply_text(session, params, reply, prompt),
         "echo": lambda: reply_text(session, params, prompt, prompt),
         "echo_history": lambda: reply_text(
-            session, params, history_text(session.history, prompt), prompt),
+            session, params, history_text(session.history, prompt), prompt
+        ),
         "slow": lambda: reply_text(session, {"chunks": 20, "delay": 0.25} | params, reply, prompt),
         "upstream_error": lambda: upstream_error(session, params),
         "plan_window": lambda: plan_window(session, params, reply, prompt),
@@ -1025,8 +1062,11 @@ def prompt_files(opts: dict[str, Any]) -> dict[str, dict[str, Any]]:
         path = opts.get(flag)
         if isinstance(path, str):
             with open(path, encoding="utf-8") as file:
-                found[flag] = {"text": file.read(), "mode": os.stat(path).st_mode & 0o777,
-                               "path": path}
+                found[flag] = {
+                    "text": file.read(),
+                    "mode": os.stat(path).st_mode & 0o777,
+                    "path": path,
+                }
     return found
 
 

@@ -42,7 +42,7 @@ class FakeRunner:
             for start in range(0, len(text), 3):
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                yield TextDelta(text[start:start + 3])
+                yield TextDelta(text[start : start + 3])
             yield RunResult(
                 text=text,
                 session_id="sess-1",

@@ -191,8 +191,9 @@ class ServerProcess:
         self.stop()
 
 
-def fake_claude_env(root: Path, claude: Path, admin_token: str,
-                    **overrides: object) -> dict[str, str]:
+def fake_claude_env(
+    root: Path, claude: Path, admin_token: str, **overrides: object
+) -> dict[str, str]:
     """The environment of a `ccgate serve` for tests: SQLite, home and work directories under
     ``root`` (made here), the given (fake) claude and admin token; ``overrides`` win."""
     (root / "home").mkdir(parents=True, exist_ok=True)

@@ -53,11 +53,17 @@ async def build(fake: FakeAnthropic) -> AsyncIterator[Build]:
     """Build runners pointed at ``fake`` with the operator key; all closed at the end."""
     runners: list[AnthropicApiRunner] = []
 
-    def make(breaker: CircuitBreaker | None = None, base_url: str | None = None,
-             **kwargs: Any) -> AnthropicApiRunner:
-        runners.append(AnthropicApiRunner(
-            api_key=OPERATOR_KEY, base_url=base_url or fake.url,
-            breaker=breaker or CircuitBreaker(5, 30.0), **kwargs))
+    def make(
+        breaker: CircuitBreaker | None = None, base_url: str | None = None, **kwargs: Any
+    ) -> AnthropicApiRunner:
+        runners.append(
+            AnthropicApiRunner(
+                api_key=OPERATOR_KEY,
+                base_url=base_url or fake.url,
+                breaker=breaker or CircuitBreaker(5, 30.0),
+                **kwargs,
+            )
+        )
         return runners[-1]
 
     yield make
@@ -94,7 +100,11 @@ async def test_api_runner_streams_text_deltas_as_they_arrive(
     started, *deltas, result = events
     assert started == RunStarted(session_id=None, model=MODEL)
     assert [d.text for d in deltas if isinstance(d, TextDelta)] == [
-        "alpha", " beta", " gamma", " delta"]
+        "alpha",
+        " beta",
+        " gamma",
+        " delta",
+    ]
     assert arrivals[-1] - arrivals[1] >= 0.5
     assert isinstance(result, RunResult)
     assert result.text == "alpha beta gamma delta"
@@ -108,19 +118,32 @@ async def test_api_runner_sends_history_system_and_sampling(
     fake: FakeAnthropic, build: Build
 ) -> None:
     """The whole conversation, both system prompts and the sampling controls reach upstream."""
-    history = [{"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
-               {"role": "assistant", "content": [{"type": "text", "text": "4"}]}]
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "4"}]},
+    ]
     request = RunRequest.from_text(
-        "and 3+3?", MODEL, history=history, system_prompt="Be terse.",
-        append_system_prompt="Answer in digits.", max_tokens=50, stop_sequences=["\n\n"],
-        temperature=0.2, top_p=0.9)
+        "and 3+3?",
+        MODEL,
+        history=history,
+        system_prompt="Be terse.",
+        append_system_prompt="Answer in digits.",
+        max_tokens=50,
+        stop_sequences=["\n\n"],
+        temperature=0.2,
+        top_p=0.9,
+    )
     await collect_run(build(), request)
     [sent] = fake.message_requests()
     assert sent.body == {
-        "model": MODEL, "max_tokens": 50, "stream": True,
+        "model": MODEL,
+        "max_tokens": 50,
+        "stream": True,
         "messages": [*history, {"role": "user", "content": [{"type": "text", "text": "and 3+3?"}]}],
         "system": "Be terse.\n\nAnswer in digits.",
-        "stop_sequences": ["\n\n"], "temperature": 0.2, "top_p": 0.9,
+        "stop_sequences": ["\n\n"],
+        "temperature": 0.2,
+        "top_p": 0.9,
     }
 
 
@@ -142,9 +165,13 @@ async def test_api_runner_forwards_only_version_and_beta_client_headers(
 ) -> None:
     """The operator key replaces the client's; only anthropic-version/-beta pass through."""
     client_headers = {
-        "X-Api-Key": "sk-ant-client-key", "Authorization": "Bearer client-token",
-        "Anthropic-Version": "2023-01-01", "anthropic-beta": "prompt-caching-2024-07-31",
-        "cookie": "session=abc", "x-forwarded-for": "10.0.0.1", "x-custom": "1",
+        "X-Api-Key": "sk-ant-client-key",
+        "Authorization": "Bearer client-token",
+        "Anthropic-Version": "2023-01-01",
+        "anthropic-beta": "prompt-caching-2024-07-31",
+        "cookie": "session=abc",
+        "x-forwarded-for": "10.0.0.1",
+        "x-custom": "1",
     }
     await build().send({"model": MODEL, "max_tokens": 10, "messages": []}, client_headers)
     [sent] = fake.message_requests()
@@ -173,16 +200,19 @@ async def test_api_runner_429_is_rate_limited_until_the_reset(
 
 def test_api_runner_retry_after_prefers_the_header_then_exhausted_limits() -> None:
     """retry-after wins; otherwise the latest reset of a limit at 0 beats earlier resets."""
-    both = httpx.Headers({
-        "anthropic-ratelimit-requests-reset": _iso(5),
-        "anthropic-ratelimit-requests-remaining": "40",
-        "anthropic-ratelimit-tokens-reset": _iso(50),
-        "anthropic-ratelimit-tokens-remaining": "0",
-    })
+    both = httpx.Headers(
+        {
+            "anthropic-ratelimit-requests-reset": _iso(5),
+            "anthropic-ratelimit-requests-remaining": "40",
+            "anthropic-ratelimit-tokens-reset": _iso(50),
+            "anthropic-ratelimit-tokens-remaining": "0",
+        }
+    )
     assert retry_after_from(both) == pytest.approx(50, abs=2)
     assert retry_after_from(httpx.Headers({**both, "retry-after": "7"})) == 7.0
-    assert retry_after_from(httpx.Headers({"anthropic-ratelimit-requests-reset": _iso(9)})) \
-        == pytest.approx(9, abs=2)
+    assert retry_after_from(
+        httpx.Headers({"anthropic-ratelimit-requests-reset": _iso(9)})
+    ) == pytest.approx(9, abs=2)
     assert retry_after_from(httpx.Headers({})) is None
 
 
@@ -199,13 +229,16 @@ async def test_api_runner_401_is_a_server_side_auth_error_without_the_key(
     assert runner.breaker.consecutive_failures == 0
 
 
-@pytest.mark.parametrize(("status", "error_type", "counted"), [
-    (400, "upstream_bad_request", False),
-    (404, "upstream_bad_request", False),
-    (413, "upstream_request_too_large", False),
-    (500, "upstream_overloaded", True),
-    (529, "upstream_overloaded", True),
-])
+@pytest.mark.parametrize(
+    ("status", "error_type", "counted"),
+    [
+        (400, "upstream_bad_request", False),
+        (404, "upstream_bad_request", False),
+        (413, "upstream_request_too_large", False),
+        (500, "upstream_overloaded", True),
+        (529, "upstream_overloaded", True),
+    ],
+)
 async def test_api_runner_maps_upstream_statuses(
     fake: FakeAnthropic, build: Build, status: int, error_type: str, counted: bool
 ) -> None:
@@ -219,9 +252,7 @@ async def test_api_runner_maps_upstream_statuses(
     assert runner.breaker.consecutive_failures == (1 if counted else 0)
 
 
-async def test_api_runner_repeated_529_opens_the_circuit(
-    fake: FakeAnthropic, build: Build
-) -> None:
+async def test_api_runner_repeated_529_opens_the_circuit(fake: FakeAnthropic, build: Build) -> None:
     """After N overloaded answers calls fail fast with circuit_open and never reach upstream."""
     fake.default = Error(529, "overloaded_error", "Overloaded", retry_after=3)
     runner = build(CircuitBreaker(3, 30.0))
@@ -247,7 +278,8 @@ async def test_api_runner_half_open_sends_one_probe_of_fifty(
     clock.now += 31
     outcomes = await asyncio.gather(
         *(collect_run(runner, RunRequest.from_text("hi", MODEL)) for _ in range(50)),
-        return_exceptions=True)
+        return_exceptions=True,
+    )
     assert sum(isinstance(o, RunResult) for o in outcomes) == 1
     assert all(o.error_type == "circuit_open" for o in outcomes if isinstance(o, RunError))
     assert len(fake.message_requests()) == 2
@@ -297,8 +329,12 @@ async def test_api_runner_open_stream_passes_bytes_through_as_they_come(
 ) -> None:
     """Raw SSE bytes arrive event by event, unchanged, while usage and model are filled in."""
     fake.reply(Slow("one two three", delay=0.25))
-    body = {"model": MODEL, "max_tokens": 20, "stream": True,
-            "messages": [{"role": "user", "content": "hi"}]}
+    body = {
+        "model": MODEL,
+        "max_tokens": 20,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     chunks: list[tuple[float, bytes]] = []
     async with await build().open_stream(body, {}) as stream:
         assert stream.status == 200
@@ -309,7 +345,7 @@ async def test_api_runner_open_stream_passes_bytes_through_as_they_come(
     assert raw.startswith(b"event: message_start\ndata: {")
     assert raw.count(b"event: content_block_delta\n") == 3
     assert b"event: ping\ndata: " in raw
-    assert raw.endswith(b"event: message_stop\ndata: {\"type\": \"message_stop\"}\n\n")
+    assert raw.endswith(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
     assert chunks[-1][0] - chunks[0][0] >= 0.4
     assert stream.usage == {"input_tokens": 12, "output_tokens": 3}
     assert (stream.model, stream.stop_reason, stream.completed) == (MODEL, "end_turn", True)
@@ -326,9 +362,7 @@ async def test_api_runner_open_stream_error_status_raises_after_reading_it(
     assert failed.value.message == "max_tokens: must be at most 64000"
 
 
-async def test_api_runner_send_returns_upstream_message(
-    fake: FakeAnthropic, build: Build
-) -> None:
+async def test_api_runner_send_returns_upstream_message(fake: FakeAnthropic, build: Build) -> None:
     """A non-streaming pass-through returns the message object upstream sent, with usage."""
     fake.reply(Text("plain answer", usage_in=7, usage_out=2))
     reply = await build().send({"model": MODEL, "max_tokens": 10, "messages": []}, {})
@@ -367,9 +401,7 @@ async def test_api_runner_open_stream_closed_early_frees_the_connection(
     assert runner.breaker.consecutive_failures == 0
 
 
-async def test_api_runner_reuses_keep_alive_connections(
-    fake: FakeAnthropic, build: Build
-) -> None:
+async def test_api_runner_reuses_keep_alive_connections(fake: FakeAnthropic, build: Build) -> None:
     """Back-to-back runs, streamed or not, share one upstream connection."""
     runner = build()
     for prompt in ("one", "two"):

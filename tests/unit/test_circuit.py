@@ -124,7 +124,12 @@ def test_circuit_snapshot_and_reset() -> None:
     assert snap["retry_after_secs"] == pytest.approx(25.0)
     assert datetime.fromisoformat(snap["opened_at"]).tzinfo is not None
     breaker.reset()
-    assert breaker.snapshot() == {"state": "closed", "consecutive_failures": 0, "threshold": 2,
-                                  "cooldown_secs": 30.0, "opened_at": None,
-                                  "retry_after_secs": 0.0}
+    assert breaker.snapshot() == {
+        "state": "closed",
+        "consecutive_failures": 0,
+        "threshold": 2,
+        "cooldown_secs": 30.0,
+        "opened_at": None,
+        "retry_after_secs": 0.0,
+    }
     breaker.before_call()

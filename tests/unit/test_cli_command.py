@@ -17,8 +17,9 @@ from ccgate.runners.cli_command import (
 
 
 def _options(**kwargs: object) -> CliOptions:
-    return CliOptions(executable="/bin/claude", base_env={"PATH": "/usr/bin", "HOME": "/h"},
-                      **kwargs)  # type: ignore[arg-type]
+    return CliOptions(
+        executable="/bin/claude", base_env={"PATH": "/usr/bin", "HOME": "/h"}, **kwargs
+    )  # type: ignore[arg-type]
 
 
 def test_argv_is_locked_down() -> None:
@@ -44,8 +45,9 @@ def test_argv_never_holds_the_prompt() -> None:
 
 def test_argv_never_holds_the_system_prompts() -> None:
     """System prompts reach the CLI as files named in argv, never as argv text."""
-    request = RunRequest.from_text("hi", "sonnet", system_prompt="SECRET-SYSTEM",
-                                   append_system_prompt="SECRET-APPENDED")
+    request = RunRequest.from_text(
+        "hi", "sonnet", system_prompt="SECRET-SYSTEM", append_system_prompt="SECRET-APPENDED"
+    )
     files = PromptFiles(system="/run/1/system-prompt.txt", append="/run/1/append.txt")
 
     argv = build_argv(_options(), request, prompt_files=files)
@@ -86,8 +88,10 @@ def test_env_is_scrubbed_quiet_and_bounded() -> None:
 
 def test_env_turns_file_mentions_off_whatever_passes_through() -> None:
     """The switches that stop the CLI expanding ``@path`` are set and win over base values."""
-    options = CliOptions(executable="/bin/claude", base_env={
-        "CLAUDE_CODE_DISABLE_FILE_MENTIONS": "0", "CLAUDE_CODE_DISABLE_ATTACHMENTS": ""})
+    options = CliOptions(
+        executable="/bin/claude",
+        base_env={"CLAUDE_CODE_DISABLE_FILE_MENTIONS": "0", "CLAUDE_CODE_DISABLE_ATTACHMENTS": ""},
+    )
 
     env = build_env(options, "/tmp/run-1")
 

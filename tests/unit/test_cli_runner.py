@@ -152,12 +152,14 @@ async def test_runner_missing_executable_is_cli_unavailable(tmp_path: Path) -> N
     message (which key holders see) does not reveal the path."""
     work_dir = tmp_path / "work"
     work_dir.mkdir()
-    runner = ClaudeCliRunner(CliOptions(
-        executable=str(tmp_path / "missing" / "claude"),
-        base_env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
-        kill_grace_secs=0.5,
-        work_dir=str(work_dir),
-    ))
+    runner = ClaudeCliRunner(
+        CliOptions(
+            executable=str(tmp_path / "missing" / "claude"),
+            base_env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+            kill_grace_secs=0.5,
+            work_dir=str(work_dir),
+        )
+    )
     with pytest.raises(RunError) as caught:
         await collect(runner, RunRequest.from_text("hi", "sonnet"))
     await runner.aclose()
@@ -185,8 +187,9 @@ async def test_runner_system_prompts_reach_the_cli_as_private_files(
 ) -> None:
     """Both system prompts arrive as 0600 files in the run's own directory, never in argv."""
     cli = fake_cli("text")
-    request = RunRequest.from_text("hi", "sonnet", system_prompt="SECRET-SYSTEM\0 é",
-                                   append_system_prompt="SECRET-APPENDED")
+    request = RunRequest.from_text(
+        "hi", "sonnet", system_prompt="SECRET-SYSTEM\0 é", append_system_prompt="SECRET-APPENDED"
+    )
 
     await collect(cli.runner, request)
 
@@ -205,9 +208,13 @@ async def test_runner_start_failure_of_any_kind_leaves_no_directory(tmp_path: Pa
     cli_unavailable and leaves no run directory behind."""
     work_dir = tmp_path / "work"
     work_dir.mkdir()
-    runner = ClaudeCliRunner(CliOptions(
-        executable="/usr/bin/claude\0", base_env={"PATH": os.environ["PATH"]},
-        work_dir=str(work_dir)))
+    runner = ClaudeCliRunner(
+        CliOptions(
+            executable="/usr/bin/claude\0",
+            base_env={"PATH": os.environ["PATH"]},
+            work_dir=str(work_dir),
+        )
+    )
 
     with pytest.raises(RunError) as caught:
         await collect(runner, RunRequest.from_text("hi", "sonnet", system_prompt="terse"))
@@ -228,8 +235,7 @@ async def test_runner_plan_window_warning_completes_and_rejection_closes(
     *_, result = await _all_events(warned, RunRequest.from_text("hi", "sonnet"))
     assert isinstance(result, RunResult) and result.warning is not None
     assert result.plan_windows[0].name == "five_hour"
-    refused = fake_cli("plan_window", status="rejected", resets_at=4102444800,
-                       window="seven_day")
+    refused = fake_cli("plan_window", status="rejected", resets_at=4102444800, window="seven_day")
     with pytest.raises(WindowClosed) as caught:
         await _all_events(refused, RunRequest.from_text("hi", "sonnet"))
     assert caught.value.resets_at is not None

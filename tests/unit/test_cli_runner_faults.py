@@ -71,8 +71,11 @@ async def test_runner_crash_reports_exit_code_and_last_stderr_line(
     fake_cli: Callable[..., FakeCli],
 ) -> None:
     """A CLI dying mid-stream is cli_error naming its exit code and its last stderr line."""
-    cli = fake_cli("crash_mid_stream", code=3,
-                   stderr_text="Error: boom\n    at foo (file:///fake/cli.js:1:1)\n")
+    cli = fake_cli(
+        "crash_mid_stream",
+        code=3,
+        stderr_text="Error: boom\n    at foo (file:///fake/cli.js:1:1)\n",
+    )
     error = await _run_error(cli)
     assert error.error_type == "cli_error"
     assert "code 3" in error.message
@@ -210,10 +213,14 @@ async def test_runner_wall_clock_timeout_bounds_a_cli_that_never_reads_stdin(
     executable.write_text("#!/bin/sh\nexec sleep 1000\n", encoding="utf-8")
     executable.chmod(0o755)
     (tmp_path / "work").mkdir()
-    runner = ClaudeCliRunner(CliOptions(
-        executable=str(executable), base_env={"PATH": os.environ["PATH"]},
-        kill_grace_secs=0.5, work_dir=str(tmp_path / "work"),
-    ))
+    runner = ClaudeCliRunner(
+        CliOptions(
+            executable=str(executable),
+            base_env={"PATH": os.environ["PATH"]},
+            kill_grace_secs=0.5,
+            work_dir=str(tmp_path / "work"),
+        )
+    )
     request = RunRequest.from_text("x" * 1_000_000, "sonnet", timeout_secs=1)  # > pipe buffer
     try:
         async with asyncio.timeout(4):

@@ -29,14 +29,17 @@ def test_config_bad_value_names_key_value_and_allowed() -> None:
     assert "between 1 and 65535" in message
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("CCGATE_CONCURRENCY", "0"),
-    ("CCGATE_ALLOW_TOOLS", "maybe"),
-    ("CCGATE_DATABASE_URL", "mysql://x"),
-    ("CCGATE_JOB_TIMEOUT_SECS", "-1"),
-    ("CCGATE_LOG_LEVEL", "loud"),
-    ("CCGATE_IDLE_TIMEOUT_SECS", "nan"),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("CCGATE_CONCURRENCY", "0"),
+        ("CCGATE_ALLOW_TOOLS", "maybe"),
+        ("CCGATE_DATABASE_URL", "mysql://x"),
+        ("CCGATE_JOB_TIMEOUT_SECS", "-1"),
+        ("CCGATE_LOG_LEVEL", "loud"),
+        ("CCGATE_IDLE_TIMEOUT_SECS", "nan"),
+    ],
+)
 def test_config_rejects_out_of_range_values(key: str, value: str) -> None:
     """Each kind of bad value is refused with its key named."""
     with pytest.raises(ConfigError, match=key):
@@ -94,10 +97,15 @@ def test_config_missing_env_file_is_an_error(tmp_path: Path) -> None:
 
 def test_config_cli_env_keeps_only_the_allowlist() -> None:
     """App secrets in ccgate's environment never reach the CLI; its auth and PATH do."""
-    settings = load_settings({
-        "PATH": "/usr/bin", "ANTHROPIC_API_KEY": "sk-x", "AWS_SECRET_ACCESS_KEY": "aws",
-        "DATABASE_PASSWORD": "pw", "CCGATE_ADMIN_TOKEN": "admin-token-0123456789abcdefghijklm",
-    })
+    settings = load_settings(
+        {
+            "PATH": "/usr/bin",
+            "ANTHROPIC_API_KEY": "sk-x",
+            "AWS_SECRET_ACCESS_KEY": "aws",
+            "DATABASE_PASSWORD": "pw",
+            "CCGATE_ADMIN_TOKEN": "admin-token-0123456789abcdefghijklm",
+        }
+    )
     assert settings.cli_base_env == {"PATH": "/usr/bin", "ANTHROPIC_API_KEY": "sk-x"}
 
 

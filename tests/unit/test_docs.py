@@ -22,8 +22,14 @@ def _read(name: str) -> str:
 def test_docs_every_setting_is_in_the_configuration_table(setting: object) -> None:
     """Each setting has a row in docs/configuration.md with its default."""
     key, default = setting.key, setting.default  # type: ignore[attr-defined]
-    row = next((line for line in _read("docs/configuration.md").splitlines()
-                if line.startswith(f"| `{key}` |")), None)
+    row = next(
+        (
+            line
+            for line in _read("docs/configuration.md").splitlines()
+            if line.startswith(f"| `{key}` |")
+        ),
+        None,
+    )
     assert row is not None, f"{key} is not documented in docs/configuration.md"
     assert (f"`{default}`" if default else "(empty)") in row
 

@@ -23,14 +23,23 @@ SECRET = "unit-test-enrollment-secret-0123456789"
 # Tokens are checked against the real clock: each test reads the time when it runs, never at
 # import (a long suite would otherwise see its tokens expire).
 CREATED = datetime.now(UTC)
-DEVICE = DeviceRecord(id="dev_1", enrollment_id="enr_1", enrollment_name="desktop",
-                      device_id="laptop-42", key_id="key_1", key_name="device-desktop-abc",
-                      created_at=CREATED, last_refresh_at=None, revoked_at=None)
+DEVICE = DeviceRecord(
+    id="dev_1",
+    enrollment_id="enr_1",
+    enrollment_name="desktop",
+    device_id="laptop-42",
+    key_id="key_1",
+    key_name="device-desktop-abc",
+    created_at=CREATED,
+    last_refresh_at=None,
+    revoked_at=None,
+)
 
 
 def _token(*, now: datetime | None = None, ttl_secs: int = 3600, secret: str = SECRET) -> str:
-    token, _ = issue_device_token(secret, DEVICE, KeyPolicy(rpm=5), ttl_secs=ttl_secs,
-                                  now=now or datetime.now(UTC))
+    token, _ = issue_device_token(
+        secret, DEVICE, KeyPolicy(rpm=5), ttl_secs=ttl_secs, now=now or datetime.now(UTC)
+    )
     return token
 
 
@@ -40,8 +49,9 @@ def _segment(data: dict[str, object]) -> str:
 
 def test_read_device_token_returns_the_claims_it_was_issued_with() -> None:
     """A fresh token names its device, key, enrollment and lifetime."""
-    token, expires_at = issue_device_token(SECRET, DEVICE, KeyPolicy(rpm=5), ttl_secs=600,
-                                           now=datetime.now(UTC))
+    token, expires_at = issue_device_token(
+        SECRET, DEVICE, KeyPolicy(rpm=5), ttl_secs=600, now=datetime.now(UTC)
+    )
     claims = read_device_token(SECRET, token)
     assert claims is not None
     assert (claims.device, claims.key_id, claims.enrollment) == ("dev_1", "key_1", "desktop")
@@ -93,11 +103,15 @@ def test_read_device_token_rejects_a_tampered_payload() -> None:
     assert read_device_token(SECRET, forged) is None
 
 
-@pytest.mark.parametrize("claims", [
-    {"iss": "someone-else"},
-    {"sub": None},
-    {"key": 42},
-], ids=["issuer", "no-sub", "key-not-text"])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iss": "someone-else"},
+        {"sub": None},
+        {"key": 42},
+    ],
+    ids=["issuer", "no-sub", "key-not-text"],
+)
 def test_read_device_token_rejects_tokens_missing_our_claims(claims: dict[str, object]) -> None:
     """Correctly signed tokens with another issuer or malformed claims are refused."""
     base = jwt.decode(_token(), options={"verify_signature": False})
@@ -106,13 +120,16 @@ def test_read_device_token_rejects_tokens_missing_our_claims(claims: dict[str, o
     assert read_device_token(SECRET, token) is None
 
 
-@pytest.mark.parametrize(("secret", "expected"), [
-    ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", True),
-    ("ccg_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", False),
-    ("eyJ.only-two", False),
-    ("eyJa.b.c.d", False),
-    ("eyJa.b c.d", False),
-])
+@pytest.mark.parametrize(
+    ("secret", "expected"),
+    [
+        ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", True),
+        ("ccg_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", False),
+        ("eyJ.only-two", False),
+        ("eyJa.b.c.d", False),
+        ("eyJa.b c.d", False),
+    ],
+)
 def test_looks_like_device_token_tells_tokens_from_keys(secret: str, expected: bool) -> None:
     """Only three base64url segments starting with ``eyJ`` count as a token."""
     assert looks_like_device_token(secret) is expected

@@ -32,8 +32,10 @@ def real_claude() -> Path:
     """The real pinned CLI; skipped where absent, a failure when CI demands it."""
     path = find_real_claude()
     if path is None:
-        service_missing("real claude CLI not found: set CCGATE_TEST_CLAUDE, install it into "
-                        ".tools/node_modules or put it on PATH")
+        service_missing(
+            "real claude CLI not found: set CCGATE_TEST_CLAUDE, install it into "
+            ".tools/node_modules or put it on PATH"
+        )
     assert path is not None
     return path
 
@@ -87,8 +89,9 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.real_cli
-def test_real_cli_relays_fake_anthropic_text(real_claude: Path, fake_api: FakeAnthropic,
-                                             tmp_path: Path) -> None:
+def test_real_cli_relays_fake_anthropic_text(
+    real_claude: Path, fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
     """The real CLI streams a FakeAnthropic Text reply into its result and sends no tools."""
     fake_api.reply(Text("Hello from the fake upstream"))
 
@@ -105,8 +108,9 @@ def test_real_cli_relays_fake_anthropic_text(real_claude: Path, fake_api: FakeAn
 
 
 @pytest.mark.real_cli
-def test_real_cli_reports_fake_anthropic_401(real_claude: Path, fake_api: FakeAnthropic,
-                                             tmp_path: Path) -> None:
+def test_real_cli_reports_fake_anthropic_401(
+    real_claude: Path, fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
     """The real CLI turns a FakeAnthropic 401 into exit 1 and an is_error result."""
     fake_api.default = Error(401, "authentication_error", "invalid x-api-key")
 

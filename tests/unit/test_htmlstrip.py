@@ -40,16 +40,18 @@ def _cpu_secs(page: str) -> float:
 
 def test_htmlstrip_drops_scripts_styles_svg_noscript_and_comments() -> None:
     """Executable, decorative and hidden parts go; the text around them stays."""
-    page = ("<html><head><style>p { color: red }</style><script src='a.js'></script>"
-            "<script>track()</script></head><body><!-- build 42 --><p>Hello</p>"
-            "<svg viewBox='0 0 1 1'><path d='M0'/></svg><noscript><img src=pixel></noscript>"
-            "<p>World</p></body></html>")
-    assert strip_html(page) == ("<html><head></head><body><p>Hello</p><p>World</p>"
-                                "</body></html>")
+    page = (
+        "<html><head><style>p { color: red }</style><script src='a.js'></script>"
+        "<script>track()</script></head><body><!-- build 42 --><p>Hello</p>"
+        "<svg viewBox='0 0 1 1'><path d='M0'/></svg><noscript><img src=pixel></noscript>"
+        "<p>World</p></body></html>"
+    )
+    assert strip_html(page) == ("<html><head></head><body><p>Hello</p><p>World</p></body></html>")
 
 
-@pytest.mark.parametrize("kind", ["application/ld+json", "Application/LD+JSON ",
-                                  "application/ld+json; charset=utf-8"])
+@pytest.mark.parametrize(
+    "kind", ["application/ld+json", "Application/LD+JSON ", "application/ld+json; charset=utf-8"]
+)
 def test_htmlstrip_keeps_json_ld_scripts(kind: str) -> None:
     """Structured data in a JSON-LD script survives, markup and all."""
     script = f'<script type="{kind}">{{"@type": "Article", "name": "a < b"}}</script>'
@@ -58,15 +60,19 @@ def test_htmlstrip_keeps_json_ld_scripts(kind: str) -> None:
 
 def test_htmlstrip_keeps_markup_attributes_and_entities_verbatim() -> None:
     """Start tags, doctype, entities and character references come back as written."""
-    page = ('<!DOCTYPE html><p class="lead" data-x=\'1\'>Fish &amp; chips &#8364;5 &#x27;'
-            '<br/><a href="/a?x=1&amp;y=2">link</a></p>')
+    page = (
+        "<!DOCTYPE html><p class=\"lead\" data-x='1'>Fish &amp; chips &#8364;5 &#x27;"
+        '<br/><a href="/a?x=1&amp;y=2">link</a></p>'
+    )
     assert strip_html(page) == page
 
 
 def test_htmlstrip_script_text_that_looks_like_markup_is_dropped_whole() -> None:
     """A script writing tags or comment markers does not leak into the output."""
-    page = ("<p>a</p><script>if (a < b) { document.write('<div>--></div>'); }</script>"
-            "<style>a::after { content: '</p>' }</style><p>b</p>")
+    page = (
+        "<p>a</p><script>if (a < b) { document.write('<div>--></div>'); }</script>"
+        "<style>a::after { content: '</p>' }</style><p>b</p>"
+    )
     assert strip_html(page) == "<p>a</p><p>b</p>"
 
 
@@ -82,16 +88,19 @@ def test_htmlstrip_unclosed_dropped_element_hides_the_rest() -> None:
     assert strip_html("<p>kept</p><svg><p>inside</p>") == "<p>kept</p>"
 
 
-@pytest.mark.parametrize(("page", "expected"), [
-    ("<p>unclosed <b>bold", "<p>unclosed <b>bold"),
-    ("<div>stray</span></div>", "<div>stray</span></div>"),
-    ("<![foo[ marked ]]>text", "text"),
-    ("<![CDATA[x]]>y", "y"),
-    ("<!bogus>ok", "ok"),
-    ("a < b && c", "a < b && c"),
-    ("<p>cut in a ta", "<p>cut in a ta"),
-    ("</></p>", "</p>"),
-])
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        ("<p>unclosed <b>bold", "<p>unclosed <b>bold"),
+        ("<div>stray</span></div>", "<div>stray</span></div>"),
+        ("<![foo[ marked ]]>text", "text"),
+        ("<![CDATA[x]]>y", "y"),
+        ("<!bogus>ok", "ok"),
+        ("a < b && c", "a < b && c"),
+        ("<p>cut in a ta", "<p>cut in a ta"),
+        ("</></p>", "</p>"),
+    ],
+)
 def test_htmlstrip_malformed_html_is_handled(page: str, expected: str) -> None:
     """Broken markup never raises and loses nothing but comment-like sections."""
     assert strip_html(page) == expected
@@ -99,9 +108,37 @@ def test_htmlstrip_malformed_html_is_handled(page: str, expected: str) -> None:
 
 def test_htmlstrip_survives_random_markup_soup() -> None:
     """Thousands of random fragments of tag syntax all parse without an exception."""
-    pieces = ["<", ">", "!", "/", "-", "[", "]", "?", "'", '"', "=", " ", "a", "&", "#", ";",
-              "<!--", "-->", "<![", "]]>", "<script>", "</script>", "<svg", "</svg>",
-              "<!DOCTYPE", "<style>", "<noscript>", "<![CDATA[", "\n"]
+    pieces = [
+        "<",
+        ">",
+        "!",
+        "/",
+        "-",
+        "[",
+        "]",
+        "?",
+        "'",
+        '"',
+        "=",
+        " ",
+        "a",
+        "&",
+        "#",
+        ";",
+        "<!--",
+        "-->",
+        "<![",
+        "]]>",
+        "<script>",
+        "</script>",
+        "<svg",
+        "</svg>",
+        "<!DOCTYPE",
+        "<style>",
+        "<noscript>",
+        "<![CDATA[",
+        "\n",
+    ]
     rng = random.Random(1234)  # noqa: S311 - a fixed seed keeps the fuzz repeatable
     for _ in range(3000):
         page = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 40)))
@@ -110,18 +147,22 @@ def test_htmlstrip_survives_random_markup_soup() -> None:
 
 @pytest.mark.parametrize(("name", "build"), CRAFTED, ids=[name for name, _ in CRAFTED])
 def test_htmlstrip_crafted_pages_cost_time_linear_in_their_size(
-        name: str, build: Callable[[int], str]) -> None:
+    name: str, build: Callable[[int], str]
+) -> None:
     """Eight times the crafted page costs about eight times the CPU, never 64 times."""
     assert _cpu_secs(build(8000)) <= 24 * _cpu_secs(build(1000)) + 0.02
 
 
-@pytest.mark.parametrize(("page", "expected"), [
-    ("<p>a</p><!-- never closed <p>b</p>", "<p>a</p>"),
-    ('<p>a</p><img src="cut off', "<p>a</p>"),
-    ("<p>a</p></p", "<p>a</p>"),
-    ("<p>a</p><![CDATA[ x <p>b</p>", "<p>a</p>"),
-    ("<p>a</p><!-->b<!--->c<!--x--!>d", "<p>a</p>bcd"),
-])
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        ("<p>a</p><!-- never closed <p>b</p>", "<p>a</p>"),
+        ('<p>a</p><img src="cut off', "<p>a</p>"),
+        ("<p>a</p></p", "<p>a</p>"),
+        ("<p>a</p><![CDATA[ x <p>b</p>", "<p>a</p>"),
+        ("<p>a</p><!-->b<!--->c<!--x--!>d", "<p>a</p>bcd"),
+    ],
+)
 def test_htmlstrip_unfinished_markup_at_the_end_is_dropped(page: str, expected: str) -> None:
     """A comment left open runs to the end and a cut-off tag is dropped, as in a browser."""
     assert strip_html(page) == expected

@@ -42,14 +42,17 @@ def _cpu_secs(text: str) -> float:
     return best
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ('{"a": 1}', {"a": 1}),
-    ('```json\n["red", "green"]\n```', ["red", "green"]),
-    ('```\n{"a": [1]}\n```', {"a": [1]}),
-    ('Here you go: {"colors": ["red"]} Enjoy!', {"colors": ["red"]}),
-    ("  42 ", 42),
-    ("null", None),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('{"a": 1}', {"a": 1}),
+        ('```json\n["red", "green"]\n```', ["red", "green"]),
+        ('```\n{"a": [1]}\n```', {"a": [1]}),
+        ('Here you go: {"colors": ["red"]} Enjoy!', {"colors": ["red"]}),
+        ("  42 ", 42),
+        ("null", None),
+    ],
+)
 def test_jsonanswer_parses_fenced_and_wrapped_values(text: str, value: object) -> None:
     """Fences and prose around a single JSON value do not stop it being parsed."""
     assert parse_json_answer(text) == (value, None)
@@ -64,7 +67,8 @@ def test_jsonanswer_keeps_text_and_explains_when_unparseable() -> None:
 
 @pytest.mark.parametrize(("name", "build"), HOSTILE, ids=[name for name, _ in HOSTILE])
 def test_jsonanswer_hostile_answers_cost_time_linear_in_their_length(
-        name: str, build: Callable[[int], str]) -> None:
+    name: str, build: Callable[[int], str]
+) -> None:
     """Eight times the hostile text costs about eight times the CPU, never 64 or 512 times."""
     small, large = build(150), build(1200)
     assert read_json_answer(large).error is not None
@@ -73,7 +77,8 @@ def test_jsonanswer_hostile_answers_cost_time_linear_in_their_length(
 
 @pytest.mark.parametrize(("name", "build"), HOSTILE, ids=[name for name, _ in HOSTILE])
 def test_jsonanswer_reads_an_answer_with_at_most_two_parses(
-        name: str, build: Callable[[int], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    name: str, build: Callable[[int], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """However many fences or brackets an answer holds, it is handed to json.loads twice at most."""
     calls: list[int] = []
     real_loads = json.loads
@@ -87,11 +92,19 @@ def test_jsonanswer_reads_an_answer_with_at_most_two_parses(
     assert 1 <= len(calls) <= 2
 
 
-@pytest.mark.parametrize("text", [
-    "NaN", "[1, Infinity]", "-Infinity", "1e999", '{"a": "\\ud800"}',
-    "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "[" * 100_000,
-    "1" * 5000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "NaN",
+        "[1, Infinity]",
+        "-Infinity",
+        "1e999",
+        '{"a": "\\ud800"}',
+        "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1),
+        "[" * 100_000,
+        "1" * 5000,
+    ],
+)
 def test_jsonanswer_refuses_values_that_cannot_be_sent_back(text: str) -> None:
     """NaN, infinities, lone surrogates, huge integers and deep nesting are text, not values."""
     answer = read_json_answer(text)
@@ -116,13 +129,15 @@ def test_jsonanswer_does_not_read_answers_over_the_size_limit() -> None:
 
 
 async def test_jsonanswer_reads_long_answers_off_the_event_loop(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A short answer is read on the loop's thread; a long one in a worker thread."""
     threads: list[int] = []
     real_read = jsonanswer.read_json_answer
 
-    def recording_read(text: str,
-                       max_chars: int = jsonanswer.MAX_ANSWER_CHARS) -> jsonanswer.JsonAnswer:
+    def recording_read(
+        text: str, max_chars: int = jsonanswer.MAX_ANSWER_CHARS
+    ) -> jsonanswer.JsonAnswer:
         threads.append(threading.get_ident())
         return real_read(text, max_chars)
 

@@ -41,8 +41,9 @@ async def _refused(limiter: Limiter, policy: KeyPolicy, key_id: str = "k1") -> L
 
 def _secs_to_midnight() -> float:
     now = datetime.now(UTC)
-    return ((now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-            - now).total_seconds()
+    return (
+        (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0) - now
+    ).total_seconds()
 
 
 async def test_limiter_rpm_refuses_the_request_after_the_limit(make_limiter: MakeLimiter) -> None:
@@ -57,7 +58,8 @@ async def test_limiter_rpm_refuses_the_request_after_the_limit(make_limiter: Mak
 
 
 async def test_limiter_rpm_retry_after_is_what_is_left_of_the_window(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """The rpm 429's Retry-After is the time until the oldest request leaves the window."""
     limiter = make_limiter(rpm_window_secs=60)
     await limiter.admit("k1", KeyPolicy(rpm=1))
@@ -68,7 +70,8 @@ async def test_limiter_rpm_retry_after_is_what_is_left_of_the_window(
 
 
 async def test_limiter_rpm_window_frees_after_its_length(
-        make_limiter: MakeLimiter, make_settings: Callable[..., Settings]) -> None:
+    make_limiter: MakeLimiter, make_settings: Callable[..., Settings]
+) -> None:
     """With CCGATE_RPM_WINDOW_SECS=1 a spent rpm lets requests in again a second later."""
     settings = make_settings(CCGATE_RPM_WINDOW_SECS=1)
     limiter = Limiter.from_settings(settings)
@@ -82,7 +85,8 @@ async def test_limiter_rpm_window_frees_after_its_length(
 
 
 async def test_limiter_rpd_refuses_after_the_limit_until_its_window_ends(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """With rpd=2 the third request is rpd_exceeded, Retry-After the rest of the day window."""
     limiter = make_limiter(rpd_window_secs=120)
     policy = KeyPolicy(rpd=2)
@@ -114,7 +118,8 @@ async def test_limiter_global_rpd_counts_requests_of_every_key(make_limiter: Mak
 
 
 async def test_limiter_concurrency_refuses_while_every_slot_is_taken(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """With concurrency=2 a third running request is refused until one is released."""
     limiter = make_limiter()
     policy = KeyPolicy(concurrency=2)
@@ -153,7 +158,8 @@ async def test_limiter_refused_request_spends_nothing(make_limiter: MakeLimiter)
 
 
 async def test_limiter_tokens_per_day_refuses_once_usage_reaches_the_quota(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """After runs used 110 of 100 tokens the next request is refused until 00:00 UTC."""
     limiter = make_limiter()
     policy = KeyPolicy(tokens_per_day=100)
@@ -182,8 +188,7 @@ async def test_limiter_budget_refuses_once_the_month_is_spent(make_limiter: Make
     assert abs(error.retry_after - max(1.0, (first - now).total_seconds())) < 5
 
 
-async def test_limiter_names_the_blocking_limit_that_frees_last(
-        make_limiter: MakeLimiter) -> None:
+async def test_limiter_names_the_blocking_limit_that_frees_last(make_limiter: MakeLimiter) -> None:
     """When rpm and the monthly budget both block, the 429 is the budget's, with its wait."""
     limiter = make_limiter(rpm_window_secs=60)
     policy = KeyPolicy(rpm=1, budget_usd_per_month=0.5)
@@ -213,10 +218,16 @@ async def test_limiter_usage_reports_tokens_cost_and_running(make_limiter: MakeL
     await limiter.admit("k1", KeyPolicy())
     await limiter.record_usage("k1", KeyPolicy(), tokens=1200, cost_usd=0.0125)
     await limiter.record_usage("k1", KeyPolicy(), tokens=300, cost_usd=None)
-    assert await limiter.usage("k1") == {"tokens_today": 1500, "cost_usd_this_month": 0.0125,
-                                         "running": 1}
-    assert await limiter.usage("unused") == {"tokens_today": 0, "cost_usd_this_month": 0.0,
-                                             "running": 0}
+    assert await limiter.usage("k1") == {
+        "tokens_today": 1500,
+        "cost_usd_this_month": 0.0125,
+        "running": 1,
+    }
+    assert await limiter.usage("unused") == {
+        "tokens_today": 0,
+        "cost_usd_this_month": 0.0,
+        "running": 0,
+    }
 
 
 def test_limiter_refuses_a_redis_url_of_another_scheme_without_echoing_it() -> None:
@@ -228,11 +239,22 @@ def test_limiter_refuses_a_redis_url_of_another_scheme_without_echoing_it() -> N
 
 def test_rate_headers_native_and_openai_use_x_ratelimit_names() -> None:
     """The native and OpenAI doors get OpenAI's header names and duration style."""
-    state = RateState(requests_limit=60, requests_remaining=59, requests_reset_secs=0.4,
-                      tokens_limit=1000, tokens_remaining=250, tokens_reset_secs=360)
-    expected = {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
-                "x-ratelimit-reset-requests": "1s", "x-ratelimit-limit-tokens": "1000",
-                "x-ratelimit-remaining-tokens": "250", "x-ratelimit-reset-tokens": "6m0s"}
+    state = RateState(
+        requests_limit=60,
+        requests_remaining=59,
+        requests_reset_secs=0.4,
+        tokens_limit=1000,
+        tokens_remaining=250,
+        tokens_reset_secs=360,
+    )
+    expected = {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "59",
+        "x-ratelimit-reset-requests": "1s",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "250",
+        "x-ratelimit-reset-tokens": "6m0s",
+    }
     assert rate_headers("native", state) == expected
     assert rate_headers("openai", state) == expected
     assert [openai_duration(s) for s in (0, 59.1, 3605)] == ["0s", "1m0s", "1h0m5s"]
@@ -240,11 +262,18 @@ def test_rate_headers_native_and_openai_use_x_ratelimit_names() -> None:
 
 def test_rate_headers_anthropic_uses_its_names_and_rfc3339_reset_times() -> None:
     """The Anthropic door gets anthropic-ratelimit-* headers with UTC timestamps as resets."""
-    state = RateState(requests_limit=5, requests_remaining=4, requests_reset_secs=30,
-                      tokens_limit=100, tokens_remaining=0, tokens_reset_secs=3600)
+    state = RateState(
+        requests_limit=5,
+        requests_remaining=4,
+        requests_reset_secs=30,
+        tokens_limit=100,
+        tokens_remaining=0,
+        tokens_reset_secs=3600,
+    )
     headers = rate_headers("anthropic", state)
-    reset = datetime.strptime(headers["anthropic-ratelimit-requests-reset"],
-                              "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    reset = datetime.strptime(
+        headers["anthropic-ratelimit-requests-reset"], "%Y-%m-%dT%H:%M:%SZ"
+    ).replace(tzinfo=UTC)
     assert abs((reset - datetime.now(UTC)).total_seconds() - 30) < 2
     assert headers["anthropic-ratelimit-requests-limit"] == "5"
     assert headers["anthropic-ratelimit-requests-remaining"] == "4"
@@ -254,7 +283,8 @@ def test_rate_headers_anthropic_uses_its_names_and_rfc3339_reset_times() -> None
 
 
 async def test_rate_headers_leave_out_limits_the_key_does_not_have(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """A key without limits gets no headers; one with only rpd reports rpd, no token trio."""
     limiter = make_limiter()
     assert rate_headers("openai", (await limiter.admit("k1", KeyPolicy())).state) == {}
@@ -265,7 +295,8 @@ async def test_rate_headers_leave_out_limits_the_key_does_not_have(
 
 
 async def test_limit_exceeded_renders_its_headers_for_the_anthropic_door(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """A 429 carries the rate state and can switch its headers to the Anthropic names."""
     limiter = make_limiter()
     await limiter.admit("k1", KeyPolicy(rpm=1))
@@ -283,11 +314,13 @@ async def test_limit_exceeded_renders_its_headers_for_the_anthropic_door(
 SONNET_RUN = RunEstimate("claude-sonnet-4-5", input_tokens=100, max_output_tokens=300)
 
 
-async def _admit_all(limiter: Limiter, policy: KeyPolicy, estimate: RunEstimate,
-                     count: int = 8) -> tuple[list[Admission], list[LimitExceeded]]:
+async def _admit_all(
+    limiter: Limiter, policy: KeyPolicy, estimate: RunEstimate, count: int = 8
+) -> tuple[list[Admission], list[LimitExceeded]]:
     """Admit ``count`` requests at once; the admitted ones and the refusals."""
-    outcomes = await asyncio.gather(*(limiter.admit("k1", policy, estimate)
-                                      for _ in range(count)), return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(limiter.admit("k1", policy, estimate) for _ in range(count)), return_exceptions=True
+    )
     refused = [o for o in outcomes if isinstance(o, LimitExceeded)]
     admitted = [o for o in outcomes if isinstance(o, Admission)]
     assert len(admitted) + len(refused) == count
@@ -296,27 +329,30 @@ async def _admit_all(limiter: Limiter, policy: KeyPolicy, estimate: RunEstimate,
 
 @pytest.mark.parametrize(("budget", "fits"), [(0.005, 1), (0.012, 2), (0.05, 8)])
 async def test_limiter_budget_admits_only_the_concurrent_requests_that_fit(
-        make_limiter: MakeLimiter, budget: float, fits: int) -> None:
+    make_limiter: MakeLimiter, budget: float, fits: int
+) -> None:
     """Eight requests at once against a budget worth ``fits`` of them: exactly ``fits`` are
     admitted, the others get budget_exceeded with a short Retry-After."""
-    admitted, refused = await _admit_all(make_limiter(),
-                                         KeyPolicy(budget_usd_per_month=budget), SONNET_RUN)
+    admitted, refused = await _admit_all(
+        make_limiter(), KeyPolicy(budget_usd_per_month=budget), SONNET_RUN
+    )
     assert len(admitted) == fits
     assert all(e.error_type == "budget_exceeded" and e.retry_after == 1.0 for e in refused)
     assert all("held by its running requests" in e.message for e in refused)
 
 
 async def test_limiter_tokens_per_day_admits_only_the_concurrent_requests_that_fit(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """Eight requests of 400 tokens at once against 1,000 tokens a day: two are admitted."""
-    admitted, refused = await _admit_all(make_limiter(), KeyPolicy(tokens_per_day=1000),
-                                         SONNET_RUN)
+    admitted, refused = await _admit_all(make_limiter(), KeyPolicy(tokens_per_day=1000), SONNET_RUN)
     assert len(admitted) == 2
     assert {e.error_type for e in refused} == {"tokens_per_day_exceeded"}
 
 
 async def test_limiter_settles_the_real_spend_and_frees_the_reservation(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """Settling counts the run's real tokens and cost, not its estimate, and frees its
     reservation for the next request."""
     limiter = make_limiter()
@@ -324,13 +360,17 @@ async def test_limiter_settles_the_real_spend_and_frees_the_reservation(
     first = await limiter.admit("k1", policy, SONNET_RUN)
     assert (await _refused(limiter, policy)).error_type == "budget_exceeded"
     await first.settle(tokens=150, cost_usd=0.0009)
-    assert await limiter.usage("k1") == {"tokens_today": 150, "cost_usd_this_month": 0.0009,
-                                         "running": 0}
+    assert await limiter.usage("k1") == {
+        "tokens_today": 150,
+        "cost_usd_this_month": 0.0009,
+        "running": 0,
+    }
     assert (await limiter.admit("k1", policy, SONNET_RUN)).held
 
 
 async def test_limiter_reservation_is_released_when_the_request_fails(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """A request that ends without usage (failed, cancelled) gives its reservation back and
     spends nothing."""
     limiter = make_limiter()
@@ -345,7 +385,8 @@ async def test_limiter_reservation_is_released_when_the_request_fails(
 
 
 async def test_limiter_reserves_the_keys_average_cost_when_it_is_more(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """Runs that cost more than their estimate (a CLI run's own prompt) raise the
     reservation of the key's next requests to its average per run."""
     limiter = make_limiter()
@@ -359,7 +400,8 @@ async def test_limiter_reserves_the_keys_average_cost_when_it_is_more(
 
 
 async def test_limiter_request_that_spends_nothing_ignores_quotas(
-        make_limiter: MakeLimiter) -> None:
+    make_limiter: MakeLimiter,
+) -> None:
     """A request admitted with spends=False (count_tokens) is neither refused nor reserved by
     a spent budget, but still counts against rpm."""
     limiter = make_limiter()

@@ -14,8 +14,9 @@ from ccgate.config import ConfigError, load_settings
 
 @pytest.fixture(autouse=True)
 def _configured() -> Iterator[None]:
-    metrics.configure(allowed_models=("sonnet", "claude-*"), aliases={"fast": "claude-x-1"},
-                      multiproc_dir=None)
+    metrics.configure(
+        allowed_models=("sonnet", "claude-*"), aliases={"fast": "claude-x-1"}, multiproc_dir=None
+    )
     yield
     metrics.reset()
 
@@ -31,17 +32,25 @@ def _value(name: str, **labels: str) -> float:
 
 def test_model_label_keeps_known_names_and_folds_the_rest() -> None:
     """Exact allowlist names, aliases and their targets stay; wildcard matches are ``other``."""
-    assert [metrics.model_label(m) for m in ("sonnet", "fast", "claude-x-1", "claude-anything",
-                                             None)] == ["sonnet", "fast", "claude-x-1",
-                                                        "other", "none"]
+    assert [
+        metrics.model_label(m) for m in ("sonnet", "fast", "claude-x-1", "claude-anything", None)
+    ] == ["sonnet", "fast", "claude-x-1", "other", "none"]
 
 
 def test_door_label_never_returns_a_raw_path() -> None:
     """Paths map to a fixed set of doors, whatever the client wrote."""
-    assert [metrics.door_label(p) for p in ("/v1/messages", "/v1/chat/completions",
-                                            "/api/v1/jobs/x", "/admin/keys", "/readyz",
-                                            "/metrics", "/../etc/passwd")] == [
-        "anthropic", "openai", "native", "admin", "health", "metrics", "other"]
+    assert [
+        metrics.door_label(p)
+        for p in (
+            "/v1/messages",
+            "/v1/chat/completions",
+            "/api/v1/jobs/x",
+            "/admin/keys",
+            "/readyz",
+            "/metrics",
+            "/../etc/passwd",
+        )
+    ] == ["anthropic", "openai", "native", "admin", "health", "metrics", "other"]
 
 
 def test_sampler_adds_pool_counter_growth_and_sets_states() -> None:
@@ -61,10 +70,10 @@ def test_sampler_adds_pool_counter_growth_and_sets_states() -> None:
 def test_record_usage_counts_each_token_kind_and_cost() -> None:
     """A settlement adds input, output and cache tokens and the cost under model and key."""
     before = _value("ccgate_tokens_total", model="sonnet", key="k1", kind="cache_read")
-    metrics.record_usage("sonnet", "k1", {"input_tokens": 2, "output_tokens": 3,
-                                          "cache_read_input_tokens": 11}, 0.5)
-    assert _value("ccgate_tokens_total", model="sonnet", key="k1", kind="cache_read") \
-        - before == 11
+    metrics.record_usage(
+        "sonnet", "k1", {"input_tokens": 2, "output_tokens": 3, "cache_read_input_tokens": 11}, 0.5
+    )
+    assert _value("ccgate_tokens_total", model="sonnet", key="k1", kind="cache_read") - before == 11
     assert _value("ccgate_cost_usd_total", model="sonnet", key="k1") >= 0.5
 
 
@@ -76,5 +85,6 @@ def test_multiproc_dir_only_in_the_env_file_stops_start_up(tmp_path: Path) -> No
     env_file.write_text(f"PROMETHEUS_MULTIPROC_DIR={base}\n")
     with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR"):
         load_settings({}, env_file=str(env_file))
-    assert load_settings({"PROMETHEUS_MULTIPROC_DIR": str(base)}).prometheus_multiproc_dir \
-        == str(base)
+    assert load_settings({"PROMETHEUS_MULTIPROC_DIR": str(base)}).prometheus_multiproc_dir == str(
+        base
+    )

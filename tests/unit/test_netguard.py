@@ -20,8 +20,11 @@ NAMES: dict[str, list[str]] = {
 }
 
 
-def _guard(allow: tuple[str, ...] = (), names: dict[str, list[str]] | None = None,
-           calls: list[str] | None = None) -> OutboundGuard:
+def _guard(
+    allow: tuple[str, ...] = (),
+    names: dict[str, list[str]] | None = None,
+    calls: list[str] | None = None,
+) -> OutboundGuard:
     table = NAMES if names is None else names
 
     async def resolver(host: str, port: int) -> list[str]:
@@ -32,8 +35,10 @@ def _guard(allow: tuple[str, ...] = (), names: dict[str, list[str]] | None = Non
     return OutboundGuard(allow=allow, resolver=resolver)
 
 
-@pytest.mark.parametrize("name", ["private.test", "metadata.test", "mapped.test",
-                                  "nat64.test", "mixed.test", "localhost6.test"])
+@pytest.mark.parametrize(
+    "name",
+    ["private.test", "metadata.test", "mapped.test", "nat64.test", "mixed.test", "localhost6.test"],
+)
 async def test_netguard_resolve_rejects_names_with_any_blocked_address(name: str) -> None:
     """A name is refused when any one of its addresses is not public."""
     with pytest.raises(BlockedDestination, match="not a public address"):
@@ -50,13 +55,40 @@ async def test_netguard_blocked_name_reason_never_names_its_address() -> None:
     assert caught.value.detail == "10.0.0.1: private address"
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.0.1", "100.64.0.1", "169.254.169.254",
-    "0.0.0.0", "224.0.0.1", "255.255.255.255", "192.0.0.8", "198.18.0.1", "192.0.2.1",
-    "198.51.100.1", "203.0.113.1", "240.0.0.1", "[::]", "[::1]", "[fc00::1]", "[fd12::1]",
-    "[fe80::1]", "[ff02::1]", "[2001:db8::1]", "[::ffff:10.0.0.1]", "[::a00:1]",
-    "[64:ff9b::7f00:1]", "[2002:a00:1::1]", "127.1", "0x7f000001", "2130706433",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.0.1",
+        "100.64.0.1",
+        "169.254.169.254",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "192.0.0.8",
+        "198.18.0.1",
+        "192.0.2.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "240.0.0.1",
+        "[::]",
+        "[::1]",
+        "[fc00::1]",
+        "[fd12::1]",
+        "[fe80::1]",
+        "[ff02::1]",
+        "[2001:db8::1]",
+        "[::ffff:10.0.0.1]",
+        "[::a00:1]",
+        "[64:ff9b::7f00:1]",
+        "[2002:a00:1::1]",
+        "127.1",
+        "0x7f000001",
+        "2130706433",
+    ],
+)
 async def test_netguard_rejects_blocked_literal_addresses(address: str) -> None:
     """Literal private, loopback, reserved and embedded-IPv4 addresses are refused at once."""
     guard = _guard(names={})
@@ -66,10 +98,16 @@ async def test_netguard_rejects_blocked_literal_addresses(address: str) -> None:
         await guard.resolve(f"http://{address}:8080/hook")
 
 
-@pytest.mark.parametrize("url", [
-    "https://public.test/hook", "http://93.184.216.34/x", "https://[2606:4700::1111]/x",
-    "http://[64:ff9b::808:808]/", "http://[2002:808:808::1]/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://public.test/hook",
+        "http://93.184.216.34/x",
+        "https://[2606:4700::1111]/x",
+        "http://[64:ff9b::808:808]/",
+        "http://[2002:808:808::1]/",
+    ],
+)
 async def test_netguard_resolve_accepts_public_addresses(url: str) -> None:
     """Public names and addresses, embedded public IPv4 included, pass."""
     target = await _guard().resolve(url)
@@ -77,12 +115,23 @@ async def test_netguard_resolve_accepts_public_addresses(url: str) -> None:
     assert target.scheme in ("http", "https")
 
 
-@pytest.mark.parametrize("url", [
-    "ftp://example.com/x", "file:///etc/passwd", "http://user:pw@example.com/",
-    "http://user@example.com/", "http:///path", "https://", "http://example.com:0/",
-    "gopher://example.com/", "http://localhost:8080/", "http://app.localhost/",
-    "https://example.com/" + "a" * 2048, "not a url",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/x",
+        "file:///etc/passwd",
+        "http://user:pw@example.com/",
+        "http://user@example.com/",
+        "http:///path",
+        "https://",
+        "http://example.com:0/",
+        "gopher://example.com/",
+        "http://localhost:8080/",
+        "http://app.localhost/",
+        "https://example.com/" + "a" * 2048,
+        "not a url",
+    ],
+)
 def test_netguard_check_url_rejects_plainly_bad_urls(url: str) -> None:
     """Bad schemes, credentials, missing hosts, port 0, localhost and long URLs are refused."""
     with pytest.raises(BlockedDestination) as caught:
@@ -131,8 +180,14 @@ async def test_netguard_send_connects_to_the_checked_ip_with_host_and_sni() -> N
         return httpx.Response(302, headers={"Location": "http://10.0.0.1/"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        response = await _guard().send(client, "POST", "https://public.test/hook",
-                                       headers={"X-A": "1"}, content=b"{}", timeout=5)
+        response = await _guard().send(
+            client,
+            "POST",
+            "https://public.test/hook",
+            headers={"X-A": "1"},
+            content=b"{}",
+            timeout=5,
+        )
     assert response.status_code == 302
     assert len(seen) == 1
     assert seen[0].url.host == "93.184.216.34"
@@ -151,8 +206,9 @@ async def test_netguard_send_resolves_the_name_only_once() -> None:
         return httpx.Response(204)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        await _guard(calls=calls).send(client, "POST", "http://public.test/", headers={},
-                                       content=b"", timeout=5)
+        await _guard(calls=calls).send(
+            client, "POST", "http://public.test/", headers={}, content=b"", timeout=5
+        )
     assert calls == ["public.test"]
     assert hosts == ["93.184.216.34"]
 
@@ -165,8 +221,15 @@ async def test_netguard_send_refuses_oversized_responses() -> None:
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(ResponseTooLarge) as caught:
-            await _guard().send(client, "GET", "http://public.test/", headers={},
-                                content=b"", timeout=5, max_response_bytes=1000)
+            await _guard().send(
+                client,
+                "GET",
+                "http://public.test/",
+                headers={},
+                content=b"",
+                timeout=5,
+                max_response_bytes=1000,
+            )
     assert caught.value.status_code == 200
 
 
@@ -177,8 +240,10 @@ async def test_netguard_send_timeout_bounds_the_lookup() -> None:
         await asyncio.sleep(10)
         return ["93.184.216.34"]
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200))) \
-            as client:
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda r: httpx.Response(200))
+    ) as client:
         with pytest.raises(TimeoutError):
-            await OutboundGuard(resolver=slow).send(client, "GET", "http://slow.test/",
-                                                   headers={}, content=b"", timeout=0.05)
+            await OutboundGuard(resolver=slow).send(
+                client, "GET", "http://slow.test/", headers={}, content=b"", timeout=0.05
+            )

@@ -29,8 +29,7 @@ def test_netrules_right_most_untrusted_hop_is_the_client() -> None:
 def test_netrules_several_forwarded_headers_are_one_chain() -> None:
     """Repeated X-Forwarded-For headers are read as one list, in order."""
     rules = ClientAddressRules(trusted_proxies=["10.0.0.2", "10.0.0.3"])
-    assert rules.client_address("10.0.0.2", ["198.51.100.7", "10.0.0.3"]) == \
-        _ip("198.51.100.7")
+    assert rules.client_address("10.0.0.2", ["198.51.100.7", "10.0.0.3"]) == _ip("198.51.100.7")
 
 
 def test_netrules_garbage_in_the_chain_stops_at_the_proxy() -> None:
@@ -39,12 +38,19 @@ def test_netrules_garbage_in_the_chain_stops_at_the_proxy() -> None:
     assert rules.client_address("10.0.0.2", ["not-an-ip"]) == _ip("10.0.0.2")
 
 
-@pytest.mark.parametrize(("address", "allowed"), [
-    ("127.0.0.1", True), ("::1", True), ("192.168.1.20", True), ("192.168.2.1", False),
-    ("2001:db8::1", False),
-])
-def test_netrules_allowlist_admits_loopback_and_listed_networks(address: str,
-                                                                allowed: bool) -> None:
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("192.168.1.20", True),
+        ("192.168.2.1", False),
+        ("2001:db8::1", False),
+    ],
+)
+def test_netrules_allowlist_admits_loopback_and_listed_networks(
+    address: str, allowed: bool
+) -> None:
     """With CCGATE_ALLOW_CIDRS set, loopback and the listed networks pass, nothing else."""
     rules = ClientAddressRules(allow=["192.168.1.0/24"])
     assert rules.allowed(_ip(address)) is allowed

@@ -44,8 +44,11 @@ def test_pool_never_serves_a_request_without_owner() -> None:
 @pytest.mark.parametrize("text", ["/clear", "  /compact now", "/cost"])
 def test_pool_reuse_sends_slash_text_cold(text: str) -> None:
     """In reuse mode (slash commands on, for /clear) text starting with / is never pooled."""
-    request = RunRequest(content=[{"type": "text", "text": "ok"}, {"type": "text", "text": text}],
-                         model="haiku", owner="a")
+    request = RunRequest(
+        content=[{"type": "text", "text": "ok"}, {"type": "text", "text": text}],
+        model="haiku",
+        owner="a",
+    )
     assert _pool("reuse").key_for(request) is None
     assert _pool("fresh").key_for(request) is not None
 
@@ -59,19 +62,23 @@ def test_pool_argv_keeps_the_cold_lockdown() -> None:
     reuse = _pool("reuse")
     assert fresh.argv(fresh.key_for(request), files) == cold  # type: ignore[arg-type]
     assert reuse.argv(reuse.key_for(request), files) == [  # type: ignore[arg-type]
-        a for a in cold if a != "--disable-slash-commands"]
+        a for a in cold if a != "--disable-slash-commands"
+    ]
 
 
 def test_pool_key_holds_a_hash_of_the_system_prompts_not_their_text() -> None:
     """A pool key carries the SHA-256 of both system prompts and none of their text."""
-    request = RunRequest.from_text("hi", "haiku", owner="a", system_prompt="SECRET-" * 1000,
-                                   append_system_prompt="APPENDED")
+    request = RunRequest.from_text(
+        "hi", "haiku", owner="a", system_prompt="SECRET-" * 1000, append_system_prompt="APPENDED"
+    )
     key = _pool("fresh").key_for(request)
     assert key is not None
 
     assert "SECRET" not in repr(key) and "APPENDED" not in repr(key)
-    assert key.prompts_sha256 == hashlib.sha256(
-        json.dumps(["SECRET-" * 1000, "APPENDED"]).encode()).hexdigest()
+    assert (
+        key.prompts_sha256
+        == hashlib.sha256(json.dumps(["SECRET-" * 1000, "APPENDED"]).encode()).hexdigest()
+    )
 
 
 async def test_cli_runner_is_pooled_unless_pool_mode_is_off() -> None:

@@ -29,11 +29,15 @@ async def make_pool(tmp_path: Path) -> AsyncIterator[MakePool]:
     executable = make_fake_claude(tmp_path / "bin", "text", record=str(tmp_path / "record.jsonl"))
 
     def make(**config: Any) -> PooledCliRunner:
-        options = CliOptions(executable=str(executable), work_dir=str(tmp_path),
-                             base_env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
-                             kill_grace_secs=0.5)
-        made.append(PooledCliRunner(options, PoolConfig(
-            mode="reuse", janitor_interval_secs=0.05, **config)))
+        options = CliOptions(
+            executable=str(executable),
+            work_dir=str(tmp_path),
+            base_env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+            kill_grace_secs=0.5,
+        )
+        made.append(
+            PooledCliRunner(options, PoolConfig(mode="reuse", janitor_interval_secs=0.05, **config))
+        )
         return made[-1]
 
     yield make
@@ -55,8 +59,9 @@ async def idle_pids(runner: PooledCliRunner, count: int = 1) -> list[int]:
     return [p.pid for p in runner.pool.idle_processes()]
 
 
-async def ask(runner: PooledCliRunner, text: str, owner: str = "key-a",
-              system_prompt: str | None = None) -> str:
+async def ask(
+    runner: PooledCliRunner, text: str, owner: str = "key-a", system_prompt: str | None = None
+) -> str:
     """Run `text` for `owner` (key-a) with `system_prompt`; return the answer."""
     request = RunRequest.from_text(text, "haiku", owner=owner, system_prompt=system_prompt)
     return (await collect(runner, request)).text
@@ -128,7 +133,9 @@ async def test_pool_runner_forgets_the_least_recent_keys_of_an_owner(
 
     assert idle_prompts(runner) == {("key-a", digest("second")), ("key-a", digest("third"))}
     assert {k.prompts_sha256 for k in runner.pool.tracked_keys()} == {
-        digest("second"), digest("third")}
+        digest("second"),
+        digest("third"),
+    }
     assert runner.stats()["forgotten_keys"] == 1
 
 
@@ -161,8 +168,11 @@ async def test_pool_runner_spawn_failure_leaves_no_directory(tmp_path: Path) -> 
     """A warm process that cannot start (a NUL in the CLI path) removes its directory."""
     work_dir = tmp_path / "work"
     work_dir.mkdir()
-    options = CliOptions(executable="/usr/bin/claude\0", work_dir=str(work_dir),
-                         base_env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    options = CliOptions(
+        executable="/usr/bin/claude\0",
+        work_dir=str(work_dir),
+        base_env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+    )
     runner = PooledCliRunner(options, PoolConfig(mode="fresh", janitor_interval_secs=0.05))
     try:
         with pytest.raises(RunError):

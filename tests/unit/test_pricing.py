@@ -9,14 +9,17 @@ from ccgate.pricing import cost_usd
 MILLION = 1_000_000
 
 
-@pytest.mark.parametrize(("model", "expected"), [
-    ("claude-sonnet-4-5-20250929", 3.0 + 15.0),
-    ("sonnet", 3.0 + 15.0),
-    ("claude-opus-4-1-20250805", 15.0 + 75.0),
-    ("claude-opus-4-5-20251101", 5.0 + 25.0),
-    ("claude-haiku-4-5-20251001", 1.0 + 5.0),
-    ("claude-3-5-haiku-20241022", 0.8 + 4.0),
-])
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("claude-sonnet-4-5-20250929", 3.0 + 15.0),
+        ("sonnet", 3.0 + 15.0),
+        ("claude-opus-4-1-20250805", 15.0 + 75.0),
+        ("claude-opus-4-5-20251101", 5.0 + 25.0),
+        ("claude-haiku-4-5-20251001", 1.0 + 5.0),
+        ("claude-3-5-haiku-20241022", 0.8 + 4.0),
+    ],
+)
 def test_pricing_matches_the_model_family_by_substring(model: str, expected: float) -> None:
     """A million input plus a million output tokens cost the family's list prices."""
     usage = {"input_tokens": MILLION, "output_tokens": MILLION}

@@ -36,9 +36,7 @@ def layout(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     return run_dir, home, {"PATH": os.environ["PATH"], "HOME": str(home)}
 
 
-def test_sandbox_off_leaves_argv_unchanged(
-    make_settings: Callable[..., Settings]
-) -> None:
+def test_sandbox_off_leaves_argv_unchanged(make_settings: Callable[..., Settings]) -> None:
     """CCGATE_SANDBOX=off (the default) starts the CLI as it is."""
     sandbox = sandbox_for(make_settings())
 
@@ -46,9 +44,7 @@ def test_sandbox_off_leaves_argv_unchanged(
     assert sandbox.wrap(["claude", "-p"], run_dir="/tmp/x", env={}) == ["claude", "-p"]
 
 
-def test_sandbox_setting_accepts_only_off_and_bwrap(
-    make_settings: Callable[..., Settings]
-) -> None:
+def test_sandbox_setting_accepts_only_off_and_bwrap(make_settings: Callable[..., Settings]) -> None:
     """Another value stops start-up with an error naming the key and the choices."""
     with pytest.raises(ConfigError, match=r"CCGATE_SANDBOX.*off or bwrap"):
         make_settings(CCGATE_SANDBOX="docker")
@@ -56,23 +52,26 @@ def test_sandbox_setting_accepts_only_off_and_bwrap(
 
 
 def test_sandbox_bwrap_binds_only_the_run_dir_and_config_writable(
-    layout: tuple[Path, Path, dict[str, str]]
+    layout: tuple[Path, Path, dict[str, str]],
 ) -> None:
     """Writable: the run dir, the config dir and ~/.claude.json; HOME itself is an empty tmpfs."""
     run_dir, home, env = layout
 
     argv = BwrapSandbox("/usr/bin/bwrap").wrap(["true", "x"], run_dir=str(run_dir), env=env)
 
-    assert _mounts(argv, "--bind") == [str(home / ".claude"), str(home / ".claude.json"),
-                                       str(run_dir)]
+    assert _mounts(argv, "--bind") == [
+        str(home / ".claude"),
+        str(home / ".claude.json"),
+        str(run_dir),
+    ]
     assert str(home) in _mounts(argv, "--tmpfs")
     assert argv[argv.index("--chdir") + 1] == str(run_dir)
-    assert argv[argv.index("--") + 1:] == [os.path.realpath("/usr/bin/true"), "x"]
+    assert argv[argv.index("--") + 1 :] == [os.path.realpath("/usr/bin/true"), "x"]
     assert (home / ".claude").is_dir() and (home / ".claude.json").read_text() == "{}"
 
 
 def test_sandbox_bwrap_drops_privileges_and_keeps_the_process_group(
-    layout: tuple[Path, Path, dict[str, str]]
+    layout: tuple[Path, Path, dict[str, str]],
 ) -> None:
     """Namespaces on, capabilities dropped, tied to its parent, and no --new-session (a group
     kill must still reach the CLI)."""
@@ -104,7 +103,7 @@ def test_sandbox_bwrap_binds_an_npm_package_read_only(
 
 
 def test_sandbox_bwrap_missing_executable_is_an_os_error(
-    layout: tuple[Path, Path, dict[str, str]]
+    layout: tuple[Path, Path, dict[str, str]],
 ) -> None:
     """A CLI that cannot be found fails like a failed start (OSError), before bwrap runs."""
     run_dir, _, env = layout

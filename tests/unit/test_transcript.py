@@ -263,8 +263,10 @@ async def test_runner_history_with_unicode_line_separators_reaches_the_cli(
     """Earlier turns holding U+0085, U+2028 or U+2029 stay one transcript line each: the
     CLI side reads the turns back whole, not broken where those characters stand."""
     cli = fake_cli("echo_history")
-    history = [{"role": "user", "content": [{"type": "text", "text": "a\u0085b\u2028c"}]},
-               {"role": "assistant", "content": [{"type": "text", "text": "d\u2029e"}]}]
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "a\u0085b\u2028c"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "d\u2029e"}]},
+    ]
     result = await collect(cli.runner, RunRequest.from_text("next", "sonnet", history=history))
     assert result.text == "user: a\u0085b\u2028c\nassistant: d\u2029e\nuser: next"
 

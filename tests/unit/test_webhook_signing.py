@@ -62,10 +62,12 @@ def receive(tmp_path: Path) -> Receive:
 
 def _standard(secret: str, body: bytes, timestamp: int, *extra: str) -> dict[str, str]:
     """Headers as ccgate sends them, signed with ``secret`` (then each of ``extra``)."""
-    signatures = [sign_standard(signing_key(s), "evt_1", timestamp, body)
-                  for s in (secret, *extra)]
-    return {WEBHOOK_ID_HEADER: "evt_1", WEBHOOK_TIMESTAMP_HEADER: str(timestamp),
-            WEBHOOK_SIGNATURE_HEADER: " ".join(signatures)}
+    signatures = [sign_standard(signing_key(s), "evt_1", timestamp, body) for s in (secret, *extra)]
+    return {
+        WEBHOOK_ID_HEADER: "evt_1",
+        WEBHOOK_TIMESTAMP_HEADER: str(timestamp),
+        WEBHOOK_SIGNATURE_HEADER: " ".join(signatures),
+    }
 
 
 def test_mint_webhook_secret_is_whsec_and_standard_base64_of_32_bytes() -> None:
@@ -96,8 +98,7 @@ def test_sign_standard_is_verified_by_the_standardwebhooks_library() -> None:
         Webhook(minted).verify(body + b" ", _standard(minted, body, now))
 
 
-def test_sign_standard_docs_receiver_accepts_any_one_matching_signature(
-        receive: Receive) -> None:
+def test_sign_standard_docs_receiver_accepts_any_one_matching_signature(receive: Receive) -> None:
     """The documented receiver accepts a webhook signed by the new and the old secret (a
     rotation), whichever of the two it holds."""
     body = b'{"status":"completed"}'
@@ -129,8 +130,11 @@ def test_signing_secrets_keep_the_old_secret_only_within_its_grace() -> None:
 
 
 def _signed(secret: str, body: bytes, timestamp: int) -> dict[str, str]:
-    return {EVENT_ID_HEADER: "evt_1", TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: f"sha256={sign(secret, timestamp, body)}"}
+    return {
+        EVENT_ID_HEADER: "evt_1",
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: f"sha256={sign(secret, timestamp, body)}",
+    }
 
 
 def test_sign_matches_a_manual_hmac() -> None:
@@ -163,21 +167,54 @@ def test_sign_docs_recipe_rejects_tampering_and_replays(verify: Verify) -> None:
 def test_backoff_ceiling_doubles_up_to_the_cap() -> None:
     """The wait ceiling starts at the base, doubles per attempt and stops at the cap."""
     assert [backoff_ceiling(n, 2, 300) for n in range(1, 10)] == [
-        2, 4, 8, 16, 32, 64, 128, 256, 300]
+        2,
+        4,
+        8,
+        16,
+        32,
+        64,
+        128,
+        256,
+        300,
+    ]
 
 
 def test_delivery_view_shows_public_state_in_utc() -> None:
     """The view has the documented fields, with ISO 8601 UTC times ending in Z."""
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     record = DeliveryRecord(
-        id="evt_1", job_id="job_1", url="https://example.com/h", status="pending",
-        attempts=2, next_attempt_at=at, lease_owner="node", lease_expires_at=at, created_at=at,
-        delivered_at=None, last_status_code=500, last_error="receiver answered HTTP 500",
-        history=[{"at": "2026-01-02T03:04:05Z"}])
+        id="evt_1",
+        job_id="job_1",
+        url="https://example.com/h",
+        status="pending",
+        attempts=2,
+        next_attempt_at=at,
+        lease_owner="node",
+        lease_expires_at=at,
+        created_at=at,
+        delivered_at=None,
+        last_status_code=500,
+        last_error="receiver answered HTTP 500",
+        history=[{"at": "2026-01-02T03:04:05Z"}],
+    )
     assert delivery_view(record) == {
-        "event_id": "evt_1", "url": "https://example.com/h", "status": "pending",
-        "attempts": 2, "last_status_code": 500, "last_error": "receiver answered HTTP 500",
-        "next_attempt_at": "2026-01-02T03:04:05Z", "delivered_at": None, "redeliveries": 0,
-        "attempt_log": [{"at": "2026-01-02T03:04:05Z", "status_code": None, "error": None,
-                         "duration_ms": None, "next_attempt_at": None}]}
+        "event_id": "evt_1",
+        "url": "https://example.com/h",
+        "status": "pending",
+        "attempts": 2,
+        "last_status_code": 500,
+        "last_error": "receiver answered HTTP 500",
+        "next_attempt_at": "2026-01-02T03:04:05Z",
+        "delivered_at": None,
+        "redeliveries": 0,
+        "attempt_log": [
+            {
+                "at": "2026-01-02T03:04:05Z",
+                "status_code": None,
+                "error": None,
+                "duration_ms": None,
+                "next_attempt_at": None,
+            }
+        ],
+    }
     assert delivery_view(None) is None

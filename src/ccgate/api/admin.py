@@ -49,15 +49,17 @@ class PolicyBody(BaseModel):
     ip_cidrs: list[StrictStr] | None = Field(None, description="Client networks allowed.")
     expires_at: StrictStr | None = Field(None, description="ISO 8601; must be in the future.")
     window_share: StrictFloat | StrictInt | None = Field(
-        None, description="The most of each plan window the key may use, in (0, 1].")
+        None, description="The most of each plan window the key may use, in (0, 1]."
+    )
 
 
 class CreateKeyBody(PolicyBody):
     """The body of ``POST /admin/keys``: a name, an optional policy and webhook secret."""
 
     name: StrictStr = Field(description="1-100 letters, digits, '.', '_' or '-'.")
-    webhook_secret: StrictStr | None = Field(None, min_length=16, max_length=100,
-                                             description="Minted when not given.")
+    webhook_secret: StrictStr | None = Field(
+        None, min_length=16, max_length=100, description="Minted when not given."
+    )
 
 
 def _iso(value: Any) -> str | None:
@@ -67,10 +69,15 @@ def _iso(value: Any) -> str | None:
 def key_view(record: KeyRecord) -> dict[str, Any]:
     """A key as the admin API shows it: never its secret, hash or webhook secret."""
     return {
-        "name": record.name, "prefix": record.prefix, "kind": record.kind,
-        "created_at": _iso(record.created_at), "last_used_at": _iso(record.last_used_at),
-        "revoked_at": _iso(record.revoked_at), "active": record.active,
-        "expired": record.expired(utcnow()), "policy": record.policy.as_json(),
+        "name": record.name,
+        "prefix": record.prefix,
+        "kind": record.kind,
+        "created_at": _iso(record.created_at),
+        "last_used_at": _iso(record.last_used_at),
+        "revoked_at": _iso(record.revoked_at),
+        "active": record.active,
+        "expired": record.expired(utcnow()),
+        "policy": record.policy.as_json(),
     }
 
 
@@ -91,18 +98,29 @@ async def _find(request: Request, name: str) -> KeyRecord:
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema()}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
-@router.post("/keys", status_code=201, summary="Create a key; its secret is shown once",
-             openapi_extra=_body_schema(CreateKeyBody))
+@router.post(
+    "/keys",
+    status_code=201,
+    summary="Create a key; its secret is shown once",
+    openapi_extra=_body_schema(CreateKeyBody),
+)
 async def create_key(request: Request) -> JSONResponse:
     """Mint a key with a policy; the answer holds its secret, which is never shown again."""
     body = await parse_body(request, CreateKeyBody)
     if not NAME_PATTERN.fullmatch(body.name):
-        raise ApiError("invalid_request", "name: must be 1-100 letters, digits, '.', '_' or "
-                       "'-', starting with a letter or digit", param="name")
+        raise ApiError(
+            "invalid_request",
+            "name: must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            param="name",
+        )
     try:
         policy = policy_with(KeyPolicy(), _policy_changes(body))
     except PolicyError as exc:
@@ -111,14 +129,22 @@ async def create_key(request: Request) -> JSONResponse:
     try:
         created = await keyring.create(body.name, policy, webhook_secret=body.webhook_secret)
     except KeyNameError:
-        raise ApiError("conflict", f"a key named {body.name!r} already exists",
-                       param="name") from None
+        raise ApiError(
+            "conflict", f"a key named {body.name!r} already exists", param="name"
+        ) from None
     log.info("admin_key_created", key=body.name)
     record = created.record
-    return JSONResponse({
-        "name": record.name, "key": created.secret, "webhook_secret": created.webhook_secret,
-        "prefix": record.prefix, "created_at": _iso(record.created_at),
-        "policy": record.policy.as_json()}, status_code=201)
+    return JSONResponse(
+        {
+            "name": record.name,
+            "key": created.secret,
+            "webhook_secret": created.webhook_secret,
+            "prefix": record.prefix,
+            "created_at": _iso(record.created_at),
+            "policy": record.policy.as_json(),
+        },
+        status_code=201,
+    )
 
 
 @router.get("/keys", summary="List keys (never secrets)")
@@ -134,15 +160,19 @@ async def get_key(request: Request, name: str) -> dict[str, Any]:
     return key_view(await _find(request, name))
 
 
-@router.patch("/keys/{name}", summary="Change a key's policy",
-              openapi_extra=_body_schema(PolicyBody))
+@router.patch(
+    "/keys/{name}", summary="Change a key's policy", openapi_extra=_body_schema(PolicyBody)
+)
 async def update_key(request: Request, name: str) -> dict[str, Any]:
     """Change any subset of an active key's policy; its next request obeys the new one."""
     body = await parse_body(request, PolicyBody)
     keyring: Keyring = request.app.state.keyring
     try:
-        record = await keyring.update(name, _policy_changes(body)) \
-            if NAME_PATTERN.fullmatch(name) else None
+        record = (
+            await keyring.update(name, _policy_changes(body))
+            if NAME_PATTERN.fullmatch(name)
+            else None
+        )
     except PolicyError as exc:
         raise _bad_policy(exc) from None
     if record is None:
@@ -170,8 +200,9 @@ async def rotate_webhook_secret(request: Request, name: str) -> dict[str, Any]:
     one keeps signing next to it for CCGATE_WEBHOOK_ROTATION_GRACE_SECS."""
     keyring: Keyring = request.app.state.keyring
     grace = request.app.state.settings.webhook_rotation_grace_secs
-    secret = (await keyring.rotate_webhook_secret(name, grace)
-              if NAME_PATTERN.fullmatch(name) else None)
+    secret = (
+        await keyring.rotate_webhook_secret(name, grace) if NAME_PATTERN.fullmatch(name) else None
+    )
     if secret is None:
         raise ApiError("not_found", f"no active key named {name!r}")
     log.info("admin_webhook_secret_rotated", key=name)
@@ -185,11 +216,17 @@ def _key_filter(key: str | None) -> str | None:
 
 
 @router.get("/usage", summary="Requests, tokens, cost and errors per key")
-async def usage(request: Request, key: str | None = None, since: str | None = None,
-                until: str | None = None, group_by: GroupByQuery = None) -> dict[str, Any]:
+async def usage(
+    request: Request,
+    key: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    group_by: GroupByQuery = None,
+) -> dict[str, Any]:
     """Usage of every key (or one), optionally per UTC day or per model."""
-    return await usage_report(request, key_name=_key_filter(key), since=since, until=until,
-                              group_by=group_by)
+    return await usage_report(
+        request, key_name=_key_filter(key), since=since, until=until, group_by=group_by
+    )
 
 
 def _audit_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -220,20 +257,27 @@ def _audit_position(cursor: str | None) -> AuditPosition | None:
         if at.tzinfo is None or not id_text.isdigit() or not 0 < row_id < 2**63:
             raise ValueError(cursor)
     except ValueError:
-        raise ApiError("invalid_request", "cursor: not a cursor from a previous page's "
-                       "next_cursor", param="cursor") from None
+        raise ApiError(
+            "invalid_request",
+            "cursor: not a cursor from a previous page's next_cursor",
+            param="cursor",
+        ) from None
     return AuditPosition(at=at, id=row_id)
 
 
 @router.get("/audit", summary="Audit rows, newest first, a page at a time")
 async def audit(
-    request: Request, key: str | None = None,
-    status: Annotated[str | None, Query(description="An HTTP status (`429`) or a job status "
-                                        "(`failed`).")] = None,
+    request: Request,
+    key: str | None = None,
+    status: Annotated[
+        str | None, Query(description="An HTTP status (`429`) or a job status (`failed`).")
+    ] = None,
     door: Annotated[str | None, Query(description="The door: " + ", ".join(DOORS))] = None,
     limit: Annotated[int, Query(ge=1, le=_MAX_AUDIT_ROWS)] = 100,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the page before; "
-                                        "send the same filters with it.")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(description="`next_cursor` of the page before; send the same filters with it."),
+    ] = None,
 ) -> dict[str, Any]:
     """The newest audit rows, filtered by key, door and HTTP or job status; ``next_cursor``
     (null on the last page) fetches the rows after these."""
@@ -245,20 +289,30 @@ async def audit(
         elif status in {s.value for s in JobStatus}:
             job_status = status
         else:
-            raise ApiError("invalid_request", "status: must be an HTTP status such as 429 or "
-                           f"a job status ({', '.join(JobStatus)})", param="status")
+            raise ApiError(
+                "invalid_request",
+                "status: must be an HTTP status such as 429 or "
+                f"a job status ({', '.join(JobStatus)})",
+                param="status",
+            )
     if door is not None and door not in DOORS:
-        raise ApiError("invalid_request", f"door: must be one of {', '.join(DOORS)}",
-                       param="door")
+        raise ApiError("invalid_request", f"door: must be one of {', '.join(DOORS)}", param="door")
     store: Store = request.app.state.store
     # One row more than asked says whether a next page exists.
-    rows = await store.audit.recent(limit + 1, key_name=_key_filter(key),
-                                    http_status=http_status, job_status=job_status, door=door,
-                                    before=_audit_position(cursor))
+    rows = await store.audit.recent(
+        limit + 1,
+        key_name=_key_filter(key),
+        http_status=http_status,
+        job_status=job_status,
+        door=door,
+        before=_audit_position(cursor),
+    )
     page, more = rows[:limit], len(rows) > limit
     last = AuditPosition(at=page[-1]["at"], id=page[-1]["id"]) if more else None
-    return {"data": [_audit_row(r) for r in page],
-            "next_cursor": _audit_cursor(last) if last is not None else None}
+    return {
+        "data": [_audit_row(r) for r in page],
+        "next_cursor": _audit_cursor(last) if last is not None else None,
+    }
 
 
 def _circuit_view(request: Request) -> dict[str, Any]:
@@ -295,9 +349,12 @@ async def server_status(request: Request) -> dict[str, Any]:
     jobs: JobService = state.jobs
     settings: Settings = state.settings
     store: Store = state.store
-    queue: dict[str, Any] = {"accepting": jobs.accepting, "running_here": jobs.running,
-                             "concurrency": settings.concurrency,
-                             "queue_size": settings.queue_size}
+    queue: dict[str, Any] = {
+        "accepting": jobs.accepting,
+        "running_here": jobs.running,
+        "concurrency": settings.concurrency,
+        "queue_size": settings.queue_size,
+    }
     try:
         queue["queued"] = await store.jobs.count(JobStatus.QUEUED)
         queue["processing"] = await store.jobs.count(JobStatus.PROCESSING)
@@ -305,7 +362,13 @@ async def server_status(request: Request) -> dict[str, Any]:
         log.warning("admin_status_queue_unreadable", error=type(exc).__name__)
         queue["queued"] = queue["processing"] = None
     runner = getattr(state.runner, "inner", state.runner)  # under the metrics wrapper
-    pool = ({**runner.stats(), "max_processes": settings.pool_max_processes,
-             "min_idle": settings.pool_min_idle}
-            if isinstance(runner, PooledCliRunner) else None)
+    pool = (
+        {
+            **runner.stats(),
+            "max_processes": settings.pool_max_processes,
+            "min_idle": settings.pool_min_idle,
+        }
+        if isinstance(runner, PooledCliRunner)
+        else None
+    )
     return {**checks, "circuit": _circuit_view(request), "queue": queue, "pool": pool}

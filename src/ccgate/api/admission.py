@@ -48,8 +48,9 @@ class Ticket:
     finished: bool = False
     model: str | None = None
 
-    async def finish(self, usage: dict[str, Any] | None = None,
-                     cost_usd: float | None = None) -> None:
+    async def finish(
+        self, usage: dict[str, Any] | None = None, cost_usd: float | None = None
+    ) -> None:
         """Free the concurrency slot, drop the reservation and count the run's real tokens
         (input + output) and cost (idempotent)."""
         if self.finished:
@@ -58,13 +59,20 @@ class Ticket:
         metrics.record_usage(self.model, self.key.name, usage, cost_usd)
         if self.admission is None:
             return
-        tokens = sum(int(usage.get(k) or 0) for k in ("input_tokens", "output_tokens")) \
-            if usage else 0
+        tokens = (
+            sum(int(usage.get(k) or 0) for k in ("input_tokens", "output_tokens")) if usage else 0
+        )
         await self.admission.settle(tokens=tokens, cost_usd=cost_usd)
 
 
-async def admit(request: Request, key: KeyRecord, door: str,
-                estimate: RunEstimate | None = None, *, spends: bool = True) -> Ticket:
+async def admit(
+    request: Request,
+    key: KeyRecord,
+    door: str,
+    estimate: RunEstimate | None = None,
+    *,
+    spends: bool = True,
+) -> Ticket:
     """Spend one request of the key's limits and reserve ``estimate`` of its token and budget
     quotas; raise 429 with Retry-After when a limit is spent or cannot cover the estimate.
 
@@ -90,10 +98,17 @@ async def admit(request: Request, key: KeyRecord, door: str,
         raise exc.use_door(door) from None
     except Exception as exc:  # e.g. Redis unreachable: refuse rather than run unchecked
         log.warning("limits_unavailable", error=type(exc).__name__)
-        raise ApiError("limits_unavailable", "the rate-limit store cannot be reached; retry "
-                       "later", retry_after=5) from None
-    ticket = Ticket(key, admission, rate_headers(door, admission.state),
-                    model=estimate.model if estimate is not None else None)
+        raise ApiError(
+            "limits_unavailable",
+            "the rate-limit store cannot be reached; retry later",
+            retry_after=5,
+        ) from None
+    ticket = Ticket(
+        key,
+        admission,
+        rate_headers(door, admission.state),
+        model=estimate.model if estimate is not None else None,
+    )
     request.scope["ccgate.rate_headers"] = ticket.headers
     return ticket
 
@@ -119,8 +134,9 @@ class JobTickets:
         if ticket is not None:
             self._finish_later(ticket, job.usage, job.cost_usd)
 
-    def _finish_later(self, ticket: Ticket, usage: dict[str, Any] | None,
-                      cost_usd: float | None) -> None:
+    def _finish_later(
+        self, ticket: Ticket, usage: dict[str, Any] | None, cost_usd: float | None
+    ) -> None:
         task = asyncio.create_task(ticket.finish(usage, cost_usd))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -36,8 +36,16 @@ T = TypeVar("T")
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
 
 # Fields the CLI backend accepts but cannot apply (it has no flags for them).
-_IGNORED_ON_CLI = ("temperature", "top_p", "top_k", "stop_sequences", "max_tokens", "thinking",
-                   "metadata", "service_tier")
+_IGNORED_ON_CLI = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "max_tokens",
+    "thinking",
+    "metadata",
+    "service_tier",
+)
 
 
 @dataclass
@@ -64,10 +72,12 @@ def _system_text(value: Any) -> str | None:
     if isinstance(value, list):
         parts = []
         for index, block in enumerate(value):
-            if not isinstance(block, dict) or block.get("type") != "text" \
-                    or not isinstance(block.get("text"), str):
-                raise bad(f"system.{index}: system blocks must be text blocks",
-                          f"system.{index}")
+            if (
+                not isinstance(block, dict)
+                or block.get("type") != "text"
+                or not isinstance(block.get("text"), str)
+            ):
+                raise bad(f"system.{index}: system blocks must be text blocks", f"system.{index}")
             parts.append(block["text"])
         return "\n\n".join(parts)
     raise bad("system: must be a string or a list of text blocks", "system")
@@ -77,8 +87,12 @@ def _number(body: dict[str, Any], name: str, low: float, high: float) -> float |
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise bad(f"{name}: must be a number between {low:g} and {high:g}", name)
     return float(value)
 
@@ -100,8 +114,7 @@ def _messages(value: Any) -> list[dict[str, Any]]:
         elif isinstance(content, list):
             blocks = [anthropic_block(b, f"{where}.content.{i}") for i, b in enumerate(content)]
         else:
-            raise bad(f"{where}.content: must be a string or a list of blocks",
-                      f"{where}.content")
+            raise bad(f"{where}.content: must be a string or a list of blocks", f"{where}.content")
         turns.append({"role": role, "content": blocks})
     return turns
 
@@ -115,14 +128,18 @@ def parse_messages_call(body: dict[str, Any], *, tools_allowed: bool) -> Message
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise bad("max_tokens: must be a positive integer", "max_tokens")
     if body.get("tools") and not tools_allowed:
-        raise bad("tools: tool use is off by design on the CLI backend (ccgate runs Claude "
-                  "Code with no tools); use CCGATE_BACKEND=api for tool calling", "tools")
+        raise bad(
+            "tools: tool use is off by design on the CLI backend (ccgate runs Claude "
+            "Code with no tools); use CCGATE_BACKEND=api for tool calling",
+            "tools",
+        )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad("stream: must be a boolean", "stream")
     stops = body.get("stop_sequences")
-    if stops is not None and (not isinstance(stops, list)
-                              or not all(isinstance(s, str) for s in stops)):
+    if stops is not None and (
+        not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)
+    ):
         raise bad("stop_sequences: must be a list of strings", "stop_sequences")
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
@@ -136,8 +153,18 @@ def parse_messages_call(body: dict[str, Any], *, tools_allowed: bool) -> Message
         return MessagesCall(body, model, stream, None, [], [], max_tokens, stops, None, None)
     system = _system_text(body.get("system"))
     history, content = split_turns(_messages(body.get("messages")))
-    return MessagesCall(body, model, stream, system, history, content, max_tokens, stops,
-                        _number(body, "temperature", 0, 1), _number(body, "top_p", 0, 1))
+    return MessagesCall(
+        body,
+        model,
+        stream,
+        system,
+        history,
+        content,
+        max_tokens,
+        stops,
+        _number(body, "temperature", 0, 1),
+        _number(body, "top_p", 0, 1),
+    )
 
 
 async def _read_call(request: Request) -> MessagesCall:
@@ -146,8 +173,12 @@ async def _read_call(request: Request) -> MessagesCall:
     # Parsing yields a lone surrogate only from a \uD800-\uDFFF escape, from UTF-8-coded
     # surrogates (byte 0xED: json decodes with surrogatepass) or from a UTF-16/32 body; only
     # then is the whole body encoded again to look for one (that costs ~1 ms per 200 KB).
-    if (json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
-            or b"\\ud" in raw or b"\\uD" in raw or b"\xed" in raw):
+    if (
+        json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
+        or b"\\ud" in raw
+        or b"\\uD" in raw
+        or b"\xed" in raw
+    ):
         try:
             json.dumps(body, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
@@ -159,8 +190,11 @@ async def _read_call(request: Request) -> MessagesCall:
 def _check_size(request: Request, size: int) -> None:
     limit = request.app.state.settings.max_prompt_bytes
     if size > limit:
-        raise ApiError("request_too_large", f"the conversation is {size} bytes of text; the "
-                       f"limit is {limit} (CCGATE_MAX_PROMPT_BYTES)")
+        raise ApiError(
+            "request_too_large",
+            f"the conversation is {size} bytes of text; the "
+            f"limit is {limit} (CCGATE_MAX_PROMPT_BYTES)",
+        )
 
 
 @router.post("/messages", summary="Anthropic Messages API (create a message)")
@@ -172,24 +206,39 @@ async def create_message(request: Request, key: CallerKey) -> Response:
     passed_through = settings.backend == "api"
     # The pass-through sends the body as written: its text (system, turns, tool definitions,
     # calls and results) is what counts against the limit and the estimate.
-    measured = conversation_size(call.raw.get("system"), call.raw.get("messages"),
-                                 call.raw.get("tools")) if passed_through else None
-    size = measured.text_bytes if measured is not None \
+    measured = (
+        conversation_size(call.raw.get("system"), call.raw.get("messages"), call.raw.get("tools"))
+        if passed_through
+        else None
+    )
+    size = (
+        measured.text_bytes
+        if measured is not None
         else conversation_bytes(call.system, call.history, call.content)
+    )
     _check_size(request, size)
     facts = audit_facts(request)
     facts.update(model=model, prompt_bytes=size)
     if settings.audit_prompts:
         facts["prompt_text"] = json.dumps(call.raw.get("messages"), ensure_ascii=False)
     if measured is not None:
-        ticket = await admit(request, key, "anthropic",
-                             RunEstimate(model, measured.tokens, call.max_tokens))
+        ticket = await admit(
+            request, key, "anthropic", RunEstimate(model, measured.tokens, call.max_tokens)
+        )
         return await _pass_through(request, call, model, ticket)
     run_request = RunRequest(
-        content=call.content, model=model, history=call.history, system_prompt=call.system,
-        timeout_secs=settings.job_timeout_secs, idle_timeout_secs=settings.idle_timeout_secs,
-        max_tokens=call.max_tokens, stop_sequences=call.stop_sequences,
-        temperature=call.temperature, top_p=call.top_p, owner=key.id)
+        content=call.content,
+        model=model,
+        history=call.history,
+        system_prompt=call.system,
+        timeout_secs=settings.job_timeout_secs,
+        idle_timeout_secs=settings.idle_timeout_secs,
+        max_tokens=call.max_tokens,
+        stop_sequences=call.stop_sequences,
+        temperature=call.temperature,
+        top_p=call.top_p,
+        owner=key.id,
+    )
     ticket = await admit(request, key, "anthropic", estimate_run(run_request))
     turn = Turn(request, key, "anthropic", run_request, ticket)
     await turn.start()
@@ -203,19 +252,26 @@ async def create_message(request: Request, key: CallerKey) -> Response:
 
 def _usage(result: RunResult) -> dict[str, Any]:
     usage = result.usage or {}
-    return {"input_tokens": int(usage.get("input_tokens") or 0),
-            "output_tokens": int(usage.get("output_tokens") or 0),
-            "cache_creation_input_tokens": int(usage.get("cache_creation_input_tokens") or 0),
-            "cache_read_input_tokens": int(usage.get("cache_read_input_tokens") or 0)}
+    return {
+        "input_tokens": int(usage.get("input_tokens") or 0),
+        "output_tokens": int(usage.get("output_tokens") or 0),
+        "cache_creation_input_tokens": int(usage.get("cache_creation_input_tokens") or 0),
+        "cache_read_input_tokens": int(usage.get("cache_read_input_tokens") or 0),
+    }
 
 
 def message_object(message_id: str, result: RunResult, model: str) -> dict[str, Any]:
     """A finished turn as the Messages API's message object."""
-    return {"id": message_id, "type": "message", "role": "assistant",
-            "model": result.model or model,
-            "content": [{"type": "text", "text": result.text}],
-            "stop_reason": result.stop_reason or "end_turn", "stop_sequence": None,
-            "usage": _usage(result)}
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": result.model or model,
+        "content": [{"type": "text", "text": result.text}],
+        "stop_reason": result.stop_reason or "end_turn",
+        "stop_sequence": None,
+        "usage": _usage(result),
+    }
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -225,21 +281,41 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 
 async def _stream_turn(turn: Turn, model: str) -> Response:
     first, events = await turn.open_stream()
-    return ClosingStreamingResponse(_turn_events(turn, model, first, events),
-                                    on_close=lambda: turn.close_stream(events))
+    return ClosingStreamingResponse(
+        _turn_events(turn, model, first, events), on_close=lambda: turn.close_stream(events)
+    )
 
 
-async def _turn_events(turn: Turn, model: str, first: Any,
-                       events: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
+async def _turn_events(
+    turn: Turn, model: str, first: Any, events: AsyncGenerator[Any, None]
+) -> AsyncIterator[bytes]:
     """message_start, one text block of deltas, message_delta, message_stop."""
     sent = 0
     try:
-        yield sse("message_start", {"type": "message_start", "message": {
-            "id": turn.message_id, "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}})
-        yield sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                          "content_block": {"type": "text", "text": ""}})
+        yield sse(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": turn.message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                },
+            },
+        )
+        yield sse(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
         event = first
         while True:
             if event is None:
@@ -251,11 +327,17 @@ async def _turn_events(turn: Turn, model: str, first: Any,
                 if len(event.text) > sent:  # a backend that sent no (or partial) deltas
                     yield _text_delta(event.text[sent:])
                 yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-                yield sse("message_delta", {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": event.stop_reason or "end_turn",
-                              "stop_sequence": None},
-                    "usage": _usage(event)})
+                yield sse(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {
+                            "stop_reason": event.stop_reason or "end_turn",
+                            "stop_sequence": None,
+                        },
+                        "usage": _usage(event),
+                    },
+                )
                 yield sse("message_stop", {"type": "message_stop"})
                 return
             event = await anext(events, StopAsyncIteration)
@@ -266,12 +348,13 @@ async def _turn_events(turn: Turn, model: str, first: Any,
 
 
 def _text_delta(text: str) -> bytes:
-    return sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "text_delta", "text": text}})
+    return sse(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+    )
 
 
-async def _pass_through(request: Request, call: MessagesCall, model: str,
-                        ticket: Any) -> Response:
+async def _pass_through(request: Request, call: MessagesCall, model: str, ticket: Any) -> Response:
     """The API backend: send the body upstream as the client wrote it, model resolved."""
     runner = request.app.state.runner
     body = {**call.raw, "model": model}
@@ -288,15 +371,22 @@ async def _pass_through(request: Request, call: MessagesCall, model: str,
     if not call.stream:
         reply = await upstream_call(runner.send(body, request.headers))
         cost = cost_usd(reply.model or model, reply.usage)
-        facts.update(input_tokens=reply.usage.get("input_tokens"),
-                     output_tokens=reply.usage.get("output_tokens"), cost_usd=cost,
-                     job_status="completed")
+        facts.update(
+            input_tokens=reply.usage.get("input_tokens"),
+            output_tokens=reply.usage.get("output_tokens"),
+            cost_usd=cost,
+            job_status="completed",
+        )
         await ticket.finish(reply.usage, cost)
         if not reply.body:
             return JSONResponse(reply.json, status_code=reply.status, headers=reply.headers)
         # Upstream's bytes as they came: parsing them again only to re-encode them costs time.
-        return Response(reply.body, status_code=reply.status, headers=reply.headers,
-                        media_type="application/json")
+        return Response(
+            reply.body,
+            status_code=reply.status,
+            headers=reply.headers,
+            media_type="application/json",
+        )
     upstream = await upstream_call(runner.open_stream(body, request.headers))
 
     async def relay() -> AsyncIterator[bytes]:
@@ -305,21 +395,24 @@ async def _pass_through(request: Request, call: MessagesCall, model: str,
                 yield chunk
         except RunError as exc:
             facts["error_type"] = exc.error_type
-            yield sse("error", error_body("anthropic", request_id_of(request),
-                                          api_error_of(exc)))
+            yield sse("error", error_body("anthropic", request_id_of(request), api_error_of(exc)))
 
     async def close() -> None:
         await upstream.aclose()
         cost = cost_usd(upstream.model or model, upstream.usage)
-        facts.update(input_tokens=upstream.usage.get("input_tokens"),
-                     output_tokens=upstream.usage.get("output_tokens"), cost_usd=cost,
-                     job_status="completed" if upstream.completed else "failed")
+        facts.update(
+            input_tokens=upstream.usage.get("input_tokens"),
+            output_tokens=upstream.usage.get("output_tokens"),
+            cost_usd=cost,
+            job_status="completed" if upstream.completed else "failed",
+        )
         await ticket.finish(upstream.usage, cost)
 
     headers = dict(upstream.headers)
     headers.pop("content-type", None)
-    return ClosingStreamingResponse(relay(), on_close=close, status_code=upstream.status,
-                                    headers=headers)
+    return ClosingStreamingResponse(
+        relay(), on_close=close, status_code=upstream.status, headers=headers
+    )
 
 
 @router.post("/messages/count_tokens", summary="Count the tokens of a Messages request")
@@ -337,8 +430,9 @@ async def count_tokens(request: Request, key: CallerKey) -> Response:
     if request.app.state.settings.backend == "api":
         ticket = await admit(request, key, "anthropic", spends=False)
         try:
-            answer = await request.app.state.runner.count_tokens({**body, "model": model},
-                                                                 request.headers)
+            answer = await request.app.state.runner.count_tokens(
+                {**body, "model": model}, request.headers
+            )
         except RunError as exc:
             raise api_error_of(exc) from None
         finally:

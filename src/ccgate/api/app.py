@@ -70,28 +70,44 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         else:
             log.info("claude_cli_found", path=cli_status.path, version=cli_status.version)
         if settings.allow_tools:
-            log.warning("tools_enabled", detail="CCGATE_ALLOW_TOOLS=true: the model may run "
-                        "shell commands and touch files on this machine")
-        shared_breaker = (SharedCircuit(settings.circuit_failures, settings.circuit_cooldown_secs,
-                                        settings.redis_url)
-                          if runner is None and settings.backend == "api" and settings.redis_url
-                          else None)
+            log.warning(
+                "tools_enabled",
+                detail="CCGATE_ALLOW_TOOLS=true: the model may run "
+                "shell commands and touch files on this machine",
+            )
+        shared_breaker = (
+            SharedCircuit(
+                settings.circuit_failures, settings.circuit_cooldown_secs, settings.redis_url
+            )
+            if runner is None and settings.backend == "api" and settings.redis_url
+            else None
+        )
         if shared_breaker is not None:
             await shared_breaker.start()
-        backend = runner or (api_runner(settings, shared_breaker) if settings.backend == "api"
-                             else cli_runner(settings, cli_status.path))
+        backend = runner or (
+            api_runner(settings, shared_breaker)
+            if settings.backend == "api"
+            else cli_runner(settings, cli_status.path)
+        )
         backend = metrics.MeteredRunner(backend, settings.backend)
         app.state.runner = backend
         app.state.breaker = getattr(backend.inner, "breaker", None)
         limiter = Limiter.from_settings(settings)
         app.state.limiter = limiter
-        jobs = JobService(store, backend, QueueLimits(
-            concurrency=settings.concurrency, queue_size=settings.queue_size,
-            max_attempts=settings.max_attempts, lease_secs=settings.lease_secs,
-            shutdown_grace_secs=settings.shutdown_grace_secs,
-            job_ttl_hours=settings.job_ttl_hours,
-            cleanup_interval_secs=settings.cleanup_interval_secs),
-            hub=JobEventHub(store, notifier_for(settings.redis_url, settings.database_url)))
+        jobs = JobService(
+            store,
+            backend,
+            QueueLimits(
+                concurrency=settings.concurrency,
+                queue_size=settings.queue_size,
+                max_attempts=settings.max_attempts,
+                lease_secs=settings.lease_secs,
+                shutdown_grace_secs=settings.shutdown_grace_secs,
+                job_ttl_hours=settings.job_ttl_hours,
+                cleanup_interval_secs=settings.cleanup_interval_secs,
+            ),
+            hub=JobEventHub(store, notifier_for(settings.redis_url, settings.database_url)),
+        )
         guard = OutboundGuard(settings.outbound_allow)
         dispatcher = WebhookDispatcher(store, guard, settings, render_job, jobs.node_id)
         jobs.on_finished.append(lambda job: dispatcher.wake() if job.callback_url else None)
@@ -103,8 +119,9 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
             try:
                 guard.check_url(url)
             except BlockedDestination as exc:
-                raise ApiError("invalid_request", f"callback_url is not allowed: {exc}",
-                               param="callback_url") from None
+                raise ApiError(
+                    "invalid_request", f"callback_url is not allowed: {exc}", param="callback_url"
+                ) from None
 
         sessions = SessionBook(store, settings.session_ttl_hours)
         jobs.before_announce.append(sessions.record_turn)
@@ -123,7 +140,9 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         app.state.keyring = Keyring(store)
         app.state.enrollment = (
             EnrollmentService(store, settings.enrollment_secret, settings.device_token_ttl_secs)
-            if settings.enrollment_secret else None)
+            if settings.enrollment_secret
+            else None
+        )
         app.state.jobs = jobs
         app.state.webhook_state = webhook_state
         app.state.webhooks = dispatcher
@@ -151,20 +170,32 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
 
     # docs_url/redoc_url off: FastAPI's own pages load Swagger UI and ReDoc from a CDN; the
     # console serves /docs from a local copy instead.
-    app = FastAPI(title="ccgate", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None,
-                  description="A self-hosted gateway for the Claude Code CLI.")
+    app = FastAPI(
+        title="ccgate",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="A self-hosted gateway for the Claude Code CLI.",
+    )
     app.state.settings = settings
-    metrics.configure(allowed_models=settings.allowed_models, aliases=settings.model_aliases,
-                      multiproc_dir=settings.prometheus_multiproc_dir)
+    metrics.configure(
+        allowed_models=settings.allowed_models,
+        aliases=settings.model_aliases,
+        multiproc_dir=settings.prometheus_multiproc_dir,
+    )
     app.state.admin_signins = SignInThrottle()
     app.state.requires_cli = runner is None and settings.backend == "cli"
-    app.state.models = model_policy(settings.allowed_models, settings.default_model,
-                                    settings.model_aliases, settings.backend)
+    app.state.models = model_policy(
+        settings.allowed_models, settings.default_model, settings.model_aliases, settings.backend
+    )
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
-                       rules=ClientAddressRules(settings.allow_cidrs, settings.trusted_proxies),
-                       backend=settings.backend)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        rules=ClientAddressRules(settings.allow_cidrs, settings.trusted_proxies),
+        backend=settings.backend,
+    )
     if settings.cors_origins:
         add_cors(app, settings.cors_origins)
     app.include_router(health.router)

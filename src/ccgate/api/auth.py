@@ -28,8 +28,10 @@ async def require_key(request: Request) -> KeyRecord:
     """FastAPI dependency: the caller's active key, or a 401 in the door's error shape."""
     secret = presented_secret(request)
     if secret is None:
-        raise ApiError("authentication_error", "missing API key: send 'Authorization: Bearer "
-                       "<key>' or 'X-API-Key: <key>'")
+        raise ApiError(
+            "authentication_error",
+            "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+        )
     enrollment = getattr(request.app.state, "enrollment", None)
     if enrollment is not None and looks_like_device_token(secret):
         record = await enrollment.verify(secret)
@@ -41,8 +43,7 @@ async def require_key(request: Request) -> KeyRecord:
             raise ApiError("authentication_error", "invalid or revoked API key")
     request.scope["ccgate.key_name"] = record.name
     if not key_allows(record.policy.ip_cidrs, request.scope.get("ccgate.client_address")):
-        raise ApiError("forbidden", "this key may not be used from this address (its "
-                       "ip_cidrs)")
+        raise ApiError("forbidden", "this key may not be used from this address (its ip_cidrs)")
     return record  # type: ignore[no-any-return]
 
 
@@ -51,8 +52,9 @@ async def require_admin(request: Request) -> None:
     the client's address is locked out after repeated wrong tokens)."""
     token: str | None = request.app.state.settings.admin_token
     if token is None:
-        raise ApiError("admin_disabled", "the admin API is off: set CCGATE_ADMIN_TOKEN to turn "
-                       "it on")
+        raise ApiError(
+            "admin_disabled", "the admin API is off: set CCGATE_ADMIN_TOKEN to turn it on"
+        )
     if not admin_signed_in(request, token):
         raise ApiError("authentication_error", "missing or wrong admin token")
 
@@ -71,8 +73,11 @@ def admin_signed_in(request: Request, token: str) -> bool:
     address = request.scope.get("ccgate.client_address")
     wait = throttle.retry_after(address)
     if wait is not None:
-        raise ApiError("signin_throttled", "too many wrong admin tokens from this address; "
-                       "wait before trying again", retry_after=wait)
+        raise ApiError(
+            "signin_throttled",
+            "too many wrong admin tokens from this address; wait before trying again",
+            retry_after=wait,
+        )
     if not hmac.compare_digest(presented.encode(), token.encode()):
         throttle.failed(address)
         return False

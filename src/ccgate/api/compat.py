@@ -77,22 +77,32 @@ def _native_body(fields: dict[str, Any]) -> RunBody:
         raise ApiError("invalid_request", f"{field}: {first['msg']}", param=field) from None
 
 
-async def _run_to_end(request: Request, key: KeyRecord, body: RunBody, *,
-                      read_as_json: bool = False) -> JobRecord:
+async def _run_to_end(
+    request: Request, key: KeyRecord, body: RunBody, *, read_as_json: bool = False
+) -> JobRecord:
     """Run ``body`` like ``POST /api/v1/run`` does and return the completed job; with
     ``read_as_json`` its answer is read as JSON when it ends, whatever the format asked."""
     prepared = await prepare_native_run(request, key, body)
     finished: JobRecord | None = None
     try:
-        job = await submit_job(request, Submission(
-            key_id=key.id, door="compat",
-            request={**request_to_json(prepared.run_request),
-                     "response_format": body.response_format, "read_as_json": read_as_json},
-            session_id=prepared.session_id))
+        job = await submit_job(
+            request,
+            Submission(
+                key_id=key.id,
+                door="compat",
+                request={
+                    **request_to_json(prepared.run_request),
+                    "response_format": body.response_format,
+                    "read_as_json": read_as_json,
+                },
+                session_id=prepared.session_id,
+            ),
+        )
         finished = await wait_for_caller(request, job.id)
     finally:
-        await prepared.ticket.finish(finished.usage if finished else None,
-                                     finished.cost_usd if finished else None)
+        await prepared.ticket.finish(
+            finished.usage if finished else None, finished.cost_usd if finished else None
+        )
     if finished is None:
         audit_facts(request)["job_status"] = "cancelled"
         raise _ClientGone
@@ -102,8 +112,9 @@ async def _run_to_end(request: Request, key: KeyRecord, body: RunBody, *,
     return finished
 
 
-async def _answer(request: Request,
-                  produce: Callable[[KeyRecord], Awaitable[dict[str, Any]]]) -> Response:
+async def _answer(
+    request: Request, produce: Callable[[KeyRecord], Awaitable[dict[str, Any]]]
+) -> Response:
     """``{"ok": true, ...}`` from ``produce``, or ``{"ok": false, "error": ...}``."""
     try:
         key = await require_key(request)
@@ -112,42 +123,67 @@ async def _answer(request: Request,
         return Response(status_code=499)
     except ApiError as exc:
         body = error_body("native", request_id_of(request), exc)
-        return JSONResponse({"ok": False, **body}, status_code=exc.status,
-                            headers=error_headers(exc))
+        return JSONResponse(
+            {"ok": False, **body}, status_code=exc.status, headers=error_headers(exc)
+        )
 
 
-@router.post("/run", summary="Compat: run one prompt (older gateways' shape)",
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": CompatRunBody.model_json_schema()}}}})
+@router.post(
+    "/run",
+    summary="Compat: run one prompt (older gateways' shape)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": CompatRunBody.model_json_schema()}},
+        }
+    },
+)
 async def compat_run(request: Request) -> Response:
     """``{prompt, model?, system?, files?, timeout_secs?}`` -> ``{ok, result, duration_ms,
     stop_reason}``; ``result`` is the parsed value when the answer is JSON."""
 
     async def produce(key: KeyRecord) -> dict[str, Any]:
         compat = await parse_body(request, CompatRunBody)
-        body = _native_body({"prompt": compat.prompt, "model": compat.model,
-                             "system_prompt": compat.system, "files": compat.files,
-                             "timeout_secs": compat.timeout_secs})
+        body = _native_body(
+            {
+                "prompt": compat.prompt,
+                "model": compat.model,
+                "system_prompt": compat.system,
+                "files": compat.files,
+                "timeout_secs": compat.timeout_secs,
+            }
+        )
         job = await _run_to_end(request, key, body, read_as_json=True)
         value, _ = job_answer(job)  # the text itself when it holds no JSON
-        return {"result": value, "duration_ms": job.duration_ms,
-                "stop_reason": job.stop_reason}
+        return {"result": value, "duration_ms": job.duration_ms, "stop_reason": job.stop_reason}
 
     return await _answer(request, produce)
 
 
-@router.post("/v1/complete", summary="Compat: complete a prompt as text or JSON",
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": CompleteBody.model_json_schema()}}}})
+@router.post(
+    "/v1/complete",
+    summary="Compat: complete a prompt as text or JSON",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": CompleteBody.model_json_schema()}},
+        }
+    },
+)
 async def compat_complete(request: Request) -> Response:
     """``output_format: text`` -> ``{ok, model, duration_ms, text}``; ``json`` -> ``{ok,
     result, usage}``."""
 
     async def produce(key: KeyRecord) -> dict[str, Any]:
         compat = await parse_body(request, CompleteBody)
-        body = _native_body({"prompt": compat.prompt, "model": compat.model,
-                             "system_prompt": compat.system,
-                             "response_format": compat.output_format})
+        body = _native_body(
+            {
+                "prompt": compat.prompt,
+                "model": compat.model,
+                "system_prompt": compat.system,
+                "response_format": compat.output_format,
+            }
+        )
         job = await _run_to_end(request, key, body)
         text = job.result or ""
         if compat.output_format == "text":
@@ -161,12 +197,18 @@ async def compat_complete(request: Request) -> Response:
     return await _answer(request, produce)
 
 
-@router.post("/files", summary="Compat: same as POST /api/v1/files, answered with 200",
-             openapi_extra=files_door.UPLOAD_OPENAPI)
+@router.post(
+    "/files",
+    summary="Compat: same as POST /api/v1/files, answered with 200",
+    openapi_extra=files_door.UPLOAD_OPENAPI,
+)
 async def upload_file(request: Request) -> JSONResponse:
     """Older gateways answered uploads with 200 (not 201); the body is the native one."""
     key = await require_key(request)
     return JSONResponse(await files_door.store_upload(request, key))
+
+
 for _path in ("/healthz", "/api/v1/health"):
-    router.add_api_route(_path, health.health, methods=["GET"],
-                         summary="Compat: same as GET /health")
+    router.add_api_route(
+        _path, health.health, methods=["GET"], summary="Compat: same as GET /health"
+    )

@@ -30,18 +30,20 @@ PAGES: dict[str, str] = {
     "/admin": "admin.html",
 }
 
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self'",
-    "font-src 'self'",
-    "connect-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-))
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
 
 SECURITY_HEADERS: dict[str, str] = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -92,8 +94,9 @@ def _page_route(file_name: str) -> Callable[[Request], Awaitable[Response]]:
 
 
 for _path, _file in PAGES.items():
-    router.add_api_route(_path, _page_route(_file), methods=["GET", "HEAD"],
-                         name=f"console:{_file}")
+    router.add_api_route(
+        _path, _page_route(_file), methods=["GET", "HEAD"], name=f"console:{_file}"
+    )
 
 
 @router.api_route("/console/{name}", methods=["GET", "HEAD"], name="console:asset")
@@ -117,9 +120,10 @@ SWAGGER_ASSETS: dict[str, str] = {
 DOCS_SECURITY_HEADERS: dict[str, str] = {
     **SECURITY_HEADERS,
     "Content-Security-Policy": CONTENT_SECURITY_POLICY.replace(
-        "script-src 'self'", "script-src 'self' 'unsafe-inline'").replace(
-        "style-src 'self'", "style-src 'self' 'unsafe-inline'").replace(
-        "img-src 'self'", "img-src 'self' data:"),
+        "script-src 'self'", "script-src 'self' 'unsafe-inline'"
+    )
+    .replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+    .replace("img-src 'self'", "img-src 'self' data:"),
 }
 
 
@@ -127,7 +131,8 @@ DOCS_SECURITY_HEADERS: dict[str, str] = {
 async def api_docs() -> Response:
     """Swagger UI for ``/openapi.json``, with every asset served by this server."""
     page = get_swagger_ui_html(
-        openapi_url="/openapi.json", title="ccgate API",
+        openapi_url="/openapi.json",
+        title="ccgate API",
         swagger_js_url="/docs/assets/swagger-ui-bundle.js",
         swagger_css_url="/docs/assets/swagger-ui.css",
         swagger_favicon_url="/console/favicon.svg",

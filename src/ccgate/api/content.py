@@ -35,10 +35,13 @@ def _check_base64(data: Any, where: str) -> str:
 def image_block(media_type: str, data: Any, where: str) -> dict[str, Any]:
     """A checked base64 image block."""
     if media_type not in IMAGE_TYPES:
-        raise bad(f"{where}.media_type: must be one of {', '.join(IMAGE_TYPES)}",
-                  f"{where}.media_type")
-    return {"type": "image", "source": {"type": "base64", "media_type": media_type,
-                                        "data": _check_base64(data, where)}}
+        raise bad(
+            f"{where}.media_type: must be one of {', '.join(IMAGE_TYPES)}", f"{where}.media_type"
+        )
+    return {
+        "type": "image",
+        "source": {"type": "base64", "media_type": media_type, "data": _check_base64(data, where)},
+    }
 
 
 def anthropic_block(block: Any, where: str) -> dict[str, Any]:
@@ -54,33 +57,51 @@ def anthropic_block(block: Any, where: str) -> dict[str, Any]:
     if kind == "image":
         source = block.get("source")
         if not isinstance(source, dict) or source.get("type") != "base64":
-            raise bad(f"{where}.source: only base64 image sources are supported (send the "
-                      "bytes, not a URL)", f"{where}.source")
-        return image_block(str(source.get("media_type")), source.get("data"),
-                           f"{where}.source")
+            raise bad(
+                f"{where}.source: only base64 image sources are supported (send the "
+                "bytes, not a URL)",
+                f"{where}.source",
+            )
+        return image_block(str(source.get("media_type")), source.get("data"), f"{where}.source")
     if kind == "document":
         source = block.get("source")
-        if isinstance(source, dict) and source.get("type") == "base64" \
-                and source.get("media_type") == "application/pdf":
+        if (
+            isinstance(source, dict)
+            and source.get("type") == "base64"
+            and source.get("media_type") == "application/pdf"
+        ):
             data = _check_base64(source.get("data"), f"{where}.source")
-            document: dict[str, Any] = {"type": "document", "source": {
-                "type": "base64", "media_type": "application/pdf", "data": data}}
-        elif isinstance(source, dict) and source.get("type") == "text" \
-                and isinstance(source.get("data"), str):
-            document = {"type": "document", "source": {
-                "type": "text", "media_type": "text/plain", "data": source["data"]}}
+            document: dict[str, Any] = {
+                "type": "document",
+                "source": {"type": "base64", "media_type": "application/pdf", "data": data},
+            }
+        elif (
+            isinstance(source, dict)
+            and source.get("type") == "text"
+            and isinstance(source.get("data"), str)
+        ):
+            document = {
+                "type": "document",
+                "source": {"type": "text", "media_type": "text/plain", "data": source["data"]},
+            }
         else:
-            raise bad(f"{where}.source: documents must be base64 PDF or text sources",
-                      f"{where}.source")
+            raise bad(
+                f"{where}.source: documents must be base64 PDF or text sources", f"{where}.source"
+            )
         for optional in ("title", "context"):
             if isinstance(block.get(optional), str):
                 document[optional] = block[optional]
         return document
     if kind in ("tool_use", "tool_result", "server_tool_use", "mcp_tool_use"):
-        raise bad(f"{where}: {kind} blocks need tools, which are off by design on this "
-                  "backend (ccgate runs Claude Code with no tools)", where)
-    raise bad(f"{where}.type: unsupported content block {kind!r}; supported: text, image, "
-              "document", f"{where}.type")
+        raise bad(
+            f"{where}: {kind} blocks need tools, which are off by design on this "
+            "backend (ccgate runs Claude Code with no tools)",
+            where,
+        )
+    raise bad(
+        f"{where}.type: unsupported content block {kind!r}; supported: text, image, document",
+        f"{where}.type",
+    )
 
 
 def merge_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -88,15 +109,18 @@ def merge_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     merged: list[dict[str, Any]] = []
     for message in messages:
         if merged and merged[-1]["role"] == message["role"]:
-            merged[-1] = {"role": message["role"],
-                          "content": [*merged[-1]["content"], *message["content"]]}
+            merged[-1] = {
+                "role": message["role"],
+                "content": [*merged[-1]["content"], *message["content"]],
+            }
         else:
             merged.append(message)
     return merged
 
 
-def split_turns(messages: list[dict[str, Any]],
-                param: str = "messages") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_turns(
+    messages: list[dict[str, Any]], param: str = "messages"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(earlier turns, the new user turn's blocks) of a conversation that ends with the user.
 
     The earlier turns start with a user turn and alternate, as the Messages API requires.
@@ -105,8 +129,11 @@ def split_turns(messages: list[dict[str, Any]],
     if not turns:
         raise bad(f"{param}: must hold at least one message", param)
     if turns[-1]["role"] != "user":
-        raise bad(f"{param}: the last message must come from the user (a partial assistant "
-                  "answer to continue is not supported by the CLI backend)", param)
+        raise bad(
+            f"{param}: the last message must come from the user (a partial assistant "
+            "answer to continue is not supported by the CLI backend)",
+            param,
+        )
     if sum(1 for t in turns for b in t["content"] if b["type"] == "text") > _MAX_TEXT_BLOCKS:
         raise bad(f"{param}: too many content blocks", param)
     if turns[0]["role"] != "user":
@@ -119,8 +146,9 @@ def text_of(blocks: list[dict[str, Any]]) -> str:
     return "\n".join(b.get("text", "") for b in blocks if b.get("type") == "text")
 
 
-def conversation_bytes(system: str | None, history: list[dict[str, Any]],
-                       content: list[dict[str, Any]]) -> int:
+def conversation_bytes(
+    system: str | None, history: list[dict[str, Any]], content: list[dict[str, Any]]
+) -> int:
     """UTF-8 size of the text of a conversation, the system prompt included."""
     total = len((system or "").encode("utf-8"))
     for turn in [*history, {"content": content}]:

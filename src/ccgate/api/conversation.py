@@ -34,9 +34,14 @@ def result_of(job: JobRecord) -> RunResult:
     """A finished job as a RunResult, or the ApiError it failed with."""
     if job.status is not JobStatus.COMPLETED:
         raise job_error(job)
-    return RunResult(text=job.result or "", model=job.model, usage=dict(job.usage or {}),
-                     cost_usd=job.cost_usd, duration_ms=job.duration_ms,
-                     stop_reason=job.stop_reason)
+    return RunResult(
+        text=job.result or "",
+        model=job.model,
+        usage=dict(job.usage or {}),
+        cost_usd=job.cost_usd,
+        duration_ms=job.duration_ms,
+        stop_reason=job.stop_reason,
+    )
 
 
 @dataclass
@@ -62,8 +67,12 @@ class Turn:
         if self.direct:
             return
         try:
-            self.job = await submit_job(self.request, Submission(
-                key_id=self.key.id, door=self.door, request=request_to_json(self.run_request)))
+            self.job = await submit_job(
+                self.request,
+                Submission(
+                    key_id=self.key.id, door=self.door, request=request_to_json(self.run_request)
+                ),
+            )
         except BaseException:
             await self.ticket.finish()
             raise
@@ -115,8 +124,9 @@ class Turn:
                     self.result = result_of(final)
                     yield self.result
                     return
-            raise ApiError("shutting_down", "the server is shutting down; retry on another "
-                           "node", retry_after=5)
+            raise ApiError(
+                "shutting_down", "the server is shutting down; retry on another node", retry_after=5
+            )
         finally:
             if not finished:
                 await asyncio.shield(jobs.cancel(self.job.id))
@@ -161,13 +171,22 @@ class Turn:
     def _audit(self, job: JobRecord) -> None:
         usage = job.usage or {}
         audit_facts(self.request).update(
-            job_id=job.id, job_status=job.status.value, model=job.model,
-            input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"),
-            cost_usd=job.cost_usd, error_type=job.error_type,
-            response_bytes=len((job.result or "").encode("utf-8")))
+            job_id=job.id,
+            job_status=job.status.value,
+            model=job.model,
+            input_tokens=usage.get("input_tokens"),
+            output_tokens=usage.get("output_tokens"),
+            cost_usd=job.cost_usd,
+            error_type=job.error_type,
+            response_bytes=len((job.result or "").encode("utf-8")),
+        )
 
     def _audit_result(self, result: RunResult) -> None:
         audit_facts(self.request).update(
-            model=result.model, input_tokens=result.usage.get("input_tokens"),
-            output_tokens=result.usage.get("output_tokens"), cost_usd=result.cost_usd,
-            job_status="completed", response_bytes=len(result.text.encode("utf-8")))
+            model=result.model,
+            input_tokens=result.usage.get("input_tokens"),
+            output_tokens=result.usage.get("output_tokens"),
+            cost_usd=result.cost_usd,
+            job_status="completed",
+            response_bytes=len(result.text.encode("utf-8")),
+        )

@@ -48,8 +48,9 @@ _POLICY_FIELDS = tuple(f for f in POLICY_FIELDS if f != "expires_at")
 _MAX_CODE_CHARS = 200
 _BAD_CODE = "invalid, expired or revoked enrollment code"
 _BAD_TOKEN = "invalid, expired or revoked device token"  # noqa: S105 (a message)
-_KNOWN_DEVICE = ("this device_id is already enrolled: send the device_secret its first "
-                 "bootstrap returned")
+_KNOWN_DEVICE = (
+    "this device_id is already enrolled: send the device_secret its first bootstrap returned"
+)
 _BAD_ADDRESS = "this enrollment may not be used from this address (its ip_cidrs)"
 
 
@@ -62,16 +63,19 @@ class EnrollmentBody(BaseModel):
     rpm: StrictInt | None = Field(None, description="Requests per minute, per device.")
     rpd: StrictInt | None = Field(None, description="Requests per UTC day, per device.")
     tokens_per_day: StrictInt | None = Field(None, description="Tokens per day, per device.")
-    budget_usd_per_month: StrictFloat | None = Field(None, description="Spend cap per month, "
-                                                     "per device.")
+    budget_usd_per_month: StrictFloat | None = Field(
+        None, description="Spend cap per month, per device."
+    )
     concurrency: StrictInt | None = Field(None, description="Jobs running at once, per device.")
     models: list[StrictStr] | None = Field(None, description="Allowed models; globs allowed.")
     ip_cidrs: list[StrictStr] | None = Field(None, description="Client networks allowed.")
     max_devices: StrictInt = Field(1, ge=1, le=_INT_MAX, description="Active devices at most.")
-    expires_at: datetime | None = Field(None, description="ISO 8601: the code stops enrolling "
-                                        "devices then.")
-    ttl_secs: StrictInt | None = Field(None, ge=1, le=_MAX_TTL_SECS,
-                                       description="Or: the code enrols devices this long.")
+    expires_at: datetime | None = Field(
+        None, description="ISO 8601: the code stops enrolling devices then."
+    )
+    ttl_secs: StrictInt | None = Field(
+        None, ge=1, le=_MAX_TTL_SECS, description="Or: the code enrols devices this long."
+    )
 
     @model_validator(mode="after")
     def _one_expiry(self) -> EnrollmentBody:
@@ -96,8 +100,11 @@ class EnrollmentBody(BaseModel):
         try:
             return self.expires_at.astimezone(UTC)
         except OverflowError:
-            raise ApiError("invalid_request", "expires_at: must fall between the years 1 and "
-                           "9999 in UTC", param="expires_at") from None
+            raise ApiError(
+                "invalid_request",
+                "expires_at: must fall between the years 1 and 9999 in UTC",
+                param="expires_at",
+            ) from None
 
 
 class BootstrapBody(BaseModel):
@@ -107,9 +114,13 @@ class BootstrapBody(BaseModel):
 
     device_id: str = Field(min_length=1, max_length=200)
     enrollment_code: str | None = None
-    device_secret: str | None = Field(None, max_length=200, description="The secret the "
-                                      "device's first bootstrap returned; needed to bootstrap "
-                                      "again as that device.")
+    device_secret: str | None = Field(
+        None,
+        max_length=200,
+        description="The secret the "
+        "device's first bootstrap returned; needed to bootstrap "
+        "again as that device.",
+    )
 
     @field_validator("device_id")
     @classmethod
@@ -126,34 +137,51 @@ def _iso(value: datetime | None) -> str | None:
 def _service(request: Request) -> EnrollmentService:
     service: EnrollmentService | None = request.app.state.enrollment
     if service is None:
-        raise ApiError("feature_disabled", "device enrollment is off: set "
-                       "CCGATE_ENROLLMENT_SECRET (at least 32 characters) to turn it on")
+        raise ApiError(
+            "feature_disabled",
+            "device enrollment is off: set "
+            "CCGATE_ENROLLMENT_SECRET (at least 32 characters) to turn it on",
+        )
     return service
 
 
 def _enrollment_view(record: EnrollmentRecord, now: datetime) -> dict[str, Any]:
-    status = ("revoked" if record.revoked_at else
-              "active" if record.open_at(now) else "expired")
-    return {"name": record.name, "status": status, "max_devices": record.max_devices,
-            "devices_active": record.devices_active,
-            "devices_revoked": record.devices_revoked,
-            "created_at": _iso(record.created_at), "expires_at": _iso(record.expires_at),
-            "revoked_at": _iso(record.revoked_at), "policy": record.policy.as_json()}
+    status = "revoked" if record.revoked_at else "active" if record.open_at(now) else "expired"
+    return {
+        "name": record.name,
+        "status": status,
+        "max_devices": record.max_devices,
+        "devices_active": record.devices_active,
+        "devices_revoked": record.devices_revoked,
+        "created_at": _iso(record.created_at),
+        "expires_at": _iso(record.expires_at),
+        "revoked_at": _iso(record.revoked_at),
+        "policy": record.policy.as_json(),
+    }
 
 
 def _device_view(device: DeviceRecord) -> dict[str, Any]:
-    return {"id": device.id, "device_id": device.device_id,
-            "enrollment": device.enrollment_name, "key_name": device.key_name,
-            "status": "revoked" if device.revoked_at else "active",
-            "created_at": _iso(device.created_at),
-            "last_refresh_at": _iso(device.last_refresh_at),
-            "revoked_at": _iso(device.revoked_at)}
+    return {
+        "id": device.id,
+        "device_id": device.device_id,
+        "enrollment": device.enrollment_name,
+        "key_name": device.key_name,
+        "status": "revoked" if device.revoked_at else "active",
+        "created_at": _iso(device.created_at),
+        "last_refresh_at": _iso(device.last_refresh_at),
+        "revoked_at": _iso(device.revoked_at),
+    }
 
 
 def _token_view(request: Request, issued: DeviceToken) -> dict[str, Any]:
     request.scope["ccgate.key_name"] = issued.device.key_name
-    view = {"token": issued.token, "token_type": "Bearer", "expires_in": issued.ttl_secs,
-            "expires_at": _iso(issued.expires_at), "device": _device_view(issued.device)}
+    view = {
+        "token": issued.token,
+        "token_type": "Bearer",
+        "expires_in": issued.ttl_secs,
+        "expires_at": _iso(issued.expires_at),
+        "device": _device_view(issued.device),
+    }
     # Secrets just minted are shown this once; the store keeps only what it must.
     if issued.device_secret is not None:
         view["device_secret"] = issued.device_secret
@@ -162,9 +190,17 @@ def _token_view(request: Request, issued: DeviceToken) -> dict[str, Any]:
     return view
 
 
-@admin.post("/enrollments", status_code=201, summary="Create an enrollment code",
-            openapi_extra={"requestBody": {"required": True, "content": {
-                "application/json": {"schema": EnrollmentBody.model_json_schema()}}}})
+@admin.post(
+    "/enrollments",
+    status_code=201,
+    summary="Create an enrollment code",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EnrollmentBody.model_json_schema()}},
+        }
+    },
+)
 async def create_enrollment(request: Request) -> JSONResponse:
     """Create an enrollment; the code is in this response only."""
     service = _service(request)
@@ -172,11 +208,11 @@ async def create_enrollment(request: Request) -> JSONResponse:
     now = utcnow()
     expires_at = body.expiry(now)
     if expires_at is not None and expires_at <= now:
-        raise ApiError("invalid_request", "expires_at: must be in the future",
-                       param="expires_at")
+        raise ApiError("invalid_request", "expires_at: must be in the future", param="expires_at")
     try:
-        created = await service.create(body.name, body.policy(), max_devices=body.max_devices,
-                                       expires_at=expires_at)
+        created = await service.create(
+            body.name, body.policy(), max_devices=body.max_devices, expires_at=expires_at
+        )
     except EnrollmentNameError as exc:
         error_type = "conflict" if isinstance(exc, EnrollmentNameTaken) else "invalid_request"
         raise ApiError(error_type, str(exc), param="name") from None
@@ -191,8 +227,11 @@ async def list_enrollments(request: Request) -> dict[str, Any]:
     return {"data": [_enrollment_view(r, now) for r in await _service(request).list()]}
 
 
-@admin.delete("/enrollments/{name}", status_code=204,
-              summary="Revoke an enrollment and every device enrolled with it")
+@admin.delete(
+    "/enrollments/{name}",
+    status_code=204,
+    summary="Revoke an enrollment and every device enrolled with it",
+)
 async def revoke_enrollment(request: Request, name: str) -> Response:
     """Close the code and revoke its devices; their tokens fail from the next request, their
     queued and running jobs are cancelled and their pending webhooks dropped."""
@@ -204,14 +243,14 @@ async def revoke_enrollment(request: Request, name: str) -> Response:
 
 
 @admin.get("/devices", summary="List enrolled devices")
-async def list_devices(request: Request,
-                       enrollment: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+async def list_devices(
+    request: Request, enrollment: Annotated[str | None, Query()] = None
+) -> dict[str, Any]:
     """Every device, or only those of ``?enrollment=<name>``."""
     return {"data": [_device_view(d) for d in await _service(request).devices(enrollment)]}
 
 
-@admin.delete("/devices/{device_id}", status_code=204,
-              summary="Revoke one device and its key")
+@admin.delete("/devices/{device_id}", status_code=204, summary="Revoke one device and its key")
 async def revoke_device(request: Request, device_id: str) -> Response:
     """Revoke a device by its id (``dev_…``); its tokens fail from the next request, its
     queued and running jobs are cancelled and its pending webhooks dropped."""
@@ -223,9 +262,16 @@ async def revoke_device(request: Request, device_id: str) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/v1/bootstrap", summary="Exchange an enrollment code for a device token",
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": BootstrapBody.model_json_schema()}}}})
+@router.post(
+    "/v1/bootstrap",
+    summary="Exchange an enrollment code for a device token",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": BootstrapBody.model_json_schema()}},
+        }
+    },
+)
 async def bootstrap(request: Request) -> dict[str, Any]:
     """Enrol a device (or find it again) and return a short-lived token."""
     service = _service(request)
@@ -234,21 +280,26 @@ async def bootstrap(request: Request) -> dict[str, Any]:
     if not code or len(code) > _MAX_CODE_CHARS:
         raise ApiError("authentication_error", _BAD_CODE, param="enrollment_code")
     try:
-        issued = await service.bootstrap(code, body.device_id, device_secret=body.device_secret,
-                                         address=request.scope.get("ccgate.client_address"))
+        issued = await service.bootstrap(
+            code,
+            body.device_id,
+            device_secret=body.device_secret,
+            address=request.scope.get("ccgate.client_address"),
+        )
     except InvalidEnrollmentCode:
         raise ApiError("authentication_error", _BAD_CODE, param="enrollment_code") from None
     except AddressRefused:
         raise ApiError("forbidden", _BAD_ADDRESS) from None
     except DeviceSecretRefused:
-        raise ApiError("authentication_error", _KNOWN_DEVICE,
-                       param="device_secret") from None
+        raise ApiError("authentication_error", _KNOWN_DEVICE, param="device_secret") from None
     except DeviceRevoked:
-        raise ApiError("authentication_error", "this device has been revoked",
-                       param="device_id") from None
+        raise ApiError(
+            "authentication_error", "this device has been revoked", param="device_id"
+        ) from None
     except EnrollmentFull:
-        raise ApiError("forbidden", "this enrollment has no free device slot (max_devices "
-                       "reached)") from None
+        raise ApiError(
+            "forbidden", "this enrollment has no free device slot (max_devices reached)"
+        ) from None
     except DeviceKeyConflict as exc:
         raise ApiError("conflict", str(exc), param="device_id") from None
     return _token_view(request, issued)
@@ -260,11 +311,15 @@ async def refresh(request: Request) -> dict[str, Any]:
     service = _service(request)
     token = presented_secret(request)
     try:
-        issued = await service.refresh(
-            token, address=request.scope.get("ccgate.client_address")) if token else None
+        issued = (
+            await service.refresh(token, address=request.scope.get("ccgate.client_address"))
+            if token
+            else None
+        )
     except AddressRefused:
-        raise ApiError("forbidden", "this device may not be used from this address (its "
-                       "ip_cidrs)") from None
+        raise ApiError(
+            "forbidden", "this device may not be used from this address (its ip_cidrs)"
+        ) from None
     if issued is None:
         raise ApiError("authentication_error", _BAD_TOKEN)
     return _token_view(request, issued)

@@ -24,15 +24,21 @@ log = structlog.get_logger("ccgate.http")
 
 # The status logged and audited for a request whose client went away before its answer.
 CLIENT_CLOSED_REQUEST = 499
-_HTTP_STATUS_TYPES = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
-                      413: "request_too_large"}
+_HTTP_STATUS_TYPES = {
+    401: "authentication_error",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
 
 
 # What a client is told when the CLI is missing: the real problem names the CLI's path, which
 # only the server log, the admin's /readyz and `ccgate doctor` show.
-CLI_UNAVAILABLE_MESSAGE = ("the claude CLI is not available on this server: install it (npm "
-                           "install -g @anthropic-ai/claude-code) or set CCGATE_CLAUDE_PATH; "
-                           "'ccgate doctor' on the server says what is wrong")
+CLI_UNAVAILABLE_MESSAGE = (
+    "the claude CLI is not available on this server: install it (npm "
+    "install -g @anthropic-ai/claude-code) or set CCGATE_CLAUDE_PATH; "
+    "'ccgate doctor' on the server says what is wrong"
+)
 
 
 def client_message(error: ApiError) -> str:
@@ -46,14 +52,27 @@ def request_id_of(request: Request) -> str:
 
 
 # The Anthropic API's documented error types, by status.
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    403: "permission_error", 404: "not_found_error",
-                    413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
-                    529: "overloaded_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 # OpenAI's error ``type`` values, by status; ccgate's own type goes in ``code``.
-_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error",
-                 404: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
-                 502: "server_error", 503: "server_error", 504: "server_error"}
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "server_error",
+    503: "server_error",
+    504: "server_error",
+}
 
 
 def door_of_request(path: str, headers: Mapping[str, str]) -> str:
@@ -72,16 +91,25 @@ def error_body(door: str, request_id: str, error: ApiError) -> dict[str, object]
     """The JSON body of ``error`` in ``door``'s shape."""
     message = client_message(error)
     if door == "anthropic":
-        return {"type": "error", "error": {
-            "type": _ANTHROPIC_TYPES.get(error.status, "api_error"), "message": message},
-            "request_id": request_id}
+        return {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPES.get(error.status, "api_error"), "message": message},
+            "request_id": request_id,
+        }
     if door == "openai":
-        return {"error": {
-            "message": message,
-            "type": _OPENAI_TYPES.get(error.status, "invalid_request_error"),
-            "param": error.param, "code": error.error_type}}
-    body: dict[str, object] = {"type": error.error_type, "message": message,
-                               "request_id": request_id}
+        return {
+            "error": {
+                "message": message,
+                "type": _OPENAI_TYPES.get(error.status, "invalid_request_error"),
+                "param": error.param,
+                "code": error.error_type,
+            }
+        }
+    body: dict[str, object] = {
+        "type": error.error_type,
+        "message": message,
+        "request_id": request_id,
+    }
     if error.param is not None:
         body["param"] = error.param
     body.update(error.extra)
@@ -98,8 +126,9 @@ def error_headers(error: ApiError) -> dict[str, str]:
 
 def error_response(request_id: str, error: ApiError, door: str = "native") -> JSONResponse:
     """Render ``error`` in ``door``'s shape with its status and headers."""
-    return JSONResponse(error_body(door, request_id, error), status_code=error.status,
-                        headers=error_headers(error))
+    return JSONResponse(
+        error_body(door, request_id, error), status_code=error.status, headers=error_headers(error)
+    )
 
 
 def _respond(request: Request, error: ApiError) -> JSONResponse:
@@ -142,8 +171,12 @@ async def _client_disconnect(request: Request, exc: Exception) -> Response:
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled_error", request_id=request_id_of(request), path=request.url.path)
-    return _respond(request, ApiError(
-        "internal_error", "ccgate hit an internal error; the request id finds it in the logs"))
+    return _respond(
+        request,
+        ApiError(
+            "internal_error", "ccgate hit an internal error; the request id finds it in the logs"
+        ),
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -39,12 +39,24 @@ class FetchBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1, max_length=MAX_URL_CHARS, strict=True,
-                     description="An http or https URL of a public page.")
-    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, le=MAX_BYTES_LIMIT, strict=True,
-                           description="Most body bytes read; past it `truncated` is true.")
-    strip: bool = Field(True, strict=True, description="Drop scripts (JSON-LD kept), styles, "
-                        "SVG, noscript and comments from HTML.")
+    url: str = Field(
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        strict=True,
+        description="An http or https URL of a public page.",
+    )
+    max_bytes: int = Field(
+        DEFAULT_MAX_BYTES,
+        ge=1,
+        le=MAX_BYTES_LIMIT,
+        strict=True,
+        description="Most body bytes read; past it `truncated` is true.",
+    )
+    strip: bool = Field(
+        True,
+        strict=True,
+        description="Drop scripts (JSON-LD kept), styles, SVG, noscript and comments from HTML.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -65,14 +77,22 @@ class FetchBody(BaseModel):
 async def require_fetch_enabled(request: Request) -> None:
     """FastAPI dependency: 404 feature_disabled unless CCGATE_FETCH_ENABLED is on."""
     if not request.app.state.settings.fetch_enabled:
-        raise ApiError("feature_disabled", "page fetching is off: set CCGATE_FETCH_ENABLED=true "
-                       "to turn it on")
+        raise ApiError(
+            "feature_disabled", "page fetching is off: set CCGATE_FETCH_ENABLED=true to turn it on"
+        )
 
 
-@router.post("/fetch", summary="Fetch a public page through the SSRF guard",
-             dependencies=[Depends(require_fetch_enabled)],
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": FetchBody.model_json_schema()}}}})
+@router.post(
+    "/fetch",
+    summary="Fetch a public page through the SSRF guard",
+    dependencies=[Depends(require_fetch_enabled)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": FetchBody.model_json_schema()}},
+        }
+    },
+)
 async def fetch_page(request: Request, key: CallerKey) -> dict[str, Any]:
     """Fetch ``url`` from the gateway's address, checking every redirect hop."""
     body = await parse_body(request, FetchBody)
@@ -89,8 +109,13 @@ async def fetch_page(request: Request, key: CallerKey) -> dict[str, Any]:
         page = await fetcher.fetch(body.url, body.max_bytes)
     except HopBlocked as exc:
         facts["error_type"] = "destination_blocked"
-        log.warning("fetch_blocked", request_id=request_id_of(request), host=host, hop=exc.hop,
-                    detail=exc.detail)
+        log.warning(
+            "fetch_blocked",
+            request_id=request_id_of(request),
+            host=host,
+            hop=exc.hop,
+            detail=exc.detail,
+        )
         raise ApiError("destination_blocked", str(exc), param="url") from None
     except UpstreamFailed as exc:
         facts["error_type"] = "upstream_error"
@@ -100,15 +125,32 @@ async def fetch_page(request: Request, key: CallerKey) -> dict[str, Any]:
         html = await render_page(page, strip=body.strip)
     except PageNotStripped as exc:
         facts["error_type"] = "upstream_error"
-        log.info("fetch_not_stripped", request_id=request_id_of(request), host=host,
-                 body_bytes=page.body_bytes)
+        log.info(
+            "fetch_not_stripped",
+            request_id=request_id_of(request),
+            host=host,
+            body_bytes=page.body_bytes,
+        )
         raise ApiError("upstream_error", str(exc)) from None
     facts["response_bytes"] = len(html.encode("utf-8"))
-    log.info("fetch", request_id=request_id_of(request), host=host, status=page.status,
-             redirects=page.redirects, body_bytes=page.body_bytes, truncated=page.truncated)
-    return {"ok": _problem(page) is None, "status": page.status, "final_url": page.final_url,
-            "truncated": page.truncated, "content_type": page.content_type, "html": html,
-            "message": _problem(page)}
+    log.info(
+        "fetch",
+        request_id=request_id_of(request),
+        host=host,
+        status=page.status,
+        redirects=page.redirects,
+        body_bytes=page.body_bytes,
+        truncated=page.truncated,
+    )
+    return {
+        "ok": _problem(page) is None,
+        "status": page.status,
+        "final_url": page.final_url,
+        "truncated": page.truncated,
+        "content_type": page.content_type,
+        "html": html,
+        "message": _problem(page),
+    }
 
 
 def _problem(page: Page) -> str | None:
@@ -116,6 +158,8 @@ def _problem(page: Page) -> str | None:
     if not 200 <= page.status < 300:
         return f"the page answered HTTP {page.status}"
     if page.text is None:
-        return (f"the page is {page.content_type}, not text: only HTML, text/*, JSON and XML "
-                "are returned")
+        return (
+            f"the page is {page.content_type}, not text: only HTML, text/*, JSON and XML "
+            "are returned"
+        )
     return None

@@ -28,8 +28,9 @@ async def readyz(request: Request) -> JSONResponse:
     token: str | None = request.app.state.settings.admin_token
     detailed = token is not None and presented_secret(request) is not None
     if token is not None and detailed and not admin_signed_in(request, token):
-        raise ApiError("authentication_error", "wrong admin token (send none for the plain "
-                       "readiness answer)")
+        raise ApiError(
+            "authentication_error", "wrong admin token (send none for the plain readiness answer)"
+        )
     checks, problems = await readiness_checks(request)
     status = 200 if not problems else 503
     if not detailed:

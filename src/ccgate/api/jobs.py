@@ -33,8 +33,9 @@ _MAX_EVENT_ID = 2**31 - 1  # event numbers are 32-bit integers in the store
 class JobBody(RunBody):
     """The body of ``POST /api/v1/jobs``: a run, plus where to send the webhook."""
 
-    callback_url: str | None = Field(None, description="POSTed the job object, signed, when "
-                                     "the job ends.")
+    callback_url: str | None = Field(
+        None, description="POSTed the job object, signed, when the job ends."
+    )
 
 
 def _request_hash(body: JobBody) -> str:
@@ -59,16 +60,28 @@ async def owned_job(request: Request, key: KeyRecord, job_id: str) -> JobRecord:
     return job  # type: ignore[no-any-return]
 
 
-@router.post("", status_code=202, summary="Submit a job and return at once",
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": JobBody.model_json_schema()}}}})
-async def submit(request: Request, key: CallerKey,
-                 idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a job and return at once",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": JobBody.model_json_schema()}},
+        }
+    },
+)
+async def submit(
+    request: Request, key: CallerKey, idempotency_key: Annotated[str | None, Header()] = None
+) -> JSONResponse:
     """Queue a job; the same Idempotency-Key and body return the original job."""
     body = await parse_body(request, JobBody)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY:
-        raise ApiError("invalid_request", f"Idempotency-Key must be 1-{_MAX_IDEMPOTENCY_KEY} "
-                       "characters", param="Idempotency-Key")
+        raise ApiError(
+            "invalid_request",
+            f"Idempotency-Key must be 1-{_MAX_IDEMPOTENCY_KEY} characters",
+            param="Idempotency-Key",
+        )
     if body.callback_url is not None:
         request.app.state.check_callback(body.callback_url)
     request_hash = _request_hash(body)
@@ -79,13 +92,22 @@ async def submit(request: Request, key: CallerKey,
         return _accepted(await job_view(request, replayed), replayed)
     prepared = await prepare_native_run(request, key, body)
     try:
-        job, new = await submit_job_once(request, Submission(
-            key_id=key.id, door="native",
-            request={**request_to_json(prepared.run_request),
-                     "response_format": body.response_format},
-            metadata=body.metadata, callback_url=body.callback_url,
-            idempotency_key=idempotency_key, request_hash=request_hash,
-            session_id=prepared.session_id))
+        job, new = await submit_job_once(
+            request,
+            Submission(
+                key_id=key.id,
+                door="native",
+                request={
+                    **request_to_json(prepared.run_request),
+                    "response_format": body.response_format,
+                },
+                metadata=body.metadata,
+                callback_url=body.callback_url,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+                session_id=prepared.session_id,
+            ),
+        )
     except BaseException:
         await prepared.ticket.finish()
         raise
@@ -96,8 +118,9 @@ async def submit(request: Request, key: CallerKey,
     return _accepted(await job_view(request, job), job)
 
 
-async def _replay(request: Request, key: KeyRecord, idempotency_key: str | None,
-                  request_hash: str) -> JobRecord | None:
+async def _replay(
+    request: Request, key: KeyRecord, idempotency_key: str | None, request_hash: str
+) -> JobRecord | None:
     """The key's earlier job under ``idempotency_key``, or None; 409 for another body."""
     if idempotency_key is None:
         return None
@@ -105,8 +128,10 @@ async def _replay(request: Request, key: KeyRecord, idempotency_key: str | None,
     try:
         earlier = await jobs.replay_of(key.id, idempotency_key, request_hash)
     except IdempotencyConflict:
-        raise ApiError("idempotency_conflict", "this Idempotency-Key was already used with a "
-                       "different request body") from None
+        raise ApiError(
+            "idempotency_conflict",
+            "this Idempotency-Key was already used with a different request body",
+        ) from None
     if earlier is not None:
         audit_facts(request).update(job_id=earlier.id, model=earlier.model)
     return earlier
@@ -118,29 +143,33 @@ def _accepted(view: dict[str, Any], job: JobRecord) -> JSONResponse:
 
 @router.get("", summary="List the caller's jobs, newest first")
 async def list_jobs(
-    request: Request, key: CallerKey,
+    request: Request,
+    key: CallerKey,
     limit: Annotated[int, Query()] = 20,
     offset: Annotated[int, Query()] = 0,
     status: Annotated[str | None, Query()] = None,
 ) -> dict[str, Any]:
     """One page of jobs: ``{jobs, total, limit, offset}``."""
     if not 1 <= limit <= _MAX_PAGE:
-        raise ApiError("invalid_request", f"limit must be between 1 and {_MAX_PAGE}",
-                       param="limit")
+        raise ApiError("invalid_request", f"limit must be between 1 and {_MAX_PAGE}", param="limit")
     if not 0 <= offset <= MAX_OFFSET:
-        raise ApiError("invalid_request", f"offset must be between 0 and {MAX_OFFSET}",
-                       param="offset")
+        raise ApiError(
+            "invalid_request", f"offset must be between 0 and {MAX_OFFSET}", param="offset"
+        )
     wanted: JobStatus | None = None
     if status is not None:
         try:
             wanted = JobStatus(status)
         except ValueError:
-            raise ApiError("invalid_request", f"status must be one of "
-                           f"{', '.join(s.value for s in JobStatus)}", param="status") from None
-    jobs, total = await request.app.state.store.jobs.page(key.id, status=wanted, limit=limit,
-                                                          offset=offset)
-    return {"jobs": [render_job(j) for j in jobs], "total": total, "limit": limit,
-            "offset": offset}
+            raise ApiError(
+                "invalid_request",
+                f"status must be one of {', '.join(s.value for s in JobStatus)}",
+                param="status",
+            ) from None
+    jobs, total = await request.app.state.store.jobs.page(
+        key.id, status=wanted, limit=limit, offset=offset
+    )
+    return {"jobs": [render_job(j) for j in jobs], "total": total, "limit": limit, "offset": offset}
 
 
 @router.get("/{job_id}", summary="Poll one job")
@@ -156,13 +185,17 @@ async def cancel_job(request: Request, key: CallerKey, job_id: str) -> dict[str,
     cancelled = await request.app.state.jobs.cancel(job.id)
     if cancelled is None:
         current = await owned_job(request, key, job_id)
-        raise ApiError("conflict", f"job {job_id} already ended as {current.status.value}",
-                       extra={"job_id": job_id, "status": current.status.value})
+        raise ApiError(
+            "conflict",
+            f"job {job_id} already ended as {current.status.value}",
+            extra={"job_id": job_id, "status": current.status.value},
+        )
     return await job_view(request, cancelled)
 
 
-@router.post("/{job_id}/webhook/redeliver", status_code=202,
-             summary="Send a finished job's webhook again")
+@router.post(
+    "/{job_id}/webhook/redeliver", status_code=202, summary="Send a finished job's webhook again"
+)
 async def redeliver_webhook(request: Request, key: CallerKey, job_id: str) -> dict[str, Any]:
     """Queue the final webhook again with the same event id (``webhook-id``); 409 when the
     job has no callback, has not ended, a delivery is pending or the limit is spent."""
@@ -170,8 +203,11 @@ async def redeliver_webhook(request: Request, key: CallerKey, job_id: str) -> di
     if job.callback_url is None:
         raise ApiError("conflict", f"job {job_id} has no callback_url")
     if not job.status.terminal:
-        raise ApiError("conflict", f"job {job_id} has not ended yet ({job.status.value})",
-                       extra={"job_id": job_id, "status": job.status.value})
+        raise ApiError(
+            "conflict",
+            f"job {job_id} has not ended yet ({job.status.value})",
+            extra={"job_id": job_id, "status": job.status.value},
+        )
     outcome: Redelivery = await request.app.state.webhooks.redeliver(job.id)
     if outcome is not Redelivery.QUEUED:
         raise ApiError("conflict", _REDELIVERY_REFUSED[outcome], extra={"job_id": job_id})
@@ -183,7 +219,7 @@ _REDELIVERY_REFUSED = {
     Redelivery.NO_WEBHOOK: "the job has no webhook delivery",
     Redelivery.PENDING: "a delivery of this webhook is already pending",
     Redelivery.EXHAUSTED: "this webhook was redelivered as often as allowed "
-                          "(CCGATE_WEBHOOK_MAX_REDELIVERIES)",
+    "(CCGATE_WEBHOOK_MAX_REDELIVERIES)",
 }
 
 
@@ -200,7 +236,9 @@ async def delete_job(request: Request, key: CallerKey, job_id: str) -> Response:
 
 @router.get("/{job_id}/sse", summary="Stream a job's events (Server-Sent Events)")
 async def stream_job(
-    request: Request, key: CallerKey, job_id: str,
+    request: Request,
+    key: CallerKey,
+    job_id: str,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """``status``, ``chunk`` and ``result`` events, each with an ``id:``; resumable."""
@@ -212,11 +250,16 @@ async def stream_job(
         except ValueError:
             after = -1
         if not 0 <= after <= _MAX_EVENT_ID:
-            raise ApiError("invalid_request", "Last-Event-ID must be an event id from this "
-                           "stream", param="Last-Event-ID")
+            raise ApiError(
+                "invalid_request",
+                "Last-Event-ID must be an event id from this stream",
+                param="Last-Event-ID",
+            )
     return StreamingResponse(
-        _sse(request, job, after), media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        _sse(request, job, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def _sse(request: Request, job: JobRecord, after: int) -> AsyncIterator[str]:
@@ -245,7 +288,9 @@ async def _sse(request: Request, job: JobRecord, after: int) -> AsyncIterator[st
             if event.type == "result":
                 final = await request.app.state.store.jobs.get(job.id)
                 data = await job_view(request, final) if final is not None else event.data
-            yield (f"id: {event.seq}\nevent: {event.type}\n"
-                   f"data: {json.dumps(data, ensure_ascii=False)}\n\n")
+            yield (
+                f"id: {event.seq}\nevent: {event.type}\n"
+                f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+            )
     finally:
         metrics.sse_closed()

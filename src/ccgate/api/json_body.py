@@ -72,8 +72,9 @@ def _check_text(text: str, trail: _Trail, what: str = "") -> None:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise _refuse(trail, f"{what}must be valid Unicode text (it holds a lone "
-                          "surrogate)") from None
+            raise _refuse(
+                trail, f"{what}must be valid Unicode text (it holds a lone surrogate)"
+            ) from None
 
 
 def check_json_value(value: Any, *, max_depth: int = MAX_BODY_DEPTH) -> None:
@@ -95,5 +96,4 @@ def check_json_value(value: Any, *, max_depth: int = MAX_BODY_DEPTH) -> None:
                     _check_text(key, trail, "a key ")
                     pending.append((child, (trail, key), depth + 1))
             else:
-                pending.extend((child, (trail, str(i)), depth + 1)
-                               for i, child in enumerate(item))
+                pending.extend((child, (trail, str(i)), depth + 1) for i, child in enumerate(item))

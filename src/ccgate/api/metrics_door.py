@@ -30,8 +30,11 @@ def metrics_allowed(request: Request) -> bool:
     settings = request.app.state.settings
     token: str | None = settings.metrics_token
     presented = presented_secret(request)
-    if token is not None and presented is not None and hmac.compare_digest(
-            presented.encode(), token.encode()):
+    if (
+        token is not None
+        and presented is not None
+        and hmac.compare_digest(presented.encode(), token.encode())
+    ):
         return True
     peer = request.scope.get("client")
     try:
@@ -47,15 +50,21 @@ def metrics_allowed(request: Request) -> bool:
     return any(address in ipaddress.ip_network(cidr) for cidr in settings.metrics_allow_cidrs)
 
 
-@router.get("/metrics", summary="Prometheus metrics (loopback, allowed networks or a token)",
-            response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (loopback, allowed networks or a token)",
+    response_class=Response,
+)
 async def metrics_page(request: Request) -> Response:
     """Every metric family in the Prometheus text format (docs/metrics.md); 403 unless the
     socket address is loopback or in CCGATE_METRICS_ALLOW_CIDRS, or the bearer token is
     CCGATE_METRICS_TOKEN."""
     if not metrics_allowed(request):
-        raise ApiError("forbidden", "this address may not read /metrics (allow it with "
-                       "CCGATE_METRICS_ALLOW_CIDRS or send CCGATE_METRICS_TOKEN as a bearer)")
+        raise ApiError(
+            "forbidden",
+            "this address may not read /metrics (allow it with "
+            "CCGATE_METRICS_ALLOW_CIDRS or send CCGATE_METRICS_TOKEN as a bearer)",
+        )
     sampler: StateSampling | None = getattr(request.app.state, "metrics_sampling", None)
     if sampler is not None:
         await sampler.sample()
@@ -80,8 +89,7 @@ class StateSampling:
         self.sampler.sample_pool(pool.stats() if pool is not None else None)
         try:
             self.sampler.sample_queue(await self.state.store.jobs.count(JobStatus.QUEUED))
-            self.sampler.sample_plan_windows(await self.state.store.plan_windows.all(),
-                                             utcnow())
+            self.sampler.sample_plan_windows(await self.state.store.plan_windows.all(), utcnow())
         except Exception as exc:
             log.warning("metrics_store_state_unavailable", error=type(exc).__name__)
 

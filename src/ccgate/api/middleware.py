@@ -31,8 +31,9 @@ class BodyTooLarge(ApiError):
     """The request body passed CCGATE_MAX_BODY_BYTES while being read."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__("request_too_large", f"request body exceeds {limit} bytes "
-                         "(CCGATE_MAX_BODY_BYTES)")
+        super().__init__(
+            "request_too_large", f"request body exceeds {limit} bytes (CCGATE_MAX_BODY_BYTES)"
+        )
 
 
 def audit_facts(request: Request) -> dict[str, Any]:
@@ -59,8 +60,14 @@ def door_of(path: str) -> str:
 class RequestContextMiddleware:
     """Gives each request an id, caps its body, and logs and audits it when it ends."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int,
-                 rules: ClientAddressRules | None = None, backend: str = "cli") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        rules: ClientAddressRules | None = None,
+        backend: str = "cli",
+    ) -> None:
         self.app = app
         self.backend = backend
         self.max_body_bytes = max_body_bytes
@@ -81,32 +88,47 @@ class RequestContextMiddleware:
             with tracing.current(span):
                 await self._handle(scope, receive, send, request_id)
         finally:
-            tracing.end_request(span, scope["method"], route_template(scope),
-                                scope.get("ccgate.status", 500), request_id)
+            tracing.end_request(
+                span,
+                scope["method"],
+                route_template(scope),
+                scope.get("ccgate.status", 500),
+                request_id,
+            )
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send,
-                      request_id: str) -> None:
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         started = time.monotonic()
         scope["ccgate.timing"] = metrics.begin_request(metrics.door_label(scope["path"]))
         status = 500
         limit = self.max_body_bytes
         peer = scope.get("client")
-        forwarded = [v.decode("latin-1") for k, v in scope.get("headers", [])
-                     if k == b"x-forwarded-for"]
+        forwarded = [
+            v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-forwarded-for"
+        ]
         address = self.rules.client_address(peer[0] if peer else None, forwarded)
         scope["ccgate.client_address"] = address
         scope["ccgate.client_ip"] = str(address) if address is not None else None
 
         if not self.rules.allowed(address):
-            await _send_error(scope, receive, send, request_id, ApiError(
-                "forbidden", "this address may not call ccgate (CCGATE_ALLOW_CIDRS)"))
+            await _send_error(
+                scope,
+                receive,
+                send,
+                request_id,
+                ApiError("forbidden", "this address may not call ccgate (CCGATE_ALLOW_CIDRS)"),
+            )
             self._log(scope, request_id, 403, started)
             return
 
         if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
             # PostgreSQL refuses NUL in text, so an id or filter holding one never reaches SQL.
-            await _send_error(scope, receive, send, request_id, ApiError(
-                "invalid_request", "the URL must not contain a NUL character (%00)"))
+            await _send_error(
+                scope,
+                receive,
+                send,
+                request_id,
+                ApiError("invalid_request", "the URL must not contain a NUL character (%00)"),
+            )
             self._log(scope, request_id, 400, started)
             return
 
@@ -153,12 +175,20 @@ class RequestContextMiddleware:
         scope["ccgate.status"] = status
         timing: metrics.RequestTiming | None = scope.get("ccgate.timing")
         metrics.request_observer(timing.door if timing else metrics.OTHER, self.backend).observe(
-            status, scope.get("ccgate.error_type"), time.monotonic() - started, timing)
+            status, scope.get("ccgate.error_type"), time.monotonic() - started, timing
+        )
         traced = {"trace_id": scope["ccgate.trace_id"]} if "ccgate.trace_id" in scope else {}
-        log.info("request", request_id=request_id, method=scope["method"], path=scope["path"],
-                 status=status, duration_ms=round((time.monotonic() - started) * 1000, 2),
-                 key=scope.get("ccgate.key_name"), client=scope.get("ccgate.client_ip"),
-                 **traced)
+        log.info(
+            "request",
+            request_id=request_id,
+            method=scope["method"],
+            path=scope["path"],
+            status=status,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            key=scope.get("ccgate.key_name"),
+            client=scope.get("ccgate.client_ip"),
+            **traced,
+        )
 
     def _audit(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         path: str = scope["path"]
@@ -169,20 +199,38 @@ class RequestContextMiddleware:
         if audit is None:
             return
         facts: dict[str, Any] = scope.get("ccgate.audit", {})
-        audit.record(AuditEntry(
-            at=utcnow(), request_id=request_id, door=door_of(path), route=route_template(scope),
-            http_status=status, duration_ms=int((time.monotonic() - started) * 1000),
-            key_name=scope.get("ccgate.key_name"), client_ip=scope.get("ccgate.client_ip"),
-            **facts))
+        audit.record(
+            AuditEntry(
+                at=utcnow(),
+                request_id=request_id,
+                door=door_of(path),
+                route=route_template(scope),
+                http_status=status,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                key_name=scope.get("ccgate.key_name"),
+                client_ip=scope.get("ccgate.client_ip"),
+                **facts,
+            )
+        )
 
 
 _EXPOSED_HEADERS = [
-    "request-id", "x-request-id", "retry-after", "location",
-    "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
-    "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
-    "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
-    "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-limit",
-    "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset",
+    "request-id",
+    "x-request-id",
+    "retry-after",
+    "location",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-tokens-reset",
 ]
 
 
@@ -191,9 +239,14 @@ def add_cors(app: Starlette, origins: tuple[str, ...]) -> None:
     so no arbitrary origin is ever reflected together with Allow-Credentials."""
     wildcard = "*" in origins
     app.add_middleware(
-        CORSMiddleware, allow_origins=["*"] if wildcard else list(origins),
-        allow_credentials=not wildcard, allow_methods=["GET", "POST", "PATCH", "DELETE"],
-        allow_headers=["*"], expose_headers=_EXPOSED_HEADERS, max_age=600)
+        CORSMiddleware,
+        allow_origins=["*"] if wildcard else list(origins),
+        allow_credentials=not wildcard,
+        allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_headers=["*"],
+        expose_headers=_EXPOSED_HEADERS,
+        max_age=600,
+    )
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -206,8 +259,9 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_error(scope: Scope, receive: Receive, send: Send, request_id: str,
-                      error: ApiError) -> None:
+async def _send_error(
+    scope: Scope, receive: Receive, send: Send, request_id: str, error: ApiError
+) -> None:
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
     scope["ccgate.error_type"] = error.error_type
     response = error_response(request_id, error, door_of_request(scope["path"], headers))

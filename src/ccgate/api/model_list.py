@@ -25,16 +25,25 @@ CallerKey = Annotated[KeyRecord, Depends(require_key)]
 def model_entry(model: ListedModel) -> dict[str, Any]:
     """One model in both SDKs' shapes."""
     created = int(datetime.fromisoformat(model.created_at.replace("Z", "+00:00")).timestamp())
-    return {"type": "model", "id": model.id, "display_name": model.display_name,
-            "created_at": model.created_at, "object": "model", "created": created,
-            "owned_by": "anthropic"}
+    return {
+        "type": "model",
+        "id": model.id,
+        "display_name": model.display_name,
+        "created_at": model.created_at,
+        "object": "model",
+        "created": created,
+        "owned_by": "anthropic",
+    }
 
 
 @router.get("/models", summary="Models the calling key may use")
-async def list_models(request: Request, key: CallerKey,
-                      limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-                      after_id: Annotated[str | None, Query()] = None,
-                      before_id: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+async def list_models(
+    request: Request,
+    key: CallerKey,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    after_id: Annotated[str | None, Query()] = None,
+    before_id: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
     """The key's models; Anthropic-style paging with ``limit``/``after_id``/``before_id``."""
     policy: ModelPolicy = request.app.state.models
     models = policy.listing(key.policy.models)
@@ -47,9 +56,13 @@ async def list_models(request: Request, key: CallerKey,
     page = models[start:end][:limit]
     has_more = start + len(page) < end
     data = [model_entry(m) for m in page]
-    return {"object": "list", "data": data, "has_more": has_more,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 @router.get("/models/{model_id:path}", summary="One model the calling key may use")

@@ -37,8 +37,9 @@ router = APIRouter(prefix="/api/v1", tags=["native"])
 BodyT = TypeVar("BodyT", bound=BaseModel)
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
 
-JSON_ONLY_INSTRUCTION = ("Answer with one JSON value only: no prose before or after it and no "
-                         "code fences.")
+JSON_ONLY_INSTRUCTION = (
+    "Answer with one JSON value only: no prose before or after it and no code fences."
+)
 _MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 16
 MIN_TIMEOUT_SECS = 1.0
@@ -50,23 +51,35 @@ class RunBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, description="The user's prompt.")
-    model: str | None = Field(None, description="Model name or alias; default "
-                              "CCGATE_DEFAULT_MODEL.")
+    model: str | None = Field(
+        None, description="Model name or alias; default CCGATE_DEFAULT_MODEL."
+    )
     system_prompt: str | None = Field(None, description="Replaces the CLI's system prompt.")
     append_system_prompt: str | None = Field(None, description="Appended to the system prompt.")
     response_format: Literal["text", "json"] = Field(
-        "text", description="`json`: the answer is parsed and `result` holds the value.")
-    timeout_secs: float | None = Field(None, ge=MIN_TIMEOUT_SECS, description="Wall-clock "
-                                       "limit in seconds, at least 1, capped by "
-                                       "CCGATE_JOB_TIMEOUT_SECS.")
-    metadata: dict[str, Any] | None = Field(None, description="Returned as-is with the job "
-                                            "(at most 16 KiB as JSON, 16 levels deep).")
-    session_id: str | None = Field(None, max_length=100, description="Continue the "
-                                   "conversation of an earlier job of this key (its "
-                                   "`session_id`).")
-    files: list[FileToken] | None = Field(None, max_length=MAX_ATTACHMENTS, description=(
-        "Tokens from `POST /api/v1/files`; each file becomes a content block after the "
-        "prompt's text."))
+        "text", description="`json`: the answer is parsed and `result` holds the value."
+    )
+    timeout_secs: float | None = Field(
+        None,
+        ge=MIN_TIMEOUT_SECS,
+        description="Wall-clock limit in seconds, at least 1, capped by CCGATE_JOB_TIMEOUT_SECS.",
+    )
+    metadata: dict[str, Any] | None = Field(
+        None, description="Returned as-is with the job (at most 16 KiB as JSON, 16 levels deep)."
+    )
+    session_id: str | None = Field(
+        None,
+        max_length=100,
+        description="Continue the conversation of an earlier job of this key (its `session_id`).",
+    )
+    files: list[FileToken] | None = Field(
+        None,
+        max_length=MAX_ATTACHMENTS,
+        description=(
+            "Tokens from `POST /api/v1/files`; each file becomes a content block after the "
+            "prompt's text."
+        ),
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -103,30 +116,44 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
         raise ApiError("invalid_request", f"{field}: {message}", param=field) from None
 
 
-def build_run_request(request: Request, body: RunBody, model: str, *,
-                      history: list[dict[str, Any]] | None = None,
-                      system_prompt: str | None = None,
-                      attachments: list[dict[str, Any]] | None = None) -> RunRequest:
+def build_run_request(
+    request: Request,
+    body: RunBody,
+    model: str,
+    *,
+    history: list[dict[str, Any]] | None = None,
+    system_prompt: str | None = None,
+    attachments: list[dict[str, Any]] | None = None,
+) -> RunRequest:
     """Check the body against the size limits and turn it into a RunRequest."""
     settings = request.app.state.settings
     system_prompt = body.system_prompt if body.system_prompt is not None else system_prompt
-    size = sum(len(s.encode("utf-8")) for s in
-               (body.prompt, system_prompt or "", body.append_system_prompt or ""))
+    size = sum(
+        len(s.encode("utf-8"))
+        for s in (body.prompt, system_prompt or "", body.append_system_prompt or "")
+    )
     # Text files are inlined into the prompt, so they count against its limit.
     size += sum(len(b["text"].encode("utf-8")) for b in attachments or () if b["type"] == "text")
     if size > settings.max_prompt_bytes:
-        raise ApiError("request_too_large", f"prompt is {size} bytes; the limit is "
-                       f"{settings.max_prompt_bytes} (CCGATE_MAX_PROMPT_BYTES)")
+        raise ApiError(
+            "request_too_large",
+            f"prompt is {size} bytes; the limit is "
+            f"{settings.max_prompt_bytes} (CCGATE_MAX_PROMPT_BYTES)",
+        )
     append = body.append_system_prompt
     if body.response_format == "json":
         append = f"{append}\n\n{JSON_ONLY_INSTRUCTION}" if append else JSON_ONLY_INSTRUCTION
     timeout = min(body.timeout_secs or settings.job_timeout_secs, settings.job_timeout_secs)
-    content: list[dict[str, Any]] = [{"type": "text", "text": body.prompt},
-                                     *(attachments or [])]
+    content: list[dict[str, Any]] = [{"type": "text", "text": body.prompt}, *(attachments or [])]
     return RunRequest(
-        content=content, model=model, history=list(history or []),
-        system_prompt=system_prompt, append_system_prompt=append,
-        timeout_secs=timeout, idle_timeout_secs=settings.idle_timeout_secs)
+        content=content,
+        model=model,
+        history=list(history or []),
+        system_prompt=system_prompt,
+        append_system_prompt=append,
+        timeout_secs=timeout,
+        idle_timeout_secs=settings.idle_timeout_secs,
+    )
 
 
 @dataclass
@@ -148,14 +175,18 @@ async def prepare_native_run(request: Request, key: KeyRecord, body: RunBody) ->
     if session_id is not None:
         session = await sessions.find(session_id, key.id)
         if session is None:
-            raise ApiError("not_found", f"no session {session_id!r} (unknown, expired or "
-                           "another key's)", param="session_id")
+            raise ApiError(
+                "not_found",
+                f"no session {session_id!r} (unknown, expired or another key's)",
+                param="session_id",
+            )
         history, system_prompt = session.messages, session.system_prompt
     else:
         session_id = sessions.new_id()
     attachments = await attachments_for(request, key, body)
-    run_request = build_run_request(request, body, model, history=history,
-                                    system_prompt=system_prompt, attachments=attachments)
+    run_request = build_run_request(
+        request, body, model, history=history, system_prompt=system_prompt, attachments=attachments
+    )
     ticket = await admit(request, key, "native", estimate_run(run_request))
     return NativeRun(run_request, session_id, ticket)
 
@@ -172,8 +203,11 @@ async def submit_job(request: Request, submission: Submission) -> JobRecord:
     try:
         job, _ = await submit_job_once(request, sync)
     except WindowsClosed as exc:
-        raise ApiError("window_share_exceeded" if exc.share else "upstream_rate_limited",
-                       str(exc), retry_after=exc.retry_after) from None
+        raise ApiError(
+            "window_share_exceeded" if exc.share else "upstream_rate_limited",
+            str(exc),
+            retry_after=exc.retry_after,
+        ) from None
     return job
 
 
@@ -188,14 +222,18 @@ async def submit_job_once(request: Request, submission: Submission) -> tuple[Job
     try:
         job, new = await jobs.submit(submission)
     except QueueFull as exc:
-        raise ApiError("queue_full", "the job queue is full; retry later",
-                       retry_after=exc.retry_after) from None
+        raise ApiError(
+            "queue_full", "the job queue is full; retry later", retry_after=exc.retry_after
+        ) from None
     except NotAccepting:
-        raise ApiError("shutting_down", "the server is shutting down; retry on another node",
-                       retry_after=5) from None
+        raise ApiError(
+            "shutting_down", "the server is shutting down; retry on another node", retry_after=5
+        ) from None
     except IdempotencyConflict:
-        raise ApiError("idempotency_conflict", "this Idempotency-Key was already used with a "
-                       "different request body") from None
+        raise ApiError(
+            "idempotency_conflict",
+            "this Idempotency-Key was already used with a different request body",
+        ) from None
     audit_facts(request).update(job_id=job.id, model=job.model)
     return job, new
 
@@ -226,8 +264,9 @@ async def wait_for_caller(request: Request, job_id: str) -> JobRecord | None:
         return await wait_unless_disconnected(request, job_id)
     except NotAccepting:
         await request.app.state.jobs.cancel(job_id)
-        raise ApiError("shutting_down", "the server is shutting down; retry on another node",
-                       retry_after=5) from None
+        raise ApiError(
+            "shutting_down", "the server is shutting down; retry on another node", retry_after=5
+        ) from None
 
 
 async def _client_gone(request: Request) -> None:
@@ -242,10 +281,15 @@ def record_outcome(request: Request, job: JobRecord, prompt: str) -> None:
     usage = job.usage or {}
     facts = audit_facts(request)
     facts.update(
-        job_status=job.status.value, model=job.model, prompt_bytes=len(prompt.encode("utf-8")),
+        job_status=job.status.value,
+        model=job.model,
+        prompt_bytes=len(prompt.encode("utf-8")),
         response_bytes=len(job.result.encode("utf-8")) if job.result else 0,
-        input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"),
-        cost_usd=job.cost_usd, error_type=job.error_type)
+        input_tokens=usage.get("input_tokens"),
+        output_tokens=usage.get("output_tokens"),
+        cost_usd=job.cost_usd,
+        error_type=job.error_type,
+    )
     if request.app.state.settings.audit_prompts:
         facts["prompt_text"] = prompt
 
@@ -256,28 +300,48 @@ def job_error(job: JobRecord) -> ApiError:
     error_type = error_type or "cli_error"
     if job.status is JobStatus.CANCELLED:
         error_type = "cancelled"
-    return ApiError(error_type, job.error_message or "the job failed",
-                    retry_after=job.retry_after, extra={"job_id": job.id})
+    return ApiError(
+        error_type,
+        job.error_message or "the job failed",
+        retry_after=job.retry_after,
+        extra={"job_id": job.id},
+    )
 
 
-@router.post("/run", summary="Run one prompt and wait for the answer",
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": RunBody.model_json_schema()}}}})
+@router.post(
+    "/run",
+    summary="Run one prompt and wait for the answer",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RunBody.model_json_schema()}},
+        }
+    },
+)
 async def run(request: Request, key: CallerKey) -> Response:
     """Run a prompt synchronously; a client that disconnects cancels the run."""
     body = await parse_body(request, RunBody)
     prepared = await prepare_native_run(request, key, body)
     finished: JobRecord | None = None
     try:
-        job = await submit_job(request, Submission(
-            key_id=key.id, door="native",
-            request={**request_to_json(prepared.run_request),
-                     "response_format": body.response_format},
-            metadata=body.metadata, session_id=prepared.session_id))
+        job = await submit_job(
+            request,
+            Submission(
+                key_id=key.id,
+                door="native",
+                request={
+                    **request_to_json(prepared.run_request),
+                    "response_format": body.response_format,
+                },
+                metadata=body.metadata,
+                session_id=prepared.session_id,
+            ),
+        )
         finished = await wait_for_caller(request, job.id)
     finally:
-        await prepared.ticket.finish(finished.usage if finished else None,
-                                     finished.cost_usd if finished else None)
+        await prepared.ticket.finish(
+            finished.usage if finished else None, finished.cost_usd if finished else None
+        )
     if finished is None:
         audit_facts(request)["job_status"] = "cancelled"
         return Response(status_code=499)

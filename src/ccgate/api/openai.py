@@ -74,8 +74,11 @@ def _text_of_parts(content: Any, where: str) -> str:
     if isinstance(content, list):
         texts = []
         for index, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" \
-                    or not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
                 raise bad(f"{where}.{index}: only text parts are allowed here", f"{where}.{index}")
             texts.append(part["text"])
         return "\n".join(texts)
@@ -84,8 +87,11 @@ def _text_of_parts(content: Any, where: str) -> str:
 
 def _data_url_image(url: Any, where: str) -> dict[str, Any]:
     if not isinstance(url, str) or not url.startswith("data:"):
-        raise bad(f"{where}: images must be data URLs (data:image/png;base64,...); ccgate "
-                  "does not fetch image URLs", where)
+        raise bad(
+            f"{where}: images must be data URLs (data:image/png;base64,...); ccgate "
+            "does not fetch image URLs",
+            where,
+        )
     header, _, data = url[5:].partition(",")
     media_type, _, encoding = header.partition(";")
     if encoding != "base64":
@@ -109,8 +115,11 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             url = image.get("url") if isinstance(image, dict) else image
             blocks.append(_data_url_image(url, f"{at}.image_url.url"))
         else:
-            raise bad(f"{at}.type: unsupported content part {kind!r}; supported: text, "
-                      "image_url (data URLs)", f"{at}.type")
+            raise bad(
+                f"{at}.type: unsupported content part {kind!r}; supported: text, "
+                "image_url (data URLs)",
+                f"{at}.type",
+            )
     return blocks
 
 
@@ -132,21 +141,29 @@ def _turns(messages: Any, tools_allowed: bool) -> tuple[str | None, list[dict[st
         elif role == "assistant":
             calls = tool_use_blocks(message, where) if tools_allowed else []
             if not tools_allowed and (message.get("tool_calls") or message.get("function_call")):
-                raise bad(f"{where}: tool calls need tools, which are off by design "
-                          "(ccgate runs Claude Code with no tools)", where)
+                raise bad(
+                    f"{where}: tool calls need tools, which are off by design "
+                    "(ccgate runs Claude Code with no tools)",
+                    where,
+                )
             text = _text_of_parts(content if content is not None else "", f"{where}.content")
             blocks = [{"type": "text", "text": text}] if text or not calls else []
             turns.append({"role": "assistant", "content": [*blocks, *calls]})
         elif role in ("tool", "function") and tools_allowed:
             text = _text_of_parts(content if content is not None else "", f"{where}.content")
-            turns.append({"role": "user", "content": [
-                tool_result_block(message, where, text, turns)]})
+            turns.append(
+                {"role": "user", "content": [tool_result_block(message, where, text, turns)]}
+            )
         elif role in ("tool", "function"):
-            raise bad(f"{where}.role: {role} messages need tools, which are off by design "
-                      "(ccgate runs Claude Code with no tools)", f"{where}.role")
+            raise bad(
+                f"{where}.role: {role} messages need tools, which are off by design "
+                "(ccgate runs Claude Code with no tools)",
+                f"{where}.role",
+            )
         else:
-            raise bad(f"{where}.role: must be system, developer, user or assistant",
-                      f"{where}.role")
+            raise bad(
+                f"{where}.role: must be system, developer, user or assistant", f"{where}.role"
+            )
     return ("\n\n".join(system) if system else None), turns
 
 
@@ -163,8 +180,12 @@ def _float_field(body: dict[str, Any], name: str, high: float) -> float | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or not 0 <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= high
+    ):
         raise bad(f"{name}: must be a number between 0 and {high:g}", name)
     return float(value)
 
@@ -173,9 +194,12 @@ def parse_chat_call(body: dict[str, Any], *, tools_allowed: bool = False) -> Cha
     """Validate a chat completion body, naming the bad field; tools only if allowed."""
     for name in TOOL_FIELDS:
         if body.get(name) and not tools_allowed:
-            raise bad(f"{name}: tool and function calling are off by design on the CLI "
-                      "backend (ccgate runs Claude Code with no tools); use CCGATE_BACKEND=api "
-                      "for tool calling", name)
+            raise bad(
+                f"{name}: tool and function calling are off by design on the CLI "
+                "backend (ccgate runs Claude Code with no tools); use CCGATE_BACKEND=api "
+                "for tool calling",
+                name,
+            )
     tools = tool_request(body) if tools_allowed and uses_tools(body) else None
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -192,24 +216,34 @@ def parse_chat_call(body: dict[str, Any], *, tools_allowed: bool = False) -> Cha
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
-    if stop is not None and (not isinstance(stop, list)
-                             or not all(isinstance(s, str) for s in stop)):
+    if stop is not None and (
+        not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)
+    ):
         raise bad("stop: must be a string or a list of strings", "stop")
     response_format = body.get("response_format") or {}
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if kind not in (None, "text", "json_object", "json_schema"):
-        raise bad("response_format.type: must be text, json_object or json_schema",
-                  "response_format.type")
+        raise bad(
+            "response_format.type: must be text, json_object or json_schema", "response_format.type"
+        )
     system, turns = _turns(body.get("messages"), tools is not None)
     history, content = split_turns(turns)
     max_tokens = _int_field(body, "max_completion_tokens") or _int_field(body, "max_tokens")
     temperature = _float_field(body, "temperature", 2)
-    return ChatCall(model=model, stream=stream,
-                    include_usage=bool(options.get("include_usage")), system=system,
-                    history=history, content=content, max_tokens=max_tokens, stop=stop,
-                    temperature=min(temperature, 1.0) if temperature is not None else None,
-                    top_p=_float_field(body, "top_p", 1),
-                    json_only=kind in ("json_object", "json_schema"), tools=tools)
+    return ChatCall(
+        model=model,
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+        system=system,
+        history=history,
+        content=content,
+        max_tokens=max_tokens,
+        stop=stop,
+        temperature=min(temperature, 1.0) if temperature is not None else None,
+        top_p=_float_field(body, "top_p", 1),
+        json_only=kind in ("json_object", "json_schema"),
+        tools=tools,
+    )
 
 
 @router.post("/chat/completions", summary="OpenAI Chat Completions API")
@@ -227,23 +261,40 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
     if call.tools is not None:
         size += tool_bytes([*call.history, {"content": call.content}], call.tools)
     if size > settings.max_prompt_bytes:
-        raise ApiError("request_too_large", f"the conversation is {size} bytes of text; the "
-                       f"limit is {settings.max_prompt_bytes} (CCGATE_MAX_PROMPT_BYTES)")
+        raise ApiError(
+            "request_too_large",
+            f"the conversation is {size} bytes of text; the "
+            f"limit is {settings.max_prompt_bytes} (CCGATE_MAX_PROMPT_BYTES)",
+        )
     facts = audit_facts(request)
     facts.update(model=model, prompt_bytes=size)
     if settings.audit_prompts:
         facts["prompt_text"] = json.dumps(body.get("messages"), ensure_ascii=False)
     run_request = RunRequest(
-        content=call.content, model=model, history=call.history, system_prompt=call.system,
+        content=call.content,
+        model=model,
+        history=call.history,
+        system_prompt=call.system,
         append_system_prompt=JSON_ONLY_INSTRUCTION if call.json_only else None,
-        timeout_secs=settings.job_timeout_secs, idle_timeout_secs=settings.idle_timeout_secs,
-        max_tokens=call.max_tokens, stop_sequences=call.stop, temperature=call.temperature,
-        top_p=call.top_p, owner=key.id)
+        timeout_secs=settings.job_timeout_secs,
+        idle_timeout_secs=settings.idle_timeout_secs,
+        max_tokens=call.max_tokens,
+        stop_sequences=call.stop,
+        temperature=call.temperature,
+        top_p=call.top_p,
+        owner=key.id,
+    )
     definitions = conversation_size(None, [], call.tools.fields) if call.tools else None
     ticket = await admit(request, key, "openai", estimate_run(run_request, definitions))
     if call.tools is not None:
-        return await tool_completion(request, ticket, run_request, call.tools,
-                                     stream=call.stream, include_usage=call.include_usage)
+        return await tool_completion(
+            request,
+            ticket,
+            run_request,
+            call.tools,
+            stream=call.stream,
+            include_usage=call.include_usage,
+        )
     turn = Turn(request, key, "openai", run_request, ticket)
     await turn.start()
     completion_id = "chatcmpl-" + turn.message_id.removeprefix("msg_")
@@ -252,17 +303,29 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
         first, events = await turn.open_stream()
         return ClosingStreamingResponse(
             _chunks(turn, call, model, completion_id, created, first, events),
-            on_close=lambda: turn.close_stream(events))
+            on_close=lambda: turn.close_stream(events),
+        )
     result = await turn.answer()
     if result is None:
         return Response(status_code=499)
-    return JSONResponse({
-        "id": completion_id, "object": "chat.completion", "created": created,
-        "model": result.model or model, "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text,
-                                             "refusal": None},
-                     "logprobs": None, "finish_reason": finish_reason(result)}],
-        "usage": usage_of(result)})
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": result.model or model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish_reason(result),
+                }
+            ],
+            "usage": usage_of(result),
+        }
+    )
 
 
 def finish_reason(result: RunResult) -> str:
@@ -275,8 +338,15 @@ def usage_of(result: RunResult) -> dict[str, int]:
     return openai_usage(result.usage)
 
 
-async def _chunks(turn: Turn, call: ChatCall, model: str, completion_id: str, created: int,
-                  first: Any, events: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
+async def _chunks(
+    turn: Turn,
+    call: ChatCall,
+    model: str,
+    completion_id: str,
+    created: int,
+    first: Any,
+    events: AsyncGenerator[Any, None],
+) -> AsyncIterator[bytes]:
     """Role delta, content deltas, the finish chunk, the usage chunk if asked, [DONE]."""
     chunk = ChunkShape(completion_id, created, model, call.include_usage).chunk
     sent = 0

@@ -31,8 +31,13 @@ from ccgate.runners.base import RunError, RunRequest
 from ccgate.security.keys import new_id
 
 TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")
-_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-                   "refusal": "content_filter", "tool_use": "tool_calls"}
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "refusal": "content_filter",
+    "tool_use": "tool_calls",
+}
 
 
 @dataclass(frozen=True)
@@ -46,21 +51,29 @@ class ToolRequest:
 
 # -- request ---------------------------------------------------------------------------------
 
+
 def uses_tools(body: dict[str, Any]) -> bool:
     """True when the body defines tools or carries tool calls or tool results."""
     if any(body.get(name) for name in TOOL_FIELDS):
         return True
     messages = body.get("messages")
     return isinstance(messages, list) and any(
-        isinstance(m, dict) and (m.get("role") in ("tool", "function") or bool(
-            m.get("tool_calls") or m.get("function_call"))) for m in messages)
+        isinstance(m, dict)
+        and (
+            m.get("role") in ("tool", "function")
+            or bool(m.get("tool_calls") or m.get("function_call"))
+        )
+        for m in messages
+    )
 
 
 def tool_request(body: dict[str, Any]) -> ToolRequest:
     """Translate ``tools``/``functions``, ``tool_choice``/``function_call`` and
     ``parallel_tool_calls``, naming the bad field."""
-    tools = [*_definitions(body.get("tools"), "tools"),
-             *_definitions(body.get("functions"), "functions")]
+    tools = [
+        *_definitions(body.get("tools"), "tools"),
+        *_definitions(body.get("functions"), "functions"),
+    ]
     legacy = bool(body.get("functions")) and not body.get("tools")
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
@@ -71,8 +84,11 @@ def tool_request(body: dict[str, Any]) -> ToolRequest:
         if choice is not None and choice["type"] not in ("auto", "none"):
             raise bad(f"{where}: names a tool, but the request defines no tools", where)
         return ToolRequest({}, legacy)
-    if choice is not None and choice["type"] == "tool" \
-            and choice["name"] not in {tool["name"] for tool in tools}:
+    if (
+        choice is not None
+        and choice["type"] == "tool"
+        and choice["name"] not in {tool["name"] for tool in tools}
+    ):
         raise bad(f"{where}: {choice['name']!r} is not one of the tools", where)
     # A legacy answer holds one function_call, so the model makes one call at a time.
     if (parallel is False or legacy) and (choice is None or choice["type"] != "none"):
@@ -128,8 +144,11 @@ def _choice(value: Any, where: str) -> dict[str, Any]:
             raise bad(f"{at}: must be a non-empty string", at)
         return {"type": "tool", "name": name}
     if where == "tool_choice":
-        raise bad("tool_choice: must be 'auto', 'none', 'required' or {\"type\": \"function\", "
-                  "\"function\": {\"name\": ...}}", where)
+        raise bad(
+            "tool_choice: must be 'auto', 'none', 'required' or {\"type\": \"function\", "
+            '"function": {"name": ...}}',
+            where,
+        )
     raise bad("function_call: must be 'auto', 'none' or {\"name\": ...}", where)
 
 
@@ -149,8 +168,13 @@ def tool_use_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any]]
             blocks.append(_tool_use(call["id"], call.get("function"), f"{at}.function"))
     if message.get("function_call") is not None:
         # Legacy calls have no id; the function message answering it finds it by name.
-        blocks.append(_tool_use("call_" + where.replace(".", "_"), message["function_call"],
-                                f"{where}.function_call"))
+        blocks.append(
+            _tool_use(
+                "call_" + where.replace(".", "_"),
+                message["function_call"],
+                f"{where}.function_call",
+            )
+        )
     return blocks
 
 
@@ -160,8 +184,12 @@ def _tool_use(call_id: str, function: Any, where: str) -> dict[str, Any]:
     name = function.get("name")
     if not isinstance(name, str) or not name:
         raise bad(f"{where}.name: must be a non-empty string", f"{where}.name")
-    return {"type": "tool_use", "id": call_id, "name": name,
-            "input": _arguments(function.get("arguments"), f"{where}.arguments")}
+    return {
+        "type": "tool_use",
+        "id": call_id,
+        "name": name,
+        "input": _arguments(function.get("arguments"), f"{where}.arguments"),
+    }
 
 
 def _no_constants(name: str) -> Any:
@@ -172,8 +200,7 @@ def _arguments(value: Any, where: str) -> dict[str, Any]:
     if isinstance(value, str) and not value.strip():
         return {}  # some clients send "" for a call without arguments
     try:
-        parsed = json.loads(value, parse_constant=_no_constants) \
-            if isinstance(value, str) else None
+        parsed = json.loads(value, parse_constant=_no_constants) if isinstance(value, str) else None
         json.dumps(parsed, ensure_ascii=False).encode("utf-8")  # no lone surrogates
     except (ValueError, RecursionError, UnicodeEncodeError):
         parsed = None
@@ -182,19 +209,24 @@ def _arguments(value: Any, where: str) -> dict[str, Any]:
     return parsed
 
 
-def tool_result_block(message: dict[str, Any], where: str, text: str,
-                      turns: list[dict[str, Any]]) -> dict[str, Any]:
+def tool_result_block(
+    message: dict[str, Any], where: str, text: str, turns: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The ``tool_result`` block of a ``tool`` (or legacy ``function``) message."""
     if message.get("role") == "tool":
         call_id = message.get("tool_call_id")
         if not isinstance(call_id, str) or not call_id:
-            raise bad(f"{where}.tool_call_id: must name the tool call this answers",
-                      f"{where}.tool_call_id")
+            raise bad(
+                f"{where}.tool_call_id: must name the tool call this answers",
+                f"{where}.tool_call_id",
+            )
     else:
         call_id = _last_call_id(turns, message.get("name"))
         if call_id is None:
-            raise bad(f"{where}: a function message must follow an assistant function_call "
-                      "of that name", where)
+            raise bad(
+                f"{where}: a function message must follow an assistant function_call of that name",
+                where,
+            )
     return {"type": "tool_result", "tool_use_id": call_id, "content": text}
 
 
@@ -220,6 +252,7 @@ def tool_bytes(turns: list[dict[str, Any]], tools: ToolRequest) -> int:
 
 # -- response --------------------------------------------------------------------------------
 
+
 def openai_finish_reason(stop_reason: str | None, legacy: bool = False) -> str:
     """OpenAI's finish_reason for an Anthropic stop reason."""
     reason = _FINISH_REASONS.get(stop_reason or "end_turn", "stop")
@@ -229,24 +262,42 @@ def openai_finish_reason(stop_reason: str | None, legacy: bool = False) -> str:
 def openai_usage(usage: dict[str, int] | None) -> dict[str, int]:
     """OpenAI's usage object: prompt tokens include the cached ones."""
     usage = usage or {}
-    prompt = sum(int(usage.get(k) or 0) for k in (
-        "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+    prompt = sum(
+        int(usage.get(k) or 0)
+        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
     completion = int(usage.get("output_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def completion_message(message: dict[str, Any], legacy: bool = False) -> dict[str, Any]:
     """The OpenAI assistant message for an Anthropic message object: text blocks joined
     into ``content`` (null if none), ``tool_use`` blocks as ``tool_calls``."""
     blocks = [b for b in message.get("content") or [] if isinstance(b, dict)]
-    texts = [b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"),
-                                                                                 str)]
-    calls = [{"id": b.get("id"), "type": "function", "function": {
-        "name": b.get("name"), "arguments": json.dumps(b.get("input") or {}, ensure_ascii=False)}}
-        for b in blocks if b.get("type") == "tool_use"]
-    answer: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None,
-                              "refusal": None}
+    texts = [
+        b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)
+    ]
+    calls = [
+        {
+            "id": b.get("id"),
+            "type": "function",
+            "function": {
+                "name": b.get("name"),
+                "arguments": json.dumps(b.get("input") or {}, ensure_ascii=False),
+            },
+        }
+        for b in blocks
+        if b.get("type") == "tool_use"
+    ]
+    answer: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts else None,
+        "refusal": None,
+    }
     if calls and legacy:
         answer["function_call"] = calls[0]["function"]
     elif calls:
@@ -263,14 +314,25 @@ class ChunkShape:
     model: str
     include_usage: bool
 
-    def chunk(self, delta: dict[str, Any], finish: str | None = None, *, choices: bool = True,
-              usage: dict[str, int] | None = None) -> bytes:
+    def chunk(
+        self,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        *,
+        choices: bool = True,
+        usage: dict[str, int] | None = None,
+    ) -> bytes:
         """One ``data:`` line; with include_usage every chunk has ``usage`` (null but last)."""
         data: dict[str, Any] = {
-            "id": self.completion_id, "object": "chat.completion.chunk",
-            "created": self.created, "model": self.model, "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                         "finish_reason": finish}] if choices else []}
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            if choices
+            else [],
+        }
         if self.include_usage:
             data["usage"] = usage
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
@@ -299,22 +361,41 @@ class ToolStream:
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return {"content": str(delta["text"])}
             piece = delta.get("partial_json")
-            if delta.get("type") == "input_json_delta" and piece \
-                    and event.get("index") in self._calls:
+            if (
+                delta.get("type") == "input_json_delta"
+                and piece
+                and event.get("index") in self._calls
+            ):
                 if self.legacy:
                     return {"function_call": {"arguments": str(piece)}}
-                return {"tool_calls": [{"index": self._calls[event.get("index")],
-                                        "function": {"arguments": str(piece)}}]}
+                return {
+                    "tool_calls": [
+                        {
+                            "index": self._calls[event.get("index")],
+                            "function": {"arguments": str(piece)},
+                        }
+                    ]
+                }
         return None
 
     def _call_start(self, block: dict[str, Any]) -> dict[str, Any]:
         given = block.get("input")
-        function = {"name": str(block.get("name") or ""),
-                    "arguments": json.dumps(given, ensure_ascii=False) if given else ""}
+        function = {
+            "name": str(block.get("name") or ""),
+            "arguments": json.dumps(given, ensure_ascii=False) if given else "",
+        }
         if self.legacy:
             return {"function_call": function}
-        return {"tool_calls": [{"index": len(self._calls) - 1, "id": block.get("id"),
-                                "type": "function", "function": function}]}
+        return {
+            "tool_calls": [
+                {
+                    "index": len(self._calls) - 1,
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": function,
+                }
+            ]
+        }
 
 
 async def sse_payloads(chunks: AsyncIterable[bytes]) -> AsyncIterator[Any]:
@@ -343,9 +424,16 @@ def _json_or_none(raw: bytes) -> Any:
 
 # -- the route -------------------------------------------------------------------------------
 
-async def tool_completion(request: Request, ticket: Ticket, run_request: RunRequest,
-                          tools: ToolRequest, *, stream: bool,
-                          include_usage: bool) -> Response:
+
+async def tool_completion(
+    request: Request,
+    ticket: Ticket,
+    run_request: RunRequest,
+    tools: ToolRequest,
+    *,
+    stream: bool,
+    include_usage: bool,
+) -> Response:
     """Answer a chat request that uses tools straight from the upstream API (API backend).
 
     The ticket is freed with the run's usage however the request ends.
@@ -353,8 +441,9 @@ async def tool_completion(request: Request, ticket: Ticket, run_request: RunRequ
     runner = request.app.state.runner
     body = {**message_body(run_request), **tools.fields, "stream": stream}
     model = run_request.model
-    shape = ChunkShape("chatcmpl-" + new_id("msg").removeprefix("msg_"), int(time.time()),
-                       model, include_usage)
+    shape = ChunkShape(
+        "chatcmpl-" + new_id("msg").removeprefix("msg_"), int(time.time()), model, include_usage
+    )
     try:
         opened = await (runner.open_stream(body, {}) if stream else runner.send(body, {}))
     except BaseException as exc:
@@ -368,36 +457,62 @@ async def tool_completion(request: Request, ticket: Ticket, run_request: RunRequ
 
         async def close() -> None:
             await upstream.aclose()
-            await _settle(request, ticket, upstream.model or model, upstream.usage,
-                          completed=upstream.completed)
+            await _settle(
+                request,
+                ticket,
+                upstream.model or model,
+                upstream.usage,
+                completed=upstream.completed,
+            )
 
-        return ClosingStreamingResponse(_chunks(request, upstream, shape, tools.legacy),
-                                        on_close=close)
+        return ClosingStreamingResponse(
+            _chunks(request, upstream, shape, tools.legacy), on_close=close
+        )
     await _settle(request, ticket, opened.model or model, opened.usage, completed=True)
     message = completion_message(opened.json, tools.legacy)
-    audit_facts(request)["response_bytes"] = len(json.dumps(
-        [message["content"], message.get("tool_calls") or message.get("function_call")],
-        ensure_ascii=False).encode())
-    return JSONResponse({
-        "id": shape.completion_id, "object": "chat.completion", "created": shape.created,
-        "model": opened.model or model, "system_fingerprint": None,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": openai_finish_reason(opened.stop_reason, tools.legacy)}],
-        "usage": openai_usage(opened.usage)})
+    audit_facts(request)["response_bytes"] = len(
+        json.dumps(
+            [message["content"], message.get("tool_calls") or message.get("function_call")],
+            ensure_ascii=False,
+        ).encode()
+    )
+    return JSONResponse(
+        {
+            "id": shape.completion_id,
+            "object": "chat.completion",
+            "created": shape.created,
+            "model": opened.model or model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": openai_finish_reason(opened.stop_reason, tools.legacy),
+                }
+            ],
+            "usage": openai_usage(opened.usage),
+        }
+    )
 
 
-async def _settle(request: Request, ticket: Ticket, model: str, usage: dict[str, int], *,
-                  completed: bool) -> None:
+async def _settle(
+    request: Request, ticket: Ticket, model: str, usage: dict[str, int], *, completed: bool
+) -> None:
     cost = cost_usd(model, usage)
     audit_facts(request).update(
-        model=model, input_tokens=usage.get("input_tokens"),
-        output_tokens=usage.get("output_tokens"), cost_usd=cost,
-        job_status="completed" if completed else "failed")
+        model=model,
+        input_tokens=usage.get("input_tokens"),
+        output_tokens=usage.get("output_tokens"),
+        cost_usd=cost,
+        job_status="completed" if completed else "failed",
+    )
     await ticket.finish(usage, cost)
 
 
-async def _chunks(request: Request, upstream: UpstreamStream, shape: ChunkShape,
-                  legacy: bool) -> AsyncIterator[bytes]:
+async def _chunks(
+    request: Request, upstream: UpstreamStream, shape: ChunkShape, legacy: bool
+) -> AsyncIterator[bytes]:
     """Role delta, content and tool call deltas, the finish chunk, usage if asked, [DONE]."""
     tools = ToolStream(legacy)
     try:

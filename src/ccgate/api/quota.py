@@ -19,9 +19,12 @@ CallerKey = Annotated[KeyRecord, Depends(require_key)]
 
 def _window_view(window: PlanWindow, used: float | None = None) -> dict[str, Any]:
     view: dict[str, Any] = {
-        "window": window.name, "status": window.status, "utilization": window.utilization,
+        "window": window.name,
+        "status": window.status,
+        "utilization": window.utilization,
         "resets_at": window.resets_at.isoformat() if window.resets_at else None,
-        "seen_at": window.seen_at.isoformat()}
+        "seen_at": window.seen_at.isoformat(),
+    }
     if used is not None:
         view["key_used"] = round(used, 6)
     return view
@@ -34,12 +37,18 @@ async def _report(request: Request, key: KeyRecord | None) -> dict[str, Any]:
     used: dict[str, float] = {}
     if key is not None:
         now = jobs.clock()
-        used = {u.name: u.used for u in await jobs.store.plan_windows.usage_of(key.id)
-                if u.resets_at is None or u.resets_at > now}
+        used = {
+            u.name: u.used
+            for u in await jobs.store.plan_windows.usage_of(key.id)
+            if u.resets_at is None or u.resets_at > now
+        }
     report: dict[str, Any] = {
-        "windows": [_window_view(w, used.get(w.name, 0.0) if key is not None else None)
-                    for w in jobs.plan.windows.values()],
-        "closed_until": closed.isoformat() if closed else None}
+        "windows": [
+            _window_view(w, used.get(w.name, 0.0) if key is not None else None)
+            for w in jobs.plan.windows.values()
+        ],
+        "closed_until": closed.isoformat() if closed else None,
+    }
     if key is not None:
         report["window_share"] = key.policy.window_share
     return report
@@ -52,8 +61,9 @@ async def quota(request: Request, key: CallerKey) -> JSONResponse:
     return JSONResponse(await _report(request, key))
 
 
-@router.get("/admin/quota", summary="The plan windows as last seen",
-            dependencies=[Depends(require_admin)])
+@router.get(
+    "/admin/quota", summary="The plan windows as last seen", dependencies=[Depends(require_admin)]
+)
 async def admin_quota(request: Request) -> JSONResponse:
     """Each plan window's status, utilization, reset and when it was seen."""
     return JSONResponse(await _report(request, None))

@@ -22,10 +22,16 @@ async def get_session(request: Request, key: CallerKey, session_id: str) -> dict
     session = await request.app.state.sessions.find(session_id, key.id)
     if session is None:
         raise ApiError("not_found", f"no session {session_id!r}")
-    return {"session_id": session.id, "model": session.model,
-            "system_prompt": session.system_prompt, "turns": session.turns,
-            "messages": session.messages, "created_at": iso(session.created_at),
-            "updated_at": iso(session.updated_at), "expires_at": iso(session.expires_at)}
+    return {
+        "session_id": session.id,
+        "model": session.model,
+        "system_prompt": session.system_prompt,
+        "turns": session.turns,
+        "messages": session.messages,
+        "created_at": iso(session.created_at),
+        "updated_at": iso(session.updated_at),
+        "expires_at": iso(session.expires_at),
+    }
 
 
 @router.delete("/{session_id}", status_code=204, summary="Forget a session now")

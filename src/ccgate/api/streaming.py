@@ -20,8 +20,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class ClosingStreamingResponse(StreamingResponse):
     """An SSE response that awaits ``on_close`` once it is done, however it ended."""
 
-    def __init__(self, content: AsyncIterable[bytes], on_close: Callable[[], Awaitable[None]],
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, content: AsyncIterable[bytes], on_close: Callable[[], Awaitable[None]], **kwargs: Any
+    ) -> None:
         kwargs.setdefault("media_type", "text/event-stream")
         super().__init__(content, **kwargs)
         self.headers.update(SSE_HEADERS)

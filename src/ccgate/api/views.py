@@ -40,8 +40,9 @@ def render_job(job: JobRecord) -> dict[str, Any]:
         "status": job.status.value,
         "model": job.model,
         "result": result,
-        "error": ({"type": job.error_type, "message": job.error_message}
-                  if job.error_type else None),
+        "error": (
+            {"type": job.error_type, "message": job.error_message} if job.error_type else None
+        ),
         "usage": job.usage or {},
         "cost_usd": job.cost_usd,
         "session_id": job.session_id,

@@ -51,8 +51,9 @@ def list_params(limit: int, offset: int, status: str | None) -> dict[str, str | 
     return params
 
 
-def upload_parts(file: FileInput, filename: str | None,
-                 media_type: str | None) -> dict[str, tuple[str, bytes, str | None]]:
+def upload_parts(
+    file: FileInput, filename: str | None, media_type: str | None
+) -> dict[str, tuple[str, bytes, str | None]]:
     """The multipart ``file`` part of an upload, from bytes, a path or a binary file."""
     if isinstance(file, str | Path):
         path = Path(file)

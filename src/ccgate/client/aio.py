@@ -32,16 +32,24 @@ class AsyncClient:
     Use it as an async context manager, or await ``aclose()``, to free its connections.
     """
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 timeout: float | httpx.Timeout = _shared.DEFAULT_TIMEOUT,
-                 max_reconnects: int = 5,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = _shared.DEFAULT_TIMEOUT,
+        max_reconnects: int = 5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         """``max_reconnects``: how often in a row ``stream`` reconnects after a drop."""
         self.base_url, api_key = resolve(base_url, api_key)
         self.max_reconnects = max_reconnects
-        self._http = httpx.AsyncClient(base_url=self.base_url,
-                                       headers=_shared.headers(api_key), timeout=timeout,
-                                       transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=_shared.headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
 
     async def aclose(self) -> None:
         """Close the connections."""
@@ -67,17 +75,23 @@ class AsyncClient:
     async def run(self, prompt: str, **options: Unpack[RunOptions]) -> Job:
         """Run one prompt and wait for the finished job; a failed run raises ``APIError``."""
         body = _shared.run_body(prompt, options)
-        return cast("Job", await self._request("POST", "/api/v1/run", json=body,
-                                               timeout=_shared.LONG_TIMEOUT))
+        return cast(
+            "Job",
+            await self._request("POST", "/api/v1/run", json=body, timeout=_shared.LONG_TIMEOUT),
+        )
 
-    async def submit(self, prompt: str, *, callback_url: str | None = None,
-                     idempotency_key: str | None = None,
-                     **options: Unpack[RunOptions]) -> Job:
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        **options: Unpack[RunOptions],
+    ) -> Job:
         """Queue a job and return it at once (status ``queued`` or ``processing``)."""
         body = _shared.run_body(prompt, options, callback_url=callback_url)
         extra = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return cast("Job", await self._request("POST", "/api/v1/jobs", json=body,
-                                               headers=extra))
+        return cast("Job", await self._request("POST", "/api/v1/jobs", json=body, headers=extra))
 
     async def get(self, job_id: str) -> Job:
         """The job as it is now."""
@@ -91,14 +105,14 @@ class AsyncClient:
         """Delete a job with its events (cancelling it first if it still runs)."""
         await self._request("DELETE", _shared.job_path(job_id))
 
-    async def list(self, *, limit: int = 20, offset: int = 0,
-                   status: str | None = None) -> JobPage:
+    async def list(self, *, limit: int = 20, offset: int = 0, status: str | None = None) -> JobPage:
         """One page of the key's jobs, newest first (``limit`` 1-100)."""
         params = _shared.list_params(limit, offset, status)
         return cast("JobPage", await self._request("GET", "/api/v1/jobs", params=params))
 
-    async def iter_jobs(self, *, status: str | None = None,
-                        page_size: int = 100) -> AsyncIterator[Job]:
+    async def iter_jobs(
+        self, *, status: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[Job]:
         """Every job of the key, newest first, fetched page by page."""
         offset = 0
         while True:
@@ -109,8 +123,9 @@ class AsyncClient:
             if not page["jobs"] or offset >= page["total"]:
                 return
 
-    async def wait(self, job_id: str, *, timeout: float | None = None,
-                   poll_interval: float | None = None) -> Job:
+    async def wait(
+        self, job_id: str, *, timeout: float | None = None, poll_interval: float | None = None
+    ) -> Job:
         """Wait until the job ends and return it, whatever its end (failed jobs too).
 
         Follows the job's event stream, or polls every ``poll_interval`` seconds when given.
@@ -135,8 +150,9 @@ class AsyncClient:
         last event received (``Last-Event-ID``), so no event is lost or repeated."""
         return self._stream(job_id, last_event_id, None)
 
-    async def _stream(self, job_id: str, last: int | None,
-                      deadline: float | None) -> AsyncIterator[Event]:
+    async def _stream(
+        self, job_id: str, last: int | None, deadline: float | None
+    ) -> AsyncIterator[Event]:
         path = _shared.job_path(job_id, "/sse")
         failures = 0
         while True:
@@ -145,12 +161,14 @@ class AsyncClient:
             if deadline is not None:
                 timeout = httpx.Timeout(max(0.05, deadline - time.monotonic()), connect=10.0)
             try:
-                async with self._http.stream("GET", path, headers=extra,
-                                             timeout=timeout) as response:
+                async with self._http.stream(
+                    "GET", path, headers=extra, timeout=timeout
+                ) as response:
                     if not response.is_success:
                         await response.aread()
-                        raise error_from_response(response.status_code, response.headers,
-                                                  response.content)
+                        raise error_from_response(
+                            response.status_code, response.headers, response.content
+                        )
                     decoder = SSEDecoder()
                     async for line in response.aiter_lines():
                         event = decoder.feed(line)
@@ -166,33 +184,46 @@ class AsyncClient:
                     raise WaitTimeout(f"job {job_id} did not end in time") from exc
                 failures += 1
                 if failures > self.max_reconnects:
-                    raise ConnectionFailed(f"the event stream of job {job_id} dropped "
-                                           f"{failures} times: {type(exc).__name__}") from exc
+                    raise ConnectionFailed(
+                        f"the event stream of job {job_id} dropped "
+                        f"{failures} times: {type(exc).__name__}"
+                    ) from exc
             else:
                 # The stream ended without a result: the server stopped, or nothing is left.
                 if (await self.get(job_id))["status"] in TERMINAL_STATUSES:
                     return
                 failures += 1
                 if failures > self.max_reconnects:
-                    raise ConnectionFailed(f"the event stream of job {job_id} kept ending "
-                                           "without its result")
+                    raise ConnectionFailed(
+                        f"the event stream of job {job_id} kept ending without its result"
+                    )
             await asyncio.sleep(_shared.reconnect_delay(failures))
 
     # -- files and sessions ------------------------------------------------------------
 
-    async def upload_file(self, file: _shared.FileInput, *, filename: str | None = None,
-                          media_type: str | None = None,
-                          ttl_secs: int | None = None) -> FileInfo:
+    async def upload_file(
+        self,
+        file: _shared.FileInput,
+        *,
+        filename: str | None = None,
+        media_type: str | None = None,
+        ttl_secs: int | None = None,
+    ) -> FileInfo:
         """Upload a file (bytes, a path or a binary file object); its ``ff_…`` token."""
         data = {"ttl_secs": str(ttl_secs)} if ttl_secs is not None else None
-        return cast("FileInfo", await self._request(
-            "POST", "/api/v1/files", files=_shared.upload_parts(file, filename, media_type),
-            data=data))
+        return cast(
+            "FileInfo",
+            await self._request(
+                "POST",
+                "/api/v1/files",
+                files=_shared.upload_parts(file, filename, media_type),
+                data=data,
+            ),
+        )
 
     async def get_file(self, file_token: str) -> FileInfo:
         """An uploaded file's facts."""
-        return cast("FileInfo", await self._request("GET",
-                                                    _shared.item_path("files", file_token)))
+        return cast("FileInfo", await self._request("GET", _shared.item_path("files", file_token)))
 
     async def delete_file(self, file_token: str) -> None:
         """Delete an uploaded file before it expires."""
@@ -200,8 +231,9 @@ class AsyncClient:
 
     async def get_session(self, session_id: str) -> Session:
         """A session with its turns."""
-        return cast("Session", await self._request(
-            "GET", _shared.item_path("sessions", session_id)))
+        return cast(
+            "Session", await self._request("GET", _shared.item_path("sessions", session_id))
+        )
 
     async def delete_session(self, session_id: str) -> None:
         """Forget a session; later jobs naming it get 404."""

@@ -41,10 +41,18 @@ class WebhookVerificationError(CcgateError):
 class APIError(CcgateError):
     """The gateway answered with an error: its type, status, message and request id."""
 
-    def __init__(self, *, type: str, status: int, message: str,
-                 request_id: str | None = None, param: str | None = None,
-                 retry_after: float | None = None, job_id: str | None = None,
-                 body: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        type: str,
+        status: int,
+        message: str,
+        request_id: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+        job_id: str | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> None:
         """Keep every fact of the error answer; ``str()`` shows type, status and message."""
         super().__init__(f"{type} ({status}): {message}")
         self.type = type

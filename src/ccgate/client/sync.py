@@ -31,15 +31,24 @@ class Client:
     Use it as a context manager, or call ``close()``, to free its connections.
     """
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 timeout: float | httpx.Timeout = _shared.DEFAULT_TIMEOUT,
-                 max_reconnects: int = 5,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = _shared.DEFAULT_TIMEOUT,
+        max_reconnects: int = 5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         """``max_reconnects``: how often in a row ``stream`` reconnects after a drop."""
         self.base_url, api_key = resolve(base_url, api_key)
         self.max_reconnects = max_reconnects
-        self._http = httpx.Client(base_url=self.base_url, headers=_shared.headers(api_key),
-                                  timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=_shared.headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
 
     def close(self) -> None:
         """Close the connections."""
@@ -65,11 +74,18 @@ class Client:
     def run(self, prompt: str, **options: Unpack[RunOptions]) -> Job:
         """Run one prompt and wait for the finished job; a failed run raises ``APIError``."""
         body = _shared.run_body(prompt, options)
-        return cast("Job", self._request("POST", "/api/v1/run", json=body,
-                                         timeout=_shared.LONG_TIMEOUT))
+        return cast(
+            "Job", self._request("POST", "/api/v1/run", json=body, timeout=_shared.LONG_TIMEOUT)
+        )
 
-    def submit(self, prompt: str, *, callback_url: str | None = None,
-               idempotency_key: str | None = None, **options: Unpack[RunOptions]) -> Job:
+    def submit(
+        self,
+        prompt: str,
+        *,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        **options: Unpack[RunOptions],
+    ) -> Job:
         """Queue a job and return it at once (status ``queued`` or ``processing``)."""
         body = _shared.run_body(prompt, options, callback_url=callback_url)
         extra = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -102,8 +118,9 @@ class Client:
             if not page["jobs"] or offset >= page["total"]:
                 return
 
-    def wait(self, job_id: str, *, timeout: float | None = None,
-             poll_interval: float | None = None) -> Job:
+    def wait(
+        self, job_id: str, *, timeout: float | None = None, poll_interval: float | None = None
+    ) -> Job:
         """Block until the job ends and return it, whatever its end (failed jobs too).
 
         Follows the job's event stream, or polls every ``poll_interval`` seconds when given.
@@ -140,8 +157,9 @@ class Client:
                 with self._http.stream("GET", path, headers=extra, timeout=timeout) as response:
                     if not response.is_success:
                         response.read()
-                        raise error_from_response(response.status_code, response.headers,
-                                                  response.content)
+                        raise error_from_response(
+                            response.status_code, response.headers, response.content
+                        )
                     decoder = SSEDecoder()
                     for line in response.iter_lines():
                         event = decoder.feed(line)
@@ -157,27 +175,42 @@ class Client:
                     raise WaitTimeout(f"job {job_id} did not end in time") from exc
                 failures += 1
                 if failures > self.max_reconnects:
-                    raise ConnectionFailed(f"the event stream of job {job_id} dropped "
-                                           f"{failures} times: {type(exc).__name__}") from exc
+                    raise ConnectionFailed(
+                        f"the event stream of job {job_id} dropped "
+                        f"{failures} times: {type(exc).__name__}"
+                    ) from exc
             else:
                 # The stream ended without a result: the server stopped, or nothing is left.
                 if self.get(job_id)["status"] in TERMINAL_STATUSES:
                     return
                 failures += 1
                 if failures > self.max_reconnects:
-                    raise ConnectionFailed(f"the event stream of job {job_id} kept ending "
-                                           "without its result")
+                    raise ConnectionFailed(
+                        f"the event stream of job {job_id} kept ending without its result"
+                    )
             time.sleep(_shared.reconnect_delay(failures))
 
     # -- files and sessions ------------------------------------------------------------
 
-    def upload_file(self, file: _shared.FileInput, *, filename: str | None = None,
-                    media_type: str | None = None, ttl_secs: int | None = None) -> FileInfo:
+    def upload_file(
+        self,
+        file: _shared.FileInput,
+        *,
+        filename: str | None = None,
+        media_type: str | None = None,
+        ttl_secs: int | None = None,
+    ) -> FileInfo:
         """Upload a file (bytes, a path or a binary file object); its ``ff_…`` token."""
         data = {"ttl_secs": str(ttl_secs)} if ttl_secs is not None else None
-        return cast("FileInfo", self._request(
-            "POST", "/api/v1/files", files=_shared.upload_parts(file, filename, media_type),
-            data=data))
+        return cast(
+            "FileInfo",
+            self._request(
+                "POST",
+                "/api/v1/files",
+                files=_shared.upload_parts(file, filename, media_type),
+                data=data,
+            ),
+        )
 
     def get_file(self, file_token: str) -> FileInfo:
         """An uploaded file's facts."""
@@ -194,4 +227,3 @@ class Client:
     def delete_session(self, session_id: str) -> None:
         """Forget a session; later jobs naming it get 404."""
         self._request("DELETE", _shared.item_path("sessions", session_id))
-

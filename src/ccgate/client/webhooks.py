@@ -49,8 +49,9 @@ def _check_timestamp(raw: str, tolerance: float, now: float) -> None:
         raise WebhookVerificationError("the webhook timestamp is too old or too far ahead")
 
 
-def _standard(body: bytes, headers: Mapping[str, str], keys: list[bytes], tolerance: float,
-              now: float) -> None:
+def _standard(
+    body: bytes, headers: Mapping[str, str], keys: list[bytes], tolerance: float, now: float
+) -> None:
     event_id = headers.get("webhook-id", "")
     timestamp = headers.get("webhook-timestamp", "")
     if not event_id or not timestamp:
@@ -71,8 +72,9 @@ def _standard(body: bytes, headers: Mapping[str, str], keys: list[bytes], tolera
     raise WebhookVerificationError("no webhook signature matches the secret")
 
 
-def _legacy(body: bytes, headers: Mapping[str, str], keys: list[bytes], tolerance: float,
-            now: float) -> None:
+def _legacy(
+    body: bytes, headers: Mapping[str, str], keys: list[bytes], tolerance: float, now: float
+) -> None:
     timestamp = headers.get("x-ccgate-timestamp", "")
     _check_timestamp(timestamp, tolerance, now)
     message = f"{timestamp}.".encode() + body
@@ -84,9 +86,14 @@ def _legacy(body: bytes, headers: Mapping[str, str], keys: list[bytes], toleranc
     raise WebhookVerificationError("the X-Ccgate-Signature does not match the secret")
 
 
-def verify_webhook(payload: bytes | str, headers: Mapping[str, str], secret: str, *,
-                   tolerance_secs: float = DEFAULT_TOLERANCE_SECS,
-                   now: float | None = None) -> dict[str, Any]:
+def verify_webhook(
+    payload: bytes | str,
+    headers: Mapping[str, str],
+    secret: str,
+    *,
+    tolerance_secs: float = DEFAULT_TOLERANCE_SECS,
+    now: float | None = None,
+) -> dict[str, Any]:
     """The webhook's JSON body once its signature and timestamp check out.
 
     ``payload`` is the raw body exactly as received (before any JSON parsing), ``headers``

@@ -10,5 +10,13 @@ from ccgate.jobs.service import (
     Submission,
 )
 
-__all__ = ["IdempotencyConflict", "JobService", "NotAccepting", "QueueFull", "QueueLimits",
-           "Submission", "request_from_json", "request_to_json"]
+__all__ = [
+    "IdempotencyConflict",
+    "JobService",
+    "NotAccepting",
+    "QueueFull",
+    "QueueLimits",
+    "Submission",
+    "request_from_json",
+    "request_to_json",
+]

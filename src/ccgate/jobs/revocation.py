@@ -22,8 +22,13 @@ WEBHOOK_DROPPED = "dropped: the job's key was revoked"
 Cancel = Callable[[str, str], Awaitable[JobRecord | None]]
 
 
-async def end_work_of(store: Store, key_ids: Collection[str], *, message: str = KEY_REVOKED,
-                      cancel: Cancel | None = None) -> int:
+async def end_work_of(
+    store: Store,
+    key_ids: Collection[str],
+    *,
+    message: str = KEY_REVOKED,
+    cancel: Cancel | None = None,
+) -> int:
     """Cancel every queued or processing job of ``key_ids`` with ``message`` and drop their
     keys' pending webhook deliveries; return how many jobs were cancelled.
 
@@ -44,6 +49,12 @@ async def end_work_of(store: Store, key_ids: Collection[str], *, message: str = 
 
 
 async def _cancel_in_store(store: Store, job_id: str, message: str) -> JobRecord | None:
-    ended = await store.jobs.finish(job_id, JobStatus.CANCELLED, now=utcnow(), webhook=False,
-                                   error_type="cancelled", error_message=message)
+    ended = await store.jobs.finish(
+        job_id,
+        JobStatus.CANCELLED,
+        now=utcnow(),
+        webhook=False,
+        error_type="cancelled",
+        error_message=message,
+    )
     return ended[0] if ended is not None else None

@@ -88,9 +88,14 @@ class Submission:
 class JobService:
     """Owns the life of every job this node runs; any door submits through it."""
 
-    def __init__(self, store: Store, runner: Runner, limits: QueueLimits,
-                 hub: JobEventHub | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        store: Store,
+        runner: Runner,
+        limits: QueueLimits,
+        hub: JobEventHub | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.store = store
         self.runner = runner
         self.limits = limits
@@ -111,8 +116,9 @@ class JobService:
         self._requeue_requested: set[str] = set()
         self._cancelled_here: set[str] = set()
         # The timing of the request that submitted each job, while that request lasts.
-        self._timings: weakref.WeakValueDictionary[str, metrics.RequestTiming] = \
+        self._timings: weakref.WeakValueDictionary[str, metrics.RequestTiming] = (
             weakref.WeakValueDictionary()
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._draining: asyncio.Task[None] | None = None
         self._queue_seen_empty = False
@@ -133,9 +139,11 @@ class JobService:
         await self.plan.refresh()
         await self.hub.start()
         self.accepting = True
-        self._tasks = [asyncio.create_task(self._dispatch(), name="ccgate-dispatch"),
-                       asyncio.create_task(self._keep_leases(), name="ccgate-leases"),
-                       asyncio.create_task(self._clean_up(), name="ccgate-cleanup")]
+        self._tasks = [
+            asyncio.create_task(self._dispatch(), name="ccgate-dispatch"),
+            asyncio.create_task(self._keep_leases(), name="ccgate-leases"),
+            asyncio.create_task(self._clean_up(), name="ccgate-cleanup"),
+        ]
 
     def begin_shutdown(self) -> None:
         """Refuse new jobs from now on (503), end event streams, and start the grace period
@@ -184,8 +192,9 @@ class JobService:
         if not self.accepting:
             raise NotAccepting
         if submission.idempotency_key is not None and submission.key_id is not None:
-            earlier = await self.replay_of(submission.key_id, submission.idempotency_key,
-                                           submission.request_hash)
+            earlier = await self.replay_of(
+                submission.key_id, submission.idempotency_key, submission.request_hash
+            )
             if earlier is not None:
                 return earlier, False
         hold_until: datetime | None = None
@@ -195,8 +204,11 @@ class JobService:
             if not submission.waits_for_window:
                 raise
             hold_until = closed.until
-        request = submission.request if submission.waits_for_window else \
-            {**submission.request, SYNC_CALLER: True}
+        request = (
+            submission.request
+            if submission.waits_for_window
+            else {**submission.request, SYNC_CALLER: True}
+        )
         parent = tracing.traceparent()
         if parent is not None:  # whichever node runs the job continues the request's trace
             request = {**request, tracing.TRACEPARENT: parent}
@@ -207,15 +219,22 @@ class JobService:
         job: JobRecord | None = None
         try:
             job = await self.store.jobs.insert(
-                job_id=new_id("job"), key_id=submission.key_id, door=submission.door,
-                model=str(submission.request["model"]), request=request,
-                metadata=submission.metadata, now=now,
+                job_id=new_id("job"),
+                key_id=submission.key_id,
+                door=submission.door,
+                model=str(submission.request["model"]),
+                request=request,
+                metadata=submission.metadata,
+                now=now,
                 callback_url=submission.callback_url,
                 idempotency_key=submission.idempotency_key,
-                request_hash=submission.request_hash, max_queued=self.limits.queue_size,
-                session_id=submission.session_id, retry_at=hold_until,
+                request_hash=submission.request_hash,
+                max_queued=self.limits.queue_size,
+                session_id=submission.session_id,
+                retry_at=hold_until,
                 claim_for=self.node_id if reserve else None,
-                lease_until=now + timedelta(seconds=self.limits.lease_secs))
+                lease_until=now + timedelta(seconds=self.limits.lease_secs),
+            )
         except QueueAtCapacity:
             raise QueueFull(retry_after=self._retry_after_hint()) from None
         finally:
@@ -233,8 +252,9 @@ class JobService:
             self._wake.set()
         return job, True
 
-    async def replay_of(self, key_id: str, idempotency_key: str,
-                        request_hash: str | None) -> JobRecord | None:
+    async def replay_of(
+        self, key_id: str, idempotency_key: str, request_hash: str | None
+    ) -> JobRecord | None:
         """The key's job submitted earlier under ``idempotency_key`` (a retry gets it back
         without being admitted again), or None; IdempotencyConflict for another body."""
         earlier = await self.store.jobs.by_idempotency_key(key_id, idempotency_key)
@@ -245,8 +265,9 @@ class JobService:
     async def _idempotent_twin(self, submission: Submission) -> JobRecord:
         assert submission.key_id is not None
         assert submission.idempotency_key is not None
-        twin = await self.store.jobs.by_idempotency_key(submission.key_id,
-                                                        submission.idempotency_key)
+        twin = await self.store.jobs.by_idempotency_key(
+            submission.key_id, submission.idempotency_key
+        )
         assert twin is not None
         if twin.request_hash != submission.request_hash:
             raise IdempotencyConflict
@@ -276,22 +297,31 @@ class JobService:
                 woken: asyncio.Future[Any] = asyncio.ensure_future(changed.wait())
                 ended: asyncio.Future[Any] = asyncio.shield(done)
                 try:
-                    await asyncio.wait({woken, ended}, timeout=_WAIT_RECHECK_SECS,
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {woken, ended},
+                        timeout=_WAIT_RECHECK_SECS,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                 finally:
                     woken.cancel()
                 if done.done() and (final := done.result()) is not None:
                     return final
 
-    async def cancel(self, job_id: str, message: str = "the job was cancelled", *,
-                     webhook: bool = True) -> JobRecord | None:
+    async def cancel(
+        self, job_id: str, message: str = "the job was cancelled", *, webhook: bool = True
+    ) -> JobRecord | None:
         """Cancel a queued or processing job: return it cancelled, or None if it had ended.
 
         A queued job never starts; a running one has its process group stopped.
         ``webhook=False`` ends it without announcing it to its callback URL.
         """
-        ended = await self._end(job_id, JobStatus.CANCELLED, error_type="cancelled",
-                                error_message=message, webhook=webhook)
+        ended = await self._end(
+            job_id,
+            JobStatus.CANCELLED,
+            error_type="cancelled",
+            error_message=message,
+            webhook=webhook,
+        )
         task = self._running.get(job_id)
         if ended is not None and task is not None:
             self._cancelled_here.add(job_id)
@@ -301,8 +331,7 @@ class JobService:
     async def end_work_of(self, key_ids: list[str], message: str = KEY_REVOKED) -> int:
         """Cancel every queued or running job of these keys (their keys were just revoked)
         without webhooks, and drop their pending deliveries; return how many jobs ended."""
-        return await end_work_of(self.store, key_ids, message=message,
-                                 cancel=self._cancel_quietly)
+        return await end_work_of(self.store, key_ids, message=message, cancel=self._cancel_quietly)
 
     async def end_unusable_work(self) -> int:
         """Sweep away work of keys revoked or expired elsewhere (another node, the CLI): their
@@ -339,21 +368,33 @@ class JobService:
         if future is not None and not future.done():
             future.set_result(record)
 
-    async def _end(self, job_id: str, to: JobStatus, *,
-                   lease_expired_before: datetime | None = None,
-                   **values: Any) -> JobRecord | None:
+    async def _end(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        lease_expired_before: datetime | None = None,
+        **values: Any,
+    ) -> JobRecord | None:
         """End a job with its last events and closing event in one transaction."""
         with tracing.span("ccgate.settle", job_id=job_id, status=to.value):
-            return await self._settle(job_id, to, lease_expired_before=lease_expired_before,
-                                      **values)
+            return await self._settle(
+                job_id, to, lease_expired_before=lease_expired_before, **values
+            )
 
-    async def _settle(self, job_id: str, to: JobStatus, *,
-                      lease_expired_before: datetime | None,
-                      **values: Any) -> JobRecord | None:
+    async def _settle(
+        self, job_id: str, to: JobStatus, *, lease_expired_before: datetime | None, **values: Any
+    ) -> JobRecord | None:
         pending, closing_seq = self.hub.seal(job_id)
         ended = await self.store.jobs.finish(
-            job_id, to, now=self.clock(), pending=pending, closing_seq=closing_seq,
-            lease_expired_before=lease_expired_before, **values)
+            job_id,
+            to,
+            now=self.clock(),
+            pending=pending,
+            closing_seq=closing_seq,
+            lease_expired_before=lease_expired_before,
+            **values,
+        )
         if ended is None:
             # Someone else ended it first; keep the text our subscribers already saw.
             await self.store.events.append(pending)
@@ -381,8 +422,11 @@ class JobService:
         """
         while self.accepting:
             self._wake.clear()
-            while (self.accepting and self._slots_taken < self.limits.concurrency
-                   and not self._queue_seen_empty):
+            while (
+                self.accepting
+                and self._slots_taken < self.limits.concurrency
+                and not self._queue_seen_empty
+            ):
                 self._slots_taken += 1
                 job = await self._claim()
                 if job is None:
@@ -419,8 +463,10 @@ class JobService:
                 await self.store.jobs.hold_queued(closed_until)
                 return None
             return await self.store.jobs.claim_next(
-                owner=self.node_id, now=now,
-                lease_until=now + timedelta(seconds=self.limits.lease_secs))
+                owner=self.node_id,
+                now=now,
+                lease_until=now + timedelta(seconds=self.limits.lease_secs),
+            )
         except Exception:
             log.exception("claim_failed")
             await asyncio.sleep(_POLL_SECS)
@@ -432,8 +478,12 @@ class JobService:
         trace_id = tracing.trace_id_of(parent)
         bound = {"trace_id": trace_id} if trace_id else {}
         with tracing.continued(parent), structlog.contextvars.bound_contextvars(**bound):
-            tracing.span_since("ccgate.queue", int(job.created_at.timestamp() * 1e9),
-                               job_id=job.id, attempt=job.attempts)
+            tracing.span_since(
+                "ccgate.queue",
+                int(job.created_at.timestamp() * 1e9),
+                job_id=job.id,
+                attempt=job.attempts,
+            )
             return await self._run_traced(job)
 
     async def _run_traced(self, job: JobRecord) -> JobRecord | None:
@@ -449,9 +499,11 @@ class JobService:
                 if earlier:
                     await self.store.events.drop_chunks(job.id)
             self.hub.begin(job.id, next_seq=earlier + 1)
-            self.hub.publish(job.id, "status", {"status": "processing",
-                                                "attempt": job.attempts,
-                                                "restarted": earlier > 0})
+            self.hub.publish(
+                job.id,
+                "status",
+                {"status": "processing", "attempt": job.attempts, "restarted": earlier > 0},
+            )
             result = await self._stream(job)
             await self._observe(job, result.plan_windows)
             answer = await _read_answer(job, _storable(result.text))
@@ -465,31 +517,54 @@ class JobService:
                 await self._hold_for_window(job, exc)
                 return None
             log.info("job_failed", job_id=job.id, error_type=exc.error_type)
-            message = exc.message if not job.window_retries else (
-                "the plan's usage window closed again after the job was retried once: "
-                + exc.message)
-            return await self._end(job.id, JobStatus.FAILED, error_type=exc.error_type,
-                                   error_message=_storable(message),
-                                   retry_after=exc.retry_after,
-                                   duration_ms=_elapsed_ms(started))
+            message = (
+                exc.message
+                if not job.window_retries
+                else (
+                    "the plan's usage window closed again after the job was retried once: "
+                    + exc.message
+                )
+            )
+            return await self._end(
+                job.id,
+                JobStatus.FAILED,
+                error_type=exc.error_type,
+                error_message=_storable(message),
+                retry_after=exc.retry_after,
+                duration_ms=_elapsed_ms(started),
+            )
         except RunError as exc:
             log.info("job_failed", job_id=job.id, error_type=exc.error_type)
-            return await self._end(job.id, JobStatus.FAILED, error_type=exc.error_type,
-                                   error_message=_storable(exc.message),
-                                   retry_after=exc.retry_after,
-                                   duration_ms=_elapsed_ms(started))
+            return await self._end(
+                job.id,
+                JobStatus.FAILED,
+                error_type=exc.error_type,
+                error_message=_storable(exc.message),
+                retry_after=exc.retry_after,
+                duration_ms=_elapsed_ms(started),
+            )
         except Exception as exc:
             log.exception("run_crashed", job_id=job.id)
             return await self._end(
-                job.id, JobStatus.FAILED, error_type="internal_error",
+                job.id,
+                JobStatus.FAILED,
+                error_type="internal_error",
                 error_message=f"ccgate failed to run the job: {type(exc).__name__}",
-                duration_ms=_elapsed_ms(started))
+                duration_ms=_elapsed_ms(started),
+            )
         if result.warning:
             log.info("plan_window_warning", job_id=job.id, warning=result.warning)
         return await self._end(
-            job.id, JobStatus.COMPLETED, result=_storable(result.text), usage=result.usage,
-            cost_usd=result.cost_usd, stop_reason=result.stop_reason,
-            duration_ms=_elapsed_ms(started), model=result.model or job.model, **answer)
+            job.id,
+            JobStatus.COMPLETED,
+            result=_storable(result.text),
+            usage=result.usage,
+            cost_usd=result.cost_usd,
+            stop_reason=result.stop_reason,
+            duration_ms=_elapsed_ms(started),
+            model=result.model or job.model,
+            **answer,
+        )
 
     def _time_for_submitter(self, job: JobRecord) -> None:
         """Observe the job's queue wait; its runner time counts as waiting for the request
@@ -516,18 +591,22 @@ class JobService:
         pending, _ = self.hub.seal(job.id)
         await self.store.events.append(pending)
         moved = await self.store.jobs.transition(
-            job.id, JobStatus.QUEUED, attempts=max(0, job.attempts - 1), started_at=None,
-            lease_owner=None, lease_expires_at=None, retry_at=until,
-            window_retries=job.window_retries + 1)
+            job.id,
+            JobStatus.QUEUED,
+            attempts=max(0, job.attempts - 1),
+            started_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            retry_at=until,
+            window_retries=job.window_retries + 1,
+        )
         self.hub.end(job.id, None)
-        log.info("job_held_for_plan_window", job_id=job.id, moved=moved,
-                 retry_at=until.isoformat())
+        log.info("job_held_for_plan_window", job_id=job.id, moved=moved, retry_at=until.isoformat())
 
     async def _stream(self, job: JobRecord) -> RunResult:
         request = dataclasses.replace(request_from_json(job.request), owner=job.key_id)
         started_ns, waiting = time.time_ns(), True
-        with tracing.span("ccgate.run", job_id=job.id, model=request.model,
-                          attempt=job.attempts):
+        with tracing.span("ccgate.run", job_id=job.id, model=request.model, attempt=job.attempts):
             async with contextlib.aclosing(self.runner.run(request)) as events:
                 async for event in events:
                     if waiting and isinstance(event, TextDelta | RunResult):
@@ -553,9 +632,16 @@ class JobService:
         if job.id in self._requeue_requested:
             self._requeue_requested.discard(job.id)
             # A shutdown is not the job's fault: do not count it as an attempt.
-            await asyncio.shield(self.store.jobs.transition(
-                job.id, JobStatus.QUEUED, attempts=max(0, job.attempts - 1), started_at=None,
-                lease_owner=None, lease_expires_at=None))
+            await asyncio.shield(
+                self.store.jobs.transition(
+                    job.id,
+                    JobStatus.QUEUED,
+                    attempts=max(0, job.attempts - 1),
+                    started_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
             log.info("job_requeued_on_shutdown", job_id=job.id)
 
     async def _stored_closing(self, job_id: str) -> JobEvent | None:
@@ -605,14 +691,25 @@ class JobService:
                 continue
             if job.attempts < self.limits.max_attempts:
                 moved = await self.store.jobs.transition(
-                    job.id, JobStatus.QUEUED, lease_expired_before=cutoff, started_at=None,
-                    lease_owner=None, lease_expires_at=None)
+                    job.id,
+                    JobStatus.QUEUED,
+                    lease_expired_before=cutoff,
+                    started_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
             else:
-                moved = await self._end(
-                    job.id, JobStatus.FAILED, lease_expired_before=cutoff,
-                    error_type="interrupted",
-                    error_message=f"the job was interrupted {job.attempts} time(s) by a node "
-                    "that stopped; no attempts left") is not None
+                moved = (
+                    await self._end(
+                        job.id,
+                        JobStatus.FAILED,
+                        lease_expired_before=cutoff,
+                        error_type="interrupted",
+                        error_message=f"the job was interrupted {job.attempts} time(s) by a node "
+                        "that stopped; no attempts left",
+                    )
+                    is not None
+                )
             if moved:
                 recovered += 1
                 log.warning("job_recovered", job_id=job.id, attempts=job.attempts)
@@ -623,7 +720,8 @@ class JobService:
 
     async def _delete_expired_jobs(self, now: datetime) -> int:
         return await self.store.jobs.delete_finished_before(
-            now - timedelta(hours=self.limits.job_ttl_hours))
+            now - timedelta(hours=self.limits.job_ttl_hours)
+        )
 
     async def _clean_up(self) -> None:
         """Delete finished jobs older than the TTL (with their events and deliveries), then

@@ -49,8 +49,11 @@ class PlanGate:
     def closed_until(self) -> datetime | None:
         """When every window that refuses requests now has reset; None while none does."""
         now = self.clock()
-        resets = [w.resets_at or w.seen_at + UNKNOWN_RESET
-                  for w in self.windows.values() if w.closed_at(now)]
+        resets = [
+            w.resets_at or w.seen_at + UNKNOWN_RESET
+            for w in self.windows.values()
+            if w.closed_at(now)
+        ]
         resets = [r for r in resets if r > now]
         return max(resets) if resets else None
 
@@ -66,7 +69,10 @@ class PlanGate:
         share = key.policy.window_share if key is not None else None
         if share is None:
             return
-        spent = [u.resets_at for u in await self.store.plan_windows.usage_of(key_id)
-                 if u.used >= share and u.resets_at is not None and u.resets_at > now]
+        spent = [
+            u.resets_at
+            for u in await self.store.plan_windows.usage_of(key_id)
+            if u.used >= share and u.resets_at is not None and u.resets_at > now
+        ]
         if spent:
             raise WindowsClosed(max(spent), now, share=True)

@@ -12,5 +12,12 @@ from ccgate.limits.headers import RateState, rate_headers
 from ccgate.limits.limiter import Limiter, LimitExceeded
 from ccgate.limits.spend import Admission
 
-__all__ = ["Admission", "LimitExceeded", "Limiter", "RateState", "RunEstimate", "estimate_run",
-           "rate_headers"]
+__all__ = [
+    "Admission",
+    "LimitExceeded",
+    "Limiter",
+    "RateState",
+    "RunEstimate",
+    "estimate_run",
+    "rate_headers",
+]

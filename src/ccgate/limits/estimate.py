@@ -44,8 +44,9 @@ class ConversationSize:
         return math.ceil(self.text_bytes / BYTES_PER_TOKEN) + self.media_tokens
 
     def __add__(self, other: ConversationSize) -> ConversationSize:
-        return ConversationSize(self.text_bytes + other.text_bytes,
-                                self.media_tokens + other.media_tokens)
+        return ConversationSize(
+            self.text_bytes + other.text_bytes, self.media_tokens + other.media_tokens
+        )
 
 
 @dataclass(frozen=True)

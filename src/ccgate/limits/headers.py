@@ -58,9 +58,9 @@ def rate_headers(door: str, state: RateState) -> dict[str, str]:
     reset_text = rfc3339_after if door == "anthropic" else openai_duration
     headers: dict[str, str] = {}
     for unit, limit, remaining, reset in (
-            ("requests", state.requests_limit, state.requests_remaining,
-             state.requests_reset_secs),
-            ("tokens", state.tokens_limit, state.tokens_remaining, state.tokens_reset_secs)):
+        ("requests", state.requests_limit, state.requests_remaining, state.requests_reset_secs),
+        ("tokens", state.tokens_limit, state.tokens_remaining, state.tokens_reset_secs),
+    ):
         if limit is None:
             continue
         limit_name, remaining_name, reset_name = _header_names(door, unit)

@@ -54,10 +54,15 @@ class LimitExceeded(ApiError):
     ``use_door("anthropic")`` switches them to the Anthropic names.
     """
 
-    def __init__(self, error_type: str, message: str, *, retry_after: float,
-                 state: RateState) -> None:
-        super().__init__(error_type, message, retry_after=max(1.0, retry_after),
-                         headers=rate_headers("native", state))
+    def __init__(
+        self, error_type: str, message: str, *, retry_after: float, state: RateState
+    ) -> None:
+        super().__init__(
+            error_type,
+            message,
+            retry_after=max(1.0, retry_after),
+            headers=rate_headers("native", state),
+        )
         self.state = state
 
     def use_door(self, door: str) -> LimitExceeded:
@@ -111,10 +116,17 @@ class Limiter:
     dead node took keeps counting (Redis only); ``key_prefix`` starts every Redis key.
     """
 
-    def __init__(self, *, redis_url: str | None, global_rpd: int = 0,
-                 rpm_window_secs: float = 60, rpd_window_secs: float = 86400,
-                 fetch_rpm: int = 30, concurrency_ttl_secs: float = 3600,
-                 key_prefix: str = "ccgate") -> None:
+    def __init__(
+        self,
+        *,
+        redis_url: str | None,
+        global_rpd: int = 0,
+        rpm_window_secs: float = 60,
+        rpd_window_secs: float = 86400,
+        fetch_rpm: int = 30,
+        concurrency_ttl_secs: float = 3600,
+        key_prefix: str = "ccgate",
+    ) -> None:
         self.global_rpd = global_rpd
         self.rpm_window_secs = _seconds(rpm_window_secs)
         self.rpd_window_secs = _seconds(rpd_window_secs)
@@ -128,52 +140,83 @@ class Limiter:
     @classmethod
     def from_settings(cls, settings: Settings) -> Limiter:
         """A limiter configured by CCGATE_REDIS_URL, CCGATE_GLOBAL_RPD and friends."""
-        return cls(redis_url=settings.redis_url, global_rpd=settings.global_rpd,
-                   rpm_window_secs=settings.rpm_window_secs,
-                   rpd_window_secs=settings.rpd_window_secs, fetch_rpm=settings.fetch_rpm,
-                   concurrency_ttl_secs=max(3600.0, 2 * settings.job_timeout_secs))
+        return cls(
+            redis_url=settings.redis_url,
+            global_rpd=settings.global_rpd,
+            rpm_window_secs=settings.rpm_window_secs,
+            rpd_window_secs=settings.rpd_window_secs,
+            fetch_rpm=settings.fetch_rpm,
+            concurrency_ttl_secs=max(3600.0, 2 * settings.job_timeout_secs),
+        )
 
     def _windows(self, key_id: str, policy: KeyPolicy) -> list[_Window]:
         windows = []
         if policy.rpm is not None:
-            windows.append(_Window(
-                "rpm_exceeded", self._moving,
-                RateLimitItemPerSecond(policy.rpm, self.rpm_window_secs, namespace="rpm"),
-                key_id, f"this key's limit of {policy.rpm} requests per "
-                        f"{_per(self.rpm_window_secs)}"))
+            windows.append(
+                _Window(
+                    "rpm_exceeded",
+                    self._moving,
+                    RateLimitItemPerSecond(policy.rpm, self.rpm_window_secs, namespace="rpm"),
+                    key_id,
+                    f"this key's limit of {policy.rpm} requests per {_per(self.rpm_window_secs)}",
+                )
+            )
         if policy.rpd is not None:
-            windows.append(_Window(
-                "rpd_exceeded", self._fixed,
-                RateLimitItemPerSecond(policy.rpd, self.rpd_window_secs, namespace="rpd"),
-                key_id, f"this key's limit of {policy.rpd} requests per "
-                        f"{_per(self.rpd_window_secs)}"))
+            windows.append(
+                _Window(
+                    "rpd_exceeded",
+                    self._fixed,
+                    RateLimitItemPerSecond(policy.rpd, self.rpd_window_secs, namespace="rpd"),
+                    key_id,
+                    f"this key's limit of {policy.rpd} requests per {_per(self.rpd_window_secs)}",
+                )
+            )
         if self.global_rpd > 0:
-            windows.append(_Window(
-                "global_rpd_exceeded", self._fixed,
-                RateLimitItemPerSecond(self.global_rpd, self.rpd_window_secs,
-                                       namespace="global-rpd"),
-                "all", f"the server's limit of {self.global_rpd} requests per "
-                       f"{_per(self.rpd_window_secs)} (CCGATE_GLOBAL_RPD)"))
+            windows.append(
+                _Window(
+                    "global_rpd_exceeded",
+                    self._fixed,
+                    RateLimitItemPerSecond(
+                        self.global_rpd, self.rpd_window_secs, namespace="global-rpd"
+                    ),
+                    "all",
+                    f"the server's limit of {self.global_rpd} requests per "
+                    f"{_per(self.rpd_window_secs)} (CCGATE_GLOBAL_RPD)",
+                )
+            )
         return windows
 
     @staticmethod
-    def _state(policy: KeyPolicy, requests: WindowStats | None, tokens_used: int,
-               now: datetime) -> RateState:
+    def _state(
+        policy: KeyPolicy, requests: WindowStats | None, tokens_used: int, now: datetime
+    ) -> RateState:
         """The headers' view: the rpm window when the key has one, else rpd; tokens today."""
         limit = policy.rpm if policy.rpm is not None else policy.rpd
         state = RateState()
         if limit is not None and requests is not None:
-            state = replace(state, requests_limit=limit,
-                            requests_remaining=max(0, requests.remaining),
-                            requests_reset_secs=max(0.0, requests.reset_time - time.time()))
+            state = replace(
+                state,
+                requests_limit=limit,
+                requests_remaining=max(0, requests.remaining),
+                requests_reset_secs=max(0.0, requests.reset_time - time.time()),
+            )
         if policy.tokens_per_day is not None:
-            state = replace(state, tokens_limit=policy.tokens_per_day,
-                            tokens_remaining=max(0, policy.tokens_per_day - tokens_used),
-                            tokens_reset_secs=(next_day(now) - now).total_seconds())
+            state = replace(
+                state,
+                tokens_limit=policy.tokens_per_day,
+                tokens_remaining=max(0, policy.tokens_per_day - tokens_used),
+                tokens_reset_secs=(next_day(now) - now).total_seconds(),
+            )
         return state
 
-    async def admit(self, key_id: str, policy: KeyPolicy, estimate: RunEstimate | None = None,
-                    *, spends: bool = True) -> Admission:
+    async def admit(
+        self,
+        key_id: str,
+        policy: KeyPolicy,
+        estimate: RunEstimate | None = None,
+        *,
+        spends: bool = True,
+    ) -> Admission:
         """Let one request of ``key_id`` in, or raise LimitExceeded without spending anything.
 
         Every limit is tested first; only when all pass is one request spent in each window,
@@ -186,20 +229,22 @@ class Limiter:
         now = utcnow()
         slot_key = f"running:{key_id}"
         windows = self._windows(key_id, policy)
-        quotas_apply = spends and (policy.tokens_per_day is not None
-                                   or policy.budget_usd_per_month is not None)
+        quotas_apply = spends and (
+            policy.tokens_per_day is not None or policy.budget_usd_per_month is not None
+        )
         counter_keys = [tokens_key(key_id, now), budget_key(key_id, now)]
         if quotas_apply:
             counter_keys += average_keys(key_id, now)
         (values, running), stats = await asyncio.gather(
-            asyncio.gather(self._counters.values(counter_keys),
-                           self._counters.running(slot_key)),
-            asyncio.gather(*(w.strategy.get_window_stats(w.item, w.identifier)
-                             for w in windows)))
+            asyncio.gather(self._counters.values(counter_keys), self._counters.running(slot_key)),
+            asyncio.gather(*(w.strategy.get_window_stats(w.item, w.identifier) for w in windows)),
+        )
         used = _Usage(*values, *([0, 0] if not quotas_apply else []))
-        blocks = [_Block(w.error_type, s.reset_time - time.time(),
-                         f"{w.what} is reached") for w, s in zip(windows, stats, strict=True)
-                  if s.remaining < 1]
+        blocks = [
+            _Block(w.error_type, s.reset_time - time.time(), f"{w.what} is reached")
+            for w, s in zip(windows, stats, strict=True)
+            if s.remaining < 1
+        ]
         blocks += self._quota_blocks(policy, used, running, now, spends=spends)
         # _windows puts rpm, else rpd, first: the window the headers report.
         has_requests = policy.rpm is not None or policy.rpd is not None
@@ -207,13 +252,19 @@ class Limiter:
         state = self._state(policy, requests_stats, used.tokens_today, now)
         if blocks:
             block = max(blocks, key=lambda b: b.retry_after)
-            raise LimitExceeded(block.error_type, block.message, retry_after=block.retry_after,
-                                state=state)
-        token = await self._counters.acquire(slot_key, policy.concurrency,
-                                             self.concurrency_ttl_secs)
+            raise LimitExceeded(
+                block.error_type, block.message, retry_after=block.retry_after, state=state
+            )
+        token = await self._counters.acquire(
+            slot_key, policy.concurrency, self.concurrency_ttl_secs
+        )
         if token is None:
-            raise LimitExceeded("concurrency_exceeded", self._busy(policy),
-                                retry_after=_CONCURRENCY_RETRY_SECS, state=state)
+            raise LimitExceeded(
+                "concurrency_exceeded",
+                self._busy(policy),
+                retry_after=_CONCURRENCY_RETRY_SECS,
+                state=state,
+            )
         admission = Admission(RateState(), self._counters, slot_key, token, key_id=key_id)
         try:
             if quotas_apply:
@@ -221,15 +272,23 @@ class Limiter:
             await self._spend(windows)
             if has_requests:
                 requests_stats = await windows[0].strategy.get_window_stats(
-                    windows[0].item, windows[0].identifier)
+                    windows[0].item, windows[0].identifier
+                )
         except BaseException:
             await admission.release()
             raise
         admission.state = self._state(policy, requests_stats, used.tokens_today, now)
         return admission
 
-    async def _reserve(self, key_id: str, policy: KeyPolicy, estimate: RunEstimate | None,
-                       used: _Usage, now: datetime, state: RateState) -> tuple[Held, ...]:
+    async def _reserve(
+        self,
+        key_id: str,
+        policy: KeyPolicy,
+        estimate: RunEstimate | None,
+        used: _Usage,
+        now: datetime,
+        state: RateState,
+    ) -> tuple[Held, ...]:
         """Hold the request's estimated tokens and cost, or raise the quota's 429."""
         estimate = estimate or RunEstimate("", 0)
         tokens, micros = estimate.tokens, estimate.micro_usd
@@ -238,71 +297,113 @@ class Limiter:
             micros = max(micros, math.ceil(used.micros_this_month / used.runs_this_month))
         quotas: list[tuple[str, Quota]] = []
         if policy.tokens_per_day is not None:
-            quotas.append(("tokens", Quota(tokens_key(key_id, now), f"held-tokens:{key_id}",
-                                           policy.tokens_per_day, tokens)))
+            quotas.append(
+                (
+                    "tokens",
+                    Quota(
+                        tokens_key(key_id, now),
+                        f"held-tokens:{key_id}",
+                        policy.tokens_per_day,
+                        tokens,
+                    ),
+                )
+            )
         if policy.budget_usd_per_month is not None:
-            quotas.append(("budget", Quota(budget_key(key_id, now), f"held-budget:{key_id}",
-                                           round(policy.budget_usd_per_month * MICRO_USD),
-                                           micros)))
+            quotas.append(
+                (
+                    "budget",
+                    Quota(
+                        budget_key(key_id, now),
+                        f"held-budget:{key_id}",
+                        round(policy.budget_usd_per_month * MICRO_USD),
+                        micros,
+                    ),
+                )
+            )
         token = secrets.token_hex(8)
-        reserved = await self._counters.reserve([q for _, q in quotas], token,
-                                                self.concurrency_ttl_secs)
+        reserved = await self._counters.reserve(
+            [q for _, q in quotas], token, self.concurrency_ttl_secs
+        )
         if reserved.refused is not None:
             kind, quota = quotas[reserved.refused]
-            block = self._reservation_block(kind, quota, reserved.states[reserved.refused],
-                                            policy, now)
-            raise LimitExceeded(block.error_type, block.message,
-                                retry_after=block.retry_after, state=state)
+            block = self._reservation_block(
+                kind, quota, reserved.states[reserved.refused], policy, now
+            )
+            raise LimitExceeded(
+                block.error_type, block.message, retry_after=block.retry_after, state=state
+            )
         return held_for([q for _, q in quotas], token)
 
-    def _reservation_block(self, kind: str, quota: Quota, found: QuotaState,
-                           policy: KeyPolicy, now: datetime) -> _Block:
+    def _reservation_block(
+        self, kind: str, quota: Quota, found: QuotaState, policy: KeyPolicy, now: datetime
+    ) -> _Block:
         """The 429 of a quota that refused a reservation: spent (it renews with the day or
         month), or held by running requests (retry when one of them ends)."""
         if found.spent >= quota.limit:
             spent_state = _Usage(found.spent, found.spent, 0, 0)
             [block] = self._quota_blocks(
-                KeyPolicy(tokens_per_day=policy.tokens_per_day) if kind == "tokens"
+                KeyPolicy(tokens_per_day=policy.tokens_per_day)
+                if kind == "tokens"
                 else KeyPolicy(budget_usd_per_month=policy.budget_usd_per_month),
-                spent_state, 0, now)
+                spent_state,
+                0,
+                now,
+            )
             return block
         if kind == "tokens":
-            return _Block("tokens_per_day_exceeded", _CONCURRENCY_RETRY_SECS,
-                          f"this key's quota of {quota.limit} tokens per day cannot cover this "
-                          f"request: {found.spent} are used and {found.held} held by its "
-                          f"running requests, and this one may use {quota.amount}; retry when "
-                          "one of them finishes")
-        return _Block("budget_exceeded", _CONCURRENCY_RETRY_SECS,
-                      f"this key's budget of {_usd(quota.limit)} per month cannot cover this "
-                      f"request: {_usd(found.spent)} is spent and {_usd(found.held)} held by "
-                      f"its running requests, and this one may cost {_usd(quota.amount)}; "
-                      "retry when one of them finishes")
+            return _Block(
+                "tokens_per_day_exceeded",
+                _CONCURRENCY_RETRY_SECS,
+                f"this key's quota of {quota.limit} tokens per day cannot cover this "
+                f"request: {found.spent} are used and {found.held} held by its "
+                f"running requests, and this one may use {quota.amount}; retry when "
+                "one of them finishes",
+            )
+        return _Block(
+            "budget_exceeded",
+            _CONCURRENCY_RETRY_SECS,
+            f"this key's budget of {_usd(quota.limit)} per month cannot cover this "
+            f"request: {_usd(found.spent)} is spent and {_usd(found.held)} held by "
+            f"its running requests, and this one may cost {_usd(quota.amount)}; "
+            "retry when one of them finishes",
+        )
 
-    def _quota_blocks(self, policy: KeyPolicy, used: _Usage, running: int, now: datetime,
-                      *, spends: bool = True) -> list[_Block]:
+    def _quota_blocks(
+        self, policy: KeyPolicy, used: _Usage, running: int, now: datetime, *, spends: bool = True
+    ) -> list[_Block]:
         blocks = []
         tokens_used, micros_spent = used.tokens_today, used.micros_this_month
-        if (spends and policy.tokens_per_day is not None
-                and tokens_used >= policy.tokens_per_day):
-            blocks.append(_Block(
-                "tokens_per_day_exceeded", (next_day(now) - now).total_seconds(),
-                f"this key's quota of {policy.tokens_per_day} tokens per day is used up "
-                f"({tokens_used} used); it renews at 00:00 UTC"))
+        if spends and policy.tokens_per_day is not None and tokens_used >= policy.tokens_per_day:
+            blocks.append(
+                _Block(
+                    "tokens_per_day_exceeded",
+                    (next_day(now) - now).total_seconds(),
+                    f"this key's quota of {policy.tokens_per_day} tokens per day is used up "
+                    f"({tokens_used} used); it renews at 00:00 UTC",
+                )
+            )
         budget = policy.budget_usd_per_month
         if spends and budget is not None and micros_spent >= round(budget * MICRO_USD):
-            blocks.append(_Block(
-                "budget_exceeded", (next_month(now) - now).total_seconds(),
-                f"this key's budget of ${budget:.2f} per month is spent "
-                f"(${micros_spent / MICRO_USD:.2f}); it renews on the 1st, 00:00 UTC"))
+            blocks.append(
+                _Block(
+                    "budget_exceeded",
+                    (next_month(now) - now).total_seconds(),
+                    f"this key's budget of ${budget:.2f} per month is spent "
+                    f"(${micros_spent / MICRO_USD:.2f}); it renews on the 1st, 00:00 UTC",
+                )
+            )
         if policy.concurrency is not None and running >= policy.concurrency:
-            blocks.append(_Block("concurrency_exceeded", _CONCURRENCY_RETRY_SECS,
-                                 self._busy(policy)))
+            blocks.append(
+                _Block("concurrency_exceeded", _CONCURRENCY_RETRY_SECS, self._busy(policy))
+            )
         return blocks
 
     @staticmethod
     def _busy(policy: KeyPolicy) -> str:
-        return (f"this key already runs {policy.concurrency} requests at once, as many as its "
-                f"concurrency limit allows; retry when one finishes")
+        return (
+            f"this key already runs {policy.concurrency} requests at once, as many as its "
+            f"concurrency limit allows; retry when one finishes"
+        )
 
     async def _spend(self, windows: list[_Window]) -> None:
         """Hit every window; a window lost to a racing request raises its 429."""
@@ -310,11 +411,16 @@ class Limiter:
         for window, ok in zip(windows, taken, strict=True):
             if not ok:
                 stats = await window.strategy.get_window_stats(window.item, window.identifier)
-                raise LimitExceeded(window.error_type, f"{window.what} is reached",
-                                    retry_after=stats.reset_time - time.time(), state=RateState())
+                raise LimitExceeded(
+                    window.error_type,
+                    f"{window.what} is reached",
+                    retry_after=stats.reset_time - time.time(),
+                    state=RateState(),
+                )
 
-    async def record_usage(self, key_id: str, policy: KeyPolicy, *, tokens: int,
-                           cost_usd: float | None) -> None:
+    async def record_usage(
+        self, key_id: str, policy: KeyPolicy, *, tokens: int, cost_usd: float | None
+    ) -> None:
         """Add a finished run's tokens (input + output) and cost to today's and this month's
         totals, outside any admission (``Admission.settle`` does this for admitted runs).
         Counted for every key, limited or not, so ``usage`` can report it."""
@@ -332,10 +438,14 @@ class Limiter:
         stats = await self._moving.get_window_stats(item, key_id)
         reset = max(0.0, stats.reset_time - time.time())
         raise LimitExceeded(
-            "fetch_rpm_exceeded", f"this key's limit of {self.fetch_rpm} page fetches per "
-            f"{_per(self.rpm_window_secs)} (CCGATE_FETCH_RPM) is reached", retry_after=reset,
-            state=RateState(requests_limit=self.fetch_rpm, requests_remaining=0,
-                            requests_reset_secs=reset))
+            "fetch_rpm_exceeded",
+            f"this key's limit of {self.fetch_rpm} page fetches per "
+            f"{_per(self.rpm_window_secs)} (CCGATE_FETCH_RPM) is reached",
+            retry_after=reset,
+            state=RateState(
+                requests_limit=self.fetch_rpm, requests_remaining=0, requests_reset_secs=reset
+            ),
+        )
 
     async def usage(self, key_id: str) -> dict[str, int | float]:
         """What ``key_id`` used: tokens today, USD this month (UTC calendar), requests running."""
@@ -343,9 +453,13 @@ class Limiter:
         tokens, micros, running = await asyncio.gather(
             self._counters.get(tokens_key(key_id, now)),
             self._counters.get(budget_key(key_id, now)),
-            self._counters.running(f"running:{key_id}"))
-        return {"tokens_today": tokens, "cost_usd_this_month": micros / MICRO_USD,
-                "running": running}
+            self._counters.running(f"running:{key_id}"),
+        )
+        return {
+            "tokens_today": tokens,
+            "cost_usd_this_month": micros / MICRO_USD,
+            "running": running,
+        }
 
     async def aclose(self) -> None:
         """Close the Redis connections or stop the memory storage's sweeper."""

@@ -55,8 +55,10 @@ def usage_adds(key_id: str, tokens: int, cost_usd: float | None, now: datetime) 
     runs_key, month_tokens_key = average_keys(key_id, now)
     adds = [Add(runs_key, 1, month_ttl)]
     if tokens:
-        adds += [Add(tokens_key(key_id, now), tokens, day_ttl),
-                 Add(month_tokens_key, tokens, month_ttl)]
+        adds += [
+            Add(tokens_key(key_id, now), tokens, day_ttl),
+            Add(month_tokens_key, tokens, month_ttl),
+        ]
     if micros:
         adds.append(Add(budget_key(key_id, now), micros, month_ttl))
     return adds
@@ -66,8 +68,16 @@ class Admission:
     """An admitted request: its rate state for the response headers, its running slot and
     what it reserved of the key's quotas."""
 
-    def __init__(self, state: RateState, counters: Counters, slot_key: str, token: str, *,
-                 key_id: str = "", held: tuple[Held, ...] = ()) -> None:
+    def __init__(
+        self,
+        state: RateState,
+        counters: Counters,
+        slot_key: str,
+        token: str,
+        *,
+        key_id: str = "",
+        held: tuple[Held, ...] = (),
+    ) -> None:
         self.state = state
         self.held = held
         self._counters = counters

@@ -259,9 +259,10 @@ class MemoryCounters:
     async def reserve(self, quotas: Sequence[Quota], token: str, ttl_secs: float) -> Reserved:
         """Test every quota and reserve them all, or none; no await inside, so atomic."""
         now = time.time()
-        states = tuple(QuotaState(self._live(q.spent_key, now),
-                                  sum(self._held.get(q.held_key, {}).values()))
-                       for q in quotas)
+        states = tuple(
+            QuotaState(self._live(q.spent_key, now), sum(self._held.get(q.held_key, {}).values()))
+            for q in quotas
+        )
         for index, (quota, state) in enumerate(zip(quotas, states, strict=True)):
             if quota_refuses(state, quota.limit, quota.amount):
                 return Reserved(index, states)
@@ -314,7 +315,8 @@ class RedisCounters:
         token = secrets.token_hex(8)
         taken = await self._acquire(
             keys=[self._key(key)],
-            args=[-1 if limit is None else limit, ttl_secs, time.time(), token])
+            args=[-1 if limit is None else limit, ttl_secs, time.time(), token],
+        )
         return token if int(taken) else None
 
     async def release(self, key: str, token: str) -> None:
@@ -342,8 +344,7 @@ class RedisCounters:
         for quota in quotas:
             args += [quota.limit, quota.amount]
         answer = [int(v) for v in await self._reserve(keys=keys, args=args)]
-        states = tuple(QuotaState(answer[1 + 2 * i], answer[2 + 2 * i])
-                       for i in range(len(quotas)))
+        states = tuple(QuotaState(answer[1 + 2 * i], answer[2 + 2 * i]) for i in range(len(quotas)))
         return Reserved(answer[0] - 1 if answer[0] else None, states)
 
     async def settle(self, held: Sequence[Held], adds: Sequence[Add]) -> None:
@@ -387,13 +388,15 @@ def open_storage(redis_url: str | None, prefix: str) -> tuple[Storage, Counters]
     try:
         from redis.asyncio import Redis
     except ImportError as exc:  # pragma: no cover - the [redis] extra is missing
-        raise RuntimeError("CCGATE_REDIS_URL needs the [redis] extra: "
-                           "pip install 'ccgate[redis]'") from exc
+        raise RuntimeError(
+            "CCGATE_REDIS_URL needs the [redis] extra: pip install 'ccgate[redis]'"
+        ) from exc
     client: Redis = Redis.from_url(client_url)
     # limits types its options as scalars; a connection pool is what its redis-py bridge takes.
     shared: dict[str, Any] = {"connection_pool": client.connection_pool}
-    storage = RedisStorage(storage_uri, implementation="redispy", key_prefix=f"{prefix}:win",
-                           **shared)
+    storage = RedisStorage(
+        storage_uri, implementation="redispy", key_prefix=f"{prefix}:win", **shared
+    )
     return storage, RedisCounters(client, prefix)
 
 

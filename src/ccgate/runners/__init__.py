@@ -11,5 +11,13 @@ from ccgate.runners.base import (
 )
 from ccgate.runners.base import Runner as Runner
 
-__all__ = ["RunError", "RunEvent", "RunRequest", "RunResult", "RunStarted", "Runner", "TextDelta",
-           "collect"]
+__all__ = [
+    "RunError",
+    "RunEvent",
+    "RunRequest",
+    "RunResult",
+    "RunStarted",
+    "Runner",
+    "TextDelta",
+    "collect",
+]

@@ -48,9 +48,15 @@ _OVERLOADED_STATUSES = frozenset({500, 502, 503, 504, 529})
 # When a wait ends and the RunError to raise if it does (the run's wall or idle limit).
 Limit = Callable[[], tuple[float, RunError]]
 _EVENT_ERROR_STATUS = {
-    "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
-    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
-    "api_error": 500, "timeout_error": 504, "overloaded_error": 529,
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
 }
 
 
@@ -76,8 +82,11 @@ def message_body(request: RunRequest) -> dict[str, Any]:
 
 def passable_headers(headers: httpx.Headers) -> dict[str, str]:
     """The upstream response headers worth passing on to a client; nothing else."""
-    return {name: value for name, value in headers.items()
-            if name in _PASSED_HEADERS or name.startswith(_RATELIMIT_PREFIX)}
+    return {
+        name: value
+        for name, value in headers.items()
+        if name in _PASSED_HEADERS or name.startswith(_RATELIMIT_PREFIX)
+    }
 
 
 def retry_after_from(headers: httpx.Headers, now: datetime | None = None) -> float | None:
@@ -176,8 +185,9 @@ class AnthropicApiRunner:
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers={"user-agent": f"ccgate/{__version__}"},
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             timeout=httpx.Timeout(timeout_secs, connect=min(_CONNECT_TIMEOUT_SECS, timeout_secs)),
             transport=transport,
             cookies=_NoCookies(),
@@ -185,8 +195,10 @@ class AnthropicApiRunner:
         # Absolute URLs built once, as httpx would join them onto base_url, which it otherwise
         # re-parses for every request.
         base = self._client.base_url
-        self._urls = {path: base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode())
-                      for path in (MESSAGES_PATH, COUNT_TOKENS_PATH)}
+        self._urls = {
+            path: base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode())
+            for path in (MESSAGES_PATH, COUNT_TOKENS_PATH)
+        }
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -202,13 +214,16 @@ class AnthropicApiRunner:
         def limit() -> tuple[float, RunError]:
             if idle > 0 and loop.time() + idle < deadline:
                 return loop.time() + idle, RunError(
-                    "timeout", f"idle timeout: the run produced no output for {idle:g} s")
+                    "timeout", f"idle timeout: the run produced no output for {idle:g} s"
+                )
             return deadline, RunError(
-                "timeout", f"wall-clock timeout: the run did not finish within "
-                f"{request.timeout_secs:g} s")
+                "timeout",
+                f"wall-clock timeout: the run did not finish within {request.timeout_secs:g} s",
+            )
 
-        response = await self._open(MESSAGES_PATH, message_body(request), {}, stream=True,
-                                    limit=limit)
+        response = await self._open(
+            MESSAGES_PATH, message_body(request), {}, stream=True, limit=limit
+        )
         reader = _MessageReader(request.model, self._redact)
         try:
             lines = response.aiter_lines()
@@ -283,15 +298,19 @@ class AnthropicApiRunner:
     ) -> httpx.Response:
         """POST ``body``; return the 2xx response unread, or settle the breaker and raise."""
         request = self._client.build_request(
-            "POST", self._urls[path], headers=self._headers(client_headers, stream=stream),
+            "POST",
+            self._urls[path],
+            headers=self._headers(client_headers, stream=stream),
             content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
         )
         try:
             await self.breaker.admit()
         except CircuitOpen as exc:
             raise RunError(
-                "circuit_open", "The upstream API failed repeatedly; the API backend pauses "
-                f"calls to it for {exc.retry_after:.0f} s more.", retry_after=exc.retry_after,
+                "circuit_open",
+                "The upstream API failed repeatedly; the API backend pauses "
+                f"calls to it for {exc.retry_after:.0f} s more.",
+                retry_after=exc.retry_after,
             ) from None
         settled = False
         try:
@@ -357,8 +376,11 @@ class AnthropicApiRunner:
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
-            raise RunError("upstream_error", "The upstream API answered 2xx with a body that is "
-                           "not a JSON object.", upstream_status=response.status_code)
+            raise RunError(
+                "upstream_error",
+                "The upstream API answered 2xx with a body that is not a JSON object.",
+                upstream_status=response.status_code,
+            )
         return payload, raw
 
     # -- turning failures into RunErrors ---------------------------------------------------
@@ -370,8 +392,12 @@ class AnthropicApiRunner:
             payload = None
         upstream_type, message = _error_detail(payload)
         message = self._redact(message) or f"HTTP {status}"
-        log.warning("upstream_error", status=status, upstream_type=upstream_type,
-                    upstream_request_id=headers.get("request-id"))
+        log.warning(
+            "upstream_error",
+            status=status,
+            upstream_type=upstream_type,
+            upstream_request_id=headers.get("request-id"),
+        )
         return _error_for(status, message, retry_after_from(headers))
 
     def _event_failure(self, error: RunError) -> RunError:
@@ -387,18 +413,26 @@ class AnthropicApiRunner:
     def _transport_failure(self, exc: httpx.TransportError) -> RunError:
         """Settle the breaker for a transport error and return the RunError clients see."""
         if isinstance(exc, httpx.PoolTimeout):
-            return RunError("timeout", "Every upstream connection stayed busy for "
-                            f"{self.timeout_secs:g} s (CCGATE_API_MAX_CONNECTIONS).")
+            return RunError(
+                "timeout",
+                "Every upstream connection stayed busy for "
+                f"{self.timeout_secs:g} s (CCGATE_API_MAX_CONNECTIONS).",
+            )
         self._record_failure(None)
         log.warning("upstream_unreachable", host=self._host, error=type(exc).__name__)
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            return RunError("upstream_overloaded",
-                            f"Could not connect to the upstream API at {self._host}.")
+            return RunError(
+                "upstream_overloaded", f"Could not connect to the upstream API at {self._host}."
+            )
         if isinstance(exc, httpx.TimeoutException):
-            return RunError("timeout", f"The upstream API sent nothing for "
-                            f"{self.timeout_secs:g} s (CCGATE_UPSTREAM_TIMEOUT_SECS).")
-        return RunError("upstream_error", f"The connection to the upstream API failed "
-                        f"({type(exc).__name__}).")
+            return RunError(
+                "timeout",
+                f"The upstream API sent nothing for "
+                f"{self.timeout_secs:g} s (CCGATE_UPSTREAM_TIMEOUT_SECS).",
+            )
+        return RunError(
+            "upstream_error", f"The connection to the upstream API failed ({type(exc).__name__})."
+        )
 
     def _record_failure(self, retry_after: float | None) -> None:
         was_open = self.breaker.state == "open"
@@ -551,28 +585,47 @@ def _event_error(event: dict[str, Any], clean: Callable[[str], str]) -> RunError
 def _error_for(status: int, message: str, retry_after: float | None) -> RunError:
     """The documented RunError for an upstream HTTP status."""
     if status == 429:
-        return RunError("upstream_rate_limited", f"The upstream API rate-limited this server's "
-                        f"API key: {message}", retry_after=retry_after, upstream_status=status)
+        return RunError(
+            "upstream_rate_limited",
+            f"The upstream API rate-limited this server's API key: {message}",
+            retry_after=retry_after,
+            upstream_status=status,
+        )
     if status in (401, 403):
-        return RunError("upstream_auth_error", f"The upstream API refused the server's API key "
-                        f"({status}): {message}. The operator must fix ANTHROPIC_API_KEY.",
-                        upstream_status=status)
+        return RunError(
+            "upstream_auth_error",
+            f"The upstream API refused the server's API key "
+            f"({status}): {message}. The operator must fix ANTHROPIC_API_KEY.",
+            upstream_status=status,
+        )
     if status == 413:
-        return RunError("upstream_request_too_large", f"The upstream API refused the request "
-                        f"as too large: {message}", upstream_status=status)
+        return RunError(
+            "upstream_request_too_large",
+            f"The upstream API refused the request as too large: {message}",
+            upstream_status=status,
+        )
     if status in _OVERLOADED_STATUSES:
-        return RunError("upstream_overloaded", f"The upstream API is overloaded or unavailable "
-                        f"({status}): {message}", retry_after=retry_after, upstream_status=status)
+        return RunError(
+            "upstream_overloaded",
+            f"The upstream API is overloaded or unavailable ({status}): {message}",
+            retry_after=retry_after,
+            upstream_status=status,
+        )
     if 400 <= status < 500:
         return RunError("upstream_bad_request", message, upstream_status=status)
-    return RunError("upstream_error", f"The upstream API answered HTTP {status}: {message}",
-                    retry_after=retry_after, upstream_status=status)
+    return RunError(
+        "upstream_error",
+        f"The upstream API answered HTTP {status}: {message}",
+        retry_after=retry_after,
+        upstream_status=status,
+    )
 
 
 def _forwardable(name: str, value: str) -> str:
     if not (value.isascii() and value.isprintable()):
-        raise RunError("invalid_request", f"The {name} header holds characters that cannot be "
-                       "forwarded.")
+        raise RunError(
+            "invalid_request", f"The {name} header holds characters that cannot be forwarded."
+        )
     return value.strip()
 
 
@@ -597,13 +650,14 @@ def api_runner(settings: Settings, breaker: CircuitBreaker | None = None) -> Ant
     """The API runner for ``settings`` (CCGATE_BACKEND=api), with its own circuit breaker
     unless one (e.g. shared between nodes) is given."""
     if not settings.anthropic_api_key:
-        raise ConfigError("ANTHROPIC_API_KEY", "",
-                          "an Anthropic API key (CCGATE_BACKEND=api needs one)")
+        raise ConfigError(
+            "ANTHROPIC_API_KEY", "", "an Anthropic API key (CCGATE_BACKEND=api needs one)"
+        )
     return AnthropicApiRunner(
         api_key=settings.anthropic_api_key,
         base_url=settings.anthropic_base_url,
-        breaker=breaker or CircuitBreaker(settings.circuit_failures,
-                                          settings.circuit_cooldown_secs),
+        breaker=breaker
+        or CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown_secs),
         max_connections=settings.api_max_connections,
         timeout_secs=settings.upstream_timeout_secs,
     )

@@ -50,8 +50,10 @@ class ClaudeCliRunner:
         try:
             run_dir = RunDir.create(self.options.work_dir, "ccgate-run-")
         except OSError as exc:
-            raise RunError("cli_error", "Could not create the run directory under "
-                           f"CCGATE_WORK_DIR: {exc.strerror or exc}") from None
+            raise RunError(
+                "cli_error",
+                f"Could not create the run directory under CCGATE_WORK_DIR: {exc.strerror or exc}",
+            ) from None
         env = build_env(self.options, run_dir.path)
         transcript: Transcript | None = None
         process: GroupProcess | None = None
@@ -59,8 +61,12 @@ class ClaudeCliRunner:
         try:
             if request.history:
                 transcript = await _write_history(request, env, run_dir.path)
-            argv = build_argv(self.options, request, prompt_files=_write_prompts(run_dir, request),
-                              resume=transcript.session_id if transcript else None)
+            argv = build_argv(
+                self.options,
+                request,
+                prompt_files=_write_prompts(run_dir, request),
+                resume=transcript.session_id if transcript else None,
+            )
             spawned = time.monotonic()
             with tracing.span("ccgate.spawn", warm=False):
                 process = await _start(self.options, run_dir, argv, env)
@@ -84,8 +90,15 @@ class ClaudeCliRunner:
             if not finished:
                 await asyncio.shield(cleanup)
 
-    def _clean_up(self, process: GroupProcess | None, run_dir: RunDir, env: dict[str, str],
-                  transcript: Transcript | None, *, wait_exit: bool) -> asyncio.Task[None]:
+    def _clean_up(
+        self,
+        process: GroupProcess | None,
+        run_dir: RunDir,
+        env: dict[str, str],
+        transcript: Transcript | None,
+        *,
+        wait_exit: bool,
+    ) -> asyncio.Task[None]:
         async def clean_up() -> None:
             try:
                 if process is not None:
@@ -108,9 +121,7 @@ class ClaudeCliRunner:
         while self._reaping:
             await asyncio.gather(*self._reaping, return_exceptions=True)
 
-    async def _events(
-        self, process: GroupProcess, request: RunRequest
-    ) -> AsyncIterator[RunEvent]:
+    async def _events(self, process: GroupProcess, request: RunRequest) -> AsyncIterator[RunEvent]:
         parser = StreamParser(partial=request.stream)
         deadline = time.monotonic() + request.timeout_secs
         while True:
@@ -129,8 +140,11 @@ class ClaudeCliRunner:
 
 async def _write_history(request: RunRequest, env: dict[str, str], run_dir: str) -> Transcript:
     """Write the earlier turns as a transcript for this run alone; RunError if unusable."""
-    writing = asyncio.ensure_future(asyncio.to_thread(
-        write_transcript, request.history, env=env, cwd=run_dir, model=request.model))
+    writing = asyncio.ensure_future(
+        asyncio.to_thread(
+            write_transcript, request.history, env=env, cwd=run_dir, model=request.model
+        )
+    )
     try:
         return await asyncio.shield(writing)
     except asyncio.CancelledError:
@@ -140,8 +154,10 @@ async def _write_history(request: RunRequest, env: dict[str, str], run_dir: str)
     except ValueError as exc:
         raise RunError("invalid_request", f"Invalid history: {exc}") from None
     except OSError as exc:
-        raise RunError("cli_error", "Could not write the earlier turns for the claude CLI: "
-                       f"{exc.strerror or exc}") from None
+        raise RunError(
+            "cli_error",
+            f"Could not write the earlier turns for the claude CLI: {exc.strerror or exc}",
+        ) from None
 
 
 def _write_prompts(run_dir: RunDir, request: RunRequest) -> PromptFiles:
@@ -151,12 +167,15 @@ def _write_prompts(run_dir: RunDir, request: RunRequest) -> PromptFiles:
     except ValueError:
         raise RunError("invalid_request", "The system prompt is not valid Unicode text") from None
     except OSError as exc:
-        raise RunError("cli_error", "Could not write the system prompt for the claude CLI: "
-                       f"{exc.strerror or exc}") from None
+        raise RunError(
+            "cli_error",
+            f"Could not write the system prompt for the claude CLI: {exc.strerror or exc}",
+        ) from None
 
 
-async def _start(options: CliOptions, run_dir: RunDir, argv: list[str],
-                 env: dict[str, str]) -> GroupProcess:
+async def _start(
+    options: CliOptions, run_dir: RunDir, argv: list[str], env: dict[str, str]
+) -> GroupProcess:
     """Start the CLI; any failure to start is ``cli_unavailable`` (the caller removes the dir)."""
     try:
         return await start_cli(options, run_dir, argv, env)
@@ -182,14 +201,13 @@ async def ended_early(process: GroupProcess) -> RunError:
     tail = redact(await process.stderr_tail())
     detail = f": {tail}" if tail else " and printed nothing on stderr"
     if code not in (0, None):
-        return RunError("cli_error", f"The claude CLI exited with code {code} before "
-                        f"finishing{detail}")
+        return RunError(
+            "cli_error", f"The claude CLI exited with code {code} before finishing{detail}"
+        )
     return RunError("cli_error", f"The claude CLI ended without a result{detail}")
 
 
-async def next_line(
-    process: GroupProcess, request: RunRequest, deadline: float
-) -> bytes | None:
+async def next_line(process: GroupProcess, request: RunRequest, deadline: float) -> bytes | None:
     """Read the next stdout line under the request's wall and idle limits; raise RunError."""
     remaining = deadline - time.monotonic()
     idle = request.idle_timeout_secs
@@ -203,8 +221,9 @@ async def next_line(
             return await process.readline()
     except TimeoutError:
         # Name the limit that was actually waited on: timers may fire a hair early.
-        raise _timeout("idle" if idle_binds else "wall",
-                       idle if idle_binds else request.timeout_secs) from None
+        raise _timeout(
+            "idle" if idle_binds else "wall", idle if idle_binds else request.timeout_secs
+        ) from None
 
 
 def _timeout(kind: str, secs: float) -> RunError:
@@ -217,7 +236,8 @@ async def probe_version(executable: str, timeout: float = 15.0) -> str | None:
     """Return what ``claude --version`` prints (e.g. ``2.1.330 (Claude Code)``), or None."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            executable, "--version",
+            executable,
+            "--version",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
@@ -254,11 +274,14 @@ def cli_runner(settings: Settings, executable: str | None) -> Runner:
     from ccgate.runners.pool import PoolConfig
     from ccgate.runners.pooled_cli import PooledCliRunner
 
-    return PooledCliRunner(options, PoolConfig(
-        mode=settings.pool_mode,
-        max_processes=settings.pool_max_processes,
-        min_idle=settings.pool_min_idle,
-        idle_secs=settings.pool_idle_secs,
-        max_requests=settings.pool_max_requests,
-        concurrency=settings.concurrency,
-    ))
+    return PooledCliRunner(
+        options,
+        PoolConfig(
+            mode=settings.pool_mode,
+            max_processes=settings.pool_max_processes,
+            min_idle=settings.pool_min_idle,
+            idle_secs=settings.pool_idle_secs,
+            max_requests=settings.pool_max_requests,
+            concurrency=settings.concurrency,
+        ),
+    )

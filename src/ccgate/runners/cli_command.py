@@ -57,7 +57,10 @@ NO_PROMPT_FILES = PromptFiles()
 
 
 def build_argv(
-    options: CliOptions, request: RunRequest, *, prompt_files: PromptFiles = NO_PROMPT_FILES,
+    options: CliOptions,
+    request: RunRequest,
+    *,
+    prompt_files: PromptFiles = NO_PROMPT_FILES,
     resume: str | None = None,
 ) -> list[str]:
     """Return the argv list for ``request``; no prompt text goes here, system prompts included.
@@ -67,15 +70,19 @@ def build_argv(
     transcript written for this run alone (its earlier turns).
     """
     if (request.system_prompt is not None and prompt_files.system is None) or (
-            request.append_system_prompt is not None and prompt_files.append is None):
+        request.append_system_prompt is not None and prompt_files.append is None
+    ):
         raise ValueError("system prompts go into files, never into argv")
     argv = [
         options.executable,
         "-p",
-        "--input-format", "stream-json",
-        "--output-format", "stream-json",
+        "--input-format",
+        "stream-json",
+        "--output-format",
+        "stream-json",
         "--verbose",
-        "--model", request.model,
+        "--model",
+        request.model,
     ]
     if request.stream:
         argv.append("--include-partial-messages")
@@ -89,8 +96,11 @@ def build_argv(
         # permission modes and disallow lists still let read-only Bash run in -p mode.
         argv += ["--tools", ""]
     argv += [
-        "--strict-mcp-config", "--mcp-config", EMPTY_MCP_CONFIG,
-        "--setting-sources", "",
+        "--strict-mcp-config",
+        "--mcp-config",
+        EMPTY_MCP_CONFIG,
+        "--setting-sources",
+        "",
         "--disable-slash-commands",
         "--no-session-persistence",
     ]

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from ccgate.config import Settings
 from ccgate.runners.cli import probe_version
 
-INSTALL_HINT = ("install it with 'npm install -g @anthropic-ai/claude-code' and log in once with "
-                "'claude' (or set ANTHROPIC_API_KEY), or point CCGATE_CLAUDE_PATH at it")
+INSTALL_HINT = (
+    "install it with 'npm install -g @anthropic-ai/claude-code' and log in once with "
+    "'claude' (or set ANTHROPIC_API_KEY), or point CCGATE_CLAUDE_PATH at it"
+)
 
 
 @dataclass
@@ -26,13 +28,19 @@ class CliStatus:
             return self
         path = self.settings.resolve_claude()
         if path is None:
-            where = (f"at CCGATE_CLAUDE_PATH={self.settings.claude_path}"
-                     if self.settings.claude_path else "on PATH")
+            where = (
+                f"at CCGATE_CLAUDE_PATH={self.settings.claude_path}"
+                if self.settings.claude_path
+                else "on PATH"
+            )
             self.path, self.version = None, None
             self.problem = f"claude CLI not found {where}: {INSTALL_HINT}"
             return self
         self.path = path
         self.version = await probe_version(path)
-        self.problem = None if self.version else (
-            f"claude CLI at {path} did not answer 'claude --version'; reinstall it")
+        self.problem = (
+            None
+            if self.version
+            else (f"claude CLI at {path} did not answer 'claude --version'; reinstall it")
+        )
         return self

@@ -38,10 +38,17 @@ class PlanWindow:
 class WindowClosed(RunError):
     """The run was refused because a plan window is exhausted until ``resets_at``."""
 
-    def __init__(self, message: str, *, resets_at: datetime | None, retry_after: float | None,
-                 windows: tuple[PlanWindow, ...]) -> None:
-        super().__init__("upstream_rate_limited", message, retry_after=retry_after,
-                         upstream_status=429)
+    def __init__(
+        self,
+        message: str,
+        *,
+        resets_at: datetime | None,
+        retry_after: float | None,
+        windows: tuple[PlanWindow, ...],
+    ) -> None:
+        super().__init__(
+            "upstream_rate_limited", message, retry_after=retry_after, upstream_status=429
+        )
         self.resets_at = resets_at
         self.windows = windows
 
@@ -88,15 +95,24 @@ def _name(value: Any) -> str:
     return UNNAMED
 
 
-def _window(name: str, raw: dict[str, Any], seen_at: datetime, *,
-            default_status: str | None = None) -> PlanWindow | None:
+def _window(
+    name: str, raw: dict[str, Any], seen_at: datetime, *, default_status: str | None = None
+) -> PlanWindow | None:
     status = raw.get("status", default_status)
     if status not in STATUSES:
         return None
     utilization = raw.get("utilization")
-    if isinstance(utilization, bool) or not isinstance(utilization, int | float) \
-            or utilization != utilization or not 0 <= utilization < 1e6:
+    if (
+        isinstance(utilization, bool)
+        or not isinstance(utilization, int | float)
+        or utilization != utilization
+        or not 0 <= utilization < 1e6
+    ):
         utilization = None
-    return PlanWindow(name=name, status=str(status),
-                      utilization=float(utilization) if utilization is not None else None,
-                      resets_at=epoch_to_datetime(raw.get("resetsAt")), seen_at=seen_at)
+    return PlanWindow(
+        name=name,
+        status=str(status),
+        utilization=float(utilization) if utilization is not None else None,
+        resets_at=epoch_to_datetime(raw.get("resetsAt")),
+        seen_at=seen_at,
+    )

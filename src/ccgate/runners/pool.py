@@ -99,8 +99,9 @@ class WarmPool:
             # Reuse needs slash commands on (for /clear); user text that starts with "/"
             # would run as a command, so it takes the locked-down cold path instead.
             return None
-        return PoolKey(request.owner, request.model, SystemPrompts.of(request).digest(),
-                       request.stream)
+        return PoolKey(
+            request.owner, request.model, SystemPrompts.of(request).digest(), request.stream
+        )
 
     def argv(self, key: PoolKey, prompt_files: PromptFiles) -> list[str]:
         """The argv a process for ``key`` runs: the cold runner's, minus what reuse needs."""
@@ -175,8 +176,12 @@ class WarmPool:
     @property
     def total(self) -> int:
         """Pooled processes that hold memory: idle, busy, starting and stopping."""
-        return (sum(len(v) for v in self._idle.values()) + len(self._busy)
-                + sum(self._spawning.values()) + self._closing)
+        return (
+            sum(len(v) for v in self._idle.values())
+            + len(self._busy)
+            + sum(self._spawning.values())
+            + self._closing
+        )
 
     def refill(self) -> None:
         """Start processes for recently active keys below min idle, within every bound; drop
@@ -192,12 +197,19 @@ class WarmPool:
 
     def _holds(self, key: PoolKey) -> bool:
         """Whether any process of ``key`` is idle, starting, resetting or busy."""
-        return (key in self._idle or key in self._spawning or key in self._resetting
-                or any(p.key == key for p in self._busy))
+        return (
+            key in self._idle
+            or key in self._spawning
+            or key in self._resetting
+            or any(p.key == key for p in self._busy)
+        )
 
     def _may_spawn(self) -> bool:
-        return (not self._closed and self.total < self.config.max_processes
-                and self.active_runs + sum(self._spawning.values()) < self.config.concurrency)
+        return (
+            not self._closed
+            and self.total < self.config.max_processes
+            and self.active_runs + sum(self._spawning.values()) < self.config.concurrency
+        )
 
     def _available(self, key: PoolKey) -> int:
         """Idle or starting processes of ``key``, plus (reuse) busy ones that will come back."""
@@ -250,14 +262,20 @@ class WarmPool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _reusable(self, process: WarmProcess) -> bool:
-        return (self.config.mode == "reuse" and not self._closed and process.alive
-                and not process.tainted and process.served < self.config.max_requests
-                and process.key in self._demand)
+        return (
+            self.config.mode == "reuse"
+            and not self._closed
+            and process.alive
+            and not process.tainted
+            and process.served < self.config.max_requests
+            and process.key in self._demand
+        )
 
     async def _spawn(self, key: PoolKey, prompts: SystemPrompts) -> None:
         try:
             process = await WarmProcess.start(
-                key, self.options, prompts, lambda files: self.argv(key, files))
+                key, self.options, prompts, lambda files: self.argv(key, files)
+            )
         except Exception as exc:
             # WarmProcess.start removed the directory it made; the request already ran cold.
             self.counters.spawn_failures += 1
@@ -291,8 +309,10 @@ class WarmPool:
 
     async def _after_cancel(self, process: WarmProcess) -> None:
         self.counters.interrupts += 1
-        ended = (await process.interrupt()
-                 and await process.read_until_result(self.options.kill_grace_secs) is not None)
+        ended = (
+            await process.interrupt()
+            and await process.read_until_result(self.options.kill_grace_secs) is not None
+        )
         if ended and self._reusable(process):
             self._resetting[process.key] = self._resetting.get(process.key, 0) + 1
             await self._reset_and_return(process)

@@ -53,8 +53,9 @@ class PooledCliRunner:
             self.pool.active_runs -= 1
             self.pool.refill()  # a slot under the concurrency cap just freed up
 
-    async def _serve(self, process: WarmProcess,
-                     request: RunRequest) -> AsyncGenerator[RunEvent, None]:
+    async def _serve(
+        self, process: WarmProcess, request: RunRequest
+    ) -> AsyncGenerator[RunEvent, None]:
         outcome = "cancelled"
         try:
             if not await process.send_turn(request.content):

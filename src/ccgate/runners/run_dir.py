@@ -82,8 +82,9 @@ class RunDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-async def start_cli(options: CliOptions, run_dir: RunDir, argv: list[str],
-                    env: Mapping[str, str]) -> GroupProcess:
+async def start_cli(
+    options: CliOptions, run_dir: RunDir, argv: list[str], env: Mapping[str, str]
+) -> GroupProcess:
     """Start ``argv`` in ``run_dir``, inside the configured sandbox; raise OSError or
     ValueError when it cannot start."""
     wrapped = options.sandbox.wrap(argv, run_dir=run_dir.path, env=env)

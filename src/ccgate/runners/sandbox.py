@@ -31,9 +31,24 @@ from ccgate.runners.transcript import config_dir
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # The files of /etc a CLI needs: name resolution, users, time zone, loader cache, certificates.
 _ETC_ENTRIES = (
-    "resolv.conf", "hosts", "host.conf", "nsswitch.conf", "gai.conf", "passwd", "group",
-    "localtime", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "os-release",
-    "ssl", "ca-certificates", "ca-certificates.conf", "pki", "crypto-policies",
+    "resolv.conf",
+    "hosts",
+    "host.conf",
+    "nsswitch.conf",
+    "gai.conf",
+    "passwd",
+    "group",
+    "localtime",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "os-release",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "pki",
+    "crypto-policies",
 )
 _CERT_VARIABLES = ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR")
 _PACKAGE_DEPTH = 3
@@ -98,8 +113,18 @@ class BwrapSandbox:
     def _base(self) -> list[str]:
         # No --new-session: the CLI must stay in ccgate's process group so a group kill ends
         # it; it has no controlling terminal to abuse (ccgate starts every run with setsid).
-        args = [self.bwrap, "--unshare-all", "--share-net", "--die-with-parent",
-                "--cap-drop", "ALL", "--proc", "/proc", "--dev", "/dev"]
+        args = [
+            self.bwrap,
+            "--unshare-all",
+            "--share-net",
+            "--die-with-parent",
+            "--cap-drop",
+            "ALL",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+        ]
         for path in _SYSTEM_DIRS:
             if os.path.islink(path):
                 args += ["--symlink", os.readlink(path), path]
@@ -122,11 +147,14 @@ class BwrapSandbox:
         code, detail = await run_briefly([*self._base(), "--", true], env)
         if code == 0:
             return None
-        return (f"bwrap cannot create a sandbox on this machine ({detail or f'exit {code}'}); "
-                "user namespaces may be restricted")
+        return (
+            f"bwrap cannot create a sandbox on this machine ({detail or f'exit {code}'}); "
+            "user namespaces may be restricted"
+        )
 
-    async def cli_problem(self, executable: str, env: Mapping[str, str],
-                          work_dir: str | None) -> str | None:
+    async def cli_problem(
+        self, executable: str, env: Mapping[str, str], work_dir: str | None
+    ) -> str | None:
         """Why ``executable --version`` fails inside this sandbox (a path it needs is not
         visible), or None when the CLI starts there."""
         run_dir = _probe_dir(work_dir)
@@ -161,14 +189,25 @@ async def sandbox_problem(settings: Settings) -> str | None:
     return None if problem is None else f"CCGATE_SANDBOX=bwrap but {problem}"
 
 
-async def run_briefly(argv: list[str], env: Mapping[str, str], *, cwd: str | None = None,
-                      timeout: float = _PROBE_TIMEOUT_SECS) -> tuple[int | None, str]:
+async def run_briefly(
+    argv: list[str],
+    env: Mapping[str, str],
+    *,
+    cwd: str | None = None,
+    timeout: float = _PROBE_TIMEOUT_SECS,
+) -> tuple[int | None, str]:
     """Run ``argv`` to its end (at most ``timeout`` s); return its exit code and the first
     line of its output (code None: it could not start, or was killed at the timeout)."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True)
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
     except OSError as exc:
         return None, f"{argv[0]}: {exc.strerror or exc}"
     try:

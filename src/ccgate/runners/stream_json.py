@@ -59,9 +59,13 @@ class StreamParser:
             info = _rate_limit_info(message)
             if info is not None:
                 self._note_windows(info)
-            self.result = result_from_line(message, self._model, self._rate_limit,
-                                           windows=tuple(self.windows.values()),
-                                           now=self.clock())
+            self.result = result_from_line(
+                message,
+                self._model,
+                self._rate_limit,
+                windows=tuple(self.windows.values()),
+                now=self.clock(),
+            )
             return [self.result]
         return []
 
@@ -117,16 +121,21 @@ def _assistant_text(message: Any) -> list[RunEvent]:
     parts = [
         block["text"]
         for block in message["content"]
-        if isinstance(block, dict) and block.get("type") == "text"
+        if isinstance(block, dict)
+        and block.get("type") == "text"
         and isinstance(block.get("text"), str)
     ]
     return [TextDelta("".join(parts))] if parts else []
 
 
-def result_from_line(line: dict[str, Any], model: str | None,
-                     rate_limit: dict[str, Any] | None = None, *,
-                     windows: tuple[PlanWindow, ...] = (),
-                     now: datetime | None = None) -> RunResult:
+def result_from_line(
+    line: dict[str, Any],
+    model: str | None,
+    rate_limit: dict[str, Any] | None = None,
+    *,
+    windows: tuple[PlanWindow, ...] = (),
+    now: datetime | None = None,
+) -> RunResult:
     """Build the RunResult of a ``result`` line, or raise the RunError it reports.
 
     The CLI reports upstream failures with ``subtype: "success"`` and ``is_error: true``,
@@ -146,13 +155,15 @@ def result_from_line(line: dict[str, Any], model: str | None,
         limited = closed or line.get("error") == "rate_limit"
         if limited and (status is None or status < 500):
             status = 429
-        error = classify_upstream_error(status, text,
-                                        _str_or_none(line.get("terminal_reason")))
+        error = classify_upstream_error(status, text, _str_or_none(line.get("terminal_reason")))
         if error.error_type == "upstream_rate_limited" and closed:
             resets_at = _closing_reset(windows, info, now)
-            raise WindowClosed(error.message, resets_at=resets_at,
-                               retry_after=_seconds_until(resets_at, now),
-                               windows=windows)
+            raise WindowClosed(
+                error.message,
+                resets_at=resets_at,
+                retry_after=_seconds_until(resets_at, now),
+                windows=windows,
+            )
         raise error
     usage_raw = line.get("usage")
     if not isinstance(usage_raw, dict):
@@ -176,8 +187,9 @@ def result_from_line(line: dict[str, Any], model: str | None,
     )
 
 
-def _closing_reset(windows: tuple[PlanWindow, ...], info: dict[str, Any] | None,
-                   now: datetime) -> datetime | None:
+def _closing_reset(
+    windows: tuple[PlanWindow, ...], info: dict[str, Any] | None, now: datetime
+) -> datetime | None:
     """When the refusal ends: the reset of the limiting window, else the latest reset of the
     windows seen rejected."""
     if info is not None:
@@ -192,24 +204,36 @@ def classify_upstream_error(status: int | None, text: str, reason: str | None) -
     """Map a failed result line to the documented error type a client can act on."""
     detail = text.strip()[:500] or "no detail given"
     if status in (401, 403):
-        return RunError("upstream_auth_error",
-                        "The claude CLI is not logged in or its API key is invalid "
-                        f"(upstream {status}): {detail}", upstream_status=status)
+        return RunError(
+            "upstream_auth_error",
+            "The claude CLI is not logged in or its API key is invalid "
+            f"(upstream {status}): {detail}",
+            upstream_status=status,
+        )
     if status == 429:
-        return RunError("upstream_rate_limited",
-                        f"The upstream API rate-limited this account (429): {detail}",
-                        upstream_status=status)
+        return RunError(
+            "upstream_rate_limited",
+            f"The upstream API rate-limited this account (429): {detail}",
+            upstream_status=status,
+        )
     if status is not None and (status >= 500 or status == 529):
-        return RunError("upstream_overloaded",
-                        f"The upstream API is overloaded or unavailable ({status}): {detail}",
-                        upstream_status=status)
+        return RunError(
+            "upstream_overloaded",
+            f"The upstream API is overloaded or unavailable ({status}): {detail}",
+            upstream_status=status,
+        )
     if status == 413:
-        return RunError("upstream_request_too_large",
-                        f"The upstream API refused the request as too large (413): {detail}",
-                        upstream_status=status)
+        return RunError(
+            "upstream_request_too_large",
+            f"The upstream API refused the request as too large (413): {detail}",
+            upstream_status=status,
+        )
     if status is not None and 400 <= status < 500:
-        return RunError("upstream_bad_request",
-                        f"The upstream API refused the request ({status}): {detail}",
-                        upstream_status=status)
-    return RunError("cli_error", f"The claude CLI reported an error ({reason or 'unknown'}): "
-                    f"{detail}")
+        return RunError(
+            "upstream_bad_request",
+            f"The upstream API refused the request ({status}): {detail}",
+            upstream_status=status,
+        )
+    return RunError(
+        "cli_error", f"The claude CLI reported an error ({reason or 'unknown'}): {detail}"
+    )

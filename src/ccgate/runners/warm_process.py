@@ -16,10 +16,18 @@ from ccgate.runners.run_dir import RunDir, SystemPrompts, start_cli
 
 # What one turn's stdout may hold; any other line type means the process is in a state we
 # did not expect, and it is retired rather than trusted with another request.
-EXPECTED_LINE_TYPES = frozenset({
-    "system", "stream_event", "assistant", "user", "result", "control_response",
-    "conversation_reset", "rate_limit_event",
-})
+EXPECTED_LINE_TYPES = frozenset(
+    {
+        "system",
+        "stream_event",
+        "assistant",
+        "user",
+        "result",
+        "control_response",
+        "conversation_reset",
+        "rate_limit_event",
+    }
+)
 _CLEAR = [{"type": "text", "text": "/clear"}]
 
 
@@ -37,8 +45,9 @@ class PoolKey:
 class WarmProcess:
     """A GroupProcess in a private directory, reading one user message per turn."""
 
-    def __init__(self, key: PoolKey, process: GroupProcess, run_dir: RunDir,
-                 env: Mapping[str, str]) -> None:
+    def __init__(
+        self, key: PoolKey, process: GroupProcess, run_dir: RunDir, env: Mapping[str, str]
+    ) -> None:
         self.key = key
         self.process = process
         self.run_dir = run_dir
@@ -52,8 +61,13 @@ class WarmProcess:
         self.tainted = False  # printed something unexpected: retire after this turn
 
     @classmethod
-    async def start(cls, key: PoolKey, options: CliOptions, prompts: SystemPrompts,
-                    argv_for: Callable[[PromptFiles], list[str]]) -> WarmProcess:
+    async def start(
+        cls,
+        key: PoolKey,
+        options: CliOptions,
+        prompts: SystemPrompts,
+        argv_for: Callable[[PromptFiles], list[str]],
+    ) -> WarmProcess:
         """Start the CLI in a new private directory (its cwd and TMPDIR, holding its system
         prompt files for its whole life); whatever fails, the directory goes with it."""
         run_dir = RunDir.create(options.work_dir, "ccgate-pool-")
@@ -95,8 +109,11 @@ class WarmProcess:
 
     async def interrupt(self) -> bool:
         """Ask the CLI to end the current turn at once (it answers with a result line)."""
-        request = {"type": "control_request", "request_id": f"ccgate-{uuid.uuid4().hex}",
-                   "request": {"subtype": "interrupt"}}
+        request = {
+            "type": "control_request",
+            "request_id": f"ccgate-{uuid.uuid4().hex}",
+            "request": {"subtype": "interrupt"},
+        }
         return await self.send(json.dumps(request).encode() + b"\n")
 
     async def read_until_result(self, timeout: float) -> list[dict[str, object]] | None:
@@ -105,8 +122,9 @@ class WarmProcess:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                raw = await asyncio.wait_for(self.process.readline(),
-                                             max(0.0, deadline - time.monotonic()))
+                raw = await asyncio.wait_for(
+                    self.process.readline(), max(0.0, deadline - time.monotonic())
+                )
             except TimeoutError:
                 return None
             if raw is None:

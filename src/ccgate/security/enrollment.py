@@ -123,16 +123,23 @@ def looks_like_device_token(secret: str) -> bool:
     return len(secret) <= _MAX_TOKEN_CHARS and bool(_JWT_SHAPE.fullmatch(secret))
 
 
-def issue_device_token(secret: str, device: DeviceRecord, policy: KeyPolicy, *, ttl_secs: int,
-                       now: datetime) -> tuple[str, datetime]:
+def issue_device_token(
+    secret: str, device: DeviceRecord, policy: KeyPolicy, *, ttl_secs: int, now: datetime
+) -> tuple[str, datetime]:
     """Sign a token for ``device`` valid ``ttl_secs`` from ``now``; return it and its expiry."""
     issued = int(now.timestamp())
     expires = issued + ttl_secs
     # The client-chosen device_id stays out: tokens travel, and it must not leak with them.
     claims: dict[str, Any] = {
-        "iss": ISSUER, "sub": device.id, "key": device.key_id,
-        "enr": device.enrollment_name, "policy": policy.as_json(), "iat": issued,
-        "exp": expires, "jti": secrets.token_urlsafe(16)}
+        "iss": ISSUER,
+        "sub": device.id,
+        "key": device.key_id,
+        "enr": device.enrollment_name,
+        "policy": policy.as_json(),
+        "iat": issued,
+        "exp": expires,
+        "jti": secrets.token_urlsafe(16),
+    }
     return jwt.encode(claims, secret, algorithm=ALGORITHM), datetime.fromtimestamp(expires, UTC)
 
 
@@ -141,19 +148,32 @@ def read_device_token(secret: str, token: str) -> DeviceClaims | None:
     if not looks_like_device_token(token):
         return None
     try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
-                            options={"require": ["exp", "iat", "sub"]})
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            options={"require": ["exp", "iat", "sub"]},
+        )
     except jwt.PyJWTError:
         return None
     sub, key_id = claims.get("sub"), claims.get("key")
     enrollment, jti = claims.get("enr"), claims.get("jti")
-    if not (isinstance(sub, str) and isinstance(key_id, str)
-            and isinstance(enrollment, str) and isinstance(jti, str)):
+    if not (
+        isinstance(sub, str)
+        and isinstance(key_id, str)
+        and isinstance(enrollment, str)
+        and isinstance(jti, str)
+    ):
         return None
     return DeviceClaims(
-        device=sub, key_id=key_id, enrollment=enrollment,
+        device=sub,
+        key_id=key_id,
+        enrollment=enrollment,
         issued_at=datetime.fromtimestamp(claims["iat"], UTC),
-        expires_at=datetime.fromtimestamp(claims["exp"], UTC), jti=jti)
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        jti=jti,
+    )
 
 
 def mint_device_secret() -> str:
@@ -183,17 +203,26 @@ class EnrollmentService:
         self.ttl_secs = ttl_secs
         self._touched: dict[str, float] = {}
 
-    async def create(self, name: str, policy: KeyPolicy, *, max_devices: int,
-                     expires_at: datetime | None) -> CreatedEnrollment:
+    async def create(
+        self, name: str, policy: KeyPolicy, *, max_devices: int, expires_at: datetime | None
+    ) -> CreatedEnrollment:
         """Create an enrollment; its code is returned here and never again."""
         if not NAME_PATTERN.fullmatch(name):
-            raise EnrollmentNameError(f"enrollment name {name!r} must be 1-80 letters, digits, "
-                                      "'.', '_' or '-', starting with a letter or digit")
+            raise EnrollmentNameError(
+                f"enrollment name {name!r} must be 1-80 letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit"
+            )
         code = CODE_PREFIX + secrets.token_urlsafe(_CODE_BYTES)
         try:
             record = await self.store.enrollments.insert(
-                enrollment_id=new_id("enr"), name=name, code_hash=hash_secret(code),
-                policy=policy, max_devices=max_devices, now=_now(), expires_at=expires_at)
+                enrollment_id=new_id("enr"),
+                name=name,
+                code_hash=hash_secret(code),
+                policy=policy,
+                max_devices=max_devices,
+                now=_now(),
+                expires_at=expires_at,
+            )
         except IntegrityError:
             raise EnrollmentNameTaken(f"an enrollment named {name!r} already exists") from None
         return CreatedEnrollment(record, code)
@@ -210,8 +239,14 @@ class EnrollmentService:
         """Revoke a device and its key; its tokens fail from the next request on."""
         return await self.store.enrollments.revoke_device(device_row_id, _now())
 
-    async def bootstrap(self, code: str, device_id: str, *, device_secret: str | None = None,
-                        address: IPAddress | None = None) -> DeviceToken:
+    async def bootstrap(
+        self,
+        code: str,
+        device_id: str,
+        *,
+        device_secret: str | None = None,
+        address: IPAddress | None = None,
+    ) -> DeviceToken:
         """Exchange an enrollment code for a token.
 
         A new ``device_id`` enrols a device, whose token comes with its device secret and
@@ -237,8 +272,7 @@ class EnrollmentService:
             raise AddressRefused
         return await self._issue(device, key, now)
 
-    async def refresh(self, token: str, *, address: IPAddress | None = None
-                      ) -> DeviceToken | None:
+    async def refresh(self, token: str, *, address: IPAddress | None = None) -> DeviceToken | None:
         """A new token (new expiry and jti) for a still-valid one; None if it is not.
 
         Raise AddressRefused when ``address`` is outside the device key's ``ip_cidrs``. A
@@ -255,9 +289,13 @@ class EnrollmentService:
             return issued
         device_secret, webhook_secret = mint_device_secret(), mint_webhook_secret()
         secret_set, webhook_set = await self.store.enrollments.give_secrets(
-            device.id, secret_hash=hash_secret(device_secret), webhook_secret=webhook_secret)
-        return dataclasses.replace(issued, device_secret=device_secret if secret_set else None,
-                                   webhook_secret=webhook_secret if webhook_set else None)
+            device.id, secret_hash=hash_secret(device_secret), webhook_secret=webhook_secret
+        )
+        return dataclasses.replace(
+            issued,
+            device_secret=device_secret if secret_set else None,
+            webhook_secret=webhook_secret if webhook_set else None,
+        )
 
     async def verify(self, token: str) -> KeyRecord | None:
         """The active key a valid device token acts as, or None."""
@@ -289,18 +327,28 @@ class EnrollmentService:
             return None
         return key
 
-    async def _enrol(self, enrollment: EnrollmentRecord, device_id: str,
-                     now: datetime) -> DeviceToken:
+    async def _enrol(
+        self, enrollment: EnrollmentRecord, device_id: str, now: datetime
+    ) -> DeviceToken:
         minted = mint_key()  # the key secret is dropped: a device only ever presents its token
         device_secret, webhook_secret = mint_device_secret(), mint_webhook_secret()
-        key = DeviceKey(id=new_id("key"), name=device_key_name(enrollment.name, device_id),
-                        prefix=minted.prefix, secret_hash=minted.secret_hash,
-                        policy=enrollment.policy, webhook_secret=webhook_secret)
+        key = DeviceKey(
+            id=new_id("key"),
+            name=device_key_name(enrollment.name, device_id),
+            prefix=minted.prefix,
+            secret_hash=minted.secret_hash,
+            policy=enrollment.policy,
+            webhook_secret=webhook_secret,
+        )
         try:
             device = await self.store.enrollments.add_device(
-                device_row_id=new_id("dev"), enrollment_id=enrollment.id,
-                device_id=device_id, key=key, now=now,
-                secret_hash=hash_secret(device_secret))
+                device_row_id=new_id("dev"),
+                enrollment_id=enrollment.id,
+                device_id=device_id,
+                key=key,
+                now=now,
+                secret_hash=hash_secret(device_secret),
+            )
         except IntegrityError:
             # The same device_id enrolling twice at once: the other request won, and only it
             # holds the device secret.
@@ -313,12 +361,14 @@ class EnrollmentService:
         if record is None:
             raise DeviceRevoked
         issued = await self._issue(device, record, now)
-        return dataclasses.replace(issued, device_secret=device_secret,
-                                   webhook_secret=webhook_secret)
+        return dataclasses.replace(
+            issued, device_secret=device_secret, webhook_secret=webhook_secret
+        )
 
     async def _issue(self, device: DeviceRecord, key: KeyRecord, now: datetime) -> DeviceToken:
-        token, expires_at = issue_device_token(self._secret, device, key.policy,
-                                               ttl_secs=self.ttl_secs, now=now)
+        token, expires_at = issue_device_token(
+            self._secret, device, key.policy, ttl_secs=self.ttl_secs, now=now
+        )
         await self.store.enrollments.touch_device(device.id, now)
         return DeviceToken(token, expires_at, self.ttl_secs, device)
 

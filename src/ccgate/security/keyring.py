@@ -68,13 +68,21 @@ def _checked(field: str, value: object) -> object:
             raise PolicyError(field, f"must be a whole number from 1 to {_MAX_INT}")
         return value
     if field == "budget_usd_per_month":
-        if (isinstance(value, bool) or not isinstance(value, int | float)
-                or not math.isfinite(value) or value < 0):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise PolicyError(field, "must be a number of US dollars, 0 or more")
         return float(value)
     if field == "window_share":
-        if (isinstance(value, bool) or not isinstance(value, int | float)
-                or not math.isfinite(value) or not 0 < value <= 1):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not 0 < value <= 1
+        ):
             raise PolicyError(field, "must be a fraction above 0 and at most 1")
         return float(value)
     if field == "expires_at":
@@ -82,19 +90,25 @@ def _checked(field: str, value: object) -> object:
     names = _names(field, value)
     if field == "ip_cidrs":
         try:
-            return tuple(dict.fromkeys(str(ipaddress.ip_network(n, strict=False))
-                                       for n in names))
+            return tuple(dict.fromkeys(str(ipaddress.ip_network(n, strict=False)) for n in names))
         except ValueError as exc:
             raise PolicyError(field, str(exc)) from None
     return names
 
 
 def _names(field: str, value: object) -> tuple[str, ...]:
-    if (not isinstance(value, list | tuple) or not value
-            or not all(isinstance(n, str) and n and n == n.strip()
-                       and len(n) <= _MAX_NAME_CHARS for n in value)):
-        raise PolicyError(field, f"must be a non-empty list of names (1-{_MAX_NAME_CHARS} "
-                          "characters, no surrounding spaces); null allows any")
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(
+            isinstance(n, str) and n and n == n.strip() and len(n) <= _MAX_NAME_CHARS for n in value
+        )
+    ):
+        raise PolicyError(
+            field,
+            f"must be a non-empty list of names (1-{_MAX_NAME_CHARS} "
+            "characters, no surrounding spaces); null allows any",
+        )
     return tuple(dict.fromkeys(value))
 
 
@@ -123,22 +137,36 @@ class Keyring:
         self.store = store
         self._touched: dict[str, float] = {}
 
-    async def create(self, name: str, policy: KeyPolicy | None = None, *,
-                     webhook_secret: str | None = None, kind: str = "app") -> CreatedKey:
+    async def create(
+        self,
+        name: str,
+        policy: KeyPolicy | None = None,
+        *,
+        webhook_secret: str | None = None,
+        kind: str = "app",
+    ) -> CreatedKey:
         """Mint a key named ``name``; return its record and the secret (never stored).
 
         The key also gets its own webhook signing secret (minted unless one is given).
         """
         if not NAME_PATTERN.fullmatch(name):
-            raise KeyNameError(f"key name {name!r} must be 1-100 letters, digits, '.', '_' or "
-                               "'-', starting with a letter or digit")
+            raise KeyNameError(
+                f"key name {name!r} must be 1-100 letters, digits, '.', '_' or "
+                "'-', starting with a letter or digit"
+            )
         minted = mint_key()
         webhook_secret = webhook_secret or mint_webhook_secret()
         try:
             record = await self.store.keys.insert(
-                key_id=new_id("key"), name=name, prefix=minted.prefix,
-                secret_hash=minted.secret_hash, now=_now(),
-                webhook_secret=webhook_secret, policy=policy, kind=kind)
+                key_id=new_id("key"),
+                name=name,
+                prefix=minted.prefix,
+                secret_hash=minted.secret_hash,
+                now=_now(),
+                webhook_secret=webhook_secret,
+                policy=policy,
+                kind=kind,
+            )
         except IntegrityError:
             raise KeyNameError(f"a key named {name!r} already exists") from None
         return CreatedKey(record, minted.secret, webhook_secret)

@@ -33,7 +33,8 @@ _LEGACY_IPV4 = re.compile(r"^[0-9a-fx.]+$", re.IGNORECASE)
 # Named ranges, checked in order so the reason is the most specific one. Anything else that
 # Python does not consider globally reachable is refused too, as "not a public address".
 _RANGES: tuple[tuple[str, IPNetwork], ...] = tuple(
-    (reason, ipaddress.ip_network(cidr)) for reason, cidr in (
+    (reason, ipaddress.ip_network(cidr))
+    for reason, cidr in (
         ("unspecified address", "0.0.0.0/32"),
         ("'this network' address", "0.0.0.0/8"),
         ("loopback address", "127.0.0.0/8"),
@@ -107,8 +108,9 @@ class Target:
 
     def request_url(self) -> httpx.URL:
         """The URL to connect to: the checked IP literal instead of the name."""
-        return httpx.URL(scheme=self.scheme, host=self.ip, port=self.port,
-                         raw_path=self.path.encode("ascii"))
+        return httpx.URL(
+            scheme=self.scheme, host=self.ip, port=self.port, raw_path=self.path.encode("ascii")
+        )
 
 
 def parse_ip(text: str) -> IPAddress | None:
@@ -159,7 +161,8 @@ def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
 
 async def _getaddrinfo(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
     return [str(info[4][0]) for info in infos]
 
 
@@ -188,7 +191,8 @@ class OutboundGuard:
         return any(
             candidate.version == net.version and candidate in net
             for net in self._allowed_nets
-            for candidate in (ip, embedded) if candidate is not None
+            for candidate in (ip, embedded)
+            if candidate is not None
         )
 
     def check_ip(self, ip: IPAddress) -> None:
@@ -224,8 +228,9 @@ class OutboundGuard:
         if literal is not None:
             self.check_ip(literal)
         elif not self._host_allowed(host) and (
-                host.rstrip(".").lower() == "localhost"
-                or host.rstrip(".").lower().endswith(".localhost")):
+            host.rstrip(".").lower() == "localhost"
+            or host.rstrip(".").lower().endswith(".localhost")
+        ):
             raise BlockedDestination("localhost names always point at this machine")
         return parsed, host, port
 
@@ -247,13 +252,25 @@ class OutboundGuard:
             if not self._host_allowed(host):
                 for ip in addresses:
                     self.check_ip(ip)
-        return Target(host=host if literal is None else str(literal), port=port,
-                      scheme=parsed.scheme, ip=str(addresses[0]),
-                      path=parsed.raw_path.decode("ascii"))
+        return Target(
+            host=host if literal is None else str(literal),
+            port=port,
+            scheme=parsed.scheme,
+            ip=str(addresses[0]),
+            path=parsed.raw_path.decode("ascii"),
+        )
 
-    async def send(self, client: httpx.AsyncClient, method: str, url: str, *,
-                   headers: Mapping[str, str], content: bytes, timeout: float,
-                   max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> httpx.Response:
+    async def send(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        content: bytes,
+        timeout: float,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> httpx.Response:
         """Resolve and check ``url``, then send one request to the checked address.
 
         ``timeout`` bounds the whole call (lookup, connect, upload, response); redirects
@@ -261,23 +278,36 @@ class OutboundGuard:
         ResponseTooLarge. The response comes back fully read.
         """
         async with asyncio.timeout(timeout):
-            request = await self._pinned_request(client, method, url, headers,
-                                                 content=content, timeout=timeout)
+            request = await self._pinned_request(
+                client, method, url, headers, content=content, timeout=timeout
+            )
             response = await client.send(request, stream=True, follow_redirects=False)
             try:
                 body = await _read_capped(response, max_response_bytes)
             finally:
                 await response.aclose()
-        kept = [(k, v) for k, v in response.headers.multi_items()
-                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
-        meta = {k: v for k, v in response.extensions.items()
-                if k in ("http_version", "reason_phrase")}
-        return httpx.Response(response.status_code, headers=kept, content=body,
-                              request=request, extensions=meta)
+        kept = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        meta = {
+            k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")
+        }
+        return httpx.Response(
+            response.status_code, headers=kept, content=body, request=request, extensions=meta
+        )
 
-    async def _pinned_request(self, client: httpx.AsyncClient, method: str, url: str,
-                              headers: Mapping[str, str], *, content: bytes | None = None,
-                              timeout: float | None = None) -> httpx.Request:
+    async def _pinned_request(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        content: bytes | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Request:
         """A request to the checked address of ``url``, with its Host header and SNI name."""
         target = await self.resolve(url)
         request_headers = {**headers, "Host": target.host_header}
@@ -286,15 +316,21 @@ class OutboundGuard:
             extensions["sni_hostname"] = target.host
             # Pooled connections are keyed by IP: never reuse one verified for another name.
             request_headers["Connection"] = "close"
-        request = client.build_request(method, target.request_url(), headers=request_headers,
-                                       content=content, extensions=extensions)
+        request = client.build_request(
+            method,
+            target.request_url(),
+            headers=request_headers,
+            content=content,
+            extensions=extensions,
+        )
         if timeout is not None:
             request.extensions["timeout"] = httpx.Timeout(timeout).as_dict()
         return request
 
     @contextlib.asynccontextmanager
-    async def open_get(self, client: httpx.AsyncClient, url: str, *,
-                       headers: Mapping[str, str]) -> AsyncIterator[httpx.Response]:
+    async def open_get(
+        self, client: httpx.AsyncClient, url: str, *, headers: Mapping[str, str]
+    ) -> AsyncIterator[httpx.Response]:
         """Resolve and check ``url``, then GET it from the checked address, body unread.
 
         One hop: a redirect comes back as it is, for the caller to check its Location with

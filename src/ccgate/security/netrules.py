@@ -28,7 +28,7 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
 def _address(text: str) -> IPAddress | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port
-        text = text[1:text.index("]")]
+        text = text[1 : text.index("]")]
     elif text.count(":") == 1:  # v4:port
         text = text.split(":", 1)[0]
     try:
@@ -52,8 +52,9 @@ class ClientAddressRules:
         self.allow = parse_networks(allow)
         self.trusted = parse_networks(trusted_proxies)
 
-    def client_address(self, peer: str | None,
-                       forwarded_for: Sequence[str] = ()) -> IPAddress | None:
+    def client_address(
+        self, peer: str | None, forwarded_for: Sequence[str] = ()
+    ) -> IPAddress | None:
         """The client: the peer, or the right-most untrusted X-Forwarded-For hop when the
         peer is a trusted proxy. None when the peer is unknown (e.g. a Unix socket)."""
         address = _address(peer) if peer else None

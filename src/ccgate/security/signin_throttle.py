@@ -43,10 +43,16 @@ def _bucket(address: IPAddress | None) -> str:
 class SignInThrottle:
     """Failed sign-ins per client address, and how long each address must wait."""
 
-    def __init__(self, *, free_failures: int = FREE_FAILURES,
-                 base_lock_secs: float = BASE_LOCK_SECS, max_lock_secs: float = MAX_LOCK_SECS,
-                 forget_after_secs: float = FORGET_AFTER_SECS, max_tracked: int = MAX_TRACKED,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        free_failures: int = FREE_FAILURES,
+        base_lock_secs: float = BASE_LOCK_SECS,
+        max_lock_secs: float = MAX_LOCK_SECS,
+        forget_after_secs: float = FORGET_AFTER_SECS,
+        max_tracked: int = MAX_TRACKED,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.free_failures = free_failures
         self.base_lock_secs = base_lock_secs
         self.max_lock_secs = max_lock_secs

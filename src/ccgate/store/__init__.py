@@ -48,5 +48,13 @@ class Store:
         await self.db.close()
 
 
-__all__ = ["AuditEntry", "Database", "JobEvent", "JobRecord", "JobStatus", "KeyRecord",
-           "SessionRecord", "Store"]
+__all__ = [
+    "AuditEntry",
+    "Database",
+    "JobEvent",
+    "JobRecord",
+    "JobStatus",
+    "KeyRecord",
+    "SessionRecord",
+    "Store",
+]

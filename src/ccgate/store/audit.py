@@ -47,7 +47,8 @@ class AuditPosition:
 
 # Each text column's length (None: unbounded), from the schema.
 _TEXT_COLUMNS: dict[str, int | None] = {
-    c.name: c.type.length for c in audit_log.columns if isinstance(c.type, sa.String)}
+    c.name: c.type.length for c in audit_log.columns if isinstance(c.type, sa.String)
+}
 
 
 def fit_audit_row(entry: AuditEntry) -> dict[str, Any]:
@@ -68,7 +69,8 @@ def _row_at_fault(exc: Exception) -> bool:
     """True when ``exc`` says the database refused a row's values, not that it is away."""
     if isinstance(exc, sa.exc.DBAPIError):
         return not exc.connection_invalidated and not isinstance(
-            exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+            exc, sa.exc.OperationalError | sa.exc.InterfaceError
+        )
     return isinstance(exc, ValueError | TypeError | ArithmeticError)
 
 
@@ -112,15 +114,18 @@ class AuditTable:
         row was not found (not written yet)."""
         if not outcomes:
             return []
-        query = (audit_log.update()
-                 .where(audit_log.c.job_id == sa.bindparam("b_job_id"),
-                        audit_log.c.job_status.is_(None))
-                 .values(job_status=sa.bindparam("b_job_status"),
-                         model=sa.bindparam("b_model"),
-                         input_tokens=sa.bindparam("b_input_tokens"),
-                         output_tokens=sa.bindparam("b_output_tokens"),
-                         cost_usd=sa.bindparam("b_cost_usd"),
-                         error_type=sa.bindparam("b_error_type")))
+        query = (
+            audit_log.update()
+            .where(audit_log.c.job_id == sa.bindparam("b_job_id"), audit_log.c.job_status.is_(None))
+            .values(
+                job_status=sa.bindparam("b_job_status"),
+                model=sa.bindparam("b_model"),
+                input_tokens=sa.bindparam("b_input_tokens"),
+                output_tokens=sa.bindparam("b_output_tokens"),
+                cost_usd=sa.bindparam("b_cost_usd"),
+                error_type=sa.bindparam("b_error_type"),
+            )
+        )
         params = [{f"b_{k}": v for k, v in outcome.items()} for outcome in outcomes]
 
         def op(conn: sa.Connection) -> list[str]:
@@ -128,25 +133,42 @@ class AuditTable:
 
         return await self.db.write(op)
 
-    async def recent(self, limit: int = 100, *, key_name: str | None = None,
-                     http_status: int | None = None, job_status: str | None = None,
-                     door: str | None = None,
-                     before: AuditPosition | None = None) -> list[dict[str, Any]]:
+    async def recent(
+        self,
+        limit: int = 100,
+        *,
+        key_name: str | None = None,
+        http_status: int | None = None,
+        job_status: str | None = None,
+        door: str | None = None,
+        before: AuditPosition | None = None,
+    ) -> list[dict[str, Any]]:
         """The newest rows first (by ``at``, then ``id``), optionally only one key's, one
         HTTP status, job status or door, and only rows older than ``before``."""
-        query = audit_page_query(limit, key_name=key_name, http_status=http_status,
-                                 job_status=job_status, door=door, before=before)
+        query = audit_page_query(
+            limit,
+            key_name=key_name,
+            http_status=http_status,
+            job_status=job_status,
+            door=door,
+            before=before,
+        )
         return await self.db.read(lambda conn: [dict(r._mapping) for r in conn.execute(query)])
 
 
-def audit_page_query(limit: int, *, key_name: str | None = None, http_status: int | None = None,
-                     job_status: str | None = None, door: str | None = None,
-                     before: AuditPosition | None = None) -> sa.Select[Any]:
+def audit_page_query(
+    limit: int,
+    *,
+    key_name: str | None = None,
+    http_status: int | None = None,
+    job_status: str | None = None,
+    door: str | None = None,
+    before: AuditPosition | None = None,
+) -> sa.Select[Any]:
     """The query behind ``AuditTable.recent``: keyset paging, newest first. Each filter has
     an index ending in ``(at, id)`` that yields its rows already in order from ``before``
     on, so a page costs the same on page one and page ten thousand."""
-    query = (sa.select(audit_log)
-             .order_by(audit_log.c.at.desc(), audit_log.c.id.desc()).limit(limit))
+    query = sa.select(audit_log).order_by(audit_log.c.at.desc(), audit_log.c.id.desc()).limit(limit)
     if key_name is not None:
         query = query.where(audit_log.c.key_name == key_name)
     if http_status is not None:
@@ -156,7 +178,11 @@ def audit_page_query(limit: int, *, key_name: str | None = None, http_status: in
     if door is not None:
         query = query.where(audit_log.c.door == door)
     if before is not None:
-        query = query.where(sa.tuple_(audit_log.c.at, audit_log.c.id) < sa.tuple_(
-            sa.bindparam("before_at", before.at, type_=audit_log.c.at.type),
-            sa.bindparam("before_id", before.id, type_=sa.Integer())))
+        query = query.where(
+            sa.tuple_(audit_log.c.at, audit_log.c.id)
+            < sa.tuple_(
+                sa.bindparam("before_at", before.at, type_=audit_log.c.at.type),
+                sa.bindparam("before_id", before.id, type_=sa.Integer()),
+            )
+        )
     return query

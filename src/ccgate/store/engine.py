@@ -69,18 +69,21 @@ class Database:
         self._bulk_reader: sa.Engine | None = None
         if self.dialect == "sqlite":
             # hide_parameters: a failed statement's message never quotes stored values.
-            self._sync = sa.create_engine(self.url, poolclass=sa.pool.StaticPool,
-                                          hide_parameters=True)
+            self._sync = sa.create_engine(
+                self.url, poolclass=sa.pool.StaticPool, hide_parameters=True
+            )
             event.listen(self._sync, "connect", _sqlite_pragmas)
             event.listen(self._sync, "begin", _sqlite_begin)
             if make_url(self.url).database not in (None, "", ":memory:"):
                 # A connection per bulk read, opened in the worker thread that uses it.
-                self._bulk_reader = sa.create_engine(self.url, poolclass=sa.pool.NullPool,
-                                                     hide_parameters=True)
+                self._bulk_reader = sa.create_engine(
+                    self.url, poolclass=sa.pool.NullPool, hide_parameters=True
+                )
                 event.listen(self._bulk_reader, "connect", _sqlite_pragmas)
         else:
-            self._async = create_async_engine(self.url, pool_size=10, max_overflow=10,
-                                              pool_pre_ping=True, hide_parameters=True)
+            self._async = create_async_engine(
+                self.url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+            )
 
     async def read(self, operation: Operation[T]) -> T:
         """Run ``operation`` on a connection for queries that change nothing."""

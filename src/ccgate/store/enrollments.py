@@ -74,13 +74,16 @@ def policy_from_json(data: dict[str, Any]) -> KeyPolicy:
     """The policy stored by ``policy_to_json``."""
     models, cidrs, expires = data.get("models"), data.get("ip_cidrs"), data.get("expires_at")
     return KeyPolicy(
-        rpm=data.get("rpm"), rpd=data.get("rpd"), tokens_per_day=data.get("tokens_per_day"),
+        rpm=data.get("rpm"),
+        rpd=data.get("rpd"),
+        tokens_per_day=data.get("tokens_per_day"),
         budget_usd_per_month=data.get("budget_usd_per_month"),
         concurrency=data.get("concurrency"),
         models=tuple(models) if models is not None else None,
         ip_cidrs=tuple(cidrs) if cidrs is not None else None,
         expires_at=datetime.fromisoformat(expires) if expires else None,
-        window_share=data.get("window_share"))
+        window_share=data.get("window_share"),
+    )
 
 
 def _key_policy_values(policy: KeyPolicy) -> dict[str, Any]:
@@ -97,41 +100,70 @@ _DEVICE_REVOKED_AT = sa.func.coalesce(devices.c.revoked_at, api_keys.c.revoked_a
 
 def _device_count(enrollment_id: Any, *, revoked: bool) -> sa.Select[Any]:
     condition = _DEVICE_REVOKED_AT.is_not(None) if revoked else _DEVICE_REVOKED_AT.is_(None)
-    return (sa.select(sa.func.count()).select_from(devices)
-            .join(api_keys, devices.c.key_id == api_keys.c.id)
-            .where(devices.c.enrollment_id == enrollment_id, condition))
+    return (
+        sa.select(sa.func.count())
+        .select_from(devices)
+        .join(api_keys, devices.c.key_id == api_keys.c.id)
+        .where(devices.c.enrollment_id == enrollment_id, condition)
+    )
 
 
-_ENROLLMENT_COLUMNS = (enrollments.c.id, enrollments.c.name, enrollments.c.policy,
-                       enrollments.c.max_devices, enrollments.c.created_at,
-                       enrollments.c.expires_at, enrollments.c.revoked_at)
-_DEVICE_QUERY = (sa.select(devices.c.id, devices.c.enrollment_id, devices.c.device_id,
-                           devices.c.key_id, devices.c.created_at, devices.c.last_refresh_at,
-                           devices.c.secret_hash,
-                           _DEVICE_REVOKED_AT.label("revoked_at"),
-                           enrollments.c.name.label("enrollment_name"),
-                           api_keys.c.name.label("key_name"))
-                 .join(enrollments, devices.c.enrollment_id == enrollments.c.id)
-                 .join(api_keys, devices.c.key_id == api_keys.c.id))
+_ENROLLMENT_COLUMNS = (
+    enrollments.c.id,
+    enrollments.c.name,
+    enrollments.c.policy,
+    enrollments.c.max_devices,
+    enrollments.c.created_at,
+    enrollments.c.expires_at,
+    enrollments.c.revoked_at,
+)
+_DEVICE_QUERY = (
+    sa.select(
+        devices.c.id,
+        devices.c.enrollment_id,
+        devices.c.device_id,
+        devices.c.key_id,
+        devices.c.created_at,
+        devices.c.last_refresh_at,
+        devices.c.secret_hash,
+        _DEVICE_REVOKED_AT.label("revoked_at"),
+        enrollments.c.name.label("enrollment_name"),
+        api_keys.c.name.label("key_name"),
+    )
+    .join(enrollments, devices.c.enrollment_id == enrollments.c.id)
+    .join(api_keys, devices.c.key_id == api_keys.c.id)
+)
 
 
 def _enrollment(row: Any, *, counted: bool = False) -> EnrollmentRecord:
     m = row._mapping
     return EnrollmentRecord(
-        id=m["id"], name=m["name"], policy=policy_from_json(m["policy"]),
-        max_devices=m["max_devices"], created_at=m["created_at"], expires_at=m["expires_at"],
+        id=m["id"],
+        name=m["name"],
+        policy=policy_from_json(m["policy"]),
+        max_devices=m["max_devices"],
+        created_at=m["created_at"],
+        expires_at=m["expires_at"],
         revoked_at=m["revoked_at"],
         devices_active=m["devices_active"] if counted else 0,
-        devices_revoked=m["devices_revoked"] if counted else 0)
+        devices_revoked=m["devices_revoked"] if counted else 0,
+    )
 
 
 def _device(row: Any) -> DeviceRecord:
     m = row._mapping
     return DeviceRecord(
-        id=m["id"], enrollment_id=m["enrollment_id"], enrollment_name=m["enrollment_name"],
-        device_id=m["device_id"], key_id=m["key_id"], key_name=m["key_name"],
-        created_at=m["created_at"], last_refresh_at=m["last_refresh_at"],
-        revoked_at=m["revoked_at"], secret_hash=m["secret_hash"])
+        id=m["id"],
+        enrollment_id=m["enrollment_id"],
+        enrollment_name=m["enrollment_name"],
+        device_id=m["device_id"],
+        key_id=m["key_id"],
+        key_name=m["key_name"],
+        created_at=m["created_at"],
+        last_refresh_at=m["last_refresh_at"],
+        revoked_at=m["revoked_at"],
+        secret_hash=m["secret_hash"],
+    )
 
 
 class EnrollmentTable:
@@ -140,13 +172,27 @@ class EnrollmentTable:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def insert(self, *, enrollment_id: str, name: str, code_hash: str, policy: KeyPolicy,
-                     max_devices: int, now: datetime,
-                     expires_at: datetime | None) -> EnrollmentRecord:
+    async def insert(
+        self,
+        *,
+        enrollment_id: str,
+        name: str,
+        code_hash: str,
+        policy: KeyPolicy,
+        max_devices: int,
+        now: datetime,
+        expires_at: datetime | None,
+    ) -> EnrollmentRecord:
         """Store a new enrollment; raise sqlalchemy IntegrityError if the name is taken."""
         query = enrollments.insert().values(
-            id=enrollment_id, name=name, code_hash=code_hash, policy=policy_to_json(policy),
-            max_devices=max_devices, created_at=now, expires_at=expires_at)
+            id=enrollment_id,
+            name=name,
+            code_hash=code_hash,
+            policy=policy_to_json(policy),
+            max_devices=max_devices,
+            created_at=now,
+            expires_at=expires_at,
+        )
         await self.db.write(lambda conn: conn.execute(query))
         return EnrollmentRecord(enrollment_id, name, policy, max_devices, now, expires_at, None)
 
@@ -165,21 +211,26 @@ class EnrollmentTable:
 
         def op(conn: sa.Connection) -> bool:
             enrollment_id = conn.execute(
-                sa.select(enrollments.c.id)
-                .where(enrollments.c.name == name, enrollments.c.revoked_at.is_(None))
+                sa.select(enrollments.c.id).where(
+                    enrollments.c.name == name, enrollments.c.revoked_at.is_(None)
+                )
             ).scalar()
             if enrollment_id is None:
                 return False
-            conn.execute(enrollments.update().where(enrollments.c.id == enrollment_id)
-                         .values(revoked_at=now))
+            conn.execute(
+                enrollments.update().where(enrollments.c.id == enrollment_id).values(revoked_at=now)
+            )
             keys = sa.select(devices.c.key_id).where(devices.c.enrollment_id == enrollment_id)
-            conn.execute(api_keys.update()
-                         .where(api_keys.c.id.in_(keys), api_keys.c.revoked_at.is_(None))
-                         .values(revoked_at=now))
-            conn.execute(devices.update()
-                         .where(devices.c.enrollment_id == enrollment_id,
-                                devices.c.revoked_at.is_(None))
-                         .values(revoked_at=now))
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id.in_(keys), api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            conn.execute(
+                devices.update()
+                .where(devices.c.enrollment_id == enrollment_id, devices.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
             return True
 
         return await self.db.write(op)
@@ -190,8 +241,9 @@ class EnrollmentTable:
 
     async def device_for(self, enrollment_id: str, device_id: str) -> DeviceRecord | None:
         """The device that enrolled as ``device_id`` with this enrollment, if any."""
-        return await self._one_device(devices.c.enrollment_id == enrollment_id,
-                                      devices.c.device_id == device_id)
+        return await self._one_device(
+            devices.c.enrollment_id == enrollment_id, devices.c.device_id == device_id
+        )
 
     async def devices(self, enrollment_name: str | None = None) -> list[DeviceRecord]:
         """Every device (of one enrollment when named), oldest first."""
@@ -200,9 +252,16 @@ class EnrollmentTable:
             query = query.where(enrollments.c.name == enrollment_name)
         return await self.db.read(lambda conn: [_device(r) for r in conn.execute(query)])
 
-    async def add_device(self, *, device_row_id: str, enrollment_id: str, device_id: str,
-                         key: DeviceKey, now: datetime,
-                         secret_hash: str | None = None) -> DeviceRecord | None:
+    async def add_device(
+        self,
+        *,
+        device_row_id: str,
+        enrollment_id: str,
+        device_id: str,
+        key: DeviceKey,
+        now: datetime,
+        secret_hash: str | None = None,
+    ) -> DeviceRecord | None:
         """Insert a device (with the hash of its device secret) and its key in one transaction.
 
         None when the enrollment is revoked or already has ``max_devices`` active devices.
@@ -215,21 +274,48 @@ class EnrollmentTable:
             row = conn.execute(
                 sa.select(enrollments.c.name, enrollments.c.max_devices)
                 .where(enrollments.c.id == enrollment_id, enrollments.c.revoked_at.is_(None))
-                .with_for_update()).first()
+                .with_for_update()
+            ).first()
             if row is None:
                 return None
             active = conn.execute(_device_count(enrollment_id, revoked=False)).scalar_one()
             if active >= row.max_devices:
                 return None
-            conn.execute(api_keys.insert().values(
-                id=key.id, name=key.name, prefix=key.prefix, secret_hash=key.secret_hash,
-                created_at=now, kind="device", webhook_secret=key.webhook_secret,
-                **_key_policy_values(key.policy)))
-            conn.execute(devices.insert().values(
-                id=device_row_id, enrollment_id=enrollment_id, device_id=device_id,
-                key_id=key.id, secret_hash=secret_hash, created_at=now, last_refresh_at=now))
-            return DeviceRecord(device_row_id, enrollment_id, row.name, device_id, key.id,
-                                key.name, now, now, None, secret_hash)
+            conn.execute(
+                api_keys.insert().values(
+                    id=key.id,
+                    name=key.name,
+                    prefix=key.prefix,
+                    secret_hash=key.secret_hash,
+                    created_at=now,
+                    kind="device",
+                    webhook_secret=key.webhook_secret,
+                    **_key_policy_values(key.policy),
+                )
+            )
+            conn.execute(
+                devices.insert().values(
+                    id=device_row_id,
+                    enrollment_id=enrollment_id,
+                    device_id=device_id,
+                    key_id=key.id,
+                    secret_hash=secret_hash,
+                    created_at=now,
+                    last_refresh_at=now,
+                )
+            )
+            return DeviceRecord(
+                device_row_id,
+                enrollment_id,
+                row.name,
+                device_id,
+                key.id,
+                key.name,
+                now,
+                now,
+                None,
+                secret_hash,
+            )
 
         return await self.db.write(op)
 
@@ -238,48 +324,62 @@ class EnrollmentTable:
 
         def op(conn: sa.Connection) -> bool:
             key_id = conn.execute(
-                sa.select(devices.c.key_id)
-                .where(devices.c.id == device_row_id, devices.c.revoked_at.is_(None))).scalar()
+                sa.select(devices.c.key_id).where(
+                    devices.c.id == device_row_id, devices.c.revoked_at.is_(None)
+                )
+            ).scalar()
             if key_id is None:
                 return False
-            conn.execute(devices.update().where(devices.c.id == device_row_id)
-                         .values(revoked_at=now))
-            conn.execute(api_keys.update()
-                         .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                         .values(revoked_at=now))
+            conn.execute(
+                devices.update().where(devices.c.id == device_row_id).values(revoked_at=now)
+            )
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
             return True
 
         return await self.db.write(op)
 
-    async def give_secrets(self, device_row_id: str, *, secret_hash: str,
-                           webhook_secret: str) -> tuple[bool, bool]:
+    async def give_secrets(
+        self, device_row_id: str, *, secret_hash: str, webhook_secret: str
+    ) -> tuple[bool, bool]:
         """Give a device enrolled before device secrets existed its secret, and its key a
         webhook secret when it has none. Only where still missing, so of two racing refreshes
         one wins and the other changes nothing. Return which of the two were set."""
 
         def op(conn: sa.Connection) -> tuple[bool, bool]:
             key_id = conn.execute(
-                sa.select(devices.c.key_id).where(devices.c.id == device_row_id)).scalar()
+                sa.select(devices.c.key_id).where(devices.c.id == device_row_id)
+            ).scalar()
             if key_id is None:
                 return False, False
-            secret_set = conn.execute(
-                devices.update().where(devices.c.id == device_row_id,
-                                       devices.c.secret_hash.is_(None))
-                .values(secret_hash=secret_hash)).rowcount == 1
+            secret_set = (
+                conn.execute(
+                    devices.update()
+                    .where(devices.c.id == device_row_id, devices.c.secret_hash.is_(None))
+                    .values(secret_hash=secret_hash)
+                ).rowcount
+                == 1
+            )
             if not secret_set:
                 return False, False
-            webhook_set = conn.execute(
-                api_keys.update().where(api_keys.c.id == key_id,
-                                        api_keys.c.webhook_secret.is_(None))
-                .values(webhook_secret=webhook_secret)).rowcount == 1
+            webhook_set = (
+                conn.execute(
+                    api_keys.update()
+                    .where(api_keys.c.id == key_id, api_keys.c.webhook_secret.is_(None))
+                    .values(webhook_secret=webhook_secret)
+                ).rowcount
+                == 1
+            )
             return secret_set, webhook_set
 
         return await self.db.write(op)
 
     async def touch_device(self, device_row_id: str, now: datetime) -> None:
         """Record that a token was just issued to this device."""
-        query = (devices.update().where(devices.c.id == device_row_id)
-                 .values(last_refresh_at=now))
+        query = devices.update().where(devices.c.id == device_row_id).values(last_refresh_at=now)
         await self.db.write(lambda conn: conn.execute(query))
 
     async def _one_device(self, *where: sa.ColumnElement[bool]) -> DeviceRecord | None:
@@ -293,11 +393,15 @@ class EnrollmentTable:
 
     async def list(self) -> list[EnrollmentRecord]:
         """Every enrollment with its device counts, oldest first."""
-        query = (sa.select(*_ENROLLMENT_COLUMNS,
-                           _device_count(enrollments.c.id, revoked=False)
-                           .scalar_subquery().label("devices_active"),
-                           _device_count(enrollments.c.id, revoked=True)
-                           .scalar_subquery().label("devices_revoked"))
-                 .order_by(enrollments.c.created_at))
+        query = sa.select(
+            *_ENROLLMENT_COLUMNS,
+            _device_count(enrollments.c.id, revoked=False)
+            .scalar_subquery()
+            .label("devices_active"),
+            _device_count(enrollments.c.id, revoked=True)
+            .scalar_subquery()
+            .label("devices_revoked"),
+        ).order_by(enrollments.c.created_at)
         return await self.db.read(
-            lambda conn: [_enrollment(r, counted=True) for r in conn.execute(query)])
+            lambda conn: [_enrollment(r, counted=True) for r in conn.execute(query)]
+        )

@@ -31,8 +31,10 @@ _INSERT_IGNORING_SQLITE = job_events.insert().prefix_with("OR IGNORE")
 
 def insert_events(conn: sa.Connection, events: Iterable[JobEvent]) -> None:
     """Write events inside the caller's transaction; an id already stored is left as it is."""
-    rows = [{"job_id": e.job_id, "seq": e.seq, "type": e.type, "data": e.data, "at": e.at}
-            for e in events]
+    rows = [
+        {"job_id": e.job_id, "seq": e.seq, "type": e.type, "data": e.data, "at": e.at}
+        for e in events
+    ]
     if not rows:
         return
     if conn.dialect.name == "postgresql":
@@ -41,13 +43,28 @@ def insert_events(conn: sa.Connection, events: Iterable[JobEvent]) -> None:
         conn.execute(_INSERT_IGNORING_SQLITE, rows)
 
 
-def append_terminal_event(conn: sa.Connection, job_id: str, type_: str, data: dict[str, Any],
-                          at: datetime, seq: int | None = None) -> JobEvent:
+def append_terminal_event(
+    conn: sa.Connection,
+    job_id: str,
+    type_: str,
+    data: dict[str, Any],
+    at: datetime,
+    seq: int | None = None,
+) -> JobEvent:
     """Add the job's closing event inside the caller's transaction, with ``seq`` or else the
     next free id."""
     if seq is None:
-        seq = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(job_events.c.seq), 0))
-                               .where(job_events.c.job_id == job_id)).scalar() or 0) + 1
+        seq = (
+            int(
+                conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(job_events.c.seq), 0)).where(
+                        job_events.c.job_id == job_id
+                    )
+                ).scalar()
+                or 0
+            )
+            + 1
+        )
     event = JobEvent(job_id, seq, type_, data, at)
     insert_events(conn, [event])
     return event
@@ -66,23 +83,30 @@ class EventTable:
 
     async def after(self, job_id: str, seq: int, limit: int = 1000) -> list[JobEvent]:
         """The job's events with an id above ``seq``, in order."""
-        query = (sa.select(job_events).where(job_events.c.job_id == job_id,
-                                             job_events.c.seq > seq)
-                 .order_by(job_events.c.seq).limit(limit))
+        query = (
+            sa.select(job_events)
+            .where(job_events.c.job_id == job_id, job_events.c.seq > seq)
+            .order_by(job_events.c.seq)
+            .limit(limit)
+        )
         return await self.db.read(
-            lambda conn: [JobEvent(**r._mapping) for r in conn.execute(query)])
+            lambda conn: [JobEvent(**r._mapping) for r in conn.execute(query)]
+        )
 
     async def drop_chunks(self, job_id: str) -> None:
         """Forget the text of an earlier attempt, so a replay holds only the current one."""
-        query = job_events.delete().where(job_events.c.job_id == job_id,
-                                          job_events.c.type == "chunk")
+        query = job_events.delete().where(
+            job_events.c.job_id == job_id, job_events.c.type == "chunk"
+        )
         await self.db.write(lambda conn: conn.execute(query))
 
     async def last_seq(self, job_ids: Sequence[str]) -> dict[str, int]:
         """The highest event id of each job that has events."""
         if not job_ids:
             return {}
-        query = (sa.select(job_events.c.job_id, sa.func.max(job_events.c.seq))
-                 .where(job_events.c.job_id.in_(list(job_ids)))
-                 .group_by(job_events.c.job_id))
+        query = (
+            sa.select(job_events.c.job_id, sa.func.max(job_events.c.seq))
+            .where(job_events.c.job_id.in_(list(job_ids)))
+            .group_by(job_events.c.job_id)
+        )
         return await self.db.read(lambda conn: {r[0]: int(r[1]) for r in conn.execute(query)})

@@ -26,8 +26,15 @@ class FileRecord:
     expires_at: datetime
 
 
-_META = (files.c.id, files.c.key_id, files.c.filename, files.c.media_type, files.c.size,
-         files.c.created_at, files.c.expires_at)
+_META = (
+    files.c.id,
+    files.c.key_id,
+    files.c.filename,
+    files.c.media_type,
+    files.c.size,
+    files.c.created_at,
+    files.c.expires_at,
+)
 
 
 def _record(row: Any) -> FileRecord:
@@ -37,8 +44,9 @@ def _record(row: Any) -> FileRecord:
 
 def _owned(file_ids: Sequence[str], key_id: str, now: datetime) -> sa.ColumnElement[bool]:
     # An expired file is gone for its owner even before the cleanup loop deletes it.
-    return sa.and_(files.c.id.in_(list(file_ids)), files.c.key_id == key_id,
-                   files.c.expires_at > now)
+    return sa.and_(
+        files.c.id.in_(list(file_ids)), files.c.key_id == key_id, files.c.expires_at > now
+    )
 
 
 class FileTable:
@@ -47,13 +55,27 @@ class FileTable:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def insert(self, *, file_id: str, key_id: str, filename: str | None,
-                     media_type: str, content: bytes, now: datetime,
-                     expires_at: datetime) -> FileRecord:
+    async def insert(
+        self,
+        *,
+        file_id: str,
+        key_id: str,
+        filename: str | None,
+        media_type: str,
+        content: bytes,
+        now: datetime,
+        expires_at: datetime,
+    ) -> FileRecord:
         """Store a file's bytes and return its record."""
-        record = FileRecord(id=file_id, key_id=key_id, filename=filename,
-                            media_type=media_type, size=len(content), created_at=now,
-                            expires_at=expires_at)
+        record = FileRecord(
+            id=file_id,
+            key_id=key_id,
+            filename=filename,
+            media_type=media_type,
+            size=len(content),
+            created_at=now,
+            expires_at=expires_at,
+        )
         query = files.insert().values(**record.__dict__, content=content)
         await self.db.write(lambda conn: conn.execute(query))
         return record
@@ -68,8 +90,9 @@ class FileTable:
 
         return await self.db.read(op)
 
-    async def records(self, file_ids: Sequence[str], *, key_id: str,
-                      now: datetime) -> dict[str, FileRecord]:
+    async def records(
+        self, file_ids: Sequence[str], *, key_id: str, now: datetime
+    ) -> dict[str, FileRecord]:
         """The record (size included, bytes not) of each of ``file_ids`` that ``key_id`` owns
         and is unexpired: enough to refuse an attachment list before loading any bytes."""
         if not file_ids:
@@ -81,8 +104,9 @@ class FileTable:
 
         return await self.db.read(op)
 
-    async def contents(self, file_ids: Sequence[str], *, key_id: str,
-                       now: datetime) -> dict[str, tuple[FileRecord, bytes]]:
+    async def contents(
+        self, file_ids: Sequence[str], *, key_id: str, now: datetime
+    ) -> dict[str, tuple[FileRecord, bytes]]:
         """Record and bytes of each of ``file_ids`` that ``key_id`` owns and is unexpired,
         read without holding the event loop."""
         if not file_ids:
@@ -104,6 +128,7 @@ class FileTable:
         expired = sa.select(files.c.id).where(files.c.expires_at <= now).limit(batch)
         total = 0
         while True:
+
             def op(conn: sa.Connection) -> int:
                 ids = [r[0] for r in conn.execute(expired)]
                 if not ids:

@@ -50,9 +50,14 @@ class QueueAtCapacity(Exception):
 
 def _key_usable(now: datetime) -> sa.ColumnElement[bool]:
     """The job's key may still have work run: neither revoked nor expired (no key: yes)."""
-    return sa.or_(jobs.c.key_id.is_(None), sa.exists().where(
-        api_keys.c.id == jobs.c.key_id, api_keys.c.revoked_at.is_(None),
-        sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now)))
+    return sa.or_(
+        jobs.c.key_id.is_(None),
+        sa.exists().where(
+            api_keys.c.id == jobs.c.key_id,
+            api_keys.c.revoked_at.is_(None),
+            sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
+        ),
+    )
 
 
 def _key_revoked() -> sa.ColumnElement[bool]:
@@ -108,14 +113,25 @@ class JobTable:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def insert(self, *, job_id: str, key_id: str | None, door: str, model: str,
-                     request: dict[str, Any], metadata: dict[str, Any] | None,
-                     now: datetime, callback_url: str | None = None,
-                     idempotency_key: str | None = None, request_hash: str | None = None,
-                     max_queued: int | None = None, claim_for: str | None = None,
-                     lease_until: datetime | None = None,
-                     session_id: str | None = None,
-                     retry_at: datetime | None = None) -> JobRecord | None:
+    async def insert(
+        self,
+        *,
+        job_id: str,
+        key_id: str | None,
+        door: str,
+        model: str,
+        request: dict[str, Any],
+        metadata: dict[str, Any] | None,
+        now: datetime,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        max_queued: int | None = None,
+        claim_for: str | None = None,
+        lease_until: datetime | None = None,
+        session_id: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> JobRecord | None:
         """Store a new job and return it, in one transaction that also checks capacity.
 
         Raises QueueAtCapacity when ``max_queued`` jobs already wait. With ``claim_for``, a
@@ -124,27 +140,60 @@ class JobTable:
         already has a job under ``idempotency_key``.
         """
         base = JobRecord(
-            id=job_id, key_id=key_id, door=door, status=JobStatus.QUEUED, model=model,
-            request=request, metadata=metadata, result=None, error_type=None,
-            error_message=None, usage=None, cost_usd=None, session_id=session_id, attempts=0,
-            duration_ms=None, created_at=now, started_at=None, finished_at=None,
-            lease_owner=None, lease_expires_at=None, callback_url=callback_url,
-            idempotency_key=idempotency_key, request_hash=request_hash, retry_at=retry_at)
+            id=job_id,
+            key_id=key_id,
+            door=door,
+            status=JobStatus.QUEUED,
+            model=model,
+            request=request,
+            metadata=metadata,
+            result=None,
+            error_type=None,
+            error_message=None,
+            usage=None,
+            cost_usd=None,
+            session_id=session_id,
+            attempts=0,
+            duration_ms=None,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            retry_at=retry_at,
+        )
         claimed = dataclasses.replace(
-            base, status=JobStatus.PROCESSING, attempts=1, started_at=now,
-            lease_owner=claim_for, lease_expires_at=lease_until)
-        count_queued = (sa.select(sa.func.count()).select_from(jobs)
-                        .where(jobs.c.status == JobStatus.QUEUED.value))
+            base,
+            status=JobStatus.PROCESSING,
+            attempts=1,
+            started_at=now,
+            lease_owner=claim_for,
+            lease_expires_at=lease_until,
+        )
+        count_queued = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(jobs.c.status == JobStatus.QUEUED.value)
+        )
 
         def _usable(conn: sa.Connection) -> bool:
             # A direct start is a claim: a key revoked since its request was authenticated
             # leaves the job queued, where the sweep of revoked keys' work cancels it.
             if key_id is None:
                 return True
-            return conn.execute(sa.select(api_keys.c.id).where(
-                api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None),
-                sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now))
-            ).first() is not None
+            return (
+                conn.execute(
+                    sa.select(api_keys.c.id).where(
+                        api_keys.c.id == key_id,
+                        api_keys.c.revoked_at.is_(None),
+                        sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
+                    )
+                ).first()
+                is not None
+            )
 
         def op(conn: sa.Connection) -> JobRecord:
             record = base
@@ -167,8 +216,9 @@ class JobTable:
 
     async def by_idempotency_key(self, key_id: str, idempotency_key: str) -> JobRecord | None:
         """The key's job submitted under ``idempotency_key``, if any."""
-        query = sa.select(jobs).where(jobs.c.key_id == key_id,
-                                      jobs.c.idempotency_key == idempotency_key)
+        query = sa.select(jobs).where(
+            jobs.c.key_id == key_id, jobs.c.idempotency_key == idempotency_key
+        )
 
         def op(conn: sa.Connection) -> JobRecord | None:
             row = conn.execute(query).first()
@@ -176,20 +226,27 @@ class JobTable:
 
         return await self.db.read(op)
 
-    async def page(self, key_id: str, *, status: JobStatus | None, limit: int,
-                   offset: int) -> tuple[list[JobRecord], int]:
+    async def page(
+        self, key_id: str, *, status: JobStatus | None, limit: int, offset: int
+    ) -> tuple[list[JobRecord], int]:
         """One page of a key's jobs, newest first, and how many there are in all."""
         where = [jobs.c.key_id == key_id]
         if status is not None:
             where.append(jobs.c.status == status.value)
-        rows_query = (sa.select(jobs).where(*where)
-                      .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
-                      .limit(limit).offset(offset))
+        rows_query = (
+            sa.select(jobs)
+            .where(*where)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
         count_query = sa.select(sa.func.count()).select_from(jobs).where(*where)
 
         def op(conn: sa.Connection) -> tuple[list[JobRecord], int]:
-            return ([_record(r) for r in conn.execute(rows_query)],
-                    int(conn.execute(count_query).scalar() or 0))
+            return (
+                [_record(r) for r in conn.execute(rows_query)],
+                int(conn.execute(count_query).scalar() or 0),
+            )
 
         return await self.db.read(op)
 
@@ -199,12 +256,17 @@ class JobTable:
 
     async def delete_finished_before(self, cutoff: datetime, batch: int = 500) -> int:
         """Remove jobs that ended before ``cutoff``; return how many went."""
-        query = (sa.select(jobs.c.id)
-                 .where(jobs.c.finished_at < cutoff,
-                        jobs.c.status.in_([s.value for s in JobStatus if s.terminal]))
-                 .limit(batch))
+        query = (
+            sa.select(jobs.c.id)
+            .where(
+                jobs.c.finished_at < cutoff,
+                jobs.c.status.in_([s.value for s in JobStatus if s.terminal]),
+            )
+            .limit(batch)
+        )
         total = 0
         while True:
+
             def op(conn: sa.Connection) -> int:
                 return _delete_jobs(conn, [r[0] for r in conn.execute(query)])
 
@@ -234,22 +296,35 @@ class JobTable:
 
         return await self.db.read(op)
 
-    async def transition(self, job_id: str, to: JobStatus, *,
-                         lease_expired_before: datetime | None = None, **values: Any) -> bool:
+    async def transition(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        lease_expired_before: datetime | None = None,
+        **values: Any,
+    ) -> bool:
         """Move a job to a non-terminal ``to`` if its status allows; False if it did not apply.
 
         With ``lease_expired_before``, only a job whose lease ran out before then moves, so a
         node that renewed its lease in the meantime keeps its job.
         """
         assert not to.terminal, "terminal states go through finish()"
-        query = _guarded_update(job_id, to, lease_expired_before).values(status=to.value,
-                                                                         **values)
+        query = _guarded_update(job_id, to, lease_expired_before).values(status=to.value, **values)
         return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
-    async def finish(self, job_id: str, to: JobStatus, *, now: datetime,
-                     pending: Sequence[JobEvent] = (), closing_seq: int | None = None,
-                     lease_expired_before: datetime | None = None, webhook: bool = True,
-                     **values: Any) -> tuple[JobRecord, JobEvent] | None:
+    async def finish(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        now: datetime,
+        pending: Sequence[JobEvent] = (),
+        closing_seq: int | None = None,
+        lease_expired_before: datetime | None = None,
+        webhook: bool = True,
+        **values: Any,
+    ) -> tuple[JobRecord, JobEvent] | None:
         """End a job in one transaction: its last chunks, the status change, the closing
         ``result`` event and, when it asked for one (and ``webhook``), its webhook delivery.
 
@@ -257,10 +332,13 @@ class JobTable:
         (the guard keeps the first ending: a late completion never overwrites a cancel).
         """
         assert to.terminal
-        query = (_guarded_update(job_id, to, lease_expired_before)
-                 .values(status=to.value, finished_at=now, lease_owner=None,
-                         lease_expires_at=None, **values)
-                 .returning(*jobs.c))
+        query = (
+            _guarded_update(job_id, to, lease_expired_before)
+            .values(
+                status=to.value, finished_at=now, lease_owner=None, lease_expires_at=None, **values
+            )
+            .returning(*jobs.c)
+        )
 
         def op(conn: sa.Connection) -> tuple[JobRecord, JobEvent] | None:
             row = conn.execute(query).first()
@@ -268,16 +346,18 @@ class JobTable:
                 return None
             record = _record(row)
             insert_events(conn, pending)
-            event = append_terminal_event(conn, job_id, "result", {"status": to.value}, now,
-                                          seq=closing_seq)
+            event = append_terminal_event(
+                conn, job_id, "result", {"status": to.value}, now, seq=closing_seq
+            )
             if record.callback_url and webhook:
                 insert_delivery(conn, job_id=job_id, url=record.callback_url, now=now)
             return record, event
 
         return await self.db.write(op)
 
-    async def claim_next(self, *, owner: str, now: datetime,
-                         lease_until: datetime) -> JobRecord | None:
+    async def claim_next(
+        self, *, owner: str, now: datetime, lease_until: datetime
+    ) -> JobRecord | None:
         """Move the oldest queued job to processing under ``owner``'s lease and return it.
 
         Only jobs whose key is still usable (not revoked, not expired) are claimed, so a
@@ -286,32 +366,49 @@ class JobTable:
         # Fair between keys: the key served least recently goes first (never served: first
         # of all), then its oldest job, so one key's flood cannot starve another key's job.
         served = sa.alias(jobs, "served")
-        last_served = (sa.select(sa.func.max(served.c.started_at))
-                       .where(served.c.key_id == jobs.c.key_id).scalar_subquery())
-        candidates = (sa.select(jobs.c.id)
-                      .where(jobs.c.status == JobStatus.QUEUED.value, _key_usable(now),
-                             sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at <= now))
-                      .order_by(last_served.asc().nulls_first(), jobs.c.created_at, jobs.c.id)
-                      .limit(8))
+        last_served = (
+            sa.select(sa.func.max(served.c.started_at))
+            .where(served.c.key_id == jobs.c.key_id)
+            .scalar_subquery()
+        )
+        candidates = (
+            sa.select(jobs.c.id)
+            .where(
+                jobs.c.status == JobStatus.QUEUED.value,
+                _key_usable(now),
+                sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at <= now),
+            )
+            .order_by(last_served.asc().nulls_first(), jobs.c.created_at, jobs.c.id)
+            .limit(8)
+        )
         postgres = self.db.dialect == "postgresql"
 
         def op(conn: sa.Connection) -> JobRecord | None:
             ids = [r[0] for r in conn.execute(candidates)]
             if postgres and ids:
                 # Skip rows another node is claiming right now instead of queueing behind it.
-                free = {r[0] for r in conn.execute(
-                    sa.select(jobs.c.id).where(jobs.c.id.in_(ids),
-                                               jobs.c.status == JobStatus.QUEUED.value)
-                    .with_for_update(skip_locked=True))}
+                free = {
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(jobs.c.id)
+                        .where(jobs.c.id.in_(ids), jobs.c.status == JobStatus.QUEUED.value)
+                        .with_for_update(skip_locked=True)
+                    )
+                }
                 ids = [i for i in ids if i in free]
             for job_id in ids:
                 row = conn.execute(
                     jobs.update()
                     .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
-                    .values(status=JobStatus.PROCESSING.value, started_at=now,
-                            lease_owner=owner, lease_expires_at=lease_until,
-                            attempts=jobs.c.attempts + 1)
-                    .returning(*jobs.c)).first()
+                    .values(
+                        status=JobStatus.PROCESSING.value,
+                        started_at=now,
+                        lease_owner=owner,
+                        lease_expires_at=lease_until,
+                        attempts=jobs.c.attempts + 1,
+                    )
+                    .returning(*jobs.c)
+                ).first()
                 if row is not None:
                     return _record(row)
             return None
@@ -321,33 +418,44 @@ class JobTable:
     async def hold_queued(self, until: datetime) -> int:
         """Keep every queued job from being claimed before ``until`` (a plan window closed
         until then); return how many jobs it holds."""
-        query = (jobs.update()
-                 .where(jobs.c.status == JobStatus.QUEUED.value,
-                        sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at < until))
-                 .values(retry_at=until))
+        query = (
+            jobs.update()
+            .where(
+                jobs.c.status == JobStatus.QUEUED.value,
+                sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at < until),
+            )
+            .values(retry_at=until)
+        )
         return await self.db.write(lambda conn: conn.execute(query).rowcount)
 
-    async def renew_leases(self, owner: str, job_ids: Iterable[str],
-                           until: datetime) -> set[str]:
+    async def renew_leases(self, owner: str, job_ids: Iterable[str], until: datetime) -> set[str]:
         """Extend the lease of jobs ``owner`` is still running; return those it still holds
         (a job missing from the answer was cancelled or taken over elsewhere)."""
         ids = list(job_ids)
         if not ids:
             return set()
-        query = (jobs.update()
-                 .where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
-                        jobs.c.status == JobStatus.PROCESSING.value)
-                 .values(lease_expires_at=until)
-                 .returning(jobs.c.id))
+        query = (
+            jobs.update()
+            .where(
+                jobs.c.id.in_(ids),
+                jobs.c.lease_owner == owner,
+                jobs.c.status == JobStatus.PROCESSING.value,
+            )
+            .values(lease_expires_at=until)
+            .returning(jobs.c.id)
+        )
         return await self.db.write(lambda conn: {r[0] for r in conn.execute(query)})
 
     async def unfinished_of(self, key_ids: Iterable[str]) -> list[str]:
         """Ids of the queued and processing jobs of these keys, oldest first."""
-        query = (sa.select(jobs.c.id)
-                 .where(jobs.c.key_id.in_(list(key_ids)),
-                        jobs.c.status.in_([JobStatus.QUEUED.value,
-                                           JobStatus.PROCESSING.value]))
-                 .order_by(jobs.c.created_at, jobs.c.id))
+        query = (
+            sa.select(jobs.c.id)
+            .where(
+                jobs.c.key_id.in_(list(key_ids)),
+                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PROCESSING.value]),
+            )
+            .order_by(jobs.c.created_at, jobs.c.id)
+        )
         return await self.db.read(lambda conn: [r[0] for r in conn.execute(query)])
 
     async def unusable_work(self, now: datetime) -> list[str]:
@@ -355,14 +463,19 @@ class JobTable:
         processing jobs of keys revoked (a run admitted before its key expired may finish)."""
         queued = sa.and_(jobs.c.status == JobStatus.QUEUED.value, sa.not_(_key_usable(now)))
         running = sa.and_(jobs.c.status == JobStatus.PROCESSING.value, _key_revoked())
-        query = (sa.select(jobs.c.id).where(jobs.c.key_id.is_not(None), sa.or_(queued, running))
-                 .order_by(jobs.c.created_at, jobs.c.id).limit(500))
+        query = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.key_id.is_not(None), sa.or_(queued, running))
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(500)
+        )
         return await self.db.read(lambda conn: [r[0] for r in conn.execute(query)])
 
     async def expired_leases(self, now: datetime) -> list[JobRecord]:
         """Processing jobs whose lease ran out: their node died or lost the database."""
-        query = sa.select(jobs).where(jobs.c.status == JobStatus.PROCESSING.value,
-                                      jobs.c.lease_expires_at < now)
+        query = sa.select(jobs).where(
+            jobs.c.status == JobStatus.PROCESSING.value, jobs.c.lease_expires_at < now
+        )
         return await self.db.read(lambda conn: [_record(r) for r in conn.execute(query)])
 
 
@@ -374,8 +487,9 @@ def _delete_jobs(conn: sa.Connection, job_ids: list[str]) -> int:
     return conn.execute(jobs.delete().where(jobs.c.id.in_(job_ids))).rowcount
 
 
-def _guarded_update(job_id: str, to: JobStatus,
-                    lease_expired_before: datetime | None = None) -> sa.Update:
+def _guarded_update(
+    job_id: str, to: JobStatus, lease_expired_before: datetime | None = None
+) -> sa.Update:
     sources = [s.value for s in ALLOWED_FROM[to]]
     query = jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(sources))
     if lease_expired_before is not None:

@@ -11,8 +11,17 @@ import sqlalchemy as sa
 from ccgate.store.engine import Database
 from ccgate.store.schema import api_keys
 
-POLICY_FIELDS = ("rpm", "rpd", "tokens_per_day", "budget_usd_per_month", "concurrency",
-                 "models", "ip_cidrs", "expires_at", "window_share")
+POLICY_FIELDS = (
+    "rpm",
+    "rpd",
+    "tokens_per_day",
+    "budget_usd_per_month",
+    "concurrency",
+    "models",
+    "ip_cidrs",
+    "expires_at",
+    "window_share",
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,9 @@ class KeyPolicy:
     def as_json(self) -> dict[str, Any]:
         """The policy as JSON-ready values (lists, ISO timestamps)."""
         return {
-            "rpm": self.rpm, "rpd": self.rpd, "tokens_per_day": self.tokens_per_day,
+            "rpm": self.rpm,
+            "rpd": self.rpd,
+            "tokens_per_day": self.tokens_per_day,
             "budget_usd_per_month": self.budget_usd_per_month,
             "concurrency": self.concurrency,
             "models": list(self.models) if self.models is not None else None,
@@ -78,21 +89,38 @@ def _record(row: Any) -> KeyRecord:
     m = row._mapping
     models, cidrs = m["models"], m["ip_cidrs"]
     policy = KeyPolicy(
-        rpm=m["rpm"], rpd=m["rpd"], tokens_per_day=m["tokens_per_day"],
-        budget_usd_per_month=m["budget_usd_per_month"], concurrency=m["concurrency"],
+        rpm=m["rpm"],
+        rpd=m["rpd"],
+        tokens_per_day=m["tokens_per_day"],
+        budget_usd_per_month=m["budget_usd_per_month"],
+        concurrency=m["concurrency"],
         models=tuple(models) if models is not None else None,
-        ip_cidrs=tuple(cidrs) if cidrs is not None else None, expires_at=m["expires_at"],
-        window_share=m["window_share"])
+        ip_cidrs=tuple(cidrs) if cidrs is not None else None,
+        expires_at=m["expires_at"],
+        window_share=m["window_share"],
+    )
     return KeyRecord(
-        id=m["id"], name=m["name"], prefix=m["prefix"], created_at=m["created_at"],
-        last_used_at=m["last_used_at"], revoked_at=m["revoked_at"], policy=policy,
+        id=m["id"],
+        name=m["name"],
+        prefix=m["prefix"],
+        created_at=m["created_at"],
+        last_used_at=m["last_used_at"],
+        revoked_at=m["revoked_at"],
+        policy=policy,
         kind=m["kind"],
     )
 
 
-_COLUMNS = (api_keys.c.id, api_keys.c.name, api_keys.c.prefix, api_keys.c.created_at,
-            api_keys.c.last_used_at, api_keys.c.revoked_at, api_keys.c.kind,
-            *(api_keys.c[name] for name in POLICY_FIELDS))
+_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.name,
+    api_keys.c.prefix,
+    api_keys.c.created_at,
+    api_keys.c.last_used_at,
+    api_keys.c.revoked_at,
+    api_keys.c.kind,
+    *(api_keys.c[name] for name in POLICY_FIELDS),
+)
 
 
 # Built once: every authenticated request runs it.
@@ -105,23 +133,40 @@ class KeyTable:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def insert(self, *, key_id: str, name: str, prefix: str, secret_hash: str,
-                     now: datetime, webhook_secret: str | None = None,
-                     policy: KeyPolicy | None = None, kind: str = "app") -> KeyRecord:
+    async def insert(
+        self,
+        *,
+        key_id: str,
+        name: str,
+        prefix: str,
+        secret_hash: str,
+        now: datetime,
+        webhook_secret: str | None = None,
+        policy: KeyPolicy | None = None,
+        kind: str = "app",
+    ) -> KeyRecord:
         """Store a new key; raise sqlalchemy IntegrityError if the name is taken."""
         policy = policy or KeyPolicy()
-        query = api_keys.insert().values(id=key_id, name=name, prefix=prefix,
-                                         secret_hash=secret_hash, created_at=now,
-                                         webhook_secret=webhook_secret, kind=kind,
-                                         **_policy_row(policy))
+        query = api_keys.insert().values(
+            id=key_id,
+            name=name,
+            prefix=prefix,
+            secret_hash=secret_hash,
+            created_at=now,
+            webhook_secret=webhook_secret,
+            kind=kind,
+            **_policy_row(policy),
+        )
         await self.db.write(lambda conn: conn.execute(query))
         return KeyRecord(key_id, name, prefix, now, None, None, policy, kind)
 
     async def update_policy(self, name: str, policy: KeyPolicy) -> bool:
         """Replace an active key's policy; False when no active key has that name."""
-        query = (api_keys.update()
-                 .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                 .values(**_policy_row(policy)))
+        query = (
+            api_keys.update()
+            .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+            .values(**_policy_row(policy))
+        )
         return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
     async def by_id(self, key_id: str) -> KeyRecord | None:
@@ -157,24 +202,31 @@ class KeyTable:
 
     async def revoke(self, name: str, now: datetime) -> bool:
         """Mark a key revoked; False when no active key has that name."""
-        query = (api_keys.update()
-                 .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                 .values(revoked_at=now))
+        query = (
+            api_keys.update()
+            .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
         return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
-    async def set_webhook_secret(self, name: str, secret: str, *,
-                                 previous_until: datetime | None = None) -> bool:
+    async def set_webhook_secret(
+        self, name: str, secret: str, *, previous_until: datetime | None = None
+    ) -> bool:
         """Replace an active key's webhook secret; False when no active key has that name.
 
         With ``previous_until``, the replaced secret is kept to sign next to the new one
         until then (a rotation's grace); without it, the replaced secret stops at once.
         """
         keep = previous_until is not None
-        query = (api_keys.update()
-                 .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                 .values(webhook_secret=secret,
-                         previous_webhook_secret=api_keys.c.webhook_secret if keep else None,
-                         previous_webhook_secret_until=previous_until))
+        query = (
+            api_keys.update()
+            .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+            .values(
+                webhook_secret=secret,
+                previous_webhook_secret=api_keys.c.webhook_secret if keep else None,
+                previous_webhook_secret_until=previous_until,
+            )
+        )
         return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 
     async def touch(self, key_id: str, now: datetime) -> None:

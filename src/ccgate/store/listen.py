@@ -90,8 +90,7 @@ class PostgresNotifier:
     async def _send(self, batch: list[tuple[str, list[JobEvent]]]) -> None:
         for job_id, events in batch:
             for payload in _payloads(job_id, events):
-                await self._speaker.execute("SELECT pg_notify($1, $2)", channel_of(job_id),
-                                            payload)
+                await self._speaker.execute("SELECT pg_notify($1, $2)", channel_of(job_id), payload)
 
 
 def _payloads(job_id: str, events: list[JobEvent]) -> list[str]:

@@ -25,8 +25,13 @@ class WindowUsage:
 
 def _window(row: sa.Row[Any]) -> PlanWindow:
     m = row._mapping
-    return PlanWindow(name=m["name"], status=m["status"], utilization=m["utilization"],
-                      resets_at=m["resets_at"], seen_at=m["seen_at"])
+    return PlanWindow(
+        name=m["name"],
+        status=m["status"],
+        utilization=m["utilization"],
+        resets_at=m["resets_at"],
+        seen_at=m["seen_at"],
+    )
 
 
 class PlanWindowTable:
@@ -55,25 +60,35 @@ class PlanWindowTable:
 
     async def usage_of(self, key_id: str) -> list[WindowUsage]:
         """What the key used of each window, by window name."""
-        query = (sa.select(plan_window_usage).where(plan_window_usage.c.key_id == key_id)
-                 .order_by(plan_window_usage.c.name))
-        return await self.db.read(lambda conn: [
-            WindowUsage(r.name, float(r.used), r.resets_at) for r in conn.execute(query)])
+        query = (
+            sa.select(plan_window_usage)
+            .where(plan_window_usage.c.key_id == key_id)
+            .order_by(plan_window_usage.c.name)
+        )
+        return await self.db.read(
+            lambda conn: [
+                WindowUsage(r.name, float(r.used), r.resets_at) for r in conn.execute(query)
+            ]
+        )
 
 
 def _record_one(conn: sa.Connection, window: PlanWindow, key_id: str | None) -> None:
-    row = conn.execute(sa.select(plan_windows).where(
-        plan_windows.c.name == window.name)).first()
-    values = {"status": window.status, "utilization": window.utilization,
-              "resets_at": window.resets_at, "seen_at": window.seen_at}
+    row = conn.execute(sa.select(plan_windows).where(plan_windows.c.name == window.name)).first()
+    values = {
+        "status": window.status,
+        "utilization": window.utilization,
+        "resets_at": window.resets_at,
+        "seen_at": window.seen_at,
+    }
     if row is None:
         conn.execute(plan_windows.insert().values(name=window.name, **values))
         before = 0.0
     else:
         if row.seen_at > window.seen_at:
             return
-        conn.execute(plan_windows.update().where(plan_windows.c.name == window.name)
-                     .values(**values))
+        conn.execute(
+            plan_windows.update().where(plan_windows.c.name == window.name).values(**values)
+        )
         # A new reset time is a new window: everything used so far was in the old one.
         same = row.resets_at == window.resets_at
         before = float(row.utilization) if same and row.utilization is not None else 0.0
@@ -83,15 +98,19 @@ def _record_one(conn: sa.Connection, window: PlanWindow, key_id: str | None) -> 
 
 
 def _add_usage(conn: sa.Connection, window: PlanWindow, key_id: str, delta: float) -> None:
-    where = sa.and_(plan_window_usage.c.name == window.name,
-                    plan_window_usage.c.key_id == key_id)
+    where = sa.and_(plan_window_usage.c.name == window.name, plan_window_usage.c.key_id == key_id)
     row = conn.execute(sa.select(plan_window_usage).where(where)).first()
     if row is None:
-        conn.execute(plan_window_usage.insert().values(
-            name=window.name, key_id=key_id, resets_at=window.resets_at, used=delta))
+        conn.execute(
+            plan_window_usage.insert().values(
+                name=window.name, key_id=key_id, resets_at=window.resets_at, used=delta
+            )
+        )
     elif row.resets_at != window.resets_at:
-        conn.execute(plan_window_usage.update().where(where).values(
-            resets_at=window.resets_at, used=delta))
+        conn.execute(
+            plan_window_usage.update().where(where).values(resets_at=window.resets_at, used=delta)
+        )
     else:
-        conn.execute(plan_window_usage.update().where(where).values(
-            used=plan_window_usage.c.used + delta))
+        conn.execute(
+            plan_window_usage.update().where(where).values(used=plan_window_usage.c.used + delta)
+        )

@@ -109,8 +109,9 @@ jobs = sa.Table(
 job_events = sa.Table(
     "job_events",
     metadata,
-    sa.Column("job_id", sa.String(40), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
-              primary_key=True),
+    sa.Column(
+        "job_id", sa.String(40), sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    ),
     sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
     sa.Column("type", sa.String(20), nullable=False),
     sa.Column("data", sa.JSON(), nullable=False),
@@ -121,8 +122,9 @@ webhook_deliveries = sa.Table(
     "webhook_deliveries",
     metadata,
     sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("job_id", sa.String(40), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
-              nullable=False),
+    sa.Column(
+        "job_id", sa.String(40), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    ),
     sa.Column("url", sa.Text(), nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),

@@ -31,9 +31,13 @@ class UsageRow:
         out: dict[str, Any] = {"key": self.key_name}
         if group_by is not None:
             out[group_by] = self.group
-        out.update(requests=self.requests, input_tokens=self.input_tokens,
-                   output_tokens=self.output_tokens, cost_usd=round(self.cost_usd, 6),
-                   errors=self.errors)
+        out.update(
+            requests=self.requests,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_usd=round(self.cost_usd, 6),
+            errors=self.errors,
+        )
         return out
 
 
@@ -51,9 +55,14 @@ class UsageTable:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def totals(self, *, key_name: str | None = None, since: datetime | None = None,
-                     until: datetime | None = None,
-                     group_by: GroupBy | None = None) -> list[UsageRow]:
+    async def totals(
+        self,
+        *,
+        key_name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        group_by: GroupBy | None = None,
+    ) -> list[UsageRow]:
         """Sums over audit rows with ``since <= at < until``, per key (and day or model).
 
         Rows without a key (requests refused before authentication) are left out.
@@ -85,11 +94,17 @@ class UsageTable:
             rows = []
             for row in conn.execute(query):
                 m = row._mapping
-                rows.append(UsageRow(
-                    key_name=m["key_name"], group=m["grp"] if group_by else None,
-                    requests=int(m["requests"]), input_tokens=int(m["input_tokens"]),
-                    output_tokens=int(m["output_tokens"]), cost_usd=float(m["cost_usd"]),
-                    errors=int(m["errors"] or 0)))
+                rows.append(
+                    UsageRow(
+                        key_name=m["key_name"],
+                        group=m["grp"] if group_by else None,
+                        requests=int(m["requests"]),
+                        input_tokens=int(m["input_tokens"]),
+                        output_tokens=int(m["output_tokens"]),
+                        cost_usd=float(m["cost_usd"]),
+                        errors=int(m["errors"] or 0),
+                    )
+                )
             return rows
 
         return await self.db.read(op)

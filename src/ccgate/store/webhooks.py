@@ -22,8 +22,11 @@ HISTORY_LIMIT = 20
 
 def _of_revoked_key(delivery_job_id: Any) -> sa.ColumnElement[bool]:
     """The delivery's job belongs to a revoked key: nothing more goes out for it."""
-    return sa.exists().where(jobs.c.id == delivery_job_id, api_keys.c.id == jobs.c.key_id,
-                             api_keys.c.revoked_at.is_not(None))
+    return sa.exists().where(
+        jobs.c.id == delivery_job_id,
+        api_keys.c.id == jobs.c.key_id,
+        api_keys.c.revoked_at.is_not(None),
+    )
 
 
 def insert_delivery(conn: sa.Connection, *, job_id: str, url: str, now: datetime) -> str:
@@ -33,9 +36,18 @@ def insert_delivery(conn: sa.Connection, *, job_id: str, url: str, now: datetime
     delivery being recorded, whatever crashes afterwards.
     """
     delivery_id = new_id("evt")
-    conn.execute(webhook_deliveries.insert().values(
-        id=delivery_id, job_id=job_id, url=url, status=PENDING, attempts=0,
-        next_attempt_at=now, created_at=now, history=[]))
+    conn.execute(
+        webhook_deliveries.insert().values(
+            id=delivery_id,
+            job_id=job_id,
+            url=url,
+            status=PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            history=[],
+        )
+    )
     return delivery_id
 
 
@@ -99,9 +111,13 @@ class Attempt:
     def as_json(self, next_attempt_at: datetime | None = None) -> dict[str, Any]:
         """The history entry: times as ISO 8601 UTC; ``next_attempt_at`` is the retry it
         scheduled (None: none)."""
-        return {"at": _iso(self.at), "status_code": self.status_code, "error": self.error,
-                "duration_ms": self.duration_ms,
-                "next_attempt_at": _iso(next_attempt_at) if next_attempt_at else None}
+        return {
+            "at": _iso(self.at),
+            "status_code": self.status_code,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+            "next_attempt_at": _iso(next_attempt_at) if next_attempt_at else None,
+        }
 
 
 def _iso(value: datetime) -> str:
@@ -120,17 +136,20 @@ class DeliveryTable:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def claim_due(self, owner: str, now: datetime, lease_until: datetime,
-                        limit: int) -> list[DeliveryRecord]:
+    async def claim_due(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[DeliveryRecord]:
         """Lease up to ``limit`` pending deliveries that are due and not leased by a live node.
 
         The update re-checks every condition, so two nodes racing for a row never both get it.
         """
         t = webhook_deliveries
         claimable = sa.and_(
-            t.c.status == PENDING, t.c.next_attempt_at <= now,
+            t.c.status == PENDING,
+            t.c.next_attempt_at <= now,
             sa.or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at < now),
-            sa.not_(_of_revoked_key(t.c.job_id)))
+            sa.not_(_of_revoked_key(t.c.job_id)),
+        )
         pick = sa.select(t.c.id).where(claimable).order_by(t.c.next_attempt_at, t.c.id)
         pick = pick.limit(limit)
         if self.db.dialect == "postgresql":
@@ -141,16 +160,26 @@ class DeliveryTable:
             if not ids:
                 return []
             rows = conn.execute(
-                t.update().where(t.c.id.in_(ids), claimable)
+                t.update()
+                .where(t.c.id.in_(ids), claimable)
                 .values(lease_owner=owner, lease_expires_at=lease_until)
-                .returning(*t.c)).all()
-            return sorted((_record(r) for r in rows),
-                          key=lambda d: (d.next_attempt_at or now, d.id))
+                .returning(*t.c)
+            ).all()
+            return sorted(
+                (_record(r) for r in rows), key=lambda d: (d.next_attempt_at or now, d.id)
+            )
 
         return await self.db.write(op)
 
-    async def record(self, delivery_id: str, *, owner: str, attempt: Attempt, status: str,
-                     next_attempt_at: datetime | None) -> DeliveryRecord | None:
+    async def record(
+        self,
+        delivery_id: str,
+        *,
+        owner: str,
+        attempt: Attempt,
+        status: str,
+        next_attempt_at: datetime | None,
+    ) -> DeliveryRecord | None:
         """Append ``attempt`` and move the delivery to ``status``, releasing ``owner``'s lease.
 
         Returns the updated delivery, or None when ``owner`` no longer holds the lease.
@@ -158,22 +187,30 @@ class DeliveryTable:
         t = webhook_deliveries
 
         def op(conn: sa.Connection) -> DeliveryRecord | None:
-            history = conn.execute(sa.select(t.c.history).where(
-                t.c.id == delivery_id, t.c.lease_owner == owner)).scalar()
+            history = conn.execute(
+                sa.select(t.c.history).where(t.c.id == delivery_id, t.c.lease_owner == owner)
+            ).scalar()
             if history is None:
                 return None
             entry = attempt.as_json(next_attempt_at)
             row = conn.execute(
-                t.update().where(t.c.id == delivery_id, t.c.lease_owner == owner)
-                .values(status=status, attempts=t.c.attempts + 1,
-                        round_attempts=t.c.round_attempts + 1,
-                        round_started_at=sa.func.coalesce(t.c.round_started_at, attempt.at),
-                        next_attempt_at=next_attempt_at,
-                        delivered_at=attempt.at if status == DELIVERED else t.c.delivered_at,
-                        last_status_code=attempt.status_code, last_error=attempt.error,
-                        history=[*history, entry][-HISTORY_LIMIT:],
-                        lease_owner=None, lease_expires_at=None)
-                .returning(*t.c)).first()
+                t.update()
+                .where(t.c.id == delivery_id, t.c.lease_owner == owner)
+                .values(
+                    status=status,
+                    attempts=t.c.attempts + 1,
+                    round_attempts=t.c.round_attempts + 1,
+                    round_started_at=sa.func.coalesce(t.c.round_started_at, attempt.at),
+                    next_attempt_at=next_attempt_at,
+                    delivered_at=attempt.at if status == DELIVERED else t.c.delivered_at,
+                    last_status_code=attempt.status_code,
+                    last_error=attempt.error,
+                    history=[*history, entry][-HISTORY_LIMIT:],
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+                .returning(*t.c)
+            ).first()
             return _record(row) if row is not None else None
 
         return await self.db.write(op)
@@ -181,8 +218,11 @@ class DeliveryTable:
     async def release(self, delivery_id: str, owner: str) -> None:
         """Give up ``owner``'s lease without recording an attempt (e.g. on shutdown)."""
         t = webhook_deliveries
-        query = (t.update().where(t.c.id == delivery_id, t.c.lease_owner == owner)
-                 .values(lease_owner=None, lease_expires_at=None))
+        query = (
+            t.update()
+            .where(t.c.id == delivery_id, t.c.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
         await self.db.write(lambda conn: conn.execute(query))
 
     async def drop_pending(self, reason: str, key_ids: list[str] | None = None) -> int:
@@ -192,11 +232,22 @@ class DeliveryTable:
         if key_ids is not None and not key_ids:
             return 0
         t = webhook_deliveries
-        owned = (sa.exists().where(jobs.c.id == t.c.job_id, jobs.c.key_id.in_(key_ids))
-                 if key_ids is not None else _of_revoked_key(t.c.job_id))
-        query = (t.update().where(t.c.status == PENDING, owned)
-                 .values(status=FAILED, last_error=reason, next_attempt_at=None,
-                         lease_owner=None, lease_expires_at=None))
+        owned = (
+            sa.exists().where(jobs.c.id == t.c.job_id, jobs.c.key_id.in_(key_ids))
+            if key_ids is not None
+            else _of_revoked_key(t.c.job_id)
+        )
+        query = (
+            t.update()
+            .where(t.c.status == PENDING, owned)
+            .values(
+                status=FAILED,
+                last_error=reason,
+                next_attempt_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
         return await self.db.write(lambda conn: int(conn.execute(query).rowcount))
 
     async def get(self, delivery_id: str) -> DeliveryRecord | None:
@@ -207,8 +258,12 @@ class DeliveryTable:
     async def for_job(self, job_id: str) -> DeliveryRecord | None:
         """The latest delivery of ``job_id``, if it has one."""
         t = webhook_deliveries
-        query = (sa.select(t).where(t.c.job_id == job_id)
-                 .order_by(t.c.created_at.desc(), t.c.id.desc()).limit(1))
+        query = (
+            sa.select(t)
+            .where(t.c.job_id == job_id)
+            .order_by(t.c.created_at.desc(), t.c.id.desc())
+            .limit(1)
+        )
         return await self._one(query)
 
     async def redeliver(self, job_id: str, now: datetime, limit: int) -> Redelivery:
@@ -216,19 +271,30 @@ class DeliveryTable:
         ``limit`` times and never while a delivery is pending.
         """
         t = webhook_deliveries
-        latest = (sa.select(t.c.id).where(t.c.job_id == job_id)
-                  .order_by(t.c.created_at.desc(), t.c.id.desc()).limit(1))
+        latest = (
+            sa.select(t.c.id)
+            .where(t.c.job_id == job_id)
+            .order_by(t.c.created_at.desc(), t.c.id.desc())
+            .limit(1)
+        )
 
         def op(conn: sa.Connection) -> Redelivery:
             delivery_id = conn.execute(latest).scalar()
             if delivery_id is None:
                 return Redelivery.NO_WEBHOOK
             queued = conn.execute(
-                t.update().where(t.c.id == delivery_id, t.c.status != PENDING,
-                                 t.c.redeliveries < limit)
-                .values(status=PENDING, next_attempt_at=now, round_attempts=0,
-                        round_started_at=None, redeliveries=t.c.redeliveries + 1,
-                        lease_owner=None, lease_expires_at=None)).rowcount
+                t.update()
+                .where(t.c.id == delivery_id, t.c.status != PENDING, t.c.redeliveries < limit)
+                .values(
+                    status=PENDING,
+                    next_attempt_at=now,
+                    round_attempts=0,
+                    round_started_at=None,
+                    redeliveries=t.c.redeliveries + 1,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            ).rowcount
             if queued:
                 return Redelivery.QUEUED
             status = conn.execute(sa.select(t.c.status).where(t.c.id == delivery_id)).scalar()
@@ -239,23 +305,26 @@ class DeliveryTable:
     async def signing_secrets(self, key_id: str) -> SigningSecrets:
         """The kind of key ``key_id`` and the secrets that may sign its webhooks."""
         k = api_keys.c
-        query = (sa.select(k.kind, k.webhook_secret, k.previous_webhook_secret,
-                           k.previous_webhook_secret_until).where(k.id == key_id))
+        query = sa.select(
+            k.kind, k.webhook_secret, k.previous_webhook_secret, k.previous_webhook_secret_until
+        ).where(k.id == key_id)
 
         def op(conn: sa.Connection) -> SigningSecrets:
             row = conn.execute(query).first()
             if row is None:
                 return SigningSecrets(kind=None, current=None)
-            return SigningSecrets(kind=row.kind, current=row.webhook_secret,
-                                  previous=row.previous_webhook_secret,
-                                  previous_until=row.previous_webhook_secret_until)
+            return SigningSecrets(
+                kind=row.kind,
+                current=row.webhook_secret,
+                previous=row.previous_webhook_secret,
+                previous_until=row.previous_webhook_secret_until,
+            )
 
         return await self.db.read(op)
 
     async def signing_secret(self, key_id: str) -> tuple[str | None, str | None]:
         """The webhook secret (None: it has none) and the kind of key ``key_id``."""
-        query = (sa.select(api_keys.c.webhook_secret, api_keys.c.kind)
-                 .where(api_keys.c.id == key_id))
+        query = sa.select(api_keys.c.webhook_secret, api_keys.c.kind).where(api_keys.c.id == key_id)
 
         def op(conn: sa.Connection) -> tuple[str | None, str | None]:
             row = conn.execute(query).first()

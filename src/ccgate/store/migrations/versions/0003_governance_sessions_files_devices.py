@@ -25,8 +25,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("models", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("ip_cidrs", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("kind", sa.String(length=20), server_default="app",
-                                   nullable=False))
+        batch.add_column(
+            sa.Column("kind", sa.String(length=20), server_default="app", nullable=False)
+        )
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("stop_reason", sa.String(length=40), nullable=True))
         batch.add_column(sa.Column("retry_after", sa.Float(), nullable=True))
@@ -87,8 +88,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["key_id"], ["api_keys.id"]),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index("ux_devices_enrollment_device", "devices", ["enrollment_id", "device_id"],
-                    unique=True)
+    op.create_index(
+        "ux_devices_enrollment_device", "devices", ["enrollment_id", "device_id"], unique=True
+    )
 
 
 def downgrade() -> None:
@@ -104,6 +106,15 @@ def downgrade() -> None:
         batch.drop_column("retry_after")
         batch.drop_column("stop_reason")
     with op.batch_alter_table("api_keys") as batch:
-        for column in ("kind", "expires_at", "ip_cidrs", "models", "concurrency",
-                       "budget_usd_per_month", "tokens_per_day", "rpd", "rpm"):
+        for column in (
+            "kind",
+            "expires_at",
+            "ip_cidrs",
+            "models",
+            "concurrency",
+            "budget_usd_per_month",
+            "tokens_per_day",
+            "rpd",
+            "rpm",
+        ):
             batch.drop_column(column)

@@ -18,26 +18,29 @@ depends_on = None
 def upgrade() -> None:
     # Keys: the webhook secret a rotation replaced, which keeps signing until the grace ends.
     with op.batch_alter_table("api_keys") as batch:
-        batch.add_column(sa.Column("previous_webhook_secret", sa.String(length=100),
-                                   nullable=True))
-        batch.add_column(sa.Column("previous_webhook_secret_until", sa.DateTime(timezone=True),
-                                   nullable=True))
+        batch.add_column(sa.Column("previous_webhook_secret", sa.String(length=100), nullable=True))
+        batch.add_column(
+            sa.Column("previous_webhook_secret_until", sa.DateTime(timezone=True), nullable=True)
+        )
     # Deliveries: the current round of attempts (a redelivery starts a new one) and how
     # often the job's owner asked for the webhook again.
     with op.batch_alter_table("webhook_deliveries") as batch:
-        batch.add_column(sa.Column("round_attempts", sa.Integer(), nullable=False,
-                                   server_default="0"))
+        batch.add_column(
+            sa.Column("round_attempts", sa.Integer(), nullable=False, server_default="0")
+        )
         batch.add_column(sa.Column("round_started_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("redeliveries", sa.Integer(), nullable=False,
-                                   server_default="0"))
+        batch.add_column(
+            sa.Column("redeliveries", sa.Integer(), nullable=False, server_default="0")
+        )
     # Deliveries mid-retry keep the attempts they already made within their limit.
     op.execute("UPDATE webhook_deliveries SET round_attempts = attempts")
     # Plan windows: a job held until a window resets, how often a run was retried after one
     # closed under it, and the most of a window one key may use.
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("retry_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("window_retries", sa.Integer(), nullable=False,
-                                   server_default="0"))
+        batch.add_column(
+            sa.Column("window_retries", sa.Integer(), nullable=False, server_default="0")
+        )
     with op.batch_alter_table("api_keys") as batch:
         batch.add_column(sa.Column("window_share", sa.Float(), nullable=True))
     op.create_table(

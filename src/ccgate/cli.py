@@ -95,9 +95,9 @@ def serve(
     gateway = create_app(settings)
 
     def stop_taking_jobs() -> None:
-        shutdown = getattr(gateway.state, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        services = getattr(gateway.state, "services", None)  # None until the lifespan began
+        if services is not None:
+            services.shutdown()
 
     # The stock asyncio loop, even where uvloop is installed: uvloop's subprocess handling
     # measured ~9 ms slower per CLI run (docs/benchmarks.md).

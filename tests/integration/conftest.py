@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from ccgate.api.app import create_app
+from ccgate.api.deps import app_services
 from ccgate.config import Settings
 from ccgate.runners.base import Runner
 from tests.conftest import (
@@ -58,7 +59,7 @@ async def gateway_factory(
             transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test"
         )
         stack.append((app, client, lifespan))
-        secret = (await app.state.keyring.create("app")).secret
+        secret = (await app_services(app).keyring.create("app")).secret
         return Gateway(app, client, secret)
 
     yield start
@@ -96,7 +97,7 @@ async def api_gateway(
             transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test"
         ) as client,
     ):
-        secret = (await app.state.keyring.create("app")).secret
+        secret = (await app_services(app).keyring.create("app")).secret
         yield Gateway(app, client, secret)
 
 

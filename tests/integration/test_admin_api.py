@@ -12,6 +12,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from ccgate.api.deps import app_services
 from ccgate.circuit import CircuitBreaker
 from ccgate.limits.headers import DOORS
 from ccgate.runners.cli_command import CliOptions
@@ -120,7 +121,7 @@ async def test_admin_created_key_works_and_only_its_hash_is_stored(gw: Gateway) 
     secret = (await _create(gw))["key"]
     response = await gw.client.post("/api/v1/run", json={"prompt": "hi"}, headers=gw.auth(secret))
     assert response.status_code == 200
-    store = gw.app.state.store
+    store = app_services(gw.app).store
     row = await store.db.read(
         lambda conn: (
             conn.execute(sa.select(api_keys).where(api_keys.c.name == "svc")).one()._mapping
@@ -186,7 +187,7 @@ async def test_admin_create_rejects_bad_fields(
     response = await gw.client.post("/admin/keys", json={"name": "svc", **body}, headers=ADMIN)
     assert response.status_code == 400, response.text
     assert (_error(response)["type"], _error(response)["param"]) == ("invalid_request", param)
-    assert await gw.app.state.store.keys.by_name("svc") is None
+    assert await app_services(gw.app).store.keys.by_name("svc") is None
 
 
 async def test_admin_create_duplicate_name_is_409(gw: Gateway) -> None:
@@ -237,7 +238,7 @@ async def test_admin_patch_rejects_bad_values_and_unknown_keys(gw: Gateway) -> N
     await _create(gw, rpm=5)
     bad = await gw.client.patch("/admin/keys/svc", json={"rpm": -1}, headers=ADMIN)
     assert bad.status_code == 400 and _error(bad)["param"] == "rpm"
-    assert (await gw.app.state.store.keys.by_name("svc")).policy.rpm == 5
+    assert (await app_services(gw.app).store.keys.by_name("svc")).policy.rpm == 5
     missing = await gw.client.patch("/admin/keys/ghost", json={"rpm": 1}, headers=ADMIN)
     assert missing.status_code == 404 and _error(missing)["type"] == "not_found"
     await gw.client.delete("/admin/keys/svc", headers=ADMIN)
@@ -264,7 +265,7 @@ async def test_admin_delete_revokes_so_the_next_request_is_401(gw: Gateway) -> N
 async def test_admin_expired_key_is_listed_as_expired_and_refused(gw: Gateway) -> None:
     """A key past its expires_at shows ``expired: true`` and its requests get 401."""
     secret = (await _create(gw, expires_at="2999-01-01"))["key"]
-    store = gw.app.state.store
+    store = app_services(gw.app).store
     await store.db.write(
         lambda conn: conn.execute(
             api_keys.update().where(api_keys.c.name == "svc").values(expires_at=sa.func.now())
@@ -282,7 +283,7 @@ async def test_admin_audit_filters_by_key_and_status(gw: Gateway) -> None:
     await gw.run({"prompt": "one"})
     await gw.run({"prompt": ""})
     await gw.client.post("/api/v1/run", json={"prompt": "two"}, headers=gw.auth(secret))
-    await gw.app.state.audit.flush()
+    await app_services(gw.app).audit.flush()
     rows = (await gw.client.get("/admin/audit", headers=ADMIN)).json()["data"]
     assert [r["key_name"] for r in rows] == ["svc", "app", "app"]
     mine = (await gw.client.get("/admin/audit?key=app", headers=ADMIN)).json()["data"]
@@ -307,7 +308,7 @@ async def test_admin_audit_shows_prompt_text_only_when_stored(
     )
     for gw in (plain, kept):
         await gw.run({"prompt": "secret plan"})
-        await gw.app.state.audit.flush()
+        await app_services(gw.app).audit.flush()
     [row] = (await plain.client.get("/admin/audit", headers=ADMIN)).json()["data"]
     assert "prompt_text" not in row and row["input_tokens"] == 5
     [row] = (await kept.client.get("/admin/audit", headers=ADMIN)).json()["data"]
@@ -381,10 +382,12 @@ async def test_admin_audit_pages_through_every_row_once(db_gateway_factory: Star
     gw = await db_gateway_factory(CCGATE_ADMIN_TOKEN=TOKEN)
     for start in range(0, 3000, 500):
         assert (
-            await gw.app.state.store.audit.append_many(_seeded_rows(3000)[start : start + 500])
+            await app_services(gw.app).store.audit.append_many(
+                _seeded_rows(3000)[start : start + 500]
+            )
             == []
         )
-    stored = await gw.app.state.store.db.read(
+    stored = await app_services(gw.app).store.db.read(
         lambda conn: conn.execute(
             sa.select(
                 audit_log.c.id,
@@ -413,7 +416,7 @@ async def test_admin_audit_filters_by_door(gw: Gateway) -> None:
         headers=gw.auth(),
         json={"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
     )
-    await gw.app.state.audit.flush()
+    await app_services(gw.app).audit.flush()
     body = (await gw.client.get("/admin/audit?door=anthropic", headers=ADMIN)).json()
     assert [(r["door"], r["route"]) for r in body["data"]] == [("anthropic", "/v1/messages")]
     assert body["next_cursor"] is None
@@ -428,7 +431,7 @@ async def test_admin_rotates_a_webhook_secret_once(gw: Gateway) -> None:
     secret = response.json()["webhook_secret"]
     assert secret.startswith("whsec_") and secret != first
     assert response.json() == {"name": "svc", "webhook_secret": secret}
-    stored = await gw.app.state.store.db.read(
+    stored = await app_services(gw.app).store.db.read(
         lambda conn: conn.execute(
             sa.select(api_keys.c.webhook_secret).where(api_keys.c.name == "svc")
         ).scalar()
@@ -456,7 +459,7 @@ async def test_admin_status_reports_readiness_queue_and_circuit(
         await gw.client.post("/api/v1/jobs", json={"prompt": prompt}, headers=gw.auth())
     while runner.running == 0:
         await asyncio.sleep(0.01)
-    gw.app.state.breaker = None
+    app_services(gw.app).backend.breaker = None
     status = (await gw.client.get("/admin/status", headers=ADMIN)).json()
     runner.released.set()
     assert (status["status"], status["store"], status["backend"]) == ("ready", "ok", "cli")
@@ -498,7 +501,7 @@ async def test_admin_status_shows_the_warm_pool_shape(
 
 async def test_admin_circuit_is_disabled_on_the_cli_backend(gw: Gateway) -> None:
     """Without a breaker the circuit routes say so, and reset is a harmless no-op."""
-    gw.app.state.breaker = None
+    app_services(gw.app).backend.breaker = None
     expected = {"backend": "cli", "enabled": False}
     assert (await gw.client.get("/admin/circuit", headers=ADMIN)).json() == expected
     reset = await gw.client.post("/admin/circuit/reset", headers=ADMIN)
@@ -508,7 +511,7 @@ async def test_admin_circuit_is_disabled_on_the_cli_backend(gw: Gateway) -> None
 async def test_admin_circuit_reports_and_resets_the_breaker(gw: Gateway) -> None:
     """An open breaker shows as open with its failures; reset closes it."""
     breaker = CircuitBreaker(failures=2, cooldown_secs=30)
-    gw.app.state.breaker = breaker
+    app_services(gw.app).backend.breaker = breaker
     breaker.record_failure()
     breaker.record_failure()
     state = (await gw.client.get("/admin/circuit", headers=ADMIN)).json()

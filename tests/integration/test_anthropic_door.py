@@ -9,6 +9,7 @@ import anthropic
 import httpx2
 import pytest
 
+from ccgate.api.deps import app_services
 from ccgate.runners.base import RunError
 from ccgate.store.keys import KeyPolicy
 from tests.support.fake_runner import FakeRunner
@@ -125,7 +126,9 @@ async def test_anthropic_door_refuses_tools_on_the_cli_backend(
 async def test_anthropic_door_model_allowlists(gateway_factory: Callable[..., Any]) -> None:
     """A model the server does not serve is 400; one the key may not use is 403."""
     gateway = await gateway_factory(CCGATE_ALLOWED_MODELS="sonnet,haiku")
-    limited = await gateway.app.state.keyring.create("limited", KeyPolicy(models=("haiku",)))
+    limited = await app_services(gateway.app).keyring.create(
+        "limited", KeyPolicy(models=("haiku",))
+    )
     ask = {"max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
     with pytest.raises(anthropic.BadRequestError):
         await _sdk(gateway).messages.create(model="gpt-4", **ask)  # type: ignore[arg-type]
@@ -155,7 +158,9 @@ async def test_anthropic_door_models_list_shows_the_keys_models(
 ) -> None:
     """models.list() parses and lists only what the key may use."""
     gateway = await gateway_factory(CCGATE_ALLOWED_MODELS="sonnet,haiku,claude-*")
-    limited = await gateway.app.state.keyring.create("limited", KeyPolicy(models=("haiku",)))
+    limited = await app_services(gateway.app).keyring.create(
+        "limited", KeyPolicy(models=("haiku",))
+    )
     everything = [m.id async for m in _sdk(gateway).models.list()]
     only = [m.id async for m in _sdk(gateway, limited.secret).models.list()]
     assert "sonnet" in everything and "claude-sonnet-4-5" in everything
@@ -233,7 +238,7 @@ async def test_anthropic_door_audit_row_keeps_sizes_and_outcome(
     await _sdk(gateway).messages.create(
         model="sonnet", max_tokens=10, messages=[{"role": "user", "content": "hello"}]
     )
-    await gateway.app.state.audit.flush()
-    [row] = await gateway.app.state.store.audit.recent(1)
+    await app_services(gateway.app).audit.flush()
+    [row] = await app_services(gateway.app).store.audit.recent(1)
     assert (row["door"], row["prompt_bytes"], row["job_status"]) == ("anthropic", 5, "completed")
     assert (row["input_tokens"], row["output_tokens"]) == (5, 7)

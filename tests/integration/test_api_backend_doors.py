@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ccgate.api.deps import app_services
 from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import FAKE_API_KEY, Echo, FakeAnthropic, Text
 
@@ -92,7 +93,7 @@ async def test_api_backend_audits_tokens_and_cost(
         json={"model": "sonnet", "max_tokens": 32, "messages": [{"role": "user", "content": "x"}]},
         headers={"x-api-key": api_gateway.key},
     )
-    await api_gateway.app.state.audit.flush()
-    [row] = await api_gateway.app.state.store.audit.recent(1)
+    await app_services(api_gateway.app).audit.flush()
+    [row] = await app_services(api_gateway.app).store.audit.recent(1)
     assert (row["door"], row["input_tokens"], row["output_tokens"]) == ("anthropic", 40, 9)
     assert row["cost_usd"] and row["cost_usd"] > 0

@@ -17,6 +17,7 @@ import structlog
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from ccgate.api.deps import app_services
 from ccgate.audit import AuditLog
 from ccgate.clock import utcnow
 from ccgate.store import AuditEntry, Store
@@ -96,8 +97,8 @@ async def test_audit_unmatched_long_path_loses_no_other_rows(
     runs = [gw.run({"prompt": f"p{n}"}) for n in range(3)]
     responses = await asyncio.gather(junk, *runs)
     assert [r.status_code for r in responses] == [404, 200, 200, 200]
-    await gw.app.state.audit.flush()
-    rows = await gw.app.state.store.audit.recent()
+    await app_services(gw.app).audit.flush()
+    rows = await app_services(gw.app).store.audit.recent()
     assert sorted(r["route"] for r in rows) == ["(unmatched)"] + ["/api/v1/run"] * 3
     usage = (await gw.client.get("/api/v1/usage", headers=gw.auth())).json()["data"]
     assert usage == [
@@ -118,8 +119,8 @@ async def test_audit_route_is_the_route_template(gateway: Gateway) -> None:
         await gateway.client.post("/api/v1/jobs", json={"prompt": "x"}, headers=gateway.auth())
     ).json()
     await gateway.client.get(f"/api/v1/jobs/{job['job_id']}", headers=gateway.auth())
-    await gateway.app.state.audit.flush()
-    routes = [r["route"] for r in await gateway.app.state.store.audit.recent()]
+    await app_services(gateway.app).audit.flush()
+    routes = [r["route"] for r in await app_services(gateway.app).store.audit.recent()]
     assert routes == ["/api/v1/jobs/{job_id}", "/api/v1/jobs"]
 
 

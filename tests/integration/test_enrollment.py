@@ -14,6 +14,7 @@ import httpx
 import jwt
 import pytest
 
+from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.security.enrollment import (
     DeviceSecretRefused,
@@ -84,7 +85,7 @@ async def test_bootstrap_token_runs_a_prompt_as_the_device(gateway_factory: Gate
     run = await gw.client.post("/api/v1/run", json={"prompt": "hi"}, headers=gw.auth(body["token"]))
     assert run.status_code == 200, run.text
     assert run.json()["result"] == "reply: hi"
-    key = await gw.app.state.store.keys.by_name(body["device"]["key_name"])
+    key = await app_services(gw.app).store.keys.by_name(body["device"]["key_name"])
     assert key.kind == "device" and key.last_used_at is not None
 
 
@@ -122,7 +123,7 @@ async def test_bootstrap_with_an_expired_or_revoked_code_is_401(
 ) -> None:
     """Expired and revoked codes get the same 401 as an unknown one."""
     gw = await _gateway(gateway_factory)
-    expired = await gw.app.state.enrollment.create(
+    expired = await app_services(gw.app).enrollment.create(
         "old", KeyPolicy(), max_devices=5, expires_at=utcnow() - timedelta(seconds=1)
     )
     revoked = await _enrollment(gw)
@@ -172,7 +173,7 @@ async def test_device_token_expired_is_401(gateway_factory: GatewayFactory) -> N
     gw = await _gateway(gateway_factory)
     code = await _enrollment(gw)
     await _token(gw, code)
-    device = (await gw.app.state.enrollment.devices())[0]
+    device = (await app_services(gw.app).enrollment.devices())[0]
     stale, _ = issue_device_token(
         SECRET, device, KeyPolicy(), ttl_secs=60, now=utcnow() - timedelta(minutes=5)
     )
@@ -206,7 +207,7 @@ async def test_revoking_a_device_key_cuts_the_device_off(gateway_factory: Gatewa
     gw = await _gateway(gateway_factory)
     code = await _enrollment(gw, max_devices=1)
     issued = (await _bootstrap(gw, code, "one")).json()
-    assert await gw.app.state.keyring.revoke(issued["device"]["key_name"])
+    assert await app_services(gw.app).keyring.revoke(issued["device"]["key_name"])
     assert (await _jobs(gw, issued["token"])).status_code == 401
     device = (await gw.client.get("/admin/devices", headers=ADMIN_AUTH)).json()["data"][0]
     assert device["status"] == "revoked"
@@ -255,7 +256,7 @@ async def test_refresh_returns_a_working_token_with_a_later_expiry(
     """POST /v1/refresh with a valid token returns a new token (new jti, later exp) that works."""
     gw = await _gateway(gateway_factory, CCGATE_DEVICE_TOKEN_TTL_SECS="600")
     token = await _token(gw, await _enrollment(gw))
-    device = (await gw.app.state.enrollment.devices())[0]
+    device = (await app_services(gw.app).enrollment.devices())[0]
     older, _ = issue_device_token(
         SECRET, device, KeyPolicy(), ttl_secs=600, now=utcnow() - timedelta(minutes=5)
     )
@@ -288,7 +289,7 @@ async def test_device_gets_the_enrollment_policy(gateway_factory: GatewayFactory
     )
     assert run.status_code == 403
     assert run.json()["error"]["type"] == "model_not_allowed"
-    key = await gw.app.state.store.keys.by_name(body["device"]["key_name"])
+    key = await app_services(gw.app).store.keys.by_name(body["device"]["key_name"])
     assert key.policy.rpm == 7 and key.policy.models == ("haiku",)
     listed = (await gw.client.get("/admin/enrollments", headers=ADMIN_AUTH)).json()["data"]
     assert listed[0]["policy"]["rpm"] == 7 and listed[0]["devices_active"] == 1
@@ -346,7 +347,7 @@ async def test_create_enrollment_shows_the_code_once(gateway_factory: GatewayFac
     assert body["max_devices"] == 1 and body["expires_at"] is not None
     listing = (await gw.client.get("/admin/enrollments", headers=ADMIN_AUTH)).text
     assert body["enrollment_code"] not in listing
-    store: Store = gw.app.state.store
+    store: Store = app_services(gw.app).store
     assert await store.enrollments.by_code_hash(hash_secret(body["enrollment_code"]))
     dup = await gw.client.post("/admin/enrollments", headers=ADMIN_AUTH, json={"name": "desktop"})
     assert dup.status_code == 409
@@ -456,9 +457,9 @@ async def test_bootstrap_shows_the_device_and_webhook_secrets_once(
     body = (await _bootstrap(gw, await _enrollment(gw))).json()
     assert body["device_secret"].startswith("ccgdev_")
     assert body["webhook_secret"].startswith("whsec_")
-    [device] = await gw.app.state.enrollment.devices()
+    [device] = await app_services(gw.app).enrollment.devices()
     assert device.secret_hash == hash_secret(body["device_secret"])
-    store: Store = gw.app.state.store
+    store: Store = app_services(gw.app).store
     assert await store.webhooks.signing_secret(device.key_id) == (body["webhook_secret"], "device")
 
 
@@ -491,7 +492,7 @@ async def test_device_token_does_not_carry_the_device_id(gateway_factory: Gatewa
 
 async def _legacy_device_token(gw: Gateway, code: str, device_id: str = "old-laptop") -> str:
     """Enrol ``device_id`` as before device secrets existed (no secret, no webhook secret)."""
-    store: Store = gw.app.state.store
+    store: Store = app_services(gw.app).store
     enrollment = await store.enrollments.by_code_hash(hash_secret(code))
     assert enrollment is not None
     key = DeviceKey(
@@ -627,7 +628,7 @@ async def test_bootstrap_outside_the_enrollment_ip_cidrs_is_403(
         refused = await outside.post("/v1/bootstrap", json=body)
     assert refused.status_code == 403
     assert refused.json()["error"]["type"] == "forbidden"
-    assert await gw.app.state.enrollment.devices() == []
+    assert await app_services(gw.app).enrollment.devices() == []
     async with _client_from(gw, "198.51.100.4") as inside:
         assert (await inside.post("/v1/bootstrap", json=body)).status_code == 200
 

@@ -16,6 +16,7 @@ import pytest
 import structlog
 
 from ccgate import fetcher as fetcher_module
+from ccgate.api.deps import app_services
 from ccgate.fetcher import Fetcher, UpstreamFailed
 from ccgate.security import netguard
 from ccgate.security.netguard import OutboundGuard
@@ -423,7 +424,7 @@ async def test_fetch_has_its_own_per_key_bucket(
     assert response.json()["error"]["type"] == "fetch_rpm_exceeded"
     assert int(response.headers["retry-after"]) >= 1
     assert site.requests == ["/page", "/page"]
-    other = (await gateway.app.state.keyring.create("other")).secret
+    other = (await app_services(gateway.app).keyring.create("other")).secret
     again = await _fetch(gateway, {"url": site.url("/page")}, Authorization=f"Bearer {other}")
     assert again.status_code == 200
 
@@ -432,8 +433,8 @@ async def test_fetch_audit_row_has_sizes_not_page_content(gateway: Gateway, site
     """The audit row records the route and the size returned; no job is run."""
     response = await _fetch(gateway, {"url": site.url("/page")})
     assert response.status_code == 200
-    await gateway.app.state.audit.flush()
-    rows = await gateway.app.state.store.audit.recent()
+    await app_services(gateway.app).audit.flush()
+    rows = await app_services(gateway.app).store.audit.recent()
     row = next(r for r in rows if r["route"] == "/v1/fetch")
     assert row["http_status"] == 200
     assert row["response_bytes"] == len(response.json()["html"].encode())

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from ccgate.api import files as files_api
+from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.store import Database, Store
 from ccgate.store.files import FileTable
@@ -40,7 +41,7 @@ async def _token(gw: Gateway, name: str, data: bytes, content_type: str = "") ->
 
 
 async def _key_id(gw: Gateway) -> str:
-    record = await gw.app.state.store.keys.by_name("app")
+    record = await app_services(gw.app).store.keys.by_name("app")
     return str(record.id)
 
 
@@ -111,7 +112,7 @@ async def test_async_job_attaches_files(gateway_factory: Any) -> None:
         "/api/v1/jobs", json={"prompt": "x", "files": tokens}, headers=gw.auth()
     )
     assert response.status_code == 202, response.text
-    await gw.app.state.jobs.wait(response.json()["job_id"])
+    await app_services(gw.app).jobs.wait(response.json()["job_id"])
     kinds = [block["type"] for block in runner.started[0].content]
     assert kinds == ["text", "document", "image"]
 
@@ -119,7 +120,7 @@ async def test_async_job_attaches_files(gateway_factory: Any) -> None:
 async def test_file_of_another_key_is_404(gateway: Gateway) -> None:
     """Another key can neither attach, read nor delete a file; the 404 names the token."""
     token = await _token(gateway, "shot.png", PNG)
-    other = (await gateway.app.state.keyring.create("other")).secret
+    other = (await app_services(gateway.app).keyring.create("other")).secret
     response = await gateway.client.post(
         "/api/v1/run", headers=gateway.auth(other), json={"prompt": "x", "files": [token]}
     )
@@ -136,7 +137,7 @@ async def test_file_of_another_key_is_404(gateway: Gateway) -> None:
 async def test_expired_file_is_gone_before_cleanup(gateway: Gateway) -> None:
     """A file past its expiry is 404 on attach and on GET even while its row remains."""
     now = utcnow()
-    record = await gateway.app.state.store.files.insert(
+    record = await app_services(gateway.app).store.files.insert(
         file_id="ff_expired0000000000000000",
         key_id=await _key_id(gateway),
         filename="old.txt",
@@ -154,7 +155,7 @@ async def test_expired_file_is_gone_before_cleanup(gateway: Gateway) -> None:
 async def test_cleanup_loop_deletes_expired_files(gateway_factory: Any) -> None:
     """The cleanup loop removes expired files' rows; live files stay."""
     gw = await gateway_factory(CCGATE_CLEANUP_INTERVAL_SECS=1)
-    store: Store = gw.app.state.store
+    store: Store = app_services(gw.app).store
     live = await _token(gw, "keep.txt", b"keep")
     now, key_id = utcnow(), await _key_id(gw)
     await store.files.insert(
@@ -376,7 +377,7 @@ async def test_run_refuses_files_over_the_body_limit_from_their_stored_sizes(
 
 async def test_refused_attachment_requests_spend_no_rate_limit(gateway: Gateway) -> None:
     """Requests refused for their files (repeats, unknown, too large) leave the rpm untouched."""
-    secret = (await gateway.app.state.keyring.create("one", KeyPolicy(rpm=1))).secret
+    secret = (await app_services(gateway.app).keyring.create("one", KeyPolicy(rpm=1))).secret
     upload = await gateway.client.post(
         "/api/v1/files", files={"file": ("a.png", PNG)}, headers=gateway.auth(secret)
     )

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from ccgate.api.app import create_app
+from ccgate.api.deps import app_services
 from ccgate.config import Settings
 
 ADMIN_TOKEN = "admin-token-for-health-tests-0123456789"
@@ -92,7 +93,7 @@ async def cliless_app(
             transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test"
         ) as client,
     ):
-        key = (await app.state.keyring.create("app")).secret
+        key = (await app_services(app).keyring.create("app")).secret
         client.headers["Authorization"] = f"Bearer {key}"
         yield client
 

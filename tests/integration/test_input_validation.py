@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ccgate.api.deps import app_services
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
 
@@ -186,7 +187,7 @@ async def test_validation_extreme_usage_dates_answer(
     """Dates at the ends of the calendar are clamped, so every usage report answers."""
     gw, _ = await _started(db_gateway_factory)
     await gw.run({"prompt": "x"})
-    await gw.app.state.audit.flush()
+    await app_services(gw.app).audit.flush()
     admin = await gw.client.get(f"/admin/usage?{query}", headers=ADMIN)  # not audited
     own = await gw.client.get(f"/api/v1/usage?{query}", headers=gw.auth())
     assert (own.status_code, admin.status_code) == (200, 200), own.text + admin.text

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ccgate import jsonanswer
+from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.runners.base import RunError
 from ccgate.store import JobStatus, Store
@@ -53,7 +54,7 @@ async def _json_job(gw: Gateway, **extra: Any) -> str:
     assert response.status_code == 202, response.text
     job_id: str = response.json()["job_id"]
     async with asyncio.timeout(10):
-        await gw.app.state.jobs.wait(job_id)
+        await app_services(gw.app).jobs.wait(job_id)
     return job_id
 
 
@@ -93,7 +94,7 @@ async def test_json_job_value_is_stored_and_sent_to_its_webhook(
         CCGATE_WEBHOOK_SECRET="s" * 32,
     )
     job_id = await _json_job(gw, callback_url=receiver.url)
-    stored = await gw.app.state.store.jobs.get(job_id)
+    stored = await app_services(gw.app).store.jobs.get(job_id)
     assert (stored.result_json, stored.result_parse_error) == ('{"colors":["red"]}', None)
     async with asyncio.timeout(10):
         while not receiver.received:
@@ -117,7 +118,7 @@ async def test_json_job_value_that_cannot_be_sent_back_is_text_with_a_reason(
 
 async def _legacy_job(gw: Gateway, job_id: str, answer: str) -> dict[str, Any]:
     """A JSON job ended without a stored reading, as an older version stored it; its view."""
-    store: Store = gw.app.state.store
+    store: Store = app_services(gw.app).store
     key = await store.keys.by_name("app")
     await store.jobs.insert(
         job_id=job_id,

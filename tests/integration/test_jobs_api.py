@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ccgate.api.deps import app_services
 from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
@@ -41,7 +42,7 @@ async def test_jobs_submit_returns_202_then_polls_to_completed(gateway: Gateway)
 async def test_jobs_other_keys_job_is_404(gateway: Gateway) -> None:
     """Key B cannot see, cancel, stream or delete key A's job: 404 each time."""
     job_id = (await _submit(gateway, {"prompt": "mine"})).json()["job_id"]
-    other = (await gateway.app.state.keyring.create("other")).secret
+    other = (await app_services(gateway.app).keyring.create("other")).secret
     for method, path in [("GET", ""), ("POST", "/cancel"), ("GET", "/sse"), ("DELETE", "")]:
         response = await gateway.client.request(
             method, f"/api/v1/jobs/{job_id}{path}", headers=gateway.auth(other)
@@ -89,7 +90,7 @@ async def test_jobs_idempotent_replays_never_hold_a_concurrency_slot(gateway_fac
     runs) and hold no slot: once the job ends, a new job is admitted."""
     runner = FakeRunner(block=True)
     gw = await gateway_factory(runner)
-    key = (await gw.app.state.keyring.create("single", KeyPolicy(concurrency=1))).secret
+    key = (await app_services(gw.app).keyring.create("single", KeyPolicy(concurrency=1))).secret
     retry = {"Idempotency-Key": "retry-1"}
     job_id = (await _submit(gw, {"prompt": "once"}, key, **retry)).json()["job_id"]
     replays = [await _submit(gw, {"prompt": "once"}, key, **retry) for _ in range(2)]
@@ -106,7 +107,7 @@ async def test_jobs_idempotent_replays_never_hold_a_concurrency_slot(gateway_fac
 
 async def test_jobs_idempotency_keys_are_per_api_key(gateway: Gateway) -> None:
     """Another API key using the same Idempotency-Key gets its own job."""
-    other = (await gateway.app.state.keyring.create("other")).secret
+    other = (await app_services(gateway.app).keyring.create("other")).secret
     first = await _submit(gateway, {"prompt": "x"}, **{"Idempotency-Key": "shared"})
     second = await _submit(gateway, {"prompt": "x"}, other, **{"Idempotency-Key": "shared"})
     assert first.json()["job_id"] != second.json()["job_id"]
@@ -164,7 +165,7 @@ async def test_jobs_fairness_between_keys(gateway_factory: Any) -> None:
     """With one key's flood queued, another key's single job starts within the next slots."""
     runner = FakeRunner(block=True)
     gw = await gateway_factory(runner, CCGATE_CONCURRENCY=1)
-    other = (await gw.app.state.keyring.create("other")).secret
+    other = (await app_services(gw.app).keyring.create("other")).secret
     for n in range(20):
         await _submit(gw, {"prompt": f"flood {n}"})
     lone = (await _submit(gw, {"prompt": "lone"}, other)).json()["job_id"]

@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+from ccgate.api.deps import app_services
 from ccgate.events import JobEventHub
 from ccgate.store import Store
 from tests.integration.conftest import Gateway
@@ -35,7 +36,7 @@ async def _finished_job(gw: Gateway, prompt: str = "stream me please") -> str:
     job_id: str = (
         await gw.client.post("/api/v1/jobs", json={"prompt": prompt}, headers=gw.auth())
     ).json()["job_id"]
-    await gw.app.state.jobs.wait(job_id)
+    await app_services(gw.app).jobs.wait(job_id)
     return job_id
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from ccgate.api.app import create_app
+from ccgate.api.deps import app_services
 from ccgate.config import Settings
 from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
@@ -39,11 +40,11 @@ async def _api_gateway(
             transport=httpx.ASGITransport(app=app), base_url="http://ccgate.test"
         ) as client,
     ):
-        yield Gateway(app, client, (await app.state.keyring.create("app")).secret)
+        yield Gateway(app, client, (await app_services(app).keyring.create("app")).secret)
 
 
 async def _key(gateway: Gateway, **policy: Any) -> dict[str, str]:
-    created = await gateway.app.state.keyring.create("limited", KeyPolicy(**policy))
+    created = await app_services(gateway.app).keyring.create("limited", KeyPolicy(**policy))
     return gateway.auth(created.secret)
 
 
@@ -106,8 +107,8 @@ async def test_api_pass_through_audits_the_real_prompt_bytes(api_gateway: Gatewa
     turns), not 0."""
     response = await api_gateway.client.post("/v1/messages", json=HELLO, headers=api_gateway.auth())
     assert response.status_code == 200
-    await api_gateway.app.state.audit.flush()
-    [row] = await api_gateway.app.state.store.audit.recent(1)
+    await app_services(api_gateway.app).audit.flush()
+    [row] = await app_services(api_gateway.app).store.audit.recent(1)
     assert row["prompt_bytes"] == len("be brief") + len("hello")
 
 
@@ -131,8 +132,8 @@ async def test_api_count_tokens_spends_no_budget_and_keeps_model_rules(
     """count_tokens costs nothing: a key whose budget is spent may still count, and nothing
     is added to its spend; a model the key may not use is still 403."""
     auth = await _key(api_gateway, budget_usd_per_month=0.01, models=["sonnet"])
-    limiter = api_gateway.app.state.limiter
-    key = await api_gateway.app.state.store.keys.by_name("limited")
+    limiter = app_services(api_gateway.app).limiter
+    key = await app_services(api_gateway.app).store.keys.by_name("limited")
     await limiter.record_usage(key.id, key.policy, tokens=100, cost_usd=0.02)
     refused = await api_gateway.client.post("/v1/messages", json=HELLO, headers=auth)
     assert refused.json()["error"]["type"] == "rate_limit_error"

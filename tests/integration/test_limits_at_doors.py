@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ccgate.api.deps import app_services
 from ccgate.store.keys import KeyPolicy
 from tests.support.fake_runner import FakeRunner
 
@@ -26,7 +27,7 @@ DOORS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 async def _key(gateway: Any, name: str, **policy: Any) -> dict[str, str]:
-    created = await gateway.app.state.keyring.create(name, KeyPolicy(**policy))
+    created = await app_services(gateway.app).keyring.create(name, KeyPolicy(**policy))
     return {"Authorization": f"Bearer {created.secret}"}
 
 
@@ -131,7 +132,7 @@ async def test_limits_async_jobs_hold_their_slot_until_they_end(
     busy = await gateway.client.post("/api/v1/jobs", json={"prompt": "b"}, headers=auth)
     assert busy.status_code == 429
     runner.released.set()
-    await gateway.app.state.jobs.wait(job["job_id"])
+    await app_services(gateway.app).jobs.wait(job["job_id"])
     for _ in range(100):
         again = await gateway.client.post("/api/v1/jobs", json={"prompt": "c"}, headers=auth)
         if again.status_code == 202:

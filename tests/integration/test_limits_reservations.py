@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from ccgate.api.deps import app_services
 from ccgate.pricing import cost_usd
 from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
@@ -15,7 +16,7 @@ from tests.support.fake_runner import FakeRunner
 
 
 async def _budget_key(gateway: Gateway, budget: float) -> tuple[str, dict[str, str]]:
-    created = await gateway.app.state.keyring.create(
+    created = await app_services(gateway.app).keyring.create(
         "capped", KeyPolicy(budget_usd_per_month=budget)
     )
     return created.record.id, {"Authorization": f"Bearer {created.secret}"}
@@ -42,7 +43,7 @@ async def test_limits_concurrent_native_runs_cannot_overspend_the_budget(
     assert {r.json()["error"]["type"] for r in responses if r.status_code == 429} == {
         "budget_exceeded"
     }
-    used = await gateway.app.state.limiter.usage(key_id)
+    used = await app_services(gateway.app).limiter.usage(key_id)
     assert used == {"tokens_today": 24, "cost_usd_this_month": 0.002, "running": 0}
 
 
@@ -86,7 +87,7 @@ async def test_limits_concurrent_pass_through_messages_cannot_overspend_the_budg
         for r in responses
         if r.status_code == 200
     )
-    used = await api_gateway.app.state.limiter.usage(key_id)
+    used = await app_services(api_gateway.app).limiter.usage(key_id)
     assert abs(used["cost_usd_this_month"] - real) < 1e-6 and used["running"] == 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.runners.plan_windows import PlanWindow
 from ccgate.store.keys import KeyPolicy
@@ -104,7 +105,7 @@ async def test_metrics_error_type_and_model_label_stay_bounded(gateway: Gateway)
 
 async def test_metrics_limit_refusal_counts_by_limit(gateway: Gateway) -> None:
     """A key over its requests-per-minute limit gets 429 and the refusal is counted."""
-    created = await gateway.app.state.keyring.create("limited", KeyPolicy(rpm=1))
+    created = await app_services(gateway.app).keyring.create("limited", KeyPolicy(rpm=1))
     headers = {"Authorization": f"Bearer {created.secret}"}
     before = await _scrape(gateway)
     statuses = [
@@ -175,7 +176,7 @@ async def test_metrics_plan_windows_show_as_gauges(gateway: Gateway) -> None:
     resets, as /api/v1/quota does."""
     now = utcnow()
     resets = now + timedelta(minutes=15)
-    await gateway.app.state.jobs.plan.observe(
+    await app_services(gateway.app).jobs.plan.observe(
         [
             PlanWindow("five_hour", "rejected", 0.97, resets, now),
             PlanWindow("seven_day", "allowed", 0.4, now + timedelta(days=3), now),

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ccgate.api.deps import app_services
 from ccgate.jobs import Submission
 from ccgate.runners.base import RunError
 from tests.integration.conftest import Gateway
@@ -92,7 +93,7 @@ async def test_run_accepts_x_api_key_header(gateway: Gateway) -> None:
 async def test_run_revoked_key_fails_on_next_request(gateway: Gateway) -> None:
     """Revoking takes effect on the very next request."""
     assert (await gateway.run({"prompt": "x"})).status_code == 200
-    await gateway.app.state.keyring.revoke("app")
+    await app_services(gateway.app).keyring.revoke("app")
     assert (await gateway.run({"prompt": "x"})).status_code == 401
 
 
@@ -205,10 +206,10 @@ async def test_run_full_queue_is_503_with_retry_after(gateway_factory: Any) -> N
     submission = Submission(
         None, "native", {"model": "sonnet", "content": [{"type": "text", "text": "a"}]}
     )
-    await gw.app.state.jobs.submit(submission)
+    await app_services(gw.app).jobs.submit(submission)
     while runner.running == 0:
         await asyncio.sleep(0.01)
-    await gw.app.state.jobs.submit(submission)
+    await app_services(gw.app).jobs.submit(submission)
     response = await gw.run({"prompt": "x"})
     assert response.status_code == 503
     assert _error(response)["type"] == "queue_full"
@@ -227,8 +228,8 @@ async def test_run_unknown_route_and_method_use_error_shape(gateway: Gateway) ->
 async def test_run_writes_audit_row_without_prompt_text(gateway: Gateway) -> None:
     """Each request leaves an audit row with sizes and tokens but no prompt text."""
     await gateway.run({"prompt": "top secret plan"})
-    await gateway.app.state.audit.flush()
-    [row] = await gateway.app.state.store.audit.recent()
+    await app_services(gateway.app).audit.flush()
+    [row] = await app_services(gateway.app).store.audit.recent()
     assert (row["key_name"], row["door"], row["http_status"]) == ("app", "native", 200)
     assert row["job_status"] == "completed" and row["model"] == "sonnet"
     assert row["prompt_bytes"] == len("top secret plan")
@@ -240,16 +241,16 @@ async def test_run_audit_keeps_prompt_only_when_enabled(gateway_factory: Any) ->
     """CCGATE_AUDIT_PROMPTS=true stores the prompt text in the audit row."""
     gw = await gateway_factory(CCGATE_AUDIT_PROMPTS="true")
     await gw.run({"prompt": "keep me"})
-    await gw.app.state.audit.flush()
-    [row] = await gw.app.state.store.audit.recent()
+    await app_services(gw.app).audit.flush()
+    [row] = await app_services(gw.app).store.audit.recent()
     assert row["prompt_text"] == "keep me"
 
 
 async def test_run_rejected_request_is_audited(gateway: Gateway) -> None:
     """A 401 also leaves an audit row, with no key name."""
     await gateway.client.post("/api/v1/run", json={"prompt": "x"})
-    await gateway.app.state.audit.flush()
-    [row] = await gateway.app.state.store.audit.recent()
+    await app_services(gateway.app).audit.flush()
+    [row] = await app_services(gateway.app).store.audit.recent()
     assert (row["http_status"], row["key_name"]) == (401, None)
 
 
@@ -282,6 +283,6 @@ async def test_run_client_gone_mid_body_is_audited_as_499(gateway: Gateway) -> N
         ],
     }
     await gateway.app(scope, receive, send)
-    await gateway.app.state.audit.flush()
-    [row] = await gateway.app.state.store.audit.recent()
+    await app_services(gateway.app).audit.flush()
+    [row] = await app_services(gateway.app).store.audit.recent()
     assert (row["http_status"], row["key_name"]) == (499, "app")

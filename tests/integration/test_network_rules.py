@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from ccgate.api.deps import app_services
 from ccgate.store.keys import KeyPolicy
 
 
@@ -74,7 +75,7 @@ async def test_network_rules_key_cidrs_bind_a_key_to_its_networks(
 ) -> None:
     """A key with ip_cidrs works from inside them and gets 403 from anywhere else."""
     gateway = await gateway_factory()
-    created = await gateway.app.state.keyring.create(
+    created = await app_services(gateway.app).keyring.create(
         "office", KeyPolicy(ip_cidrs=("198.51.100.0/24",))
     )
     auth = gateway.auth(created.secret)

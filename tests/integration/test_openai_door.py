@@ -9,6 +9,7 @@ import httpx2
 import openai
 import pytest
 
+from ccgate.api.deps import app_services
 from ccgate.runners.base import RunError
 from ccgate.store.keys import KeyPolicy
 from tests.support.fake_runner import FakeRunner
@@ -131,7 +132,9 @@ async def test_openai_door_refuses_tool_calling(gateway_factory: Callable[..., A
 async def test_openai_door_key_model_allowlist(gateway_factory: Callable[..., Any]) -> None:
     """A key limited to haiku gets 403 for sonnet and sees only haiku in models.list()."""
     gateway = await gateway_factory()
-    limited = await gateway.app.state.keyring.create("limited", KeyPolicy(models=("haiku",)))
+    limited = await app_services(gateway.app).keyring.create(
+        "limited", KeyPolicy(models=("haiku",))
+    )
     sdk = _sdk(gateway, limited.secret)
     with pytest.raises(openai.PermissionDeniedError):
         await sdk.chat.completions.create(

@@ -9,6 +9,7 @@ import httpx2
 import openai
 import pytest
 
+from ccgate.api.deps import app_services
 from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import (
@@ -319,7 +320,7 @@ async def test_openai_tools_upstream_error_before_stream_frees_the_slot(
     api_gateway: Gateway, fake: FakeAnthropic
 ) -> None:
     """An upstream 429 is a RateLimitError; the key's only concurrency slot is free again."""
-    single = await api_gateway.app.state.keyring.create("single", KeyPolicy(concurrency=1))
+    single = await app_services(api_gateway.app).keyring.create("single", KeyPolicy(concurrency=1))
     sdk = _sdk(api_gateway, single.secret)
     fake.reply(Error(429, "rate_limit_error", "slow down", retry_after=7))
     with pytest.raises(openai.RateLimitError) as caught:

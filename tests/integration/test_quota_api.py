@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.jobs import JobService
 from ccgate.runners.plan_windows import PlanWindow
@@ -15,7 +16,7 @@ TOKEN = "admin-token-for-quota-tests-0123456789"
 
 
 async def _close_window(gw: Gateway, secs: int = 900) -> None:
-    jobs: JobService = gw.app.state.jobs
+    jobs: JobService = app_services(gw.app).jobs
     now = utcnow()
     await jobs.plan.observe(
         [PlanWindow("five_hour", "rejected", 1.0, now + timedelta(seconds=secs), now)], None

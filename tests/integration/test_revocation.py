@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.jobs import JobService, QueueLimits, Submission, request_to_json
 from ccgate.jobs.revocation import KEY_REVOKED, KEY_UNUSABLE, end_work_of
@@ -189,7 +190,7 @@ async def test_revocation_by_admin_cancels_queued_and_running_jobs_without_webho
             CCGATE_ADMIN_TOKEN=ADMIN,
             CCGATE_OUTBOUND_ALLOW="127.0.0.1",
         )
-        auth = gw.auth((await gw.app.state.keyring.create("svc")).secret)
+        auth = gw.auth((await app_services(gw.app).keyring.create("svc")).secret)
         running = (await gw.client.post("/api/v1/jobs", json={"prompt": "a"}, headers=auth)).json()[
             "job_id"
         ]
@@ -199,14 +200,14 @@ async def test_revocation_by_admin_cancels_queued_and_running_jobs_without_webho
             )
         ).json()["job_id"]
         watcher = asyncio.create_task(_sse_events(gw, queued, auth))
-        hub = gw.app.state.jobs.hub
+        hub = app_services(gw.app).jobs.hub
         await _until(lambda: queued in hub._watch_counts)
         assert (await gw.client.delete("/admin/keys/svc", headers=ADMIN_AUTH)).status_code == 200
         events = await asyncio.wait_for(watcher, 5)
         assert events[-1]["event"] == "result"
         assert events[-1]["data"]["status"] == "cancelled"
         assert "revoked" in events[-1]["data"]["error"]["message"]
-        store = gw.app.state.store
+        store = app_services(gw.app).store
         for job_id in (running, queued):
             job = await store.jobs.get(job_id)
             assert (job.status, job.error_message) == (JobStatus.CANCELLED, KEY_REVOKED)
@@ -239,6 +240,6 @@ async def test_revocation_of_a_device_cancels_its_jobs(gateway_factory: Callable
     [device] = (await gw.client.get("/admin/devices", headers=ADMIN_AUTH)).json()["data"]
     revoked = await gw.client.delete(f"/admin/devices/{device['id']}", headers=ADMIN_AUTH)
     assert revoked.status_code == 204
-    job = await gw.app.state.store.jobs.get(job_id)
+    job = await app_services(gw.app).store.jobs.get(job_id)
     runner.released.set()
     assert (job.status, job.error_message) == (JobStatus.CANCELLED, KEY_REVOKED)

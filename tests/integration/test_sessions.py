@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.store.schema import sessions
 from tests.support.fake_runner import FakeRunner
@@ -48,7 +49,7 @@ async def test_sessions_of_another_key_are_not_found(gateway_factory: Callable[.
     runner = FakeRunner()
     gateway = await gateway_factory(runner)
     session = (await gateway.run({"prompt": "secret"})).json()["session_id"]
-    other = (await gateway.app.state.keyring.create("other")).secret
+    other = (await app_services(gateway.app).keyring.create("other")).secret
     response = await gateway.client.post(
         "/api/v1/run",
         json={"prompt": "what did they say?", "session_id": session},
@@ -65,7 +66,7 @@ async def test_sessions_expired_ones_are_not_found_and_get_deleted(
     """A session past its TTL answers 404 and the cleanup sweep deletes it."""
     gateway = await gateway_factory()
     session = (await gateway.run({"prompt": "old"})).json()["session_id"]
-    store = gateway.app.state.store
+    store = app_services(gateway.app).store
     past = utcnow() - timedelta(seconds=1)
     await store.db.write(
         lambda conn: conn.execute(
@@ -74,7 +75,7 @@ async def test_sessions_expired_ones_are_not_found_and_get_deleted(
     )
     response = await gateway.run({"prompt": "again", "session_id": session})
     assert response.status_code == 404
-    assert await gateway.app.state.sessions.delete_expired(utcnow()) == 1
+    assert await app_services(gateway.app).sessions.delete_expired(utcnow()) == 1
     count = await store.db.read(
         lambda conn: conn.execute(sa.select(sa.func.count()).select_from(sessions)).scalar()
     )
@@ -91,7 +92,7 @@ async def test_sessions_async_jobs_continue_them_too(gateway_factory: Callable[.
     )
     assert submitted.status_code == 202
     job_id = submitted.json()["job_id"]
-    await gateway.app.state.jobs.wait(job_id)
+    await app_services(gateway.app).jobs.wait(job_id)
     job = (await gateway.client.get(f"/api/v1/jobs/{job_id}", headers=gateway.auth())).json()
     assert job["session_id"] == session
     assert [m["role"] for m in runner.started[-1].history] == ["user", "assistant"]
@@ -103,7 +104,7 @@ async def test_sessions_can_be_read_and_deleted_by_their_key(
     """GET shows the turns; DELETE forgets them; another key gets 404 for both."""
     gateway = await gateway_factory()
     session = (await gateway.run({"prompt": "remember 7"})).json()["session_id"]
-    other = gateway.auth((await gateway.app.state.keyring.create("other")).secret)
+    other = gateway.auth((await app_services(gateway.app).keyring.create("other")).secret)
     shown = await gateway.client.get(f"/api/v1/sessions/{session}", headers=gateway.auth())
     assert shown.json()["turns"] == 1
     assert shown.json()["messages"][1]["content"][0]["text"] == "reply: remember 7"

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ccgate.api.deps import app_services
 from ccgate.store import AuditEntry, Store
 from tests.integration.conftest import Gateway
 
@@ -55,7 +56,7 @@ async def test_usage_admin_counts_requests_tokens_cost_and_errors(gw: Gateway) -
     await gw.run({"prompt": "one"})
     await gw.run({"prompt": "two"})
     await gw.run({"prompt": ""})
-    await gw.app.state.audit.flush()
+    await app_services(gw.app).audit.flush()
     response = await _admin_usage(gw)
     assert response.status_code == 200
     assert response.json()["data"] == [
@@ -75,7 +76,7 @@ async def test_usage_admin_groups_by_model(gw: Gateway) -> None:
     await gw.run({"prompt": "a", "model": "haiku"})
     await gw.run({"prompt": "b", "model": "haiku"})
     await gw.run({"prompt": "c"})
-    await gw.app.state.audit.flush()
+    await app_services(gw.app).audit.flush()
     body = (await _admin_usage(gw, "group_by=model")).json()
     assert body["group_by"] == "model"
     by_model = {row["model"]: (row["requests"], row["output_tokens"]) for row in body["data"]}
@@ -84,7 +85,7 @@ async def test_usage_admin_groups_by_model(gw: Gateway) -> None:
 
 async def test_usage_admin_groups_by_utc_day_within_a_window(gw: Gateway) -> None:
     """Days are UTC days; a date as ``until`` includes that whole day, a time excludes it."""
-    await gw.app.state.store.audit.append_many(
+    await app_services(gw.app).store.audit.append_many(
         [
             _row("2024-05-01T00:00:00"),
             _row("2024-05-01T23:59:59"),
@@ -105,7 +106,7 @@ async def test_usage_admin_groups_by_utc_day_within_a_window(gw: Gateway) -> Non
 
 async def test_usage_admin_filters_one_key(gw: Gateway) -> None:
     """``key=`` limits the report to that key; an unknown key has no rows."""
-    await gw.app.state.store.audit.append_many(
+    await app_services(gw.app).store.audit.append_many(
         [_row("2024-05-01T10:00:00"), _row("2024-05-01T10:00:00", key="other")]
     )
     assert [r["key"] for r in (await _admin_usage(gw)).json()["data"]] == ["app", "other"]
@@ -155,11 +156,11 @@ async def test_usage_own_shows_only_the_callers_numbers(gw: Gateway) -> None:
     """A key sees its own totals and policy, never another key's."""
     from ccgate.store.keys import KeyPolicy
 
-    other = (await gw.app.state.keyring.create("other", KeyPolicy(rpm=30))).secret
+    other = (await app_services(gw.app).keyring.create("other", KeyPolicy(rpm=30))).secret
     await gw.run({"prompt": "mine"})
     await gw.run({"prompt": "mine too"})
     await gw.client.post("/api/v1/run", json={"prompt": "theirs"}, headers=gw.auth(other))
-    await gw.app.state.audit.flush()
+    await app_services(gw.app).audit.flush()
     response = await gw.client.get("/api/v1/usage", headers=gw.auth(other))
     assert response.status_code == 200
     body = response.json()
@@ -173,7 +174,7 @@ async def test_usage_own_says_what_the_limits_leave(gw: Gateway) -> None:
     from ccgate.store.keys import KeyPolicy
 
     policy = KeyPolicy(tokens_per_day=100, budget_usd_per_month=1.0)
-    secret = (await gw.app.state.keyring.create("capped", policy)).secret
+    secret = (await app_services(gw.app).keyring.create("capped", policy)).secret
     for prompt in ("one", "two"):
         await gw.client.post("/api/v1/run", json={"prompt": prompt}, headers=gw.auth(secret))
     body = (await gw.client.get("/api/v1/usage", headers=gw.auth(secret))).json()
@@ -189,7 +190,7 @@ async def test_usage_own_matches_the_admin_view(gw: Gateway) -> None:
     """The caller's report has the same numbers the admin sees for that key."""
     await gw.run({"prompt": "a", "model": "haiku"})
     await gw.run({"prompt": "b"})
-    await gw.app.state.audit.flush()
+    await app_services(gw.app).audit.flush()
     admin = (await _admin_usage(gw, "key=app&group_by=model&since=2000-01-01")).json()
     own = (
         await gw.client.get("/api/v1/usage?group_by=model&since=2000-01-01", headers=gw.auth())
@@ -214,8 +215,8 @@ async def test_usage_counts_async_jobs_once_they_end(gateway_factory: Callable[.
     submitted = await gateway.client.post(
         "/api/v1/jobs", json={"prompt": "later"}, headers=gateway.auth()
     )
-    await gateway.app.state.jobs.wait(submitted.json()["job_id"])
-    await gateway.app.state.audit.flush()
+    await app_services(gateway.app).jobs.wait(submitted.json()["job_id"])
+    await app_services(gateway.app).audit.flush()
     report = (
         await gateway.client.get("/admin/usage", headers={"Authorization": f"Bearer {token}"})
     ).json()

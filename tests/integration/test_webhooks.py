@@ -15,6 +15,7 @@ import pytest
 import structlog
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.config import Settings
 from ccgate.security.keyring import Keyring
@@ -450,7 +451,7 @@ async def _hooked_gateway(
 ) -> tuple[Gateway, str, str]:
     """A gateway that may call 127.0.0.1; a key ``hooks`` (its secret, webhook secret)."""
     gateway: Gateway = await gateway_factory(FakeRunner(), CCGATE_OUTBOUND_ALLOW="127.0.0.1", **env)
-    created = await gateway.app.state.keyring.create("hooks")
+    created = await app_services(gateway.app).keyring.create("hooks")
     return gateway, created.secret, created.webhook_secret
 
 
@@ -516,7 +517,7 @@ async def test_webhook_redeliver_refuses_other_keys_and_jobs_without_a_webhook(
     )
     assert refused.status_code == 409 and refused.json()["error"]["type"] == "conflict"
     assert "no callback_url" in refused.json()["error"]["message"]
-    runner: FakeRunner = gateway.app.state.runner
+    runner: FakeRunner = app_services(gateway.app).runner
     runner.block = True
     running = await _submit_hooked(gateway, key, receiver.url)
     early = await gateway.client.post(
@@ -557,11 +558,11 @@ async def test_webhook_admin_rotation_keeps_the_old_secret_for_the_configured_gr
     grace, and not at all with CCGATE_WEBHOOK_ROTATION_GRACE_SECS=0."""
     token = "t" * 40
     gateway: Gateway = await gateway_factory(FakeRunner(), CCGATE_ADMIN_TOKEN=token, **env)
-    created = await gateway.app.state.keyring.create("hooks")
+    created = await app_services(gateway.app).keyring.create("hooks")
     response = await gateway.client.post(
         "/admin/keys/hooks/webhook-secret", headers={"Authorization": f"Bearer {token}"}
     )
     assert response.status_code == 200, response.text
     new = response.json()["webhook_secret"]
-    found = await gateway.app.state.store.webhooks.signing_secrets(created.record.id)
+    found = await app_services(gateway.app).store.webhooks.signing_secrets(created.record.id)
     assert found.active(utcnow()) == [new, created.webhook_secret][:signing]

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from ccgate.api.auth import require_admin
+from ccgate.api.deps import services_of
 from ccgate.api.health import readiness_checks
 from ccgate.api.native import parse_body
 from ccgate.api.usage import GroupByQuery, usage_report
@@ -90,7 +91,7 @@ def _bad_policy(exc: PolicyError) -> ApiError:
 
 
 async def _find(request: Request, name: str) -> KeyRecord:
-    store: Store = request.app.state.store
+    store: Store = services_of(request).store
     record = await store.keys.by_name(name) if NAME_PATTERN.fullmatch(name) else None
     if record is None:
         raise ApiError("not_found", f"no key named {name!r}")
@@ -125,7 +126,7 @@ async def create_key(request: Request) -> JSONResponse:
         policy = policy_with(KeyPolicy(), _policy_changes(body))
     except PolicyError as exc:
         raise _bad_policy(exc) from None
-    keyring: Keyring = request.app.state.keyring
+    keyring: Keyring = services_of(request).keyring
     try:
         created = await keyring.create(body.name, policy, webhook_secret=body.webhook_secret)
     except KeyNameError:
@@ -150,7 +151,7 @@ async def create_key(request: Request) -> JSONResponse:
 @router.get("/keys", summary="List keys (never secrets)")
 async def list_keys(request: Request) -> dict[str, Any]:
     """Every key, revoked ones included, oldest first."""
-    keyring: Keyring = request.app.state.keyring
+    keyring: Keyring = services_of(request).keyring
     return {"data": [key_view(r) for r in await keyring.list()]}
 
 
@@ -166,7 +167,7 @@ async def get_key(request: Request, name: str) -> dict[str, Any]:
 async def update_key(request: Request, name: str) -> dict[str, Any]:
     """Change any subset of an active key's policy; its next request obeys the new one."""
     body = await parse_body(request, PolicyBody)
-    keyring: Keyring = request.app.state.keyring
+    keyring: Keyring = services_of(request).keyring
     try:
         record = (
             await keyring.update(name, _policy_changes(body))
@@ -185,11 +186,11 @@ async def update_key(request: Request, name: str) -> dict[str, Any]:
 async def revoke_key(request: Request, name: str) -> dict[str, Any]:
     """Revoke a key: its very next request gets 401, its queued and running jobs are
     cancelled and its pending webhooks dropped."""
-    keyring: Keyring = request.app.state.keyring
+    keyring: Keyring = services_of(request).keyring
     if not NAME_PATTERN.fullmatch(name) or not await keyring.revoke(name):
         raise ApiError("not_found", f"no active key named {name!r}")
     record = await _find(request, name)
-    cancelled = await request.app.state.jobs.end_work_of([record.id])
+    cancelled = await services_of(request).jobs.end_work_of([record.id])
     log.info("admin_key_revoked", key=name, jobs_cancelled=cancelled)
     return key_view(record)
 
@@ -198,8 +199,8 @@ async def revoke_key(request: Request, name: str) -> dict[str, Any]:
 async def rotate_webhook_secret(request: Request, name: str) -> dict[str, Any]:
     """Mint a new webhook signing secret for an active key and show it, this once; the old
     one keeps signing next to it for CCGATE_WEBHOOK_ROTATION_GRACE_SECS."""
-    keyring: Keyring = request.app.state.keyring
-    grace = request.app.state.settings.webhook_rotation_grace_secs
+    keyring: Keyring = services_of(request).keyring
+    grace = services_of(request).settings.webhook_rotation_grace_secs
     secret = (
         await keyring.rotate_webhook_secret(name, grace) if NAME_PATTERN.fullmatch(name) else None
     )
@@ -297,7 +298,7 @@ async def audit(
             )
     if door is not None and door not in DOORS:
         raise ApiError("invalid_request", f"door: must be one of {', '.join(DOORS)}", param="door")
-    store: Store = request.app.state.store
+    store: Store = services_of(request).store
     # One row more than asked says whether a next page exists.
     rows = await store.audit.recent(
         limit + 1,
@@ -316,8 +317,8 @@ async def audit(
 
 
 def _circuit_view(request: Request) -> dict[str, Any]:
-    breaker: CircuitBreaker | None = getattr(request.app.state, "breaker", None)
-    backend = request.app.state.settings.backend
+    breaker: CircuitBreaker | None = services_of(request).breaker
+    backend = services_of(request).settings.backend
     if breaker is None:
         return {"backend": backend, "enabled": False}
     return {"backend": backend, "enabled": True, **breaker.snapshot()}
@@ -332,7 +333,7 @@ async def circuit(request: Request) -> dict[str, Any]:
 @router.post("/circuit/reset", summary="Close the circuit breaker by hand")
 async def circuit_reset(request: Request) -> dict[str, Any]:
     """Close the breaker and forget its failures; a no-op without one."""
-    breaker: CircuitBreaker | None = getattr(request.app.state, "breaker", None)
+    breaker: CircuitBreaker | None = services_of(request).breaker
     if breaker is not None:
         breaker.reset()
         log.info("admin_circuit_reset")
@@ -345,7 +346,7 @@ async def server_status(request: Request) -> dict[str, Any]:
     readiness as ``/readyz`` details it, the circuit breaker, the queue (all nodes) and this
     node's warm pool."""
     checks, _ = await readiness_checks(request)
-    state = request.app.state
+    state = services_of(request)
     jobs: JobService = state.jobs
     settings: Settings = state.settings
     store: Store = state.store
@@ -361,7 +362,7 @@ async def server_status(request: Request) -> dict[str, Any]:
     except Exception as exc:  # the store being down is already a readiness problem
         log.warning("admin_status_queue_unreadable", error=type(exc).__name__)
         queue["queued"] = queue["processing"] = None
-    runner = getattr(state.runner, "inner", state.runner)  # under the metrics wrapper
+    runner = state.backend.runner
     pool = (
         {
             **runner.stats(),

@@ -8,61 +8,35 @@ and cost when the work is done, whichever way it ends.
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import structlog
 from fastapi import Request
 
 from ccgate import metrics, tracing
+from ccgate.api.deps import services_of
 from ccgate.api.middleware import audit_facts
 from ccgate.errors import ApiError
 from ccgate.models import ModelForbidden, ModelNotAllowed, ModelPolicy
-from ccgate.store import JobRecord, KeyRecord
+from ccgate.store import KeyRecord
+from ccgate.tickets import Ticket
 
 if TYPE_CHECKING:
-    from ccgate.limits import Admission, RunEstimate
+    from ccgate.limits import RunEstimate
 
 log = structlog.get_logger("ccgate.admission")
 
 
 def resolve_model(request: Request, key: KeyRecord, requested: str | None) -> str:
     """The model to run, or 400 (server does not serve it) / 403 (key may not use it)."""
-    models: ModelPolicy = request.app.state.models
+    models: ModelPolicy = services_of(request).models
     try:
         return models.resolve(requested, key.policy.models)
     except ModelNotAllowed as exc:
         raise ApiError("invalid_request", str(exc), param="model") from None
     except ModelForbidden as exc:
         raise ApiError("model_not_allowed", str(exc), param="model") from None
-
-
-@dataclass
-class Ticket:
-    """A request admitted under its key's limits; ``finish`` once, when its work ends."""
-
-    key: KeyRecord
-    admission: Admission | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    finished: bool = False
-    model: str | None = None
-
-    async def finish(
-        self, usage: dict[str, Any] | None = None, cost_usd: float | None = None
-    ) -> None:
-        """Free the concurrency slot, drop the reservation and count the run's real tokens
-        (input + output) and cost (idempotent)."""
-        if self.finished:
-            return
-        self.finished = True
-        metrics.record_usage(self.model, self.key.name, usage, cost_usd)
-        if self.admission is None:
-            return
-        tokens = (
-            sum(int(usage.get(k) or 0) for k in ("input_tokens", "output_tokens")) if usage else 0
-        )
-        await self.admission.settle(tokens=tokens, cost_usd=cost_usd)
 
 
 async def admit(
@@ -80,12 +54,12 @@ async def admit(
     against the request limits and concurrency only. The rate-limit headers of the door's
     convention go on the eventual response (and on the 429 itself).
     """
-    limiter = getattr(request.app.state, "limiter", None)
+    limiter = services_of(request).limiter
     if limiter is None:
         return Ticket(key)
     from ccgate.limits import LimitExceeded, rate_headers
 
-    if estimate is not None and request.app.state.settings.backend == "cli":
+    if estimate is not None and services_of(request).settings.backend == "cli":
         # The CLI has no flag for max_tokens and ignores it: a small one caps nothing, so it
         # must not shrink the reservation either.
         estimate = replace(estimate, max_output_tokens=None)
@@ -111,32 +85,3 @@ async def admit(
     )
     request.scope["ccgate.rate_headers"] = ticket.headers
     return ticket
-
-
-class JobTickets:
-    """Tickets of queued jobs, finished when the job ends on this node."""
-
-    def __init__(self) -> None:
-        self._by_job: dict[str, Ticket] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def hold(self, job_id: str, ticket: Ticket) -> None:
-        """Keep ``ticket`` until job ``job_id`` ends. A job holds one ticket: a second one
-        (the same submission admitted twice) is finished at once rather than leaked."""
-        if job_id in self._by_job:
-            self._finish_later(ticket, None, None)
-            return
-        self._by_job[job_id] = ticket
-
-    def job_finished(self, job: JobRecord) -> None:
-        """JobService.on_finished hook: finish the job's ticket with its usage."""
-        ticket = self._by_job.pop(job.id, None)
-        if ticket is not None:
-            self._finish_later(ticket, job.usage, job.cost_usd)
-
-    def _finish_later(
-        self, ticket: Ticket, usage: dict[str, Any] | None, cost_usd: float | None
-    ) -> None:
-        task = asyncio.create_task(ticket.finish(usage, cost_usd))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

@@ -21,6 +21,7 @@ from ccgate.api.admission import admit, resolve_model
 from ccgate.api.auth import require_key
 from ccgate.api.content import anthropic_block, bad, conversation_bytes, split_turns
 from ccgate.api.conversation import Turn, api_error_of
+from ccgate.api.deps import services_of
 from ccgate.api.errors import error_body, request_id_of
 from ccgate.api.middleware import audit_facts
 from ccgate.api.native import read_json_object
@@ -183,12 +184,12 @@ async def _read_call(request: Request) -> MessagesCall:
             json.dumps(body, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise bad("the body holds a lone surrogate: text must be valid Unicode") from None
-    api = request.app.state.settings.backend == "api"
+    api = services_of(request).settings.backend == "api"
     return parse_messages_call(body, tools_allowed=api)
 
 
 def _check_size(request: Request, size: int) -> None:
-    limit = request.app.state.settings.max_prompt_bytes
+    limit = services_of(request).settings.max_prompt_bytes
     if size > limit:
         raise ApiError(
             "request_too_large",
@@ -202,7 +203,7 @@ async def create_message(request: Request, key: CallerKey) -> Response:
     """Answer like ``POST /v1/messages`` of the Anthropic API, streaming or not."""
     call = await _read_call(request)
     model = resolve_model(request, key, call.model)
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     passed_through = settings.backend == "api"
     # The pass-through sends the body as written: its text (system, turns, tool definitions,
     # calls and results) is what counts against the limit and the estimate.
@@ -356,7 +357,7 @@ def _text_delta(text: str) -> bytes:
 
 async def _pass_through(request: Request, call: MessagesCall, model: str, ticket: Any) -> Response:
     """The API backend: send the body upstream as the client wrote it, model resolved."""
-    runner = request.app.state.runner
+    runner = services_of(request).backend.require_passthrough()
     body = {**call.raw, "model": model}
     facts = audit_facts(request)
 
@@ -427,11 +428,13 @@ async def count_tokens(request: Request, key: CallerKey) -> Response:
     if not isinstance(requested, str) or not requested:
         raise bad("model: field required", "model")
     model = resolve_model(request, key, requested)
-    if request.app.state.settings.backend == "api":
+    if services_of(request).settings.backend == "api":
         ticket = await admit(request, key, "anthropic", spends=False)
         try:
-            answer = await request.app.state.runner.count_tokens(
-                {**body, "model": model}, request.headers
+            answer = (
+                await services_of(request)
+                .backend.require_passthrough()
+                .count_tokens({**body, "model": model}, request.headers)
             )
         except RunError as exc:
             raise api_error_of(exc) from None

@@ -6,6 +6,7 @@ import hmac
 
 from fastapi import Request
 
+from ccgate.api.deps import services_of
 from ccgate.errors import ApiError
 from ccgate.security.enrollment import looks_like_device_token
 from ccgate.security.netrules import key_allows
@@ -32,25 +33,25 @@ async def require_key(request: Request) -> KeyRecord:
             "authentication_error",
             "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
         )
-    enrollment = getattr(request.app.state, "enrollment", None)
+    enrollment = services_of(request).enrollment
     if enrollment is not None and looks_like_device_token(secret):
         record = await enrollment.verify(secret)
         if record is None:
             raise ApiError("authentication_error", "invalid, expired or revoked device token")
     else:
-        record = await request.app.state.keyring.verify(secret)
+        record = await services_of(request).keyring.verify(secret)
         if record is None:
             raise ApiError("authentication_error", "invalid or revoked API key")
     request.scope["ccgate.key_name"] = record.name
     if not key_allows(record.policy.ip_cidrs, request.scope.get("ccgate.client_address")):
         raise ApiError("forbidden", "this key may not be used from this address (its ip_cidrs)")
-    return record  # type: ignore[no-any-return]
+    return record
 
 
 async def require_admin(request: Request) -> None:
     """FastAPI dependency: the admin token, compared in constant time, or 401/404 (429 while
     the client's address is locked out after repeated wrong tokens)."""
-    token: str | None = request.app.state.settings.admin_token
+    token: str | None = services_of(request).settings.admin_token
     if token is None:
         raise ApiError(
             "admin_disabled", "the admin API is off: set CCGATE_ADMIN_TOKEN to turn it on"
@@ -69,7 +70,7 @@ def admin_signed_in(request: Request, token: str) -> bool:
     presented = presented_secret(request)
     if presented is None:
         return False
-    throttle: SignInThrottle = request.app.state.admin_signins
+    throttle: SignInThrottle = services_of(request).admin_signins
     address = request.scope.get("ccgate.client_address")
     wait = throttle.retry_after(address)
     if wait is not None:

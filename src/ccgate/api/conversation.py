@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from ccgate.api.admission import Ticket
+from ccgate.api.deps import services_of
 from ccgate.api.middleware import audit_facts
 from ccgate.api.native import job_error, submit_job, wait_for_caller
 from ccgate.errors import ERROR_KINDS, ApiError
@@ -22,6 +22,7 @@ from ccgate.jobs import JobService, Submission, request_to_json
 from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult, TextDelta
 from ccgate.security.keys import new_id
 from ccgate.store import JobRecord, JobStatus, KeyRecord
+from ccgate.tickets import Ticket
 
 
 def api_error_of(exc: RunError) -> ApiError:
@@ -60,7 +61,7 @@ class Turn:
     @property
     def direct(self) -> bool:
         """True on the API backend: the turn calls the runner without a job."""
-        return bool(self.request.app.state.settings.backend == "api")
+        return bool(services_of(self.request).settings.backend == "api")
 
     async def start(self) -> None:
         """Queue the job (CLI backend); the API backend starts when events are read."""
@@ -106,8 +107,8 @@ class Turn:
                 yield event
             return
         assert self.job is not None
-        jobs: JobService = self.request.app.state.jobs
-        heartbeat = self.request.app.state.settings.sse_heartbeat_secs
+        jobs: JobService = services_of(self.request).jobs
+        heartbeat = services_of(self.request).settings.sse_heartbeat_secs
         finished = False
         try:
             async for job_event in jobs.hub.subscribe(self.job.id, 0, heartbeat):
@@ -117,7 +118,7 @@ class Turn:
                     yield TextDelta(str(job_event.data.get("text", "")))
                 elif job_event.type == "result":
                     finished = True
-                    final = await self.request.app.state.store.jobs.get(self.job.id)
+                    final = await services_of(self.request).store.jobs.get(self.job.id)
                     if final is None:
                         raise ApiError("not_found", "the job was deleted while it ran")
                     self._audit(final)
@@ -132,7 +133,7 @@ class Turn:
                 await asyncio.shield(jobs.cancel(self.job.id))
 
     async def _runner_events(self) -> AsyncIterator[RunEvent | None]:
-        runner = self.request.app.state.runner
+        runner = services_of(self.request).runner
         try:
             async with contextlib.aclosing(runner.run(self.run_request)) as events:
                 async for event in events:

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from ccgate.api.auth import presented_secret, require_admin
+from ccgate.api.deps import services_of
 from ccgate.api.native import parse_body
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
@@ -135,7 +136,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _service(request: Request) -> EnrollmentService:
-    service: EnrollmentService | None = request.app.state.enrollment
+    service: EnrollmentService | None = services_of(request).enrollment
     if service is None:
         raise ApiError(
             "feature_disabled",
@@ -237,8 +238,8 @@ async def revoke_enrollment(request: Request, name: str) -> Response:
     queued and running jobs are cancelled and their pending webhooks dropped."""
     if not await _service(request).revoke(name):
         raise ApiError("not_found", f"no active enrollment named {name!r}")
-    devices = await request.app.state.store.enrollments.devices(name)
-    await request.app.state.jobs.end_work_of([d.key_id for d in devices])
+    devices = await services_of(request).store.enrollments.devices(name)
+    await services_of(request).jobs.end_work_of([d.key_id for d in devices])
     return Response(status_code=204)
 
 
@@ -256,9 +257,9 @@ async def revoke_device(request: Request, device_id: str) -> Response:
     queued and running jobs are cancelled and its pending webhooks dropped."""
     if not await _service(request).revoke_device(device_id):
         raise ApiError("not_found", f"no active device {device_id!r}")
-    device = await request.app.state.store.enrollments.device(device_id)
+    device = await services_of(request).store.enrollments.device(device_id)
     if device is not None:
-        await request.app.state.jobs.end_work_of([device.key_id])
+        await services_of(request).jobs.end_work_of([device.key_id])
     return Response(status_code=204)
 
 

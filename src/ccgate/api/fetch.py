@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ccgate import metrics
 from ccgate.api.auth import require_key
+from ccgate.api.deps import services_of
 from ccgate.api.errors import request_id_of
 from ccgate.api.middleware import audit_facts
 from ccgate.api.native import parse_body
@@ -76,7 +77,7 @@ class FetchBody(BaseModel):
 
 async def require_fetch_enabled(request: Request) -> None:
     """FastAPI dependency: 404 feature_disabled unless CCGATE_FETCH_ENABLED is on."""
-    if not request.app.state.settings.fetch_enabled:
+    if not services_of(request).settings.fetch_enabled:
         raise ApiError(
             "feature_disabled", "page fetching is off: set CCGATE_FETCH_ENABLED=true to turn it on"
         )
@@ -97,12 +98,12 @@ async def fetch_page(request: Request, key: CallerKey) -> dict[str, Any]:
     """Fetch ``url`` from the gateway's address, checking every redirect hop."""
     body = await parse_body(request, FetchBody)
     try:
-        await request.app.state.limiter.check_fetch(key.id)
+        await services_of(request).limiter.check_fetch(key.id)
     except LimitExceeded as exc:
         metrics.limit_refused(exc.error_type)
         raise
     facts = audit_facts(request)
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     fetcher = Fetcher(OutboundGuard(settings.outbound_allow))
     host = httpx.URL(body.url).host
     try:

@@ -24,6 +24,7 @@ from pydantic import Field
 from starlette.datastructures import UploadFile
 
 from ccgate.api.auth import require_key
+from ccgate.api.deps import services_of
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
 from ccgate.security.keys import new_id
@@ -185,7 +186,7 @@ async def resolve_attachments(
             f"files: {repeated!r} is listed more than once; attach each file once",
             param="files",
         )
-    store = request.app.state.store
+    store = services_of(request).store
     records: dict[str, FileRecord] = await store.files.records(tokens, key_id=key.id, now=utcnow())
     _check_owned(tokens, records)
     _check_sizes(request, [records[token] for token in tokens])
@@ -208,7 +209,7 @@ def _check_owned(tokens: Sequence[str], found: Mapping[str, object]) -> None:
 
 def _check_sizes(request: Request, records: list[FileRecord]) -> None:
     """413 when the files would not fit in a request body, or their text in a prompt."""
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     total = sum(record.size for record in records)
     if total > settings.max_body_bytes:
         raise ApiError(
@@ -271,7 +272,7 @@ async def store_upload(request: Request, key: KeyRecord) -> dict[str, Any]:
             "send the file as multipart/form-data in the field 'file'",
             param="file",
         )
-    limit: int = request.app.state.settings.files_max_bytes
+    limit: int = services_of(request).settings.files_max_bytes
     async with request.form(max_files=1, max_fields=10) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -299,7 +300,7 @@ async def store_upload(request: Request, key: KeyRecord) -> dict[str, Any]:
             param="file",
         )
     now = utcnow()
-    record = await request.app.state.store.files.insert(
+    record = await services_of(request).store.files.insert(
         file_id=new_id("ff"),
         key_id=key.id,
         filename=filename,
@@ -312,7 +313,7 @@ async def store_upload(request: Request, key: KeyRecord) -> dict[str, Any]:
 
 
 async def _owned_file(request: Request, key: KeyRecord, token: str) -> FileRecord:
-    record: FileRecord | None = await request.app.state.store.files.get(
+    record: FileRecord | None = await services_of(request).store.files.get(
         token, key_id=key.id, now=utcnow()
     )
     if record is None:
@@ -367,5 +368,5 @@ async def get_file(request: Request, key: CallerKey, token: str) -> dict[str, An
 async def delete_file(request: Request, key: CallerKey, token: str) -> Response:
     """Remove one of the caller's files; runs already submitted keep their copy."""
     await _owned_file(request, key, token)
-    await request.app.state.store.files.delete(token, key_id=key.id)
+    await services_of(request).store.files.delete(token, key_id=key.id)
     return Response(status_code=204)

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from ccgate import __version__
 from ccgate.api.auth import admin_signed_in, presented_secret
+from ccgate.api.deps import services_of
 from ccgate.errors import ApiError
 
 router = APIRouter(tags=["health"])
@@ -25,7 +26,7 @@ async def readyz(request: Request) -> JSONResponse:
     """200 when jobs can run, else 503. Only the admin token (as a bearer) gets the details
     and the reasons; anyone else gets ``{"status": "ready" | "not_ready"}``, since the
     details name server paths and versions."""
-    token: str | None = request.app.state.settings.admin_token
+    token: str | None = services_of(request).settings.admin_token
     detailed = token is not None and presented_secret(request) is not None
     if token is not None and detailed and not admin_signed_in(request, token):
         raise ApiError(
@@ -41,7 +42,7 @@ async def readyz(request: Request) -> JSONResponse:
 async def readiness_checks(request: Request) -> tuple[dict[str, Any], list[str]]:
     """The readiness details (version, store, backend, CLI path and version, circuit state,
     status, problems) and the problems alone; admin-only, since they name server paths."""
-    state = request.app.state
+    state = services_of(request)
     problems: list[str] = []
     checks: dict[str, Any] = {"version": __version__}
     try:
@@ -56,7 +57,7 @@ async def readiness_checks(request: Request) -> tuple[dict[str, Any], list[str]]
         checks["claude"] = {"path": cli.path, "version": cli.version}
         if cli.problem:
             problems.append(cli.problem)
-    breaker = getattr(state, "breaker", None)
+    breaker = state.breaker
     if breaker is not None:
         checks["circuit"] = breaker.snapshot()["state"]
     if not state.jobs.accepting:

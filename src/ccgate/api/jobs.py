@@ -13,6 +13,7 @@ from pydantic import Field
 
 from ccgate import metrics
 from ccgate.api.auth import require_key
+from ccgate.api.deps import services_of
 from ccgate.api.middleware import audit_facts
 from ccgate.api.native import RunBody, parse_body, prepare_native_run, submit_job_once
 from ccgate.api.views import render_job
@@ -47,17 +48,17 @@ async def job_view(request: Request, job: JobRecord) -> dict[str, Any]:
     """The job object with its webhook delivery state."""
     view = render_job(job)
     if job.callback_url is not None:
-        view["webhook"] = await request.app.state.webhook_state(job.id)
+        view["webhook"] = await services_of(request).webhook_state(job.id)
     return view
 
 
 async def owned_job(request: Request, key: KeyRecord, job_id: str) -> JobRecord:
     """The caller's job, or 404: another key's job is indistinguishable from none."""
-    job = await request.app.state.store.jobs.get(job_id, key_id=key.id)
+    job = await services_of(request).store.jobs.get(job_id, key_id=key.id)
     if job is None:
         raise ApiError("not_found", f"no job {job_id!r}")
     audit_facts(request).update(job_id=job.id, model=job.model)
-    return job  # type: ignore[no-any-return]
+    return job
 
 
 @router.post(
@@ -83,7 +84,7 @@ async def submit(
             param="Idempotency-Key",
         )
     if body.callback_url is not None:
-        request.app.state.check_callback(body.callback_url)
+        services_of(request).check_callback(body.callback_url)
     request_hash = _request_hash(body)
     # A retry gets its job back before admission: it runs nothing, so it spends nothing and
     # never holds a concurrency slot (a slot is the original submission's until its job ends).
@@ -112,7 +113,7 @@ async def submit(
         await prepared.ticket.finish()
         raise
     if new:
-        request.app.state.job_tickets.hold(job.id, prepared.ticket)
+        services_of(request).job_tickets.hold(job.id, prepared.ticket)
     else:  # a concurrent twin stored the job first; its ticket is the one held
         await prepared.ticket.finish()
     return _accepted(await job_view(request, job), job)
@@ -124,7 +125,7 @@ async def _replay(
     """The key's earlier job under ``idempotency_key``, or None; 409 for another body."""
     if idempotency_key is None:
         return None
-    jobs: JobService = request.app.state.jobs
+    jobs: JobService = services_of(request).jobs
     try:
         earlier = await jobs.replay_of(key.id, idempotency_key, request_hash)
     except IdempotencyConflict:
@@ -166,7 +167,7 @@ async def list_jobs(
                 f"status must be one of {', '.join(s.value for s in JobStatus)}",
                 param="status",
             ) from None
-    jobs, total = await request.app.state.store.jobs.page(
+    jobs, total = await services_of(request).store.jobs.page(
         key.id, status=wanted, limit=limit, offset=offset
     )
     return {"jobs": [render_job(j) for j in jobs], "total": total, "limit": limit, "offset": offset}
@@ -182,7 +183,7 @@ async def get_job(request: Request, key: CallerKey, job_id: str) -> dict[str, An
 async def cancel_job(request: Request, key: CallerKey, job_id: str) -> dict[str, Any]:
     """A queued job never starts; a running one is stopped. 409 once it has ended."""
     job = await owned_job(request, key, job_id)
-    cancelled = await request.app.state.jobs.cancel(job.id)
+    cancelled = await services_of(request).jobs.cancel(job.id)
     if cancelled is None:
         current = await owned_job(request, key, job_id)
         raise ApiError(
@@ -208,7 +209,7 @@ async def redeliver_webhook(request: Request, key: CallerKey, job_id: str) -> di
             f"job {job_id} has not ended yet ({job.status.value})",
             extra={"job_id": job_id, "status": job.status.value},
         )
-    outcome: Redelivery = await request.app.state.webhooks.redeliver(job.id)
+    outcome: Redelivery = await services_of(request).webhooks.redeliver(job.id)
     if outcome is not Redelivery.QUEUED:
         raise ApiError("conflict", _REDELIVERY_REFUSED[outcome], extra={"job_id": job_id})
     view = await job_view(request, job)
@@ -227,10 +228,10 @@ _REDELIVERY_REFUSED = {
 async def delete_job(request: Request, key: CallerKey, job_id: str) -> Response:
     """Remove the job and its events; a running job is cancelled first."""
     job = await owned_job(request, key, job_id)
-    jobs: JobService = request.app.state.jobs
+    jobs: JobService = services_of(request).jobs
     if not job.status.terminal:
         await jobs.cancel(job.id)
-    await request.app.state.store.jobs.delete(job.id)
+    await services_of(request).store.jobs.delete(job.id)
     return Response(status_code=204)
 
 
@@ -263,12 +264,12 @@ async def stream_job(
 
 
 async def _sse(request: Request, job: JobRecord, after: int) -> AsyncIterator[str]:
-    hub = request.app.state.jobs.hub
-    heartbeat = request.app.state.settings.sse_heartbeat_secs
+    hub = services_of(request).jobs.hub
+    heartbeat = services_of(request).settings.sse_heartbeat_secs
     yield ": ccgate job stream\n\n"
     if job.status.terminal:
         # A finished job's events are all stored: past the last one, none will ever come.
-        stored = await request.app.state.store.events.last_seq([job.id])
+        stored = await services_of(request).store.events.last_seq([job.id])
         if after >= stored.get(job.id, 0):
             return
     metrics.sse_opened()
@@ -286,7 +287,7 @@ async def _sse(request: Request, job: JobRecord, after: int) -> AsyncIterator[st
                 continue
             data = event.data
             if event.type == "result":
-                final = await request.app.state.store.jobs.get(job.id)
+                final = await services_of(request).store.jobs.get(job.id)
                 data = await job_view(request, final) if final is not None else event.data
             yield (
                 f"id: {event.seq}\nevent: {event.type}\n"

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ccgate import metrics, tracing
+from ccgate.api.deps import app_services
 from ccgate.api.errors import door_of_request, error_response
-from ccgate.audit import AuditLog
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
 from ccgate.security.netrules import ClientAddressRules
@@ -194,10 +194,7 @@ class RequestContextMiddleware:
         path: str = scope["path"]
         if not path.startswith(AUDITED_PREFIXES) or path in _NOT_AUDITED:
             return
-        app = scope.get("app")
-        audit: AuditLog | None = getattr(getattr(app, "state", None), "audit", None)
-        if audit is None:
-            return
+        audit = app_services(scope["app"]).audit
         facts: dict[str, Any] = scope.get("ccgate.audit", {})
         audit.record(
             AuditEntry(

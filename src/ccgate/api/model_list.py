@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from ccgate.api.auth import require_key
+from ccgate.api.deps import services_of
 from ccgate.errors import ApiError
 from ccgate.models import ListedModel, ModelPolicy
 from ccgate.store import KeyRecord
@@ -45,7 +46,7 @@ async def list_models(
     before_id: Annotated[str | None, Query()] = None,
 ) -> dict[str, Any]:
     """The key's models; Anthropic-style paging with ``limit``/``after_id``/``before_id``."""
-    policy: ModelPolicy = request.app.state.models
+    policy: ModelPolicy = services_of(request).models
     models = policy.listing(key.policy.models)
     ids = [m.id for m in models]
     start, end = 0, len(models)
@@ -68,7 +69,7 @@ async def list_models(
 @router.get("/models/{model_id:path}", summary="One model the calling key may use")
 async def get_model(request: Request, key: CallerKey, model_id: str) -> dict[str, Any]:
     """The model's entry, or 404 when the key may not use it."""
-    policy: ModelPolicy = request.app.state.models
+    policy: ModelPolicy = services_of(request).models
     for model in policy.listing(key.policy.models):
         if model.id == model_id:
             return model_entry(model)

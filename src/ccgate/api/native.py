@@ -11,8 +11,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ccgate.api.admission import Ticket, admit, resolve_model
+from ccgate.api.admission import admit, resolve_model
 from ccgate.api.auth import require_key
+from ccgate.api.deps import services_of
 from ccgate.api.files import MAX_ATTACHMENTS, FileToken, resolve_attachments
 from ccgate.api.json_body import check_json_value
 from ccgate.api.json_body import read_json_object as read_json_object  # the doors import it here
@@ -32,6 +33,7 @@ from ccgate.limits.estimate import estimate_run
 from ccgate.runners.base import RunRequest
 from ccgate.sessions import SessionBook
 from ccgate.store import JobRecord, JobStatus, KeyRecord
+from ccgate.tickets import Ticket
 
 router = APIRouter(prefix="/api/v1", tags=["native"])
 BodyT = TypeVar("BodyT", bound=BaseModel)
@@ -126,7 +128,7 @@ def build_run_request(
     attachments: list[dict[str, Any]] | None = None,
 ) -> RunRequest:
     """Check the body against the size limits and turn it into a RunRequest."""
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     system_prompt = body.system_prompt if body.system_prompt is not None else system_prompt
     size = sum(
         len(s.encode("utf-8"))
@@ -168,7 +170,7 @@ class NativeRun:
 async def prepare_native_run(request: Request, key: KeyRecord, body: RunBody) -> NativeRun:
     """Validate everything (model, session, attachments, sizes), then admit under limits."""
     model = resolve_model(request, key, body.model)
-    sessions: SessionBook = request.app.state.sessions
+    sessions: SessionBook = services_of(request).sessions
     history: list[dict[str, Any]] = []
     system_prompt: str | None = None
     session_id = body.session_id
@@ -214,9 +216,9 @@ async def submit_job(request: Request, submission: Submission) -> JobRecord:
 async def submit_job_once(request: Request, submission: Submission) -> tuple[JobRecord, bool]:
     """``submit_job``, also saying whether the job is new (False: the key's earlier job under
     the same Idempotency-Key, whose admission ticket is held already)."""
-    jobs: JobService = request.app.state.jobs
-    if request.app.state.requires_cli:
-        cli = await request.app.state.cli_status.refresh()
+    jobs: JobService = services_of(request).jobs
+    if services_of(request).requires_cli:
+        cli = await services_of(request).cli_status.refresh()
         if cli.problem:
             raise ApiError("cli_unavailable", cli.problem)
     try:
@@ -240,7 +242,7 @@ async def submit_job_once(request: Request, submission: Submission) -> tuple[Job
 
 async def wait_unless_disconnected(request: Request, job_id: str) -> JobRecord | None:
     """Wait for the job; if the client goes away first, cancel it and return None."""
-    jobs: JobService = request.app.state.jobs
+    jobs: JobService = services_of(request).jobs
     waiter = asyncio.create_task(jobs.wait(job_id))
     watcher = asyncio.create_task(_client_gone(request))
     try:
@@ -263,7 +265,7 @@ async def wait_for_caller(request: Request, job_id: str) -> JobRecord | None:
     try:
         return await wait_unless_disconnected(request, job_id)
     except NotAccepting:
-        await request.app.state.jobs.cancel(job_id)
+        await services_of(request).jobs.cancel(job_id)
         raise ApiError(
             "shutting_down", "the server is shutting down; retry on another node", retry_after=5
         ) from None
@@ -290,7 +292,7 @@ def record_outcome(request: Request, job: JobRecord, prompt: str) -> None:
         cost_usd=job.cost_usd,
         error_type=job.error_type,
     )
-    if request.app.state.settings.audit_prompts:
+    if services_of(request).settings.audit_prompts:
         facts["prompt_text"] = prompt
 
 

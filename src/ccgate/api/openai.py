@@ -24,6 +24,7 @@ from ccgate.api.admission import admit, resolve_model
 from ccgate.api.auth import require_key
 from ccgate.api.content import bad, conversation_bytes, image_block, split_turns
 from ccgate.api.conversation import Turn
+from ccgate.api.deps import services_of
 from ccgate.api.errors import error_body, request_id_of
 from ccgate.api.middleware import audit_facts
 from ccgate.api.native import JSON_ONLY_INSTRUCTION, read_json_object
@@ -254,7 +255,7 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise bad("the body holds a lone surrogate: text must be valid Unicode") from None
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     call = parse_chat_call(body, tools_allowed=settings.backend == "api")
     model = resolve_model(request, key, call.model)
     size = conversation_bytes(call.system, call.history, call.content)

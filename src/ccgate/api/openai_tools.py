@@ -18,9 +18,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ccgate.api.admission import Ticket
 from ccgate.api.content import bad
 from ccgate.api.conversation import api_error_of
+from ccgate.api.deps import services_of
 from ccgate.api.errors import error_body, request_id_of
 from ccgate.api.middleware import audit_facts
 from ccgate.api.streaming import ClosingStreamingResponse
@@ -29,6 +29,7 @@ from ccgate.pricing import cost_usd
 from ccgate.runners.anthropic_api import UpstreamStream, message_body
 from ccgate.runners.base import RunError, RunRequest
 from ccgate.security.keys import new_id
+from ccgate.tickets import Ticket
 
 TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")
 _FINISH_REASONS = {
@@ -438,7 +439,7 @@ async def tool_completion(
 
     The ticket is freed with the run's usage however the request ends.
     """
-    runner = request.app.state.runner
+    runner = services_of(request).backend.require_passthrough()
     body = {**message_body(run_request), **tools.fields, "stream": stream}
     model = run_request.model
     shape = ChunkShape(

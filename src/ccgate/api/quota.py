@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ccgate.api.auth import require_admin, require_key
+from ccgate.api.deps import services_of
 from ccgate.jobs import JobService
 from ccgate.runners.plan_windows import PlanWindow
 from ccgate.store import KeyRecord
@@ -31,7 +32,7 @@ def _window_view(window: PlanWindow, used: float | None = None) -> dict[str, Any
 
 
 async def _report(request: Request, key: KeyRecord | None) -> dict[str, Any]:
-    jobs: JobService = request.app.state.jobs
+    jobs: JobService = services_of(request).jobs
     await jobs.plan.refresh()
     closed = jobs.plan.closed_until()
     used: dict[str, float] = {}

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ccgate.api.auth import require_key
+from ccgate.api.deps import services_of
 from ccgate.api.views import iso
 from ccgate.errors import ApiError
 from ccgate.store import KeyRecord
@@ -19,7 +20,7 @@ CallerKey = Annotated[KeyRecord, Depends(require_key)]
 @router.get("/{session_id}", summary="One of the caller's sessions, with its turns")
 async def get_session(request: Request, key: CallerKey, session_id: str) -> dict[str, Any]:
     """The session's model, system prompt, turns and expiry; 404 for another key's."""
-    session = await request.app.state.sessions.find(session_id, key.id)
+    session = await services_of(request).sessions.find(session_id, key.id)
     if session is None:
         raise ApiError("not_found", f"no session {session_id!r}")
     return {
@@ -37,6 +38,6 @@ async def get_session(request: Request, key: CallerKey, session_id: str) -> dict
 @router.delete("/{session_id}", status_code=204, summary="Forget a session now")
 async def delete_session(request: Request, key: CallerKey, session_id: str) -> Response:
     """Delete the session's stored turns; later jobs naming it get 404."""
-    if not await request.app.state.store.sessions.delete(session_id, key_id=key.id):
+    if not await services_of(request).store.sessions.delete(session_id, key_id=key.id):
         raise ApiError("not_found", f"no session {session_id!r}")
     return Response(status_code=204)

@@ -9,6 +9,7 @@ import structlog
 from fastapi import APIRouter, Depends, Query, Request
 
 from ccgate.api.auth import require_key
+from ccgate.api.deps import services_of
 from ccgate.errors import ApiError
 from ccgate.store import KeyRecord, Store
 from ccgate.store.keys import KeyPolicy
@@ -69,7 +70,7 @@ async def usage_report(
     stop = parse_bound("until", until, end=True)
     if start is not None and stop is not None and stop <= start:
         raise ApiError("invalid_request", "until: must be after since", param="until")
-    store: Store = request.app.state.store
+    store: Store = services_of(request).store
     rows = await store.usage.totals(key_name=key_name, since=start, until=stop, group_by=group_by)
     return {
         "since": start.isoformat() if start else None,
@@ -110,7 +111,7 @@ async def own_usage(
         request, key_name=key.name, since=since, until=until, group_by=group_by
     )
     used: dict[str, Any] | None = None
-    limiter = getattr(request.app.state, "limiter", None)
+    limiter = services_of(request).limiter
     if limiter is not None:
         try:
             used = dict(await limiter.usage(key.id))

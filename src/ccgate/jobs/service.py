@@ -21,13 +21,15 @@ from ccgate.clock import utcnow
 from ccgate.events import JobEventHub
 from ccgate.jobs.requests import request_from_json
 from ccgate.jobs.revocation import KEY_REVOKED, KEY_UNUSABLE, WEBHOOK_DROPPED, end_work_of
+from ccgate.jobs.schema_repair import SCHEMA_VALIDATION_FAILED, SchemaMismatch, answer_to_schema
 from ccgate.jobs.windows import UNKNOWN_RESET, PlanGate, WindowsClosed
 from ccgate.jsonanswer import answer_read_as_json, read_json_answer_async
-from ccgate.runners.base import RunError, Runner, RunResult, TextDelta
+from ccgate.runners.base import RunError, Runner, RunRequest, RunResult, TextDelta
 from ccgate.runners.plan_windows import WindowClosed
 from ccgate.security.keys import new_id
 from ccgate.store import JobEvent, JobRecord, JobStatus, Store
 from ccgate.store.jobs import QueueAtCapacity
+from ccgate.structured import schema_of
 
 log = structlog.get_logger("ccgate.jobs")
 
@@ -506,7 +508,10 @@ class JobService:
             )
             result = await self._stream(job)
             await self._observe(job, result.plan_windows)
-            answer = await _read_answer(job, _storable(result.text))
+            if schema_of(job.request) is not None:
+                result, answer = await self._answer_to_schema(job, result, started)
+            else:
+                answer = await _read_answer(job, _storable(result.text))
         except asyncio.CancelledError:
             await self._after_cancel(job)
             return None
@@ -532,6 +537,21 @@ class JobService:
                 error_message=_storable(message),
                 retry_after=exc.retry_after,
                 duration_ms=_elapsed_ms(started),
+            )
+        except SchemaMismatch as exc:
+            log.info("job_failed", job_id=job.id, error_type=SCHEMA_VALIDATION_FAILED)
+            return await self._end(
+                job.id,
+                JobStatus.FAILED,
+                error_type=SCHEMA_VALIDATION_FAILED,
+                error_message=_storable(exc.message),
+                # The raw answer stays readable: `result`, with the reason as its parse error.
+                result=_storable(exc.text),
+                result_parse_error=_storable(exc.error),
+                usage=exc.result.usage,
+                cost_usd=exc.result.cost_usd,
+                duration_ms=_elapsed_ms(started),
+                model=exc.result.model or job.model,
             )
         except RunError as exc:
             log.info("job_failed", job_id=job.id, error_type=exc.error_type)
@@ -603,8 +623,26 @@ class JobService:
         self.hub.end(job.id, None)
         log.info("job_held_for_plan_window", job_id=job.id, moved=moved, retry_at=until.isoformat())
 
-    async def _stream(self, job: JobRecord) -> RunResult:
+    async def _answer_to_schema(
+        self, job: JobRecord, result: RunResult, started: float
+    ) -> tuple[RunResult, dict[str, Any]]:
+        """Validate a schema job's answer; one repair run (announced by a ``repairing`` status
+        event, given what is left of the run's timeout) when it does not match."""
+
+        async def rerun(repair: RunRequest, error: str) -> RunResult:
+            left = max(1.0, repair.timeout_secs - (time.monotonic() - started))
+            self.hub.publish(job.id, "status", {"status": "repairing", "reason": error})
+            repaired = await self._stream(job, dataclasses.replace(repair, timeout_secs=left))
+            await self._observe(job, repaired.plan_windows)
+            return dataclasses.replace(repaired, text=_storable(repaired.text))
+
         request = dataclasses.replace(request_from_json(job.request), owner=job.key_id)
+        clean = dataclasses.replace(result, text=_storable(result.text))
+        return await answer_to_schema(job.request, request, clean, rerun)
+
+    async def _stream(self, job: JobRecord, request: RunRequest | None = None) -> RunResult:
+        if request is None:
+            request = dataclasses.replace(request_from_json(job.request), owner=job.key_id)
         started_ns, waiting = time.time_ns(), True
         with tracing.span("ccgate.run", job_id=job.id, model=request.model, attempt=job.attempts):
             async with contextlib.aclosing(self.runner.run(request)) as events:

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
+from ccgate.clock import ManualClock
 from ccgate.limits import Admission, Limiter, LimitExceeded, RunEstimate
-from ccgate.store.keys import KeyPolicy
+from ccgate.policy import KeyPolicy
 from tests.conftest import REDIS_URL, redis_problem, service_missing
+from tests.support.clock import install_manual_clock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,6 +40,12 @@ _CHILD = textwrap.dedent("""
 
     asyncio.run(main())
 """)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    """A clock that moves only when the test says, so windows and expiries pass at once."""
+    return install_manual_clock(monkeypatch)
 
 
 @pytest.fixture
@@ -93,12 +101,14 @@ async def test_redis_limiter_nodes_share_the_rpm_window(make_node: MakeNode) -> 
     assert error.retry_after is not None and 55 < error.retry_after <= 60
 
 
-async def test_redis_limiter_rpm_window_frees_after_its_length(make_node: MakeNode) -> None:
+async def test_redis_limiter_rpm_window_frees_after_its_length(
+    make_node: MakeNode, clock: ManualClock
+) -> None:
     """On Redis too a spent one-second rpm window lets requests in again a second later."""
     node = make_node(rpm_window_secs=1)
     await node.admit("k1", KeyPolicy(rpm=1))
     await _error(node, KeyPolicy(rpm=1))
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)
     await node.admit("k1", KeyPolicy(rpm=1))
 
 
@@ -115,14 +125,16 @@ async def test_redis_limiter_nodes_share_concurrency_slots(make_node: MakeNode) 
     assert (await first.usage("k1"))["running"] == 1
 
 
-async def test_redis_limiter_slots_of_a_crashed_node_expire(make_node: MakeNode) -> None:
+async def test_redis_limiter_slots_of_a_crashed_node_expire(
+    make_node: MakeNode, clock: ManualClock
+) -> None:
     """A node that dies holding a slot blocks the key only until the slot's safety expiry,
     and its late release cannot free a slot someone else holds."""
     crashed, survivor = make_node(concurrency_ttl_secs=1), make_node(concurrency_ttl_secs=1)
     policy = KeyPolicy(concurrency=1)
     leaked = await crashed.admit("k1", policy)
     await _error(survivor, policy)
-    await asyncio.sleep(1.6)
+    clock.advance(1.6)
     await survivor.admit("k1", policy)
     await leaked.release()
     assert (await _error(survivor, policy)).error_type == "concurrency_exceeded"
@@ -231,11 +243,13 @@ async def test_redis_limiter_settles_real_spend_and_releases_reservations(
     assert (await first.admit("k1", policy, SONNET_RUN)).held
 
 
-async def test_redis_limiter_reservations_of_a_crashed_node_expire(make_node: MakeNode) -> None:
+async def test_redis_limiter_reservations_of_a_crashed_node_expire(
+    make_node: MakeNode, clock: ManualClock
+) -> None:
     """A node that dies holding a reservation blocks the budget only until it expires."""
     crashed, survivor = make_node(concurrency_ttl_secs=1), make_node(concurrency_ttl_secs=1)
     policy = KeyPolicy(budget_usd_per_month=0.005)
     await crashed.admit("k1", policy, SONNET_RUN)
     assert (await _error(survivor, policy)).error_type == "budget_exceeded"
-    await asyncio.sleep(1.6)
+    clock.advance(1.6)
     await survivor.admit("k1", policy, SONNET_RUN)

@@ -10,12 +10,20 @@ from typing import Any
 
 import pytest
 
+from ccgate.clock import ManualClock
 from ccgate.config import Settings
 from ccgate.limits import Admission, Limiter, LimitExceeded, RateState, RunEstimate, rate_headers
 from ccgate.limits.headers import openai_duration
-from ccgate.store.keys import KeyPolicy
+from ccgate.policy import KeyPolicy
+from tests.support.clock import install_manual_clock
 
 MakeLimiter = Callable[..., Limiter]
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    """A clock that moves only when the test says, so windows free without sleeping."""
+    return install_manual_clock(monkeypatch)
 
 
 @pytest.fixture
@@ -58,19 +66,19 @@ async def test_limiter_rpm_refuses_the_request_after_the_limit(make_limiter: Mak
 
 
 async def test_limiter_rpm_retry_after_is_what_is_left_of_the_window(
-    make_limiter: MakeLimiter,
+    make_limiter: MakeLimiter, clock: ManualClock
 ) -> None:
     """The rpm 429's Retry-After is the time until the oldest request leaves the window."""
     limiter = make_limiter(rpm_window_secs=60)
     await limiter.admit("k1", KeyPolicy(rpm=1))
-    await asyncio.sleep(0.3)
+    clock.advance(0.3)
     error = await _refused(limiter, KeyPolicy(rpm=1))
     assert error.retry_after is not None and 55 < error.retry_after <= 59.8
     assert error.headers["x-ratelimit-remaining-requests"] == "0"
 
 
 async def test_limiter_rpm_window_frees_after_its_length(
-    make_limiter: MakeLimiter, make_settings: Callable[..., Settings]
+    make_limiter: MakeLimiter, make_settings: Callable[..., Settings], clock: ManualClock
 ) -> None:
     """With CCGATE_RPM_WINDOW_SECS=1 a spent rpm lets requests in again a second later."""
     settings = make_settings(CCGATE_RPM_WINDOW_SECS=1)
@@ -78,7 +86,7 @@ async def test_limiter_rpm_window_frees_after_its_length(
     try:
         await limiter.admit("k1", KeyPolicy(rpm=1))
         assert (await _refused(limiter, KeyPolicy(rpm=1))).retry_after == 1.0
-        await asyncio.sleep(1.1)
+        clock.advance(1.1)
         assert (await limiter.admit("k1", KeyPolicy(rpm=1))).state.requests_remaining == 0
     finally:
         await limiter.aclose()
@@ -98,12 +106,14 @@ async def test_limiter_rpd_refuses_after_the_limit_until_its_window_ends(
     assert error.headers["x-ratelimit-limit-requests"] == "2"
 
 
-async def test_limiter_rpd_window_frees_after_its_length(make_limiter: MakeLimiter) -> None:
+async def test_limiter_rpd_window_frees_after_its_length(
+    make_limiter: MakeLimiter, clock: ManualClock
+) -> None:
     """A spent rpd window with rpd_window_secs=1 lets requests in again after a second."""
     limiter = make_limiter(rpd_window_secs=1)
     await limiter.admit("k1", KeyPolicy(rpd=1))
     await _refused(limiter, KeyPolicy(rpd=1))
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)
     await limiter.admit("k1", KeyPolicy(rpd=1))
 
 

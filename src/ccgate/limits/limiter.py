@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -23,22 +22,22 @@ from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 from limits.util import WindowStats
 
-from ccgate.clock import utcnow
-from ccgate.errors import ApiError
+from ccgate.clock import timestamp, utcnow
+from ccgate.errors import ApiError, error_type_of
 from ccgate.limits.estimate import RunEstimate
 from ccgate.limits.headers import RateState, rate_headers
+from ccgate.limits.rules import QUOTA_RULES, WINDOW_RULES, QuotaRule, per
 from ccgate.limits.spend import (
     MICRO_USD,
     Admission,
     average_keys,
     budget_key,
     next_day,
-    next_month,
     tokens_key,
     usage_adds,
 )
 from ccgate.limits.storage import Held, Quota, QuotaState, close_storage, held_for, open_storage
-from ccgate.store.keys import KeyPolicy
+from ccgate.policy import KeyPolicy
 
 if TYPE_CHECKING:
     from ccgate.config import Settings
@@ -58,7 +57,7 @@ class LimitExceeded(ApiError):
         self, error_type: str, message: str, *, retry_after: float, state: RateState
     ) -> None:
         super().__init__(
-            error_type,
+            error_type_of(error_type, "rpm_exceeded"),  # every limit's type is in the catalogue
             message,
             retry_after=max(1.0, retry_after),
             headers=rate_headers("native", state),
@@ -91,12 +90,13 @@ def _seconds(secs: float) -> int:
     return max(1, math.ceil(secs))
 
 
-def _per(secs: int) -> str:
-    return "day" if secs == 86400 else "minute" if secs == 60 else f"{secs} s"
-
-
-def _usd(micros: int) -> str:
-    return f"${micros / MICRO_USD:.4f}".rstrip("0").rstrip(".")
+def _spent_block(rule: QuotaRule, policy: KeyPolicy, spent: int, now: datetime) -> _Block:
+    """The 429 of a quota used up: it frees when its day or month renews."""
+    return _Block(
+        rule.error_type,
+        (rule.renews(now) - now).total_seconds(),
+        rule.spent_text(getattr(policy, rule.field), spent),
+    )
 
 
 @dataclass(frozen=True)
@@ -151,24 +151,18 @@ class Limiter:
 
     def _windows(self, key_id: str, policy: KeyPolicy) -> list[_Window]:
         windows = []
-        if policy.rpm is not None:
+        for rule in WINDOW_RULES:
+            limit = rule.limit(policy)
+            if limit is None:
+                continue
+            secs = self.rpm_window_secs if rule.moving else self.rpd_window_secs
             windows.append(
                 _Window(
-                    "rpm_exceeded",
-                    self._moving,
-                    RateLimitItemPerSecond(policy.rpm, self.rpm_window_secs, namespace="rpm"),
+                    rule.error_type,
+                    self._moving if rule.moving else self._fixed,
+                    RateLimitItemPerSecond(limit, secs, namespace=rule.namespace),
                     key_id,
-                    f"this key's limit of {policy.rpm} requests per {_per(self.rpm_window_secs)}",
-                )
-            )
-        if policy.rpd is not None:
-            windows.append(
-                _Window(
-                    "rpd_exceeded",
-                    self._fixed,
-                    RateLimitItemPerSecond(policy.rpd, self.rpd_window_secs, namespace="rpd"),
-                    key_id,
-                    f"this key's limit of {policy.rpd} requests per {_per(self.rpd_window_secs)}",
+                    rule.what(limit, secs),
                 )
             )
         if self.global_rpd > 0:
@@ -181,7 +175,7 @@ class Limiter:
                     ),
                     "all",
                     f"the server's limit of {self.global_rpd} requests per "
-                    f"{_per(self.rpd_window_secs)} (CCGATE_GLOBAL_RPD)",
+                    f"{per(self.rpd_window_secs)} (CCGATE_GLOBAL_RPD)",
                 )
             )
         return windows
@@ -198,7 +192,7 @@ class Limiter:
                 state,
                 requests_limit=limit,
                 requests_remaining=max(0, requests.remaining),
-                requests_reset_secs=max(0.0, requests.reset_time - time.time()),
+                requests_reset_secs=max(0.0, requests.reset_time - timestamp()),
             )
         if policy.tokens_per_day is not None:
             state = replace(
@@ -229,9 +223,7 @@ class Limiter:
         now = utcnow()
         slot_key = f"running:{key_id}"
         windows = self._windows(key_id, policy)
-        quotas_apply = spends and (
-            policy.tokens_per_day is not None or policy.budget_usd_per_month is not None
-        )
+        quotas_apply = spends and any(r.limit(policy) is not None for r in QUOTA_RULES)
         counter_keys = [tokens_key(key_id, now), budget_key(key_id, now)]
         if quotas_apply:
             counter_keys += average_keys(key_id, now)
@@ -241,7 +233,7 @@ class Limiter:
         )
         used = _Usage(*values, *([0, 0] if not quotas_apply else []))
         blocks = [
-            _Block(w.error_type, s.reset_time - time.time(), f"{w.what} is reached")
+            _Block(w.error_type, s.reset_time - timestamp(), f"{w.what} is reached")
             for w, s in zip(windows, stats, strict=True)
             if s.remaining < 1
         ]
@@ -295,39 +287,20 @@ class Limiter:
         if used.runs_this_month > 0:  # the key's own average per run, when that is more
             tokens = max(tokens, math.ceil(used.tokens_this_month / used.runs_this_month))
             micros = max(micros, math.ceil(used.micros_this_month / used.runs_this_month))
-        quotas: list[tuple[str, Quota]] = []
-        if policy.tokens_per_day is not None:
-            quotas.append(
-                (
-                    "tokens",
-                    Quota(
-                        tokens_key(key_id, now),
-                        f"held-tokens:{key_id}",
-                        policy.tokens_per_day,
-                        tokens,
-                    ),
-                )
-            )
-        if policy.budget_usd_per_month is not None:
-            quotas.append(
-                (
-                    "budget",
-                    Quota(
-                        budget_key(key_id, now),
-                        f"held-budget:{key_id}",
-                        round(policy.budget_usd_per_month * MICRO_USD),
-                        micros,
-                    ),
-                )
-            )
+        quotas = [
+            (rule, Quota(rule.spent_key(key_id, now), f"held-{rule.kind}:{key_id}", limit, amount))
+            for rule in QUOTA_RULES
+            if (limit := rule.limit(policy)) is not None
+            for amount in [rule.amount(tokens, micros)]
+        ]
         token = secrets.token_hex(8)
         reserved = await self._counters.reserve(
             [q for _, q in quotas], token, self.concurrency_ttl_secs
         )
         if reserved.refused is not None:
-            kind, quota = quotas[reserved.refused]
+            rule, quota = quotas[reserved.refused]
             block = self._reservation_block(
-                kind, quota, reserved.states[reserved.refused], policy, now
+                rule, quota, reserved.states[reserved.refused], policy, now
             )
             raise LimitExceeded(
                 block.error_type, block.message, retry_after=block.retry_after, state=state
@@ -335,63 +308,27 @@ class Limiter:
         return held_for([q for _, q in quotas], token)
 
     def _reservation_block(
-        self, kind: str, quota: Quota, found: QuotaState, policy: KeyPolicy, now: datetime
+        self, rule: QuotaRule, quota: Quota, found: QuotaState, policy: KeyPolicy, now: datetime
     ) -> _Block:
         """The 429 of a quota that refused a reservation: spent (it renews with the day or
         month), or held by running requests (retry when one of them ends)."""
         if found.spent >= quota.limit:
-            spent_state = _Usage(found.spent, found.spent, 0, 0)
-            [block] = self._quota_blocks(
-                KeyPolicy(tokens_per_day=policy.tokens_per_day)
-                if kind == "tokens"
-                else KeyPolicy(budget_usd_per_month=policy.budget_usd_per_month),
-                spent_state,
-                0,
-                now,
-            )
-            return block
-        if kind == "tokens":
-            return _Block(
-                "tokens_per_day_exceeded",
-                _CONCURRENCY_RETRY_SECS,
-                f"this key's quota of {quota.limit} tokens per day cannot cover this "
-                f"request: {found.spent} are used and {found.held} held by its "
-                f"running requests, and this one may use {quota.amount}; retry when "
-                "one of them finishes",
-            )
+            return _spent_block(rule, policy, found.spent, now)
         return _Block(
-            "budget_exceeded",
+            rule.error_type,
             _CONCURRENCY_RETRY_SECS,
-            f"this key's budget of {_usd(quota.limit)} per month cannot cover this "
-            f"request: {_usd(found.spent)} is spent and {_usd(found.held)} held by "
-            f"its running requests, and this one may cost {_usd(quota.amount)}; "
-            "retry when one of them finishes",
+            rule.held_text(quota.limit, found, quota.amount),
         )
 
     def _quota_blocks(
         self, policy: KeyPolicy, used: _Usage, running: int, now: datetime, *, spends: bool = True
     ) -> list[_Block]:
         blocks = []
-        tokens_used, micros_spent = used.tokens_today, used.micros_this_month
-        if spends and policy.tokens_per_day is not None and tokens_used >= policy.tokens_per_day:
-            blocks.append(
-                _Block(
-                    "tokens_per_day_exceeded",
-                    (next_day(now) - now).total_seconds(),
-                    f"this key's quota of {policy.tokens_per_day} tokens per day is used up "
-                    f"({tokens_used} used); it renews at 00:00 UTC",
-                )
-            )
-        budget = policy.budget_usd_per_month
-        if spends and budget is not None and micros_spent >= round(budget * MICRO_USD):
-            blocks.append(
-                _Block(
-                    "budget_exceeded",
-                    (next_month(now) - now).total_seconds(),
-                    f"this key's budget of ${budget:.2f} per month is spent "
-                    f"(${micros_spent / MICRO_USD:.2f}); it renews on the 1st, 00:00 UTC",
-                )
-            )
+        spent = {"tokens": used.tokens_today, "budget": used.micros_this_month}
+        for rule in QUOTA_RULES if spends else ():
+            limit = rule.limit(policy)
+            if limit is not None and spent[rule.kind] >= limit:
+                blocks.append(_spent_block(rule, policy, spent[rule.kind], now))
         if policy.concurrency is not None and running >= policy.concurrency:
             blocks.append(
                 _Block("concurrency_exceeded", _CONCURRENCY_RETRY_SECS, self._busy(policy))
@@ -414,7 +351,7 @@ class Limiter:
                 raise LimitExceeded(
                     window.error_type,
                     f"{window.what} is reached",
-                    retry_after=stats.reset_time - time.time(),
+                    retry_after=stats.reset_time - timestamp(),
                     state=RateState(),
                 )
 
@@ -436,11 +373,11 @@ class Limiter:
         if await self._moving.hit(item, key_id):
             return
         stats = await self._moving.get_window_stats(item, key_id)
-        reset = max(0.0, stats.reset_time - time.time())
+        reset = max(0.0, stats.reset_time - timestamp())
         raise LimitExceeded(
             "fetch_rpm_exceeded",
             f"this key's limit of {self.fetch_rpm} page fetches per "
-            f"{_per(self.rpm_window_secs)} (CCGATE_FETCH_RPM) is reached",
+            f"{per(self.rpm_window_secs)} (CCGATE_FETCH_RPM) is reached",
             retry_after=reset,
             state=RateState(
                 requests_limit=self.fetch_rpm, requests_remaining=0, requests_reset_secs=reset

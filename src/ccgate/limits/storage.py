@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import math
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+
+from ccgate.clock import timestamp
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -217,14 +218,14 @@ class MemoryCounters:
 
     async def get(self, key: str) -> int:
         """The counter's value; 0 when absent or expired."""
-        return self._live(key, time.time())
+        return self._live(key, timestamp())
 
     async def add(self, key: str, amount: int, ttl_secs: float) -> int:
         """Add ``amount``; a new counter expires ``ttl_secs`` later. Returns the new value."""
         return self._add_now(key, amount, ttl_secs)
 
     def _add_now(self, key: str, amount: int, ttl_secs: float) -> int:
-        now = time.time()
+        now = timestamp()
         self._prune(now)
         value = self._live(key, now) + amount
         self._expires.setdefault(key, now + ttl_secs)
@@ -253,12 +254,12 @@ class MemoryCounters:
 
     async def values(self, keys: Sequence[str]) -> list[int]:
         """Several counters at once; 0 for each absent or expired one."""
-        now = time.time()
+        now = timestamp()
         return [self._live(key, now) for key in keys]
 
     async def reserve(self, quotas: Sequence[Quota], token: str, ttl_secs: float) -> Reserved:
         """Test every quota and reserve them all, or none; no await inside, so atomic."""
-        now = time.time()
+        now = timestamp()
         states = tuple(
             QuotaState(self._live(q.spent_key, now), sum(self._held.get(q.held_key, {}).values()))
             for q in quotas
@@ -315,7 +316,7 @@ class RedisCounters:
         token = secrets.token_hex(8)
         taken = await self._acquire(
             keys=[self._key(key)],
-            args=[-1 if limit is None else limit, ttl_secs, time.time(), token],
+            args=[-1 if limit is None else limit, ttl_secs, timestamp(), token],
         )
         return token if int(taken) else None
 
@@ -325,7 +326,7 @@ class RedisCounters:
 
     async def running(self, key: str) -> int:
         """How many slots are taken and not expired."""
-        return int(await self.client.zcount(self._key(key), f"({time.time()}", "+inf"))
+        return int(await self.client.zcount(self._key(key), f"({timestamp()}", "+inf"))
 
     async def values(self, keys: Sequence[str]) -> list[int]:
         """Several counters in one round trip; 0 for each absent or expired one."""
@@ -340,7 +341,7 @@ class RedisCounters:
         A reservation expires by itself ``ttl_secs`` later, in case its node dies holding it.
         """
         keys = [self._key(k) for q in quotas for k in (q.spent_key, q.held_key)]
-        args: list[Any] = [time.time(), ttl_secs, token]
+        args: list[Any] = [timestamp(), ttl_secs, token]
         for quota in quotas:
             args += [quota.limit, quota.amount]
         answer = [int(v) for v in await self._reserve(keys=keys, args=args)]

@@ -26,11 +26,11 @@ import jwt
 from sqlalchemy.exc import IntegrityError
 
 from ccgate.clock import utcnow as _now
+from ccgate.policy import KeyPolicy
 from ccgate.security.keys import hash_secret, mint_key, mint_webhook_secret, new_id
 from ccgate.security.netrules import IPAddress, key_allows
 from ccgate.store import KeyRecord, Store
 from ccgate.store.enrollments import DeviceKey, DeviceRecord, EnrollmentRecord
-from ccgate.store.keys import KeyPolicy
 
 ISSUER = "ccgate"
 ALGORITHM = "HS256"

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import math
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
 
 from ccgate.clock import utcnow as _now
+from ccgate.policy import KeyPolicy, PolicyError, policy_with
 from ccgate.security.keys import hash_secret, mint_key, mint_webhook_secret, new_id
 from ccgate.store import KeyRecord, Store
-from ccgate.store.keys import POLICY_FIELDS, KeyPolicy
+
+# PolicyError and policy_with live in ccgate.policy; callers may import them from here too.
+__all__ = ["CreatedKey", "KeyNameError", "Keyring", "PolicyError", "policy_with"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # last_used_at is refreshed at most this often per key, so auth stays a read, not a write.
@@ -34,100 +35,6 @@ class CreatedKey:
 
 class KeyNameError(ValueError):
     """A key name that is malformed or already taken."""
-
-
-class PolicyError(ValueError):
-    """A policy field given a value it cannot take; ``field`` names it."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-_MAX_INT = 2**31 - 1  # the limit columns are 32-bit integers
-_MAX_NAME_CHARS = 200
-
-
-def policy_with(base: KeyPolicy, changes: Mapping[str, object]) -> KeyPolicy:
-    """``base`` with each of ``changes`` checked and applied; None clears that limit.
-
-    Raises PolicyError naming the first field that is unknown or has a bad value.
-    """
-    values: dict[str, object] = {}
-    for field, value in changes.items():
-        if field not in POLICY_FIELDS:
-            raise PolicyError(field, "not a policy field")
-        values[field] = None if value is None else _checked(field, value)
-    return dataclasses.replace(base, **values)  # type: ignore[arg-type]
-
-
-def _checked(field: str, value: object) -> object:
-    if field in ("rpm", "rpd", "tokens_per_day", "concurrency"):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_INT:
-            raise PolicyError(field, f"must be a whole number from 1 to {_MAX_INT}")
-        return value
-    if field == "budget_usd_per_month":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise PolicyError(field, "must be a number of US dollars, 0 or more")
-        return float(value)
-    if field == "window_share":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not 0 < value <= 1
-        ):
-            raise PolicyError(field, "must be a fraction above 0 and at most 1")
-        return float(value)
-    if field == "expires_at":
-        return _future_time(field, value)
-    names = _names(field, value)
-    if field == "ip_cidrs":
-        try:
-            return tuple(dict.fromkeys(str(ipaddress.ip_network(n, strict=False)) for n in names))
-        except ValueError as exc:
-            raise PolicyError(field, str(exc)) from None
-    return names
-
-
-def _names(field: str, value: object) -> tuple[str, ...]:
-    if (
-        not isinstance(value, list | tuple)
-        or not value
-        or not all(
-            isinstance(n, str) and n and n == n.strip() and len(n) <= _MAX_NAME_CHARS for n in value
-        )
-    ):
-        raise PolicyError(
-            field,
-            f"must be a non-empty list of names (1-{_MAX_NAME_CHARS} "
-            "characters, no surrounding spaces); null allows any",
-        )
-    return tuple(dict.fromkeys(value))
-
-
-def _future_time(field: str, value: object) -> datetime:
-    when = value
-    if isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            raise PolicyError(field, f"{value!r} is not an ISO 8601 date or time") from None
-    if not isinstance(when, datetime):
-        raise PolicyError(field, "must be an ISO 8601 date or time")
-    try:
-        when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    except OverflowError:
-        raise PolicyError(field, "must fall between the years 1 and 9999 in UTC") from None
-    if when <= _now():
-        raise PolicyError(field, "must be in the future")
-    return when
 
 
 class Keyring:

@@ -12,8 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ccgate.policy import KeyPolicy, policy_from_json, policy_to_json, policy_to_row
 from ccgate.store.engine import Database
-from ccgate.store.keys import POLICY_FIELDS, KeyPolicy
 from ccgate.store.schema import api_keys, devices, enrollments
 
 
@@ -63,35 +63,6 @@ class DeviceKey:
     secret_hash: str
     policy: KeyPolicy
     webhook_secret: str | None = None
-
-
-def policy_to_json(policy: KeyPolicy) -> dict[str, Any]:
-    """A policy as stored in ``enrollments.policy``."""
-    return policy.as_json()
-
-
-def policy_from_json(data: dict[str, Any]) -> KeyPolicy:
-    """The policy stored by ``policy_to_json``."""
-    models, cidrs, expires = data.get("models"), data.get("ip_cidrs"), data.get("expires_at")
-    return KeyPolicy(
-        rpm=data.get("rpm"),
-        rpd=data.get("rpd"),
-        tokens_per_day=data.get("tokens_per_day"),
-        budget_usd_per_month=data.get("budget_usd_per_month"),
-        concurrency=data.get("concurrency"),
-        models=tuple(models) if models is not None else None,
-        ip_cidrs=tuple(cidrs) if cidrs is not None else None,
-        expires_at=datetime.fromisoformat(expires) if expires else None,
-        window_share=data.get("window_share"),
-    )
-
-
-def _key_policy_values(policy: KeyPolicy) -> dict[str, Any]:
-    values = {name: getattr(policy, name) for name in POLICY_FIELDS}
-    for name in ("models", "ip_cidrs"):
-        if values[name] is not None:
-            values[name] = list(values[name])
-    return values
 
 
 # A device is cut off when its row or its key is revoked (``ccgate keys revoke`` counts too).
@@ -290,7 +261,7 @@ class EnrollmentTable:
                     created_at=now,
                     kind="device",
                     webhook_secret=key.webhook_secret,
-                    **_key_policy_values(key.policy),
+                    **policy_to_row(key.policy),
                 )
             )
             conn.execute(

@@ -8,50 +8,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ccgate.policy import FIELD_NAMES, KeyPolicy, policy_from_row, policy_to_row
 from ccgate.store.engine import Database
 from ccgate.store.schema import api_keys
 
-POLICY_FIELDS = (
-    "rpm",
-    "rpd",
-    "tokens_per_day",
-    "budget_usd_per_month",
-    "concurrency",
-    "models",
-    "ip_cidrs",
-    "expires_at",
-    "window_share",
-)
-
-
-@dataclass(frozen=True)
-class KeyPolicy:
-    """What one key may do; None everywhere means no limit of that kind."""
-
-    rpm: int | None = None
-    rpd: int | None = None
-    tokens_per_day: int | None = None
-    budget_usd_per_month: float | None = None
-    concurrency: int | None = None
-    models: tuple[str, ...] | None = None
-    ip_cidrs: tuple[str, ...] | None = None
-    expires_at: datetime | None = None
-    # The most of each plan window this key may use, as a fraction (0 < x <= 1).
-    window_share: float | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """The policy as JSON-ready values (lists, ISO timestamps)."""
-        return {
-            "rpm": self.rpm,
-            "rpd": self.rpd,
-            "tokens_per_day": self.tokens_per_day,
-            "budget_usd_per_month": self.budget_usd_per_month,
-            "concurrency": self.concurrency,
-            "models": list(self.models) if self.models is not None else None,
-            "ip_cidrs": list(self.ip_cidrs) if self.ip_cidrs is not None else None,
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-            "window_share": self.window_share,
-        }
+# KeyPolicy lives in ccgate.policy; many callers still import it from here.
+__all__ = ["KeyPolicy", "KeyRecord", "KeyTable"]
 
 
 @dataclass(frozen=True)
@@ -77,28 +39,9 @@ class KeyRecord:
         return self.policy.expires_at is not None and now >= self.policy.expires_at
 
 
-def _policy_row(policy: KeyPolicy) -> dict[str, Any]:
-    values = {name: getattr(policy, name) for name in POLICY_FIELDS}
-    for name in ("models", "ip_cidrs"):
-        if values[name] is not None:
-            values[name] = list(values[name])
-    return values
-
-
 def _record(row: Any) -> KeyRecord:
     m = row._mapping
-    models, cidrs = m["models"], m["ip_cidrs"]
-    policy = KeyPolicy(
-        rpm=m["rpm"],
-        rpd=m["rpd"],
-        tokens_per_day=m["tokens_per_day"],
-        budget_usd_per_month=m["budget_usd_per_month"],
-        concurrency=m["concurrency"],
-        models=tuple(models) if models is not None else None,
-        ip_cidrs=tuple(cidrs) if cidrs is not None else None,
-        expires_at=m["expires_at"],
-        window_share=m["window_share"],
-    )
+    policy = policy_from_row(m)
     return KeyRecord(
         id=m["id"],
         name=m["name"],
@@ -119,7 +62,7 @@ _COLUMNS = (
     api_keys.c.last_used_at,
     api_keys.c.revoked_at,
     api_keys.c.kind,
-    *(api_keys.c[name] for name in POLICY_FIELDS),
+    *(api_keys.c[name] for name in FIELD_NAMES),
 )
 
 
@@ -155,7 +98,7 @@ class KeyTable:
             created_at=now,
             webhook_secret=webhook_secret,
             kind=kind,
-            **_policy_row(policy),
+            **policy_to_row(policy),
         )
         await self.db.write(lambda conn: conn.execute(query))
         return KeyRecord(key_id, name, prefix, now, None, None, policy, kind)
@@ -165,7 +108,7 @@ class KeyTable:
         query = (
             api_keys.update()
             .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-            .values(**_policy_row(policy))
+            .values(**policy_to_row(policy))
         )
         return await self.db.write(lambda conn: conn.execute(query).rowcount > 0)
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from ccgate import __version__
 from ccgate.config import Settings
 from ccgate.models import model_policy
-from ccgate.runners.base import RunError, Runner, RunRequest, collect
+from ccgate.runners.backend import backend_spec, build_backend
+from ccgate.runners.base import RunError, RunRequest, collect
 from ccgate.runners.cli_status import CliStatus
 from ccgate.runners.pool import APPROX_RSS_MIB
 from ccgate.runners.sandbox import bwrap_sandbox
@@ -39,14 +40,13 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
     except Exception as exc:
         report(False, f"store at {settings.database_url}: {type(exc).__name__}: {exc}")
     cli = await CliStatus(settings).refresh()
-    if settings.backend == "api":
-        echo(
-            f"[info] backend: the Anthropic API at {settings.anthropic_base_url} with the "
-            "operator's ANTHROPIC_API_KEY"
-        )
+    spec = backend_spec(settings)
+    needs_cli = spec.capabilities.needs_cli
+    if not needs_cli:
+        echo(f"[info] backend: {spec.describe(settings)}")
         echo(
             f"[info] claude CLI: {cli.problem or f'{cli.version} at {cli.path}'} (not used "
-            "by the API backend)"
+            f"by the {spec.title} backend)"
         )
     elif cli.problem:
         report(False, cli.problem)
@@ -54,32 +54,39 @@ async def run_doctor(settings: Settings, *, probe: bool, echo: Callable[[str], N
         report(True, f"claude CLI {cli.version} at {cli.path}")
     if settings.allow_tools:
         echo("[warn] CCGATE_ALLOW_TOOLS=true: the model may run commands on this machine")
-    if settings.backend == "cli":
+    if needs_cli:
         await _check_sandbox(settings, cli.path if not cli.problem else None, report, echo)
     echo(pool_line(settings))
     if settings.admin_token is None:
         echo("[info] CCGATE_ADMIN_TOKEN is unset: the admin API is off")
-    if probe and (settings.backend == "api" or (cli.path and not cli.problem)):
-        request = RunRequest.from_text(
-            PROBE_PROMPT,
-            model_policy(
-                settings.allowed_models,
-                settings.default_model,
-                settings.model_aliases,
-                settings.backend,
-            ).target(settings.default_model),
-            timeout_secs=120,
-            idle_timeout_secs=60,
-        )
-        runner = _runner(settings, cli.path)
-        try:
-            result = await collect(runner, request)
-            report(True, f"probe call answered: {result.text.strip()[:60]!r}")
-        except RunError as exc:
-            report(False, f"probe call failed: {exc.error_type}: {exc.message}")
-        finally:
-            await runner.aclose()
+    if probe and (not needs_cli or (cli.path and not cli.problem)):
+        await _probe(settings, cli.path, report)
     return ok
+
+
+async def _probe(
+    settings: Settings, cli_path: str | None, report: Callable[[bool, str], None]
+) -> None:
+    """One tiny real call through the backend ``serve`` would build."""
+    backend = build_backend(settings, cli_path=cli_path)
+    request = RunRequest.from_text(
+        PROBE_PROMPT,
+        model_policy(
+            settings.allowed_models,
+            settings.default_model,
+            settings.model_aliases,
+            full_ids=backend.capabilities.full_model_ids,
+        ).target(settings.default_model),
+        timeout_secs=120,
+        idle_timeout_secs=60,
+    )
+    try:
+        result = await collect(backend.runner, request)
+        report(True, f"probe call answered: {result.text.strip()[:60]!r}")
+    except RunError as exc:
+        report(False, f"probe call failed: {exc.error_type}: {exc.message}")
+    finally:
+        await backend.aclose()
 
 
 async def _check_sandbox(
@@ -107,16 +114,6 @@ async def _check_sandbox(
     if cli_path is not None:
         cli_problem = await sandbox.cli_problem(cli_path, settings.cli_base_env, settings.work_dir)
         report(cli_problem is None, f"sandbox: {cli_problem or 'the claude CLI starts in it'}")
-
-
-def _runner(settings: Settings, cli_path: str | None) -> Runner:
-    if settings.backend == "api":
-        from ccgate.runners.anthropic_api import api_runner
-
-        return api_runner(settings)
-    from ccgate.runners.cli import cli_runner
-
-    return cli_runner(settings, cli_path)
 
 
 def pool_line(settings: Settings) -> str:

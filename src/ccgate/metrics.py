@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,6 +32,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from ccgate.models import API_FAMILY_ALIASES, KNOWN_MODELS
 from ccgate.runners.base import RunEvent, Runner, RunRequest, RunResult, TextDelta
 from ccgate.runners.plan_windows import PlanWindow
+
+if TYPE_CHECKING:
+    from ccgate.runners.anthropic_client import UpstreamReply
+    from ccgate.runners.anthropic_sse import UpstreamStream
+    from ccgate.runners.backend import PassThrough
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 OTHER = "other"
@@ -395,16 +400,13 @@ def sse_closed() -> None:
 
 class MeteredRunner:
     """A Runner that times its inner runner: time to first text, and the time a request
-    waits on it (which ``ccgate_gateway_overhead_seconds`` leaves out). Everything else
-    (``breaker``, ``pool``, ``count_tokens``) is the inner runner's."""
+    waits on it (which ``ccgate_gateway_overhead_seconds`` leaves out). The inner runner
+    itself (its pool, say) stays reachable as ``Backend.runner``."""
 
     def __init__(self, inner: Runner, backend: str) -> None:
         self.inner = inner
         self.backend = backend
         self._in_progress = RUNS_IN_PROGRESS.labels(backend)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def run(self, request: RunRequest) -> AsyncGenerator[RunEvent, None]:
         """Yield the inner runner's events, timing each wait for the next one."""
@@ -430,13 +432,27 @@ class MeteredRunner:
         finally:
             self._in_progress.dec()
 
-    async def send(self, body: dict[str, Any], client_headers: Mapping[str, str]) -> Any:
-        """The API backend's non-streaming pass-through call, timed as waiting upstream."""
+    async def aclose(self) -> None:
+        """Close the inner runner."""
+        await self.inner.aclose()
+
+
+class MeteredPassThrough:
+    """A pass-through client whose calls count as runs in progress and as waiting upstream;
+    the first byte of an answer observes the time to first token."""
+
+    def __init__(self, inner: PassThrough, backend: str) -> None:
+        self.inner = inner
+        self.backend = backend
+        self._in_progress = RUNS_IN_PROGRESS.labels(backend)
+
+    async def send(self, body: dict[str, Any], client_headers: Mapping[str, str]) -> UpstreamReply:
+        """The non-streaming pass-through call, timed as waiting upstream."""
         started = time.monotonic()
         self._in_progress.inc()
         try:
             with waiting():
-                reply = await self.inner.send(body, client_headers)  # type: ignore[attr-defined]
+                reply = await self.inner.send(body, client_headers)
         finally:
             self._in_progress.dec()
         self._first_token(body.get("model"), started)
@@ -444,14 +460,39 @@ class MeteredRunner:
 
     async def open_stream(
         self, body: dict[str, Any], client_headers: Mapping[str, str]
-    ) -> MeteredStream:
-        """The API backend's streaming pass-through call; its chunks are timed as they come."""
+    ) -> UpstreamStream:
+        """The streaming pass-through call; its chunks are timed as they come."""
         started = time.monotonic()
         with waiting():
-            stream = await self.inner.open_stream(  # type: ignore[attr-defined]
-                body, client_headers
-            )
-        return MeteredStream(stream, self, str(body.get("model") or ""), started)
+            stream = await self.inner.open_stream(body, client_headers)
+        model = body.get("model")
+
+        async def timed(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+            first = True
+            self._in_progress.inc()
+            try:
+                while True:
+                    with waiting():
+                        try:
+                            chunk = await anext(chunks)
+                        except StopAsyncIteration:
+                            return
+                    if first:
+                        first = False
+                        self._first_token(model, started)
+                    yield chunk
+            finally:
+                self._in_progress.dec()
+                await chunks.aclose()
+
+        stream.observe = timed
+        return stream
+
+    async def count_tokens(
+        self, body: dict[str, Any], client_headers: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """Token counting, passed on untimed."""
+        return await self.inner.count_tokens(body, client_headers)
 
     def _first_token(self, model: Any, started: float) -> None:
         timing = _timing.get()
@@ -460,46 +501,6 @@ class MeteredRunner:
             self.backend,
             model_label(str(model) if model else None),
         ).observe(time.monotonic() - started)
-
-    async def aclose(self) -> None:
-        """Close the inner runner."""
-        await self.inner.aclose()
-
-
-class MeteredStream:
-    """An upstream byte stream whose waits count as waiting upstream; the first chunk
-    observes the time to first token. Everything else is the inner stream's."""
-
-    def __init__(self, inner: Any, runner: MeteredRunner, model: str, started: float) -> None:
-        self.inner = inner
-        self._runner = runner
-        self._model = model
-        self._started = started
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def __aiter__(self) -> AsyncGenerator[bytes, None]:
-        """Yield the inner stream's chunks unchanged."""
-        first = True
-        chunks = aiter(self.inner)
-        self._runner._in_progress.inc()
-        try:
-            while True:
-                with waiting():
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        return
-                if first:
-                    first = False
-                    self._runner._first_token(self._model, self._started)
-                yield chunk
-        finally:
-            self._runner._in_progress.dec()
-            closing = getattr(chunks, "aclose", None)
-            if closing is not None:
-                await closing()
 
 
 # -- sampled state ----------------------------------------------------------------------------

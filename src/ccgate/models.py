@@ -124,7 +124,8 @@ class ModelPolicy:
 
 
 def model_policy(
-    allowed: tuple[str, ...], default: str, aliases: Mapping[str, str], backend: str
+    allowed: tuple[str, ...], default: str, aliases: Mapping[str, str], *, full_ids: bool
 ) -> ModelPolicy:
-    """The policy for a backend: the API backend maps family names to full model ids."""
-    return ModelPolicy(allowed, default, aliases, API_FAMILY_ALIASES if backend == "api" else None)
+    """The policy for a backend; one that needs full model ids (the API backend:
+    ``Capabilities.full_model_ids``) gets family names mapped to them."""
+    return ModelPolicy(allowed, default, aliases, API_FAMILY_ALIASES if full_ids else None)

@@ -238,3 +238,27 @@ def test_doctor_probes_the_api_backend(ccgate: Any) -> None:
     assert "probe call answered: 'pong'" in done.stdout
     assert "not used by the API backend" in done.stdout
     assert sent[0].headers.get("x-api-key") == FAKE_API_KEY
+
+
+def test_cli_run_honours_the_api_backend(ccgate: Any) -> None:
+    """``ccgate run`` builds the server's backend: with CCGATE_BACKEND=api it calls the API
+    with the operator's key (full model id) and needs no CLI."""
+    with FakeAnthropic() as fake:
+        fake.reply(Text("hello from the API"))
+        done = ccgate(
+            "run",
+            "hi",
+            "--model",
+            "sonnet",
+            env={
+                "CCGATE_BACKEND": "api",
+                "ANTHROPIC_BASE_URL": fake.url,
+                "ANTHROPIC_API_KEY": FAKE_API_KEY,
+                "CCGATE_CLAUDE_PATH": "/nonexistent",
+            },
+        )
+        sent = fake.message_requests()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "hello from the API"
+    assert len(sent) == 1 and sent[0].headers.get("x-api-key") == FAKE_API_KEY
+    assert sent[0].body["model"] != "sonnet" and "sonnet" in sent[0].body["model"]

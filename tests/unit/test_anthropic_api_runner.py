@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from ccgate.circuit import CircuitBreaker
-from ccgate.runners.anthropic_api import AnthropicApiRunner, retry_after_from
+from ccgate.runners.anthropic_api import AnthropicApiRunner
+from ccgate.runners.anthropic_client import AnthropicClient
+from ccgate.runners.anthropic_errors import retry_after_from
 from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult, RunStarted, TextDelta
 from ccgate.runners.base import collect as collect_run
 from tests.support.fake_anthropic import (
@@ -50,20 +52,20 @@ def fake() -> Iterator[FakeAnthropic]:
 
 @pytest.fixture
 async def build(fake: FakeAnthropic) -> AsyncIterator[Build]:
-    """Build runners pointed at ``fake`` with the operator key; all closed at the end."""
+    """Build runners (their pass-through client is ``.client``) pointed at ``fake`` with the
+    operator key; all closed at the end."""
     runners: list[AnthropicApiRunner] = []
 
     def make(
         breaker: CircuitBreaker | None = None, base_url: str | None = None, **kwargs: Any
     ) -> AnthropicApiRunner:
-        runners.append(
-            AnthropicApiRunner(
-                api_key=OPERATOR_KEY,
-                base_url=base_url or fake.url,
-                breaker=breaker or CircuitBreaker(5, 30.0),
-                **kwargs,
-            )
+        client = AnthropicClient(
+            api_key=OPERATOR_KEY,
+            base_url=base_url or fake.url,
+            breaker=breaker or CircuitBreaker(5, 30.0),
+            **kwargs,
         )
+        runners.append(AnthropicApiRunner(client))
         return runners[-1]
 
     yield make
@@ -173,7 +175,7 @@ async def test_api_runner_forwards_only_version_and_beta_client_headers(
         "x-forwarded-for": "10.0.0.1",
         "x-custom": "1",
     }
-    await build().send({"model": MODEL, "max_tokens": 10, "messages": []}, client_headers)
+    await build().client.send({"model": MODEL, "max_tokens": 10, "messages": []}, client_headers)
     [sent] = fake.message_requests()
     assert sent.headers["x-api-key"] == OPERATOR_KEY
     assert sent.headers["anthropic-version"] == "2023-01-01"
@@ -336,7 +338,7 @@ async def test_api_runner_open_stream_passes_bytes_through_as_they_come(
         "messages": [{"role": "user", "content": "hi"}],
     }
     chunks: list[tuple[float, bytes]] = []
-    async with await build().open_stream(body, {}) as stream:
+    async with await build().client.open_stream(body, {}) as stream:
         assert stream.status == 200
         assert set(stream.headers) == {"content-type", "request-id"}
         async for chunk in stream:
@@ -357,7 +359,7 @@ async def test_api_runner_open_stream_error_status_raises_after_reading_it(
     """A non-2xx answer to a pass-through stream raises with upstream's own message."""
     fake.reply(Error(400, "invalid_request_error", "max_tokens: must be at most 64000"))
     with pytest.raises(RunError) as failed:
-        await build().open_stream({"model": MODEL, "stream": True}, {})
+        await build().client.open_stream({"model": MODEL, "stream": True}, {})
     assert failed.value.error_type == "upstream_bad_request"
     assert failed.value.message == "max_tokens: must be at most 64000"
 
@@ -365,7 +367,7 @@ async def test_api_runner_open_stream_error_status_raises_after_reading_it(
 async def test_api_runner_send_returns_upstream_message(fake: FakeAnthropic, build: Build) -> None:
     """A non-streaming pass-through returns the message object upstream sent, with usage."""
     fake.reply(Text("plain answer", usage_in=7, usage_out=2))
-    reply = await build().send({"model": MODEL, "max_tokens": 10, "messages": []}, {})
+    reply = await build().client.send({"model": MODEL, "max_tokens": 10, "messages": []}, {})
     assert reply.status == 200
     assert reply.json["content"] == [{"type": "text", "text": "plain answer"}]
     assert reply.usage == {"input_tokens": 7, "output_tokens": 2}
@@ -376,7 +378,7 @@ async def test_api_runner_send_returns_upstream_message(fake: FakeAnthropic, bui
 async def test_api_runner_count_tokens_is_forwarded(fake: FakeAnthropic, build: Build) -> None:
     """count_tokens reaches upstream's endpoint with the body and operator key, and answers."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "count me " * 40}]}
-    answer = await build().count_tokens(body, {"x-api-key": "sk-ant-client"})
+    answer = await build().client.count_tokens(body, {"x-api-key": "sk-ant-client"})
     assert answer["input_tokens"] > 0
     [sent] = [r for r in fake.requests if r.path == "/v1/messages/count_tokens"]
     assert sent.body == body
@@ -390,7 +392,7 @@ async def test_api_runner_open_stream_closed_early_frees_the_connection(
     """A client that leaves mid-stream closes upstream; the runner keeps serving, unblamed."""
     fake.reply(Hang())
     runner = build(max_connections=1)
-    stream = await runner.open_stream({"model": MODEL, "stream": True}, {})
+    stream = await runner.client.open_stream({"model": MODEL, "stream": True}, {})
     async for chunk in stream:
         assert b"message_start" in chunk
         break
@@ -406,8 +408,8 @@ async def test_api_runner_reuses_keep_alive_connections(fake: FakeAnthropic, bui
     runner = build()
     for prompt in ("one", "two"):
         await collect_run(runner, RunRequest.from_text(prompt, MODEL))
-    await runner.send({"model": MODEL, "max_tokens": 10, "messages": []}, {})
-    async with await runner.open_stream({"model": MODEL, "stream": True}, {}) as stream:
+    await runner.client.send({"model": MODEL, "max_tokens": 10, "messages": []}, {})
+    async with await runner.client.open_stream({"model": MODEL, "stream": True}, {}) as stream:
         async for _ in stream:
             pass
     await collect_run(runner, RunRequest.from_text("three", MODEL))

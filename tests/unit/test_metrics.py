@@ -88,3 +88,28 @@ def test_multiproc_dir_only_in_the_env_file_stops_start_up(tmp_path: Path) -> No
     assert load_settings({"PROMETHEUS_MULTIPROC_DIR": str(base)}).prometheus_multiproc_dir == str(
         base
     )
+
+
+async def test_metered_pass_through_times_the_first_byte_of_a_stream() -> None:
+    """A pass-through stream through the metered client observes one time to first token
+    and leaves no run in progress; the bytes pass unchanged."""
+    from ccgate.circuit import CircuitBreaker
+    from ccgate.runners.anthropic_client import AnthropicClient
+    from tests.support.fake_anthropic import FAKE_API_KEY, FakeAnthropic, Text
+
+    labels = {"door": "none", "backend": "api", "model": "other"}
+    with FakeAnthropic() as fake:
+        fake.reply(Text("hi"))
+        client = AnthropicClient(
+            api_key=FAKE_API_KEY, base_url=fake.url, breaker=CircuitBreaker(5, 30.0)
+        )
+        metered = metrics.MeteredPassThrough(client, "api")
+        try:
+            body = {"model": "claude-x-2", "max_tokens": 5, "stream": True, "messages": []}
+            async with await metered.open_stream(body, {}) as stream:
+                raw = b"".join([chunk async for chunk in stream])
+        finally:
+            await client.aclose()
+    assert b"message_stop" in raw and stream.completed
+    assert _value("ccgate_time_to_first_token_seconds_count", **labels) == 1
+    assert _value("ccgate_runs_in_progress", backend="api") == 0

@@ -9,10 +9,10 @@ import pytest
 
 from ccgate.config import load_settings
 from ccgate.runners.base import RunRequest
-from ccgate.runners.cli import ClaudeCliRunner, cli_runner
+from ccgate.runners.cli import ClaudeCliRunner
 from ccgate.runners.cli_command import CliOptions, PromptFiles, build_argv
 from ccgate.runners.pool import PoolConfig, WarmPool
-from ccgate.runners.pooled_cli import PooledCliRunner
+from ccgate.runners.pooled_cli import PooledCliRunner, cli_runner
 
 
 def _pool(mode: str) -> WarmPool:

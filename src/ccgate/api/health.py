@@ -51,8 +51,8 @@ async def readiness_checks(request: Request) -> tuple[dict[str, Any], list[str]]
     except Exception as exc:
         checks["store"] = "unreachable"
         problems.append(f"store unreachable: {type(exc).__name__}")
-    checks["backend"] = state.settings.backend
-    if state.settings.backend == "cli":
+    checks["backend"] = state.backend.name
+    if state.backend.capabilities.needs_cli:
         cli = await state.cli_status.refresh()
         checks["claude"] = {"path": cli.path, "version": cli.version}
         if cli.problem:

@@ -3,21 +3,29 @@
 ``serve``, ``doctor`` and ``ccgate run`` all build their backend here, so they agree on what
 ``CCGATE_BACKEND`` means. Code that behaves differently per backend reads a declared
 capability (``backend.capabilities.direct``), never the backend's name.
+
+A backend is one module with a builder, plus its row in ``BACKENDS`` below (and its name in
+``config.BACKEND_NAMES``, which a test keeps equal to the registry's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ccgate.runners.anthropic_api import AnthropicApiRunner, api_client
 from ccgate.runners.base import Runner
+from ccgate.runners.pooled_cli import cli_runner
 
 if TYPE_CHECKING:
     from ccgate.circuit import CircuitBreaker
     from ccgate.config import Settings
+    from ccgate.runners.anthropic_client import UpstreamReply
+    from ccgate.runners.anthropic_sse import UpstreamStream
 
-BackendName = Literal["cli", "api"]
+# A registered backend's name (``CCGATE_BACKEND``); the registry below is the list.
+BackendName = str
 
 
 @dataclass(frozen=True)
@@ -38,53 +46,26 @@ class Capabilities:
     counts_tokens: bool
     # The backend honours a request's ``max_tokens`` (the CLI has no flag for it).
     honours_max_tokens: bool
+    # Upstream knows no family names: ``sonnet``, ``opus``... are mapped to full model ids.
+    full_model_ids: bool
 
 
-CAPABILITIES: Mapping[BackendName, Capabilities] = {
-    "cli": Capabilities(
-        direct=False,
-        passthrough=False,
-        client_tools=False,
-        needs_cli=True,
-        circuit_breaker=False,
-        counts_tokens=False,
-        honours_max_tokens=False,
-    ),
-    "api": Capabilities(
-        direct=True,
-        passthrough=True,
-        client_tools=True,
-        needs_cli=False,
-        circuit_breaker=True,
-        counts_tokens=True,
-        honours_max_tokens=True,
-    ),
-}
-
-
-class UpstreamReplyLike(Protocol):
-    """A whole upstream answer (see ``runners.anthropic_api.UpstreamReply``)."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str]
-    usage: dict[str, int]
-    model: str | None
-
-
-@runtime_checkable
 class PassThrough(Protocol):
     """A client for doors that forward a Messages body upstream as written."""
 
-    async def send(self, body: dict[str, Any], client_headers: Mapping[str, str]) -> Any:
+    async def send(self, body: dict[str, Any], client_headers: Mapping[str, str]) -> UpstreamReply:
         """Send ``body`` and return the whole reply."""
         ...
 
-    async def open_stream(self, body: dict[str, Any], client_headers: Mapping[str, str]) -> Any:
+    async def open_stream(
+        self, body: dict[str, Any], client_headers: Mapping[str, str]
+    ) -> UpstreamStream:
         """Send ``body`` with ``stream: true`` and return the open byte stream."""
         ...
 
-    async def count_tokens(self, body: dict[str, Any], client_headers: Mapping[str, str]) -> Any:
+    async def count_tokens(
+        self, body: dict[str, Any], client_headers: Mapping[str, str]
+    ) -> dict[str, Any]:
         """Ask the upstream to count the tokens of ``body``."""
         ...
 
@@ -111,9 +92,96 @@ class Backend:
         await self.runner.aclose()
 
 
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder may use besides the settings."""
+
+    # The claude CLI found at start-up (None: look ``claude`` up on PATH at each run).
+    cli_path: str | None
+    # A circuit breaker to use instead of the backend's own (e.g. one shared between nodes).
+    breaker: CircuitBreaker | None
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a builder returns: the runner, and the pass-through client and breaker if any."""
+
+    runner: Runner
+    passthrough: PassThrough | None = None
+    breaker: CircuitBreaker | None = None
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One registered backend: what it can do, how it is built, how doctor describes it."""
+
+    capabilities: Capabilities
+    build: Callable[[Settings, BuildContext], Parts]
+    # One line for ``ccgate doctor`` on a backend that needs no CLI.
+    describe: Callable[[Settings], str]
+    # How messages name it ("the API backend").
+    title: str
+
+
+def _build_cli(settings: Settings, context: BuildContext) -> Parts:
+    return Parts(cli_runner(settings, context.cli_path))
+
+
+def _build_api(settings: Settings, context: BuildContext) -> Parts:
+    client = api_client(settings, context.breaker)
+    return Parts(AnthropicApiRunner(client), passthrough=client, breaker=client.breaker)
+
+
+BACKENDS: Mapping[BackendName, BackendSpec] = {
+    "cli": BackendSpec(
+        Capabilities(
+            direct=False,
+            passthrough=False,
+            client_tools=False,
+            needs_cli=True,
+            circuit_breaker=False,
+            counts_tokens=False,
+            honours_max_tokens=False,
+            full_model_ids=False,
+        ),
+        _build_cli,
+        describe=lambda settings: "the logged-in claude CLI",
+        title="CLI",
+    ),
+    "api": BackendSpec(
+        Capabilities(
+            direct=True,
+            passthrough=True,
+            client_tools=True,
+            needs_cli=False,
+            circuit_breaker=True,
+            counts_tokens=True,
+            honours_max_tokens=True,
+            full_model_ids=True,
+        ),
+        _build_api,
+        describe=lambda settings: (
+            f"the Anthropic API at {settings.anthropic_base_url} with the operator's "
+            "ANTHROPIC_API_KEY"
+        ),
+        title="API",
+    ),
+}
+CAPABILITIES: Mapping[BackendName, Capabilities] = {
+    name: spec.capabilities for name, spec in BACKENDS.items()
+}
+
+
 def backend_name(settings: Settings) -> BackendName:
     """The backend ``CCGATE_BACKEND`` names (the settings have validated it)."""
-    return "api" if settings.backend == "api" else "cli"
+    if settings.backend not in BACKENDS:
+        raise ValueError(f"no backend named {settings.backend!r}")
+    return settings.backend
+
+
+def backend_spec(settings: Settings) -> BackendSpec:
+    """The registry row of the backend ``settings`` configure."""
+    return BACKENDS[backend_name(settings)]
 
 
 def build_backend(
@@ -123,22 +191,20 @@ def build_backend(
     breaker: CircuitBreaker | None = None,
     runner: Runner | None = None,
 ) -> Backend:
-    """The backend ``settings`` configure; ``runner`` replaces its runner (tests)."""
+    """The backend ``settings`` configure; ``runner`` replaces its runner (tests: a handed-in
+    API runner keeps its own client as the pass-through)."""
     name = backend_name(settings)
+    spec = BACKENDS[name]
     if runner is None:
-        if name == "api":
-            from ccgate.runners.anthropic_api import api_runner
-
-            runner = api_runner(settings, breaker)
-        else:
-            from ccgate.runners.cli import cli_runner
-
-            runner = cli_runner(settings, cli_path)
-    passthrough = runner if isinstance(runner, PassThrough) else None
+        parts = spec.build(settings, BuildContext(cli_path=cli_path, breaker=breaker))
+    elif isinstance(runner, AnthropicApiRunner):
+        parts = Parts(runner, passthrough=runner.client, breaker=runner.breaker)
+    else:
+        parts = Parts(runner)
     return Backend(
         name=name,
-        runner=runner,
-        capabilities=CAPABILITIES[name],
-        passthrough=passthrough,
-        breaker=getattr(runner, "breaker", None),
+        runner=parts.runner,
+        capabilities=spec.capabilities,
+        passthrough=parts.passthrough,
+        breaker=parts.breaker,
     )

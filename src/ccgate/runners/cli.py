@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import structlog
 
 from ccgate import metrics, tracing
-from ccgate.config import Settings
-from ccgate.runners.base import RunError, RunEvent, Runner, RunRequest, RunResult
+from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult
 from ccgate.runners.cli_command import (
     CliOptions,
     PromptFiles,
@@ -19,23 +17,15 @@ from ccgate.runners.cli_command import (
     build_env,
     user_message,
 )
+from ccgate.runners.cli_output import ended_early, next_line
 from ccgate.runners.process import GroupProcess
 from ccgate.runners.run_dir import RunDir, SystemPrompts, start_cli
-from ccgate.runners.sandbox import sandbox_for
 from ccgate.runners.stream_json import StreamParser
 from ccgate.runners.transcript import Transcript, remove_transcript, write_transcript
 
 log = structlog.get_logger("ccgate.runner")
 
-# Secrets that must not leak through a stderr tail into an error message.
-_SECRET_PATTERN = re.compile(r"(sk-ant-[A-Za-z0-9_-]+|ccg_[A-Za-z0-9_-]+|Bearer\s+\S+)")
-_EXIT_WAIT_SECS = 5.0
 _EXIT_WAIT_AFTER_RESULT_SECS = 2.0
-
-
-def redact(text: str) -> str:
-    """Replace anything shaped like a key or bearer token with ``[redacted]``."""
-    return _SECRET_PATTERN.sub("[redacted]", text)
 
 
 class ClaudeCliRunner:
@@ -195,43 +185,6 @@ def _remove_written(writing: asyncio.Future[Transcript]) -> None:
         remove_transcript(writing.result())
 
 
-async def ended_early(process: GroupProcess) -> RunError:
-    """The RunError for a CLI whose output ended before a result: exit code and stderr tail."""
-    code = await process.wait(_EXIT_WAIT_SECS)
-    tail = redact(await process.stderr_tail())
-    detail = f": {tail}" if tail else " and printed nothing on stderr"
-    if code not in (0, None):
-        return RunError(
-            "cli_error", f"The claude CLI exited with code {code} before finishing{detail}"
-        )
-    return RunError("cli_error", f"The claude CLI ended without a result{detail}")
-
-
-async def next_line(process: GroupProcess, request: RunRequest, deadline: float) -> bytes | None:
-    """Read the next stdout line under the request's wall and idle limits; raise RunError."""
-    remaining = deadline - time.monotonic()
-    idle = request.idle_timeout_secs
-    idle_binds = 0 < idle < remaining
-    if remaining <= 0:
-        raise _timeout("wall", request.timeout_secs)
-    try:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands just as
-        # a line arrives, and the run would go on for a client that has left.
-        async with asyncio.timeout(idle if idle_binds else remaining):
-            return await process.readline()
-    except TimeoutError:
-        # Name the limit that was actually waited on: timers may fire a hair early.
-        raise _timeout(
-            "idle" if idle_binds else "wall", idle if idle_binds else request.timeout_secs
-        ) from None
-
-
-def _timeout(kind: str, secs: float) -> RunError:
-    if kind == "idle":
-        return RunError("timeout", f"idle timeout: the run produced no output for {secs:g} s")
-    return RunError("timeout", f"wall-clock timeout: the run did not finish within {secs:g} s")
-
-
 async def probe_version(executable: str, timeout: float = 15.0) -> str | None:
     """Return what ``claude --version`` prints (e.g. ``2.1.330 (Claude Code)``), or None."""
     try:
@@ -253,35 +206,3 @@ async def probe_version(executable: str, timeout: float = 15.0) -> str | None:
         return None
     text = out.decode("utf-8", "replace").strip()
     return text.splitlines()[0] if proc.returncode == 0 and text else None
-
-
-def cli_runner(settings: Settings, executable: str | None) -> Runner:
-    """The CLI runner for ``settings`` (pooled unless CCGATE_POOL_MODE=off); with no executable
-    found, ``claude`` is looked up on PATH again at each run, so installing it needs no restart."""
-    options = CliOptions(
-        executable=executable or settings.claude_path or "claude",
-        base_env=settings.cli_base_env,
-        allow_tools=settings.allow_tools,
-        upstream_retries=settings.upstream_retries,
-        upstream_timeout_secs=settings.upstream_timeout_secs,
-        kill_grace_secs=settings.kill_grace_secs,
-        work_dir=settings.work_dir,
-        sandbox=sandbox_for(settings),
-    )
-    if settings.pool_mode == "off":
-        return ClaudeCliRunner(options)
-    # Imported here: pooled_cli imports this module.
-    from ccgate.runners.pool import PoolConfig
-    from ccgate.runners.pooled_cli import PooledCliRunner
-
-    return PooledCliRunner(
-        options,
-        PoolConfig(
-            mode=settings.pool_mode,
-            max_processes=settings.pool_max_processes,
-            min_idle=settings.pool_min_idle,
-            idle_secs=settings.pool_idle_secs,
-            max_requests=settings.pool_max_requests,
-            concurrency=settings.concurrency,
-        ),
-    )

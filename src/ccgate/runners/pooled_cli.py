@@ -1,4 +1,5 @@
-"""The CLI runner with a warm pool in front: pooled when a process fits, cold otherwise."""
+"""The CLI runner with a warm pool in front: pooled when a process fits, cold otherwise;
+``cli_runner`` builds the CLI runner the settings ask for."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from ccgate import tracing
-from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult, RunStarted
-from ccgate.runners.cli import ClaudeCliRunner, ended_early, next_line
+from ccgate.config import Settings
+from ccgate.runners.base import RunError, RunEvent, Runner, RunRequest, RunResult, RunStarted
+from ccgate.runners.cli import ClaudeCliRunner
 from ccgate.runners.cli_command import CliOptions
+from ccgate.runners.cli_output import ended_early, next_line
 from ccgate.runners.pool import PoolConfig, WarmPool
 from ccgate.runners.run_dir import SystemPrompts
+from ccgate.runners.sandbox import sandbox_for
 from ccgate.runners.stream_json import StreamParser
 from ccgate.runners.warm_process import EXPECTED_LINE_TYPES, WarmProcess
 
@@ -105,3 +109,31 @@ def _check_session(process: WarmProcess, session_id: str | None) -> None:
         raise RunError("cli_error", "The warm claude CLI process is not in a fresh session")
     if session_id not in process.sessions:
         process.sessions.append(session_id)
+
+
+def cli_runner(settings: Settings, executable: str | None) -> Runner:
+    """The CLI runner for ``settings`` (pooled unless CCGATE_POOL_MODE=off); with no executable
+    found, ``claude`` is looked up on PATH again at each run, so installing it needs no restart."""
+    options = CliOptions(
+        executable=executable or settings.claude_path or "claude",
+        base_env=settings.cli_base_env,
+        allow_tools=settings.allow_tools,
+        upstream_retries=settings.upstream_retries,
+        upstream_timeout_secs=settings.upstream_timeout_secs,
+        kill_grace_secs=settings.kill_grace_secs,
+        work_dir=settings.work_dir,
+        sandbox=sandbox_for(settings),
+    )
+    if settings.pool_mode == "off":
+        return ClaudeCliRunner(options)
+    return PooledCliRunner(
+        options,
+        PoolConfig(
+            mode=settings.pool_mode,
+            max_processes=settings.pool_max_processes,
+            min_idle=settings.pool_min_idle,
+            idle_secs=settings.pool_idle_secs,
+            max_requests=settings.pool_max_requests,
+            concurrency=settings.concurrency,
+        ),
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -12,6 +14,7 @@ import typer
 from ccgate import __version__
 from ccgate.config import ConfigError, Settings, load_settings
 from ccgate.logs import configure_logging
+from ccgate.policy import POLICY_FIELDS, KeyPolicy, PolicyError, policy_with
 
 app = typer.Typer(
     help="ccgate: a self-hosted gateway for the Claude Code CLI.",
@@ -83,7 +86,9 @@ def serve(
         database=settings.database_url.split("://")[0],
     )
     tracing.configure_tracing(settings.otel_exporter_otlp_endpoint)
-    if settings.backend == "cli":
+    from ccgate.runners.backend import backend_spec
+
+    if backend_spec(settings).capabilities.needs_cli:
         from ccgate.runners.sandbox import sandbox_problem
 
         # Never run the CLI unconfined when a sandbox was asked for.
@@ -154,39 +159,6 @@ def _with_keyring(ctx: typer.Context, action: Callable[[Any], Awaitable[T]]) -> 
     return _run(go)
 
 
-Rpm = Annotated[int | None, typer.Option("--rpm", help="Requests per minute.")]
-Rpd = Annotated[int | None, typer.Option("--rpd", help="Requests per UTC day.")]
-TokensPerDay = Annotated[
-    int | None, typer.Option("--tokens-per-day", help="Input + output tokens per UTC day.")
-]
-BudgetUsd = Annotated[
-    float | None, typer.Option("--budget-usd", help="Spend cap in USD per calendar month.")
-]
-Concurrency = Annotated[int | None, typer.Option("--concurrency", help="Jobs running at once.")]
-Models = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--model", help="A model (or glob like 'claude-*') the key may use; repeat for more."
-    ),
-]
-IpCidrs = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--ip-cidr", help="A client network (CIDR) the key may call from; repeat for more."
-    ),
-]
-ExpiresAt = Annotated[
-    str | None,
-    typer.Option(
-        "--expires-at", help="ISO 8601 date or time (UTC unless it names a zone) it stops working."
-    ),
-]
-WindowShare = Annotated[
-    float | None,
-    typer.Option(
-        "--window-share", help="The most of each plan window the key may use, a fraction in (0, 1]."
-    ),
-]
 Clear = Annotated[
     list[str] | None,
     typer.Option(
@@ -195,22 +167,45 @@ Clear = Annotated[
 ]
 
 # Policy field -> the option that sets it, for messages, --clear and the list's POLICY column.
-_OPTION_OF = {
-    "rpm": "rpm",
-    "rpd": "rpd",
-    "tokens_per_day": "tokens-per-day",
-    "budget_usd_per_month": "budget-usd",
-    "concurrency": "concurrency",
-    "models": "model",
-    "ip_cidrs": "ip-cidr",
-    "expires_at": "expires-at",
-    "window_share": "window-share",
-}
+_OPTION_OF = {f.name: f.option for f in POLICY_FIELDS}
+# The command parameter each option fills -> its policy field.
+_FIELD_OF_PARAM = {f.option.replace("-", "_"): f.name for f in POLICY_FIELDS}
 
 
-def _policy_changes(**given: Any) -> dict[str, object]:
-    fields = {"budget_usd": "budget_usd_per_month", "model": "models", "ip_cidr": "ip_cidrs"}
-    return {fields.get(k, k): v for k, v in given.items() if v not in (None, [])}
+def _with_policy_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a ``keys`` command one option per policy field (from ccgate.policy's table),
+    before its own options; the command gets them in ``**given``, by parameter name."""
+    own = [
+        p
+        for p in inspect.signature(command, eval_str=True).parameters.values()
+        if p.kind is not p.VAR_KEYWORD
+    ]
+    at = next((i for i, p in enumerate(own) if p.default is not p.empty), len(own))
+    options = [
+        inspect.Parameter(
+            param,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                spec.kind.cli_type | None, typer.Option(f"--{spec.option}", help=spec.option_help)
+            ],
+        )
+        for spec, param in zip(POLICY_FIELDS, _FIELD_OF_PARAM, strict=True)
+    ]
+    later = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[at:]]
+    params = [*own[:at], *options, *later]
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> None:
+        command(**kwargs)
+
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
+
+def _policy_changes(given: dict[str, Any]) -> dict[str, object]:
+    return {_FIELD_OF_PARAM[k]: v for k, v in given.items() if v not in (None, [])}
 
 
 def _policy_error(exc: Any) -> None:
@@ -233,38 +228,13 @@ def _policy_text(policy: Any) -> str:
 
 
 @keys_app.command("create")
-def keys_create(
-    ctx: typer.Context,
-    name: str,
-    rpm: Rpm = None,
-    rpd: Rpd = None,
-    tokens_per_day: TokensPerDay = None,
-    budget_usd: BudgetUsd = None,
-    concurrency: Concurrency = None,
-    model: Models = None,
-    ip_cidr: IpCidrs = None,
-    expires_at: ExpiresAt = None,
-    window_share: WindowShare = None,
-) -> None:
+@_with_policy_options
+def keys_create(ctx: typer.Context, name: str, **given: Any) -> None:
     """Create a key, with limits if given; its secret is printed once and never stored."""
-    from ccgate.security.keyring import KeyNameError, PolicyError, policy_with
-    from ccgate.store.keys import KeyPolicy
+    from ccgate.security.keyring import KeyNameError
 
     try:
-        policy = policy_with(
-            KeyPolicy(),
-            _policy_changes(
-                rpm=rpm,
-                rpd=rpd,
-                tokens_per_day=tokens_per_day,
-                budget_usd=budget_usd,
-                concurrency=concurrency,
-                model=model,
-                ip_cidr=ip_cidr,
-                expires_at=expires_at,
-                window_share=window_share,
-            ),
-        )
+        policy = policy_with(KeyPolicy(), _policy_changes(given))
     except PolicyError as exc:
         _policy_error(exc)
         return
@@ -325,34 +295,10 @@ def keys_webhook_secret(ctx: typer.Context, name: str) -> None:
 
 
 @keys_app.command("update")
-def keys_update(
-    ctx: typer.Context,
-    name: str,
-    rpm: Rpm = None,
-    rpd: Rpd = None,
-    tokens_per_day: TokensPerDay = None,
-    budget_usd: BudgetUsd = None,
-    concurrency: Concurrency = None,
-    model: Models = None,
-    ip_cidr: IpCidrs = None,
-    expires_at: ExpiresAt = None,
-    window_share: WindowShare = None,
-    clear: Clear = None,
-) -> None:
+@_with_policy_options
+def keys_update(ctx: typer.Context, name: str, clear: Clear = None, **given: Any) -> None:
     """Change an active key's limits; its very next request obeys them, no restart needed."""
-    from ccgate.security.keyring import PolicyError
-
-    changes = _policy_changes(
-        rpm=rpm,
-        rpd=rpd,
-        tokens_per_day=tokens_per_day,
-        budget_usd=budget_usd,
-        concurrency=concurrency,
-        model=model,
-        ip_cidr=ip_cidr,
-        expires_at=expires_at,
-        window_share=window_share,
-    )
+    changes = _policy_changes(given)
     fields = {option: field for field, option in _OPTION_OF.items()}
     for item in clear or []:
         field = fields.get(item.strip().lstrip("-").replace("_", "-"))
@@ -419,10 +365,11 @@ def run_prompt(
     model: Annotated[str | None, typer.Option(help="Model name or alias.")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="Replace the system prompt.")] = None,
 ) -> None:
-    """Run one prompt through the same locked-down runner the server uses, without a server."""
+    """Run one prompt through the same runner the server uses (``CCGATE_BACKEND``), without
+    a server."""
     from ccgate.models import ModelNotAllowed, model_policy
+    from ccgate.runners.backend import backend_spec, build_backend
     from ccgate.runners.base import RunError, RunRequest, RunResult, TextDelta
-    from ccgate.runners.cli import cli_runner
 
     settings = _settings(ctx)
     text = sys.stdin.read() if prompt == "-" else prompt
@@ -431,12 +378,17 @@ def run_prompt(
             settings.allowed_models,
             settings.default_model,
             settings.model_aliases,
-            settings.backend,
+            full_ids=backend_spec(settings).capabilities.full_model_ids,
         ).resolve(model)
     except ModelNotAllowed as exc:
         _fail(str(exc), 2)
         return
-    runner = cli_runner(settings, settings.resolve_claude())
+    try:
+        backend = build_backend(settings, cli_path=settings.resolve_claude())
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+        return
+    runner = backend.runner
     request = RunRequest.from_text(
         text,
         chosen,
@@ -447,15 +399,17 @@ def run_prompt(
 
     async def go() -> None:
         streamed = False
-        async for event in runner.run(request):
-            if isinstance(event, TextDelta):
-                streamed = True
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-            elif isinstance(event, RunResult) and not streamed:
-                sys.stdout.write(event.text)
-        sys.stdout.write("\n")
-        await runner.aclose()
+        try:
+            async for event in runner.run(request):
+                if isinstance(event, TextDelta):
+                    streamed = True
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, RunResult) and not streamed:
+                    sys.stdout.write(event.text)
+            sys.stdout.write("\n")
+        finally:
+            await backend.aclose()
 
     try:
         _run(go)

@@ -4,6 +4,50 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, TypeGuard, get_args
+
+# Every catalogue entry by name, so mypy checks each ``ApiError("...")``; a unit test keeps
+# this list and ``ERROR_KINDS`` the same.
+ErrorType = Literal[
+    "invalid_request",
+    "authentication_error",
+    "forbidden",
+    "model_not_allowed",
+    "admin_disabled",
+    "feature_disabled",
+    "not_found",
+    "method_not_allowed",
+    "cancelled",
+    "conflict",
+    "idempotency_conflict",
+    "request_too_large",
+    "upstream_request_too_large",
+    "rpm_exceeded",
+    "rpd_exceeded",
+    "tokens_per_day_exceeded",
+    "budget_exceeded",
+    "window_share_exceeded",
+    "concurrency_exceeded",
+    "global_rpd_exceeded",
+    "fetch_rpm_exceeded",
+    "signin_throttled",
+    "destination_blocked",
+    "limits_unavailable",
+    "circuit_open",
+    "upstream_error",
+    "upstream_bad_request",
+    "schema_validation_failed",
+    "upstream_rate_limited",
+    "upstream_auth_error",
+    "cli_error",
+    "upstream_overloaded",
+    "queue_full",
+    "shutting_down",
+    "cli_unavailable",
+    "interrupted",
+    "timeout",
+    "internal_error",
+]
 
 
 @dataclass(frozen=True)
@@ -14,7 +58,7 @@ class ErrorKind:
     meaning: str
 
 
-ERROR_KINDS: Mapping[str, ErrorKind] = {
+ERROR_KINDS: Mapping[ErrorType, ErrorKind] = {
     "invalid_request": ErrorKind(
         400,
         "Malformed JSON, a missing or invalid field (named in the "
@@ -93,6 +137,11 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
     "upstream_bad_request": ErrorKind(
         400, "The upstream API refused the request (for example a prompt over the model's context)."
     ),
+    "schema_validation_failed": ErrorKind(
+        422,
+        "The answer did not match the request's JSON Schema, even after one repair run; the "
+        "message holds the validator's, the job's `result` the raw text.",
+    ),
     "upstream_rate_limited": ErrorKind(
         429,
         "The account behind the CLI or the API key is "
@@ -130,12 +179,26 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
 }
 
 
+ERROR_TYPES: frozenset[str] = frozenset(get_args(ErrorType))
+
+
+def is_error_type(name: object) -> TypeGuard[ErrorType]:
+    """True when ``name`` is a documented error type."""
+    return name in ERROR_TYPES
+
+
+def error_type_of(name: str | None, default: ErrorType) -> ErrorType:
+    """``name`` as a documented error type (a runner's or a job row's string), else
+    ``default``: the one checked conversion from a dynamic error type."""
+    return name if is_error_type(name) else default
+
+
 class ApiError(Exception):
     """An error to send to the client in the door's error shape."""
 
     def __init__(
         self,
-        error_type: str,
+        error_type: ErrorType,
         message: str,
         *,
         retry_after: float | None = None,

@@ -128,6 +128,8 @@ async def open_services(
             settings, cli_path=cli_status.path, breaker=shared_breaker, runner=runner
         )
         metered = metrics.MeteredRunner(backend.runner, backend.name)
+        if backend.passthrough is not None:
+            backend.passthrough = metrics.MeteredPassThrough(backend.passthrough, backend.name)
         limiter = Limiter.from_settings(settings)
         stack.push_async_callback(limiter.aclose)
         jobs = JobService(
@@ -161,7 +163,7 @@ async def open_services(
                 settings.allowed_models,
                 settings.default_model,
                 settings.model_aliases,
-                backend.name,
+                full_ids=backend.capabilities.full_model_ids,
             ),
             admin_signins=SignInThrottle(),
             sampling=StateSampling(store, backend),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ccgate import metrics
 from ccgate.store import JobRecord, KeyRecord
+from ccgate.turns import Usage
 
 if TYPE_CHECKING:
     from ccgate.limits import Admission
@@ -23,20 +24,18 @@ class Ticket:
     finished: bool = False
     model: str | None = None
 
-    async def finish(
-        self, usage: dict[str, Any] | None = None, cost_usd: float | None = None
-    ) -> None:
+    async def finish(self, usage: Usage | None = None, cost_usd: float | None = None) -> None:
         """Free the concurrency slot, drop the reservation and count the run's real tokens
         (input + output) and cost (idempotent)."""
         if self.finished:
             return
         self.finished = True
-        metrics.record_usage(self.model, self.key.name, usage, cost_usd)
+        metrics.record_usage(
+            self.model, self.key.name, usage.as_dict() if usage else None, cost_usd
+        )
         if self.admission is None:
             return
-        tokens = (
-            sum(int(usage.get(k) or 0) for k in ("input_tokens", "output_tokens")) if usage else 0
-        )
+        tokens = usage.billed_tokens if usage else 0
         await self.admission.settle(tokens=tokens, cost_usd=cost_usd)
 
 
@@ -59,11 +58,9 @@ class JobTickets:
         """JobService.on_finished hook: finish the job's ticket with its usage."""
         ticket = self._by_job.pop(job.id, None)
         if ticket is not None:
-            self._finish_later(ticket, job.usage, job.cost_usd)
+            self._finish_later(ticket, Usage.from_mapping(job.usage), job.cost_usd)
 
-    def _finish_later(
-        self, ticket: Ticket, usage: dict[str, Any] | None, cost_usd: float | None
-    ) -> None:
+    def _finish_later(self, ticket: Ticket, usage: Usage | None, cost_usd: float | None) -> None:
         task = asyncio.create_task(ticket.finish(usage, cost_usd))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -177,3 +177,21 @@ async def test_audit_page_query_reads_one_index_in_order(
         rf"(?i)using (index )?{index}\b.*(at<\?|Index Cond: .*ROW\(at, id\) <)", plan, re.DOTALL
     ), plan
     assert not re.search("TEMP B-TREE|Sort|Seq Scan|SCAN audit_log", plan), plan
+
+
+async def test_audit_door_is_the_registry_door(gateway: Gateway) -> None:
+    """Compat ``/run`` is audited as compat (as its job says); ``/v1/models`` as the SDK's door."""
+    await gateway.client.post("/run", json={"prompt": "x"}, headers=gateway.auth())
+    await gateway.client.get(
+        "/v1/models", headers={**gateway.auth(), "anthropic-version": "2023-06-01"}
+    )
+    await gateway.client.get("/v1/models", headers=gateway.auth())
+    await app_services(gateway.app).audit.flush()
+    rows = await app_services(gateway.app).store.audit.recent()
+    assert [(r["route"], r["door"]) for r in reversed(rows)] == [
+        ("/run", "compat"),
+        ("/v1/models", "anthropic"),
+        ("/v1/models", "openai"),
+    ]
+    job = await app_services(gateway.app).store.jobs.get(rows[-1]["job_id"])
+    assert job is not None and job.door == "compat"

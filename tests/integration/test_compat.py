@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ccgate.api.native import JSON_ONLY_INSTRUCTION
+from ccgate.api.run_body import JSON_ONLY_INSTRUCTION
 from ccgate.runners.base import RunError
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner

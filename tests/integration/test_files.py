@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ccgate.api import files as files_api
+from ccgate.api import attachments as files_api
 from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.store import Database, Store

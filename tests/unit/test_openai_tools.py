@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccgate.api.openai import parse_chat_call
-from ccgate.api.openai_tools import ToolStream, sse_payloads
+from ccgate.api.doors.chat import parse_chat_call
+from ccgate.api.doors.chat_tools import ToolStream, sse_payloads
 from ccgate.errors import ApiError
 
 _json = st.recursive(

@@ -10,24 +10,24 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
 from ccgate.api.auth import require_admin
 from ccgate.api.deps import services_of
+from ccgate.api.doors.usage import GroupByQuery, usage_report
 from ccgate.api.health import readiness_checks
-from ccgate.api.native import parse_body
-from ccgate.api.usage import GroupByQuery, usage_report
+from ccgate.api.request_body import parse_body
 from ccgate.circuit import CircuitBreaker
 from ccgate.clock import utcnow
 from ccgate.config import Settings
 from ccgate.errors import ApiError
 from ccgate.jobs import JobService
 from ccgate.limits.headers import DOORS
+from ccgate.policy import FIELD_NAMES, KeyPolicy, PolicyError, body_fields, policy_with
 from ccgate.runners.pooled_cli import PooledCliRunner
-from ccgate.security.keyring import NAME_PATTERN, KeyNameError, Keyring, PolicyError, policy_with
+from ccgate.security.keyring import NAME_PATTERN, KeyNameError, Keyring
 from ccgate.store import JobStatus, KeyRecord, Store
 from ccgate.store.audit import AuditPosition
-from ccgate.store.keys import POLICY_FIELDS, KeyPolicy
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 log = structlog.get_logger("ccgate.admin")
@@ -36,22 +36,14 @@ _MAX_AUDIT_ROWS = 1000
 _MAX_CURSOR_CHARS = 200
 
 
-class PolicyBody(BaseModel):
+# The policy fields, built from ccgate.policy's table (types, descriptions).
+_PolicyFields: Any = create_model(
+    "_PolicyFields", __config__=ConfigDict(extra="forbid"), **body_fields()
+)
+
+
+class PolicyBody(_PolicyFields):  # type: ignore[misc]
     """Policy fields of a key; on PATCH only the fields sent change, and null clears one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rpm: StrictInt | None = Field(None, description="Requests per minute.")
-    rpd: StrictInt | None = Field(None, description="Requests per UTC day.")
-    tokens_per_day: StrictInt | None = Field(None, description="Input + output tokens per day.")
-    budget_usd_per_month: StrictFloat | None = Field(None, description="Spend cap per month.")
-    concurrency: StrictInt | None = Field(None, description="Jobs running at once.")
-    models: list[StrictStr] | None = Field(None, description="Allowed models; globs allowed.")
-    ip_cidrs: list[StrictStr] | None = Field(None, description="Client networks allowed.")
-    expires_at: StrictStr | None = Field(None, description="ISO 8601; must be in the future.")
-    window_share: StrictFloat | StrictInt | None = Field(
-        None, description="The most of each plan window the key may use, in (0, 1]."
-    )
 
 
 class CreateKeyBody(PolicyBody):
@@ -83,7 +75,8 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
 
 
 def _policy_changes(body: PolicyBody) -> dict[str, Any]:
-    return body.model_dump(exclude_unset=True, include=set(POLICY_FIELDS))
+    changes: dict[str, Any] = body.model_dump(exclude_unset=True, include=set(FIELD_NAMES))
+    return changes
 
 
 def _bad_policy(exc: PolicyError) -> ApiError:
@@ -318,7 +311,7 @@ async def audit(
 
 def _circuit_view(request: Request) -> dict[str, Any]:
     breaker: CircuitBreaker | None = services_of(request).breaker
-    backend = services_of(request).settings.backend
+    backend = services_of(request).backend.name
     if breaker is None:
         return {"backend": backend, "enabled": False}
     return {"backend": backend, "enabled": True, **breaker.snapshot()}

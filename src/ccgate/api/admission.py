@@ -59,15 +59,15 @@ async def admit(
         return Ticket(key)
     from ccgate.limits import LimitExceeded, rate_headers
 
-    if estimate is not None and services_of(request).settings.backend == "cli":
-        # The CLI has no flag for max_tokens and ignores it: a small one caps nothing, so it
-        # must not shrink the reservation either.
+    if estimate is not None and not services_of(request).backend.capabilities.honours_max_tokens:
+        # A backend that ignores max_tokens (the CLI has no flag for it): a small one caps
+        # nothing, so it must not shrink the reservation either.
         estimate = replace(estimate, max_output_tokens=None)
     try:
         with tracing.span("ccgate.admission", door=door):
             admission = await limiter.admit(key.id, key.policy, estimate, spends=spends)
     except LimitExceeded as exc:
-        audit_facts(request)["error_type"] = exc.error_type
+        audit_facts(request).error_type = exc.error_type
         metrics.limit_refused(exc.error_type)
         raise exc.use_door(door) from None
     except Exception as exc:  # e.g. Redis unreachable: refuse rather than run unchecked

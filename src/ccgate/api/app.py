@@ -8,24 +8,20 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from ccgate import __version__, metrics
-from ccgate.api import (
-    admin,
+from ccgate.api import admin, console, enroll, health, metrics_door
+from ccgate.api.doors import (
+    async_jobs,
+    chat,
     compat,
-    console,
-    enroll,
-    health,
-    metrics_door,
+    fetch,
+    files,
+    messages,
     model_list,
-    native,
     quota,
+    run,
+    session_list,
     usage,
 )
-from ccgate.api import anthropic as anthropic_door
-from ccgate.api import fetch as fetch_door
-from ccgate.api import files as files_door
-from ccgate.api import jobs as jobs_door
-from ccgate.api import openai as openai_door
-from ccgate.api import sessions as sessions_door
 from ccgate.api.errors import install_error_handlers
 from ccgate.api.middleware import RequestContextMiddleware, add_cors
 from ccgate.config import Settings
@@ -67,20 +63,23 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
     )
     if settings.cors_origins:
         add_cors(app, settings.cors_origins)
-    app.include_router(health.router)
-    app.include_router(native.router)
-    app.include_router(jobs_door.router)
-    app.include_router(files_door.router)
-    app.include_router(compat.router)
-    app.include_router(usage.router)
-    app.include_router(quota.router)
-    app.include_router(admin.router)
-    app.include_router(enroll.router)
-    app.include_router(fetch_door.router)
-    app.include_router(anthropic_door.router)
-    app.include_router(openai_door.router)
-    app.include_router(model_list.router)
-    app.include_router(sessions_door.router)
-    app.include_router(console.router)
-    app.include_router(metrics_door.router)
+    for router in (
+        health.router,
+        run.router,
+        async_jobs.router,
+        files.router,
+        compat.router,
+        usage.router,
+        quota.router,
+        admin.router,
+        enroll.router,
+        fetch.router,
+        messages.router,
+        chat.router,
+        model_list.router,
+        session_list.router,
+        console.router,
+        metrics_door.router,
+    ):
+        app.include_router(router)
     return app

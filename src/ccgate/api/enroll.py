@@ -11,18 +11,19 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictFloat,
     StrictInt,
     StrictStr,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from ccgate.api.auth import presented_secret, require_admin
 from ccgate.api.deps import services_of
-from ccgate.api.native import parse_body
+from ccgate.api.request_body import parse_body
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
+from ccgate.policy import POLICY_FIELDS, KeyPolicy, PolicyError, body_fields, policy_with
 from ccgate.security.enrollment import (
     AddressRefused,
     DeviceKeyConflict,
@@ -35,17 +36,17 @@ from ccgate.security.enrollment import (
     EnrollmentService,
     InvalidEnrollmentCode,
 )
-from ccgate.security.keyring import PolicyError, policy_with
 from ccgate.store.enrollments import DeviceRecord, EnrollmentRecord
-from ccgate.store.keys import POLICY_FIELDS, KeyPolicy
 
 router = APIRouter(tags=["enrollment"])
 admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
 _INT_MAX = 2_147_483_647
 _MAX_TTL_SECS = 10 * 366 * 86400
-# The device key policy, minus expires_at: an enrollment's expiry ends enrolment, not devices.
-_POLICY_FIELDS = tuple(f for f in POLICY_FIELDS if f != "expires_at")
+# The device key policy: the fields an enrollment may set. Not expires_at: the body's own
+# expires_at is the enrollment's, which ends enrolment, not devices.
+_POLICY_FIELDS = tuple(f.name for f in POLICY_FIELDS if f.device_help is not None)
+_NAME_HELP = "1-80 letters, digits, '.', '_' or '-'."
 _MAX_CODE_CHARS = 200
 _BAD_CODE = "invalid, expired or revoked enrollment code"
 _BAD_TOKEN = "invalid, expired or revoked device token"  # noqa: S105 (a message)
@@ -55,21 +56,19 @@ _KNOWN_DEVICE = (
 _BAD_ADDRESS = "this enrollment may not be used from this address (its ip_cidrs)"
 
 
-class EnrollmentBody(BaseModel):
+# The enrollment's name and the device key policy fields, from ccgate.policy's table.
+_EnrollmentFields: Any = create_model(
+    "_EnrollmentFields",
+    __config__=ConfigDict(extra="forbid"),
+    name=(StrictStr, Field(description=_NAME_HELP)),
+    **body_fields(device=True),
+)
+
+
+class EnrollmentBody(_EnrollmentFields):  # type: ignore[misc]
     """The body of ``POST /admin/enrollments``: a name, the device key policy, the limits."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: StrictStr = Field(description="1-80 letters, digits, '.', '_' or '-'.")
-    rpm: StrictInt | None = Field(None, description="Requests per minute, per device.")
-    rpd: StrictInt | None = Field(None, description="Requests per UTC day, per device.")
-    tokens_per_day: StrictInt | None = Field(None, description="Tokens per day, per device.")
-    budget_usd_per_month: StrictFloat | None = Field(
-        None, description="Spend cap per month, per device."
-    )
-    concurrency: StrictInt | None = Field(None, description="Jobs running at once, per device.")
-    models: list[StrictStr] | None = Field(None, description="Allowed models; globs allowed.")
-    ip_cidrs: list[StrictStr] | None = Field(None, description="Client networks allowed.")
+    name: StrictStr = Field(description=_NAME_HELP)  # typed for mypy; first, as declared above
     max_devices: StrictInt = Field(1, ge=1, le=_INT_MAX, description="Active devices at most.")
     expires_at: datetime | None = Field(
         None, description="ISO 8601: the code stops enrolling devices then."
@@ -215,8 +214,8 @@ async def create_enrollment(request: Request) -> JSONResponse:
             body.name, body.policy(), max_devices=body.max_devices, expires_at=expires_at
         )
     except EnrollmentNameError as exc:
-        error_type = "conflict" if isinstance(exc, EnrollmentNameTaken) else "invalid_request"
-        raise ApiError(error_type, str(exc), param="name") from None
+        taken = isinstance(exc, EnrollmentNameTaken)
+        raise ApiError("conflict" if taken else "invalid_request", str(exc), param="name") from None
     view = _enrollment_view(created.record, now)
     return JSONResponse({**view, "enrollment_code": created.code}, status_code=201)
 

@@ -18,13 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from ccgate.errors import ApiError
+from ccgate.doors import ErrorShape, door_of
+from ccgate.errors import ApiError, ErrorType
 
 log = structlog.get_logger("ccgate.http")
 
 # The status logged and audited for a request whose client went away before its answer.
 CLIENT_CLOSED_REQUEST = 499
-_HTTP_STATUS_TYPES = {
+_HTTP_STATUS_TYPES: dict[int, ErrorType] = {
     401: "authentication_error",
     404: "not_found",
     405: "method_not_allowed",
@@ -75,19 +76,13 @@ _OPENAI_TYPES = {
 }
 
 
-def door_of_request(path: str, headers: Mapping[str, str]) -> str:
-    """Which door's error shape a request gets: ``anthropic``, ``openai`` or ``native``."""
-    if path.startswith("/v1/messages"):
-        return "anthropic"
-    if path.startswith(("/v1/chat/", "/v1/completions", "/v1/embeddings")):
-        return "openai"
-    if path.startswith("/v1/models"):
-        # Both SDKs call this path; the Anthropic SDK always sends anthropic-version.
-        return "anthropic" if "anthropic-version" in headers else "openai"
-    return "native"
+def door_of_request(path: str, headers: Mapping[str, str]) -> ErrorShape:
+    """Which door's error shape a request gets (``ccgate.doors``): ``anthropic``, ``openai``
+    or ``native``."""
+    return door_of(path, headers).error_shape
 
 
-def error_body(door: str, request_id: str, error: ApiError) -> dict[str, object]:
+def error_body(door: ErrorShape, request_id: str, error: ApiError) -> dict[str, object]:
     """The JSON body of ``error`` in ``door``'s shape."""
     message = client_message(error)
     if door == "anthropic":
@@ -124,7 +119,7 @@ def error_headers(error: ApiError) -> dict[str, str]:
     return headers
 
 
-def error_response(request_id: str, error: ApiError, door: str = "native") -> JSONResponse:
+def error_response(request_id: str, error: ApiError, door: ErrorShape = "native") -> JSONResponse:
     """Render ``error`` in ``door``'s shape with its status and headers."""
     return JSONResponse(
         error_body(door, request_id, error), status_code=error.status, headers=error_headers(error)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
 
 import structlog
 from starlette.applications import Starlette
@@ -15,9 +15,11 @@ from ccgate import metrics, tracing
 from ccgate.api.deps import app_services
 from ccgate.api.errors import door_of_request, error_response
 from ccgate.clock import utcnow
+from ccgate.doors import SHARED_PREFIXES, door_of
 from ccgate.errors import ApiError
 from ccgate.security.netrules import ClientAddressRules
 from ccgate.store import AuditEntry
+from ccgate.turns import Usage
 
 log = structlog.get_logger("ccgate.http")
 
@@ -36,9 +38,35 @@ class BodyTooLarge(ApiError):
         )
 
 
-def audit_facts(request: Request) -> dict[str, Any]:
+@dataclass(slots=True)
+class AuditFacts:
+    """What a request's audit row says beyond the request itself; filled in as it is learnt.
+
+    A typed object (not a dict splatted into the row), so a misspelt fact is a type error."""
+
+    job_id: str | None = None
+    model: str | None = None
+    job_status: str | None = None
+    prompt_bytes: int | None = None
+    response_bytes: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    error_type: str | None = None
+    prompt_text: str | None = None
+
+    def add_usage(self, usage: Usage | None, cost_usd: float | None) -> None:
+        """The tokens and cost the turn used (None when it reported none)."""
+        self.input_tokens = usage.input_tokens if usage is not None else None
+        self.output_tokens = usage.output_tokens if usage is not None else None
+        self.cost_usd = cost_usd
+
+
+def audit_facts(request: Request) -> AuditFacts:
     """The facts this request's audit row will carry; add to them as they become known."""
-    facts: dict[str, Any] = request.scope.setdefault("ccgate.audit", {})
+    facts = request.scope.get("ccgate.audit")
+    if not isinstance(facts, AuditFacts):
+        facts = request.scope["ccgate.audit"] = AuditFacts()
     return facts
 
 
@@ -46,15 +74,6 @@ def route_template(scope: Scope) -> str:
     """The matched route's template (``/api/v1/jobs/{job_id}``), never the raw path."""
     template = getattr(scope.get("route"), "path_format", None)
     return template if isinstance(template, str) else UNMATCHED_ROUTE
-
-
-def door_of(path: str) -> str:
-    """Which door a path belongs to, as recorded in audit rows."""
-    if path.startswith("/v1/messages"):
-        return "anthropic"
-    if path.startswith("/v1/chat"):
-        return "openai"
-    return "native"
 
 
 class RequestContextMiddleware:
@@ -195,18 +214,31 @@ class RequestContextMiddleware:
         if not path.startswith(AUDITED_PREFIXES) or path in _NOT_AUDITED:
             return
         audit = app_services(scope["app"]).audit
-        facts: dict[str, Any] = scope.get("ccgate.audit", {})
+        # Only a path both SDKs call needs the headers to name its door.
+        headers = _headers(scope) if path.startswith(SHARED_PREFIXES) else None
+        facts = scope.get("ccgate.audit")
+        if not isinstance(facts, AuditFacts):
+            facts = AuditFacts()
         audit.record(
             AuditEntry(
                 at=utcnow(),
                 request_id=request_id,
-                door=door_of(path),
+                door=door_of(path, headers).name,
                 route=route_template(scope),
                 http_status=status,
                 duration_ms=int((time.monotonic() - started) * 1000),
                 key_name=scope.get("ccgate.key_name"),
                 client_ip=scope.get("ccgate.client_ip"),
-                **facts,
+                job_id=facts.job_id,
+                model=facts.model,
+                job_status=facts.job_status,
+                prompt_bytes=facts.prompt_bytes,
+                response_bytes=facts.response_bytes,
+                input_tokens=facts.input_tokens,
+                output_tokens=facts.output_tokens,
+                cost_usd=facts.cost_usd,
+                error_type=facts.error_type,
+                prompt_text=facts.prompt_text,
             )
         )
 
@@ -256,12 +288,15 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
 async def _send_error(
     scope: Scope, receive: Receive, send: Send, request_id: str, error: ApiError
 ) -> None:
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
     scope["ccgate.error_type"] = error.error_type
-    response = error_response(request_id, error, door_of_request(scope["path"], headers))
+    response = error_response(request_id, error, door_of_request(scope["path"], _headers(scope)))
     response.headers["request-id"] = request_id
     response.headers["connection"] = "close"
     await response(scope, receive, send)

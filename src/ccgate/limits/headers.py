@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ccgate.clock import utcnow
+from ccgate.doors import DOOR_NAMES, door_named
 
-DOORS = ("native", "openai", "anthropic")
+DOORS = DOOR_NAMES  # every door of the registry (ccgate.doors)
 
 
 @dataclass(frozen=True)
@@ -41,21 +42,21 @@ def rfc3339_after(secs: float) -> str:
     return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _header_names(door: str, unit: str) -> tuple[str, str, str]:
-    if door == "anthropic":
+def _header_names(anthropic: bool, unit: str) -> tuple[str, str, str]:
+    if anthropic:
         prefix = f"anthropic-ratelimit-{unit}"
         return f"{prefix}-limit", f"{prefix}-remaining", f"{prefix}-reset"
     return f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}"
 
 
 def rate_headers(door: str, state: RateState) -> dict[str, str]:
-    """The rate-limit headers of ``door`` (native, openai or anthropic) for ``state``.
+    """The rate-limit headers of ``door`` (a name in the door registry) for ``state``, in the
+    style the registry gives it.
 
     Limits the key does not have are left out, so a key without limits gets no headers.
     """
-    if door not in DOORS:
-        raise ValueError(f"unknown door {door!r}; expected one of {', '.join(DOORS)}")
-    reset_text = rfc3339_after if door == "anthropic" else openai_duration
+    anthropic = door_named(door).rate_headers == "anthropic"
+    reset_text = rfc3339_after if anthropic else openai_duration
     headers: dict[str, str] = {}
     for unit, limit, remaining, reset in (
         ("requests", state.requests_limit, state.requests_remaining, state.requests_reset_secs),
@@ -63,7 +64,7 @@ def rate_headers(door: str, state: RateState) -> dict[str, str]:
     ):
         if limit is None:
             continue
-        limit_name, remaining_name, reset_name = _header_names(door, unit)
+        limit_name, remaining_name, reset_name = _header_names(anthropic, unit)
         headers[limit_name] = str(limit)
         headers[remaining_name] = str(max(0, remaining if remaining is not None else limit))
         if reset is not None:

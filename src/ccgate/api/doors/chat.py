@@ -5,7 +5,7 @@ The conversation is translated to Anthropic Messages (system messages become the
 prompt, image parts become image blocks) and runs like any other turn: a job on the CLI
 backend, a direct upstream call on the API backend. Tool calling is refused with a clear 400
 on the CLI backend (ccgate runs Claude Code with no tools); on the API backend it is
-translated to Anthropic tool use and back (api/openai_tools.py).
+translated to Anthropic tool use and back (``doors/chat_tools.py``).
 """
 
 from __future__ import annotations
@@ -13,22 +13,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from ccgate.api.admission import admit, resolve_model
+from ccgate.api.admission import resolve_model
 from ccgate.api.auth import require_key
 from ccgate.api.content import bad, conversation_bytes, image_block, split_turns
-from ccgate.api.conversation import Turn
 from ccgate.api.deps import services_of
-from ccgate.api.errors import error_body, request_id_of
-from ccgate.api.middleware import audit_facts
-from ccgate.api.native import JSON_ONLY_INSTRUCTION, read_json_object
-from ccgate.api.openai_tools import (
+from ccgate.api.doors.chat_tools import (
     TOOL_FIELDS,
     ChunkShape,
     ToolRequest,
@@ -41,10 +36,14 @@ from ccgate.api.openai_tools import (
     tool_use_blocks,
     uses_tools,
 )
-from ccgate.api.streaming import ClosingStreamingResponse
+from ccgate.api.errors import error_body, request_id_of
+from ccgate.api.lifecycle import Turn, client_closed
+from ccgate.api.middleware import audit_facts
+from ccgate.api.request_body import check_prompt_size, check_unicode, read_json_object
+from ccgate.api.run_body import JSON_ONLY_INSTRUCTION
 from ccgate.errors import ApiError
 from ccgate.limits.estimate import conversation_size, estimate_run
-from ccgate.runners.base import RunRequest, RunResult, TextDelta
+from ccgate.runners.base import RunRequest, RunResult
 from ccgate.store import KeyRecord
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -251,26 +250,19 @@ def parse_chat_call(body: dict[str, Any], *, tools_allowed: bool = False) -> Cha
 async def chat_completions(request: Request, key: CallerKey) -> Response:
     """Answer like ``POST /v1/chat/completions`` of the OpenAI API, streaming or not."""
     body = await read_json_object(request)
-    try:
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise bad("the body holds a lone surrogate: text must be valid Unicode") from None
-    settings = services_of(request).settings
-    call = parse_chat_call(body, tools_allowed=settings.backend == "api")
+    check_unicode(body)
+    services = services_of(request)
+    settings = services.settings
+    call = parse_chat_call(body, tools_allowed=services.backend.capabilities.client_tools)
     model = resolve_model(request, key, call.model)
     size = conversation_bytes(call.system, call.history, call.content)
     if call.tools is not None:
         size += tool_bytes([*call.history, {"content": call.content}], call.tools)
-    if size > settings.max_prompt_bytes:
-        raise ApiError(
-            "request_too_large",
-            f"the conversation is {size} bytes of text; the "
-            f"limit is {settings.max_prompt_bytes} (CCGATE_MAX_PROMPT_BYTES)",
-        )
+    check_prompt_size(size, settings.max_prompt_bytes)
     facts = audit_facts(request)
-    facts.update(model=model, prompt_bytes=size)
+    facts.model, facts.prompt_bytes = model, size
     if settings.audit_prompts:
-        facts["prompt_text"] = json.dumps(body.get("messages"), ensure_ascii=False)
+        facts.prompt_text = json.dumps(body.get("messages"), ensure_ascii=False)
     run_request = RunRequest(
         content=call.content,
         model=model,
@@ -286,29 +278,22 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
         owner=key.id,
     )
     definitions = conversation_size(None, [], call.tools.fields) if call.tools else None
-    ticket = await admit(request, key, "openai", estimate_run(run_request, definitions))
+    turn = await Turn.admit(
+        request, key, "openai", estimate_run(run_request, definitions), run_request=run_request
+    )
     if call.tools is not None:
         return await tool_completion(
-            request,
-            ticket,
-            run_request,
-            call.tools,
-            stream=call.stream,
-            include_usage=call.include_usage,
+            turn, call.tools, stream=call.stream, include_usage=call.include_usage
         )
-    turn = Turn(request, key, "openai", run_request, ticket)
     await turn.start()
     completion_id = "chatcmpl-" + turn.message_id.removeprefix("msg_")
     created = int(time.time())
     if call.stream:
-        first, events = await turn.open_stream()
-        return ClosingStreamingResponse(
-            _chunks(turn, call, model, completion_id, created, first, events),
-            on_close=lambda: turn.close_stream(events),
-        )
+        shape = ChunkShape(completion_id, created, model, call.include_usage)
+        return await turn.stream(_ChunkStream(turn, shape))
     result = await turn.answer()
     if result is None:
-        return Response(status_code=499)
+        return client_closed()
     return JSONResponse(
         {
             "id": completion_id,
@@ -321,56 +306,42 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
                     "index": 0,
                     "message": {"role": "assistant", "content": result.text, "refusal": None},
                     "logprobs": None,
-                    "finish_reason": finish_reason(result),
+                    "finish_reason": openai_finish_reason(result.stop_reason),
                 }
             ],
-            "usage": usage_of(result),
+            "usage": openai_usage(result.usage),
         }
     )
 
 
-def finish_reason(result: RunResult) -> str:
-    """OpenAI's finish_reason for the run's stop reason."""
-    return openai_finish_reason(result.stop_reason)
-
-
-def usage_of(result: RunResult) -> dict[str, int]:
-    """OpenAI's usage object: prompt tokens include the cached ones."""
-    return openai_usage(result.usage)
-
-
-async def _chunks(
-    turn: Turn,
-    call: ChatCall,
-    model: str,
-    completion_id: str,
-    created: int,
-    first: Any,
-    events: AsyncGenerator[Any, None],
-) -> AsyncIterator[bytes]:
+@dataclass
+class _ChunkStream:
     """Role delta, content deltas, the finish chunk, the usage chunk if asked, [DONE]."""
-    chunk = ChunkShape(completion_id, created, model, call.include_usage).chunk
-    sent = 0
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        event = first
-        while True:
-            if isinstance(event, TextDelta) and event.text:
-                sent += len(event.text)
-                yield chunk({"content": event.text})
-            elif isinstance(event, RunResult):
-                if len(event.text) > sent:
-                    yield chunk({"content": event.text[sent:]})
-                yield chunk({}, finish_reason(event))
-                if call.include_usage:
-                    yield chunk({}, choices=False, usage=usage_of(event))
-                yield b"data: [DONE]\n\n"
-                return
-            elif event is None:
-                yield b": keep-alive\n\n"
-            event = await anext(events, StopAsyncIteration)
-            if event is StopAsyncIteration:
-                raise ApiError("upstream_error", "the run ended without an answer")
-    except ApiError as exc:
-        payload = error_body("openai", request_id_of(turn.request), exc)
-        yield f"data: {json.dumps(payload)}\n\n".encode()
+
+    turn: Turn
+    shape: ChunkShape
+
+    def opening(self) -> list[bytes]:
+        """The role delta."""
+        return [self.shape.chunk({"role": "assistant", "content": ""})]
+
+    def ping(self) -> bytes:
+        """An SSE comment."""
+        return b": keep-alive\n\n"
+
+    def text(self, text: str) -> bytes:
+        """One content delta."""
+        return self.shape.chunk({"content": text})
+
+    def closing(self, result: RunResult) -> list[bytes]:
+        """The finish chunk, the usage chunk if asked, [DONE]."""
+        frames = [self.shape.chunk({}, openai_finish_reason(result.stop_reason))]
+        if self.shape.include_usage:
+            frames.append(self.shape.chunk({}, choices=False, usage=openai_usage(result.usage)))
+        frames.append(b"data: [DONE]\n\n")
+        return frames
+
+    def error(self, error: ApiError) -> bytes:
+        """An error chunk in the OpenAI shape."""
+        payload = error_body("openai", request_id_of(self.turn.request), error)
+        return f"data: {json.dumps(payload)}\n\n".encode()

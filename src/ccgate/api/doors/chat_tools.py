@@ -4,7 +4,7 @@ OpenAI ``tools`` (or legacy ``functions``), ``tool_choice``, assistant ``tool_ca
 ``tool`` messages become Anthropic ``tools``, ``tool_choice``, ``tool_use`` and ``tool_result``
 blocks; upstream's ``tool_use`` blocks come back as ``tool_calls`` (a ``function_call`` for
 legacy requests), whole or as streamed chunks. Only the API backend gets here: the CLI backend
-runs Claude Code with no tools and keeps refusing them with a 400 (api/openai.py).
+runs Claude Code with no tools and keeps refusing them with a 400 (``doors/chat.py``).
 """
 
 from __future__ import annotations
@@ -15,21 +15,17 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ccgate.api.content import bad
-from ccgate.api.conversation import api_error_of
 from ccgate.api.deps import services_of
 from ccgate.api.errors import error_body, request_id_of
-from ccgate.api.middleware import audit_facts
-from ccgate.api.streaming import ClosingStreamingResponse
+from ccgate.api.lifecycle import Turn
 from ccgate.errors import ApiError
-from ccgate.pricing import cost_usd
 from ccgate.runners.anthropic_api import UpstreamStream, message_body
-from ccgate.runners.base import RunError, RunRequest
+from ccgate.runners.base import RunError
 from ccgate.security.keys import new_id
-from ccgate.tickets import Ticket
+from ccgate.turns import Usage
 
 TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")
 _FINISH_REASONS = {
@@ -260,14 +256,11 @@ def openai_finish_reason(stop_reason: str | None, legacy: bool = False) -> str:
     return "function_call" if legacy and reason == "tool_calls" else reason
 
 
-def openai_usage(usage: dict[str, int] | None) -> dict[str, int]:
+def openai_usage(raw: dict[str, int] | None) -> dict[str, int]:
     """OpenAI's usage object: prompt tokens include the cached ones."""
-    usage = usage or {}
-    prompt = sum(
-        int(usage.get(k) or 0)
-        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
-    completion = int(usage.get("output_tokens") or 0)
+    usage = Usage.from_mapping(raw)
+    prompt = usage.prompt_tokens
+    completion = usage.output_tokens
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -427,51 +420,36 @@ def _json_or_none(raw: bytes) -> Any:
 
 
 async def tool_completion(
-    request: Request,
-    ticket: Ticket,
-    run_request: RunRequest,
-    tools: ToolRequest,
-    *,
-    stream: bool,
-    include_usage: bool,
+    turn: Turn, tools: ToolRequest, *, stream: bool, include_usage: bool
 ) -> Response:
     """Answer a chat request that uses tools straight from the upstream API (API backend).
 
-    The ticket is freed with the run's usage however the request ends.
+    The turn's ticket is settled with the run's usage however the request ends.
     """
+    request = turn.request
+    assert turn.run_request is not None
     runner = services_of(request).backend.require_passthrough()
-    body = {**message_body(run_request), **tools.fields, "stream": stream}
-    model = run_request.model
+    body = {**message_body(turn.run_request), **tools.fields, "stream": stream}
+    model = turn.run_request.model
     shape = ChunkShape(
         "chatcmpl-" + new_id("msg").removeprefix("msg_"), int(time.time()), model, include_usage
     )
-    try:
-        opened = await (runner.open_stream(body, {}) if stream else runner.send(body, {}))
-    except BaseException as exc:
-        await ticket.finish()
-        if isinstance(exc, RunError):
-            audit_facts(request)["error_type"] = exc.error_type
-            raise api_error_of(exc) from None
-        raise
     if stream:
-        upstream: UpstreamStream = opened
+        upstream: UpstreamStream = await turn.upstream(runner.open_stream(body, {}))
 
         async def close() -> None:
             await upstream.aclose()
-            await _settle(
-                request,
-                ticket,
-                upstream.model or model,
-                upstream.usage,
-                completed=upstream.completed,
-            )
+            await _settle(turn, upstream.model or model, upstream.usage, upstream.completed)
 
-        return ClosingStreamingResponse(
-            _chunks(request, upstream, shape, tools.legacy), on_close=close
-        )
-    await _settle(request, ticket, opened.model or model, opened.usage, completed=True)
+        def error_frame(error: ApiError) -> bytes:
+            payload = error_body("openai", request_id_of(request), error)
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        return turn.relay(_chunks(upstream, shape, tools.legacy), error_frame, close)
+    opened = await turn.upstream(runner.send(body, {}))
+    await _settle(turn, opened.model or model, opened.usage, True)
     message = completion_message(opened.json, tools.legacy)
-    audit_facts(request)["response_bytes"] = len(
+    turn.facts.response_bytes = len(
         json.dumps(
             [message["content"], message.get("tool_calls") or message.get("function_call")],
             ensure_ascii=False,
@@ -497,42 +475,26 @@ async def tool_completion(
     )
 
 
-async def _settle(
-    request: Request, ticket: Ticket, model: str, usage: dict[str, int], *, completed: bool
-) -> None:
-    cost = cost_usd(model, usage)
-    audit_facts(request).update(
-        model=model,
-        input_tokens=usage.get("input_tokens"),
-        output_tokens=usage.get("output_tokens"),
-        cost_usd=cost,
-        job_status="completed" if completed else "failed",
-    )
-    await ticket.finish(usage, cost)
+async def _settle(turn: Turn, model: str, usage: dict[str, int], completed: bool) -> None:
+    turn.facts.model = model
+    await turn.settle_upstream(model, usage, completed=completed)
 
 
 async def _chunks(
-    request: Request, upstream: UpstreamStream, shape: ChunkShape, legacy: bool
+    upstream: UpstreamStream, shape: ChunkShape, legacy: bool
 ) -> AsyncIterator[bytes]:
     """Role delta, content and tool call deltas, the finish chunk, usage if asked, [DONE]."""
     tools = ToolStream(legacy)
-    try:
-        yield shape.chunk({"role": "assistant", "content": ""})
-        async for event in sse_payloads(upstream):
-            kind = event.get("type") if isinstance(event, dict) else None
-            if kind == "error":
-                raise upstream.error or RunError("upstream_error", "the upstream stream failed")
-            if kind == "ping":
-                yield b": keep-alive\n\n"
-            elif (delta := tools.delta(event)) is not None:
-                yield shape.chunk(delta)
-        yield shape.chunk({}, openai_finish_reason(upstream.stop_reason, legacy))
-        if shape.include_usage:
-            yield shape.chunk({}, choices=False, usage=openai_usage(upstream.usage))
-        yield b"data: [DONE]\n\n"
-    except (RunError, ApiError) as exc:
-        if isinstance(exc, RunError):
-            audit_facts(request)["error_type"] = exc.error_type
-            exc = api_error_of(exc)
-        payload = error_body("openai", request_id_of(request), exc)
-        yield f"data: {json.dumps(payload)}\n\n".encode()
+    yield shape.chunk({"role": "assistant", "content": ""})
+    async for event in sse_payloads(upstream):
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind == "error":
+            raise upstream.error or RunError("upstream_error", "the upstream stream failed")
+        if kind == "ping":
+            yield b": keep-alive\n\n"
+        elif (delta := tools.delta(event)) is not None:
+            yield shape.chunk(delta)
+    yield shape.chunk({}, openai_finish_reason(upstream.stop_reason, legacy))
+    if shape.include_usage:
+        yield shape.chunk({}, choices=False, usage=openai_usage(upstream.usage))
+    yield b"data: [DONE]\n\n"

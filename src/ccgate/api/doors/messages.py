@@ -3,50 +3,36 @@
 Existing Anthropic SDKs and tools point their base URL at ccgate and keep working: requests,
 responses, the SSE event sequence and errors follow the Messages API. On the CLI backend each
 request is a job on the shared queue; on the API backend it is passed upstream as sent (model
-resolved, headers filtered) and the answer streams back byte for byte.
+resolved, headers filtered) and the answer streams back byte for byte. Admission, running
+and settlement are the turn lifecycle's (``api/lifecycle.py``); this module parses and renders.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from ccgate.api.admission import admit, resolve_model
+from ccgate.api.admission import resolve_model
 from ccgate.api.auth import require_key
 from ccgate.api.content import anthropic_block, bad, conversation_bytes, split_turns
-from ccgate.api.conversation import Turn, api_error_of
 from ccgate.api.deps import services_of
 from ccgate.api.errors import error_body, request_id_of
+from ccgate.api.lifecycle import Turn, client_closed
 from ccgate.api.middleware import audit_facts
-from ccgate.api.native import read_json_object
-from ccgate.api.streaming import ClosingStreamingResponse
+from ccgate.api.request_body import check_prompt_size, check_unicode, read_json_object
 from ccgate.errors import ApiError
 from ccgate.limits.estimate import RunEstimate, conversation_size, estimate_run
-from ccgate.pricing import cost_usd
-from ccgate.runners.base import RunError, RunRequest, RunResult, TextDelta
+from ccgate.runners.base import RunRequest, RunResult
 from ccgate.store import KeyRecord
+from ccgate.turns import Usage
 
 router = APIRouter(prefix="/v1", tags=["anthropic"])
-T = TypeVar("T")
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
-
-# Fields the CLI backend accepts but cannot apply (it has no flags for them).
-_IGNORED_ON_CLI = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "stop_sequences",
-    "max_tokens",
-    "thinking",
-    "metadata",
-    "service_tier",
-)
 
 
 @dataclass
@@ -170,32 +156,9 @@ def parse_messages_call(body: dict[str, Any], *, tools_allowed: bool) -> Message
 
 async def _read_call(request: Request) -> MessagesCall:
     body = await read_json_object(request)
-    raw = await request.body()
-    # Parsing yields a lone surrogate only from a \uD800-\uDFFF escape, from UTF-8-coded
-    # surrogates (byte 0xED: json decodes with surrogatepass) or from a UTF-16/32 body; only
-    # then is the whole body encoded again to look for one (that costs ~1 ms per 200 KB).
-    if (
-        json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
-        or b"\\ud" in raw
-        or b"\\uD" in raw
-        or b"\xed" in raw
-    ):
-        try:
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise bad("the body holds a lone surrogate: text must be valid Unicode") from None
-    api = services_of(request).settings.backend == "api"
-    return parse_messages_call(body, tools_allowed=api)
-
-
-def _check_size(request: Request, size: int) -> None:
-    limit = services_of(request).settings.max_prompt_bytes
-    if size > limit:
-        raise ApiError(
-            "request_too_large",
-            f"the conversation is {size} bytes of text; the "
-            f"limit is {limit} (CCGATE_MAX_PROMPT_BYTES)",
-        )
+    check_unicode(body, await request.body())
+    tools_allowed = services_of(request).backend.capabilities.client_tools
+    return parse_messages_call(body, tools_allowed=tools_allowed)
 
 
 @router.post("/messages", summary="Anthropic Messages API (create a message)")
@@ -203,8 +166,9 @@ async def create_message(request: Request, key: CallerKey) -> Response:
     """Answer like ``POST /v1/messages`` of the Anthropic API, streaming or not."""
     call = await _read_call(request)
     model = resolve_model(request, key, call.model)
-    settings = services_of(request).settings
-    passed_through = settings.backend == "api"
+    services = services_of(request)
+    settings = services.settings
+    passed_through = services.backend.capabilities.passthrough
     # The pass-through sends the body as written: its text (system, turns, tool definitions,
     # calls and results) is what counts against the limit and the estimate.
     measured = (
@@ -217,16 +181,16 @@ async def create_message(request: Request, key: CallerKey) -> Response:
         if measured is not None
         else conversation_bytes(call.system, call.history, call.content)
     )
-    _check_size(request, size)
+    check_prompt_size(size, settings.max_prompt_bytes)
     facts = audit_facts(request)
-    facts.update(model=model, prompt_bytes=size)
+    facts.model, facts.prompt_bytes = model, size
     if settings.audit_prompts:
-        facts["prompt_text"] = json.dumps(call.raw.get("messages"), ensure_ascii=False)
+        facts.prompt_text = json.dumps(call.raw.get("messages"), ensure_ascii=False)
     if measured is not None:
-        ticket = await admit(
+        turn = await Turn.admit(
             request, key, "anthropic", RunEstimate(model, measured.tokens, call.max_tokens)
         )
-        return await _pass_through(request, call, model, ticket)
+        return await _pass_through(turn, call, model)
     run_request = RunRequest(
         content=call.content,
         model=model,
@@ -240,25 +204,20 @@ async def create_message(request: Request, key: CallerKey) -> Response:
         top_p=call.top_p,
         owner=key.id,
     )
-    ticket = await admit(request, key, "anthropic", estimate_run(run_request))
-    turn = Turn(request, key, "anthropic", run_request, ticket)
+    turn = await Turn.admit(
+        request, key, "anthropic", estimate_run(run_request), run_request=run_request
+    )
     await turn.start()
     if call.stream:
-        return await _stream_turn(turn, model)
+        return await turn.stream(_MessageStream(turn, model))
     result = await turn.answer()
     if result is None:
-        return Response(status_code=499)
+        return client_closed()
     return JSONResponse(message_object(turn.message_id, result, model))
 
 
-def _usage(result: RunResult) -> dict[str, Any]:
-    usage = result.usage or {}
-    return {
-        "input_tokens": int(usage.get("input_tokens") or 0),
-        "output_tokens": int(usage.get("output_tokens") or 0),
-        "cache_creation_input_tokens": int(usage.get("cache_creation_input_tokens") or 0),
-        "cache_read_input_tokens": int(usage.get("cache_read_input_tokens") or 0),
-    }
+def _usage(result: RunResult) -> dict[str, int]:
+    return Usage.from_mapping(result.usage).as_dict()
 
 
 def message_object(message_id: str, result: RunResult, model: str) -> dict[str, Any]:
@@ -280,105 +239,92 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def _stream_turn(turn: Turn, model: str) -> Response:
-    first, events = await turn.open_stream()
-    return ClosingStreamingResponse(
-        _turn_events(turn, model, first, events), on_close=lambda: turn.close_stream(events)
-    )
-
-
-async def _turn_events(
-    turn: Turn, model: str, first: Any, events: AsyncGenerator[Any, None]
-) -> AsyncIterator[bytes]:
+@dataclass
+class _MessageStream:
     """message_start, one text block of deltas, message_delta, message_stop."""
-    sent = 0
-    try:
-        yield sse(
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": turn.message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                },
-            },
-        )
-        yield sse(
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        )
-        event = first
-        while True:
-            if event is None:
-                yield sse("ping", {"type": "ping"})
-            elif isinstance(event, TextDelta) and event.text:
-                sent += len(event.text)
-                yield _text_delta(event.text)
-            elif isinstance(event, RunResult):
-                if len(event.text) > sent:  # a backend that sent no (or partial) deltas
-                    yield _text_delta(event.text[sent:])
-                yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-                yield sse(
-                    "message_delta",
-                    {
-                        "type": "message_delta",
-                        "delta": {
-                            "stop_reason": event.stop_reason or "end_turn",
-                            "stop_sequence": None,
-                        },
-                        "usage": _usage(event),
+
+    turn: Turn
+    model: str
+
+    def opening(self) -> list[bytes]:
+        """message_start and the text block's start."""
+        return [
+            sse(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": self.turn.message_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": self.model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 0, "output_tokens": 0},
                     },
-                )
-                yield sse("message_stop", {"type": "message_stop"})
-                return
-            event = await anext(events, StopAsyncIteration)
-            if event is StopAsyncIteration:
-                raise ApiError("upstream_error", "the run ended without an answer")
-    except ApiError as exc:
-        yield sse("error", error_body("anthropic", request_id_of(turn.request), exc))
+                },
+            ),
+            sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+        ]
+
+    def ping(self) -> bytes:
+        """A ping event."""
+        return sse("ping", {"type": "ping"})
+
+    def text(self, text: str) -> bytes:
+        """One text_delta."""
+        return sse(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text},
+            },
+        )
+
+    def closing(self, result: RunResult) -> list[bytes]:
+        """The block's stop, the stop reason with the usage, message_stop."""
+        return [
+            sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": result.stop_reason or "end_turn",
+                        "stop_sequence": None,
+                    },
+                    "usage": _usage(result),
+                },
+            ),
+            sse("message_stop", {"type": "message_stop"}),
+        ]
+
+    def error(self, error: ApiError) -> bytes:
+        """An error event in the Anthropic shape."""
+        return _error_event(self.turn.request, error)
 
 
-def _text_delta(text: str) -> bytes:
-    return sse(
-        "content_block_delta",
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
-    )
+def _error_event(request: Request, error: ApiError) -> bytes:
+    return sse("error", error_body("anthropic", request_id_of(request), error))
 
 
-async def _pass_through(request: Request, call: MessagesCall, model: str, ticket: Any) -> Response:
+async def _pass_through(turn: Turn, call: MessagesCall, model: str) -> Response:
     """The API backend: send the body upstream as the client wrote it, model resolved."""
+    request = turn.request
     runner = services_of(request).backend.require_passthrough()
     body = {**call.raw, "model": model}
-    facts = audit_facts(request)
-
-    async def upstream_call(opening: Awaitable[T]) -> T:
-        try:
-            return await opening
-        except RunError as exc:
-            await ticket.finish()
-            facts["error_type"] = exc.error_type
-            raise api_error_of(exc) from None
-
     if not call.stream:
-        reply = await upstream_call(runner.send(body, request.headers))
-        cost = cost_usd(reply.model or model, reply.usage)
-        facts.update(
-            input_tokens=reply.usage.get("input_tokens"),
-            output_tokens=reply.usage.get("output_tokens"),
-            cost_usd=cost,
-            job_status="completed",
-        )
-        await ticket.finish(reply.usage, cost)
+        reply = await turn.upstream(runner.send(body, request.headers))
+        await turn.settle_upstream(reply.model or model, reply.usage, completed=True)
         if not reply.body:
             return JSONResponse(reply.json, status_code=reply.status, headers=reply.headers)
         # Upstream's bytes as they came: parsing them again only to re-encode them costs time.
@@ -388,31 +334,22 @@ async def _pass_through(request: Request, call: MessagesCall, model: str, ticket
             headers=reply.headers,
             media_type="application/json",
         )
-    upstream = await upstream_call(runner.open_stream(body, request.headers))
-
-    async def relay() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in upstream:
-                yield chunk
-        except RunError as exc:
-            facts["error_type"] = exc.error_type
-            yield sse("error", error_body("anthropic", request_id_of(request), api_error_of(exc)))
+    upstream = await turn.upstream(runner.open_stream(body, request.headers))
 
     async def close() -> None:
         await upstream.aclose()
-        cost = cost_usd(upstream.model or model, upstream.usage)
-        facts.update(
-            input_tokens=upstream.usage.get("input_tokens"),
-            output_tokens=upstream.usage.get("output_tokens"),
-            cost_usd=cost,
-            job_status="completed" if upstream.completed else "failed",
+        await turn.settle_upstream(
+            upstream.model or model, upstream.usage, completed=upstream.completed
         )
-        await ticket.finish(upstream.usage, cost)
 
     headers = dict(upstream.headers)
     headers.pop("content-type", None)
-    return ClosingStreamingResponse(
-        relay(), on_close=close, status_code=upstream.status, headers=headers
+    return turn.relay(
+        upstream,
+        lambda error: _error_event(request, error),
+        close,
+        status_code=upstream.status,
+        headers=headers,
     )
 
 
@@ -428,23 +365,18 @@ async def count_tokens(request: Request, key: CallerKey) -> Response:
     if not isinstance(requested, str) or not requested:
         raise bad("model: field required", "model")
     model = resolve_model(request, key, requested)
-    if services_of(request).settings.backend == "api":
-        ticket = await admit(request, key, "anthropic", spends=False)
-        try:
-            answer = (
-                await services_of(request)
-                .backend.require_passthrough()
-                .count_tokens({**body, "model": model}, request.headers)
-            )
-        except RunError as exc:
-            raise api_error_of(exc) from None
-        finally:
-            await ticket.finish()
+    backend = services_of(request).backend
+    if backend.capabilities.counts_tokens:
+        turn = await Turn.admit(request, key, "anthropic", spends=False)
+        answer = await turn.upstream(
+            backend.require_passthrough().count_tokens({**body, "model": model}, request.headers)
+        )
+        await turn.settle()
         return JSONResponse(answer)
     turns = _messages(body.get("messages"))
     system = _system_text(body.get("system"))
-    ticket = await admit(request, key, "anthropic", spends=False)
-    await ticket.finish()  # the estimate is computed right here: nothing keeps running
+    turn = await Turn.admit(request, key, "anthropic", spends=False)
+    await turn.settle()  # the estimate is computed right here: nothing keeps running
     return JSONResponse({"input_tokens": estimate_tokens(system, turns)})
 
 

@@ -14,7 +14,7 @@ from ccgate.api.auth import require_key
 from ccgate.api.deps import services_of
 from ccgate.api.errors import request_id_of
 from ccgate.api.middleware import audit_facts
-from ccgate.api.native import parse_body
+from ccgate.api.request_body import parse_body
 from ccgate.errors import ApiError
 from ccgate.fetcher import (
     DEFAULT_MAX_BYTES,
@@ -109,7 +109,7 @@ async def fetch_page(request: Request, key: CallerKey) -> dict[str, Any]:
     try:
         page = await fetcher.fetch(body.url, body.max_bytes)
     except HopBlocked as exc:
-        facts["error_type"] = "destination_blocked"
+        facts.error_type = "destination_blocked"
         log.warning(
             "fetch_blocked",
             request_id=request_id_of(request),
@@ -119,13 +119,13 @@ async def fetch_page(request: Request, key: CallerKey) -> dict[str, Any]:
         )
         raise ApiError("destination_blocked", str(exc), param="url") from None
     except UpstreamFailed as exc:
-        facts["error_type"] = "upstream_error"
+        facts.error_type = "upstream_error"
         log.info("fetch_failed", request_id=request_id_of(request), host=host, reason=str(exc))
         raise ApiError("upstream_error", str(exc)) from None
     try:
         html = await render_page(page, strip=body.strip)
     except PageNotStripped as exc:
-        facts["error_type"] = "upstream_error"
+        facts.error_type = "upstream_error"
         log.info(
             "fetch_not_stripped",
             request_id=request_id_of(request),
@@ -133,7 +133,7 @@ async def fetch_page(request: Request, key: CallerKey) -> dict[str, Any]:
             body_bytes=page.body_bytes,
         )
         raise ApiError("upstream_error", str(exc)) from None
-    facts["response_bytes"] = len(html.encode("utf-8"))
+    facts.response_bytes = len(html.encode("utf-8"))
     log.info(
         "fetch",
         request_id=request_id_of(request),

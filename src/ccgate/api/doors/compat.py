@@ -14,21 +14,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ccgate.api import files as files_door
 from ccgate.api import health
+from ccgate.api.attachments import MAX_ATTACHMENTS, UPLOAD_OPENAPI, FileToken, store_upload
 from ccgate.api.auth import require_key
 from ccgate.api.errors import error_body, error_headers, request_id_of
-from ccgate.api.files import MAX_ATTACHMENTS, FileToken
-from ccgate.api.middleware import audit_facts
-from ccgate.api.native import (
-    RunBody,
-    job_error,
-    parse_body,
-    prepare_native_run,
-    record_outcome,
-    submit_job,
-    wait_for_caller,
-)
+from ccgate.api.lifecycle import client_closed, job_error
+from ccgate.api.request_body import parse_body
+from ccgate.api.run_body import RunBody, prepare_native_run
 from ccgate.api.views import job_answer
 from ccgate.errors import ApiError
 from ccgate.jobs import Submission, request_to_json
@@ -82,31 +74,22 @@ async def _run_to_end(
 ) -> JobRecord:
     """Run ``body`` like ``POST /api/v1/run`` does and return the completed job; with
     ``read_as_json`` its answer is read as JSON when it ends, whatever the format asked."""
-    prepared = await prepare_native_run(request, key, body)
-    finished: JobRecord | None = None
-    try:
-        job = await submit_job(
-            request,
-            Submission(
-                key_id=key.id,
-                door="compat",
-                request={
-                    **request_to_json(prepared.run_request),
-                    "response_format": body.response_format,
-                    "read_as_json": read_as_json,
-                },
-                session_id=prepared.session_id,
-            ),
+    prepared = await prepare_native_run(request, key, body, door="compat")
+    finished = await prepared.turn.run_job(
+        Submission(
+            key_id=key.id,
+            door="compat",
+            request={
+                **request_to_json(prepared.run_request),
+                "response_format": body.response_format,
+                "read_as_json": read_as_json,
+            },
+            session_id=prepared.session_id,
         )
-        finished = await wait_for_caller(request, job.id)
-    finally:
-        await prepared.ticket.finish(
-            finished.usage if finished else None, finished.cost_usd if finished else None
-        )
+    )
     if finished is None:
-        audit_facts(request)["job_status"] = "cancelled"
         raise _ClientGone
-    record_outcome(request, finished, body.prompt)
+    prepared.turn.record_job(finished, body.prompt)
     if finished.status is not JobStatus.COMPLETED:
         raise job_error(finished)
     return finished
@@ -120,7 +103,7 @@ async def _answer(
         key = await require_key(request)
         return JSONResponse({"ok": True, **await produce(key)})
     except _ClientGone:
-        return Response(status_code=499)
+        return client_closed()
     except ApiError as exc:
         body = error_body("native", request_id_of(request), exc)
         return JSONResponse(
@@ -200,12 +183,12 @@ async def compat_complete(request: Request) -> Response:
 @router.post(
     "/files",
     summary="Compat: same as POST /api/v1/files, answered with 200",
-    openapi_extra=files_door.UPLOAD_OPENAPI,
+    openapi_extra=UPLOAD_OPENAPI,
 )
 async def upload_file(request: Request) -> JSONResponse:
     """Older gateways answered uploads with 200 (not 201); the body is the native one."""
     key = await require_key(request)
-    return JSONResponse(await files_door.store_upload(request, key))
+    return JSONResponse(await store_upload(request, key))
 
 
 for _path in ("/healthz", "/api/v1/health"):

@@ -15,7 +15,8 @@ from ccgate import metrics
 from ccgate.api.auth import require_key
 from ccgate.api.deps import services_of
 from ccgate.api.middleware import audit_facts
-from ccgate.api.native import RunBody, parse_body, prepare_native_run, submit_job_once
+from ccgate.api.request_body import parse_body
+from ccgate.api.run_body import RunBody, prepare_native_run
 from ccgate.api.views import render_job
 from ccgate.errors import ApiError
 from ccgate.jobs import IdempotencyConflict, JobService, Submission, request_to_json
@@ -57,7 +58,8 @@ async def owned_job(request: Request, key: KeyRecord, job_id: str) -> JobRecord:
     job = await services_of(request).store.jobs.get(job_id, key_id=key.id)
     if job is None:
         raise ApiError("not_found", f"no job {job_id!r}")
-    audit_facts(request).update(job_id=job.id, model=job.model)
+    facts = audit_facts(request)
+    facts.job_id, facts.model = job.id, job.model
     return job
 
 
@@ -92,30 +94,21 @@ async def submit(
     if replayed is not None:
         return _accepted(await job_view(request, replayed), replayed)
     prepared = await prepare_native_run(request, key, body)
-    try:
-        job, new = await submit_job_once(
-            request,
-            Submission(
-                key_id=key.id,
-                door="native",
-                request={
-                    **request_to_json(prepared.run_request),
-                    "response_format": body.response_format,
-                },
-                metadata=body.metadata,
-                callback_url=body.callback_url,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
-                session_id=prepared.session_id,
-            ),
+    job = await prepared.turn.queue_async(
+        Submission(
+            key_id=key.id,
+            door="native",
+            request={
+                **request_to_json(prepared.run_request),
+                "response_format": body.response_format,
+            },
+            metadata=body.metadata,
+            callback_url=body.callback_url,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            session_id=prepared.session_id,
         )
-    except BaseException:
-        await prepared.ticket.finish()
-        raise
-    if new:
-        services_of(request).job_tickets.hold(job.id, prepared.ticket)
-    else:  # a concurrent twin stored the job first; its ticket is the one held
-        await prepared.ticket.finish()
+    )
     return _accepted(await job_view(request, job), job)
 
 
@@ -134,7 +127,8 @@ async def _replay(
             "this Idempotency-Key was already used with a different request body",
         ) from None
     if earlier is not None:
-        audit_facts(request).update(job_id=earlier.id, model=earlier.model)
+        facts = audit_facts(request)
+        facts.job_id, facts.model = earlier.id, earlier.model
     return earlier
 
 

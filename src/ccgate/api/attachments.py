@@ -1,8 +1,9 @@
-"""Uploaded files: ``/api/v1/files`` stores them for a while, runs attach them by token.
+"""Uploaded files: checking and storing an upload, and attaching stored files to a run.
 
 A file token (``ff_`` + 96 random bits) is usable only with the key that uploaded it, and
 only until it expires. Attached files become content blocks after the prompt's text: text
-files inline, images as image blocks, PDFs as document blocks.
+files inline, images as image blocks, PDFs as document blocks. The routes are in
+``api/doors/files.py`` (and the compat door's ``POST /files``).
 """
 
 from __future__ import annotations
@@ -18,21 +19,16 @@ from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Request
 from pydantic import Field
 from starlette.datastructures import UploadFile
 
-from ccgate.api.auth import require_key
 from ccgate.api.deps import services_of
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
 from ccgate.security.keys import new_id
 from ccgate.store import KeyRecord
 from ccgate.store.files import FileRecord
-
-router = APIRouter(prefix="/api/v1/files", tags=["files"])
-CallerKey = Annotated[KeyRecord, Depends(require_key)]
 
 MAX_ATTACHMENTS = 20
 FileToken = Annotated[str, Field(min_length=1, max_length=64)]
@@ -312,7 +308,8 @@ async def store_upload(request: Request, key: KeyRecord) -> dict[str, Any]:
     return {**file_view(record), "ttl_secs": ttl}
 
 
-async def _owned_file(request: Request, key: KeyRecord, token: str) -> FileRecord:
+async def owned_file(request: Request, key: KeyRecord, token: str) -> FileRecord:
+    """The caller's unexpired file ``token``, or 404 (another key's file is none)."""
     record: FileRecord | None = await services_of(request).store.files.get(
         token, key_id=key.id, now=utcnow()
     )
@@ -345,28 +342,3 @@ UPLOAD_OPENAPI: dict[str, Any] = {
         },
     }
 }
-
-
-@router.post(
-    "",
-    status_code=201,
-    summary="Upload a file to attach to later runs",
-    openapi_extra=UPLOAD_OPENAPI,
-)
-async def upload_file(request: Request, key: CallerKey) -> JSONResponse:
-    """Store one file (multipart field ``file``, optional ``ttl_secs``); 201 with its token."""
-    return JSONResponse(await store_upload(request, key), status_code=201)
-
-
-@router.get("/{token}", summary="A file's metadata (never its content)")
-async def get_file(request: Request, key: CallerKey, token: str) -> dict[str, Any]:
-    """Name, type, size and expiry of one of the caller's files."""
-    return file_view(await _owned_file(request, key, token))
-
-
-@router.delete("/{token}", status_code=204, summary="Delete a file before it expires")
-async def delete_file(request: Request, key: CallerKey, token: str) -> Response:
-    """Remove one of the caller's files; runs already submitted keep their copy."""
-    await _owned_file(request, key, token)
-    await services_of(request).store.files.delete(token, key_id=key.id)
-    return Response(status_code=204)

@@ -51,6 +51,8 @@ if [ -z "${CCGATE_TEST_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ] && [ "$(id -
   DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 fi
 
+.venv/bin/python -m ruff format --check src tests bench
 .venv/bin/python -m ruff check src tests bench
-.venv/bin/python -m mypy
+.venv/bin/python -m mypy  # strict, over src/ccgate and tests (pyproject.toml)
+.venv/bin/lint-imports  # the layer rules (pyproject.toml, [tool.importlinter])
 exec .venv/bin/python -m pytest "$@"

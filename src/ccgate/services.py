@@ -16,7 +16,6 @@ from typing import Any
 import structlog
 
 from ccgate import metrics
-from ccgate.api.views import render_job
 from ccgate.audit import AuditLog
 from ccgate.circuit import CircuitBreaker
 from ccgate.circuit_shared import SharedCircuit
@@ -24,6 +23,7 @@ from ccgate.config import Settings
 from ccgate.errors import ApiError
 from ccgate.events import JobEventHub
 from ccgate.jobs import JobService, QueueLimits
+from ccgate.jobs.views import render_job
 from ccgate.limits import Limiter
 from ccgate.models import ModelPolicy, model_policy
 from ccgate.notify import notifier_for

@@ -11,8 +11,8 @@ from datetime import timedelta
 from typing import Any
 
 from ccgate.clock import utcnow
+from ccgate.ids import new_id
 from ccgate.jobs.requests import request_from_json
-from ccgate.security.keys import new_id
 from ccgate.store import JobRecord, JobStatus, SessionRecord, Store
 
 

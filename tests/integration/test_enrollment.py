@@ -16,6 +16,7 @@ import pytest
 
 from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
+from ccgate.ids import new_id
 from ccgate.security.enrollment import (
     DeviceSecretRefused,
     DeviceToken,
@@ -23,7 +24,7 @@ from ccgate.security.enrollment import (
     EnrollmentService,
     issue_device_token,
 )
-from ccgate.security.keys import hash_secret, new_id
+from ccgate.security.keys import hash_secret
 from ccgate.store import Store
 from ccgate.store.enrollments import DeviceKey
 from ccgate.store.keys import KeyPolicy

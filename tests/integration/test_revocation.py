@@ -12,10 +12,10 @@ from typing import Any
 
 from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
+from ccgate.ids import new_id
 from ccgate.jobs import JobService, QueueLimits, Submission, request_to_json
 from ccgate.jobs.revocation import KEY_REVOKED, KEY_UNUSABLE, end_work_of
 from ccgate.runners.base import RunRequest
-from ccgate.security.keys import new_id
 from ccgate.store import JobStatus, Store
 from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway

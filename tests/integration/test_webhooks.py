@@ -18,8 +18,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.config import Settings
+from ccgate.ids import new_id
 from ccgate.security.keyring import Keyring
-from ccgate.security.keys import new_id
 from ccgate.security.netguard import OutboundGuard
 from ccgate.store import JobRecord, Store
 from ccgate.store.schema import api_keys

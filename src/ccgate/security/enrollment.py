@@ -23,14 +23,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jwt
-from sqlalchemy.exc import IntegrityError
 
 from ccgate.clock import utcnow as _now
+from ccgate.ids import new_id
 from ccgate.policy import KeyPolicy
-from ccgate.security.keys import hash_secret, mint_key, mint_webhook_secret, new_id
+from ccgate.security.keys import hash_secret, mint_key, mint_webhook_secret
 from ccgate.security.netrules import IPAddress, key_allows
 from ccgate.store import KeyRecord, Store
 from ccgate.store.enrollments import DeviceKey, DeviceRecord, EnrollmentRecord
+from ccgate.store.errors import AlreadyExists
 
 ISSUER = "ccgate"
 ALGORITHM = "HS256"
@@ -223,7 +224,7 @@ class EnrollmentService:
                 now=_now(),
                 expires_at=expires_at,
             )
-        except IntegrityError:
+        except AlreadyExists:
             raise EnrollmentNameTaken(f"an enrollment named {name!r} already exists") from None
         return CreatedEnrollment(record, code)
 
@@ -349,7 +350,7 @@ class EnrollmentService:
                 now=now,
                 secret_hash=hash_secret(device_secret),
             )
-        except IntegrityError:
+        except AlreadyExists:
             # The same device_id enrolling twice at once: the other request won, and only it
             # holds the device secret.
             if await self.store.enrollments.device_for(enrollment.id, device_id) is not None:

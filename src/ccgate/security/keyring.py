@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy.exc import IntegrityError
-
 from ccgate.clock import utcnow as _now
+from ccgate.ids import new_id
 from ccgate.policy import KeyPolicy, PolicyError, policy_with
-from ccgate.security.keys import hash_secret, mint_key, mint_webhook_secret, new_id
+from ccgate.security.keys import hash_secret, mint_key, mint_webhook_secret
 from ccgate.store import KeyRecord, Store
+from ccgate.store.errors import AlreadyExists
 
 # PolicyError and policy_with live in ccgate.policy; callers may import them from here too.
 __all__ = ["CreatedKey", "KeyNameError", "Keyring", "PolicyError", "policy_with"]
@@ -74,7 +74,7 @@ class Keyring:
                 policy=policy,
                 kind=kind,
             )
-        except IntegrityError:
+        except AlreadyExists:
             raise KeyNameError(f"a key named {name!r} already exists") from None
         return CreatedKey(record, minted.secret, webhook_secret)
 

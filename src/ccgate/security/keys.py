@@ -32,11 +32,6 @@ def mint_key() -> MintedKey:
     return MintedKey(secret, secret[:_SHOWN_PREFIX_CHARS], hash_secret(secret))
 
 
-def new_id(prefix: str) -> str:
-    """A random, URL-safe identifier such as ``job_3f9a...``."""
-    return f"{prefix}_{secrets.token_hex(12)}"
-
-
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a visible prefix, not a secret)
 
 

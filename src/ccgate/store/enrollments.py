@@ -11,9 +11,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from ccgate.policy import KeyPolicy, policy_from_json, policy_to_json, policy_to_row
 from ccgate.store.engine import Database
+from ccgate.store.errors import AlreadyExists
 from ccgate.store.schema import api_keys, devices, enrollments
 
 
@@ -154,7 +156,7 @@ class EnrollmentTable:
         now: datetime,
         expires_at: datetime | None,
     ) -> EnrollmentRecord:
-        """Store a new enrollment; raise sqlalchemy IntegrityError if the name is taken."""
+        """Store a new enrollment; raise AlreadyExists if the name is taken."""
         query = enrollments.insert().values(
             id=enrollment_id,
             name=name,
@@ -164,7 +166,10 @@ class EnrollmentTable:
             created_at=now,
             expires_at=expires_at,
         )
-        await self.db.write(lambda conn: conn.execute(query))
+        try:
+            await self.db.write(lambda conn: conn.execute(query))
+        except IntegrityError:
+            raise AlreadyExists(name) from None
         return EnrollmentRecord(enrollment_id, name, policy, max_devices, now, expires_at, None)
 
     async def by_code_hash(self, code_hash: str) -> EnrollmentRecord | None:
@@ -236,7 +241,7 @@ class EnrollmentTable:
         """Insert a device (with the hash of its device secret) and its key in one transaction.
 
         None when the enrollment is revoked or already has ``max_devices`` active devices.
-        Raise sqlalchemy IntegrityError if the device or the key name already exists.
+        Raise AlreadyExists if the device or the key name already exists.
         """
 
         def op(conn: sa.Connection) -> DeviceRecord | None:
@@ -288,7 +293,10 @@ class EnrollmentTable:
                 secret_hash,
             )
 
-        return await self.db.write(op)
+        try:
+            return await self.db.write(op)
+        except IntegrityError:
+            raise AlreadyExists(device_id) from None
 
     async def revoke_device(self, device_row_id: str, now: datetime) -> bool:
         """Revoke a device and its key; False when it was not active."""

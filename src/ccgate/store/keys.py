@@ -7,9 +7,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from ccgate.policy import FIELD_NAMES, KeyPolicy, policy_from_row, policy_to_row
 from ccgate.store.engine import Database
+from ccgate.store.errors import AlreadyExists
 from ccgate.store.schema import api_keys
 
 # KeyPolicy lives in ccgate.policy; many callers still import it from here.
@@ -88,7 +90,7 @@ class KeyTable:
         policy: KeyPolicy | None = None,
         kind: str = "app",
     ) -> KeyRecord:
-        """Store a new key; raise sqlalchemy IntegrityError if the name is taken."""
+        """Store a new key; raise AlreadyExists if the name is taken."""
         policy = policy or KeyPolicy()
         query = api_keys.insert().values(
             id=key_id,
@@ -100,7 +102,10 @@ class KeyTable:
             kind=kind,
             **policy_to_row(policy),
         )
-        await self.db.write(lambda conn: conn.execute(query))
+        try:
+            await self.db.write(lambda conn: conn.execute(query))
+        except IntegrityError:
+            raise AlreadyExists(name) from None
         return KeyRecord(key_id, name, prefix, now, None, None, policy, kind)
 
     async def update_policy(self, name: str, policy: KeyPolicy) -> bool:

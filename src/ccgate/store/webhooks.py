@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ccgate.security.keys import new_id
+from ccgate.ids import new_id
 from ccgate.store.engine import Database
 from ccgate.store.schema import api_keys, jobs, webhook_deliveries
 

@@ -47,7 +47,7 @@ async def redis_problem(url: str = REDIS_URL) -> str | None:
 
 async def _postgres_reachable(url: str) -> str | None:
     try:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
     except ImportError:
         return "asyncpg is not installed (pip install '.[postgres]')"
     try:

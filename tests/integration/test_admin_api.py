@@ -238,7 +238,8 @@ async def test_admin_patch_rejects_bad_values_and_unknown_keys(gw: Gateway) -> N
     await _create(gw, rpm=5)
     bad = await gw.client.patch("/admin/keys/svc", json={"rpm": -1}, headers=ADMIN)
     assert bad.status_code == 400 and _error(bad)["param"] == "rpm"
-    assert (await app_services(gw.app).store.keys.by_name("svc")).policy.rpm == 5
+    svc = await app_services(gw.app).store.keys.by_name("svc")
+    assert svc is not None and svc.policy.rpm == 5
     missing = await gw.client.patch("/admin/keys/ghost", json={"rpm": 1}, headers=ADMIN)
     assert missing.status_code == 404 and _error(missing)["type"] == "not_found"
     await gw.client.delete("/admin/keys/svc", headers=ADMIN)

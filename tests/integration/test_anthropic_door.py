@@ -8,6 +8,7 @@ from typing import Any
 import anthropic
 import httpx2
 import pytest
+from anthropic.types import MessageParam
 
 from ccgate.api.deps import app_services
 from ccgate.runners.base import RunError
@@ -98,13 +99,15 @@ async def test_anthropic_door_errors_raise_the_sdk_classes(
     gateway = await gateway_factory(
         FakeRunner(error=RunError("upstream_rate_limited", "slow down", retry_after=30))
     )
-    ask = {"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+    messages: list[MessageParam] = [{"role": "user", "content": "x"}]
     with pytest.raises(anthropic.AuthenticationError):
-        await _sdk(gateway, "ccg_wrong").messages.create(**ask)  # type: ignore[arg-type]
+        await _sdk(gateway, "ccg_wrong").messages.create(
+            model="sonnet", max_tokens=10, messages=messages
+        )
     with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
-        await _sdk(gateway).messages.create(**{**ask, "max_tokens": 0})  # type: ignore[arg-type]
+        await _sdk(gateway).messages.create(model="sonnet", max_tokens=0, messages=messages)
     with pytest.raises(anthropic.RateLimitError):
-        await _sdk(gateway).messages.create(**ask)  # type: ignore[arg-type]
+        await _sdk(gateway).messages.create(model="sonnet", max_tokens=10, messages=messages)
 
 
 async def test_anthropic_door_refuses_tools_on_the_cli_backend(
@@ -129,12 +132,16 @@ async def test_anthropic_door_model_allowlists(gateway_factory: Callable[..., An
     limited = await app_services(gateway.app).keyring.create(
         "limited", KeyPolicy(models=("haiku",))
     )
-    ask = {"max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+    messages: list[MessageParam] = [{"role": "user", "content": "x"}]
     with pytest.raises(anthropic.BadRequestError):
-        await _sdk(gateway).messages.create(model="gpt-4", **ask)  # type: ignore[arg-type]
+        await _sdk(gateway).messages.create(model="gpt-4", max_tokens=10, messages=messages)
     with pytest.raises(anthropic.PermissionDeniedError):
-        await _sdk(gateway, limited.secret).messages.create(model="sonnet", **ask)  # type: ignore[arg-type]
-    ok = await _sdk(gateway, limited.secret).messages.create(model="haiku", **ask)  # type: ignore[arg-type]
+        await _sdk(gateway, limited.secret).messages.create(
+            model="sonnet", max_tokens=10, messages=messages
+        )
+    ok = await _sdk(gateway, limited.secret).messages.create(
+        model="haiku", max_tokens=10, messages=messages
+    )
     assert ok.content
 
 

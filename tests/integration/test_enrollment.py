@@ -43,6 +43,13 @@ async def _gateway(gateway_factory: GatewayFactory, **env: Any) -> Gateway:
     return await gateway_factory(**settings)  # type: ignore[no-any-return]
 
 
+def _service(gw: Gateway) -> EnrollmentService:
+    """The gateway's enrollment service (every gateway here is built with enrollment on)."""
+    service = app_services(gw.app).enrollment
+    assert service is not None
+    return service
+
+
 async def _enrollment(gw: Gateway, **body: Any) -> str:
     """Create an enrollment through the admin API and return its code."""
     response = await gw.client.post(
@@ -87,6 +94,7 @@ async def test_bootstrap_token_runs_a_prompt_as_the_device(gateway_factory: Gate
     assert run.status_code == 200, run.text
     assert run.json()["result"] == "reply: hi"
     key = await app_services(gw.app).store.keys.by_name(body["device"]["key_name"])
+    assert key is not None
     assert key.kind == "device" and key.last_used_at is not None
 
 
@@ -124,7 +132,7 @@ async def test_bootstrap_with_an_expired_or_revoked_code_is_401(
 ) -> None:
     """Expired and revoked codes get the same 401 as an unknown one."""
     gw = await _gateway(gateway_factory)
-    expired = await app_services(gw.app).enrollment.create(
+    expired = await _service(gw).create(
         "old", KeyPolicy(), max_devices=5, expires_at=utcnow() - timedelta(seconds=1)
     )
     revoked = await _enrollment(gw)
@@ -174,7 +182,7 @@ async def test_device_token_expired_is_401(gateway_factory: GatewayFactory) -> N
     gw = await _gateway(gateway_factory)
     code = await _enrollment(gw)
     await _token(gw, code)
-    device = (await app_services(gw.app).enrollment.devices())[0]
+    device = (await _service(gw).devices())[0]
     stale, _ = issue_device_token(
         SECRET, device, KeyPolicy(), ttl_secs=60, now=utcnow() - timedelta(minutes=5)
     )
@@ -257,7 +265,7 @@ async def test_refresh_returns_a_working_token_with_a_later_expiry(
     """POST /v1/refresh with a valid token returns a new token (new jti, later exp) that works."""
     gw = await _gateway(gateway_factory, CCGATE_DEVICE_TOKEN_TTL_SECS="600")
     token = await _token(gw, await _enrollment(gw))
-    device = (await app_services(gw.app).enrollment.devices())[0]
+    device = (await _service(gw).devices())[0]
     older, _ = issue_device_token(
         SECRET, device, KeyPolicy(), ttl_secs=600, now=utcnow() - timedelta(minutes=5)
     )
@@ -291,6 +299,7 @@ async def test_device_gets_the_enrollment_policy(gateway_factory: GatewayFactory
     assert run.status_code == 403
     assert run.json()["error"]["type"] == "model_not_allowed"
     key = await app_services(gw.app).store.keys.by_name(body["device"]["key_name"])
+    assert key is not None
     assert key.policy.rpm == 7 and key.policy.models == ("haiku",)
     listed = (await gw.client.get("/admin/enrollments", headers=ADMIN_AUTH)).json()["data"]
     assert listed[0]["policy"]["rpm"] == 7 and listed[0]["devices_active"] == 1
@@ -458,7 +467,7 @@ async def test_bootstrap_shows_the_device_and_webhook_secrets_once(
     body = (await _bootstrap(gw, await _enrollment(gw))).json()
     assert body["device_secret"].startswith("ccgdev_")
     assert body["webhook_secret"].startswith("whsec_")
-    [device] = await app_services(gw.app).enrollment.devices()
+    [device] = await _service(gw).devices()
     assert device.secret_hash == hash_secret(body["device_secret"])
     store: Store = app_services(gw.app).store
     assert await store.webhooks.signing_secret(device.key_id) == (body["webhook_secret"], "device")
@@ -629,7 +638,7 @@ async def test_bootstrap_outside_the_enrollment_ip_cidrs_is_403(
         refused = await outside.post("/v1/bootstrap", json=body)
     assert refused.status_code == 403
     assert refused.json()["error"]["type"] == "forbidden"
-    assert await app_services(gw.app).enrollment.devices() == []
+    assert await _service(gw).devices() == []
     async with _client_from(gw, "198.51.100.4") as inside:
         assert (await inside.post("/v1/bootstrap", json=body)).status_code == 200
 

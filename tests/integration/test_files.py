@@ -42,6 +42,7 @@ async def _token(gw: Gateway, name: str, data: bytes, content_type: str = "") ->
 
 async def _key_id(gw: Gateway) -> str:
     record = await app_services(gw.app).store.keys.by_name("app")
+    assert record is not None
     return str(record.id)
 
 

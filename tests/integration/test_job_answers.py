@@ -95,6 +95,7 @@ async def test_json_job_value_is_stored_and_sent_to_its_webhook(
     )
     job_id = await _json_job(gw, callback_url=receiver.url)
     stored = await app_services(gw.app).store.jobs.get(job_id)
+    assert stored is not None
     assert (stored.result_json, stored.result_parse_error) == ('{"colors":["red"]}', None)
     async with asyncio.timeout(10):
         while not receiver.received:
@@ -120,6 +121,7 @@ async def _legacy_job(gw: Gateway, job_id: str, answer: str) -> dict[str, Any]:
     """A JSON job ended without a stored reading, as an older version stored it; its view."""
     store: Store = app_services(gw.app).store
     key = await store.keys.by_name("app")
+    assert key is not None
     await store.jobs.insert(
         job_id=job_id,
         key_id=key.id,
@@ -167,10 +169,11 @@ async def test_compat_run_serves_the_answer_read_when_the_job_ended(
 
 async def test_job_table_keeps_the_answer_reading_on_every_backend(store: Store) -> None:
     """result_json and result_parse_error round-trip on SQLite and PostgreSQL."""
-    for job_id, reading in (
+    readings: tuple[tuple[str, dict[str, Any]], ...] = (
         ("job_v", {"result_json": '{"a":[1,"é"]}'}),
         ("job_e", {"result_parse_error": "not valid JSON: x"}),
-    ):
+    )
+    for job_id, reading in readings:
         await store.jobs.insert(
             job_id=job_id,
             key_id=None,

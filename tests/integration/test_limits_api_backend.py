@@ -134,6 +134,7 @@ async def test_api_count_tokens_spends_no_budget_and_keeps_model_rules(
     auth = await _key(api_gateway, budget_usd_per_month=0.01, models=["sonnet"])
     limiter = app_services(api_gateway.app).limiter
     key = await app_services(api_gateway.app).store.keys.by_name("limited")
+    assert key is not None
     await limiter.record_usage(key.id, key.policy, tokens=100, cost_usd=0.02)
     refused = await api_gateway.client.post("/v1/messages", json=HELLO, headers=auth)
     assert refused.json()["error"]["type"] == "rate_limit_error"

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from starlette.types import Message
 
 from ccgate.api.deps import app_services
 from ccgate.jobs import Submission
@@ -263,7 +264,7 @@ async def test_run_client_gone_mid_body_is_audited_as_499(gateway: Gateway) -> N
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         return None
 
     scope = {

@@ -210,6 +210,7 @@ async def test_revocation_by_admin_cancels_queued_and_running_jobs_without_webho
         store = app_services(gw.app).store
         for job_id in (running, queued):
             job = await store.jobs.get(job_id)
+            assert job is not None
             assert (job.status, job.error_message) == (JobStatus.CANCELLED, KEY_REVOKED)
         await _until(lambda: runner.cancelled == 1)
         assert await store.webhooks.for_job(queued) is None
@@ -242,4 +243,5 @@ async def test_revocation_of_a_device_cancels_its_jobs(gateway_factory: Callable
     assert revoked.status_code == 204
     job = await app_services(gw.app).store.jobs.get(job_id)
     runner.released.set()
+    assert job is not None
     assert (job.status, job.error_message) == (JobStatus.CANCELLED, KEY_REVOKED)

@@ -517,7 +517,8 @@ async def test_webhook_redeliver_refuses_other_keys_and_jobs_without_a_webhook(
     )
     assert refused.status_code == 409 and refused.json()["error"]["type"] == "conflict"
     assert "no callback_url" in refused.json()["error"]["message"]
-    runner: FakeRunner = app_services(gateway.app).backend.runner
+    runner = app_services(gateway.app).backend.runner
+    assert isinstance(runner, FakeRunner)
     runner.block = True
     running = await _submit_hooked(gateway, key, receiver.url)
     early = await gateway.client.post(

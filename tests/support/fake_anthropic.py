@@ -567,7 +567,7 @@ def _tool_id() -> str:
 
 
 def _message_start(model: str, usage_in: int) -> dict[str, Any]:
-    message = {
+    message: dict[str, Any] = {
         "id": _message_id(),
         "type": "message",
         "role": "assistant",

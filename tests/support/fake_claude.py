@@ -474,7 +474,7 @@ class Session:
             return
         status = {"type": "system", "subtype": "status", "status": "requesting"}
         self.emit(status | {"session_id": self.session_id, "uuid": _new_id()})
-        message = {
+        message: dict[str, Any] = {
             "id": message_id,
             "type": "message",
             "role": "assistant",

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from ccgate.circuit import CircuitBreaker, CircuitOpen
+from ccgate.circuit import CircuitBreaker, CircuitOpen, State
 
 
 class FakeClock:
@@ -28,6 +28,11 @@ def _opened(failures: int = 3, cooldown: float = 30.0) -> tuple[CircuitBreaker, 
     return breaker, clock
 
 
+def _state(breaker: CircuitBreaker) -> State:
+    """Read the state afresh: mypy keeps an earlier ``assert breaker.state == ...`` narrowing."""
+    return breaker.state
+
+
 def test_circuit_opens_at_the_threshold_and_fails_fast() -> None:
     """Calls pass until the Nth consecutive failure; then they fail with the cooldown left."""
     clock = FakeClock()
@@ -38,7 +43,7 @@ def test_circuit_opens_at_the_threshold_and_fails_fast() -> None:
     breaker.before_call()
     assert breaker.state == "closed"
     breaker.record_failure()
-    assert breaker.state == "open"
+    assert _state(breaker) == "open"
     clock.now += 10
     with pytest.raises(CircuitOpen) as refused:
         breaker.before_call()
@@ -69,7 +74,7 @@ def test_circuit_half_open_lets_exactly_one_probe_through() -> None:
             breaker.before_call()
         assert refused.value.retry_after > 0
     breaker.record_success()
-    assert breaker.state == "closed"
+    assert _state(breaker) == "closed"
     breaker.before_call()
     assert breaker.snapshot()["consecutive_failures"] == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -14,12 +15,24 @@ from ccgate.runners.cli_command import (
     build_env,
     user_message,
 )
+from ccgate.runners.sandbox import Sandbox
 
 
-def _options(**kwargs: object) -> CliOptions:
+class _OptionOverrides(TypedDict, total=False):
+    """The CliOptions fields a test may set; the rest keep their defaults."""
+
+    allow_tools: bool
+    upstream_retries: int
+    upstream_timeout_secs: float
+    kill_grace_secs: float
+    work_dir: str | None
+    sandbox: Sandbox
+
+
+def _options(**kwargs: Unpack[_OptionOverrides]) -> CliOptions:
     return CliOptions(
         executable="/bin/claude", base_env={"PATH": "/usr/bin", "HOME": "/h"}, **kwargs
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_argv_is_locked_down() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from ccgate.cli import app as cli_app
 from ccgate.config import SETTINGS
-from ccgate.errors import ERROR_KINDS
+from ccgate.errors import ERROR_KINDS, ErrorType
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def test_docs_every_setting_is_in_the_configuration_table(setting: object) -> No
 
 
 @pytest.mark.parametrize("error_type", sorted(ERROR_KINDS))
-def test_docs_every_error_type_is_in_the_api_doc(error_type: str) -> None:
+def test_docs_every_error_type_is_in_the_api_doc(error_type: ErrorType) -> None:
     """Each error type appears in docs/api.md with its status."""
     status = ERROR_KINDS[error_type].status
     assert f"| `{error_type}` | {status} |" in _read("docs/api.md")

@@ -87,7 +87,7 @@ def test_jsonanswer_reads_an_answer_with_at_most_two_parses(
         calls.append(len(text))
         return real_loads(text, **kwargs)
 
-    monkeypatch.setattr(jsonanswer.json, "loads", counting_loads)
+    monkeypatch.setattr("ccgate.jsonanswer.json.loads", counting_loads)
     read_json_answer(build(1200))
     assert 1 <= len(calls) <= 2
 

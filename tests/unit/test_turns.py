@@ -85,7 +85,25 @@ def test_job_error_names_a_documented_type() -> None:
     """A job row's unknown error type answers as cli_error (the one checked conversion)."""
     now = datetime.now(UTC)
     job = JobRecord(
-        *("job_1", "key_1", "native", JobStatus.FAILED, "sonnet", {}, None, None),
-        *("not_a_type", "it broke", None, None, None, 1, 5, now, now, now, None, None),
+        id="job_1",
+        key_id="key_1",
+        door="native",
+        status=JobStatus.FAILED,
+        model="sonnet",
+        request={},
+        metadata=None,
+        result=None,
+        error_type="not_a_type",
+        error_message="it broke",
+        usage=None,
+        cost_usd=None,
+        session_id=None,
+        attempts=1,
+        duration_ms=5,
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+        lease_owner=None,
+        lease_expires_at=None,
     )
     assert job_error(job).error_type == "cli_error"

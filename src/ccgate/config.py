@@ -136,6 +136,11 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+# The backends ``runners/backend.py`` registers (config imports no runner; a test keeps the
+# two lists equal).
+BACKEND_NAMES = ("cli", "api")
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -479,8 +484,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CCGATE_BACKEND",
         "cli",
-        "cli or api",
-        _choice("cli", "api"),
+        " or ".join(BACKEND_NAMES),
+        _choice(*BACKEND_NAMES),
         "What answers requests: `cli` runs the logged-in `claude` CLI; `api` calls the "
         "Anthropic API with the operator's `ANTHROPIC_API_KEY` (docs/backends.md).",
     ),
@@ -534,7 +539,38 @@ SETTINGS: tuple[Setting, ...] = (
         "168",
         "a number of hours between 0.01 and 87600",
         _float(0.01, 87600),
-        "A session not continued for this long is deleted.",
+        "A session not continued for this long is deleted; so is a stored Responses API "
+        "response this long after it was answered.",
+    ),
+    Setting(
+        "CCGATE_BATCH_INFLIGHT",
+        "2",
+        "an integer between 1 and 1000",
+        _int(1, 1000),
+        "How many requests of one Message Batch may be queued or running at once; the rest "
+        "wait in the batch, not in the queue (docs/batches.md).",
+    ),
+    Setting(
+        "CCGATE_BATCH_EXPIRY_HOURS",
+        "24",
+        "a number of hours between 0.01 and 720",
+        _float(0.01, 720),
+        "A Message Batch still running this long after its creation ends: its unfinished "
+        "requests end `expired`.",
+    ),
+    Setting(
+        "CCGATE_BATCH_TTL_DAYS",
+        "29",
+        "a number of days between 0.01 and 3650",
+        _float(0.01, 3650),
+        "An ended Message Batch is deleted with its results this long after its creation.",
+    ),
+    Setting(
+        "CCGATE_BATCH_MAX_REQUESTS",
+        "100000",
+        "an integer between 1 and 100000",
+        _int(1, 100000),
+        "Most requests one Message Batch may hold.",
     ),
     Setting(
         "CCGATE_REDIS_URL",
@@ -749,6 +785,10 @@ class Settings:
     circuit_cooldown_secs: float
     model_aliases: dict[str, str]
     session_ttl_hours: float
+    batch_inflight: int
+    batch_expiry_hours: float
+    batch_ttl_days: float
+    batch_max_requests: int
     redis_url: str | None
     global_rpd: int
     rpm_window_secs: int

@@ -32,7 +32,11 @@ class Door:
 
 
 ANTHROPIC = Door("anthropic", ("/v1/messages",), error_shape="anthropic", rate_headers="anthropic")
-OPENAI = Door("openai", ("/v1/chat/", "/v1/completions", "/v1/embeddings"), error_shape="openai")
+OPENAI = Door(
+    "openai",
+    ("/v1/chat/", "/v1/completions", "/v1/embeddings", "/v1/responses"),
+    error_shape="openai",
+)
 COMPAT = Door("compat", exact=("/run", "/v1/complete", "/files", "/healthz"))
 NATIVE = Door("native", ("/api/", "/v1/"))
 # The first door that serves a path owns it; native takes whatever no other door claims.

@@ -23,6 +23,7 @@ _STATE = RateState(requests_limit=10, requests_remaining=9, requests_reset_secs=
         ("/v1/messages", "anthropic", "anthropic"),
         ("/v1/messages/count_tokens", "anthropic", "anthropic"),
         ("/v1/chat/completions", "openai", "openai"),
+        ("/v1/responses/resp_1", "openai", "openai"),
     ],
 )
 def test_doors_path_names_one_door_with_one_error_shape(path: str, door: str, shape: str) -> None:

@@ -16,16 +16,14 @@ from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
-from ccgate.errors import ApiError
-from ccgate.responses_wire import (
-    ResponsesCall,
+from ccgate.api.doors.responses.render import (
     ResponseStream,
     ToolCall,
-    WireError,
-    parse_request,
     render_response,
     tool_calls_of,
 )
+from ccgate.api.doors.responses.request import ResponsesCall, WireError, parse_request
+from ccgate.errors import ApiError
 
 PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n").decode()
 PDF = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4").decode()
@@ -453,7 +451,7 @@ def test_render_max_tokens_stop_is_incomplete() -> None:
 
 def test_render_error_is_failed_with_an_sdk_error_code() -> None:
     """A failed turn renders status failed with a code from the SDK's list and ccgate's type."""
-    from ccgate.responses_wire import error_of
+    from ccgate.api.doors.responses.render import error_of
 
     body = render_response(
         _parse(input="hi"),

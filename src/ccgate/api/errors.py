@@ -92,14 +92,15 @@ def error_body(door: ErrorShape, request_id: str, error: ApiError) -> dict[str, 
             "request_id": request_id,
         }
     if door == "openai":
-        return {
-            "error": {
-                "message": message,
-                "type": _OPENAI_TYPES.get(error.status, "invalid_request_error"),
-                "param": error.param,
-                "code": error.error_type,
-            }
+        openai_error: dict[str, object] = {
+            "message": message,
+            "type": _OPENAI_TYPES.get(error.status, "invalid_request_error"),
+            "param": error.param,
+            "code": error.error_type,
         }
+        if "raw_text" in error.extra:  # schema_validation_failed: the answer as written
+            openai_error["raw_text"] = error.extra["raw_text"]
+        return {"error": openai_error}
     body: dict[str, object] = {
         "type": error.error_type,
         "message": message,

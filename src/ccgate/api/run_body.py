@@ -16,9 +16,11 @@ from ccgate.api.deps import services_of
 from ccgate.api.lifecycle import Turn
 from ccgate.api.request_body import check_json_value, check_prompt_size
 from ccgate.errors import ApiError
+from ccgate.jobs import request_to_json
 from ccgate.limits.estimate import estimate_run
 from ccgate.runners.base import RunRequest
 from ccgate.store import KeyRecord
+from ccgate.structured import SchemaInvalid, asking_for_schema, check_schema_async
 
 JSON_ONLY_INSTRUCTION = (
     "Answer with one JSON value only: no prose before or after it and no code fences."
@@ -41,6 +43,13 @@ class RunBody(BaseModel):
     append_system_prompt: str | None = Field(None, description="Appended to the system prompt.")
     response_format: Literal["text", "json"] = Field(
         "text", description="`json`: the answer is parsed and `result` holds the value."
+    )
+    json_schema: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "A JSON Schema the answer must match (implies `response_format: json`); checked "
+            "before anything runs, the answer validated with one repair run."
+        ),
     )
     timeout_secs: float | None = Field(
         None,
@@ -105,7 +114,7 @@ def build_run_request(
     size += sum(len(b["text"].encode("utf-8")) for b in attachments or () if b["type"] == "text")
     check_prompt_size(size, settings.max_prompt_bytes, "prompt is {size} bytes")
     append = body.append_system_prompt
-    if body.response_format == "json":
+    if body.response_format == "json" or body.json_schema is not None:
         append = f"{append}\n\n{JSON_ONLY_INSTRUCTION}" if append else JSON_ONLY_INSTRUCTION
     timeout = min(body.timeout_secs or settings.job_timeout_secs, settings.job_timeout_secs)
     content: list[dict[str, Any]] = [{"type": "text", "text": body.prompt}, *(attachments or [])]
@@ -126,6 +135,7 @@ class NativeRun:
 
     turn: Turn
     session_id: str
+    json_schema: dict[str, Any] | None = None
 
     @property
     def run_request(self) -> RunRequest:
@@ -133,11 +143,38 @@ class NativeRun:
         assert self.turn.run_request is not None
         return self.turn.run_request
 
+    def stored_request(self, response_format: str) -> dict[str, Any]:
+        """The request the job stores: with a schema, ``request_to_json`` adds it (and the
+        model's schema line) and the format is ``json`` whatever ``response_format`` says."""
+        return {
+            "response_format": response_format,
+            **request_to_json(self.run_request, json_schema=self.json_schema),
+        }
+
+
+async def checked_schema(body: RunBody) -> dict[str, Any] | None:
+    """The body's ``json_schema`` once checked (400 ``invalid_request`` naming why), or None.
+    A schema with an explicit ``response_format: "text"`` is a 400 too."""
+    if body.json_schema is None:
+        return None
+    if "response_format" in body.model_fields_set and body.response_format == "text":
+        raise ApiError(
+            "invalid_request",
+            "json_schema: needs response_format json (or none): a text answer is not checked",
+            param="json_schema",
+        )
+    try:
+        return await check_schema_async(body.json_schema)
+    except SchemaInvalid as exc:
+        raise ApiError("invalid_request", str(exc), param="json_schema") from None
+
 
 async def prepare_native_run(
     request: Request, key: KeyRecord, body: RunBody, door: str = "native"
 ) -> NativeRun:
-    """Validate everything (model, session, attachments, sizes), then admit under limits."""
+    """Validate everything (schema, model, session, attachments, sizes), then admit under
+    limits."""
+    json_schema = await checked_schema(body)
     model = resolve_model(request, key, body.model)
     sessions = services_of(request).sessions
     history: list[dict[str, Any]] = []
@@ -158,5 +195,7 @@ async def prepare_native_run(
     run_request = build_run_request(
         request, body, model, history=history, system_prompt=system_prompt, attachments=attachments
     )
-    turn = await Turn.admit(request, key, door, estimate_run(run_request), run_request=run_request)
-    return NativeRun(turn, session_id)
+    # The schema line the model is told counts towards the estimate.
+    asked = asking_for_schema(run_request, json_schema) if json_schema else run_request
+    turn = await Turn.admit(request, key, door, estimate_run(asked), run_request=run_request)
+    return NativeRun(turn, session_id, json_schema)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ccgate.store.audit import AuditEntry, AuditTable
+from ccgate.store.batches import BatchTable
 from ccgate.store.engine import Database
 from ccgate.store.enrollments import EnrollmentTable
 from ccgate.store.events import EventTable, JobEvent
@@ -10,6 +11,7 @@ from ccgate.store.files import FileTable
 from ccgate.store.jobs import JobRecord, JobStatus, JobTable
 from ccgate.store.keys import KeyRecord, KeyTable
 from ccgate.store.plan_windows import PlanWindowTable
+from ccgate.store.responses import ResponseTable, StoredResponse
 from ccgate.store.sessions import SessionRecord, SessionTable
 from ccgate.store.usage import UsageTable
 from ccgate.store.webhooks import DeliveryTable
@@ -30,6 +32,8 @@ class Store:
         self.usage = UsageTable(db)
         self.enrollments = EnrollmentTable(db)
         self.plan_windows = PlanWindowTable(db)
+        self.batches = BatchTable(db)
+        self.responses = ResponseTable(db)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -57,4 +61,5 @@ __all__ = [
     "KeyRecord",
     "SessionRecord",
     "Store",
+    "StoredResponse",
 ]

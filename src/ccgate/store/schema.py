@@ -256,3 +256,60 @@ plan_window_usage = sa.Table(
     sa.Column("resets_at", UTCDateTime(), nullable=True),
     sa.Column("used", sa.Float(), nullable=False),
 )
+
+# Message Batches: one row per batch; counts are read from its requests (one source of truth).
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("key_id", sa.String(40), sa.ForeignKey("api_keys.id"), nullable=False),
+    # in_progress, canceling or ended.
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("ended_at", UTCDateTime(), nullable=True),
+    sa.Column("cancel_initiated_at", UTCDateTime(), nullable=True),
+    # Set by a delete: the batch is gone for its key while its requests are purged in chunks.
+    sa.Column("deleted_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_batches_key_created", "key_id", "created_at", "id"),
+    sa.Index("ix_batches_status", "status", "expires_at"),
+    sa.Index("ix_batches_created", "created_at"),
+)
+
+# One request of a batch: its params until it is fed to the queue as a job, then its result.
+batch_requests = sa.Table(
+    "batch_requests",
+    metadata,
+    sa.Column("batch_id", sa.String(40), sa.ForeignKey("batches.id"), primary_key=True),
+    # The request's position in the batch: feeding order and the key of result pages.
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("custom_id", sa.String(64), nullable=False),
+    sa.Column("params", sa.JSON(), nullable=False),
+    # pending, queued (fed: job_id names its job), succeeded, errored, canceled or expired.
+    sa.Column("state", sa.String(12), nullable=False),
+    sa.Column("job_id", sa.String(40), nullable=True),
+    # The result object in the SDK's shape (succeeded and errored only).
+    sa.Column("result", sa.JSON(), nullable=True),
+    # A request its key's rate limit refused is not fed again before this.
+    sa.Column("not_before", UTCDateTime(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Index("ux_batch_requests_custom_id", "batch_id", "custom_id", unique=True),
+    sa.Index("ix_batch_requests_state", "batch_id", "state", "seq"),
+    sa.Index("ix_batch_requests_job", "job_id"),
+)
+
+# Stored OpenAI Responses (``store: true``): what GET answers and what previous_response_id
+# continues. Each row keeps its whole conversation, so branching from any response works.
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("key_id", sa.String(40), sa.ForeignKey("api_keys.id"), nullable=True),
+    # The rendered Response object, as GET returns it.
+    sa.Column("response", sa.JSON(), nullable=False),
+    # The conversation through this response's answer, as Anthropic Messages.
+    sa.Column("messages", sa.JSON(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_responses_expires", "expires_at"),
+)

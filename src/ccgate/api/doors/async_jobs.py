@@ -17,9 +17,9 @@ from ccgate.api.deps import services_of
 from ccgate.api.middleware import audit_facts
 from ccgate.api.request_body import parse_body
 from ccgate.api.run_body import RunBody, prepare_native_run
-from ccgate.api.views import render_job
 from ccgate.errors import ApiError
-from ccgate.jobs import IdempotencyConflict, JobService, Submission, request_to_json
+from ccgate.jobs import IdempotencyConflict, JobService, Submission
+from ccgate.jobs.views import render_job
 from ccgate.store import JobRecord, JobStatus, KeyRecord
 from ccgate.store.webhooks import Redelivery
 
@@ -41,7 +41,12 @@ class JobBody(RunBody):
 
 
 def _request_hash(body: JobBody) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # Without a schema the hash is what it was before ``json_schema`` existed, so a retry
+    # across an upgrade still finds its job.
+    dumped = body.model_dump(
+        mode="json", exclude={"json_schema"} if body.json_schema is None else None
+    )
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -87,7 +92,8 @@ async def submit(
         )
     if body.callback_url is not None:
         services_of(request).check_callback(body.callback_url)
-    request_hash = _request_hash(body)
+    # Only an Idempotency-Key is ever compared with it: no hash of every body without one.
+    request_hash = _request_hash(body) if idempotency_key is not None else None
     # A retry gets its job back before admission: it runs nothing, so it spends nothing and
     # never holds a concurrency slot (a slot is the original submission's until its job ends).
     replayed = await _replay(request, key, idempotency_key, request_hash)
@@ -98,10 +104,7 @@ async def submit(
         Submission(
             key_id=key.id,
             door="native",
-            request={
-                **request_to_json(prepared.run_request),
-                "response_format": body.response_format,
-            },
+            request=prepared.stored_request(body.response_format),
             metadata=body.metadata,
             callback_url=body.callback_url,
             idempotency_key=idempotency_key,
@@ -113,7 +116,7 @@ async def submit(
 
 
 async def _replay(
-    request: Request, key: KeyRecord, idempotency_key: str | None, request_hash: str
+    request: Request, key: KeyRecord, idempotency_key: str | None, request_hash: str | None
 ) -> JobRecord | None:
     """The key's earlier job under ``idempotency_key``, or None; 409 for another body."""
     if idempotency_key is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ccgate.api.admission import resolve_model
 from ccgate.api.auth import require_key
@@ -41,10 +41,12 @@ from ccgate.api.lifecycle import Turn, client_closed
 from ccgate.api.middleware import audit_facts
 from ccgate.api.request_body import check_prompt_size, check_unicode, read_json_object
 from ccgate.api.run_body import JSON_ONLY_INSTRUCTION
+from ccgate.api.streaming import SSE_HEADERS
 from ccgate.errors import ApiError
 from ccgate.limits.estimate import conversation_size, estimate_run
 from ccgate.runners.base import RunRequest, RunResult
 from ccgate.store import KeyRecord
+from ccgate.structured import SchemaInvalid, asking_for_schema, check_schema_async
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
@@ -66,6 +68,7 @@ class ChatCall:
     top_p: float | None
     json_only: bool
     tools: ToolRequest | None = None  # set only when tools are allowed and used
+    json_schema: Any = None  # response_format.json_schema.schema as sent (checked later)
 
 
 def _text_of_parts(content: Any, where: str) -> str:
@@ -190,6 +193,21 @@ def _float_field(body: dict[str, Any], name: str, high: float) -> float | None:
     return float(value)
 
 
+def _schema_of(response_format: dict[str, Any]) -> Any:
+    """The schema of a ``json_schema`` response format, unchecked; None when there is none
+    (JSON only, as ``json_object``)."""
+    where = "response_format.json_schema"
+    spec = response_format.get("json_schema")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise bad(f"{where}: must be an object", where)
+    for name, kind, wanted in (("name", str, "a string"), ("strict", bool, "a boolean")):
+        if spec.get(name) is not None and not isinstance(spec[name], kind):
+            raise bad(f"{where}.{name}: must be {wanted}", f"{where}.{name}")
+    return spec.get("schema")
+
+
 def parse_chat_call(body: dict[str, Any], *, tools_allowed: bool = False) -> ChatCall:
     """Validate a chat completion body, naming the bad field; tools only if allowed."""
     for name in TOOL_FIELDS:
@@ -243,7 +261,19 @@ def parse_chat_call(body: dict[str, Any], *, tools_allowed: bool = False) -> Cha
         top_p=_float_field(body, "top_p", 1),
         json_only=kind in ("json_object", "json_schema"),
         tools=tools,
+        json_schema=_schema_of(response_format) if kind == "json_schema" else None,
     )
+
+
+async def _checked_schema(raw: Any) -> dict[str, Any] | None:
+    """The request's JSON Schema once checked (400 naming why), or None."""
+    if raw is None:
+        return None
+    where = "response_format.json_schema.schema"
+    try:
+        return await check_schema_async(raw)
+    except SchemaInvalid as exc:
+        raise bad(f"{where}: {str(exc).removeprefix('json_schema: ')}", where) from None
 
 
 @router.post("/chat/completions", summary="OpenAI Chat Completions API")
@@ -254,6 +284,7 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
     services = services_of(request)
     settings = services.settings
     call = parse_chat_call(body, tools_allowed=services.backend.capabilities.client_tools)
+    schema = await _checked_schema(call.json_schema)
     model = resolve_model(request, key, call.model)
     size = conversation_bytes(call.system, call.history, call.content)
     if call.tools is not None:
@@ -277,14 +308,20 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
         top_p=call.top_p,
         owner=key.id,
     )
+    if schema is not None and call.tools is not None:
+        # With tools the answer may be a tool call: the model is told the schema, no more.
+        run_request = asking_for_schema(run_request, schema)
     definitions = conversation_size(None, [], call.tools.fields) if call.tools else None
+    estimated = asking_for_schema(run_request, schema) if schema and not call.tools else run_request
     turn = await Turn.admit(
-        request, key, "openai", estimate_run(run_request, definitions), run_request=run_request
+        request, key, "openai", estimate_run(estimated, definitions), run_request=run_request
     )
     if call.tools is not None:
         return await tool_completion(
             turn, call.tools, stream=call.stream, include_usage=call.include_usage
         )
+    if schema is not None:
+        return await _structured_completion(turn, call, model, schema)
     await turn.start()
     completion_id = "chatcmpl-" + turn.message_id.removeprefix("msg_")
     created = int(time.time())
@@ -294,6 +331,28 @@ async def chat_completions(request: Request, key: CallerKey) -> Response:
     result = await turn.answer()
     if result is None:
         return client_closed()
+    return _completion(completion_id, created, model, result)
+
+
+async def _structured_completion(
+    turn: Turn, call: ChatCall, model: str, schema: dict[str, Any]
+) -> Response:
+    """A ``json_schema`` answer: validated (one repair run) before anything is sent, so a
+    stream carries the matching JSON in one delta and a mismatch is a real 422."""
+    result = await turn.answer_structured(schema)
+    if result is None:
+        return client_closed()
+    completion_id = "chatcmpl-" + turn.message_id.removeprefix("msg_")
+    created = int(time.time())
+    if not call.stream:
+        return _completion(completion_id, created, model, result)
+    renderer = _ChunkStream(turn, ChunkShape(completion_id, created, model, call.include_usage))
+    frames = [*renderer.opening(), renderer.text(result.text), *renderer.closing(result)]
+    return StreamingResponse(iter(frames), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _completion(completion_id: str, created: int, model: str, result: RunResult) -> Response:
+    """A finished ``chat.completion``."""
     return JSONResponse(
         {
             "id": completion_id,

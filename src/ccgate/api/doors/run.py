@@ -11,8 +11,8 @@ from ccgate.api.auth import require_key
 from ccgate.api.lifecycle import client_closed, job_error
 from ccgate.api.request_body import parse_body
 from ccgate.api.run_body import RunBody, prepare_native_run
-from ccgate.api.views import render_job
-from ccgate.jobs import Submission, request_to_json
+from ccgate.jobs import Submission
+from ccgate.jobs.views import render_job
 from ccgate.store import JobStatus, KeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["native"])
@@ -37,10 +37,7 @@ async def run(request: Request, key: CallerKey) -> Response:
         Submission(
             key_id=key.id,
             door="native",
-            request={
-                **request_to_json(prepared.run_request),
-                "response_format": body.response_format,
-            },
+            request=prepared.stored_request(body.response_format),
             metadata=body.metadata,
             session_id=prepared.session_id,
         )

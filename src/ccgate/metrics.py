@@ -29,6 +29,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from ccgate.doors import COMPAT, door_of
 from ccgate.models import API_FAMILY_ALIASES, KNOWN_MODELS
 from ccgate.runners.base import RunEvent, Runner, RunRequest, RunResult, TextDelta
 from ccgate.runners.plan_windows import PlanWindow
@@ -253,19 +254,16 @@ def model_label(model: str | None) -> str:
 
 
 def door_label(path: str) -> str:
-    """The door a path belongs to, from a fixed set (never the raw path)."""
-    if path.startswith("/v1/messages"):
-        return "anthropic"
-    if path.startswith("/v1/chat"):
-        return "openai"
-    if path.startswith(("/api/", "/run", "/v1/complete", "/v1/fetch")):
-        return "native"
+    """The door a path belongs to, from a fixed set (never the raw path): the door registry's
+    name for the API paths, and the server's own pages by kind."""
     if path.startswith("/admin"):
         return "admin"
     if path in ("/health", "/readyz"):
         return "health"
     if path == "/metrics":
         return "metrics"
+    if path.startswith(("/api/", "/v1/")) or COMPAT.serves(path):
+        return door_of(path).name
     return OTHER
 
 

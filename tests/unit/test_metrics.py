@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ccgate import metrics
 from ccgate.config import ConfigError, load_settings
+from ccgate.doors import door_of
 
 
 @pytest.fixture(autouse=True)
@@ -49,8 +50,26 @@ def test_door_label_never_returns_a_raw_path() -> None:
             "/readyz",
             "/metrics",
             "/../etc/passwd",
+            "/run",
+            "/v1/responses",
         )
-    ] == ["anthropic", "openai", "native", "admin", "health", "metrics", "other"]
+    ] == [
+        "anthropic",
+        "openai",
+        "native",
+        "admin",
+        "health",
+        "metrics",
+        "other",
+        "compat",
+        "openai",
+    ]
+
+
+def test_door_label_agrees_with_the_door_registry() -> None:
+    """Metrics name a request's door as the audit and the error shapes do (ccgate.doors)."""
+    for path in ("/v1/messages/batches", "/v1/chat/completions", "/v1/complete", "/api/v1/run"):
+        assert metrics.door_label(path) == door_of(path).name
 
 
 def test_sampler_adds_pool_counter_growth_and_sets_states() -> None:

@@ -40,6 +40,8 @@ log = structlog.get_logger("ccgate.batches")
 BATCH_DOOR = "batch"
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _RESULTS_PAGE = 1000
+# Batches up to this many requests are checked right on the loop (a thread costs more).
+_CHECK_ON_LOOP = 1000
 
 
 class BatchInvalid(ValueError):
@@ -109,6 +111,17 @@ ToJob = Callable[[dict[str, Any]], dict[str, Any]]
 Admit = Callable[[str, dict[str, Any]], Awaitable[Admitted | Refused]]
 ToMessage = Callable[[JobRecord], dict[str, Any]]
 ToError = Callable[[str, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class BatchHooks:
+    """What a door hands the engine (``BatchService.use``): its wire format's callbacks."""
+
+    validate: Validate
+    to_job: ToJob
+    admit: Admit
+    to_message: ToMessage
+    to_error: ToError
 
 
 def _accept(params: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +198,14 @@ class BatchService:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    def use(self, hooks: BatchHooks) -> None:
+        """Take a door's callbacks (before ``start``)."""
+        self.validate = hooks.validate
+        self.to_job = hooks.to_job
+        self.admit = hooks.admit
+        self.to_message = hooks.to_message
+        self.to_error = hooks.to_error
+
     async def start(self) -> None:
         """Listen for ended jobs, register the clean-up and resume every open batch."""
         self.jobs.on_finished.append(self._job_finished)
@@ -207,40 +228,23 @@ class BatchService:
 
     # -- what the door uses ------------------------------------------------------------
 
-    async def create(self, key_id: str, requests: Sequence[Any]) -> BatchRecord:
-        """Validate and store a batch of ``{"custom_id", "params"}`` requests; it is stored
-        before this returns and fed from then on. Raises BatchInvalid."""
+    async def create(
+        self, key_id: str, requests: Sequence[Any], *, validate: Validate | None = None
+    ) -> BatchRecord:
+        """Validate (with ``validate``, else the door's) and store a batch of ``{"custom_id",
+        "params"}`` requests; it is stored before this returns and fed from then on. Raises
+        BatchInvalid. A big batch is checked in a worker thread and stored on a connection of
+        its own, so other requests are served meanwhile."""
         most = self.settings.max_requests
         if not 1 <= len(requests) <= most:
             raise BatchInvalid(
                 f"a batch holds 1 to {most:,} requests; this one has {len(requests):,}"
             )
-        rows: list[tuple[str, dict[str, Any]]] = []
-        seen: set[str] = set()
-        for i, item in enumerate(requests):
-            where = f"requests[{i}]"
-            if not isinstance(item, Mapping):
-                raise BatchInvalid(f"{where} must be an object with custom_id and params")
-            custom_id = item.get("custom_id")
-            if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
-                raise BatchInvalid(
-                    f"{where}.custom_id {custom_id!r} must be 1 to 64 letters, digits, '_' or '-'"
-                )
-            if custom_id in seen:
-                raise BatchInvalid(
-                    f"{where}.custom_id {custom_id!r} is used more than once; each custom_id "
-                    "must be unique within its batch"
-                )
-            seen.add(custom_id)
-            params = item.get("params")
-            if not isinstance(params, Mapping):
-                raise BatchInvalid(f"{where}.params (custom_id {custom_id!r}) must be an object")
-            try:
-                rows.append((custom_id, self.validate(dict(params))))
-            except BatchInvalid:
-                raise
-            except ValueError as exc:
-                raise BatchInvalid(f"{where}.params (custom_id {custom_id!r}): {exc}") from exc
+        check = validate or self.validate
+        if len(requests) > _CHECK_ON_LOOP:
+            rows = await asyncio.to_thread(_checked_rows, requests, check)
+        else:
+            rows = _checked_rows(requests, check)
         now = self.clock()
         batch = await self.store.batches.insert(
             batch_id=new_id("msgbatch"),
@@ -528,6 +532,38 @@ class BatchService:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _checked_rows(requests: Sequence[Any], validate: Validate) -> list[tuple[str, dict[str, Any]]]:
+    """``(custom_id, params)`` of every request, each checked; BatchInvalid names the first
+    bad one by its index and custom_id."""
+    rows: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(requests):
+        where = f"requests[{i}]"
+        if not isinstance(item, Mapping):
+            raise BatchInvalid(f"{where} must be an object with custom_id and params")
+        custom_id = item.get("custom_id")
+        if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
+            raise BatchInvalid(
+                f"{where}.custom_id {custom_id!r} must be 1 to 64 letters, digits, '_' or '-'"
+            )
+        if custom_id in seen:
+            raise BatchInvalid(
+                f"{where}.custom_id {custom_id!r} is used more than once; each custom_id "
+                "must be unique within its batch"
+            )
+        seen.add(custom_id)
+        params = item.get("params")
+        if not isinstance(params, Mapping):
+            raise BatchInvalid(f"{where}.params (custom_id {custom_id!r}) must be an object")
+        try:
+            rows.append((custom_id, validate(dict(params))))
+        except BatchInvalid:
+            raise
+        except ValueError as exc:
+            raise BatchInvalid(f"{where}.params (custom_id {custom_id!r}): {exc}") from exc
+    return rows
 
 
 def _idempotency_key(batch_id: str, seq: int) -> str:

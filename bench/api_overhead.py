@@ -3,15 +3,19 @@
 
 Run by hand (not part of the test suite):
 
-    .venv/bin/python -m bench.api_overhead --requests 3000 --concurrency 1 50
+    .venv/bin/python -m bench.api_overhead --requests 3000 --concurrency 1 10 50
 
-The upstream is the project's fake Anthropic API (tests/support/fake_anthropic.py) in a process
-of its own, answering ``Text("hi")`` at once. Both paths send byte-identical requests (only the
-key differs: the fake's own key direct, a ccgate key through ccgate) over one HTTP/1.1
-keep-alive connection per concurrent caller (opened anew, off the clock, for every block),
-non-streaming and streaming; a streamed request is timed to its last byte. The paths run in
+The upstream runs in a process of its own and answers "hi" at once: by default
+bench/fast_upstream.py (canned bytes from an asyncio protocol, ~0.05 ms per call, so the
+baseline leaves the gateway most of the machine), with ``--upstream fake`` the project's
+fake Anthropic API (tests/support/fake_anthropic.py, threaded ``http.server``). Both paths
+send byte-identical requests (only the key differs: the fake's own key direct, a ccgate key
+through ccgate) over one HTTP/1.1 keep-alive connection per concurrent caller (opened anew,
+off the clock, for every block), non-streaming and streaming; a request is timed to its last
+byte, and to its first body byte (for a stream: the first SSE bytes). The paths run in
 alternating blocks so machine drift hits both alike; overhead is ccgate minus direct at the
-same percentile.
+same percentile. ``--baseline SRC`` serves a second ccgate from another source tree (an
+older checkout's ``src``) in the same run.
 
 The stock fake leaves Nagle's algorithm on and writes headers and body (or each SSE event)
 separately, so every answer waits ~40 ms for a delayed ACK; this benchmark switches Nagle off
@@ -45,7 +49,8 @@ from tests.support import fake_anthropic
 
 from bench.harness import free_port, machine_line, percentile, serve
 
-Call = Callable[[], Awaitable[None]]
+# A call returns when its first body byte arrived (perf_counter), or None if it cannot tell.
+Call = Callable[[], Awaitable[float | None]]
 Callers = Callable[[], contextlib.AbstractAsyncContextManager[list[Call]]]
 MODEL = "claude-sonnet-4-5"
 _REPO = Path(__file__).resolve().parents[1]
@@ -79,19 +84,23 @@ def _serve_fake(port: int, *, stock: bool, text: str) -> None:
 
 
 @contextlib.contextmanager
-def fake_upstream(*, stock: bool, text: str) -> Iterator[str]:
-    """The fake Anthropic API in its own process (its own GIL); yields its URL."""
+def fake_upstream(*, kind: str, stock: bool, text: str) -> Iterator[str]:
+    """The upstream in its own process (its own GIL); yields its URL. ``kind`` ``fast`` is
+    bench/fast_upstream.py (canned bytes), ``fake`` the test suite's fake."""
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.api_overhead",
-        "--fake-upstream",
-        str(port),
-        "--text",
-        text,
-        *(["--stock-fake"] if stock else []),
-    ]
+    if kind == "fast":
+        argv = [sys.executable, "-m", "bench.fast_upstream", "--port", str(port), "--text", text]
+    else:
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.api_overhead",
+            "--fake-upstream",
+            str(port),
+            "--text",
+            text,
+            *(["--stock-fake"] if stock else []),
+        ]
     proc = subprocess.Popen(argv, cwd=_REPO, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -142,22 +151,26 @@ class RawConnection:
         reader, writer = await asyncio.open_connection(host, int(port))
         return cls(reader, writer)
 
-    async def call(self, request: bytes) -> None:
-        """Send ``request``; return once the whole answer (a 200) has arrived."""
+    async def call(self, request: bytes) -> float:
+        """Send ``request``; return once the whole answer (a 200) has arrived, with the time
+        its first body byte did."""
         self._writer.write(request)
         head = await self._reader.readuntil(b"\r\n\r\n")
         if head[9:12] != b"200":
             detail = (await self._reader.read(2000)).decode(errors="replace")
             raise RuntimeError(f"HTTP {head[9:12].decode()}: {detail}")
         lower = head.lower()
+        first: float | None = None
         if b"transfer-encoding: chunked" in lower:
             while True:
                 size = int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16)
                 await self._reader.readexactly(size + 2)
+                first = first or time.perf_counter()
                 if size == 0:
-                    return
+                    return first
         start = lower.index(b"content-length:") + len(b"content-length:")
         await self._reader.readexactly(int(lower[start : lower.index(b"\r\n", start)]))
+        return time.perf_counter()
 
     async def close(self) -> None:
         """Close the connection."""
@@ -191,12 +204,14 @@ async def httpx_callers(target: Target, body: bytes, concurrency: int) -> AsyncI
         base_url=target.url, headers=headers, limits=limits, timeout=60
     ) as client:
 
-        async def one() -> None:
+        async def one() -> float | None:
+            first = None
             async with client.stream("POST", "/v1/messages", content=body) as response:
                 async for _ in response.aiter_raw():
-                    pass
+                    first = first or time.perf_counter()
                 if response.status_code != 200:
                     raise RuntimeError(f"HTTP {response.status_code}")
+            return first
 
         yield [one] * concurrency
 
@@ -209,6 +224,7 @@ class Sample:
     """What one path gave over all its blocks."""
 
     latencies: list[float] = field(default_factory=list)
+    first_bytes: list[float] = field(default_factory=list)  # time to the first body byte, ms
     seconds: float = 0.0
     cpu_secs: float = 0.0  # of the ccgate process
     client_cpu_secs: float = 0.0  # of this process, the load generator
@@ -240,8 +256,10 @@ async def _timed_block(callers: list[Call], total: int, into: Sample, pid: int |
         while remaining > 0:
             remaining -= 1
             started = time.perf_counter()
-            await call()
+            first = await call()
             into.latencies.append((time.perf_counter() - started) * 1000)
+            if first is not None:
+                into.first_bytes.append((first - started) * 1000)
 
     began = time.perf_counter()
     await asyncio.gather(*(worker(call) for call in callers))
@@ -278,38 +296,44 @@ def body_of(stream: bool, prompt_bytes: int) -> bytes:
 
 async def measure(
     direct: Target,
-    gated: Target,
-    pid: int,
+    gated: list[tuple[Target, int]],
     *,
     stream: bool,
     concurrency: int,
     total: int,
     args: argparse.Namespace,
-) -> tuple[Sample, Sample]:
-    """Both paths at one concurrency, in alternating blocks after a warm-up of each."""
+) -> tuple[Sample, list[Sample]]:
+    """The direct path and every ccgate at one concurrency, in alternating blocks after a
+    warm-up of each."""
     body = body_of(stream, args.prompt_bytes)
-    bare, through = Sample(), Sample()
+    bare, throughs = Sample(), [Sample() for _ in gated]
     block = max(100, concurrency * 20)
 
     make = httpx_callers if args.client == "httpx" else raw_callers
     to_fake = functools.partial(make, direct, body, concurrency)
-    to_ccgate = functools.partial(make, gated, body, concurrency)
-    await run_block(to_ccgate, block, Sample(), None)  # warm-up
-    await run_block(to_fake, block, Sample(), None)
+    to_ccgate = [functools.partial(make, target, body, concurrency) for target, _ in gated]
+    for callers in (*to_ccgate, to_fake):  # warm-up
+        await run_block(callers, block, Sample(), None)
     while len(bare.latencies) < total:
         await run_block(to_fake, block, bare, None)
-        await run_block(to_ccgate, block, through, pid)
-    return bare, through
+        for callers, (_, pid), through in zip(to_ccgate, gated, throughs, strict=True):
+            await run_block(callers, block, through, pid)
+    return bare, throughs
 
 
-def _row(mode: str, concurrency: int, bare: Sample, through: Sample) -> str:
+def _row(mode: str, concurrency: int, name: str, bare: Sample, through: Sample) -> str:
     d50, d99 = percentile(bare.latencies, 50), percentile(bare.latencies, 99)
     g50, g99 = percentile(through.latencies, 50), percentile(through.latencies, 99)
     cpu_ms = _per_request(through.cpu_secs, through)
+    first = (
+        f"{percentile(through.first_bytes, 50) - percentile(bare.first_bytes, 50):.2f}"
+        if through.first_bytes and bare.first_bytes
+        else "-"
+    )
     return (
-        f"| {mode} | {concurrency} | {d50:.2f} | {d99:.2f} | {g50:.2f} | {g99:.2f} "
-        f"| {g50 - d50:.2f} | {g99 - d99:.2f} | {bare.rps:,.0f} | {through.rps:,.0f} "
-        f"| {cpu_ms} |"
+        f"| {mode} | {concurrency} | {name} | {d50:.2f} | {d99:.2f} | {g50:.2f} | {g99:.2f} "
+        f"| {g50 - d50:.2f} | {g99 - d99:.2f} | {first} | {bare.rps:,.0f} | {through.rps:,.0f} "
+        f"| {through.rps / bare.rps:.2f} | {cpu_ms} |"
     )
 
 
@@ -318,53 +342,61 @@ def _per_request(secs: float, sample: Sample) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
-    """Start the fake upstream and ccgate, measure every mode and concurrency, print a table."""
+    """Start the upstream and ccgate (and a baseline ccgate), measure every mode and
+    concurrency, print a table."""
     print(machine_line())
     print("command: python -m bench.api_overhead " + " ".join(sys.argv[1:]))
+    fake = "stock, Nagle on" if args.stock_fake else "TCP_NODELAY"
+    upstream_name = "bench/fast_upstream.py" if args.upstream == "fast" else f"fake ({fake})"
     print(
-        f"client: {args.client}; upstream: fake Anthropic API "
-        f"({'stock, Nagle on' if args.stock_fake else 'TCP_NODELAY'}); "
+        f"client: {args.client}; upstream: {upstream_name}; "
         f"ccgate log level: {args.log_level}; prompt: {args.prompt_bytes} bytes"
     )
     print()
-    with (
-        fake_upstream(stock=args.stock_fake, text=args.text) as upstream,
-        tempfile.TemporaryDirectory(prefix="ccgate-bench-") as tmp,
-        serve(
-            Path(tmp),
-            Path(tmp) / "no-claude",
-            CCGATE_BACKEND="api",
-            ANTHROPIC_BASE_URL=upstream,
-            ANTHROPIC_API_KEY=fake_anthropic.FAKE_API_KEY,
-            CCGATE_LOG_LEVEL=args.log_level,
-        ) as served,
-    ):
-        direct = Target(upstream, fake_anthropic.FAKE_API_KEY)
-        gated = Target(served.url, served.key)
-        print(
-            "| mode | concurrency | direct p50 ms | direct p99 ms | ccgate p50 ms "
-            "| ccgate p99 ms | overhead p50 ms | overhead p99 ms | direct req/s "
-            "| ccgate req/s | ccgate CPU ms/req |"
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(
+            fake_upstream(kind=args.upstream, stock=args.stock_fake, text=args.text)
         )
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ccgate-bench-")))
+        env = {
+            "CCGATE_BACKEND": "api",
+            "ANTHROPIC_BASE_URL": upstream,
+            "ANTHROPIC_API_KEY": fake_anthropic.FAKE_API_KEY,
+            "CCGATE_LOG_LEVEL": args.log_level,
+        }
+        servers = [("ccgate", stack.enter_context(serve(tmp, tmp / "no-claude", **env)))]
+        if args.baseline:
+            # The same server from another source tree (an older checkout), side by side.
+            base = tmp / "baseline"
+            base.mkdir()
+            baseline = serve(base, base / "no-claude", PYTHONPATH=args.baseline, **env)
+            servers.append(("baseline", stack.enter_context(baseline)))
+        direct = Target(upstream, fake_anthropic.FAKE_API_KEY)
+        gated = [(Target(served.url, served.key), served.pid) for _, served in servers]
+        print(
+            "| mode | concurrency | server | direct p50 ms | direct p99 ms | ccgate p50 ms "
+            "| ccgate p99 ms | overhead p50 ms | overhead p99 ms | first byte overhead p50 ms "
+            "| direct req/s | ccgate req/s | ratio | ccgate CPU ms/req |"
+        )
+        print("| --- " * 14 + "|")
         notes: list[str] = []
         for concurrency in args.concurrency:
             for stream in (False, True):
-                bare, through = await measure(
+                bare, throughs = await measure(
                     direct,
                     gated,
-                    served.pid,
                     stream=stream,
                     concurrency=concurrency,
                     total=args.requests,
                     args=args,
                 )
                 mode = "stream" if stream else "json"
-                print(_row(mode, concurrency, bare, through), flush=True)
+                for (name, _), through in zip(servers, throughs, strict=True):
+                    print(_row(mode, concurrency, name, bare, through), flush=True)
                 notes.append(
                     f"{mode} at {concurrency}: {_per_request(bare.client_cpu_secs, bare)}"
-                    f" direct, {_per_request(through.client_cpu_secs, through)} through "
-                    "ccgate"
+                    f" direct, {_per_request(throughs[0].client_cpu_secs, throughs[0])} "
+                    "through ccgate"
                 )
         print()
         print(f"CPU of the {args.client} client per request, ms: " + "; ".join(notes))
@@ -386,6 +418,18 @@ def main() -> None:
     parser.add_argument("--prompt-bytes", type=int, default=1000)
     parser.add_argument("--text", default="hi", help="the fake's reply text")
     parser.add_argument("--log-level", default="info", help="ccgate's CCGATE_LOG_LEVEL")
+    parser.add_argument(
+        "--upstream",
+        choices=("fast", "fake"),
+        default="fast",
+        help="fast: bench/fast_upstream.py (canned answers); fake: the test suite's fake",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="also serve ccgate from this source tree (the directory holding ccgate/, e.g. "
+        "an older checkout's src) and measure it side by side",
+    )
     parser.add_argument(
         "--stock-fake",
         action="store_true",

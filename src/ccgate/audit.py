@@ -36,9 +36,13 @@ class AuditLog:
         self._buffer.append(entry)
         self._wake.set()
 
-    def record_job_outcome(self, job: JobRecord) -> None:
+    def record_job_outcome(self, job: JobRecord, *, waited: bool = False) -> None:
         """JobService.on_finished hook: complete the row of the request that queued ``job``
-        with its status, tokens and cost (written after the rows of the same batch)."""
+        with its status, tokens and cost (written after the rows of the same batch).
+
+        ``waited``: the request waited for the job and its row holds the outcome already
+        (filled here only if it has none, e.g. a 503 at shutdown); its row is in the same
+        batch, so a row not found is not looked for again."""
         usage = job.usage or {}
         self._outcomes.append(
             {
@@ -49,6 +53,7 @@ class AuditLog:
                 "output_tokens": usage.get("output_tokens"),
                 "cost_usd": job.cost_usd,
                 "error_type": job.error_type,
+                **({"tries": _OUTCOME_TRIES} if waited else {}),
             }
         )
         self._wake.set()
@@ -57,6 +62,13 @@ class AuditLog:
         """Write every queued row now, then the job outcomes."""
         batch, self._buffer = self._buffer, []
         outcomes, self._outcomes = self._outcomes, []
+        if batch and outcomes:
+            # A waiting caller's row written in this batch with its job's outcome needs no
+            # fill: the update would change nothing.
+            done = {e.job_id for e in batch if e.job_id is not None and e.job_status is not None}
+            outcomes = [
+                o for o in outcomes if o["job_id"] not in done or o.get("tries", 0) < _OUTCOME_TRIES
+            ]
         # Failures are logged by type and request id only: a database error's text quotes
         # the statement's parameters, which hold key names, addresses and prompt text.
         if batch:

@@ -11,6 +11,7 @@ from ccgate import __version__, metrics
 from ccgate.api import admin, console, enroll, health, metrics_door
 from ccgate.api.doors import (
     async_jobs,
+    batches,
     chat,
     compat,
     fetch,
@@ -18,11 +19,13 @@ from ccgate.api.doors import (
     messages,
     model_list,
     quota,
+    responses,
     run,
     session_list,
     usage,
 )
 from ccgate.api.errors import install_error_handlers
+from ccgate.api.lean import LeanRoutes, route_of
 from ccgate.api.middleware import RequestContextMiddleware, add_cors
 from ccgate.config import Settings
 from ccgate.runners.base import Runner
@@ -35,7 +38,9 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_services(settings, runner=runner) as services:
+        async with open_services(
+            settings, runner=runner, batch_door=batches.batch_hooks
+        ) as services:
             app.state.services = services
             yield
 
@@ -55,6 +60,16 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         multiproc_dir=settings.prometheus_multiproc_dir,
     )
     install_error_handlers(app)
+    # Inside the request middleware (added first = innermost): the hottest door, lean.
+    app.add_middleware(
+        LeanRoutes,
+        routes={
+            ("POST", "/v1/messages"): (
+                messages.create_message_lean,
+                route_of(messages.router.routes, "POST", "/v1/messages"),
+            )
+        },
+    )
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -75,7 +90,9 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         enroll.router,
         fetch.router,
         messages.router,
+        batches.router,
         chat.router,
+        responses.router,
         model_list.router,
         session_list.router,
         console.router,

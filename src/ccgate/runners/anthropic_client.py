@@ -31,6 +31,7 @@ from ccgate.runners.anthropic_errors import (
 from ccgate.runners.anthropic_sse import UpstreamStream, merge_usage
 from ccgate.runners.base import RunError
 from ccgate.runners.redaction import redact
+from ccgate.runners.upstream_transport import LeanTransport
 
 log = structlog.get_logger("ccgate.runner")
 
@@ -90,7 +91,8 @@ class AnthropicClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             timeout=httpx.Timeout(timeout_secs, connect=min(_CONNECT_TIMEOUT_SECS, timeout_secs)),
-            transport=transport,
+            # Our own pool unless a test hands in a transport (upstream_transport.py: why).
+            transport=transport or LeanTransport(max_connections=max_connections),
             cookies=_NoCookies(),
         )
         # Absolute URLs built once, as httpx would join them onto base_url, which it otherwise

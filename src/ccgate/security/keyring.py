@@ -22,6 +22,8 @@ __all__ = ["CreatedKey", "KeyNameError", "Keyring", "PolicyError", "policy_with"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # last_used_at is refreshed at most this often per key, so auth stays a read, not a write.
 _TOUCH_EVERY_SECS = 60.0
+# Keys remembered between writes to the store (cleared whole when full; refilled on use).
+_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Keyring:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._touched: dict[str, float] = {}
+        # secret hash -> (record, the store's change marker when it was read); SQLite only.
+        self._cache: dict[str, tuple[KeyRecord, tuple[int, int, int]]] = {}
 
     async def create(
         self,
@@ -118,11 +122,27 @@ class Keyring:
         """
         if not secret:
             return None
-        record = await self.store.keys.by_hash(hash_secret(secret))
+        record = await self._by_hash(hash_secret(secret))
         if record is None or not record.active or record.expired(_now()):
             return None
         now = time.monotonic()
         if now - self._touched.get(record.id, -_TOUCH_EVERY_SECS) >= _TOUCH_EVERY_SECS:
             self._touched[record.id] = now
             await self.store.keys.touch(record.id, _now())
+        return record
+
+    async def _by_hash(self, secret_hash: str) -> KeyRecord | None:
+        """The key row, from the cache while nothing at all was written to the store since it
+        was read (any process, any table: a revocation or policy change anywhere is seen at
+        the very next request); from the store otherwise, and always on PostgreSQL."""
+        marker = self.store.db.change_marker()
+        if marker is not None:
+            cached = self._cache.get(secret_hash)
+            if cached is not None and cached[1] == marker:
+                return cached[0]
+        record = await self.store.keys.by_hash(secret_hash)
+        if marker is not None and record is not None and record.active:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[secret_hash] = (record, marker)
         return record

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -51,10 +51,14 @@ _TEXT_COLUMNS: dict[str, int | None] = {
 }
 
 
+_ENTRY_FIELDS = tuple(f.name for f in fields(AuditEntry))
+
+
 def fit_audit_row(entry: AuditEntry) -> dict[str, Any]:
     """``entry`` as a row every backend stores: text cut to its column's length, NUL and
     lone surrogates (which PostgreSQL refuses) replaced."""
-    row = asdict(entry)
+    # A shallow copy: asdict() deep-copies every value, and every field here is a plain value.
+    row = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
     for name, length in _TEXT_COLUMNS.items():
         value = row.get(name)
         if isinstance(value, str):

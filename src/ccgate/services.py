@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -23,6 +24,8 @@ from ccgate.config import Settings
 from ccgate.errors import ApiError
 from ccgate.events import JobEventHub
 from ccgate.jobs import JobService, QueueLimits
+from ccgate.jobs.batches import BatchHooks, BatchService, BatchSettings
+from ccgate.jobs.service import SYNC_CALLER
 from ccgate.jobs.views import render_job
 from ccgate.limits import Limiter
 from ccgate.models import ModelPolicy, model_policy
@@ -54,6 +57,8 @@ class Services:
     runner: Runner
     limiter: Limiter
     jobs: JobService
+    # Message Batches: fed to ``jobs`` once a door has handed in its hooks (``open_services``).
+    batches: BatchService
     keyring: Keyring
     sessions: SessionBook
     job_tickets: JobTickets
@@ -103,12 +108,27 @@ def _queue_limits(settings: Settings) -> QueueLimits:
     )
 
 
+def _batch_settings(settings: Settings) -> BatchSettings:
+    return BatchSettings(
+        in_flight=settings.batch_inflight,
+        expiry=timedelta(hours=settings.batch_expiry_hours),
+        ttl=timedelta(days=settings.batch_ttl_days),
+        max_requests=settings.batch_max_requests,
+    )
+
+
+# The batch door's hooks, built from the services (the api layer hands it in: services sit
+# below the doors and import none of them).
+BatchDoor = Callable[["Services"], BatchHooks]
+
+
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, *, runner: Runner | None = None
+    settings: Settings, *, runner: Runner | None = None, batch_door: BatchDoor | None = None
 ) -> AsyncIterator[Services]:
     """Open the store, build the backend, start the queue, webhooks, audit and sampling;
-    stop them all again on exit. ``runner`` replaces the backend's runner (tests)."""
+    stop them all again on exit. ``runner`` replaces the backend's runner (tests). With
+    ``batch_door`` the Message Batches feeder starts too (and stops before the queue)."""
     async with contextlib.AsyncExitStack() as stack:
         store = await Store.open(settings.database_url)
         stack.push_async_callback(store.close)
@@ -147,6 +167,7 @@ async def open_services(
             runner=metered,
             limiter=limiter,
             jobs=jobs,
+            batches=BatchService(store, jobs, _batch_settings(settings)),
             keyring=Keyring(store),
             sessions=SessionBook(store, settings.session_ttl_hours),
             job_tickets=JobTickets(),
@@ -176,6 +197,10 @@ async def open_services(
         stack.push_async_callback(dispatcher.stop)
         stack.push_async_callback(jobs.stop)
         await dispatcher.start()
+        if batch_door is not None:
+            services.batches.use(batch_door(services))
+            await services.batches.start()
+            stack.push_async_callback(services.batches.stop)  # before jobs.stop: LIFO
         services.sampling.start()
         stack.push_async_callback(services.sampling.stop)
         # Everything built so far lives as long as the server: keep it out of the collector's
@@ -204,9 +229,13 @@ def _connect(services: Services) -> None:
     """Hook the observers of a job's end onto the queue."""
     jobs, dispatcher = services.jobs, services.webhooks
     jobs.on_finished.append(lambda job: dispatcher.wake() if job.callback_url else None)
-    jobs.before_announce.append(services.sessions.record_turn)
+    jobs.in_ending.append(services.sessions.turn_op)
     jobs.cleanups.append(("sessions", services.sessions.delete_expired))
     jobs.cleanups.append(("files", services.store.files.delete_expired))
+    jobs.cleanups.append(("responses", services.store.responses.delete_expired))
     jobs.on_finished.append(services.job_tickets.job_finished)
     jobs.on_finished.append(lambda job: metrics.job_finished(job.status.value))
-    jobs.on_finished.append(services.audit.record_job_outcome)
+    # A synchronous caller's own audit row carries its job's outcome: one fill at most.
+    jobs.on_finished.append(
+        lambda job: services.audit.record_job_outcome(job, waited=SYNC_CALLER in job.request)
+    )

@@ -14,6 +14,8 @@ from ccgate.clock import utcnow
 from ccgate.ids import new_id
 from ccgate.jobs.requests import request_from_json
 from ccgate.store import JobRecord, JobStatus, SessionRecord, Store
+from ccgate.store.engine import Operation
+from ccgate.store.sessions import save_session
 
 
 class SessionBook:
@@ -34,8 +36,15 @@ class SessionBook:
 
     async def record_turn(self, job: JobRecord) -> None:
         """After a completed job with a session: store its question and answer as turns."""
+        operation = self.turn_op(job)
+        if operation is not None:
+            await self.store.db.write(operation)
+
+    def turn_op(self, job: JobRecord) -> Operation[None] | None:
+        """The store operation saving a completed job's question and answer as its session's
+        turns (None: nothing to save); JobService runs it in the transaction ending the job."""
         if job.session_id is None or job.status is not JobStatus.COMPLETED:
-            return
+            return None
         request = request_from_json(job.request)
         messages: list[dict[str, Any]] = [
             *request.history,
@@ -43,7 +52,7 @@ class SessionBook:
             {"role": "assistant", "content": [{"type": "text", "text": job.result or ""}]},
         ]
         now = utcnow()
-        await self.store.sessions.save(
+        return save_session(
             session_id=job.session_id,
             key_id=job.key_id,
             model=job.model,

@@ -34,6 +34,7 @@ from ccgate.api.errors import CLIENT_CLOSED_REQUEST
 from ccgate.api.middleware import AuditFacts, audit_facts
 from ccgate.api.streaming import ClosingStreamingResponse
 from ccgate.errors import ApiError, error_type_of
+from ccgate.ids import new_id
 from ccgate.jobs import (
     IdempotencyConflict,
     JobService,
@@ -42,11 +43,12 @@ from ccgate.jobs import (
     Submission,
     request_to_json,
 )
+from ccgate.jobs.schema_repair import SCHEMA_VALIDATION_FAILED, SchemaMismatch, answer_to_schema
 from ccgate.jobs.windows import WindowsClosed
 from ccgate.pricing import cost_usd
 from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult, TextDelta
-from ccgate.security.keys import new_id
 from ccgate.store import JobRecord, JobStatus, KeyRecord
+from ccgate.structured import asking_for_schema
 from ccgate.tickets import Ticket
 from ccgate.turns import Usage
 
@@ -73,11 +75,14 @@ def job_error(job: JobRecord) -> ApiError:
     error_type = error_type_of(job.error_type, "cli_error")
     if job.status is JobStatus.CANCELLED:
         error_type = "cancelled"
+    extra: dict[str, object] = {"job_id": job.id}
+    if error_type == "schema_validation_failed":
+        extra["raw_text"] = job.result or ""  # the answer that did not match, as written
     return ApiError(
         error_type,
         job.error_message or "the job failed",
         retry_after=job.retry_after,
-        extra={"job_id": job.id},
+        extra=extra,
     )
 
 
@@ -258,7 +263,7 @@ class Turn:
         The ticket is settled with the job's usage however this ends."""
         finished: JobRecord | None = None
         try:
-            self.job = await submit_job(self.request, submission)
+            self.job = await submit_job(self.request, self._admitted(submission))
             finished = await wait_for_caller(self.request, self.job.id)
         finally:
             await self.settle(
@@ -268,6 +273,11 @@ class Turn:
         if finished is None:
             self.facts.job_status = "cancelled"
         return finished
+
+    def _admitted(self, submission: Submission) -> Submission:
+        # The policy this turn was admitted under: the queue checks the key's plan-window
+        # share against it instead of reading the key again.
+        return replace(submission, key_policy=self.key.policy)
 
     def record_job(self, job: JobRecord, prompt: str) -> None:
         """Add the finished job's facts (and the prompt, if audited) to the audit row."""
@@ -286,7 +296,7 @@ class Turn:
     async def queue_async(self, submission: Submission) -> JobRecord:
         """Queue the job and hand the ticket to ``JobTickets`` (a twin's is settled now)."""
         async with self:
-            job, new = await submit_job_once(self.request, submission)
+            job, new = await submit_job_once(self.request, self._admitted(submission))
         if new:
             services_of(self.request).job_tickets.hold(job.id, self.ticket)
         else:  # a concurrent twin stored the job first; its ticket is the one held
@@ -312,6 +322,7 @@ class Turn:
                     key_id=self.key.id,
                     door=self.door,
                     request=request_to_json(self.run_request),
+                    key_policy=self.key.policy,
                 ),
             )
         self.message_id = "msg_" + self.job.id.removeprefix("job_")
@@ -330,6 +341,62 @@ class Turn:
                 return None
             self._audit_job(finished)
             self.result = result_of(finished)
+            return self.result
+        finally:
+            await self._settle_result()
+
+    async def answer_structured(self, schema: dict[str, Any]) -> RunResult | None:
+        """``start`` and ``answer`` for a turn whose answer must match ``schema`` (checked by
+        ``structured.check_schema``); the result's text is the value as compact JSON.
+
+        As a job, the job stores the schema and validates and repairs its own answer; directly,
+        the same check and one repair run (``jobs/schema_repair.answer_to_schema``) go over the
+        runner, usage summed. A mismatch is 422 ``schema_validation_failed`` with ``raw_text``;
+        None when the client went away first (the job is cancelled). Settles the ticket."""
+        assert self.run_request is not None
+        runner = services_of(self.request).runner
+
+        async def run(request: RunRequest, _: str = "") -> RunResult:
+            try:
+                async with contextlib.aclosing(runner.run(request)) as events:
+                    async for event in events:
+                        if isinstance(event, RunResult):
+                            return event
+            except RunError as exc:
+                self.facts.error_type = exc.error_type
+                raise api_error_of(exc) from None
+            raise ApiError("upstream_error", "the upstream ended without an answer")
+
+        try:
+            if not self.direct:
+                stored = request_to_json(self.run_request, json_schema=schema)
+                self.job = await submit_job(
+                    self.request, Submission(key_id=self.key.id, door=self.door, request=stored)
+                )
+                self.message_id = "msg_" + self.job.id.removeprefix("job_")
+                finished = await wait_for_caller(self.request, self.job.id)
+                if finished is None:
+                    return None
+                self._audit_job(finished)
+                # A failed job spent tokens too (the first run and the repair).
+                await self.settle(_usage_of(finished.usage), finished.cost_usd)
+                self.result = replace(result_of(finished), text=finished.result_json or "")
+                return self.result
+            asked = asking_for_schema(self.run_request, schema)
+            self.result = await run(asked)
+            try:
+                total, answer = await answer_to_schema(
+                    {"json_schema": schema}, asked, self.result, run
+                )
+            except SchemaMismatch as exc:
+                self.result = exc.result
+                self._audit_result(exc.result)
+                self.facts.error_type, self.facts.job_status = SCHEMA_VALIDATION_FAILED, "failed"
+                raise ApiError(
+                    "schema_validation_failed", exc.message, extra={"raw_text": exc.text}
+                ) from None
+            self.result = replace(total, text=answer["result_json"])
+            self._audit_result(self.result)
             return self.result
         finally:
             await self._settle_result()

@@ -19,15 +19,17 @@ import structlog
 from ccgate import metrics, tracing
 from ccgate.clock import utcnow
 from ccgate.events import JobEventHub
+from ccgate.ids import new_id
 from ccgate.jobs.requests import request_from_json
 from ccgate.jobs.revocation import KEY_REVOKED, KEY_UNUSABLE, WEBHOOK_DROPPED, end_work_of
 from ccgate.jobs.schema_repair import SCHEMA_VALIDATION_FAILED, SchemaMismatch, answer_to_schema
 from ccgate.jobs.windows import UNKNOWN_RESET, PlanGate, WindowsClosed
 from ccgate.jsonanswer import answer_read_as_json, read_json_answer_async
+from ccgate.policy import KeyPolicy
 from ccgate.runners.base import RunError, Runner, RunRequest, RunResult, TextDelta
 from ccgate.runners.plan_windows import WindowClosed
-from ccgate.security.keys import new_id
 from ccgate.store import JobEvent, JobRecord, JobStatus, Store
+from ccgate.store.engine import Operation
 from ccgate.store.jobs import QueueAtCapacity
 from ccgate.structured import schema_of
 
@@ -85,6 +87,8 @@ class Submission:
     # False for a caller that waits for the answer: a closed plan window refuses it (429)
     # instead of holding it in the queue until the window resets.
     waits_for_window: bool = True
+    # The key's policy as the request was admitted under it (None: read the key again).
+    key_policy: KeyPolicy | None = None
 
 
 class JobService:
@@ -109,6 +113,9 @@ class JobService:
         # Awaited after a job's end is stored and before anyone waiting is told, so a caller
         # that gets the answer already sees what these did (e.g. its session's new turn).
         self.before_announce: list[Callable[[JobRecord], Awaitable[None]]] = []
+        # Store operations on the ended job (e.g. its session's new turn) written in the very
+        # transaction that ends it: one write instead of two before the caller is told.
+        self.in_ending: list[Callable[[JobRecord], Operation[None] | None]] = []
         # Expiry sweeps run by the cleanup loop: (what, delete everything expired at ``now``).
         self.cleanups: list[tuple[str, Callable[[datetime], Awaitable[int]]]] = []
         self._wake = asyncio.Event()
@@ -201,7 +208,7 @@ class JobService:
                 return earlier, False
         hold_until: datetime | None = None
         try:
-            await self.plan.check(submission.key_id)
+            await self.plan.check(submission.key_id, submission.key_policy)
         except WindowsClosed as closed:
             if not submission.waits_for_window:
                 raise
@@ -251,7 +258,9 @@ class JobService:
             self._launch(job)
         else:
             self._queue_seen_empty = False
-            self._wake.set()
+            # With every slot busy, the next run to end wakes the dispatcher: not each submit.
+            if self._slots_taken < self.limits.concurrency:
+                self._wake.set()
         return job, True
 
     async def replay_of(
@@ -281,6 +290,12 @@ class JobService:
         Raises NotAccepting when this node is shutting down and the job is not running
         here: it would only end after the restart.
         """
+        if job_id in self._running:
+            # Running here: its task hands over the ended record, no store read and no
+            # wake-up per event; None (requeued, held for a window) falls through to the store.
+            final = await asyncio.shield(self._done_future(job_id))
+            if final is not None:
+                return final
         async with self.hub.watching(job_id):
             while True:
                 done = self._done_future(job_id)
@@ -376,16 +391,24 @@ class JobService:
         to: JobStatus,
         *,
         lease_expired_before: datetime | None = None,
+        known: JobRecord | None = None,
         **values: Any,
     ) -> JobRecord | None:
-        """End a job with its last events and closing event in one transaction."""
+        """End a job with its last events and closing event in one transaction; ``known``
+        is the job as this node runs it (the ended record is built from it, not read back)."""
         with tracing.span("ccgate.settle", job_id=job_id, status=to.value):
             return await self._settle(
-                job_id, to, lease_expired_before=lease_expired_before, **values
+                job_id, to, lease_expired_before=lease_expired_before, known=known, **values
             )
 
     async def _settle(
-        self, job_id: str, to: JobStatus, *, lease_expired_before: datetime | None, **values: Any
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        lease_expired_before: datetime | None,
+        known: JobRecord | None,
+        **values: Any,
     ) -> JobRecord | None:
         pending, closing_seq = self.hub.seal(job_id)
         ended = await self.store.jobs.finish(
@@ -395,6 +418,8 @@ class JobService:
             pending=pending,
             closing_seq=closing_seq,
             lease_expired_before=lease_expired_before,
+            known=known,
+            also=self.in_ending,
             **values,
         )
         if ended is None:
@@ -533,6 +558,7 @@ class JobService:
             return await self._end(
                 job.id,
                 JobStatus.FAILED,
+                known=job,
                 error_type=exc.error_type,
                 error_message=_storable(message),
                 retry_after=exc.retry_after,
@@ -543,6 +569,7 @@ class JobService:
             return await self._end(
                 job.id,
                 JobStatus.FAILED,
+                known=job,
                 error_type=SCHEMA_VALIDATION_FAILED,
                 error_message=_storable(exc.message),
                 # The raw answer stays readable: `result`, with the reason as its parse error.
@@ -558,6 +585,7 @@ class JobService:
             return await self._end(
                 job.id,
                 JobStatus.FAILED,
+                known=job,
                 error_type=exc.error_type,
                 error_message=_storable(exc.message),
                 retry_after=exc.retry_after,
@@ -568,6 +596,7 @@ class JobService:
             return await self._end(
                 job.id,
                 JobStatus.FAILED,
+                known=job,
                 error_type="internal_error",
                 error_message=f"ccgate failed to run the job: {type(exc).__name__}",
                 duration_ms=_elapsed_ms(started),
@@ -577,6 +606,7 @@ class JobService:
         return await self._end(
             job.id,
             JobStatus.COMPLETED,
+            known=job,
             result=_storable(result.text),
             usage=result.usage,
             cost_usd=result.cost_usd,

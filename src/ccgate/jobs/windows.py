@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
+from ccgate.policy import KeyPolicy
 from ccgate.runners.plan_windows import PlanWindow
 from ccgate.store import Store
 
@@ -57,16 +58,19 @@ class PlanGate:
         resets = [r for r in resets if r > now]
         return max(resets) if resets else None
 
-    async def check(self, key_id: str | None) -> None:
-        """Raise WindowsClosed while the plan, or this key's share of it, is used up."""
+    async def check(self, key_id: str | None, policy: KeyPolicy | None = None) -> None:
+        """Raise WindowsClosed while the plan, or this key's share of it, is used up;
+        ``policy`` is the key's as just admitted (None: read the key)."""
         now = self.clock()
         until = self.closed_until()
         if until is not None:
             raise WindowsClosed(until, now)
         if key_id is None:
             return
-        key = await self.store.keys.by_id(key_id)
-        share = key.policy.window_share if key is not None else None
+        if policy is None:
+            key = await self.store.keys.by_id(key_id)
+            policy = key.policy if key is not None else None
+        share = policy.window_share if policy is not None else None
         if share is None:
             return
         spent = [

@@ -8,6 +8,7 @@ with ``--no-session-persistence``), so runs leave nothing behind in the operator
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -53,7 +54,9 @@ class RunDir:
     @classmethod
     def create(cls, work_dir: str | None, prefix: str) -> RunDir:
         """Make a new directory below ``work_dir`` (the system temp dir when None)."""
-        return cls(os.path.realpath(tempfile.mkdtemp(prefix=prefix, dir=work_dir)))
+        # A new directory made in a symlink-free parent has a symlink-free path: resolving
+        # the parent once spares every run a walk over its path's components.
+        return cls(tempfile.mkdtemp(prefix=prefix, dir=_real_parent(work_dir)))
 
     def write_prompts(self, prompts: SystemPrompts) -> PromptFiles:
         """Write each prompt that is set as a 0600 file here; return the paths for argv.
@@ -80,6 +83,11 @@ class RunDir:
         made for it; call it once the CLI has exited (it may still write there)."""
         shutil.rmtree(project_dir(env, self.path), ignore_errors=True)
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _real_parent(work_dir: str | None) -> str:
+    return os.path.realpath(work_dir if work_dir is not None else tempfile.gettempdir())
 
 
 async def start_cli(

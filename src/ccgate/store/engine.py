@@ -67,6 +67,10 @@ class Database:
         self._async: AsyncEngine | None = None
         self._sync: sa.Engine | None = None
         self._bulk_reader: sa.Engine | None = None
+        self._loop_conn: sa.Connection | None = None
+        self._writes = 0  # this process's write transactions, for ``change_marker``
+        self._driver: Any = None  # the one SQLite connection, for PRAGMA data_version
+        self._driver_epoch = 0
         if self.dialect == "sqlite":
             # hide_parameters: a failed statement's message never quotes stored values.
             self._sync = sa.create_engine(
@@ -80,6 +84,7 @@ class Database:
                     self.url, poolclass=sa.pool.NullPool, hide_parameters=True
                 )
                 event.listen(self._bulk_reader, "connect", _sqlite_pragmas)
+                event.listen(self._bulk_reader, "begin", _sqlite_begin)  # for write_bulk
         else:
             self._async = create_async_engine(
                 self.url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
@@ -106,8 +111,32 @@ class Database:
         with self._bulk_reader.connect() as conn:
             return operation(conn)
 
+    async def write_bulk(self, operation: Operation[T]) -> T:
+        """Run a transaction that writes a lot at once (a batch's 100,000 requests) without
+        holding the event loop: on SQLite in a worker thread, on a connection of its own that
+        takes the write lock with ``BEGIN IMMEDIATE`` and waits for it there (the loop's own
+        writes meanwhile yield and retry, as they do for another process's lock); on
+        PostgreSQL as ``write``."""
+        if self._bulk_reader is None:
+            return await self.write(operation)
+        self._writes += 1
+        return await asyncio.to_thread(self._write_on_own_connection, operation)
+
+    def _write_on_own_connection(self, operation: Operation[T]) -> T:
+        assert self._bulk_reader is not None
+        with self._bulk_reader.connect() as conn:
+            # Blocking here blocks this worker thread only: wait as long as the loop would.
+            patience_ms = int(_SQLITE_LOCK_PATIENCE_SECS * 1000)
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.execute(f"PRAGMA busy_timeout={patience_ms}")
+            conn.info["ccgate.write"] = True
+            with conn.begin():
+                return operation(conn)
+
     async def write(self, operation: Operation[T]) -> T:
         """Run ``operation`` in a transaction that commits when it returns."""
+        self._writes += 1
         if self._sync is not None:
             return await self._run_sqlite(operation, write=True)
         assert self._async is not None
@@ -127,11 +156,39 @@ class Database:
             pause = min(pause * 2, 0.2)
 
     def _run_sync(self, operation: Operation[T], write: bool) -> T:
-        assert self._sync is not None
-        with self._sync.connect() as conn:
-            conn.info["ccgate.write"] = write
+        # One connection kept open for the loop's operations (they never overlap): checking
+        # it out of the pool and resetting it for every operation cost as much as a query.
+        conn = self._loop_conn
+        if conn is None:
+            assert self._sync is not None
+            conn = self._loop_conn = self._sync.connect()
+        conn.info["ccgate.write"] = write
+        try:
             with conn.begin():
                 return operation(conn)
+        except BaseException:
+            # Whatever state a failure left it in, the next operation starts on a fresh one.
+            self._loop_conn = None
+            conn.close()
+            raise
+
+    def change_marker(self) -> tuple[int, int, int] | None:
+        """On SQLite, a value that differs once anything may have been written since it was
+        last read: SQLite's ``data_version`` (other connections' and processes' commits),
+        this process's own write count, and which connection answered (a version is only
+        comparable on one connection). Microseconds, no transaction. None on PostgreSQL,
+        where other nodes write unseen, and when the connection cannot answer."""
+        if self._sync is None:
+            return None
+        try:
+            if self._driver is None:
+                self._driver = self._run_sync(lambda conn: conn.connection.driver_connection, False)
+                self._driver_epoch += 1
+            version = self._driver.execute("PRAGMA data_version").fetchone()[0]
+        except Exception:  # a closed or replaced connection: no marker now, a fresh one next time
+            self._driver = None
+            return None
+        return self._driver_epoch, int(version), self._writes
 
     async def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""
@@ -143,6 +200,9 @@ class Database:
 
     async def close(self) -> None:
         """Release every connection and thread."""
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
         if self._sync is not None:
             self._sync.dispose()
         if self._bulk_reader is not None:

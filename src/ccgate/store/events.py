@@ -10,8 +10,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from ccgate.store import sqlite_fast as fast
 from ccgate.store.engine import Database
 from ccgate.store.schema import job_events
+from ccgate.store.sqlite_fast import is_sqlite
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,10 @@ class JobEvent:
 
 
 _INSERT_IGNORING_POSTGRES = pg_insert(job_events).on_conflict_do_nothing()
-_INSERT_IGNORING_SQLITE = job_events.insert().prefix_with("OR IGNORE")
+_INSERT_IGNORING_SQLITE = (
+    "INSERT OR IGNORE INTO job_events (job_id, seq, type, data, at) "
+    "VALUES (:job_id, :seq, :type, :data, :at)"
+)
 
 
 def insert_events(conn: sa.Connection, events: Iterable[JobEvent]) -> None:
@@ -37,10 +42,12 @@ def insert_events(conn: sa.Connection, events: Iterable[JobEvent]) -> None:
     ]
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        conn.execute(_INSERT_IGNORING_POSTGRES, rows)
+    if is_sqlite(conn):  # on every job's end: straight to the driver (store/sqlite_fast.py)
+        fast.execute_many(
+            conn, _INSERT_IGNORING_SQLITE, [fast.stored_values(conn, job_events, r) for r in rows]
+        )
     else:
-        conn.execute(_INSERT_IGNORING_SQLITE, rows)
+        conn.execute(_INSERT_IGNORING_POSTGRES, rows)
 
 
 def append_terminal_event(

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.exc import IntegrityError
 
-from ccgate.store.engine import Database
+from ccgate.store import sqlite_fast as fast
+from ccgate.store.engine import Database, Operation
 from ccgate.store.events import JobEvent, append_terminal_event, insert_events
 from ccgate.store.schema import api_keys, job_events, jobs, webhook_deliveries
+from ccgate.store.sqlite_fast import is_sqlite
 from ccgate.store.webhooks import insert_delivery
+
+log = structlog.get_logger("ccgate.store")
 
 
 class JobStatus(enum.StrEnum):
@@ -58,6 +63,11 @@ def _key_usable(now: datetime) -> sa.ColumnElement[bool]:
             sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
         ),
     )
+
+
+_COUNT_QUEUED = (
+    sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == JobStatus.QUEUED.value)
+)
 
 
 def _key_revoked() -> sa.ColumnElement[bool]:
@@ -165,18 +175,17 @@ class JobTable:
             request_hash=request_hash,
             retry_at=retry_at,
         )
-        claimed = dataclasses.replace(
-            base,
-            status=JobStatus.PROCESSING,
-            attempts=1,
-            started_at=now,
-            lease_owner=claim_for,
-            lease_expires_at=lease_until,
-        )
-        count_queued = (
-            sa.select(sa.func.count())
-            .select_from(jobs)
-            .where(jobs.c.status == JobStatus.QUEUED.value)
+        claimed = (
+            base
+            if claim_for is None
+            else dataclasses.replace(
+                base,
+                status=JobStatus.PROCESSING,
+                attempts=1,
+                started_at=now,
+                lease_owner=claim_for,
+                lease_expires_at=lease_until,
+            )
         )
 
         def _usable(conn: sa.Connection) -> bool:
@@ -196,9 +205,11 @@ class JobTable:
             )
 
         def op(conn: sa.Connection) -> JobRecord:
+            if is_sqlite(conn):
+                return _insert_sqlite(conn, base, claimed, max_queued, claim_for is not None)
             record = base
             if max_queued is not None or claim_for is not None:
-                waiting = int(conn.execute(count_queued).scalar() or 0)
+                waiting = int(conn.execute(_COUNT_QUEUED).scalar() or 0)
                 if max_queued is not None and waiting >= max_queued:
                     raise QueueAtCapacity(waiting)
                 if claim_for is not None and waiting == 0 and _usable(conn):
@@ -323,34 +334,55 @@ class JobTable:
         closing_seq: int | None = None,
         lease_expired_before: datetime | None = None,
         webhook: bool = True,
+        known: JobRecord | None = None,
+        also: Sequence[Callable[[JobRecord], Operation[None] | None]] = (),
         **values: Any,
     ) -> tuple[JobRecord, JobEvent] | None:
         """End a job in one transaction: its last chunks, the status change, the closing
         ``result`` event and, when it asked for one (and ``webhook``), its webhook delivery.
 
+        ``known`` is the job as the node running it holds it (only its status and lease
+        change meanwhile, both set here): the ended record is then built from it instead of
+        read back. Each of ``also`` may give one more operation on the ended job (a session's
+        new turn), run in the same transaction inside a savepoint, so its failure (returned
+        with the rest, never raised) leaves the ending intact.
+
         Returns the ended job and its closing event, or None if the job had already ended
         (the guard keeps the first ending: a late completion never overwrites a cancel).
         """
         assert to.terminal
-        query = (
-            _guarded_update(job_id, to, lease_expired_before)
-            .values(
-                status=to.value, finished_at=now, lease_owner=None, lease_expires_at=None, **values
-            )
-            .returning(*jobs.c)
-        )
+        ending = {"finished_at": now, "lease_owner": None, "lease_expires_at": None, **values}
+        update = _guarded_update(job_id, to, lease_expired_before).values(status=to.value, **ending)
+        query = update if known is not None else update.returning(*jobs.c)
+        closing_data = {"status": to.value}
 
         def op(conn: sa.Connection) -> tuple[JobRecord, JobEvent] | None:
-            row = conn.execute(query).first()
-            if row is None:
-                return None
-            record = _record(row)
-            insert_events(conn, pending)
-            event = append_terminal_event(
-                conn, job_id, "result", {"status": to.value}, now, seq=closing_seq
-            )
+            if known is not None:
+                if is_sqlite(conn):
+                    moved = _finish_sqlite(conn, job_id, to, ending, lease_expired_before)
+                else:
+                    moved = conn.execute(query).rowcount > 0
+                if not moved:
+                    return None
+                record = dataclasses.replace(known, status=to, **_as_stored(ending))
+            else:
+                row = conn.execute(query).first()
+                if row is None:
+                    return None
+                record = _record(row)
+            if closing_seq is not None:
+                # The closing id is known: the last chunks and the closing event in one go.
+                event = JobEvent(job_id, closing_seq, "result", closing_data, now)
+                insert_events(conn, [*pending, event])
+            else:
+                insert_events(conn, pending)
+                event = append_terminal_event(conn, job_id, "result", closing_data, now)
             if record.callback_url and webhook:
                 insert_delivery(conn, job_id=job_id, url=record.callback_url, now=now)
+            for hook in also:
+                extra = hook(record)
+                if extra is not None:
+                    _in_savepoint(conn, extra, job_id)
             return record, event
 
         return await self.db.write(op)
@@ -365,6 +397,7 @@ class JobTable:
         """
         # Fair between keys: the key served least recently goes first (never served: first
         # of all), then its oldest job, so one key's flood cannot starve another key's job.
+        # Within a key, its batch requests wait behind its other jobs.
         served = sa.alias(jobs, "served")
         last_served = (
             sa.select(sa.func.max(served.c.started_at))
@@ -378,7 +411,12 @@ class JobTable:
                 _key_usable(now),
                 sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at <= now),
             )
-            .order_by(last_served.asc().nulls_first(), jobs.c.created_at, jobs.c.id)
+            .order_by(
+                last_served.asc().nulls_first(),
+                sa.case((jobs.c.door == "batch", 1), else_=0),
+                jobs.c.created_at,
+                jobs.c.id,
+            )
             .limit(8)
         )
         postgres = self.db.dialect == "postgresql"
@@ -485,6 +523,126 @@ def _delete_jobs(conn: sa.Connection, job_ids: list[str]) -> int:
     conn.execute(job_events.delete().where(job_events.c.job_id.in_(job_ids)))
     conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.job_id.in_(job_ids)))
     return conn.execute(jobs.delete().where(jobs.c.id.in_(job_ids))).rowcount
+
+
+# -- SQLite: the statements of every job's start and end, straight on the driver -------------
+
+_JOB_COLUMNS = tuple(c.name for c in jobs.c)
+# The columns a job stored already claimed (a direct start) holds differently.
+_CLAIM_COLUMNS = ("status", "attempts", "started_at", "lease_owner", "lease_expires_at")
+_NO_LIMIT = 2**62
+# One statement: count the waiting jobs (no further than the limit needs), check the key is
+# still usable, store the job claimed when nothing waits (a direct start), else queued, and
+# nothing at all when the queue is full.
+# Built once from the schema's own column names (no outside text in it).
+_INSERT_SQLITE = (
+    f"INSERT INTO jobs ({fast.column_list(_JOB_COLUMNS)}) SELECT "  # noqa: S608
+    + ", ".join(
+        f"CASE WHEN claimed THEN :claimed_{n} ELSE :{n} END" if n in _CLAIM_COLUMNS else f":{n}"
+        for n in _JOB_COLUMNS
+    )
+    + " FROM (SELECT waiting, (:claim AND waiting = 0 AND usable) AS claimed FROM ("
+    "SELECT (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' LIMIT :counted))"
+    " AS waiting, (:key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys"
+    " WHERE api_keys.id = :key_id AND api_keys.revoked_at IS NULL"
+    " AND (api_keys.expires_at IS NULL OR api_keys.expires_at > :created_at))) AS usable))"
+    " WHERE waiting < :most RETURNING status"
+)
+
+
+def _insert_sqlite(
+    conn: sa.Connection,
+    base: JobRecord,
+    claimed: JobRecord,
+    max_queued: int | None,
+    claim: bool,
+) -> JobRecord:
+    params = fast.stored_values(conn, jobs, {**base.__dict__, "status": base.status.value})
+    stored_claim = fast.stored_values(
+        conn,
+        jobs,
+        {
+            "status": claimed.status.value,
+            "attempts": claimed.attempts,
+            "started_at": claimed.started_at,
+            "lease_owner": claimed.lease_owner,
+            "lease_expires_at": claimed.lease_expires_at,
+        },
+    )
+    params.update({f"claimed_{name}": value for name, value in stored_claim.items()})
+    params["claim"] = claim
+    params["counted"] = max_queued if max_queued is not None else (1 if claim else 0)
+    params["most"] = max_queued if max_queued is not None else _NO_LIMIT
+    rows = fast.execute(conn, _INSERT_SQLITE, params).fetchall()
+    if not rows:
+        raise QueueAtCapacity(max_queued)
+    return claimed if rows[0][0] == JobStatus.PROCESSING.value else base
+
+
+_finish_statements: dict[tuple[JobStatus, tuple[str, ...], bool], str] = {}
+
+
+def _finish_sqlite(
+    conn: sa.Connection,
+    job_id: str,
+    to: JobStatus,
+    ending: dict[str, Any],
+    lease_expired_before: datetime | None,
+) -> bool:
+    """The guarded update that ends a job, as ``_guarded_update`` builds it."""
+    names = tuple(ending)
+    key = (to, names, lease_expired_before is not None)
+    sql = _finish_statements.get(key)
+    if sql is None:
+        if not set(names) <= set(_JOB_COLUMNS):
+            raise ValueError(f"not columns of jobs: {sorted(set(names) - set(_JOB_COLUMNS))}")
+        sources = ", ".join(f"'{s.value}'" for s in sorted(ALLOWED_FROM[to]))
+        # Column names checked above and status values from the enum: no outside text.
+        sql = (
+            "UPDATE jobs SET status = :status, "  # noqa: S608
+            + ", ".join(f'"{n}" = :{n}' for n in names)
+            + f" WHERE id = :id AND status IN ({sources})"
+            + (" AND lease_expires_at < :lease_before" if lease_expired_before else "")
+        )
+        _finish_statements[key] = sql
+    params = fast.stored_values(conn, jobs, {"status": to.value, **ending})
+    params["id"] = job_id
+    if lease_expired_before is not None:
+        lease = fast.stored_values(conn, jobs, {"lease_expires_at": lease_expired_before})
+        params["lease_before"] = lease["lease_expires_at"]
+    return fast.execute(conn, sql, params).rowcount > 0
+
+
+def _as_stored(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` as reading them back would give them (a float column gives a float)."""
+    retry_after = values.get("retry_after")
+    if retry_after is not None:
+        return {**values, "retry_after": float(retry_after)}
+    return values
+
+
+def _in_savepoint(conn: sa.Connection, operation: Operation[None], job_id: str) -> None:
+    """Run ``operation`` inside a savepoint: if it fails, only its own writes are undone."""
+    sqlite = is_sqlite(conn)
+    # On SQLite, plain SQL on the driver (SQLAlchemy's nested transaction costs more there).
+    savepoint = None if sqlite else conn.begin_nested()
+    if sqlite:
+        fast.execute(conn, "SAVEPOINT ccgate_ending", {})
+    try:
+        operation(conn)
+    except Exception as exc:
+        if savepoint is not None:
+            savepoint.rollback()
+        else:
+            fast.execute(conn, "ROLLBACK TO ccgate_ending", {})
+            fast.execute(conn, "RELEASE ccgate_ending", {})
+        # By type only: a database error's text may quote the statement's parameters.
+        log.error("job_ending_extra_failed", job_id=job_id, error=type(exc).__name__)
+    else:
+        if savepoint is not None:
+            savepoint.commit()
+        else:
+            fast.execute(conn, "RELEASE ccgate_ending", {})
 
 
 def _guarded_update(

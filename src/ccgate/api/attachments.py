@@ -26,7 +26,7 @@ from starlette.datastructures import UploadFile
 from ccgate.api.deps import services_of
 from ccgate.clock import utcnow
 from ccgate.errors import ApiError
-from ccgate.security.keys import new_id
+from ccgate.ids import new_id
 from ccgate.store import KeyRecord
 from ccgate.store.files import FileRecord
 

@@ -22,9 +22,9 @@ from ccgate.api.deps import services_of
 from ccgate.api.errors import error_body, request_id_of
 from ccgate.api.lifecycle import Turn
 from ccgate.errors import ApiError
+from ccgate.ids import new_id
 from ccgate.runners.anthropic_api import UpstreamStream, message_body
 from ccgate.runners.base import RunError
-from ccgate.security.keys import new_id
 from ccgate.turns import Usage
 
 TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")

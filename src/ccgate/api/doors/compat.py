@@ -21,9 +21,9 @@ from ccgate.api.errors import error_body, error_headers, request_id_of
 from ccgate.api.lifecycle import client_closed, job_error
 from ccgate.api.request_body import parse_body
 from ccgate.api.run_body import RunBody, prepare_native_run
-from ccgate.api.views import job_answer
 from ccgate.errors import ApiError
 from ccgate.jobs import Submission, request_to_json
+from ccgate.jobs.views import job_answer
 from ccgate.store import JobRecord, JobStatus, KeyRecord
 
 router = APIRouter(tags=["compat"])

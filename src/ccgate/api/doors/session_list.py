@@ -9,8 +9,8 @@ from fastapi.responses import Response
 
 from ccgate.api.auth import require_key
 from ccgate.api.deps import services_of
-from ccgate.api.views import iso
 from ccgate.errors import ApiError
+from ccgate.jobs.views import iso
 from ccgate.store import KeyRecord
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 _FIELDS = (
     "input_tokens",
@@ -90,6 +90,25 @@ class DocumentBlock(TypedDict):
 
     type: Literal["document"]
     source: dict[str, Any]
+    title: NotRequired[str]
+    context: NotRequired[str]
 
 
-ContentBlock = TextBlock | ImageBlock | DocumentBlock
+class ToolUseBlock(TypedDict):
+    """A tool call of the model (carried in history on the API backend only)."""
+
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolResultBlock(TypedDict):
+    """The client's answer to a tool call (API backend only)."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: Any
+
+
+ContentBlock = TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock

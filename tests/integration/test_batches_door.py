@@ -74,7 +74,7 @@ class PickyRunner:
 
     async def run(self, request: RunRequest) -> AsyncGenerator[RunEvent, None]:
         """Fail "fail" prompts with an upstream error; otherwise the FakeRunner's reply."""
-        prompt = "".join(b.get("text", "") for b in request.content)
+        prompt = "".join(b["text"] for b in request.content if b["type"] == "text")
         self.prompts.append(prompt)
         if "fail" in prompt:
             raise RunError("upstream_error", "the model could not answer")

@@ -45,7 +45,7 @@ def _requests(n: int, prefix: str = "r") -> list[dict[str, Any]]:
 
 
 def _prompts(runner: FakeRunner) -> list[str]:
-    return [r.content[0]["text"] for r in runner.started]
+    return [r.prompt_text for r in runner.started]
 
 
 async def _key(store: Store, name: str = "app") -> str:

@@ -18,6 +18,7 @@ from ccgate.clock import utcnow
 from ccgate.store import Database, Store
 from ccgate.store.files import FileTable
 from ccgate.store.keys import KeyPolicy
+from ccgate.turns import ContentBlock
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
 
@@ -405,7 +406,7 @@ async def test_attachments_are_read_and_encoded_off_the_event_loop(
     threads: dict[str, int] = {}
     real_block, real_read = files_api.content_block, Database._read_on_own_connection
 
-    def block(record: Any, content: bytes) -> dict[str, Any]:
+    def block(record: Any, content: bytes) -> ContentBlock:
         threads["encode"] = threading.get_ident()
         return real_block(record, content)
 

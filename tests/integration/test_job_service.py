@@ -101,7 +101,7 @@ async def test_jobs_cancel_queued_job_never_starts(services: Any) -> None:
     runner.released.set()
     assert (await service.wait(second.id)).status is JobStatus.CANCELLED
     await asyncio.sleep(0.1)
-    assert [r.content[0]["text"] for r in runner.started] == ["first"]
+    assert [r.prompt_text for r in runner.started] == ["first"]
 
 
 async def test_jobs_cancel_running_job_stops_the_run(services: Any) -> None:

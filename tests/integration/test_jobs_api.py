@@ -173,7 +173,7 @@ async def test_jobs_fairness_between_keys(gateway_factory: Any) -> None:
         runner.released.set()
         await asyncio.sleep(0.05)
         runner.released.clear()
-    started = [r.content[0]["text"] for r in runner.started]
+    started = [r.prompt_text for r in runner.started]
     assert "lone" in started[:3], started
     runner.released.set()
     assert (await _poll_until_done(gw, lone, other))["status"] == "completed"

@@ -70,7 +70,9 @@ async def test_openai_door_translates_roles_and_images(gateway_factory: Callable
         {"role": "user", "content": [{"type": "text", "text": "first"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "answer one"}]},
     ]
-    assert request.content[1]["source"] == {
+    image = request.content[1]
+    assert image["type"] == "image"
+    assert image["source"] == {
         "type": "base64",
         "media_type": "image/png",
         "data": PNG,

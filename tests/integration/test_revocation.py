@@ -105,7 +105,7 @@ async def test_revocation_by_another_process_is_honoured_at_claim_time(store: St
         ended = await asyncio.wait_for(service.wait(waiting.id), 5)
         assert (ended.status, ended.error_message) == (JobStatus.CANCELLED, KEY_UNUSABLE)
         assert (await asyncio.wait_for(service.wait(busy.id), 5)).status is JobStatus.COMPLETED
-        assert [r.content[0]["text"] for r in runner.started] == ["first"]
+        assert [r.prompt_text for r in runner.started] == ["first"]
     finally:
         await service.stop()
 

@@ -95,7 +95,7 @@ async def test_run_schema_invalid_answer_is_repaired(gateway_factory: Callable[.
     assert response.status_code == 200, response.text
     assert response.json()["result"] == VALUE
     assert response.json()["usage"] == {"input_tokens": 10, "output_tokens": 14}
-    assert len(runner.started) == 2 and MISMATCH in runner.started[1].content[0]["text"]
+    assert len(runner.started) == 2 and MISMATCH in runner.started[1].prompt_text
 
 
 async def test_run_schema_mismatch_twice_is_422_with_raw_text(

@@ -98,7 +98,7 @@ async def test_schema_job_invalid_answer_is_repaired_in_the_same_job(service_for
         {"role": "user", "content": first.content},
         {"role": "assistant", "content": [{"type": "text", "text": INVALID}]},
     ]
-    assert MISMATCH in repair.content[0]["text"]
+    assert MISMATCH in repair.prompt_text
     assert (job.result, job.result_json) == (VALID, '{"city":"Oslo","people":709000}')
     assert job.usage == {"input_tokens": 10, "output_tokens": 14}
     assert job.cost_usd == 0.002

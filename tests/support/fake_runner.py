@@ -37,7 +37,9 @@ class FakeRunner:
             text = (
                 self.reply
                 if self.reply is not None
-                else ("reply: " + "".join(b.get("text", "") for b in request.content))
+                else (
+                    "reply: " + "".join(b["text"] for b in request.content if b["type"] == "text")
+                )
             )
             for start in range(0, len(text), 3):
                 if self.delay:

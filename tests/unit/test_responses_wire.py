@@ -84,7 +84,10 @@ def test_parse_message_items_build_history_and_system() -> None:
         {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "Salut"}]},
     ]
-    assert [b["text"] for b in call.content] == ["Again", "and again"]
+    assert call.content == [
+        {"type": "text", "text": "Again"},
+        {"type": "text", "text": "and again"},
+    ]
 
 
 def test_parse_input_image_data_url_becomes_image_block() -> None:
@@ -345,7 +348,8 @@ def test_parse_takes_a_rendered_output_back_as_input() -> None:
         {"type": "text", "text": "Checking"},
         {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}},
     ]
-    assert call.content[0]["tool_use_id"] == "toolu_1"
+    [result] = call.content
+    assert result["type"] == "tool_result" and result["tool_use_id"] == "toolu_1"
 
 
 @settings(max_examples=200, deadline=None)

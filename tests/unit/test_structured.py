@@ -266,6 +266,7 @@ def test_structured_repair_request_continues_the_conversation() -> None:
         {"role": "assistant", "content": [{"type": "text", "text": '{"age": "x"}'}]},
     ]
     [turn] = repair.content
+    assert turn["type"] == "text"
     assert "at $.age: 'x' is not of type 'integer'" in turn["text"]
     assert "only the corrected JSON" in turn["text"]
     assert (repair.model, repair.timeout_secs) == ("sonnet", 30)

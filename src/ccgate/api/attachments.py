@@ -29,6 +29,7 @@ from ccgate.errors import ApiError
 from ccgate.ids import new_id
 from ccgate.store import KeyRecord
 from ccgate.store.files import FileRecord
+from ccgate.turns import Base64Source, ContentBlock
 
 MAX_ATTACHMENTS = 20
 FileToken = Annotated[str, Field(min_length=1, max_length=64)]
@@ -140,18 +141,17 @@ def sniff_media_type(data: bytes, filename: str | None, declared: str | None) ->
     return None
 
 
-def content_block(record: FileRecord, content: bytes) -> dict[str, Any]:
+def content_block(record: FileRecord, content: bytes) -> ContentBlock:
     """The content block that carries one stored file into a prompt."""
-    if record.media_type in _IMAGE_TYPES or record.media_type == _PDF:
-        kind = "document" if record.media_type == _PDF else "image"
-        return {
-            "type": kind,
-            "source": {
-                "type": "base64",
-                "media_type": record.media_type,
-                "data": base64.b64encode(content).decode("ascii"),
-            },
-        }
+    source: Base64Source = {
+        "type": "base64",
+        "media_type": record.media_type,
+        "data": base64.b64encode(content).decode("ascii"),
+    }
+    if record.media_type == _PDF:
+        return {"type": "document", "source": dict(source)}
+    if record.media_type in _IMAGE_TYPES:
+        return {"type": "image", "source": source}
     name = f' name="{html.escape(record.filename)}"' if record.filename else ""
     text = content.decode("utf-8-sig")
     return {
@@ -162,7 +162,7 @@ def content_block(record: FileRecord, content: bytes) -> dict[str, Any]:
 
 async def resolve_attachments(
     request: Request, key: KeyRecord, tokens: Sequence[str]
-) -> list[dict[str, Any]]:
+) -> list[ContentBlock]:
     """Content blocks for ``tokens``, in order; 404 names a token this key cannot use.
 
     Everything that can refuse the list (count, repeats, ownership, total size) is decided

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from typing import Any
 
 from ccgate.errors import ApiError
+from ccgate.turns import ContentBlock, DocumentBlock, ImageBlock
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 _MAX_TEXT_BLOCKS = 10_000
@@ -32,7 +34,7 @@ def _check_base64(data: Any, where: str) -> str:
     return data
 
 
-def image_block(media_type: str, data: Any, where: str) -> dict[str, Any]:
+def image_block(media_type: str, data: Any, where: str) -> ImageBlock:
     """A checked base64 image block."""
     if media_type not in IMAGE_TYPES:
         raise bad(
@@ -44,7 +46,7 @@ def image_block(media_type: str, data: Any, where: str) -> dict[str, Any]:
     }
 
 
-def anthropic_block(block: Any, where: str) -> dict[str, Any]:
+def anthropic_block(block: Any, where: str) -> ContentBlock:
     """Check one Anthropic content block the runners can carry; drop cache_control."""
     if not isinstance(block, dict):
         raise bad(f"{where}: must be a content block object", where)
@@ -71,7 +73,7 @@ def anthropic_block(block: Any, where: str) -> dict[str, Any]:
             and source.get("media_type") == "application/pdf"
         ):
             data = _check_base64(source.get("data"), f"{where}.source")
-            document: dict[str, Any] = {
+            document: DocumentBlock = {
                 "type": "document",
                 "source": {"type": "base64", "media_type": "application/pdf", "data": data},
             }
@@ -88,9 +90,10 @@ def anthropic_block(block: Any, where: str) -> dict[str, Any]:
             raise bad(
                 f"{where}.source: documents must be base64 PDF or text sources", f"{where}.source"
             )
-        for optional in ("title", "context"):
-            if isinstance(block.get(optional), str):
-                document[optional] = block[optional]
+        if isinstance(block.get("title"), str):
+            document["title"] = block["title"]
+        if isinstance(block.get("context"), str):
+            document["context"] = block["context"]
         return document
     if kind in ("tool_use", "tool_result", "server_tool_use", "mcp_tool_use"):
         raise bad(
@@ -120,7 +123,7 @@ def merge_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def split_turns(
     messages: list[dict[str, Any]], param: str = "messages"
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[ContentBlock]]:
     """(earlier turns, the new user turn's blocks) of a conversation that ends with the user.
 
     The earlier turns start with a user turn and alternate, as the Messages API requires.
@@ -138,16 +141,17 @@ def split_turns(
         raise bad(f"{param}: too many content blocks", param)
     if turns[0]["role"] != "user":
         raise bad(f"{param}: the first message must use the user role", param)
-    return turns[:-1], turns[-1]["content"]
+    content: list[ContentBlock] = turns[-1]["content"]
+    return turns[:-1], content
 
 
-def text_of(blocks: list[dict[str, Any]]) -> str:
+def text_of(blocks: Sequence[ContentBlock]) -> str:
     """The text blocks of a turn, joined (for size checks and audit)."""
-    return "\n".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    return "\n".join(b["text"] for b in blocks if b["type"] == "text")
 
 
 def conversation_bytes(
-    system: str | None, history: list[dict[str, Any]], content: list[dict[str, Any]]
+    system: str | None, history: list[dict[str, Any]], content: Sequence[ContentBlock]
 ) -> int:
     """UTF-8 size of the text of a conversation, the system prompt included."""
     total = len((system or "").encode("utf-8"))

@@ -11,7 +11,7 @@ from typing import Any
 
 from ccgate.api.content import anthropic_block, bad, split_turns
 from ccgate.runners.base import RunResult
-from ccgate.turns import Usage
+from ccgate.turns import ContentBlock, Usage
 
 
 @dataclass
@@ -23,7 +23,7 @@ class MessagesCall:
     stream: bool
     system: str | None
     history: list[dict[str, Any]]
-    content: list[dict[str, Any]]
+    content: list[ContentBlock]
     max_tokens: int
     stop_sequences: list[str] | None
     temperature: float | None
@@ -78,7 +78,7 @@ def message_turns(value: Any) -> list[dict[str, Any]]:
             raise bad(f"{where}.role: must be 'user' or 'assistant'", f"{where}.role")
         content = message.get("content")
         if isinstance(content, str):
-            blocks = [{"type": "text", "text": content}]
+            blocks: list[ContentBlock] = [{"type": "text", "text": content}]
         elif isinstance(content, list):
             blocks = [anthropic_block(b, f"{where}.content.{i}") for i, b in enumerate(content)]
         else:

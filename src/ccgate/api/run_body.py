@@ -21,6 +21,7 @@ from ccgate.limits.estimate import estimate_run
 from ccgate.runners.base import RunRequest
 from ccgate.store import KeyRecord
 from ccgate.structured import SchemaInvalid, asking_for_schema, check_schema_async
+from ccgate.turns import ContentBlock
 
 JSON_ONLY_INSTRUCTION = (
     "Answer with one JSON value only: no prose before or after it and no code fences."
@@ -101,7 +102,7 @@ def build_run_request(
     *,
     history: list[dict[str, Any]] | None = None,
     system_prompt: str | None = None,
-    attachments: list[dict[str, Any]] | None = None,
+    attachments: list[ContentBlock] | None = None,
 ) -> RunRequest:
     """Check the body against the size limits and turn it into a RunRequest."""
     settings = services_of(request).settings
@@ -117,7 +118,7 @@ def build_run_request(
     if body.response_format == "json" or body.json_schema is not None:
         append = f"{append}\n\n{JSON_ONLY_INSTRUCTION}" if append else JSON_ONLY_INSTRUCTION
     timeout = min(body.timeout_secs or settings.job_timeout_secs, settings.job_timeout_secs)
-    content: list[dict[str, Any]] = [{"type": "text", "text": body.prompt}, *(attachments or [])]
+    content: list[ContentBlock] = [{"type": "text", "text": body.prompt}, *(attachments or [])]
     return RunRequest(
         content=content,
         model=model,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ccgate.runners.plan_windows import PlanWindow
+from ccgate.turns import ContentBlock
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class RunRequest:
     ending with an assistant turn; ``content`` is the new user turn that follows them.
     """
 
-    content: list[dict[str, Any]]
+    content: list[ContentBlock]
     model: str
     history: list[dict[str, Any]] = field(default_factory=list)
     system_prompt: str | None = None
@@ -36,6 +37,11 @@ class RunRequest:
     stop_sequences: list[str] | None = None
     temperature: float | None = None
     top_p: float | None = None
+
+    @property
+    def prompt_text(self) -> str:
+        """The user turn's text blocks, joined by newlines."""
+        return "\n".join(block["text"] for block in self.content if block["type"] == "text")
 
     @classmethod
     def from_text(cls, prompt: str, model: str, **kwargs: Any) -> RunRequest:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ccgate.runners.base import RunRequest
 from ccgate.runners.sandbox import NO_SANDBOX, Sandbox
+from ccgate.turns import ContentBlock
 
 EMPTY_MCP_CONFIG = json.dumps({"mcpServers": {}})
 
@@ -121,7 +121,7 @@ def build_env(options: CliOptions, run_dir: str) -> dict[str, str]:
     return env
 
 
-def user_message(content: list[dict[str, Any]]) -> bytes:
+def user_message(content: Sequence[ContentBlock]) -> bytes:
     """Encode the user turn as the one stream-json line the CLI reads from stdin."""
     line = {"type": "user", "message": {"role": "user", "content": content}}
     return json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n"

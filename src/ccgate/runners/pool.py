@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from ccgate.runners.base import RunRequest
 from ccgate.runners.cli_command import CliOptions, PromptFiles, build_argv
 from ccgate.runners.run_dir import SystemPrompts
 from ccgate.runners.warm_process import PoolKey, WarmProcess
+from ccgate.turns import ContentBlock
 
 log = structlog.get_logger("ccgate.pool")
 
@@ -367,8 +368,7 @@ def _decrement(counts: dict[PoolKey, int], key: PoolKey) -> None:
         counts.pop(key, None)
 
 
-def _looks_like_command(content: list[dict[str, Any]]) -> bool:
+def _looks_like_command(content: Sequence[ContentBlock]) -> bool:
     return any(
-        block.get("type") == "text" and str(block.get("text", "")).lstrip().startswith("/")
-        for block in content
+        block["type"] == "text" and block["text"].lstrip().startswith("/") for block in content
     )

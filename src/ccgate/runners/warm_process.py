@@ -7,12 +7,13 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ccgate.runners.cli_command import CliOptions, PromptFiles, build_env, user_message
 from ccgate.runners.process import GroupProcess
 from ccgate.runners.run_dir import RunDir, SystemPrompts, start_cli
+from ccgate.turns import ContentBlock
 
 # What one turn's stdout may hold; any other line type means the process is in a state we
 # did not expect, and it is retired rather than trusted with another request.
@@ -28,7 +29,7 @@ EXPECTED_LINE_TYPES = frozenset(
         "rate_limit_event",
     }
 )
-_CLEAR = [{"type": "text", "text": "/clear"}]
+_CLEAR: list[ContentBlock] = [{"type": "text", "text": "/clear"}]
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class WarmProcess:
             return False
         return True
 
-    async def send_turn(self, content: list[dict[str, object]]) -> bool:
+    async def send_turn(self, content: Sequence[ContentBlock]) -> bool:
         """Start a turn with ``content`` as the user message."""
         self.served += 1
         return await self.send(user_message(content))

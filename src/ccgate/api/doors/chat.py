@@ -47,6 +47,7 @@ from ccgate.limits.estimate import conversation_size, estimate_run
 from ccgate.runners.base import RunRequest, RunResult
 from ccgate.store import KeyRecord
 from ccgate.structured import SchemaInvalid, asking_for_schema, check_schema_async
+from ccgate.turns import ContentBlock, ImageBlock
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 CallerKey = Annotated[KeyRecord, Depends(require_key)]
@@ -61,7 +62,7 @@ class ChatCall:
     include_usage: bool
     system: str | None
     history: list[dict[str, Any]]
-    content: list[dict[str, Any]]
+    content: list[ContentBlock]
     max_tokens: int | None
     stop: list[str] | None
     temperature: float | None
@@ -88,7 +89,7 @@ def _text_of_parts(content: Any, where: str) -> str:
     raise bad(f"{where}: must be a string or a list of content parts", where)
 
 
-def _data_url_image(url: Any, where: str) -> dict[str, Any]:
+def _data_url_image(url: Any, where: str) -> ImageBlock:
     if not isinstance(url, str) or not url.startswith("data:"):
         raise bad(
             f"{where}: images must be data URLs (data:image/png;base64,...); ccgate "
@@ -102,12 +103,12 @@ def _data_url_image(url: Any, where: str) -> dict[str, Any]:
     return image_block(media_type, data, where)
 
 
-def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+def _user_blocks(content: Any, where: str) -> list[ContentBlock]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list) or not content:
         raise bad(f"{where}: must be a string or a non-empty list of content parts", where)
-    blocks = []
+    blocks: list[ContentBlock] = []
     for index, part in enumerate(content):
         at = f"{where}.{index}"
         kind = part.get("type") if isinstance(part, dict) else None

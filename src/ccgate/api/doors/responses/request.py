@@ -19,6 +19,7 @@ from typing import Any
 from ccgate.api.content import image_block, merge_turns
 from ccgate.errors import ApiError
 from ccgate.structured import SchemaInvalid, check_schema, check_schema_async
+from ccgate.turns import ContentBlock, DocumentBlock, ToolResultBlock, ToolUseBlock
 
 _CLI_NO_TOOLS = (
     "tool and function calling are off by design on the CLI backend (ccgate runs Claude Code "
@@ -54,7 +55,7 @@ class ResponsesCall:
     model: str
     system: str | None
     history: list[dict[str, Any]]
-    content: list[dict[str, Any]]
+    content: list[ContentBlock]
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -278,13 +279,13 @@ def _text_parts(content: Any, where: str, kind: str) -> str:
     return "\n".join(texts)
 
 
-def _user_parts(content: Any, item: str) -> list[dict[str, Any]]:
+def _user_parts(content: Any, item: str) -> list[ContentBlock]:
     where = f"{item}.content"
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list) or not content:
         raise WireError(f"{where}: must be a string or a non-empty list of content parts", where)
-    blocks = []
+    blocks: list[ContentBlock] = []
     for index, part in enumerate(content):
         at = f"{where}.{index}"
         kind = part.get("type") if isinstance(part, dict) else None
@@ -322,11 +323,11 @@ def _data_url(url: Any, where: str, what: str) -> tuple[str, str]:
     return media_type, data
 
 
-def _document(part: dict[str, Any], at: str) -> dict[str, Any]:
+def _document(part: dict[str, Any], at: str) -> DocumentBlock:
     media_type, data = _data_url(part.get("file_data"), f"{at}.file_data", "files")
     if media_type != "application/pdf":
         raise WireError(f"{at}.file_data: only PDF files are supported", f"{at}.file_data")
-    document: dict[str, Any] = {
+    document: DocumentBlock = {
         "type": "document",
         "source": {
             "type": "base64",
@@ -349,7 +350,7 @@ def _base64(data: str, where: str) -> str:
     return data
 
 
-def _tool_use(item: dict[str, Any], where: str) -> dict[str, Any]:
+def _tool_use(item: dict[str, Any], where: str) -> ToolUseBlock:
     call_id, name = item.get("call_id"), item.get("name")
     if not isinstance(call_id, str) or not call_id:
         raise WireError(f"{where}.call_id: must be a non-empty string", f"{where}.call_id")
@@ -371,7 +372,7 @@ def _tool_use(item: dict[str, Any], where: str) -> dict[str, Any]:
     return {"type": "tool_use", "id": call_id, "name": name, "input": parsed}
 
 
-def _tool_result(item: dict[str, Any], where: str) -> dict[str, Any]:
+def _tool_result(item: dict[str, Any], where: str) -> ToolResultBlock:
     call_id = item.get("call_id")
     if not isinstance(call_id, str) or not call_id:
         raise WireError(
@@ -383,7 +384,7 @@ def _tool_result(item: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _split(
     turns: list[dict[str, Any]], *, continued: bool
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[ContentBlock]]:
     merged = merge_turns(turns)
     if not merged or merged[-1]["role"] != "user":
         raise WireError(

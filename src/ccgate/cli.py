@@ -105,7 +105,8 @@ def serve(
             services.shutdown()
 
     # The stock asyncio loop, even where uvloop is installed: uvloop's subprocess handling
-    # measured ~9 ms slower per CLI run (docs/benchmarks.md).
+    # measured ~9 ms slower per CLI run (docs/benchmarks.md); on the API backend it measured
+    # no faster once the upstream client was ccgate's own (docs/benchmarks.md).
     # proxy_headers off and no forwarded_allow_ips (so FORWARDED_ALLOW_IPS is never read):
     # uvicorn would otherwise rewrite the client address from X-Forwarded-For before
     # CCGATE_TRUSTED_PROXIES is consulted; security/netrules.py is the only reader of it.

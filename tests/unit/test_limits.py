@@ -420,3 +420,33 @@ async def test_limiter_request_that_spends_nothing_ignores_quotas(
     assert (await _refused(limiter, policy)).error_type == "budget_exceeded"
     free = await limiter.admit("k1", policy, spends=False)
     assert free.held == () and free.state.requests_remaining == 1
+
+
+async def test_limiter_key_without_limits_reads_no_counters(
+    make_limiter: MakeLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key with no limits (and no global rpd) is admitted on its running slot alone, and its
+    spend is still counted when it settles."""
+    limiter = make_limiter()
+
+    async def unread(*_: object) -> list[int]:
+        raise AssertionError("counters read for a key with nothing to test")
+
+    monkeypatch.setattr(limiter._counters, "values", unread)
+    admission = await limiter.admit("k1", KeyPolicy(), RunEstimate("claude-sonnet-4-5", 100))
+    assert admission.state == RateState() and (await limiter.usage("k1"))["running"] == 1
+    await admission.settle(tokens=40, cost_usd=0.5)
+    assert await limiter.usage("k1") == {
+        "tokens_today": 40,
+        "cost_usd_this_month": 0.5,
+        "running": 0,
+    }
+
+
+async def test_limiter_global_rpd_applies_to_a_key_without_limits(
+    make_limiter: MakeLimiter,
+) -> None:
+    """The unlimited fast path is not taken while the server has a global rpd."""
+    limiter = make_limiter(global_rpd=1)
+    await limiter.admit("k1", KeyPolicy())
+    assert (await _refused(limiter, KeyPolicy(), "k2")).error_type == "global_rpd_exceeded"

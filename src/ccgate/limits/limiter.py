@@ -220,10 +220,14 @@ class Limiter:
         request that costs no tokens or money (count_tokens): quotas neither refuse nor
         reserve it. Call ``settle()`` or ``release()`` on the result when the request ends.
         """
-        now = utcnow()
         slot_key = f"running:{key_id}"
         windows = self._windows(key_id, policy)
         quotas_apply = spends and any(r.limit(policy) is not None for r in QUOTA_RULES)
+        if not windows and not quotas_apply and policy.concurrency is None:
+            # Nothing to test (no window, quota, concurrency limit or global rpd): the reads
+            # below could refuse nothing, so only the running slot is taken (usage counts it).
+            return await self._admit_unlimited(key_id, slot_key)
+        now = utcnow()
         counter_keys = [tokens_key(key_id, now), budget_key(key_id, now)]
         if quotas_apply:
             counter_keys += average_keys(key_id, now)
@@ -271,6 +275,12 @@ class Limiter:
             raise
         admission.state = self._state(policy, requests_stats, used.tokens_today, now)
         return admission
+
+    async def _admit_unlimited(self, key_id: str, slot_key: str) -> Admission:
+        token = await self._counters.acquire(slot_key, None, self.concurrency_ttl_secs)
+        if token is None:  # pragma: no cover - a slot without a limit is never refused
+            raise AssertionError("a running slot without a limit was refused")
+        return Admission(RateState(), self._counters, slot_key, token, key_id=key_id)
 
     async def _reserve(
         self,

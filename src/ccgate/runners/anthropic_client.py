@@ -91,8 +91,11 @@ class AnthropicClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             timeout=httpx.Timeout(timeout_secs, connect=min(_CONNECT_TIMEOUT_SECS, timeout_secs)),
-            # Our own pool unless a test hands in a transport (upstream_transport.py: why).
-            transport=transport or LeanTransport(max_connections=max_connections),
+            # Our own pool unless a test hands in a transport (upstream_transport.py: why) or
+            # HTTPS_PROXY/HTTP_PROXY apply to upstream: httpx mounts its proxy transports only
+            # when it builds its own, so then it does.
+            transport=transport
+            or (None if _proxied(base_url) else LeanTransport(max_connections=max_connections)),
             cookies=_NoCookies(),
         )
         # Absolute URLs built once, as httpx would join them onto base_url, which it otherwise
@@ -102,6 +105,15 @@ class AnthropicClient:
             path: base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode())
             for path in (MESSAGES_PATH, COUNT_TOKENS_PATH)
         }
+        # The transport httpx would pick for upstream, called directly when it is the pool we
+        # gave it (httpx's request building, cookie, auth and redirect layers cost ~0.08 ms a
+        # call); a proxy httpx mounted from the environment keeps the whole client in between.
+        chosen = self._client._transport_for_url(base)  # same choice httpx makes
+        self._direct = chosen if chosen is self._client._transport else None
+        self._default_headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in self._client.headers.raw
+        ]
+        self._timeout = {"timeout": self._client.timeout.as_dict()}
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -148,12 +160,23 @@ class AnthropicClient:
         limit: Limit | None = None,
     ) -> httpx.Response:
         """POST ``body``; return the 2xx response unread, or settle the breaker and raise."""
-        request = self._client.build_request(
-            "POST",
-            self._urls[path],
-            headers=self._headers(client_headers, stream=stream),
-            content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
-        )
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = self._headers(client_headers, stream=stream)
+        if self._direct is not None:
+            # The request httpx's build_request makes: its default headers, ours over them.
+            merged = [(k, v) for k, v in self._default_headers if k.lower() not in headers]
+            merged += headers.items()
+            request = httpx.Request(
+                "POST",
+                self._urls[path],
+                headers=merged,
+                content=content,
+                extensions=self._timeout,
+            )
+        else:
+            request = self._client.build_request(
+                "POST", self._urls[path], headers=headers, content=content
+            )
         try:
             await self.breaker.admit()
         except CircuitOpen as exc:
@@ -168,7 +191,7 @@ class AnthropicClient:
             when, timeout_error = limit() if limit is not None else (None, None)
             try:
                 async with asyncio.timeout_at(when):
-                    response = await self._client.send(request, stream=True)
+                    response = await self._send(request)
             except TimeoutError:
                 if timeout_error is None:
                     raise
@@ -191,6 +214,19 @@ class AnthropicClient:
             if not settled:
                 # 4xx, 429, the run's own deadline or a cancelled caller: no verdict on upstream.
                 self.breaker.release()
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """``request`` through the pool directly (what httpx's client does for one request
+        with no auth, redirects or cookies), or through the client when a proxy is mounted."""
+        if self._direct is None:
+            return await self._client.send(request, stream=True)
+        try:
+            response = await self._direct.handle_async_request(request)
+        except httpx.RequestError as exc:
+            exc.request = request  # as httpx's client attaches it
+            raise
+        response.request = request
+        return response
 
     def _headers(self, client_headers: Mapping[str, str], *, stream: bool) -> dict[str, str]:
         """Upstream request headers: ours, plus the client's anthropic-version/-beta only."""
@@ -296,6 +332,13 @@ class AnthropicClient:
         """``text`` without keys, the operator's own included."""
         text = redact(text)
         return text.replace(self._api_key, "[redacted]") if self._api_key else text
+
+
+def _proxied(base_url: str) -> bool:
+    """Whether the environment's proxy settings (NO_PROXY included) route ``base_url``."""
+    probe = httpx.AsyncClient()  # builds transports only; no connection is opened
+    chosen = probe._transport_for_url(httpx.URL(base_url))  # httpx's own choice
+    return chosen is not probe._transport
 
 
 def _forwardable(name: str, value: str) -> str:

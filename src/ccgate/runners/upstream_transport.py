@@ -9,9 +9,9 @@ asyncio protocol feeding httptools' C parser, the request head and body in one w
 
 Kept from httpx: TLS with SNI and the same trust store (``httpx.create_ssl_context``), the
 connect/read/write/pool timeouts of the request, httpx's exception classes (so the client's
-error mapping and the breaker see the same failures), decoding, and proxies (httpx mounts its
-own transport for a proxied URL). A cancelled or half-read exchange closes its connection
-instead of returning it to the pool.
+error mapping and the breaker see the same failures), decoding, and proxies (the client
+leaves a proxied upstream to httpx's own transport). A cancelled or half-read exchange closes
+its connection instead of returning it to the pool.
 """
 
 from __future__ import annotations

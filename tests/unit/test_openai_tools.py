@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccgate.api.doors.chat import parse_chat_call
-from ccgate.api.doors.chat_tools import ToolStream, sse_payloads
+from ccgate.api.doors.chat_tools import ToolStream
 from ccgate.errors import ApiError
+from ccgate.runners.anthropic_sse import sse_payloads
+from ccgate.runners.base import RunError
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
@@ -173,3 +176,28 @@ async def test_sse_payloads_survive_any_chunk_boundaries() -> None:
             {"type": "message_stop"},
             None,
         ]
+
+
+async def test_sse_payloads_refuse_an_event_past_the_bound() -> None:
+    """An upstream event bigger than the bound fails the stream instead of growing forever."""
+
+    async def endless_line() -> AsyncIterator[bytes]:
+        yield b"data: "
+        for _ in range(100):
+            yield b"x" * 1024
+
+    with pytest.raises(RunError, match="too large"):
+        _ = [p async for p in sse_payloads(endless_line(), max_event_bytes=64 * 1024)]
+
+
+async def test_sse_payloads_join_a_line_cut_into_many_chunks() -> None:
+    """A long data line delivered in small pieces is read whole, once."""
+    payload = b'{"type": "content_block_delta", "text": "' + b"y" * 50_000 + b'"}'
+    raw = b"data: " + payload + b"\n\n"
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), 100):
+            yield raw[start : start + 100]
+
+    [event] = [p async for p in sse_payloads(pieces())]
+    assert event["text"] == "y" * 50_000

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ccgate.errors import ApiError
@@ -22,6 +23,35 @@ _MAX_TEXT_BLOCKS = 10_000
 def bad(message: str, param: str | None = None) -> ApiError:
     """A 400 naming the offending field."""
     return ApiError("invalid_request", message, param=param)
+
+
+def positive_int(
+    body: Mapping[str, Any], name: str, fail: Callable[[str, str], ApiError] = bad
+) -> int | None:
+    """``body[name]`` as a positive integer, None when absent; else ``fail``'s 400."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise fail(f"{name}: must be a positive integer", name)
+    return value
+
+
+def number_up_to(
+    body: Mapping[str, Any], name: str, high: float, fail: Callable[[str, str], ApiError] = bad
+) -> float | None:
+    """``body[name]`` as a finite number in ``[0, high]``, None when absent; else a 400."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= high
+    ):
+        raise fail(f"{name}: must be a number between 0 and {high:g}", name)
+    return float(value)
 
 
 def _check_base64(data: Any, where: str) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -168,3 +168,48 @@ class UpstreamStream:
                 if isinstance(event, RunError):
                     self.error = self._client.event_failure(event)
         self._tail = data[start:] if len(data) - start <= _SCAN_TAIL_LIMIT else b""
+
+
+# The largest server-sent event the doors translate (an upstream tool call's arguments included).
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+
+async def sse_payloads(
+    chunks: AsyncIterable[bytes], max_event_bytes: int = MAX_EVENT_BYTES
+) -> AsyncIterator[Any]:
+    """The JSON payload of each server-sent event in a byte stream (None if not JSON).
+
+    Linear in the stream's size whatever its chunking: each chunk is scanned once and a line
+    cut across chunks is joined once. An event bigger than ``max_event_bytes`` fails the stream.
+    """
+    partial: list[bytes] = []  # the start of a line that has not ended yet
+    data: list[bytes] = []  # the data lines of the event being read
+    size = 0
+    async for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            piece = chunk[start:end]
+            line = b"".join((*partial, piece)) if partial else piece
+            partial.clear()
+            start = end + 1
+            line = line.rstrip(b"\r")
+            if line.startswith(b"data:"):
+                data.append(line[5:])
+            elif not line and data:
+                yield _json_or_none(b"\n".join(data))
+                data.clear()
+                size = 0
+        if start < len(chunk):
+            partial.append(chunk[start:])
+        size += len(chunk)
+        if size > max_event_bytes:
+            raise RunError("upstream_error", "the upstream sent an event too large to read")
+    if data:
+        yield _json_or_none(b"\n".join(data))
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None

@@ -11,7 +11,6 @@ translated to Anthropic tool use and back (``doors/chat_tools.py``).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -21,7 +20,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ccgate.api.admission import resolve_model
 from ccgate.api.auth import require_key
-from ccgate.api.content import bad, conversation_bytes, image_block, split_turns
+from ccgate.api.content import (
+    bad,
+    conversation_bytes,
+    image_block,
+    number_up_to,
+    positive_int,
+    split_turns,
+)
 from ccgate.api.deps import services_of
 from ccgate.api.doors.chat_tools import (
     TOOL_FIELDS,
@@ -171,29 +177,6 @@ def _turns(messages: Any, tools_allowed: bool) -> tuple[str | None, list[dict[st
     return ("\n\n".join(system) if system else None), turns
 
 
-def _int_field(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad(f"{name}: must be a positive integer", name)
-    return value
-
-
-def _float_field(body: dict[str, Any], name: str, high: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= high
-    ):
-        raise bad(f"{name}: must be a number between 0 and {high:g}", name)
-    return float(value)
-
-
 def _schema_of(response_format: dict[str, Any]) -> Any:
     """The schema of a ``json_schema`` response format, unchecked; None when there is none
     (JSON only, as ``json_object``)."""
@@ -247,8 +230,8 @@ def parse_chat_call(body: dict[str, Any], *, tools_allowed: bool = False) -> Cha
         )
     system, turns = _turns(body.get("messages"), tools is not None)
     history, content = split_turns(turns)
-    max_tokens = _int_field(body, "max_completion_tokens") or _int_field(body, "max_tokens")
-    temperature = _float_field(body, "temperature", 2)
+    max_tokens = positive_int(body, "max_completion_tokens") or positive_int(body, "max_tokens")
+    temperature = number_up_to(body, "temperature", 2)
     return ChatCall(
         model=model,
         stream=stream,
@@ -259,7 +242,7 @@ def parse_chat_call(body: dict[str, Any], *, tools_allowed: bool = False) -> Cha
         max_tokens=max_tokens,
         stop=stop,
         temperature=min(temperature, 1.0) if temperature is not None else None,
-        top_p=_float_field(body, "top_p", 1),
+        top_p=number_up_to(body, "top_p", 1),
         json_only=kind in ("json_object", "json_schema"),
         tools=tools,
         json_schema=_schema_of(response_format) if kind == "json_schema" else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from ccgate.api.lifecycle import Turn
 from ccgate.errors import ApiError
 from ccgate.ids import new_id
 from ccgate.runners.anthropic_api import UpstreamStream, message_body
+from ccgate.runners.anthropic_sse import sse_payloads
 from ccgate.runners.base import RunError
 from ccgate.turns import Usage
 
@@ -390,30 +391,6 @@ class ToolStream:
                 }
             ]
         }
-
-
-async def sse_payloads(chunks: AsyncIterable[bytes]) -> AsyncIterator[Any]:
-    """The JSON payload of each server-sent event in a byte stream (None if not JSON)."""
-    tail = b""
-    data: list[bytes] = []
-    async for chunk in chunks:
-        *lines, tail = (tail + chunk).split(b"\n")
-        for line in lines:
-            line = line.rstrip(b"\r")
-            if line.startswith(b"data:"):
-                data.append(line[5:])
-            elif not line and data:
-                yield _json_or_none(b"\n".join(data))
-                data = []
-    if data:
-        yield _json_or_none(b"\n".join(data))
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
 
 
 # -- the route -------------------------------------------------------------------------------

@@ -11,12 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ccgate.api.content import image_block, merge_turns
+from ccgate.api.content import image_block, merge_turns, number_up_to, positive_int
 from ccgate.errors import ApiError
 from ccgate.structured import SchemaInvalid, check_schema, check_schema_async
 from ccgate.turns import ContentBlock, DocumentBlock, ToolResultBlock, ToolUseBlock
@@ -113,7 +112,7 @@ def parse_request(
     text, json_only, schema = _text_format(body.get("text"), schema_check)
     definitions, choice = _tools(body) if uses_tools else ([], "auto")
     parallel = _optional(body, "parallel_tool_calls", bool)
-    temperature = _number(body, "temperature", 2)
+    temperature = number_up_to(body, "temperature", 2, WireError)
     truncation = body.get("truncation") or "disabled"
     if truncation not in ("auto", "disabled"):
         raise WireError("truncation: must be 'auto' or 'disabled'", "truncation")
@@ -122,8 +121,8 @@ def parse_request(
         not isinstance(include, list) or not all(isinstance(i, str) for i in include)
     ):
         raise WireError("include: must be a list of strings", "include")
-    max_tokens = _positive(body, "max_output_tokens")
-    top_p = _number(body, "top_p", 1)
+    max_tokens = positive_int(body, "max_output_tokens", WireError)
+    top_p = number_up_to(body, "top_p", 1, WireError)
     metadata = _metadata(body.get("metadata"))
     store = _optional(body, "store", bool) is not False
     return ResponsesCall(
@@ -166,29 +165,6 @@ def _optional(body: Mapping[str, Any], name: str, kind: type) -> Any:
         noun = {str: "a string", bool: "a boolean"}.get(kind, kind.__name__)
         raise WireError(f"{name}: must be {noun}", name)
     return value
-
-
-def _positive(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise WireError(f"{name}: must be a positive integer", name)
-    return value
-
-
-def _number(body: Mapping[str, Any], name: str, high: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= high
-    ):
-        raise WireError(f"{name}: must be a number between 0 and {high:g}", name)
-    return float(value)
 
 
 def _metadata(value: Any) -> dict[str, str]:

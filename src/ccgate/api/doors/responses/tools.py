@@ -9,7 +9,7 @@ items. Only the API backend gets here: the CLI backend refuses tools with a 400 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
@@ -21,6 +21,7 @@ from ccgate.api.errors import client_message
 from ccgate.api.lifecycle import Turn
 from ccgate.errors import ApiError
 from ccgate.runners.anthropic_api import UpstreamStream, message_body
+from ccgate.runners.anthropic_sse import sse_payloads
 from ccgate.runners.base import RunError
 
 # Stores a finished Response (when the request asked for it) before the client sees it end.
@@ -87,7 +88,7 @@ async def _frames(
     Response kept first, so a retrieve right after the stream finds it)."""
     for frame in stream.start():
         yield frame
-    async for event in _payloads(upstream):
+    async for event in sse_payloads(upstream):
         kind = event.get("type") if isinstance(event, dict) else None
         if kind == "error":
             raise upstream.error or RunError("upstream_error", "the upstream stream failed")
@@ -102,27 +103,3 @@ async def _frames(
     await keep(stream.response)
     for frame in ending:
         yield frame
-
-
-async def _payloads(chunks: AsyncIterable[bytes]) -> AsyncIterator[Any]:
-    """The JSON payload of each server-sent event in a byte stream (None if not JSON)."""
-    tail = b""
-    data: list[bytes] = []
-    async for chunk in chunks:
-        *lines, tail = (tail + chunk).split(b"\n")
-        for line in lines:
-            line = line.rstrip(b"\r")
-            if line.startswith(b"data:"):
-                data.append(line[5:])
-            elif not line and data:
-                yield _json_or_none(b"\n".join(data))
-                data = []
-    if data:
-        yield _json_or_none(b"\n".join(data))
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None

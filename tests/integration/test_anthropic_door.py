@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import anthropic
@@ -11,7 +11,7 @@ import pytest
 from anthropic.types import MessageParam
 
 from ccgate.api.deps import app_services
-from ccgate.runners.base import RunError
+from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult, TextDelta
 from ccgate.store.keys import KeyPolicy
 from tests.support.fake_runner import FakeRunner
 
@@ -249,3 +249,30 @@ async def test_anthropic_door_audit_row_keeps_sizes_and_outcome(
     [row] = await app_services(gateway.app).store.audit.recent(1)
     assert (row["door"], row["prompt_bytes"], row["job_status"]) == ("anthropic", 5, "completed")
     assert (row["input_tokens"], row["output_tokens"]) == (5, 7)
+
+
+class _RestartingRunner(FakeRunner):
+    """Streams half an answer, then ends with a different whole answer (the CLI asking again
+    after its stream broke)."""
+
+    async def run(self, request: RunRequest) -> AsyncGenerator[RunEvent, None]:
+        self.started.append(request)
+        yield TextDelta("half of")
+        yield RunResult(text="second try", model=request.model, usage={"output_tokens": 2})
+
+
+async def test_anthropic_door_stream_never_glues_a_restarted_answer(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    """A final answer that does not go on from the streamed text ends the stream with an error,
+    never with half of one answer glued to the other."""
+    gateway = await gateway_factory(_RestartingRunner())
+    body = {
+        "model": "sonnet",
+        "max_tokens": 50,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    reply = await gateway.client.post("/v1/messages", json=body, headers=gateway.auth())
+    assert "half of" in reply.text and "try" not in reply.text
+    assert "event: error" in reply.text and "message_stop" not in reply.text

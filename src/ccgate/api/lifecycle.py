@@ -58,6 +58,22 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def _unsent(final: str, sent: str) -> str:
+    """What of the final answer a stream has not sent yet. The answer must go on from what
+    was sent (give or take trailing whitespace the runner trimmed): the CLI answers a stream
+    that broke mid-way by asking again, and a second answer glued to half of the first would be
+    a wrong answer, so that stream ends with an error instead."""
+    if final.startswith(sent):
+        return final[len(sent) :]
+    if final.startswith(sent.rstrip()) and not final[len(sent.rstrip()) :].strip():
+        return ""
+    raise ApiError(
+        "upstream_error",
+        "the answer was started again after part of it had been streamed; ask again "
+        "(or read the whole answer without streaming)",
+    )
+
+
 def client_closed() -> Response:
     """The answer to a client that went away before its answer (logged and audited as 499)."""
     return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -474,7 +490,7 @@ class Turn:
         first: RunEvent,
         events: AsyncGenerator[RunEvent | None, None],
     ) -> AsyncIterator[bytes]:
-        sent = 0
+        sent: list[str] = []
         try:
             for frame in renderer.opening():
                 yield frame
@@ -483,11 +499,12 @@ class Turn:
                 if event is None:
                     yield renderer.ping()
                 elif isinstance(event, TextDelta) and event.text:
-                    sent += len(event.text)
+                    sent.append(event.text)
                     yield renderer.text(event.text)
                 elif isinstance(event, RunResult):
-                    if len(event.text) > sent:  # a backend that sent no (or partial) deltas
-                        yield renderer.text(event.text[sent:])
+                    rest = _unsent(event.text, "".join(sent))
+                    if rest:  # a backend that sent no (or partial) deltas
+                        yield renderer.text(rest)
                     for frame in renderer.closing(event):
                         yield frame
                     return

@@ -76,41 +76,41 @@ def _start(env: dict[str, str], cwd: Path) -> ServerProcess:
 
 def _create_batch(server: ServerProcess) -> tuple[str, str]:
     key = server.create_key("batches")
-    client = anthropic.Anthropic(api_key=key, base_url=server.url, max_retries=0)
-    batch = client.messages.batches.create(
-        requests=[
-            {
-                "custom_id": f"req-{i}",
-                "params": {
-                    "model": "sonnet",
-                    "max_tokens": 32,
-                    "messages": [{"role": "user", "content": _prompt(i)}],
-                },
-            }
-            for i in range(REQUESTS)
-        ]
-    )
+    with anthropic.Anthropic(api_key=key, base_url=server.url, max_retries=0) as client:
+        batch = client.messages.batches.create(
+            requests=[
+                {
+                    "custom_id": f"req-{i}",
+                    "params": {
+                        "model": "sonnet",
+                        "max_tokens": 32,
+                        "messages": [{"role": "user", "content": _prompt(i)}],
+                    },
+                }
+                for i in range(REQUESTS)
+            ]
+        )
     assert batch.processing_status == "in_progress"
     return key, batch.id
 
 
 def _finish_and_check(server: ServerProcess, key: str, batch_id: str, record: Path) -> None:
-    client = anthropic.Anthropic(api_key=key, base_url=server.url, max_retries=0)
-    _wait(lambda: client.messages.batches.retrieve(batch_id).processing_status == "ended", 120)
-    batch = client.messages.batches.retrieve(batch_id)
-    assert batch.request_counts.succeeded == REQUESTS, batch.request_counts
-    assert batch.results_url is not None and batch.results_url.startswith(server.url)
-    results = list(client.messages.batches.results(batch_id))
-    assert sorted(r.custom_id for r in results) == sorted(f"req-{i}" for i in range(REQUESTS))
-    for result in results:
-        assert result.result.type == "succeeded"
-        i = int(result.custom_id.removeprefix("req-"))
-        assert _prompt(i) in result.result.message.content[0].text  # type: ignore[union-attr]
-    runs = _runs(record)
-    assert set(runs) == {_prompt(i) for i in range(REQUESTS)}
-    # Only a run cut by the stop may run again: at most the batch's in-flight bound.
-    assert sum(runs.values()) - REQUESTS <= IN_FLIGHT, runs
-    assert max(runs.values()) <= 2, runs
+    with anthropic.Anthropic(api_key=key, base_url=server.url, max_retries=0) as client:
+        _wait(lambda: client.messages.batches.retrieve(batch_id).processing_status == "ended", 120)
+        batch = client.messages.batches.retrieve(batch_id)
+        assert batch.request_counts.succeeded == REQUESTS, batch.request_counts
+        assert batch.results_url is not None and batch.results_url.startswith(server.url)
+        results = list(client.messages.batches.results(batch_id))
+        assert sorted(r.custom_id for r in results) == sorted(f"req-{i}" for i in range(REQUESTS))
+        for result in results:
+            assert result.result.type == "succeeded"
+            i = int(result.custom_id.removeprefix("req-"))
+            assert _prompt(i) in result.result.message.content[0].text  # type: ignore[union-attr]
+        runs = _runs(record)
+        assert set(runs) == {_prompt(i) for i in range(REQUESTS)}
+        # Only a run cut by the stop may run again: at most the batch's in-flight bound.
+        assert sum(runs.values()) - REQUESTS <= IN_FLIGHT, runs
+        assert max(runs.values()) <= 2, runs
 
 
 def _one_job_per_request(database: Path) -> None:

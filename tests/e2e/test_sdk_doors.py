@@ -7,6 +7,7 @@ itself talks to the same fake API with the operator's key.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,28 @@ def door_server(
     return start_server(env)
 
 
+# Every SDK client a test opens, closed when the test ends (an unclosed one warns when the
+# collector finds it, in whichever test runs then).
+_OPEN: list[anthropic.Anthropic | openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def _anthropic(server: ServerProcess, key: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0, timeout=60)
+    client = anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0, timeout=60)
+    _OPEN.append(client)
+    return client
 
 
 def _openai(server: ServerProcess, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
+    _OPEN.append(client)
+    return client
 
 
 def _turn_texts(body: Any) -> list[tuple[str, str]]:

@@ -95,6 +95,7 @@ def serve(
         problem = _run(lambda: sandbox_problem(settings))
         if problem is not None:
             _fail(problem)
+    from ccgate.http_protocol import CoalescingHttpToolsProtocol
     from ccgate.server import GatewayServer
 
     gateway = create_app(settings)
@@ -110,8 +111,10 @@ def serve(
     # proxy_headers off and no forwarded_allow_ips (so FORWARDED_ALLOW_IPS is never read):
     # uvicorn would otherwise rewrite the client address from X-Forwarded-For before
     # CCGATE_TRUSTED_PROXIES is consulted; security/netrules.py is the only reader of it.
+    # http: uvicorn's httptools protocol, each answer's headers and first bytes in one write.
     config = uvicorn.Config(
         gateway,
+        http=CoalescingHttpToolsProtocol,
         host=host or settings.host,
         port=port or settings.port,
         loop="asyncio",

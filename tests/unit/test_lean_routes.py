@@ -3,12 +3,17 @@ own exception handlers, everything else through the framework as before."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from ccgate.api.app import create_app
 from ccgate.api.errors import install_error_handlers
 from ccgate.api.lean import LeanRoutes, route_of
+from ccgate.config import Settings
 from ccgate.errors import ApiError
 
 
@@ -66,3 +71,17 @@ async def test_lean_route_leaves_other_methods_and_paths_to_the_framework() -> N
         assert (await client.get("/v1/messages")).status_code == 405
         assert (await client.post("/v1/messages/", json={})).status_code in (307, 404)
     assert "lean" not in calls
+
+
+def test_app_serves_the_hot_native_doors_on_the_lean_path(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """create_app puts POST /api/v1/run and /api/v1/jobs on the lean path, naming their routes."""
+    app = create_app(make_settings())
+    lean = next(m for m in app.user_middleware if getattr(m, "cls", None) is LeanRoutes)
+    routes = cast("dict[tuple[str, str], tuple[object, object]]", lean.kwargs["routes"])
+    documented = app.openapi()["paths"]
+    for path in ("/v1/messages", "/api/v1/run", "/api/v1/jobs"):
+        endpoint, route = routes[("POST", path)]
+        assert getattr(route, "path", None) == path and callable(endpoint)
+        assert "post" in documented[path]

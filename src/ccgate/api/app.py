@@ -60,14 +60,22 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         multiproc_dir=settings.prometheus_multiproc_dir,
     )
     install_error_handlers(app)
-    # Inside the request middleware (added first = innermost): the hottest door, lean.
+    # Inside the request middleware (added first = innermost): the hottest doors, lean.
     app.add_middleware(
         LeanRoutes,
         routes={
             ("POST", "/v1/messages"): (
                 messages.create_message_lean,
                 route_of(messages.router.routes, "POST", "/v1/messages"),
-            )
+            ),
+            ("POST", "/api/v1/run"): (
+                run.run_lean,
+                route_of(run.router.routes, "POST", "/api/v1/run"),
+            ),
+            ("POST", "/api/v1/jobs"): (
+                async_jobs.submit_lean,
+                route_of(async_jobs.router.routes, "POST", "/api/v1/jobs"),
+            ),
         },
     )
     app.add_middleware(

@@ -115,6 +115,13 @@ async def submit(
     return _accepted(await job_view(request, job), job)
 
 
+async def submit_lean(request: Request) -> Response:
+    """``submit`` on the lean path (``api/lean.py``): the key and the Idempotency-Key header
+    are read here instead of by FastAPI, in the same order (key, header, then body)."""
+    key = await require_key(request)
+    return await submit(request, key, request.headers.get("idempotency-key"))
+
+
 async def _replay(
     request: Request, key: KeyRecord, idempotency_key: str | None, request_hash: str | None
 ) -> JobRecord | None:

@@ -48,3 +48,9 @@ async def run(request: Request, key: CallerKey) -> Response:
     if finished.status is not JobStatus.COMPLETED:
         raise job_error(finished)
     return JSONResponse(render_job(finished))
+
+
+async def run_lean(request: Request) -> Response:
+    """``run`` on the lean path (``api/lean.py``): the key is read here instead of by
+    FastAPI's dependency, in the same order (key, then body)."""
+    return await run(request, await require_key(request))

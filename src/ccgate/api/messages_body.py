@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ccgate.api.content import anthropic_block, bad, split_turns
-from ccgate.runners.base import RunResult
+from ccgate.config import Settings
+from ccgate.runners.base import RunRequest, RunResult
 from ccgate.turns import ContentBlock, Usage
 
 
@@ -28,6 +29,22 @@ class MessagesCall:
     stop_sequences: list[str] | None
     temperature: float | None
     top_p: float | None
+
+    def run_request(self, model: str, settings: Settings, owner: str | None = None) -> RunRequest:
+        """This call as one turn for a runner, under the server's job timeouts."""
+        return RunRequest(
+            content=self.content,
+            model=model,
+            history=self.history,
+            system_prompt=self.system,
+            timeout_secs=settings.job_timeout_secs,
+            idle_timeout_secs=settings.idle_timeout_secs,
+            max_tokens=self.max_tokens,
+            stop_sequences=self.stop_sequences,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            owner=owner,
+        )
 
 
 def system_text(value: Any) -> str | None:

@@ -34,7 +34,7 @@ from ccgate.api.middleware import audit_facts
 from ccgate.api.request_body import check_prompt_size, check_unicode, read_json_object
 from ccgate.errors import ApiError
 from ccgate.limits.estimate import RunEstimate, conversation_size, estimate_run
-from ccgate.runners.base import RunRequest, RunResult
+from ccgate.runners.base import RunResult
 from ccgate.store import KeyRecord
 from ccgate.turns import Usage
 
@@ -79,19 +79,7 @@ async def create_message(request: Request, key: CallerKey) -> Response:
             request, key, "anthropic", RunEstimate(model, measured.tokens, call.max_tokens)
         )
         return await _pass_through(turn, call, model)
-    run_request = RunRequest(
-        content=call.content,
-        model=model,
-        history=call.history,
-        system_prompt=call.system,
-        timeout_secs=settings.job_timeout_secs,
-        idle_timeout_secs=settings.idle_timeout_secs,
-        max_tokens=call.max_tokens,
-        stop_sequences=call.stop_sequences,
-        temperature=call.temperature,
-        top_p=call.top_p,
-        owner=key.id,
-    )
+    run_request = call.run_request(model, settings, owner=key.id)
     turn = await Turn.admit(
         request, key, "anthropic", estimate_run(run_request), run_request=run_request
     )

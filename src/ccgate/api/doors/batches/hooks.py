@@ -142,20 +142,7 @@ class _BatchDoor:
 
     def run_request(self, params: dict[str, Any], model: str) -> RunRequest:
         """The params (checked at create) as one turn's RunRequest."""
-        call = _parse(params)
-        settings = self.services.settings
-        return RunRequest(
-            content=call.content,
-            model=model,
-            history=call.history,
-            system_prompt=call.system,
-            timeout_secs=settings.job_timeout_secs,
-            idle_timeout_secs=settings.idle_timeout_secs,
-            max_tokens=call.max_tokens,
-            stop_sequences=call.stop_sequences,
-            temperature=call.temperature,
-            top_p=call.top_p,
-        )
+        return _parse(params).run_request(model, self.services.settings)
 
     def to_job(self, params: dict[str, Any]) -> dict[str, Any]:
         """The job's request (the model by the server's rules; the key's were checked by

@@ -11,8 +11,8 @@ import pytest
 from anthropic.types import MessageParam
 
 from ccgate.api.deps import app_services
+from ccgate.policy import KeyPolicy
 from ccgate.runners.base import RunError, RunEvent, RunRequest, RunResult, TextDelta
-from ccgate.store.keys import KeyPolicy
 from tests.support.fake_runner import FakeRunner
 
 PNG = (

@@ -16,8 +16,8 @@ from anthropic.types.messages.batch_create_params import Request as BatchRequest
 from ccgate.api.app import create_app
 from ccgate.api.deps import app_services
 from ccgate.config import Settings
+from ccgate.policy import KeyPolicy
 from ccgate.runners.base import RunError, RunEvent, RunRequest
-from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import FAKE_API_KEY, Error, FakeAnthropic, Text
 from tests.support.fake_runner import FakeRunner

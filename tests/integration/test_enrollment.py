@@ -17,6 +17,7 @@ import pytest
 from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
 from ccgate.ids import new_id
+from ccgate.policy import KeyPolicy
 from ccgate.security.enrollment import (
     DeviceSecretRefused,
     DeviceToken,
@@ -27,7 +28,6 @@ from ccgate.security.enrollment import (
 from ccgate.security.keys import hash_secret
 from ccgate.store import Store
 from ccgate.store.enrollments import DeviceKey
-from ccgate.store.keys import KeyPolicy
 from ccgate.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.integration.conftest import Gateway
 from tests.support.webhook_receiver import Received, WebhookReceiver

@@ -15,9 +15,9 @@ import pytest
 from ccgate.api import attachments as files_api
 from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
+from ccgate.policy import KeyPolicy
 from ccgate.store import Database, Store
 from ccgate.store.files import FileTable
-from ccgate.store.keys import KeyPolicy
 from ccgate.turns import ContentBlock
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from ccgate.api.deps import app_services
-from ccgate.store.keys import KeyPolicy
+from ccgate.policy import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
 

@@ -12,7 +12,7 @@ import httpx
 from ccgate.api.app import create_app
 from ccgate.api.deps import app_services
 from ccgate.config import Settings
-from ccgate.store.keys import KeyPolicy
+from ccgate.policy import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import FAKE_API_KEY, FakeAnthropic
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ccgate.api.deps import app_services
-from ccgate.store.keys import KeyPolicy
+from ccgate.policy import KeyPolicy
 from tests.support.fake_runner import FakeRunner
 
 DOORS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -26,7 +26,7 @@ MakeNode = Callable[..., Limiter]
 _CHILD = textwrap.dedent("""
     import asyncio
     from ccgate.limits import Admission, Limiter, LimitExceeded, RunEstimate
-    from ccgate.store.keys import KeyPolicy
+    from ccgate.policy import KeyPolicy
 
     async def main():
         node = Limiter(redis_url={url!r}, key_prefix={prefix!r})

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ccgate.api.deps import app_services
+from ccgate.policy import KeyPolicy
 from ccgate.pricing import cost_usd
-from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import Error, FakeAnthropic, Text
 from tests.support.fake_runner import FakeRunner

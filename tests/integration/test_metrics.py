@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
+from ccgate.policy import KeyPolicy
 from ccgate.runners.plan_windows import PlanWindow
-from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
 

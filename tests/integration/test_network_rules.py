@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from ccgate.api.deps import app_services
-from ccgate.store.keys import KeyPolicy
+from ccgate.policy import KeyPolicy
 
 
 def _client(gateway: Any, peer: str) -> httpx.AsyncClient:

@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from ccgate.api.deps import app_services
+from ccgate.policy import KeyPolicy
 from ccgate.runners.base import RunError
-from ccgate.store.keys import KeyPolicy
 from tests.support.fake_runner import FakeRunner
 
 PNG = (

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from ccgate.api.deps import app_services
-from ccgate.store.keys import KeyPolicy
+from ccgate.policy import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import (
     Error,

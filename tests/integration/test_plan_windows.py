@@ -147,8 +147,8 @@ async def test_plan_window_share_used_up_holds_the_keys_jobs(
 ) -> None:
     """A key whose runs used its window_share of a window is held (async) or refused
     (sync, marked as a share) until that window resets."""
+    from ccgate.policy import KeyPolicy
     from ccgate.security.keyring import Keyring
-    from ccgate.store.keys import KeyPolicy
 
     clock = Clock()
     service = await service_for(FakeRunner(), clock)

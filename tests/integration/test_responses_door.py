@@ -13,7 +13,7 @@ import pytest
 
 from ccgate.api.deps import app_services
 from ccgate.clock import utcnow
-from ccgate.store.keys import KeyPolicy
+from ccgate.policy import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.clock import install_manual_clock
 from tests.support.fake_anthropic import (

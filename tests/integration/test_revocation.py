@@ -15,9 +15,9 @@ from ccgate.clock import utcnow
 from ccgate.ids import new_id
 from ccgate.jobs import JobService, QueueLimits, Submission, request_to_json
 from ccgate.jobs.revocation import KEY_REVOKED, KEY_UNUSABLE, end_work_of
+from ccgate.policy import KeyPolicy
 from ccgate.runners.base import RunRequest
 from ccgate.store import JobStatus, Store
-from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_runner import FakeRunner
 from tests.support.webhook_receiver import WebhookReceiver

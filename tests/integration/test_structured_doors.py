@@ -20,8 +20,8 @@ from ccgate.api.app import create_app
 from ccgate.api.deps import app_services
 from ccgate.api.doors.async_jobs import JobBody, _request_hash
 from ccgate.config import Settings
+from ccgate.policy import KeyPolicy
 from ccgate.runners.base import RunEvent, RunRequest
-from ccgate.store.keys import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import FAKE_API_KEY, FakeAnthropic, Text
 from tests.support.fake_runner import FakeRunner

@@ -154,7 +154,7 @@ async def test_usage_store_totals_agree_on_every_backend(store: Store) -> None:
 
 async def test_usage_own_shows_only_the_callers_numbers(gw: Gateway) -> None:
     """A key sees its own totals and policy, never another key's."""
-    from ccgate.store.keys import KeyPolicy
+    from ccgate.policy import KeyPolicy
 
     other = (await app_services(gw.app).keyring.create("other", KeyPolicy(rpm=30))).secret
     await gw.run({"prompt": "mine"})
@@ -171,7 +171,7 @@ async def test_usage_own_shows_only_the_callers_numbers(gw: Gateway) -> None:
 async def test_usage_own_says_what_the_limits_leave(gw: Gateway) -> None:
     """The caller sees its live counters and what its token, budget and concurrency limits
     leave; limits it does not have leave None."""
-    from ccgate.store.keys import KeyPolicy
+    from ccgate.policy import KeyPolicy
 
     policy = KeyPolicy(tokens_per_day=100, budget_usd_per_month=1.0)
     secret = (await app_services(gw.app).keyring.create("capped", policy)).secret

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
+from ccgate.policy import KeyPolicy
 from ccgate.security.enrollment import (
     device_key_name,
     issue_device_token,
@@ -17,7 +18,6 @@ from ccgate.security.enrollment import (
 )
 from ccgate.security.keyring import NAME_PATTERN
 from ccgate.store.enrollments import DeviceRecord
-from ccgate.store.keys import KeyPolicy
 
 SECRET = "unit-test-enrollment-secret-0123456789"
 # Tokens are checked against the real clock: each test reads the time when it runs, never at

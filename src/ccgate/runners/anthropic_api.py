@@ -19,7 +19,6 @@ from ccgate.circuit import CircuitBreaker
 from ccgate.config import ConfigError, Settings
 from ccgate.runners.anthropic_client import MESSAGES_PATH, AnthropicClient
 from ccgate.runners.anthropic_sse import MessageReader
-from ccgate.runners.anthropic_sse import UpstreamStream as UpstreamStream
 from ccgate.runners.base import RunError, RunEvent, RunRequest
 
 DEFAULT_MAX_TOKENS = 4096

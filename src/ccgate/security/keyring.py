@@ -11,13 +11,10 @@ from datetime import timedelta
 
 from ccgate.clock import utcnow as _now
 from ccgate.ids import new_id
-from ccgate.policy import KeyPolicy, PolicyError, policy_with
+from ccgate.policy import KeyPolicy, policy_with
 from ccgate.security.keys import hash_secret, mint_key, mint_webhook_secret
 from ccgate.store import KeyRecord, Store
 from ccgate.store.errors import AlreadyExists
-
-# PolicyError and policy_with live in ccgate.policy; callers may import them from here too.
-__all__ = ["CreatedKey", "KeyNameError", "Keyring", "PolicyError", "policy_with"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # last_used_at is refreshed at most this often per key, so auth stays a read, not a write.

@@ -14,9 +14,6 @@ from ccgate.store.engine import Database
 from ccgate.store.errors import AlreadyExists
 from ccgate.store.schema import api_keys
 
-# KeyPolicy lives in ccgate.policy; many callers still import it from here.
-__all__ = ["KeyPolicy", "KeyRecord", "KeyTable"]
-
 
 @dataclass(frozen=True)
 class KeyRecord:

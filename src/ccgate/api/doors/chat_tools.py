@@ -23,8 +23,8 @@ from ccgate.api.errors import error_body, request_id_of
 from ccgate.api.lifecycle import Turn
 from ccgate.errors import ApiError
 from ccgate.ids import new_id
-from ccgate.runners.anthropic_api import UpstreamStream, message_body
-from ccgate.runners.anthropic_sse import sse_payloads
+from ccgate.runners.anthropic_api import message_body
+from ccgate.runners.anthropic_sse import UpstreamStream, sse_payloads
 from ccgate.runners.base import RunError
 from ccgate.turns import Usage
 

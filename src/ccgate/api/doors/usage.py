@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from ccgate.api.auth import require_key
 from ccgate.api.deps import services_of
 from ccgate.errors import ApiError
+from ccgate.policy import KeyPolicy
 from ccgate.store import KeyRecord, Store
-from ccgate.store.keys import KeyPolicy
 from ccgate.store.usage import GroupBy
 
 router = APIRouter(prefix="/api/v1", tags=["native"])

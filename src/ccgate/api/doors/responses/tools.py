@@ -20,8 +20,8 @@ from ccgate.api.doors.responses.request import ResponsesCall
 from ccgate.api.errors import client_message
 from ccgate.api.lifecycle import Turn
 from ccgate.errors import ApiError
-from ccgate.runners.anthropic_api import UpstreamStream, message_body
-from ccgate.runners.anthropic_sse import sse_payloads
+from ccgate.runners.anthropic_api import message_body
+from ccgate.runners.anthropic_sse import UpstreamStream, sse_payloads
 from ccgate.runners.base import RunError
 
 # Stores a finished Response (when the request asked for it) before the client sees it end.

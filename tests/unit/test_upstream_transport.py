@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ccgate.runners.upstream_transport import LeanTransport
+from ccgate.runners.upstream_transport import LeanTransport, Target
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
@@ -228,3 +228,100 @@ async def test_transport_speaks_tls_with_sni_and_verifies_the_certificate(
             with pytest.raises(httpx.ConnectError):
                 await client.post("/x", content=b"{}")
     assert names[0] == "localhost"
+
+
+def _target(port: int, path: str = "/v1/messages") -> Target:
+    return Target("POST", httpx.URL(f"http://127.0.0.1:{port}{path}"))
+
+
+def _head(port: int, body: bytes) -> bytes:
+    return b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:%d\r\ncontent-length: %d\r\n\r\n" % (
+        port,
+        len(body),
+    )
+
+
+TIMEOUTS = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
+
+
+async def test_exchange_streams_a_chunked_body_and_pools_the_connection() -> None:
+    """A request in wire form gets status, raw headers and a body that streams piece by piece;
+    the connection carries the next exchange once the body was read."""
+    gate = asyncio.Event()
+
+    async def chunked(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nRequest-Id: r1\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"5\r\nfirst\r\n")
+        await writer.drain()
+        await gate.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+
+    pool = LeanTransport(max_connections=1)
+    async with serving(chunked) as (upstream, port):
+        answer = await pool.exchange(_target(port), _head(port, b"{}"), b"{}", TIMEOUTS)
+        assert (answer.status_code, answer.is_success) == (200, True)
+        assert answer.raw_headers[0] == (b"Request-Id", b"r1")
+        chunks = answer.aiter_bytes()
+        assert await anext(chunks) == b"first"
+        gate.set()
+        assert b"".join([c async for c in chunks]) == b"second"
+        await answer.aclose()
+        with pytest.raises(httpx.StreamError):  # its connection already carries the next one
+            await answer.aread()
+        again = await pool.exchange(_target(port), _head(port, b"{}"), b"{}", TIMEOUTS)
+        assert await again.aread() == b"firstsecond"
+        await pool.aclose()
+    assert upstream.connections == 1
+    assert upstream.requests[0] == _head(port, b"{}") + b"{}"
+
+
+async def test_exchange_errors_are_httpx_errors_naming_the_request() -> None:
+    """A refused connection and a body cut short raise httpx's errors with the request's URL
+    attached, as httpx's client does."""
+
+    async def cut(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+
+    pool = LeanTransport(max_connections=1)
+    async with serving(cut) as (_, port):
+        answer = await pool.exchange(_target(port), _head(port, b"{}"), b"{}", TIMEOUTS)
+        with pytest.raises(httpx.TransportError) as cut_short:
+            await answer.aread()
+    with pytest.raises(httpx.ConnectError) as refused:
+        await pool.exchange(_target(port), _head(port, b"{}"), b"{}", TIMEOUTS)
+    await pool.aclose()
+    assert not pool._slots.locked()
+    for caught in (cut_short, refused):
+        assert caught.value.request.url == f"http://127.0.0.1:{port}/v1/messages"
+
+
+@pytest.mark.parametrize("charset", ["", "; charset=latin-1", "; charset=nonsense"])
+async def test_exchange_lines_split_as_httpx_splits_them(charset: str) -> None:
+    """aiter_lines gives the lines httpx.Response.aiter_lines gives, whatever the chunking
+    (a CRLF or a UTF-8 character cut across chunks, odd line breaks) and the charset."""
+    text = "data: a\r\n\r\ndata: é\u2028x\rdata: b\n\ndata: c\r\nend".encode()
+    pieces = [text[:8], text[8:10], text[10:17], text[17:], b""]  # b"": the last chunk
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream%s\r\n" % charset.encode()
+
+    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(head + b"transfer-encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    pool = LeanTransport(max_connections=1)
+    async with serving(answer) as (_, port):
+        lean = await pool.exchange(_target(port), _head(port, b"{}"), b"{}", TIMEOUTS)
+        lines = [line async for line in lean.aiter_lines()]
+        await lean.aclose()
+        async with httpx.AsyncClient(transport=pool) as client:
+            expected = [line async for line in (await client.post(_url(port))).aiter_lines()]
+    assert lines == expected
+    assert len(lines) >= 5
+
+
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/v1/messages"

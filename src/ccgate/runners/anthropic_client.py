@@ -31,7 +31,7 @@ from ccgate.runners.anthropic_errors import (
 from ccgate.runners.anthropic_sse import UpstreamStream, merge_usage
 from ccgate.runners.base import RunError
 from ccgate.runners.redaction import redact
-from ccgate.runners.upstream_transport import LeanTransport
+from ccgate.runners.upstream_transport import LeanResponse, LeanTransport, Target
 
 log = structlog.get_logger("ccgate.runner")
 
@@ -41,6 +41,11 @@ DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 _CONNECT_TIMEOUT_SECS = 10.0
 # When a wait ends and the RunError to raise if it does (the run's wall or idle limit).
 Limit = Callable[[], tuple[float, RunError]]
+# An unread upstream answer: off the pool directly, or through httpx's client (a proxy).
+Answer = LeanResponse | httpx.Response
+# The response headers passed on to clients (anthropic_errors.passable_headers' rule).
+_PASSED_HEADERS = frozenset({b"content-type", b"request-id", b"retry-after"})
+_RATELIMIT_PREFIX = b"anthropic-ratelimit-"
 
 
 @dataclass(frozen=True)
@@ -105,15 +110,21 @@ class AnthropicClient:
             path: base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode())
             for path in (MESSAGES_PATH, COUNT_TOKENS_PATH)
         }
-        # The transport httpx would pick for upstream, called directly when it is the pool we
-        # gave it (httpx's request building, cookie, auth and redirect layers cost ~0.08 ms a
-        # call); a proxy httpx mounted from the environment keeps the whole client in between.
+        # The transport httpx would pick for upstream. When it is our pool, a call goes to it
+        # in wire form (httpx's client layers and its Request/Response objects cost ~0.1 ms a
+        # call); anything else (a proxy httpx mounted from the environment, a test's
+        # transport) keeps httpx's whole client in between.
         chosen = self._client._transport_for_url(base)  # same choice httpx makes
-        self._direct = chosen if chosen is self._client._transport else None
-        self._default_headers = [
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in self._client.headers.raw
-        ]
-        self._timeout = {"timeout": self._client.timeout.as_dict()}
+        self._lean = chosen if isinstance(chosen, LeanTransport) else None
+        self._targets = {path: Target("POST", url) for path, url in self._urls.items()}
+        # The head httpx would write: request line, Host, its default headers not overridden
+        # (per set of our header names), ours, then content-length.
+        self._request_lines = {
+            path: b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (url.raw_path, url.netloc)
+            for path, url in self._urls.items()
+        }
+        self._defaults: dict[tuple[str, ...], bytes] = {}
+        self._timeouts = self._client.timeout.as_dict()
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -136,7 +147,7 @@ class AnthropicClient:
         return UpstreamReply(
             status=response.status_code,
             json=message,
-            headers=passable_headers(response.headers),
+            headers=self.passable_headers(response),
             usage=usage,
             model=model if isinstance(model, str) else None,
             stop_reason=stop_reason if isinstance(stop_reason, str) else None,
@@ -158,21 +169,13 @@ class AnthropicClient:
         *,
         stream: bool,
         limit: Limit | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         """POST ``body``; return the 2xx response unread, or settle the breaker and raise."""
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         headers = self._headers(client_headers, stream=stream)
-        if self._direct is not None:
-            # The request httpx's build_request makes: its default headers, ours over them.
-            merged = [(k, v) for k, v in self._default_headers if k.lower() not in headers]
-            merged += headers.items()
-            request = httpx.Request(
-                "POST",
-                self._urls[path],
-                headers=merged,
-                content=content,
-                extensions=self._timeout,
-            )
+        lean = self._lean
+        if lean is not None:
+            head = self._head(path, headers, len(content))
         else:
             request = self._client.build_request(
                 "POST", self._urls[path], headers=headers, content=content
@@ -191,7 +194,12 @@ class AnthropicClient:
             when, timeout_error = limit() if limit is not None else (None, None)
             try:
                 async with asyncio.timeout_at(when):
-                    response = await self._send(request)
+                    if lean is not None:
+                        answer: Answer = await lean.exchange(
+                            self._targets[path], head, content, self._timeouts
+                        )
+                    else:
+                        answer = await self._client.send(request, stream=True)
             except TimeoutError:
                 if timeout_error is None:
                     raise
@@ -200,10 +208,11 @@ class AnthropicClient:
                 # Our own pool being full says nothing about upstream: no verdict.
                 settled = not isinstance(exc, httpx.PoolTimeout)
                 raise self.transport_failure(exc) from None
-            if response.is_success:
+            if answer.is_success:
                 self.breaker.record_success()
                 settled = True
-                return response
+                return answer
+            response = answer if isinstance(answer, httpx.Response) else answer.as_httpx()
             raw = await read_error_body(response)
             error = self._status_error(response.status_code, response.headers, raw)
             if response.status_code >= 500:
@@ -215,18 +224,37 @@ class AnthropicClient:
                 # 4xx, 429, the run's own deadline or a cancelled caller: no verdict on upstream.
                 self.breaker.release()
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        """``request`` through the pool directly (what httpx's client does for one request
-        with no auth, redirects or cookies), or through the client when a proxy is mounted."""
-        if self._direct is None:
-            return await self._client.send(request, stream=True)
-        try:
-            response = await self._direct.handle_async_request(request)
-        except httpx.RequestError as exc:
-            exc.request = request  # as httpx's client attaches it
-            raise
-        response.request = request
-        return response
+    def _head(self, path: str, headers: dict[str, str], length: int) -> bytes:
+        """The request head httpx's client writes for ``headers`` and a body of ``length``
+        bytes (same headers, order and spelling; a test compares the bytes)."""
+        names = tuple(headers)
+        defaults = self._defaults.get(names)
+        if defaults is None:  # one per set of names: at most four
+            defaults = self._defaults[names] = b"".join(
+                b"%s: %s\r\n" % (name, value)
+                for name, value in self._client.headers.raw
+                if name.lower().decode("latin-1") not in headers
+            )
+        parts = [self._request_lines[path], defaults]
+        for name, value in headers.items():
+            parts += (name.encode("ascii"), b": ", value.encode("ascii"), b"\r\n")
+        parts.append(b"content-length: %d\r\n\r\n" % length)
+        return b"".join(parts)
+
+    def passable_headers(self, response: Answer) -> dict[str, str]:
+        """The response headers worth passing on to a client (``passable_headers``)."""
+        if isinstance(response, httpx.Response):
+            return passable_headers(response.headers)
+        passed: dict[str, str] = {}
+        for name, value in response.raw_headers:
+            if not (name.isascii() and value.isascii()):
+                # httpx picks one text encoding for all headers; let it.
+                return passable_headers(response.headers)
+            lower = name.lower()
+            if lower in _PASSED_HEADERS or lower.startswith(_RATELIMIT_PREFIX):
+                key, text = lower.decode("ascii"), value.decode("ascii")
+                passed[key] = f"{passed[key]}, {text}" if key in passed else text
+        return passed
 
     def _headers(self, client_headers: Mapping[str, str], *, stream: bool) -> dict[str, str]:
         """Upstream request headers: ours, plus the client's anthropic-version/-beta only."""
@@ -250,7 +278,7 @@ class AnthropicClient:
             headers["anthropic-beta"] = beta
         return headers
 
-    async def _read_json(self, response: httpx.Response) -> tuple[dict[str, Any], bytes]:
+    async def _read_json(self, response: Answer) -> tuple[dict[str, Any], bytes]:
         """The 2xx body as a JSON object, and as the bytes it came in."""
         try:
             raw = await response.aread()

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ccgate.pricing import cost_usd
-from ccgate.runners.anthropic_errors import error_detail, event_error, passable_headers
+from ccgate.runners.anthropic_errors import error_detail, event_error
 from ccgate.runners.base import RunError, RunEvent, RunResult, RunStarted, TextDelta
 
 if TYPE_CHECKING:
-    from ccgate.runners.anthropic_client import AnthropicClient
+    from ccgate.runners.anthropic_client import Answer, AnthropicClient
 
 _SCAN_TAIL_LIMIT = 1024 * 1024
 # Wraps a stream's chunk iteration without changing the chunks (metrics time it).
@@ -96,9 +96,9 @@ class UpstreamStream:
     passed through like any other event and also kept in ``error``.
     """
 
-    def __init__(self, client: AnthropicClient, response: httpx.Response) -> None:
+    def __init__(self, client: AnthropicClient, response: Answer) -> None:
         self.status = response.status_code
-        self.headers = passable_headers(response.headers)
+        self.headers = client.passable_headers(response)
         self.error: RunError | None = None
         self._client = client
         self._response = response

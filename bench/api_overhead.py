@@ -151,15 +151,17 @@ class RawConnection:
         reader, writer = await asyncio.open_connection(host, int(port))
         return cls(reader, writer)
 
-    async def call(self, request: bytes) -> float:
-        """Send ``request``; return once the whole answer (a 200) has arrived, with the time
-        its first body byte did."""
+    async def call(self, request: bytes, streamed: bool) -> float:
+        """Send ``request``; return once the whole answer (a 200, SSE when ``streamed``, JSON
+        otherwise) has arrived, with the time its first body byte did."""
         self._writer.write(request)
         head = await self._reader.readuntil(b"\r\n\r\n")
         if head[9:12] != b"200":
             detail = (await self._reader.read(2000)).decode(errors="replace")
             raise RuntimeError(f"HTTP {head[9:12].decode()}: {detail}")
         lower = head.lower()
+        if (b"content-type: text/event-stream" in lower) != streamed:
+            raise RuntimeError(f"expected {'an SSE' if streamed else 'a JSON'} answer: {head!r}")
         first: float | None = None
         if b"transfer-encoding: chunked" in lower:
             while True:
@@ -183,9 +185,10 @@ class RawConnection:
 async def raw_callers(target: Target, body: bytes, concurrency: int) -> AsyncIterator[list[Call]]:
     """One caller per concurrent worker, each on its own raw connection."""
     request = target.request(body)
+    streamed = bool(json.loads(body).get("stream"))
     connections = [await RawConnection.open(target.url) for _ in range(concurrency)]
     try:
-        yield [functools.partial(c.call, request) for c in connections]
+        yield [functools.partial(c.call, request, streamed) for c in connections]
     finally:
         for connection in connections:
             await connection.close()

@@ -124,7 +124,8 @@ class _Upstream(asyncio.Protocol):
                 return
             head = self._buffer[:end].lower()
             at = head.find(b"content-length:")
-            length = int(head[at + 15 : head.find(b"\r\n", at)]) if at >= 0 else 0
+            stop = head.find(b"\r\n", at)
+            length = int(head[at + 15 : stop if stop >= 0 else len(head)]) if at >= 0 else 0
             if len(self._buffer) < end + 4 + length:
                 return
             body = self._buffer[end + 4 : end + 4 + length]

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from ccgate.store import sqlite_fast as fast
 from ccgate.store.engine import Database, Operation
 from ccgate.store.events import JobEvent, append_terminal_event, insert_events
-from ccgate.store.schema import api_keys, job_events, jobs, webhook_deliveries
+from ccgate.store.schema import api_keys, job_events, job_queue_depth, jobs, webhook_deliveries
 from ccgate.store.sqlite_fast import is_sqlite
 from ccgate.store.webhooks import insert_delivery
 
@@ -68,6 +68,8 @@ def _key_usable(now: datetime) -> sa.ColumnElement[bool]:
 _COUNT_QUEUED = (
     sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == JobStatus.QUEUED.value)
 )
+# On SQLite the queued jobs are not counted: triggers keep their number (schema.job_queue_depth).
+_KEPT_QUEUED = sa.select(job_queue_depth.c.queued).where(job_queue_depth.c.id == 1)
 
 
 def _key_revoked() -> sa.ColumnElement[bool]:
@@ -300,7 +302,11 @@ class JobTable:
 
     async def count(self, status: JobStatus) -> int:
         """How many jobs are in ``status``."""
-        query = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == status.value)
+        query: sa.Select[Any] = (
+            _KEPT_QUEUED
+            if status is JobStatus.QUEUED and self.db.dialect == "sqlite"
+            else sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == status.value)
+        )
 
         def op(conn: sa.Connection) -> int:
             return int(conn.execute(query).scalar() or 0)
@@ -531,9 +537,10 @@ _JOB_COLUMNS = tuple(c.name for c in jobs.c)
 # The columns a job stored already claimed (a direct start) holds differently.
 _CLAIM_COLUMNS = ("status", "attempts", "started_at", "lease_owner", "lease_expires_at")
 _NO_LIMIT = 2**62
-# One statement: count the waiting jobs (no further than the limit needs), check the key is
-# still usable, store the job claimed when nothing waits (a direct start), else queued, and
-# nothing at all when the queue is full.
+# One statement: read how many jobs wait (kept by triggers, schema.job_queue_depth: one row
+# however long the queue, and current since the write lock is held), check the key is still
+# usable, store the job claimed when nothing waits (a direct start), else queued, and nothing
+# at all when the queue is full.
 # Built once from the schema's own column names (no outside text in it).
 _INSERT_SQLITE = (
     f"INSERT INTO jobs ({fast.column_list(_JOB_COLUMNS)}) SELECT "  # noqa: S608
@@ -542,8 +549,8 @@ _INSERT_SQLITE = (
         for n in _JOB_COLUMNS
     )
     + " FROM (SELECT waiting, (:claim AND waiting = 0 AND usable) AS claimed FROM ("
-    "SELECT (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' LIMIT :counted))"
-    " AS waiting, (:key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys"
+    "SELECT (SELECT queued FROM job_queue_depth WHERE id = 1) AS waiting,"
+    " (:key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys"
     " WHERE api_keys.id = :key_id AND api_keys.revoked_at IS NULL"
     " AND (api_keys.expires_at IS NULL OR api_keys.expires_at > :created_at))) AS usable))"
     " WHERE waiting < :most RETURNING status"
@@ -571,7 +578,6 @@ def _insert_sqlite(
     )
     params.update({f"claimed_{name}": value for name, value in stored_claim.items()})
     params["claim"] = claim
-    params["counted"] = max_queued if max_queued is not None else (1 if claim else 0)
     params["most"] = max_queued if max_queued is not None else _NO_LIMIT
     rows = fast.execute(conn, _INSERT_SQLITE, params).fetchall()
     if not rows:

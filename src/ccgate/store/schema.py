@@ -313,3 +313,24 @@ responses = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=False),
     sa.Index("ix_responses_expires", "expires_at"),
 )
+
+# SQLite only: how many jobs are queued, in one row that triggers on ``jobs`` (migration 0008)
+# keep in the very transaction of every insert, status change and delete, whichever process
+# writes. The capacity check on each submit reads it instead of counting the queue. A later
+# migration that rebuilds ``jobs`` (SQLite's batch mode copies the table) must create the
+# triggers again. PostgreSQL counts instead: one row every node's insert updated would make
+# the nodes' submits wait for each other.
+job_queue_depth = sa.Table(
+    "job_queue_depth",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("queued", sa.Integer(), nullable=False),
+    sa.CheckConstraint("id = 1", name="ck_job_queue_depth_one_row"),
+    info={"dialects": ("sqlite",)},
+)
+
+
+def on_dialect(table: sa.Table, dialect: str) -> bool:
+    """True when ``table`` exists on databases of ``dialect`` (most tables: on every one)."""
+    dialects: tuple[str, ...] | None = table.info.get("dialects")
+    return dialects is None or dialect in dialects

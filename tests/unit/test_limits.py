@@ -450,3 +450,33 @@ async def test_limiter_global_rpd_applies_to_a_key_without_limits(
     limiter = make_limiter(global_rpd=1)
     await limiter.admit("k1", KeyPolicy())
     assert (await _refused(limiter, KeyPolicy(), "k2")).error_type == "global_rpd_exceeded"
+
+
+async def test_limiter_spend_counts_into_the_new_day_and_month_once_they_begin(
+    make_limiter: MakeLimiter, clock: ManualClock
+) -> None:
+    """A run settled just after midnight UTC counts into the new day's tokens, and just after
+    the month turns into the new month's budget, however many runs came before."""
+    clock.advance((datetime(2031, 1, 31, 23, 59, 59, tzinfo=UTC) - clock.now()).total_seconds())
+    limiter = make_limiter()
+    for _ in range(3):  # settled on the same day
+        await (await limiter.admit("k1", KeyPolicy())).settle(tokens=10, cost_usd=0.25)
+    assert await limiter.usage("k1") == {
+        "tokens_today": 30,
+        "cost_usd_this_month": 0.75,
+        "running": 0,
+    }
+    clock.advance(1)  # 2031-02-01 00:00:00: a new day and a new month
+    await (await limiter.admit("k1", KeyPolicy())).settle(tokens=7, cost_usd=0.5)
+    assert await limiter.usage("k1") == {
+        "tokens_today": 7,
+        "cost_usd_this_month": 0.5,
+        "running": 0,
+    }
+    clock.advance(86400)  # the next day, the same month
+    await (await limiter.admit("k1", KeyPolicy())).settle(tokens=5, cost_usd=0.5)
+    assert await limiter.usage("k1") == {
+        "tokens_today": 5,
+        "cost_usd_this_month": 1.0,
+        "running": 0,
+    }

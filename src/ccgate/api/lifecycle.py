@@ -417,15 +417,15 @@ class Turn:
         finally:
             await self._settle_result()
 
-    async def events(self) -> AsyncGenerator[RunEvent | None, None]:
+    def events(self) -> AsyncGenerator[RunEvent | None, None]:
         """TextDeltas then one RunResult; None stands for a quiet moment (send a ping).
 
         Raises ApiError when the turn fails. Closing the generator early cancels the job.
         """
-        if self.direct:
-            async for event in self._runner_events():
-                yield event
-            return
+        # A direct turn reads the runner's events with no generator in between.
+        return self._runner_events() if self.direct else self._job_events()
+
+    async def _job_events(self) -> AsyncGenerator[RunEvent | None, None]:
         assert self.job is not None
         services = services_of(self.request)
         jobs = services.jobs
@@ -452,7 +452,7 @@ class Turn:
             if not finished:
                 await asyncio.shield(jobs.cancel(self.job.id))
 
-    async def _runner_events(self) -> AsyncIterator[RunEvent | None]:
+    async def _runner_events(self) -> AsyncGenerator[RunEvent | None, None]:
         assert self.run_request is not None
         runner = services_of(self.request).runner
         try:
@@ -490,30 +490,37 @@ class Turn:
         first: RunEvent,
         events: AsyncGenerator[RunEvent | None, None],
     ) -> AsyncIterator[bytes]:
+        # Frames ready at the same moment leave as one body message (one write): the opening
+        # with the first event's frame, the rest of the answer with the closing frames.
         sent: list[str] = []
+        ready = list(renderer.opening())
+        following = events.__anext__
         try:
-            for frame in renderer.opening():
-                yield frame
             event: RunEvent | None = first
             while True:
                 if event is None:
-                    yield renderer.ping()
-                elif isinstance(event, TextDelta) and event.text:
-                    sent.append(event.text)
-                    yield renderer.text(event.text)
+                    ready.append(renderer.ping())
+                elif isinstance(event, TextDelta):
+                    if event.text:
+                        sent.append(event.text)
+                        ready.append(renderer.text(event.text))
                 elif isinstance(event, RunResult):
                     rest = _unsent(event.text, "".join(sent))
                     if rest:  # a backend that sent no (or partial) deltas
-                        yield renderer.text(rest)
-                    for frame in renderer.closing(event):
-                        yield frame
+                        ready.append(renderer.text(rest))
+                    ready += renderer.closing(event)
+                    yield b"".join(ready)
                     return
-                following = await anext(events, StopAsyncIteration)
-                if following is StopAsyncIteration:
-                    raise ApiError("upstream_error", "the run ended without an answer")
-                event = following  # type: ignore[assignment]
+                if ready:
+                    yield ready[0] if len(ready) == 1 else b"".join(ready)
+                    ready = []
+                try:
+                    event = await following()
+                except StopAsyncIteration:
+                    raise ApiError("upstream_error", "the run ended without an answer") from None
         except ApiError as exc:
-            yield renderer.error(exc)
+            ready.append(renderer.error(exc))
+            yield b"".join(ready)
 
     async def _close(self, events: AsyncGenerator[RunEvent | None, None]) -> None:
         await events.aclose()

@@ -29,19 +29,54 @@ def next_month(now: datetime) -> datetime:
     return datetime(year, month, 1, tzinfo=UTC)
 
 
+class _Calendar:
+    """One key's counter names and renewals for one calendar day of ``now``'s time zone
+    (UTC), worked out once a day rather than on every request: formatting dates costs."""
+
+    __slots__ = ("budget", "day", "month_tokens", "next_day", "next_month", "runs", "tokens")
+
+    def __init__(self, key_id: str, now: datetime) -> None:
+        self.day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        self.next_day = next_day(now)
+        self.next_month = next_month(now)
+        self.tokens = f"tokens:{key_id}:{now:%Y-%m-%d}"
+        month = f"{now:%Y-%m}"
+        self.budget = f"budget:{key_id}:{month}"
+        self.runs = f"runs:{key_id}:{month}"
+        self.month_tokens = f"month-tokens:{key_id}:{month}"
+
+    def holds(self, now: datetime) -> bool:
+        """True when ``now`` falls on this calendar's day (same time zone)."""
+        return now.tzinfo is self.day.tzinfo and self.day <= now < self.next_day
+
+
+_calendars: dict[str, _Calendar] = {}
+_CALENDARS_KEPT = 4096
+
+
+def _calendar(key_id: str, now: datetime) -> _Calendar:
+    calendar = _calendars.get(key_id)
+    if calendar is None or not calendar.holds(now):
+        if len(_calendars) >= _CALENDARS_KEPT:
+            _calendars.clear()
+        calendar = _calendars[key_id] = _Calendar(key_id, now)
+    return calendar
+
+
 def tokens_key(key_id: str, now: datetime) -> str:
     """The counter of the key's tokens today (UTC)."""
-    return f"tokens:{key_id}:{now:%Y-%m-%d}"
+    return _calendar(key_id, now).tokens
 
 
 def budget_key(key_id: str, now: datetime) -> str:
     """The counter of the key's micro-dollars this month (UTC)."""
-    return f"budget:{key_id}:{now:%Y-%m}"
+    return _calendar(key_id, now).budget
 
 
 def average_keys(key_id: str, now: datetime) -> list[str]:
     """Runs and tokens this month: with the month's spend, the key's average per run."""
-    return [f"runs:{key_id}:{now:%Y-%m}", f"month-tokens:{key_id}:{now:%Y-%m}"]
+    calendar = _calendar(key_id, now)
+    return [calendar.runs, calendar.month_tokens]
 
 
 def usage_adds(key_id: str, tokens: int, cost_usd: float | None, now: datetime) -> list[Add]:
@@ -50,17 +85,17 @@ def usage_adds(key_id: str, tokens: int, cost_usd: float | None, now: datetime) 
     tokens = max(0, tokens)
     if not tokens and not micros:
         return []
-    day_ttl = (next_day(now) - now).total_seconds() + _COUNTER_GRACE_SECS
-    month_ttl = (next_month(now) - now).total_seconds() + _COUNTER_GRACE_SECS
-    runs_key, month_tokens_key = average_keys(key_id, now)
-    adds = [Add(runs_key, 1, month_ttl)]
+    calendar = _calendar(key_id, now)
+    month_ttl = (calendar.next_month - now).total_seconds() + _COUNTER_GRACE_SECS
+    adds = [Add(calendar.runs, 1, month_ttl)]
     if tokens:
+        day_ttl = (calendar.next_day - now).total_seconds() + _COUNTER_GRACE_SECS
         adds += [
-            Add(tokens_key(key_id, now), tokens, day_ttl),
-            Add(month_tokens_key, tokens, month_ttl),
+            Add(calendar.tokens, tokens, day_ttl),
+            Add(calendar.month_tokens, tokens, month_ttl),
         ]
     if micros:
-        adds.append(Add(budget_key(key_id, now), micros, month_ttl))
+        adds.append(Add(calendar.budget, micros, month_ttl))
     return adds
 
 

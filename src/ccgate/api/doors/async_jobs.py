@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from ccgate import metrics
@@ -17,6 +17,7 @@ from ccgate.api.deps import services_of
 from ccgate.api.middleware import audit_facts
 from ccgate.api.request_body import parse_body
 from ccgate.api.run_body import RunBody, prepare_native_run
+from ccgate.api.streaming import SSE_HEADERS, ClosingStreamingResponse
 from ccgate.errors import ApiError
 from ccgate.jobs import IdempotencyConflict, JobService, Submission
 from ccgate.jobs.views import render_job
@@ -245,7 +246,7 @@ async def stream_job(
     key: CallerKey,
     job_id: str,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> StreamingResponse:
+) -> ClosingStreamingResponse:
     """``status``, ``chunk`` and ``result`` events, each with an ``id:``; resumable."""
     job = await owned_job(request, key, job_id)
     after = 0
@@ -260,11 +261,7 @@ async def stream_job(
                 "Last-Event-ID must be an event id from this stream",
                 param="Last-Event-ID",
             )
-    return StreamingResponse(
-        _sse(request, job, after),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return ClosingStreamingResponse(_sse(request, job, after), headers=SSE_HEADERS)
 
 
 async def _sse(request: Request, job: JobRecord, after: int) -> AsyncIterator[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from ccgate.api.admission import resolve_model
 from ccgate.api.auth import require_key
@@ -47,7 +47,7 @@ from ccgate.api.lifecycle import Turn, client_closed
 from ccgate.api.middleware import audit_facts
 from ccgate.api.request_body import check_prompt_size, check_unicode, read_json_object
 from ccgate.api.run_body import JSON_ONLY_INSTRUCTION
-from ccgate.api.streaming import SSE_HEADERS
+from ccgate.api.streaming import SSE_HEADERS, ClosingStreamingResponse
 from ccgate.errors import ApiError
 from ccgate.limits.estimate import conversation_size, estimate_run
 from ccgate.runners.base import RunRequest, RunResult
@@ -332,7 +332,7 @@ async def _structured_completion(
         return _completion(completion_id, created, model, result)
     renderer = _ChunkStream(turn, ChunkShape(completion_id, created, model, call.include_usage))
     frames = [*renderer.opening(), renderer.text(result.text), *renderer.closing(result)]
-    return StreamingResponse(iter(frames), media_type="text/event-stream", headers=SSE_HEADERS)
+    return ClosingStreamingResponse(frames, headers=SSE_HEADERS)  # ready frames: no thread
 
 
 def _completion(completion_id: str, created: int, model: str, result: RunResult) -> Response:

@@ -107,6 +107,13 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
+# A content_block_delta event as ``sse`` writes it, up to its text.
+_TEXT_DELTA = (
+    'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+    '"delta": {"type": "text_delta", "text": '
+)
+
+
 @dataclass
 class _MessageStream:
     """message_start, one text block of deltas, message_delta, message_stop."""
@@ -148,15 +155,8 @@ class _MessageStream:
         return sse("ping", {"type": "ping"})
 
     def text(self, text: str) -> bytes:
-        """One text_delta."""
-        return sse(
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": text},
-            },
-        )
+        """One text_delta (``sse`` of it, the text the only part encoded per frame)."""
+        return f"{_TEXT_DELTA}{json.dumps(text, ensure_ascii=False)}}}}}\n\n".encode()
 
     def closing(self, result: RunResult) -> list[bytes]:
         """The block's stop, the stop reason with the usage, message_stop."""

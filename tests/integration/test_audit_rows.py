@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -21,7 +22,8 @@ from ccgate.api.deps import app_services
 from ccgate.audit import AuditLog
 from ccgate.clock import utcnow
 from ccgate.store import AuditEntry, Store
-from ccgate.store.audit import AuditPosition, audit_page_query
+from ccgate.store.audit import AuditPosition, audit_page_query, fit_audit_row
+from ccgate.store.schema import audit_log
 from tests.integration.conftest import Gateway
 
 
@@ -195,3 +197,38 @@ async def test_audit_door_is_the_registry_door(gateway: Gateway) -> None:
     ]
     job = await app_services(gateway.app).store.jobs.get(rows[-1]["job_id"])
     assert job is not None and job.door == "compat"
+
+
+async def test_audit_fast_rows_are_stored_as_sqlalchemy_stores_them(sqlite_store: Store) -> None:
+    """On SQLite the driver-level batch insert writes each column in the very form
+    SQLAlchemy's own insert writes (timestamps, a whole second's too, text, numbers, NULL)."""
+    at = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    full = _entry(
+        "req_x",
+        at=at,
+        client_ip="10.0.0.1",
+        job_id="job_1",
+        model="sonnet",
+        job_status="completed",
+        prompt_bytes=12,
+        response_bytes=34,
+        input_tokens=5,
+        output_tokens=7,
+        cost_usd=0.0125,
+        error_type="overloaded",
+        prompt_text="héllo \U0001f600",
+    )
+    sparse = _entry("req_y", at=at.replace(microsecond=0, tzinfo=None), key_name=None)
+    assert await sqlite_store.audit.append_many([full, sparse]) == []
+    core_rows = [{**fit_audit_row(e), "request_id": e.request_id + "_core"} for e in (full, sparse)]
+    await sqlite_store.db.write(lambda conn: conn.execute(audit_log.insert(), core_rows))
+
+    def raw(conn: sa.Connection) -> list[tuple[object, ...]]:
+        names = ", ".join(c.name for c in audit_log.c if c.name not in ("id", "request_id"))
+        query = sa.text(f"SELECT {names} FROM audit_log ORDER BY request_id")  # noqa: S608
+        return [tuple(r) for r in conn.execute(query)]
+
+    full_fast, full_core, sparse_fast, sparse_core = await sqlite_store.db.read(raw)
+    assert full_fast == full_core and sparse_fast == sparse_core
+    assert full_fast[0] == "2024-05-06 05:08:09.123456"
+    assert sparse_fast[0] == "2024-05-06 07:08:09.000000"

@@ -19,7 +19,7 @@ from ccgate.store.errors import AlreadyExists
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # last_used_at is refreshed at most this often per key, so auth stays a read, not a write.
 _TOUCH_EVERY_SECS = 60.0
-# Keys remembered between writes to the store (cleared whole when full; refilled on use).
+# Keys remembered between key writes (cleared whole when full; refilled on use).
 _CACHE_SIZE = 10_000
 
 
@@ -129,9 +129,11 @@ class Keyring:
         return record
 
     async def _by_hash(self, secret_hash: str) -> KeyRecord | None:
-        """The key row, from the cache while nothing at all was written to the store since it
-        was read (any process, any table: a revocation or policy change anywhere is seen at
-        the very next request); from the store otherwise, and always on PostgreSQL."""
+        """The key row, from the cache while no key row can have changed since it was read
+        (see ``Database.change_marker``: any commit of another process or connection, any
+        ``api_keys`` write of this one; a revocation or policy change anywhere is seen at
+        the very next request, while audit and job writes keep the cache); from the store
+        otherwise, and always on PostgreSQL."""
         marker = self.store.db.change_marker()
         if marker is not None:
             cached = self._cache.get(secret_hash)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from ccgate.store import sqlite_fast as fast
 from ccgate.store.engine import Database
 from ccgate.store.schema import audit_log
+from ccgate.store.sqlite_fast import is_sqlite
 
 
 @dataclass(frozen=True)
@@ -52,21 +55,38 @@ _TEXT_COLUMNS: dict[str, int | None] = {
 
 
 _ENTRY_FIELDS = tuple(f.name for f in fields(AuditEntry))
+# Every field at once, in that order (a shallow copy: every field here is a plain value).
+_ENTRY_VALUES = operator.attrgetter(*_ENTRY_FIELDS)
+# Where the text fields are among them, with their column's length.
+_TEXT_FIELDS = tuple(
+    (i, _TEXT_COLUMNS[name]) for i, name in enumerate(_ENTRY_FIELDS) if name in _TEXT_COLUMNS
+)
+
+
+def _fitted_values(entry: AuditEntry) -> list[Any]:
+    """``entry``'s values in ``_ENTRY_FIELDS`` order, as ``fit_audit_row`` fits them."""
+    values = list(_ENTRY_VALUES(entry))
+    for i, length in _TEXT_FIELDS:
+        value = values[i]
+        if isinstance(value, str):
+            if (
+                type(value) is str
+                and value.isascii()
+                and "\x00" not in value
+                and (length is None or len(value) <= length)
+            ):
+                continue  # already fits: kept as it is
+            if not value.isascii():
+                value = value.encode("utf-8", "replace").decode("utf-8")
+            value = value.replace("\x00", "\ufffd")
+            values[i] = value[:length] if length is not None else value
+    return values
 
 
 def fit_audit_row(entry: AuditEntry) -> dict[str, Any]:
     """``entry`` as a row every backend stores: text cut to its column's length, NUL and
     lone surrogates (which PostgreSQL refuses) replaced."""
-    # A shallow copy: asdict() deep-copies every value, and every field here is a plain value.
-    row = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
-    for name, length in _TEXT_COLUMNS.items():
-        value = row.get(name)
-        if isinstance(value, str):
-            if not value.isascii():
-                value = value.encode("utf-8", "replace").decode("utf-8")
-            value = value.replace("\x00", "\ufffd")
-            row[name] = value[:length] if length is not None else value
-    return row
+    return dict(zip(_ENTRY_FIELDS, _fitted_values(entry), strict=True))
 
 
 def _row_at_fault(exc: Exception) -> bool:
@@ -76,6 +96,16 @@ def _row_at_fault(exc: Exception) -> bool:
             exc, sa.exc.OperationalError | sa.exc.InterfaceError
         )
     return isinstance(exc, ValueError | TypeError | ArithmeticError)
+
+
+def _insert(conn: sa.Connection, rows: list[list[Any]]) -> None:
+    """Add fitted rows (values in ``_ENTRY_FIELDS`` order) inside the caller's transaction.
+    On SQLite, every flush's statement runs straight on the driver (store/sqlite_fast.py),
+    values stored as SQLAlchemy's insert stores them; PostgreSQL keeps the Core statement."""
+    if is_sqlite(conn):
+        fast.insert_many(conn, audit_log, _ENTRY_FIELDS, rows)
+    else:
+        conn.execute(audit_log.insert(), [dict(zip(_ENTRY_FIELDS, r, strict=True)) for r in rows])
 
 
 class AuditTable:
@@ -88,28 +118,28 @@ class AuditTable:
         """Add rows in one transaction; if the database refuses the batch for its values,
         add them one by one so a bad row loses nothing else. Returns the request ids of the
         rows that could not be written; raises when the database itself fails."""
-        rows = [fit_audit_row(e) for e in entries]
+        rows = [_fitted_values(e) for e in entries]
         if not rows:
             return []
         try:
-            await self.db.write(lambda conn: conn.execute(audit_log.insert(), rows))
+            await self.db.write(lambda conn: _insert(conn, rows))
         except Exception as exc:
             if not _row_at_fault(exc):
                 raise
         else:
             return []
         refused: list[str] = []
-        for row in rows:
+        for entry, row in zip(entries, rows, strict=True):
 
-            def insert_one(conn: sa.Connection, row: dict[str, Any] = row) -> None:
-                conn.execute(audit_log.insert(), row)
+            def insert_one(conn: sa.Connection, row: list[Any] = row) -> None:
+                _insert(conn, [row])
 
             try:
                 await self.db.write(insert_one)
             except Exception as exc:
                 if not _row_at_fault(exc):
                     raise
-                refused.append(row["request_id"])
+                refused.append(entry.request_id)
         return refused
 
     async def fill_job_outcomes(self, outcomes: list[dict[str, Any]]) -> list[str]:

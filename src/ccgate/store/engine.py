@@ -68,9 +68,12 @@ class Database:
         self._sync: sa.Engine | None = None
         self._bulk_reader: sa.Engine | None = None
         self._loop_conn: sa.Connection | None = None
-        self._writes = 0  # this process's write transactions, for ``change_marker``
-        self._driver: Any = None  # the one SQLite connection, for PRAGMA data_version
+        self._driver: Any = None  # the one SQLite connection, for ``change_marker``
         self._driver_epoch = 0
+        # ``api_keys`` rows this connection wrote, counted by its temporary triggers, and
+        # the schema version those triggers were made for (None: not made yet).
+        self._key_writes = 0
+        self._armed_schema: int | None = None
         if self.dialect == "sqlite":
             # hide_parameters: a failed statement's message never quotes stored values.
             self._sync = sa.create_engine(
@@ -119,7 +122,6 @@ class Database:
         PostgreSQL as ``write``."""
         if self._bulk_reader is None:
             return await self.write(operation)
-        self._writes += 1
         return await asyncio.to_thread(self._write_on_own_connection, operation)
 
     def _write_on_own_connection(self, operation: Operation[T]) -> T:
@@ -136,7 +138,6 @@ class Database:
 
     async def write(self, operation: Operation[T]) -> T:
         """Run ``operation`` in a transaction that commits when it returns."""
-        self._writes += 1
         if self._sync is not None:
             return await self._run_sqlite(operation, write=True)
         assert self._async is not None
@@ -173,22 +174,48 @@ class Database:
             raise
 
     def change_marker(self) -> tuple[int, int, int] | None:
-        """On SQLite, a value that differs once anything may have been written since it was
-        last read: SQLite's ``data_version`` (other connections' and processes' commits),
-        this process's own write count, and which connection answered (a version is only
-        comparable on one connection). Microseconds, no transaction. None on PostgreSQL,
-        where other nodes write unseen, and when the connection cannot answer."""
+        """On SQLite, a value that differs once a key row may have changed since it was last
+        read: SQLite's ``data_version`` (any commit of another connection or process, to any
+        table), the number of ``api_keys`` rows this process's own connection wrote (counted
+        by temporary triggers on that connection, so its writes to other tables, the audit
+        log's, the jobs', change nothing), and which connection answered (a version is only
+        comparable on one connection; a new one, or any schema change, which may have taken
+        the triggers away, starts a new epoch with the triggers made again). Microseconds, no
+        transaction. None on PostgreSQL, where other nodes write unseen, and when the
+        connection cannot answer."""
         if self._sync is None:
             return None
         try:
-            if self._driver is None:
-                self._driver = self._run_sync(lambda conn: conn.connection.driver_connection, False)
+            driver = self._driver
+            if driver is None:
+                driver = self._run_sync(lambda conn: conn.connection.driver_connection, False)
+                self._driver = driver
                 self._driver_epoch += 1
-            version = self._driver.execute("PRAGMA data_version").fetchone()[0]
-        except Exception:  # a closed or replaced connection: no marker now, a fresh one next time
+                self._armed_schema = None
+            version = driver.execute("PRAGMA data_version").fetchone()[0]
+            schema = driver.execute("PRAGMA main.schema_version").fetchone()[0]
+            if schema != self._armed_schema:
+                # First use, or the schema changed: a dropped or renamed ``api_keys`` (a
+                # migration rebuilding it) took its triggers away or along.
+                self._arm(driver)
+                self._armed_schema = schema
+                self._driver_epoch += 1
+        except Exception:  # a closed or replaced connection, no api_keys table yet: no marker
             self._driver = None
             return None
-        return self._driver_epoch, int(version), self._writes
+        return self._driver_epoch, int(version), self._key_writes
+
+    def _arm(self, driver: Any) -> None:
+        """Make (again) the temporary triggers that count this connection's ``api_keys``
+        writes. The function first: a trigger calling a missing function fails its write."""
+        driver.create_function("ccgate_key_row_written", 0, self._count_key_write)
+        for event_name, create in _KEY_TRIGGERS.items():
+            # Dropped first: a renamed table keeps its triggers, the new one needs its own.
+            driver.execute(f"DROP TRIGGER IF EXISTS temp.ccgate_key_row_{event_name}")
+            driver.execute(create)
+
+    def _count_key_write(self) -> None:
+        self._key_writes += 1
 
     async def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""
@@ -209,6 +236,15 @@ class Database:
             self._bulk_reader.dispose()
         if self._async is not None:
             await self._async.dispose()
+
+
+# Temporary (this connection's own) triggers counting every row it inserts, updates or
+# deletes in ``api_keys``, whatever statement does it.
+_KEY_TRIGGERS = {
+    event_name.lower(): f"CREATE TEMP TRIGGER ccgate_key_row_{event_name.lower()} AFTER"
+    f" {event_name} ON main.api_keys BEGIN SELECT ccgate_key_row_written(); END"
+    for event_name in ("INSERT", "UPDATE", "DELETE")
+}
 
 
 def _upgrade_to_head(conn: sa.Connection) -> None:

@@ -314,6 +314,37 @@ def waiting() -> Iterator[None]:
             timing.waited_secs += time.monotonic() - started
 
 
+class Children:
+    """The labelled children of one family, each looked up in prometheus-client once.
+
+    ``family.labels(...)`` checks and stringifies the values and takes a lock on every call;
+    the hot path asks for the same few children on every request. The children kept are the
+    family's own (the same objects ``labels`` returns), at most ``limit`` of them: beyond that,
+    ``labels`` as before. So the series, and what they count, stay exactly as they were."""
+
+    __slots__ = ("_children", "_family", "_limit")
+
+    def __init__(self, family: Any, limit: int = 512) -> None:
+        self._family = family
+        self._limit = limit
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def get(self, *labels: Any) -> Any:
+        """The child for ``labels`` (what ``family.labels(*labels)`` returns)."""
+        child = self._children.get(labels)
+        if child is None:
+            child = self._family.labels(*labels)
+            if len(self._children) < self._limit:
+                self._children[labels] = child
+        return child
+
+
+_HTTP_REQUESTS = Children(HTTP_REQUESTS)
+_FIRST_TOKEN = Children(FIRST_TOKEN)
+_TOKENS = Children(TOKENS)
+_COST = Children(COST)
+
+
 @dataclass(frozen=True)
 class RequestObserver:
     """Pre-bound children for one (door, backend): the hot path only looks up statuses."""
@@ -326,7 +357,7 @@ class RequestObserver:
         self, status: int, error_type: str | None, seconds: float, timing: RequestTiming | None
     ) -> None:
         """Count the request and observe its duration and ccgate's share of it."""
-        HTTP_REQUESTS.labels(self.door, str(status), error_type or NONE).inc()
+        _HTTP_REQUESTS.get(self.door, status, error_type or NONE).inc()
         self.duration.observe(seconds)
         waited = timing.waited_secs if timing is not None else 0.0
         self.overhead.observe(max(0.0, seconds - waited))
@@ -368,12 +399,13 @@ def record_usage(
 ) -> None:
     """Count a settled run's tokens and cost against its model and key."""
     label = model_label(model)
-    for field_name, kind in _TOKEN_KINDS.items():
-        count = (usage or {}).get(field_name)
-        if isinstance(count, int) and count > 0:
-            TOKENS.labels(label, key, kind).inc(count)
+    if usage:
+        for field_name, kind in _TOKEN_KINDS.items():
+            count = usage.get(field_name)
+            if isinstance(count, int) and count > 0:
+                _TOKENS.get(label, key, kind).inc(count)
     if cost_usd is not None and cost_usd > 0:
-        COST.labels(label, key).inc(cost_usd)
+        _COST.get(label, key).inc(cost_usd)
 
 
 def limit_refused(limit: str) -> None:
@@ -423,7 +455,7 @@ class MeteredRunner:
                             return
                     if first and isinstance(event, TextDelta | RunResult):
                         first = False
-                        FIRST_TOKEN.labels(door, self.backend, model_label(request.model)).observe(
+                        _FIRST_TOKEN.get(door, self.backend, model_label(request.model)).observe(
                             time.monotonic() - started
                         )
                     yield event
@@ -494,7 +526,7 @@ class MeteredPassThrough:
 
     def _first_token(self, model: Any, started: float) -> None:
         timing = _timing.get()
-        FIRST_TOKEN.labels(
+        _FIRST_TOKEN.get(
             timing.door if timing is not None else NONE,
             self.backend,
             model_label(str(model) if model else None),

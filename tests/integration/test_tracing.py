@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import structlog
+from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -134,3 +135,23 @@ def test_tracing_off_request_ids_are_32_hex() -> None:
     span, trace_id = tracing.start_request("GET")
     assert span is None
     assert len(trace_id) == 32 and int(trace_id, 16) >= 0
+
+
+async def test_tracing_only_ccgate_traces_even_with_a_global_provider(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process-wide OpenTelemetry provider (an auto-instrumentation, say) gets no spans
+    from the web framework: ccgate's own tracing, off here, is the only tracing."""
+    exporter = InMemorySpanExporter()
+    provider = tracing.new_provider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(otel_trace, "get_tracer_provider", lambda: provider)
+    try:
+        response = await gateway.client.get(
+            "/api/v1/jobs/job_missing",
+            headers={**gateway.auth(), "traceparent": f"00-{'a' * 32}-{'b' * 16}-01"},
+        )
+    finally:
+        provider.shutdown()
+    assert response.status_code == 404
+    assert exporter.get_finished_spans() == ()

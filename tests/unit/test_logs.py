@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import structlog
 
 from ccgate.config import ConfigError, load_settings
-from ccgate.logs import configure_logging, resolve_format
+from ccgate.logs import HotLogger, IsoUtcStamper, configure_logging, resolve_format
 
 SECRET = "sk-ant-local-secret-value"
 
@@ -88,3 +93,78 @@ def test_logs_console_traceback_shows_no_local_variables() -> None:
         structlog.get_logger("t").exception("run_crashed")
     assert "upstream refused" in out.getvalue()
     assert SECRET not in out.getvalue()
+
+
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{6})?Z")
+
+
+def _access_fields() -> dict[str, Any]:
+    return {
+        "request_id": "req_0123456789abcdef0123456789abcdef",
+        "method": "POST",
+        "path": "/v1/m\x1b[2J\u00e9\u2603\nforged",
+        "status": 200,
+        "duration_ms": 1.25,
+        "key": None,
+        "client": "127.0.0.1",
+        "ok": True,
+        "where": Path("/tmp/x"),  # not a JSON type: the renderer's fallback writes its repr
+    }
+
+
+@pytest.mark.parametrize("log_format", ["json", "console", "tty"])
+@pytest.mark.parametrize("level", ["debug", "info", "warning"])
+def test_logs_access_line_writer_writes_what_structlog_writes(log_format: str, level: str) -> None:
+    """The per-request line writer prints the same bytes as a structlog logger, in every
+    format and level, context variables included."""
+    ours, theirs = (Terminal() if log_format == "tty" else io.StringIO() for _ in range(2))
+    fmt = "console" if log_format == "tty" else log_format
+    with structlog.contextvars.bound_contextvars(tenant="t1"):
+        configure_logging(level, fmt, theirs)
+        structlog.get_logger("ccgate.http").info("request", **_access_fields())
+        structlog.get_logger("ccgate.http").info("request", **_access_fields())
+        configure_logging(level, fmt, ours)
+        HotLogger("ccgate.http").info("request", _access_fields())
+        HotLogger("ccgate.http").info("request", _access_fields())
+
+    assert _STAMP.sub("T", ours.getvalue()) == _STAMP.sub("T", theirs.getvalue())
+    assert (ours.getvalue().count("tenant") == 2) == (level != "warning")
+
+
+def test_logs_access_line_writer_follows_a_log_capture() -> None:
+    """While logs are captured (another configuration), the lines go to the capture."""
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    with structlog.testing.capture_logs() as captured:
+        HotLogger("ccgate.http").info("request", {"status": 201})
+    HotLogger("ccgate.http").info("request", {"status": 202})
+
+    assert captured == [{"status": 201, "event": "request", "log_level": "info"}]
+    assert [json.loads(line)["status"] for line in out.getvalue().splitlines()] == [202]
+
+
+@pytest.mark.parametrize(
+    "micros",
+    [0, 1, 999_999, 1_000_000, 1_700_000_000_000_000, 1_700_000_000_123_456, 1_700_000_001_000_007],
+)
+def test_logs_timestamps_read_as_structlogs(micros: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Log timestamps are written exactly as structlog's ISO UTC stamper writes them (no
+    fraction at a whole second), nanoseconds cut to microseconds."""
+    frozen = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
+        microseconds=micros
+    )
+
+    class FrozenDatetime(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> FrozenDatetime:
+            return frozen  # type: ignore[return-value]
+
+    monkeypatch.setattr(
+        structlog.processors,
+        "datetime",
+        SimpleNamespace(datetime=FrozenDatetime, timezone=datetime.timezone),
+    )
+    stamper = IsoUtcStamper(clock=lambda: micros * 1000 + 999)
+    expected = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})
+    assert stamper(None, "info", {}) == expected
+    assert stamper(None, "info", {}) == expected  # the second within the same second, cached

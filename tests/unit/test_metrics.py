@@ -132,3 +132,23 @@ async def test_metered_pass_through_times_the_first_byte_of_a_stream() -> None:
     assert b"message_stop" in raw and stream.completed
     assert _value("ccgate_time_to_first_token_seconds_count", **labels) == 1
     assert _value("ccgate_runs_in_progress", backend="api") == 0
+
+
+def test_metrics_children_count_into_the_series_labels_names() -> None:
+    """Children looked up once count into the very series ``labels`` names, also for label
+    sets past the kept limit, and the request observer counts each request once."""
+    children = metrics.Children(metrics.LIMIT_REFUSALS, limit=1)
+    before = {n: _value("ccgate_limit_refusals_total", limit=n) for n in ("kept_a", "past_b")}
+    for _ in range(3):
+        children.get("kept_a").inc()
+        children.get("past_b").inc()
+    assert children.get("kept_a") is metrics.LIMIT_REFUSALS.labels("kept_a")
+    assert children.get("past_b") is metrics.LIMIT_REFUSALS.labels("past_b")
+    after = {n: _value("ccgate_limit_refusals_total", limit=n) for n in before}
+    assert {n: after[n] - before[n] for n in before} == {"kept_a": 3, "past_b": 3}
+
+    labels = {"door": "children_door", "status": "418", "error_type": "none"}
+    observer = metrics.request_observer("children_door", "api")
+    for _ in range(2):
+        observer.observe(418, None, 0.01, None)
+    assert _value("ccgate_http_requests_total", **labels) == 2

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from ccgate import __version__, metrics
 from ccgate.api import admin, console, enroll, health, metrics_door
@@ -32,6 +33,14 @@ from ccgate.runners.base import Runner
 from ccgate.security.netrules import ClientAddressRules
 from ccgate.services import open_services
 
+_NO_FASTAPI_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
+
 
 def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
     """Build the ccgate app; its services (store, queue, backend) open with its lifespan."""
@@ -46,6 +55,9 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
 
     # docs_url/redoc_url off: FastAPI's own pages load Swagger UI and ReDoc from a CDN; the
     # console serves /docs from a local copy instead.
+    # FastAPI's own OpenTelemetry off: ccgate's tracing (ccgate.tracing) is the only tracing,
+    # with request ids as trace ids and no client traceparent; FastAPI's would trust one and
+    # record exception text, and asks the global providers whether it is on at every request.
     app = FastAPI(
         title="ccgate",
         version=__version__,
@@ -53,6 +65,7 @@ def create_app(settings: Settings, *, runner: Runner | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         description="A self-hosted gateway for the Claude Code CLI.",
+        telemetry=_NO_FASTAPI_TELEMETRY,
     )
     metrics.configure(
         allowed_models=settings.allowed_models,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import structlog
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -17,11 +16,14 @@ from ccgate.api.errors import door_of_request, error_response
 from ccgate.clock import utcnow
 from ccgate.doors import SHARED_PREFIXES, door_of
 from ccgate.errors import ApiError
-from ccgate.security.netrules import ClientAddressRules
+from ccgate.logs import HotLogger
+from ccgate.security.netrules import ClientAddressRules, IPAddress
 from ccgate.store import AuditEntry
 from ccgate.turns import Usage
 
-log = structlog.get_logger("ccgate.http")
+log = HotLogger("ccgate.http")
+# Peers whose client address and allowlist verdict are known, at most this many at a time.
+_PEERS_KEPT = 1024
 
 AUDITED_PREFIXES = ("/api/", "/v1/", "/run", "/files")
 _NOT_AUDITED = ("/api/v1/health",)
@@ -91,6 +93,8 @@ class RequestContextMiddleware:
         self.backend = backend
         self.max_body_bytes = max_body_bytes
         self.rules = rules or ClientAddressRules()
+        # A peer without X-Forwarded-For always gets the same address and verdict.
+        self._peers: dict[str, tuple[IPAddress | None, str | None, bool]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,8 +105,10 @@ class RequestContextMiddleware:
         span, trace_id = tracing.start_request(scope["method"])
         request_id = "req_" + trace_id
         scope["ccgate.request_id"] = request_id
-        if span is not None:
-            scope["ccgate.trace_id"] = trace_id
+        if span is None:
+            await self._handle(scope, receive, send, request_id)
+            return
+        scope["ccgate.trace_id"] = trace_id
         try:
             with tracing.current(span):
                 await self._handle(scope, receive, send, request_id)
@@ -120,15 +126,11 @@ class RequestContextMiddleware:
         scope["ccgate.timing"] = metrics.begin_request(metrics.door_label(scope["path"]))
         status = 500
         limit = self.max_body_bytes
-        peer = scope.get("client")
-        forwarded = [
-            v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-forwarded-for"
-        ]
-        address = self.rules.client_address(peer[0] if peer else None, forwarded)
+        address, client_ip, allowed = self._client(scope)
         scope["ccgate.client_address"] = address
-        scope["ccgate.client_ip"] = str(address) if address is not None else None
+        scope["ccgate.client_ip"] = client_ip
 
-        if not self.rules.allowed(address):
+        if not allowed:
             await _send_error(
                 scope,
                 receive,
@@ -173,14 +175,19 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"request-id", request_id.encode()))
-                headers.append((b"x-request-id", request_id.encode()))
+                rid = request_id.encode()
+                headers = [
+                    *message.get("headers", ()),
+                    (b"request-id", rid),
+                    (b"x-request-id", rid),
+                ]
                 # Rate-limit headers of an admitted request, on success and failure alike.
-                present = {name.lower() for name, _ in headers}
-                for name, value in scope.get("ccgate.rate_headers", {}).items():
-                    if name.encode() not in present:
-                        headers.append((name.encode(), value.encode()))
+                rate_headers = scope.get("ccgate.rate_headers")
+                if rate_headers:
+                    present = {name.lower() for name, _ in headers}
+                    for name, value in rate_headers.items():
+                        if name.encode() not in present:
+                            headers.append((name.encode(), value.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -190,24 +197,47 @@ class RequestContextMiddleware:
             self._log(scope, request_id, status, started)
             self._audit(scope, request_id, status, started)
 
+    def _client(self, scope: Scope) -> tuple[IPAddress | None, str | None, bool]:
+        """The client's address, as text, and whether it may call at all."""
+        peer_pair = scope.get("client")
+        peer = peer_pair[0] if peer_pair else None
+        forwarded = [
+            v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"
+        ]
+        if forwarded or peer is None:
+            return self._judge(peer, forwarded)
+        known = self._peers.get(peer)
+        if known is None:
+            if len(self._peers) >= _PEERS_KEPT:
+                self._peers.clear()
+            known = self._peers[peer] = self._judge(peer, forwarded)
+        return known
+
+    def _judge(
+        self, peer: str | None, forwarded: list[str]
+    ) -> tuple[IPAddress | None, str | None, bool]:
+        address = self.rules.client_address(peer, forwarded)
+        client_ip = str(address) if address is not None else None
+        return address, client_ip, self.rules.allowed(address)
+
     def _log(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         scope["ccgate.status"] = status
         timing: metrics.RequestTiming | None = scope.get("ccgate.timing")
         metrics.request_observer(timing.door if timing else metrics.OTHER, self.backend).observe(
             status, scope.get("ccgate.error_type"), time.monotonic() - started, timing
         )
-        traced = {"trace_id": scope["ccgate.trace_id"]} if "ccgate.trace_id" in scope else {}
-        log.info(
-            "request",
-            request_id=request_id,
-            method=scope["method"],
-            path=scope["path"],
-            status=status,
-            duration_ms=round((time.monotonic() - started) * 1000, 2),
-            key=scope.get("ccgate.key_name"),
-            client=scope.get("ccgate.client_ip"),
-            **traced,
-        )
+        fields = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round((time.monotonic() - started) * 1000, 2),
+            "key": scope.get("ccgate.key_name"),
+            "client": scope.get("ccgate.client_ip"),
+        }
+        if "ccgate.trace_id" in scope:
+            fields["trace_id"] = scope["ccgate.trace_id"]
+        log.info("request", fields)
 
     def _audit(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         path: str = scope["path"]

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ccgate import metrics, tracing
-from ccgate.api.deps import app_services
+from ccgate.api.deps import services_in
 from ccgate.api.errors import door_of_request, error_response
 from ccgate.clock import utcnow
 from ccgate.doors import SHARED_PREFIXES, door_of
@@ -243,7 +243,7 @@ class RequestContextMiddleware:
         path: str = scope["path"]
         if not path.startswith(AUDITED_PREFIXES) or path in _NOT_AUDITED:
             return
-        audit = app_services(scope["app"]).audit
+        audit = services_in(scope).audit
         # Only a path both SDKs call needs the headers to name its door.
         headers = _headers(scope) if path.startswith(SHARED_PREFIXES) else None
         facts = scope.get("ccgate.audit")

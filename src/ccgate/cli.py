@@ -63,17 +63,34 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Override CCGATE_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Override CCGATE_PORT.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Override CCGATE_WORKERS: server processes on one port; more than 1 needs "
+            "PostgreSQL and CCGATE_REDIS_URL.",
+        ),
+    ] = None,
+    worker_of: Annotated[int | None, typer.Option(hidden=True)] = None,
+    socket_fd: Annotated[list[int] | None, typer.Option(hidden=True)] = None,
+    ready_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Serve the HTTP API (SQLite in ./ccgate.db unless CCGATE_DATABASE_URL says otherwise)."""
-    import uvicorn
-
-    from ccgate.api.app import create_app
-
     settings = _settings(ctx)
     configure_logging(settings.log_level, settings.log_format)
-    import structlog
+    if worker_of is not None:
+        # One of the processes ``--workers N`` started, on the socket(s) it inherited.
+        _serve_one(settings, worker_of=worker_of, sockets=socket_fd or [], ready_fd=ready_fd)
+        return
+    count = workers if workers is not None else settings.workers
+    if count > 1:
+        from ccgate.supervisor import workers_problem
 
-    from ccgate import tracing
+        problem = workers_problem(settings, count)
+        if problem is not None:
+            _fail(problem, 2)
+    import structlog
 
     log = structlog.get_logger("ccgate")
     for key in settings.unknown_keys:
@@ -84,8 +101,8 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         database=settings.database_url.split("://")[0],
+        **({"workers": count} if count > 1 else {}),
     )
-    tracing.configure_tracing(settings.otel_exporter_otlp_endpoint)
     from ccgate.runners.backend import backend_spec
 
     if backend_spec(settings).capabilities.needs_cli:
@@ -95,9 +112,51 @@ def serve(
         problem = _run(lambda: sandbox_problem(settings))
         if problem is not None:
             _fail(problem)
+    if count == 1:
+        _serve_one(settings, host=host or settings.host, port=port or settings.port)
+        return
+    from ccgate.store import Store
+    from ccgate.supervisor import serve_workers
+
+    async def migrate_once() -> None:
+        # Here, before any worker starts, so workers never race each other's migrations.
+        store = await Store.open(settings.database_url)
+        await store.close()
+
+    _run(migrate_once)
+    env_file = ["--env-file", settings.env_file] if settings.env_file else []
+    code = serve_workers(
+        settings,
+        workers=count,
+        host=host or settings.host,
+        port=port or settings.port,
+        command=[sys.executable, "-m", "ccgate", *env_file, "serve"],
+        log=log,
+    )
+    if code:
+        raise typer.Exit(code)
+
+
+def _serve_one(
+    settings: Settings,
+    *,
+    host: str = "",
+    port: int = 0,
+    worker_of: int | None = None,
+    sockets: list[int] | None = None,
+    ready_fd: int | None = None,
+) -> None:
+    """Run one server process: on ``host``:``port``, or as a worker on inherited sockets."""
+    import socket
+
+    import uvicorn
+
+    from ccgate import tracing
+    from ccgate.api.app import create_app
     from ccgate.http_protocol import CoalescingHttpToolsProtocol
     from ccgate.server import GatewayServer
 
+    tracing.configure_tracing(settings.otel_exporter_otlp_endpoint)
     gateway = create_app(settings)
 
     def stop_taking_jobs() -> None:
@@ -115,8 +174,8 @@ def serve(
     config = uvicorn.Config(
         gateway,
         http=CoalescingHttpToolsProtocol,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=host,
+        port=port,
         loop="asyncio",
         log_config=None,
         access_log=False,
@@ -124,8 +183,12 @@ def serve(
         forwarded_allow_ips=[],
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_secs)),
     )
+    server = GatewayServer(config, stop_taking_jobs, worker_of=worker_of, ready_fd=ready_fd)
     try:
-        GatewayServer(config, stop_taking_jobs).run()
+        if worker_of is None:
+            server.run()
+        else:
+            server.run(sockets=[socket.socket(fileno=fd) for fd in sockets or []])
     finally:
         tracing.shutdown_tracing()
 

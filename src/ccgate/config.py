@@ -217,6 +217,14 @@ SETTINGS: tuple[Setting, ...] = (
         "TCP port of the HTTP server.",
     ),
     Setting(
+        "CCGATE_WORKERS",
+        "1",
+        "an integer between 1 and 64",
+        _int(1, 64),
+        "Server processes sharing the port (`ccgate serve --workers`). More than 1 needs "
+        "PostgreSQL and `CCGATE_REDIS_URL` (docs/deploy.md#several-workers).",
+    ),
+    Setting(
         "CCGATE_DATABASE_URL",
         "sqlite:///./ccgate.db",
         "a sqlite:/// or postgresql:// URL",
@@ -746,6 +754,7 @@ class Settings:
 
     host: str
     port: int
+    workers: int
     database_url: str
     claude_path: str | None
     default_model: str

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from ccgate.clock import utcnow
+from ccgate.policy import KeyPolicy
 from ccgate.store import JobEvent, JobRecord, JobStatus, Store
 from ccgate.store.engine import Operation
 from ccgate.store.jobs import QueueAtCapacity
@@ -57,6 +58,53 @@ async def test_store_insert_refuses_past_capacity(store: Store) -> None:
     with pytest.raises(QueueAtCapacity):
         await _insert(store, "job_2", max_queued=1)
     assert await store.jobs.get("job_2") is None
+
+
+async def test_store_claim_judges_each_call_at_its_own_time(store: Store) -> None:
+    """A claim weighs key expiry and plan-window holds at the time it is given, call by
+    call: nothing is claimable at one time, the key's job at an earlier one, the held job
+    once its hold has passed; a claimed job reads back as claim_next returned it."""
+    base = utcnow()
+    await store.keys.insert(
+        key_id="key_soon",
+        name="soon",
+        prefix="soon",
+        secret_hash="h" * 64,
+        now=base,
+        policy=KeyPolicy(expires_at=base + timedelta(seconds=60)),
+    )
+    await store.jobs.insert(
+        job_id="job_key",
+        key_id="key_soon",
+        door="native",
+        model="sonnet",
+        request={},
+        metadata=None,
+        now=base,
+    )
+    await _insert(store, "job_held", retry_at=base + timedelta(seconds=120))
+
+    async def claim(after_secs: int) -> JobRecord | None:
+        now = base + timedelta(seconds=after_secs)
+        return await store.jobs.claim_next(
+            owner="node-1", now=now, lease_until=now + timedelta(seconds=30)
+        )
+
+    assert await claim(90) is None
+    first = await claim(30)
+    assert first is not None and first.id == "job_key"
+    assert first.started_at == base + timedelta(seconds=30)
+    assert first == await store.jobs.get("job_key")
+    assert await claim(90) is None
+    second = await claim(150)
+    assert second is not None and second.id == "job_held"
+    assert (second.status, second.attempts, second.lease_owner) == (
+        JobStatus.PROCESSING,
+        1,
+        "node-1",
+    )
+    assert second.lease_expires_at == base + timedelta(seconds=180)
+    assert second == await store.jobs.get("job_held")
 
 
 async def test_store_insert_same_idempotency_key_returns_none(store: Store) -> None:

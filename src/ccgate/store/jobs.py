@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from ccgate.store import sqlite_fast as fast
 from ccgate.store.engine import Database, Operation
 from ccgate.store.events import JobEvent, append_terminal_event, insert_events
-from ccgate.store.schema import api_keys, job_events, job_queue_depth, jobs, webhook_deliveries
+from ccgate.store.schema import (
+    UTCDateTime,
+    api_keys,
+    job_events,
+    job_queue_depth,
+    jobs,
+    webhook_deliveries,
+)
 from ccgate.store.sqlite_fast import is_sqlite
 from ccgate.store.webhooks import insert_delivery
 
@@ -53,7 +61,7 @@ class QueueAtCapacity(Exception):
     """The queue already holds the most jobs it may."""
 
 
-def _key_usable(now: datetime) -> sa.ColumnElement[bool]:
+def _key_usable(now: datetime | sa.BindParameter[datetime]) -> sa.ColumnElement[bool]:
     """The job's key may still have work run: neither revoked nor expired (no key: yes)."""
     return sa.or_(
         jobs.c.key_id.is_(None),
@@ -74,6 +82,56 @@ _KEPT_QUEUED = sa.select(job_queue_depth.c.queued).where(job_queue_depth.c.id ==
 
 def _key_revoked() -> sa.ColumnElement[bool]:
     return sa.exists().where(api_keys.c.id == jobs.c.key_id, api_keys.c.revoked_at.is_not(None))
+
+
+# ``claim_next``'s statements, built once (building them, the alias of a 29-column table
+# among them, cost several times what running them does); the time and the claim's values
+# are bound at each call.
+_NOW = sa.bindparam("now", type_=UTCDateTime())
+_SERVED = sa.alias(jobs, "served")
+# Fair between keys: the key served least recently goes first (never served: first of all),
+# then its oldest job, so one key's flood cannot starve another key's job. Within a key, its
+# batch requests wait behind its other jobs.
+_LAST_SERVED = (
+    sa.select(sa.func.max(_SERVED.c.started_at))
+    .where(_SERVED.c.key_id == jobs.c.key_id)
+    .scalar_subquery()
+)
+_CLAIM_CANDIDATES = (
+    sa.select(jobs.c.id)
+    .where(
+        jobs.c.status == JobStatus.QUEUED.value,
+        _key_usable(_NOW),
+        sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at <= _NOW),
+    )
+    .order_by(
+        _LAST_SERVED.asc().nulls_first(),
+        sa.case((jobs.c.door == "batch", 1), else_=0),
+        jobs.c.created_at,
+        jobs.c.id,
+    )
+    .limit(8)
+)
+_CLAIM_LOCK_FREE = (
+    sa.select(jobs.c.id)
+    .where(
+        jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
+        jobs.c.status == JobStatus.QUEUED.value,
+    )
+    .with_for_update(skip_locked=True)
+)
+_CLAIM_ONE = (
+    jobs.update()
+    .where(jobs.c.id == sa.bindparam("claim_id"), jobs.c.status == JobStatus.QUEUED.value)
+    .values(
+        status=JobStatus.PROCESSING.value,
+        started_at=sa.bindparam("claim_now", type_=UTCDateTime()),
+        lease_owner=sa.bindparam("claim_owner"),
+        lease_expires_at=sa.bindparam("claim_lease", type_=UTCDateTime()),
+        attempts=jobs.c.attempts + 1,
+    )
+    .returning(*jobs.c)
+)
 
 
 @dataclass(frozen=True)
@@ -177,10 +235,10 @@ class JobTable:
             request_hash=request_hash,
             retry_at=retry_at,
         )
-        claimed = (
-            base
-            if claim_for is None
-            else dataclasses.replace(
+
+        def claimed() -> JobRecord:
+            assert claim_for is not None
+            return dataclasses.replace(
                 base,
                 status=JobStatus.PROCESSING,
                 attempts=1,
@@ -188,7 +246,6 @@ class JobTable:
                 lease_owner=claim_for,
                 lease_expires_at=lease_until,
             )
-        )
 
         def _usable(conn: sa.Connection) -> bool:
             # A direct start is a claim: a key revoked since its request was authenticated
@@ -208,14 +265,15 @@ class JobTable:
 
         def op(conn: sa.Connection) -> JobRecord:
             if is_sqlite(conn):
-                return _insert_sqlite(conn, base, claimed, max_queued, claim_for is not None)
+                stored = _insert_sqlite(conn, base, max_queued, claim_for, lease_until)
+                return claimed() if stored is JobStatus.PROCESSING else base
             record = base
             if max_queued is not None or claim_for is not None:
                 waiting = int(conn.execute(_COUNT_QUEUED).scalar() or 0)
                 if max_queued is not None and waiting >= max_queued:
                     raise QueueAtCapacity(waiting)
                 if claim_for is not None and waiting == 0 and _usable(conn):
-                    record = claimed
+                    record = claimed()
             # Parameters rather than .values(): the compiled INSERT is cached and reused.
             conn.execute(jobs.insert(), {**record.__dict__, "status": record.status.value})
             return record
@@ -401,58 +459,17 @@ class JobTable:
         Only jobs whose key is still usable (not revoked, not expired) are claimed, so a
         revocation written by any process is honoured; JobService sweeps the rest away.
         """
-        # Fair between keys: the key served least recently goes first (never served: first
-        # of all), then its oldest job, so one key's flood cannot starve another key's job.
-        # Within a key, its batch requests wait behind its other jobs.
-        served = sa.alias(jobs, "served")
-        last_served = (
-            sa.select(sa.func.max(served.c.started_at))
-            .where(served.c.key_id == jobs.c.key_id)
-            .scalar_subquery()
-        )
-        candidates = (
-            sa.select(jobs.c.id)
-            .where(
-                jobs.c.status == JobStatus.QUEUED.value,
-                _key_usable(now),
-                sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at <= now),
-            )
-            .order_by(
-                last_served.asc().nulls_first(),
-                sa.case((jobs.c.door == "batch", 1), else_=0),
-                jobs.c.created_at,
-                jobs.c.id,
-            )
-            .limit(8)
-        )
         postgres = self.db.dialect == "postgresql"
+        moving = {"claim_now": now, "claim_owner": owner, "claim_lease": lease_until}
 
         def op(conn: sa.Connection) -> JobRecord | None:
-            ids = [r[0] for r in conn.execute(candidates)]
+            ids = [r[0] for r in conn.execute(_CLAIM_CANDIDATES, {"now": now})]
             if postgres and ids:
                 # Skip rows another node is claiming right now instead of queueing behind it.
-                free = {
-                    r[0]
-                    for r in conn.execute(
-                        sa.select(jobs.c.id)
-                        .where(jobs.c.id.in_(ids), jobs.c.status == JobStatus.QUEUED.value)
-                        .with_for_update(skip_locked=True)
-                    )
-                }
+                free = {r[0] for r in conn.execute(_CLAIM_LOCK_FREE, {"ids": ids})}
                 ids = [i for i in ids if i in free]
             for job_id in ids:
-                row = conn.execute(
-                    jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
-                    .values(
-                        status=JobStatus.PROCESSING.value,
-                        started_at=now,
-                        lease_owner=owner,
-                        lease_expires_at=lease_until,
-                        attempts=jobs.c.attempts + 1,
-                    )
-                    .returning(*jobs.c)
-                ).first()
+                row = conn.execute(_CLAIM_ONE, {"claim_id": job_id, **moving}).first()
                 if row is not None:
                     return _record(row)
             return None
@@ -560,29 +577,66 @@ _INSERT_SQLITE = (
 def _insert_sqlite(
     conn: sa.Connection,
     base: JobRecord,
-    claimed: JobRecord,
     max_queued: int | None,
-    claim: bool,
-) -> JobRecord:
-    params = fast.stored_values(conn, jobs, {**base.__dict__, "status": base.status.value})
-    stored_claim = fast.stored_values(
-        conn,
-        jobs,
-        {
-            "status": claimed.status.value,
-            "attempts": claimed.attempts,
-            "started_at": claimed.started_at,
-            "lease_owner": claimed.lease_owner,
-            "lease_expires_at": claimed.lease_expires_at,
-        },
+    claim_for: str | None,
+    lease_until: datetime | None,
+) -> JobStatus:
+    """Store ``base`` (or, with ``claim_for`` and nothing waiting, it claimed); return the
+    status it was stored with."""
+    converters = _job_converters(conn)
+    params = dict(base.__dict__)
+    params["status"] = base.status.value
+    for name, process, stored_none in converters.columns:
+        value = params[name]
+        params[name] = stored_none if value is None else process(value)
+    # A direct start is claimed at the job's creation: its started_at is its created_at.
+    params["claimed_status"] = JobStatus.PROCESSING.value
+    params["claimed_attempts"] = 1
+    params["claimed_started_at"] = params["created_at"]
+    params["claimed_lease_owner"] = claim_for
+    params["claimed_lease_expires_at"] = (
+        None if lease_until is None else converters.timestamp(lease_until)
     )
-    params.update({f"claimed_{name}": value for name, value in stored_claim.items()})
-    params["claim"] = claim
+    params["claim"] = claim_for is not None
     params["most"] = max_queued if max_queued is not None else _NO_LIMIT
     rows = fast.execute(conn, _INSERT_SQLITE, params).fetchall()
     if not rows:
         raise QueueAtCapacity(max_queued)
-    return claimed if rows[0][0] == JobStatus.PROCESSING.value else base
+    return JobStatus(rows[0][0])
+
+
+Converter = tuple[str, Callable[[Any], Any], Any]
+
+
+@dataclass(frozen=True)
+class _Converters:
+    """How a job's values go to the driver on one dialect, as ``fast.stored_values`` would
+    convert them, looked up once: the columns whose values are converted, each with its bind
+    processor and what it makes of None (a JSON column stores 'null'; no look-up for the
+    columns whose values go as they are), and the timestamp columns' processor."""
+
+    columns: tuple[Converter, ...]
+    timestamp: Callable[[Any], Any]
+
+
+_converters: weakref.WeakKeyDictionary[sa.Dialect, _Converters] = weakref.WeakKeyDictionary()
+
+
+def _job_converters(conn: sa.Connection) -> _Converters:
+    found = _converters.get(conn.dialect)
+    if found is None:
+        processors = fast.processors(conn, jobs)
+        timestamp = processors["lease_expires_at"]
+        assert timestamp is not None
+        found = _converters[conn.dialect] = _Converters(
+            tuple(
+                (name, process, process(None))
+                for name, process in processors.items()
+                if process is not None
+            ),
+            timestamp,
+        )
+    return found
 
 
 _finish_statements: dict[tuple[JobStatus, tuple[str, ...], bool], str] = {}

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any, cast
 
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from ccgate.api.deps import app_services
@@ -17,6 +15,7 @@ from ccgate.http_protocol import HeldWrites, coalesce
 from ccgate.policy import KeyPolicy
 from tests.integration.conftest import Gateway
 from tests.support.fake_anthropic import FakeAnthropic, Hang, Text
+from tests.support.recording_transport import RecordingTransport, uvicorn_cycle
 
 _BODY = {
     "model": "sonnet",
@@ -26,33 +25,7 @@ _BODY = {
 }
 
 
-class _Transport:
-    """Records each write; a stand-in for an asyncio transport."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-def _post(transport: _Transport, secret: str, body: dict[str, Any]) -> RequestResponseCycle:
+def _post(transport: RecordingTransport, secret: str, body: dict[str, Any]) -> RequestResponseCycle:
     """A POST /v1/messages as ccgate's uvicorn protocol runs it, its body already received."""
     raw = json.dumps(body).encode()
     scope: Any = {
@@ -74,19 +47,7 @@ def _post(transport: _Transport, secret: str, body: dict[str, Any]) -> RequestRe
             (b"content-length", str(len(raw)).encode()),
         ],
     }
-    cycle = RequestResponseCycle(
-        scope=scope,
-        transport=transport,  # type: ignore[arg-type]
-        flow=FlowControl(transport),  # type: ignore[arg-type]
-        logger=logging.getLogger("test"),
-        access_logger=logging.getLogger("test.access"),
-        access_log=False,
-        default_headers=[],
-        message_event=asyncio.Event(),
-        expect_100_continue=False,
-        keep_alive=True,
-        on_response=lambda: None,
-    )
+    cycle = uvicorn_cycle(transport, scope)
     cycle.body, cycle.more_body = bytearray(raw), False
     cycle.message_event.set()
     coalesce(cycle, HeldWrites(transport))  # type: ignore[arg-type]
@@ -96,7 +57,7 @@ def _post(transport: _Transport, secret: str, body: dict[str, Any]) -> RequestRe
 async def test_stream_head_leaves_with_the_opening_and_the_first_text(gateway: Gateway) -> None:
     """A streamed Messages answer's first write holds the head, message_start, the text
     block's start and the first text delta: the client reads them in one segment."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _post(transport, gateway.key, _BODY)
     app: Any = gateway.app
     await asyncio.wait_for(cycle.run_asgi(app), 10)
@@ -118,7 +79,7 @@ async def test_stream_client_gone_from_an_idle_upstream_frees_its_slot_at_once(
     services = app_services(api_gateway.app)
     secret = (await services.keyring.create("one-at-a-time", KeyPolicy(concurrency=1))).secret
     fake.reply(Hang())
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _post(transport, secret, _BODY)
     app: Any = api_gateway.app
     serving = asyncio.create_task(cycle.run_asgi(app))

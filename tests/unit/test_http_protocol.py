@@ -2,59 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import logging
 from typing import Any
 
 import pytest
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from ccgate.http_protocol import CoalescingCycle, HeldWrites, coalesce
+from tests.support.recording_transport import RecordingTransport, uvicorn_cycle
 
 
-class _Transport:
-    """Records each write; a stand-in for an asyncio transport."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-def _cycle(transport: _Transport, method: str = "GET") -> CoalescingCycle:
+def _cycle(transport: RecordingTransport, method: str = "GET") -> CoalescingCycle:
     scope: Any = {"type": "http", "method": method, "path": "/", "http_version": "1.1"}
-    cycle = RequestResponseCycle(
-        scope=scope,
-        transport=transport,  # type: ignore[arg-type]
-        flow=FlowControl(transport),  # type: ignore[arg-type]
-        logger=logging.getLogger("test"),
-        access_logger=logging.getLogger("test.access"),
-        access_log=False,
-        default_headers=[],
-        message_event=asyncio.Event(),
-        expect_100_continue=False,
-        keep_alive=True,
-        on_response=lambda: None,
-    )
+    cycle = uvicorn_cycle(transport, scope)
     coalesce(cycle, HeldWrites(transport))  # type: ignore[arg-type]
     assert isinstance(cycle, CoalescingCycle)
     return cycle
@@ -80,14 +40,14 @@ def test_uvicorn_internals_the_protocol_relies_on_still_exist() -> None:
     init = inspect.signature(RequestResponseCycle.__init__).parameters
     assert {"transport", "flow", "keep_alive", "on_response"} <= set(init)
     assert not hasattr(RequestResponseCycle, "__slots__")
-    cycle = _cycle(_Transport())
+    cycle = _cycle(RecordingTransport())
     assert cycle.response_started is False and cycle.disconnected is False
     assert cycle.scope["method"] == "GET"
 
 
 async def test_cycle_sends_headers_and_body_in_one_write() -> None:
     """A Content-Length answer leaves as one transport write."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport)
     await cycle.send(_start((b"content-length", b"2")))
     assert transport.writes == []
@@ -99,7 +59,7 @@ async def test_cycle_sends_headers_and_body_in_one_write() -> None:
 
 async def test_cycle_streams_headers_with_the_first_chunk_then_each_chunk_at_once() -> None:
     """A chunked stream writes headers with its first chunk, then every chunk as it is sent."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport)
     await cycle.send(_start((b"content-type", b"text/event-stream")))
     await cycle.send(_body(b"event one", more=True))
@@ -114,7 +74,7 @@ async def test_cycle_streams_headers_with_the_first_chunk_then_each_chunk_at_onc
 @pytest.mark.parametrize("method", ["HEAD", "GET"])
 async def test_cycle_flushes_headers_at_a_body_message_that_writes_nothing(method: str) -> None:
     """A HEAD answer, or an empty first chunk, has sent its headers by that message."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport, method)
     await cycle.send(_start((b"content-type", b"text/plain")))
     await cycle.send(_body(b"", more=True))
@@ -124,7 +84,7 @@ async def test_cycle_flushes_headers_at_a_body_message_that_writes_nothing(metho
 
 async def test_held_writes_close_sends_held_headers_first() -> None:
     """A connection closed after the start (an app error) still sends the headers, then closes."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport)
     await cycle.send(_start((b"content-length", b"10")))
     cycle.transport.close()
@@ -133,7 +93,7 @@ async def test_held_writes_close_sends_held_headers_first() -> None:
 
 async def test_cycle_refused_start_does_not_hold_a_later_write() -> None:
     """A start that raises before writing leaves the next write (e.g. a 500) unheld."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport)
     with pytest.raises(RuntimeError):
         await cycle.send(_start((b"bad name", b"x")))

@@ -5,61 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from starlette.types import Message
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from ccgate.api.streaming import ClosingStreamingResponse, shielded
 from ccgate.http_protocol import CoalescingCycle, HeldWrites, coalesce
+from tests.support.recording_transport import RecordingTransport, uvicorn_cycle
 
 
-class _Transport:
-    """Records each write; a stand-in for an asyncio transport."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-def _cycle(transport: _Transport) -> CoalescingCycle:
+def _cycle(transport: RecordingTransport) -> CoalescingCycle:
     """uvicorn's request/response cycle as ccgate serves it, its request body already read."""
     scope: Any = {"type": "http", "method": "POST", "path": "/", "http_version": "1.1"}
-    cycle = RequestResponseCycle(
-        scope=scope,
-        transport=transport,  # type: ignore[arg-type]
-        flow=FlowControl(transport),  # type: ignore[arg-type]
-        logger=logging.getLogger("test"),
-        access_logger=logging.getLogger("test.access"),
-        access_log=False,
-        default_headers=[],
-        message_event=asyncio.Event(),
-        expect_100_continue=False,
-        keep_alive=True,
-        on_response=lambda: None,
-    )
+    cycle = uvicorn_cycle(transport, scope)
     cycle.more_body = False
     coalesce(cycle, HeldWrites(transport))  # type: ignore[arg-type]
     assert isinstance(cycle, CoalescingCycle)
@@ -96,7 +57,7 @@ class _Closes:
 async def test_stream_sends_its_head_with_the_first_frame_then_each_frame_at_once() -> None:
     """The head (SSE headers) and the first frame share one write; each later frame is sent
     as it comes; the clean-up runs once at the end."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport)
     closes = _Closes()
     second = asyncio.Event()
@@ -129,7 +90,7 @@ async def test_stream_sends_its_head_with_the_first_frame_then_each_frame_at_onc
 
 async def test_stream_of_ready_frames_is_one_write_with_its_head() -> None:
     """Frames all known up front (a list) leave with the head in a single write."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport)
     response = ClosingStreamingResponse([b"data: a\n\n", "data: b\n\n"], headers={"X-A": "1"})
     await _serve(response, cycle)
@@ -143,7 +104,7 @@ async def test_stream_client_gone_while_waiting_for_a_frame_ends_at_once() -> No
     """A client that hangs up while the body waits (an idle upstream) stops the body there:
     its own clean-up runs, ``on_close`` runs once, and the request's task is not left
     cancelled."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport)
     closes = _Closes()
     seen: list[str] = []
@@ -231,7 +192,7 @@ async def test_stream_client_gone_before_it_starts_still_runs_the_clean_up() -> 
 async def test_stream_cancelled_from_outside_raises_and_its_clean_up_still_finishes() -> None:
     """A cancellation from outside (not the client going away) is raised, and ``on_close``
     runs once and to its end even though the cancellation came first."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport)
     closes = _Closes(wait=0.05)
 
@@ -259,7 +220,7 @@ async def test_stream_cancelled_from_outside_raises_and_its_clean_up_still_finis
 async def test_stream_body_error_is_raised_after_the_clean_up() -> None:
     """An error raised by the body propagates (the server ends the response) after
     ``on_close`` ran once."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport)
     closes = _Closes()
 
@@ -275,7 +236,7 @@ async def test_stream_body_error_is_raised_after_the_clean_up() -> None:
 async def test_stream_body_that_swallows_the_cancellation_still_stops() -> None:
     """A body that catches the cancellation and offers another frame is stopped anyway,
     with the request's task not left cancelled."""
-    transport = _Transport()
+    transport = RecordingTransport()
     cycle = _cycle(transport)
 
     async def frames() -> AsyncIterator[bytes]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +123,19 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+    problem = asyncio.run(_postgres_reachable(POSTGRES_URL))
+    if problem:
+        service_missing(problem)
+    # One loop for the whole test: the database lives as long as the context is open.
+    loop = asyncio.new_event_loop()
+    manager = fresh_postgres_database(POSTGRES_URL)
+    try:
+        yield loop.run_until_complete(manager.__aenter__())
+        loop.run_until_complete(manager.__aexit__(None, None, None))
+    finally:
+        loop.close()

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -17,10 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import (
-    POSTGRES_URL,
     REDIS_URL,
-    _postgres_reachable,
-    fresh_postgres_database,
     redis_problem,
     service_missing,
 )
@@ -32,22 +29,6 @@ StartPair = Callable[..., tuple[ServerProcess, ServerProcess]]
 ADMIN = "nodes-admin-token-0123456789abcdefghijk"
 # Well under the 1 s store poll every node keeps as its fallback.
 CROSS_NODE_LAG_SECS = 0.3
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
-    problem = asyncio.run(_postgres_reachable(POSTGRES_URL))
-    if problem:
-        service_missing(problem)
-    # One loop for the whole test: the database lives as long as the context is open.
-    loop = asyncio.new_event_loop()
-    manager = fresh_postgres_database(POSTGRES_URL)
-    try:
-        yield loop.run_until_complete(manager.__aenter__())
-        loop.run_until_complete(manager.__aexit__(None, None, None))
-    finally:
-        loop.close()
 
 
 @pytest.fixture(params=["redis", "postgresql"])

@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,10 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    POSTGRES_URL,
     REDIS_URL,
-    _postgres_reachable,
-    fresh_postgres_database,
     redis_problem,
     service_missing,
 )
@@ -58,19 +54,9 @@ class WorkersProcess(ServerProcess):
         super().__init__(env, cwd, start_timeout=READY_TIMEOUT_SECS)
         self.workers = workers
 
-    def _spawn(self, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.killed = False
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [*_SERVE, "--port", str(port), "--workers", str(self.workers)],
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+    def serve_args(self) -> list[str]:
+        """Run the supervisor with ``workers`` workers."""
+        return ["--workers", str(self.workers)]
 
     def events(self, name: str) -> list[dict[str, object]]:
         """The JSON log lines with event ``name`` so far."""
@@ -202,21 +188,6 @@ def _health_count(metrics: bytes) -> float:
         re.MULTILINE,
     )
     return float(match.group(1)) if match else 0.0
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
-    problem = asyncio.run(_postgres_reachable(POSTGRES_URL))
-    if problem:
-        service_missing(problem)
-    loop = asyncio.new_event_loop()
-    manager = fresh_postgres_database(POSTGRES_URL)
-    try:
-        yield loop.run_until_complete(manager.__aenter__())
-        loop.run_until_complete(manager.__aexit__(None, None, None))
-    finally:
-        loop.close()
 
 
 @pytest.fixture

@@ -108,13 +108,17 @@ class ServerProcess:
                     raise
         raise AssertionError("unreachable")
 
+    def serve_args(self) -> list[str]:
+        """Options added to ``ccgate serve --port N`` (none)."""
+        return []
+
     def _spawn(self, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.killed = False
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ccgate", "serve", "--port", str(port)],
+            [sys.executable, "-m", "ccgate", "serve", "--port", str(port), *self.serve_args()],
             cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
